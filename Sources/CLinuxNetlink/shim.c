@@ -1,0 +1,2 @@
+// Empty translation unit: SwiftPM needs one source file to build the header-only shim target.
+#include "CLinuxNetlink.h"

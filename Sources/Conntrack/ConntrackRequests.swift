@@ -1,0 +1,108 @@
+import Netlink
+import NetworkAddress
+
+/// ctnetlink message types: NFNL_SUBSYS_CTNETLINK (1) in the high byte.
+enum ConntrackMessageType {
+    static let new: UInt16 = 0x100  // IPCTNL_MSG_CT_NEW: what a dump replies with
+    static let get: UInt16 = 0x101  // IPCTNL_MSG_CT_GET
+    static let delete: UInt16 = 0x102  // IPCTNL_MSG_CT_DELETE
+}
+
+/// Attribute numbers from include/uapi/linux/netfilter/nfnetlink_conntrack.h.
+enum ConntrackAttribute {
+    static let tupleOriginal: UInt16 = 1  // CTA_TUPLE_ORIG
+    static let tupleReply: UInt16 = 2  // CTA_TUPLE_REPLY
+    static let filter: UInt16 = 25  // CTA_FILTER, kernel 5.8+
+    static let tupleIP: UInt16 = 1  // CTA_TUPLE_IP
+    static let tupleProto: UInt16 = 2  // CTA_TUPLE_PROTO
+    static let protoNumber: UInt16 = 1  // CTA_PROTO_NUM
+    static let protoSourcePort: UInt16 = 2  // CTA_PROTO_SRC_PORT
+    static let protoDestinationPort: UInt16 = 3  // CTA_PROTO_DST_PORT
+    static let filterOriginalFlags: UInt16 = 1  // CTA_FILTER_ORIG_FLAGS
+    static let filterReplyFlags: UInt16 = 2  // CTA_FILTER_REPLY_FLAGS
+}
+
+/// The struct nfgenmsg every ctnetlink message starts with.
+func writeNetfilterHeader(family: IPAddress.Family, into writer: inout NetlinkMessageWriter) {
+    writer.append([family == .v4 ? 2 : 10, 0])  // nfgen_family, version NFNETLINK_V0
+    writer.append(networkOrder: UInt16(0))  // res_id
+}
+
+/// Which side of an entry a kernel-side filter looks at. Orig and reply conditions AND together
+/// in the kernel, so "orig dst OR reply src" takes two dumps.
+public enum ConntrackFilter: Sendable, Equatable {
+    /// Original destination is the address (and port): what a client dialled directly.
+    case originalDestination(IPAddress, port: UInt16?, TransportProtocol)
+    /// Reply source is the address (and port): the real backend behind a DNAT.
+    case replySource(IPAddress, port: UInt16?, TransportProtocol)
+
+    static let flagIPSource: UInt32 = 1 << 0
+    static let flagIPDestination: UInt32 = 1 << 1
+    static let flagProtoNumber: UInt32 = 1 << 3
+    static let flagProtoSourcePort: UInt32 = 1 << 4
+    static let flagProtoDestinationPort: UInt32 = 1 << 5
+}
+
+/// IPCTNL_MSG_CT_GET dump of one family, optionally filtered in the kernel.
+public struct ConntrackDumpRequest: NetlinkRequest, Equatable {
+    public var family: IPAddress.Family
+    public var filter: ConntrackFilter?
+
+    public init(family: IPAddress.Family, filter: ConntrackFilter? = nil) {
+        self.family = family
+        self.filter = filter
+    }
+
+    public var messageType: UInt16 { ConntrackMessageType.get }
+    public var flags: UInt16 { 0x1 | 0x300 }  // NLM_F_REQUEST | NLM_F_DUMP
+    public var callName: String { "IPCTNL_MSG_CT_GET" }
+
+    public func writePayload(into writer: inout NetlinkMessageWriter) {
+        writeNetfilterHeader(family: family, into: &writer)
+        guard let filter else { return }
+        let (tuple, address, port, transport, isSource): (UInt16, IPAddress, UInt16?, TransportProtocol, Bool) =
+            switch filter {
+            case .originalDestination(let a, let p, let t): (ConntrackAttribute.tupleOriginal, a, p, t, false)
+            case .replySource(let a, let p, let t): (ConntrackAttribute.tupleReply, a, p, t, true)
+            }
+        writer.appendNested(type: tuple) { tupleWriter in
+            tupleWriter.appendNested(type: ConntrackAttribute.tupleIP) { ip in
+                // CTA_IP_V4_SRC 1, V4_DST 2, V6_SRC 3, V6_DST 4
+                let type: UInt16 = (address.family == .v4 ? 1 : 3) + (isSource ? 0 : 1)
+                ip.appendAttribute(type: type, value: address.networkBytes)
+            }
+            tupleWriter.appendNested(type: ConntrackAttribute.tupleProto) { proto in
+                proto.appendAttribute(type: ConntrackAttribute.protoNumber, value: [transport.rawValue])
+                if let port {
+                    proto.appendAttribute(
+                        type: isSource ? ConntrackAttribute.protoSourcePort : ConntrackAttribute.protoDestinationPort,
+                        networkOrder: port)
+                }
+            }
+        }
+        var flags = ConntrackFilter.flagProtoNumber | (isSource ? ConntrackFilter.flagIPSource : ConntrackFilter.flagIPDestination)
+        if port != nil { flags |= isSource ? ConntrackFilter.flagProtoSourcePort : ConntrackFilter.flagProtoDestinationPort }
+        writer.appendNested(type: ConntrackAttribute.filter) { filterWriter in
+            filterWriter.appendAttribute(type: ConntrackAttribute.filterOriginalFlags, value: (isSource ? 0 : flags).hostOrderBytes)
+            filterWriter.appendAttribute(type: ConntrackAttribute.filterReplyFlags, value: (isSource ? flags : 0).hostOrderBytes)
+        }
+    }
+}
+
+/// IPCTNL_MSG_CT_DELETE of one entry by original tuple, zone and id.
+public struct ConntrackDeleteRequest: NetlinkRequest, Equatable {
+    public var entry: ConntrackEntry
+
+    public init(entry: ConntrackEntry) {
+        self.entry = entry
+    }
+
+    public var messageType: UInt16 { ConntrackMessageType.delete }
+    public var flags: UInt16 { 0x1 | 0x4 }  // NLM_F_REQUEST | NLM_F_ACK
+    public var callName: String { "IPCTNL_MSG_CT_DELETE" }
+
+    public func writePayload(into writer: inout NetlinkMessageWriter) {
+        writeNetfilterHeader(family: entry.family, into: &writer)
+        writer.append(ConntrackCodec.deleteAttributes(for: entry))
+    }
+}

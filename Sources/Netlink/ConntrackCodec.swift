@@ -1,0 +1,94 @@
+import CNetfilterConntrack
+import CMnl
+import NetworkAddress
+
+/// Reads and writes conntrack entries through libnetfilter_conntrack, so the tuple encoding is the
+/// library's, not ours. The pointer work stays inside these functions.
+public enum ConntrackCodec {
+    /// Parses an IPCTNL_MSG_CT_NEW reply (what a dump sends); nil for anything else or unsupported L4.
+    public static func entry(from message: NetlinkMessage) -> ConntrackEntry? {
+        guard let conntrack = nfct_new() else { return nil }
+        defer { nfct_destroy(conntrack) }
+        let parsed = message.raw.withUnsafeBytes { raw -> Int32 in
+            guard let header = raw.baseAddress?.assumingMemoryBound(to: nlmsghdr.self) else { return -1 }
+            return nfct_nlmsg_parse(header, conntrack)
+        }
+        guard parsed >= 0 else { return nil }
+        return entry(from: conntrack)
+    }
+
+    /// The attributes of an IPCTNL_MSG_CT_DELETE that names `entry`: original tuple, zone, id.
+    public static func deleteAttributes(for entry: ConntrackEntry) -> [UInt8] {
+        guard let conntrack = nfct_new() else { return [] }
+        defer { nfct_destroy(conntrack) }
+        set(entry, into: conntrack)
+        var buffer = [UInt8](repeating: 0, count: 512)
+        let length = buffer.withUnsafeMutableBytes { raw -> Int in
+            guard let header = mnl_nlmsg_put_header(raw.baseAddress) else { return 0 }
+            _ = mnl_nlmsg_put_extra_header(header, 4)  // struct nfgenmsg, written by the caller
+            let headerLength = Int(header.pointee.nlmsg_len)
+            guard nfct_nlmsg_build(header, conntrack) == 0 else { return 0 }
+            return Int(header.pointee.nlmsg_len) - headerLength
+        }
+        return Array(buffer[(NetlinkMessage.headerSize + 4)..<(NetlinkMessage.headerSize + 4 + length)])
+    }
+
+    private static func entry(from conntrack: OpaquePointer) -> ConntrackEntry? {
+        let l3 = nfct_get_attr_u8(conntrack, ATTR_ORIG_L3PROTO)
+        guard let transport = TransportProtocol(rawValue: nfct_get_attr_u8(conntrack, ATTR_ORIG_L4PROTO)) else {
+            return nil
+        }
+        let family: IPAddress.Family
+        func address(_ v4: nf_conntrack_attr, _ v6: nf_conntrack_attr) -> IPAddress? {
+            if l3 == 2 { return .v4(UInt32(bigEndian: nfct_get_attr_u32(conntrack, v4))) }
+            guard let pointer = nfct_get_attr(conntrack, v6) else { return nil }
+            return IPAddress(networkBytes: UnsafeRawBufferPointer(start: pointer, count: 16))
+        }
+        switch l3 {
+        case 2: family = .v4
+        case 10: family = .v6
+        default: return nil
+        }
+        func port(_ attribute: nf_conntrack_attr) -> UInt16 { UInt16(bigEndian: nfct_get_attr_u16(conntrack, attribute)) }
+        guard let originalSource = address(ATTR_ORIG_IPV4_SRC, ATTR_ORIG_IPV6_SRC),
+            let originalDestination = address(ATTR_ORIG_IPV4_DST, ATTR_ORIG_IPV6_DST),
+            let replySource = address(ATTR_REPL_IPV4_SRC, ATTR_REPL_IPV6_SRC),
+            let replyDestination = address(ATTR_REPL_IPV4_DST, ATTR_REPL_IPV6_DST)
+        else { return nil }
+        func optional32(_ attribute: nf_conntrack_attr) -> UInt32? {
+            nfct_attr_is_set(conntrack, attribute) > 0 ? nfct_get_attr_u32(conntrack, attribute) : nil
+        }
+        return ConntrackEntry(
+            family: family, transport: transport,
+            original: .init(
+                source: Endpoint(address: originalSource, port: port(ATTR_ORIG_PORT_SRC)),
+                destination: Endpoint(address: originalDestination, port: port(ATTR_ORIG_PORT_DST))),
+            reply: .init(
+                source: Endpoint(address: replySource, port: port(ATTR_REPL_PORT_SRC)),
+                destination: Endpoint(address: replyDestination, port: port(ATTR_REPL_PORT_DST))),
+            zone: nfct_attr_is_set(conntrack, ATTR_ZONE) > 0 ? nfct_get_attr_u16(conntrack, ATTR_ZONE) : 0,
+            id: optional32(ATTR_ID),
+            mark: optional32(ATTR_MARK) ?? 0,
+            tcpState: nfct_attr_is_set(conntrack, ATTR_TCP_STATE) > 0 ? nfct_get_attr_u8(conntrack, ATTR_TCP_STATE) : nil,
+            timeoutSeconds: optional32(ATTR_TIMEOUT))
+    }
+
+    private static func set(_ entry: ConntrackEntry, into conntrack: OpaquePointer) {
+        nfct_set_attr_u8(conntrack, ATTR_ORIG_L3PROTO, entry.family == .v4 ? 2 : 10)
+        nfct_set_attr_u8(conntrack, ATTR_ORIG_L4PROTO, entry.transport.rawValue)
+        switch (entry.original.source.address, entry.original.destination.address) {
+        case (.v4(let source), .v4(let destination)):
+            nfct_set_attr_u32(conntrack, ATTR_ORIG_IPV4_SRC, source.bigEndian)
+            nfct_set_attr_u32(conntrack, ATTR_ORIG_IPV4_DST, destination.bigEndian)
+        case (let source, let destination):
+            source.networkBytes.withUnsafeBytes { nfct_set_attr_l(conntrack, ATTR_ORIG_IPV6_SRC, $0.baseAddress, 16) }
+            destination.networkBytes.withUnsafeBytes {
+                nfct_set_attr_l(conntrack, ATTR_ORIG_IPV6_DST, $0.baseAddress, 16)
+            }
+        }
+        nfct_set_attr_u16(conntrack, ATTR_ORIG_PORT_SRC, entry.original.source.port.bigEndian)
+        nfct_set_attr_u16(conntrack, ATTR_ORIG_PORT_DST, entry.original.destination.port.bigEndian)
+        nfct_set_attr_u16(conntrack, ATTR_ZONE, entry.zone)
+        if let id = entry.id { nfct_set_attr_u32(conntrack, ATTR_ID, id) }
+    }
+}

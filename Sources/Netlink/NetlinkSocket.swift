@@ -1,0 +1,121 @@
+import CLinuxNetlink
+import CMnl
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An open, bound netlink socket (libmnl underneath). It belongs to the network namespace of the
+/// thread that created it, wherever it is used later.
+public final class NetlinkSocket {
+    public enum Bus: Int32, Sendable {
+        case sockDiag = 4  // NETLINK_SOCK_DIAG
+        case netfilter = 12  // NETLINK_NETFILTER
+    }
+
+    private let handle: OpaquePointer
+    public let bus: Bus
+    public let portID: UInt32
+    private var receiveBuffer: [UInt8]
+    private var lastSequence: UInt32
+
+    /// Dump replies are at most 32 KiB per datagram; a larger buffer means fewer recv calls.
+    public static let receiveDatagramSize = 64 * 1024
+
+    public init(bus: Bus) throws(SystemCallError) {
+        guard let handle = mnl_socket_open2(bus.rawValue, Int32(SOCK_CLOEXEC.rawValue)) else {
+            throw SystemCallError(call: "mnl_socket_open2", code: Glibc.errno)
+        }
+        guard mnl_socket_bind(handle, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
+            let code = Glibc.errno
+            mnl_socket_close(handle)
+            throw SystemCallError(call: "mnl_socket_bind", code: code)
+        }
+        self.handle = handle
+        self.bus = bus
+        self.portID = mnl_socket_get_portid(handle)
+        self.receiveBuffer = [UInt8](repeating: 0, count: Self.receiveDatagramSize)
+        self.lastSequence = 0
+    }
+
+    deinit {
+        mnl_socket_close(handle)
+    }
+
+    public var fileDescriptor: Int32 { mnl_socket_get_fd(handle) }
+
+    public func nextSequence() -> UInt32 {
+        lastSequence &+= 1
+        return lastSequence
+    }
+
+    /// Room for the acks of a whole batch. SO_RCVBUFFORCE passes rmem_max but needs CAP_NET_ADMIN;
+    /// without it SO_RCVBUF gives what the sysctl allows.
+    public func setReceiveBufferSize(_ bytes: Int32) throws(SystemCallError) {
+        var value = bytes
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        if setsockopt(fileDescriptor, SOL_SOCKET, SO_RCVBUFFORCE, &value, size) == 0 { return }
+        guard setsockopt(fileDescriptor, SOL_SOCKET, SO_RCVBUF, &value, size) == 0 else {
+            throw SystemCallError(call: "setsockopt(SO_RCVBUF)", code: Glibc.errno)
+        }
+    }
+
+    public func setSendBufferSize(_ bytes: Int32) throws(SystemCallError) {
+        var value = bytes
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        if setsockopt(fileDescriptor, SOL_SOCKET, SO_SNDBUFFORCE, &value, size) == 0 { return }
+        guard setsockopt(fileDescriptor, SOL_SOCKET, SO_SNDBUF, &value, size) == 0 else {
+            throw SystemCallError(call: "setsockopt(SO_SNDBUF)", code: Glibc.errno)
+        }
+    }
+
+    /// Acks then carry only the failed request's header, not all of it: smaller acks, fewer lost.
+    public func capAcknowledgements() throws(SystemCallError) {
+        var on: Int32 = 1
+        guard mnl_socket_setsockopt(handle, c_reaper_netlink_cap_ack, &on, socklen_t(MemoryLayout<Int32>.size)) == 0
+        else { throw SystemCallError(call: "setsockopt(NETLINK_CAP_ACK)", code: Glibc.errno) }
+    }
+
+    /// A receive that never completes would hang a purge forever; the kernel answers in microseconds.
+    public func setReceiveTimeout(milliseconds: Int) throws(SystemCallError) {
+        var value = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
+        guard setsockopt(fileDescriptor, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size)) == 0
+        else { throw SystemCallError(call: "setsockopt(SO_RCVTIMEO)", code: Glibc.errno) }
+    }
+
+    public func send(_ bytes: [UInt8]) throws(SystemCallError) {
+        while true {
+            let sent = bytes.withUnsafeBytes { mnl_socket_sendto(handle, $0.baseAddress, $0.count) }
+            if sent >= 0 { return }
+            let code = Glibc.errno
+            if code == EINTR { continue }
+            throw SystemCallError(call: "sendto(netlink)", code: code)
+        }
+    }
+
+    /// Receives one datagram. ENOBUFS means the kernel dropped messages for lack of buffer space.
+    public func receive() throws(SystemCallError) -> NetlinkMessages {
+        while true {
+            let received = receiveBuffer.withUnsafeMutableBytes {
+                mnl_socket_recvfrom(handle, $0.baseAddress, $0.count)
+            }
+            if received >= 0 { return NetlinkMessages(datagram: Array(receiveBuffer[0..<received])) }
+            let code = Glibc.errno
+            if code == EINTR { continue }
+            throw SystemCallError(call: "recvfrom(netlink)", code: code)
+        }
+    }
+
+    /// True when a datagram is waiting, after at most `milliseconds`.
+    public func waitReadable(milliseconds: Int32) throws(SystemCallError) -> Bool {
+        var request = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
+        while true {
+            let ready = poll(&request, 1, milliseconds)
+            if ready >= 0 { return ready > 0 }
+            let code = Glibc.errno
+            if code == EINTR { continue }
+            throw SystemCallError(call: "poll(netlink)", code: code)
+        }
+    }
+}

@@ -1,0 +1,35 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The capabilities this process holds, read from /proc/self/status (CapEff).
+public struct HostCapabilities: Sendable, Equatable {
+    public let effective: UInt64
+
+    public static let netAdmin = 12  // CAP_NET_ADMIN: sock_diag destroy, ctnetlink
+    public static let sysAdmin = 21  // CAP_SYS_ADMIN: setns into other network namespaces
+
+    public init(effective: UInt64) {
+        self.effective = effective
+    }
+
+    public init?(statusText: String) {
+        guard let line = statusText.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+            let value = UInt64(line.dropFirst("CapEff:".count).trimmingPrefix(while: \.isWhitespace), radix: 16)
+        else { return nil }
+        self.init(effective: value)
+    }
+
+    public static func current() -> HostCapabilities? {
+        guard let file = fopen("/proc/self/status", "r") else { return nil }
+        defer { fclose(file) }
+        var text = ""
+        var line = [CChar](repeating: 0, count: 512)
+        while fgets(&line, Int32(line.count), file) != nil {
+            text += String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        return HostCapabilities(statusText: text)
+    }
+
+    public func holds(_ capability: Int) -> Bool { effective & (1 << UInt64(capability)) != 0 }
+}

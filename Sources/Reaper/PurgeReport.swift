@@ -1,0 +1,49 @@
+import Netlink
+import NetworkAddress
+import SockDiag
+
+/// What a purge or list found and did, in a form the CLI prints and the agent logs.
+public struct PurgeReport: Sendable {
+    public enum Outcome: Sendable, Equatable {
+        case ended
+        case wouldEnd
+        case listed
+        case failed(SystemCallError)
+        case unconfirmed
+    }
+
+    public struct SocketResult: Sendable {
+        public var socket: DiagnosedSocket
+        public var outcome: Outcome
+    }
+
+    public struct ConntrackResult: Sendable {
+        public var entry: ConntrackEntry
+        public var matchedBy: DestinationMatcher.ConntrackMatch
+        public var outcome: Outcome
+    }
+
+    public var sockets: [SocketResult] = []
+    public var conntrack: [ConntrackResult] = []
+    /// Failures of a whole step (a dump refused, a layer unavailable), as opposed to one item's.
+    public var stepErrors: [SystemCallError] = []
+    /// Dumps repeated because acks were lost or the kernel flagged a dump inconsistent.
+    public var extraRounds = 0
+    public var durationSeconds: Double = 0
+
+    public init() {}
+
+    public var socketsEnded: Int { sockets.count { $0.outcome == .ended } }
+    public var conntrackDeleted: Int { conntrack.count { $0.outcome == .ended } }
+
+    public var allErrors: [SystemCallError] {
+        stepErrors + sockets.compactMap(\.outcome.error) + conntrack.compactMap(\.outcome.error)
+    }
+}
+
+extension PurgeReport.Outcome {
+    public var error: SystemCallError? {
+        if case .failed(let error) = self { return error }
+        return nil
+    }
+}

@@ -1,0 +1,145 @@
+import Conntrack
+import Netlink
+import NetworkAddress
+import SockDiag
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Acts on what a `DestinationMatcher` decides: destroys sockets first, then deletes conntrack
+/// entries, so the RST the kernel sends for each socket is still reverse-NATed on its way out.
+public final class Purger {
+    public struct Options: Sendable {
+        public var sockets = true
+        public var conntrack = true
+        public var dryRun = false
+        /// Extra dump-and-destroy rounds when acks were lost or a dump was inconsistent.
+        public var maximumExtraRounds = 3
+
+        public init(sockets: Bool = true, conntrack: Bool = true, dryRun: Bool = false) {
+            self.sockets = sockets
+            self.conntrack = conntrack
+            self.dryRun = dryRun
+        }
+    }
+
+    private let socketDiagnostics: SocketDiagnostics?
+    private let conntrackTable: ConntrackTable?
+    private let openingErrors: [SystemCallError]
+
+    /// Opens the netlink sockets of the calling thread's network namespace for the layers asked for.
+    public init(sockets: Bool, conntrack: Bool) {
+        var errors: [SystemCallError] = []
+        do { socketDiagnostics = sockets ? try SocketDiagnostics() : nil } catch {
+            socketDiagnostics = nil
+            errors.append(error)
+        }
+        do { conntrackTable = conntrack ? try ConntrackTable() : nil } catch {
+            conntrackTable = nil
+            errors.append(error)
+        }
+        openingErrors = errors
+    }
+
+    public func list(_ matcher: DestinationMatcher, includeTCPInfo: Bool = true, options: Options) -> PurgeReport {
+        run(matcher, includeTCPInfo: includeTCPInfo, options: options, acting: false)
+    }
+
+    public func purge(_ matcher: DestinationMatcher, options: Options) -> PurgeReport {
+        run(matcher, includeTCPInfo: false, options: options, acting: !options.dryRun)
+    }
+
+    private func run(_ matcher: DestinationMatcher, includeTCPInfo: Bool, options: Options, acting: Bool) -> PurgeReport {
+        let started = Self.monotonicSeconds()
+        var report = PurgeReport()
+        report.stepErrors = openingErrors
+        let idle: PurgeReport.Outcome = acting ? .ended : (options.dryRun ? .wouldEnd : .listed)
+        if options.sockets, let socketDiagnostics {
+            do {
+                try endSockets(matcher, includeTCPInfo: includeTCPInfo, options: options, acting: acting,
+                               idle: idle, in: socketDiagnostics, report: &report)
+            } catch { report.stepErrors.append(error) }
+        }
+        if options.conntrack, let conntrackTable {
+            do {
+                try deleteEntries(matcher, options: options, acting: acting, idle: idle, in: conntrackTable, report: &report)
+            } catch { report.stepErrors.append(error) }
+        }
+        report.durationSeconds = Self.monotonicSeconds() - started
+        return report
+    }
+
+    private func endSockets(
+        _ matcher: DestinationMatcher, includeTCPInfo: Bool, options: Options, acting: Bool,
+        idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics, report: inout PurgeReport
+    ) throws(SystemCallError) {
+        var query = matcher.socketQuery
+        query.includeTCPInfo = includeTCPInfo
+        var ended = Set<UInt64>()
+        for round in 0...options.maximumExtraRounds {
+            let dump = try diagnostics.sockets(matching: query)
+            let targets = dump.sockets.filter { matcher.matches($0) && !ended.contains($0.id.cookie) }
+            guard acting else {
+                report.sockets += targets.map { .init(socket: $0, outcome: idle) }
+                return
+            }
+            let acks = try diagnostics.destroy(targets)
+            var retry = dump.interrupted
+            for (socket, ack) in zip(targets, acks) {
+                switch ack {
+                case .done:
+                    ended.insert(socket.id.cookie)
+                    report.sockets.append(.init(socket: socket, outcome: .ended))
+                case .failed(let errno):
+                    report.sockets.append(.init(socket: socket, outcome: .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno))))
+                case .unconfirmed:
+                    retry = true
+                }
+            }
+            // A refused destroy will be refused again: only lost acks and torn dumps earn another round.
+            guard retry, round < options.maximumExtraRounds else { return }
+            report.extraRounds += 1
+        }
+    }
+
+    private func deleteEntries(
+        _ matcher: DestinationMatcher, options: Options, acting: Bool, idle: PurgeReport.Outcome,
+        in table: ConntrackTable, report: inout PurgeReport
+    ) throws(SystemCallError) {
+        var deleted = Set<ConntrackEntry.Identity>()
+        for round in 0...options.maximumExtraRounds {
+            let dump = try table.entries(for: matcher.destinations, transports: matcher.transports)
+            let targets = dump.entries.compactMap { entry in
+                matcher.match(entry).map { (entry, $0) }
+            }.filter { !deleted.contains($0.0.identity) }
+            guard acting else {
+                report.conntrack += targets.map { .init(entry: $0.0, matchedBy: $0.1, outcome: idle) }
+                return
+            }
+            let acks = try table.delete(targets.map(\.0))
+            var retry = dump.interrupted
+            for ((entry, matchedBy), ack) in zip(targets, acks) {
+                switch ack {
+                case .done:
+                    deleted.insert(entry.identity)
+                    report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .ended))
+                case .failed(let errno):
+                    report.conntrack.append(.init(
+                        entry: entry, matchedBy: matchedBy,
+                        outcome: .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno))))
+                case .unconfirmed:
+                    retry = true
+                }
+            }
+            guard retry, round < options.maximumExtraRounds else { return }
+            report.extraRounds += 1
+        }
+    }
+
+    static func monotonicSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
+}

@@ -1,0 +1,61 @@
+import Netlink
+import NetworkAddress
+
+/// The sock_diag interface of one network namespace: dumps on one netlink socket, destroys on a
+/// second, so a destroy never has to wait behind a dump's replies.
+public final class SocketDiagnostics {
+    private let dumpSocket: NetlinkSocket
+    private let destroySocket: NetlinkSocket
+
+    /// Room for the acks of a full destroy batch: each queued ack costs about 1 KiB of truesize.
+    static let destroyReceiveBuffer: Int32 = 16 << 20
+
+    public init() throws(SystemCallError) {
+        dumpSocket = try NetlinkSocket(bus: .sockDiag)
+        destroySocket = try NetlinkSocket(bus: .sockDiag)
+        try dumpSocket.setReceiveTimeout(milliseconds: 10_000)
+        try destroySocket.setReceiveTimeout(milliseconds: 10_000)
+        try destroySocket.setReceiveBufferSize(Self.destroyReceiveBuffer)
+        try? destroySocket.capAcknowledgements()
+    }
+
+    public struct Dump: Sendable {
+        public var sockets: [DiagnosedSocket] = []
+        /// The kernel flagged a part of the dump as inconsistent: a socket may be missing.
+        public var interrupted = false
+    }
+
+    /// Every socket the kernel's filter lets through for `query`. Callers re-check matches.
+    public func sockets(matching query: SocketQuery) throws(SystemCallError) -> Dump {
+        var dump = Dump()
+        var seen = Set<UInt64>()
+        for request in query.requests {
+            let outcome = try dumpSocket.dump(request) { message in
+                guard let socket = DiagnosedSocket(message: message, transport: request.transport),
+                    seen.insert(socket.id.cookie).inserted
+                else { return }
+                dump.sockets.append(socket)
+            }
+            dump.interrupted = dump.interrupted || outcome.interrupted
+        }
+        return dump
+    }
+
+    /// SOCK_DESTROY for each socket, batched; ENOENT (already gone, or the cookie names an older
+    /// socket on the same tuple) counts as done.
+    public func destroy(_ sockets: [DiagnosedSocket], batchSize: Int = 1024) throws(SystemCallError) -> [Acknowledgement] {
+        try destroySocket.exchangeAcknowledged(sockets.map(\.destroyRequest), batchSize: batchSize).map {
+            $0 == .failed(.noSuchFileOrDirectory) ? .done : $0
+        }
+    }
+
+    /// Destroys a tuple that cannot exist: `.done` (the kernel's ENOENT) means the kernel can destroy
+    /// sockets, EOPNOTSUPP that it was built without CONFIG_INET_DIAG_DESTROY. The kernel checks
+    /// privilege only on a socket it found, so this probe cannot see EPERM.
+    public func probeDestroySupport() throws(SystemCallError) -> Acknowledgement {
+        let nowhere = Endpoint(address: .v4(0x7F00_0001), port: 1)
+        let socket = DiagnosedSocket(
+            family: .inet, transport: .tcp, state: .established, id: SocketID(source: nowhere, destination: nowhere))
+        return try destroy([socket])[0]
+    }
+}

@@ -1,0 +1,12 @@
+import ArgumentParser
+import Reaper
+
+@main
+struct ConnReaper: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "conn-reaper",
+        abstract: "Ends connections to dead backends: sock_diag SOCK_DESTROY for sockets, ctnetlink for conntrack.",
+        version: ConnReaperVersion.current,
+        subcommands: [Purge.self, List.self, Check.self]
+    )
+}

@@ -1,0 +1,104 @@
+import ArgumentParser
+import Foundation
+import Netlink
+import Reaper
+import SockDiag
+
+/// Renders a PurgeReport: an ss-like table or one JSON object on stdout, a one-line summary on stderr,
+/// and the exit status (1 when the kernel refused anything, with a hint naming the fix).
+struct ReportPrinter {
+    let command: String
+    let format: OutputFormat
+    let destinations: [String]
+
+    func emit(_ report: PurgeReport, dryRun: Bool) throws {
+        let errors = report.allErrors.filter { !$0.meansConntrackAbsent }
+        switch format {
+        case .text: printTables(report)
+        case .json: try printJSON(report, dryRun: dryRun, errors: errors)
+        }
+        let verb = command == "list" ? "listed" : (dryRun ? "would end" : "ended")
+        var summary = "conn-reaper \(command): \(verb) \(report.sockets.count { $0.outcome != .unconfirmed && $0.outcome.error == nil }) sockets, "
+            + "\(report.conntrack.count { $0.outcome.error == nil }) conntrack entries, \(errors.count) errors, "
+            + String(format: "%.1f ms", report.durationSeconds * 1000)
+        if report.allErrors.contains(where: \.meansConntrackAbsent) { summary += " (conntrack not available here: skipped)" }
+        standardError(summary)
+        let hints = Set(errors.map { error in error.hint.map { "\(error.call): \($0)" } ?? error.description })
+        for hint in hints.sorted() { standardError("error: \(hint)") }
+        if !errors.isEmpty { throw ExitCode.failure }
+    }
+
+    private func printTables(_ report: PurgeReport) {
+        let listing = command == "list"
+        if !report.sockets.isEmpty {
+            var rows = [["Netid", "State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", listing ? "Info" : "Result"]]
+            for result in report.sockets {
+                let socket = result.socket
+                rows.append([
+                    socket.transport.description, socket.state.description, String(socket.receiveQueue),
+                    String(socket.sendQueue), socket.local.description, socket.remote.description,
+                    listing ? Self.info(socket) : Self.describe(result.outcome),
+                ])
+            }
+            print(Self.table(rows))
+        }
+        if !report.conntrack.isEmpty {
+            if !report.sockets.isEmpty { print("") }
+            var rows = [["Proto", "Original", "Reply", "Zone", "Matched", listing ? "Timeout" : "Result"]]
+            for result in report.conntrack {
+                let entry = result.entry
+                rows.append([
+                    entry.transport.description,
+                    "\(entry.original.source) -> \(entry.original.destination)",
+                    "\(entry.reply.source) -> \(entry.reply.destination)",
+                    String(entry.zone), result.matchedBy.rawValue,
+                    listing ? (entry.timeoutSeconds.map { "\($0)s" } ?? "-") : Self.describe(result.outcome),
+                ])
+            }
+            print(Self.table(rows))
+        }
+    }
+
+    static func describe(_ outcome: PurgeReport.Outcome) -> String {
+        switch outcome {
+        case .ended: "ended"
+        case .wouldEnd: "would-end"
+        case .listed: "listed"
+        case .unconfirmed: "unconfirmed"
+        case .failed(let error): "error: \(error.errno)"
+        }
+    }
+
+    static func info(_ socket: DiagnosedSocket) -> String {
+        var parts: [String] = []
+        if socket.timer != 0 { parts.append("timer:\(["", "on", "keepalive", "", "persist"][Int(min(socket.timer, 4))])") }
+        if let info = socket.tcpInfo {
+            parts.append("unacked:\(info.unacked)")
+            if info.retransmits > 0 { parts.append("retrans:\(info.retransmits)") }
+            if info.backoff > 0 { parts.append("backoff:\(info.backoff)") }
+            parts.append("lastack:\(info.lastAckReceivedMilliseconds)ms")
+            parts.append(String(format: "rtt:%.3fms", Double(info.rttMicroseconds) / 1000))
+        }
+        return parts.isEmpty ? "-" : parts.joined(separator: " ")
+    }
+
+    static func table(_ rows: [[String]]) -> String {
+        let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
+        return rows.map { row in
+            row.enumerated().map { index, cell in
+                index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+            }.joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+
+    private func printJSON(_ report: PurgeReport, dryRun: Bool, errors: [SystemCallError]) throws {
+        let document = ReportDocument(report: report, command: command, dryRun: dryRun, destinations: destinations, errors: errors)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        print(String(decoding: try encoder.encode(document), as: UTF8.self))
+    }
+}
+
+func standardError(_ line: String) {
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+}

@@ -1,0 +1,68 @@
+import ArgumentParser
+import NetworkAddress
+import Reaper
+import SockDiag
+
+/// The filters `purge` and `list` share: which destinations, transports and states.
+struct SelectionOptions: ParsableArguments {
+    @Argument(help: ArgumentHelp(
+        "Destinations: IP, IP:PORT, CIDR, CIDR:PORT, [IPv6]:PORT, or :PORT.", valueName: "dest"))
+    var destinations: [String]
+
+    @Option(name: .customLong("proto"), help: "Transport to match: tcp, udp or all.")
+    var transport: TransportChoice = .tcp
+
+    @Option(name: .customLong("state"), help: "Comma-separated TCP states (ss names). LISTEN is never reaped.")
+    var states: String = "established,syn-sent"
+
+    @Flag(name: .customLong("no-conntrack"), help: "Leave conntrack entries alone.")
+    var noConntrack = false
+
+    @Flag(name: .customLong("no-sockets"), help: "Leave sockets alone; conntrack only.")
+    var noSockets = false
+
+    @Option(name: .shortAndLong, help: "Output format: text or json.")
+    var output: OutputFormat = .text
+
+    enum TransportChoice: String, ExpressibleByArgument, CaseIterable {
+        case tcp, udp, all
+        var set: Set<TransportProtocol> { self == .all ? [.tcp, .udp] : [self == .tcp ? .tcp : .udp] }
+    }
+
+    func validate() throws {
+        guard !destinations.isEmpty else { throw ValidationError("name at least one destination") }
+        _ = try parsedDestinations()
+        _ = try parsedStates()
+        if noConntrack && noSockets { throw ValidationError("--no-sockets with --no-conntrack leaves nothing to do") }
+    }
+
+    func parsedDestinations() throws -> [Destination] {
+        try destinations.map { text in
+            do { return try Destination(parsing: text) } catch { throw ValidationError("\(error)") }
+        }
+    }
+
+    func parsedStates() throws -> SocketStates {
+        let names = states.split(separator: ",").map { String($0).trimmingPrefix(while: \.isWhitespace) }
+        let parsed = try names.map { name in
+            guard let state = SocketState(name: String(name)) else {
+                let known = SocketState.allCases.map(\.filterName).joined(separator: ", ")
+                throw ValidationError("unknown state '\(name)' in --state (known: \(known))")
+            }
+            return state
+        }
+        let kept = SocketStates(parsed)
+        guard !kept.states.isEmpty else {
+            throw ValidationError("--state '\(states)' leaves no state to match: listen and time-wait are never reaped")
+        }
+        return kept
+    }
+
+    func matcher() throws -> DestinationMatcher {
+        DestinationMatcher(destinations: try parsedDestinations(), transports: transport.set, states: try parsedStates())
+    }
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
