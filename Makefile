@@ -1,0 +1,46 @@
+# conn-reaper: `make test` on a fresh Debian 12 machine as root installs what is missing, builds,
+# and runs every test (unit tests with swift test, kernel tests in throwaway network namespaces).
+SHELL := /bin/bash
+SWIFT ?= swift
+PYTHON ?= python3
+APT_PACKAGES := pkg-config libmnl-dev libnetfilter-conntrack-dev iproute2 nginx libnginx-mod-stream \
+	conntrack iptables haproxy python3 python3-pytest util-linux procps
+BIN_DEBUG := .build/debug/conn-reaper
+BIN_RELEASE := .build/release/conn-reaper
+
+.PHONY: all deps build release unit integration test bench clean
+
+all: build
+
+# Installs only what is missing, so a warm machine pays one dpkg query.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing (run as root to install)"; exit 1; fi; \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+build: deps
+	$(SWIFT) build -Xswiftc -warnings-as-errors
+
+release: deps
+	$(SWIFT) build -c release -Xswiftc -warnings-as-errors
+
+unit: build
+	$(SWIFT) test -Xswiftc -warnings-as-errors
+
+# Kernel tests: network namespaces, veth pairs, real nginx and conntrack. Root-only; under CI=true
+# they must run (the suite fails rather than skips when it cannot).
+integration: build
+	CONN_REAPER=$(abspath $(BIN_DEBUG)) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/Integration
+
+test: unit integration
+
+bench: release
+	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(PYTHON) Tests/Benchmarks/purge_bench.py
+
+clean:
+	rm -rf .build
