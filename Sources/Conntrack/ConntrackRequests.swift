@@ -12,6 +12,7 @@ enum ConntrackMessageType {
 enum ConntrackAttribute {
     static let tupleOriginal: UInt16 = 1  // CTA_TUPLE_ORIG
     static let tupleReply: UInt16 = 2  // CTA_TUPLE_REPLY
+    static let id: UInt16 = 12  // CTA_ID
     static let filter: UInt16 = 25  // CTA_FILTER, kernel 5.8+
     static let tupleIP: UInt16 = 1  // CTA_TUPLE_IP
     static let tupleProto: UInt16 = 2  // CTA_TUPLE_PROTO
@@ -104,5 +105,8 @@ public struct ConntrackDeleteRequest: NetlinkRequest, Equatable {
     public func writePayload(into writer: inout NetlinkMessageWriter) {
         writeNetfilterHeader(family: entry.family, into: &writer)
         writer.append(ConntrackCodec.deleteAttributes(for: entry))
+        // libnetfilter_conntrack 1.0.9 writes the tuple and zone but never CTA_ID; without it a
+        // delete could hit a newer entry that reuses the tuple.
+        if let id = entry.id { writer.appendAttribute(type: ConntrackAttribute.id, networkOrder: id) }
     }
 }

@@ -1,0 +1,67 @@
+import Netlink
+import NetworkAddress
+import Testing
+
+@testable import Conntrack
+
+@Suite struct ConntrackMessageTests {
+    let natted = ConntrackEntry(
+        family: .v4, transport: .tcp,
+        original: .init(source: Endpoint(address: IPAddress("10.0.0.1")!, port: 40000),
+                        destination: Endpoint(address: IPAddress("10.96.0.1")!, port: 443)),
+        reply: .init(source: Endpoint(address: IPAddress("10.0.0.5")!, port: 6443),
+                     destination: Endpoint(address: IPAddress("10.0.0.1")!, port: 40000)),
+        zone: 7, id: 0xDEAD_BEEF)
+
+    /// The reply-source filter from kernel-notes.md: CTA_TUPLE_REPLY{IP{V4_SRC}, PROTO{NUM, SRC_PORT}}
+    /// and CTA_FILTER{ORIG_FLAGS 0, REPLY_FLAGS IP_SRC|PROTO_NUM|PROTO_SRC_PORT = 0x19}.
+    @Test func replySourceFilterBytes() {
+        let request = ConntrackDumpRequest(family: .v4, filter: .replySource(IPAddress("10.0.0.5")!, port: 6443, .tcp))
+        let bytes = request.serialized(sequence: 3)
+        #expect(Array(bytes[4..<8]) == [0x01, 0x01, 0x01, 0x03])  // IPCTNL_MSG_CT_GET, REQUEST|DUMP
+        #expect(Array(bytes[16..<20]) == [2, 0, 0, 0])  // nfgenmsg AF_INET
+        let expectedAttributes: [UInt8] =
+            [36, 0, 2, 0x80]  // CTA_TUPLE_REPLY, nested
+            + [12, 0, 1, 0x80, 8, 0, 1, 0, 10, 0, 0, 5]  // CTA_TUPLE_IP{CTA_IP_V4_SRC}
+            + [20, 0, 2, 0x80, 5, 0, 1, 0, 6, 0, 0, 0, 6, 0, 2, 0, 0x19, 0x2B, 0, 0]  // PROTO{NUM tcp, SRC_PORT}
+            + [20, 0, 25, 0x80, 8, 0, 1, 0, 0, 0, 0, 0, 8, 0, 2, 0, 0x19, 0, 0, 0]  // CTA_FILTER
+        #expect(Array(bytes[20...]) == expectedAttributes)
+    }
+
+    @Test func originalDestinationFilterUsesDestinationFlags() {
+        let request = ConntrackDumpRequest(family: .v6, filter: .originalDestination(IPAddress("fd00::5")!, port: nil, .udp))
+        let bytes = request.serialized(sequence: 3)
+        #expect(bytes[16] == 10)
+        let filter = Array(NetlinkAttributes(bytes[20...]))[1]
+        #expect(filter.type == 25)
+        #expect(filter.nested[1]?.reader.hostOrder(UInt32.self, at: 0) == 0x0A)  // IP_DST | PROTO_NUM
+        #expect(filter.nested[2]?.reader.hostOrder(UInt32.self, at: 0) == 0)
+        let tuple = Array(NetlinkAttributes(bytes[20...]))[0]
+        #expect(tuple.type == 1)
+        #expect(Array(tuple.nested[1]?.nested[4]?.value ?? []) == IPAddress("fd00::5")!.networkBytes)  // V6_DST
+    }
+
+    /// libnetfilter_conntrack writes the delete and reads it back: tuple, zone and id survive.
+    @Test func deleteRoundTripsThroughTheLibrary() throws {
+        let bytes = ConntrackDeleteRequest(entry: natted).serialized(sequence: 1)
+        #expect(Array(bytes[4..<8]) == [0x02, 0x01, 0x05, 0x00])  // IPCTNL_MSG_CT_DELETE, REQUEST|ACK
+        let message = try #require(Array(NetlinkMessages(datagram: bytes)).first)
+        let types = Array(NetlinkAttributes(message.payload.dropFirst(4))).map(\.type)
+        #expect(types.contains(1) && types.contains(12) && types.contains(18))  // ORIG, ID, ZONE
+        #expect(!types.contains(2))  // no reply tuple: the original names the entry
+        let parsed = try #require(ConntrackCodec.entry(from: message))
+        #expect(parsed.original == natted.original)
+        #expect(parsed.zone == 7)
+        #expect(parsed.id == 0xDEAD_BEEF)
+    }
+
+    @Test func requestsAreKernelFilteredForFewExactDestinationsOnly() throws {
+        let exact = ConntrackTable.requests(for: [try Destination(parsing: "10.0.0.5:6443")], transports: [.tcp, .udp])
+        #expect(exact.count == 4)
+        #expect(exact.contains(ConntrackDumpRequest(family: .v4, filter: .replySource(IPAddress("10.0.0.5")!, port: 6443, .udp))))
+        let cidr = ConntrackTable.requests(for: [try Destination(parsing: "10.0.0.0/24")], transports: [.tcp])
+        #expect(cidr == [ConntrackDumpRequest(family: .v4)])
+        let portOnly = ConntrackTable.requests(for: [try Destination(parsing: ":53")], transports: [.udp])
+        #expect(portOnly == [ConntrackDumpRequest(family: .v4), ConntrackDumpRequest(family: .v6)])
+    }
+}
