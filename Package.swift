@@ -5,8 +5,13 @@
 //   Netlink                                    sockets, messages, errors: the only unsafe pointer code
 //   SockDiag, Conntrack                        the two kernel interfaces conn-reaper acts through
 //   Reaper                                     decides what goes (matchers) apart from ending it (purge)
+//   Health                                     probes (tcp/http/https) and rise/fall state per backend
+//   Agent                                      config, pools, reaping policy, metrics, HTTP endpoints, services
 //   conn-reaper                                thin executable, one file per subcommand
 import PackageDescription
+
+/// Our own code builds with zero warnings; dependencies keep their own settings.
+let strict: [SwiftSetting] = [.unsafeFlags(["-warnings-as-errors"])]
 
 let package = Package(
     name: "conn-reaper",
@@ -17,6 +22,13 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.20.0"),
     ],
     targets: [
         .systemLibrary(
@@ -30,25 +42,56 @@ let package = Package(
             providers: [.apt(["libnetfilter-conntrack-dev"])]
         ),
         .target(name: "CLinuxNetlink"),
-        .target(name: "NetworkAddress"),
+        .target(name: "NetworkAddress", swiftSettings: strict),
         .target(
             name: "Netlink",
             dependencies: [
                 "CMnl", "CNetfilterConntrack", "CLinuxNetlink", "NetworkAddress",
                 .product(name: "SystemPackage", package: "swift-system"),
-            ]
+            ],
+            swiftSettings: strict
         ),
-        .target(name: "SockDiag", dependencies: ["Netlink", "NetworkAddress"]),
-        .target(name: "Conntrack", dependencies: ["Netlink", "NetworkAddress"]),
-        .target(name: "Reaper", dependencies: ["SockDiag", "Conntrack", "NetworkAddress"]),
+        .target(name: "SockDiag", dependencies: ["Netlink", "NetworkAddress"], swiftSettings: strict),
+        .target(name: "Conntrack", dependencies: ["Netlink", "NetworkAddress"], swiftSettings: strict),
+        .target(name: "Reaper", dependencies: ["SockDiag", "Conntrack", "NetworkAddress"], swiftSettings: strict),
+        .target(
+            name: "Health",
+            dependencies: [
+                "NetworkAddress",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "Agent",
+            dependencies: [
+                "Reaper", "Health", "Netlink", "NetworkAddress",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict
+        ),
         .executableTarget(
             name: "conn-reaper",
             dependencies: [
-                "Reaper",
+                "Reaper", "Agent",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]
+            ],
+            swiftSettings: strict
         ),
-        .testTarget(name: "NetworkAddressTests", dependencies: ["NetworkAddress"]),
-        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "SockDiag", "Conntrack", "CLinuxNetlink", "CNetfilterConntrack"]),
+        .testTarget(name: "NetworkAddressTests", dependencies: ["NetworkAddress"], swiftSettings: strict),
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "Health", "Reaper", "NetworkAddress"], swiftSettings: strict),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "SockDiag", "Conntrack", "CLinuxNetlink", "CNetfilterConntrack"], swiftSettings: strict),
     ]
 )

@@ -1,6 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import Netlink
 
 /// The capabilities this process holds, read from /proc/self/status (CapEff).
 public struct HostCapabilities: Sendable, Equatable {
@@ -21,14 +19,7 @@ public struct HostCapabilities: Sendable, Equatable {
     }
 
     public static func current() -> HostCapabilities? {
-        guard let file = fopen("/proc/self/status", "r") else { return nil }
-        defer { fclose(file) }
-        var text = ""
-        var line = [CChar](repeating: 0, count: 512)
-        while fgets(&line, Int32(line.count), file) != nil {
-            text += String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        }
-        return HostCapabilities(statusText: text)
+        FileStatus.readText("/proc/self/status").flatMap(HostCapabilities.init(statusText:))
     }
 
     public func holds(_ capability: Int) -> Bool { effective & (1 << UInt64(capability)) != 0 }

@@ -29,6 +29,8 @@ public struct PurgeReport: Sendable {
     public var stepErrors: [SystemCallError] = []
     /// Dumps repeated because acks were lost or the kernel flagged a dump inconsistent.
     public var extraRounds = 0
+    /// Matching sockets not destroyed because of `Purger.Options.socketLimit`.
+    public var socketsLeftByLimit = 0
     public var durationSeconds: Double = 0
 
     public init() {}

@@ -16,6 +16,8 @@ public final class Purger {
         public var dryRun = false
         /// Extra dump-and-destroy rounds when acks were lost or a dump was inconsistent.
         public var maximumExtraRounds = 3
+        /// At most this many sockets are destroyed; the rest are left for a later purge (a rate cap).
+        public var socketLimit: Int?
 
         public init(sockets: Bool = true, conntrack: Bool = true, dryRun: Bool = false) {
             self.sockets = sockets
@@ -79,7 +81,11 @@ public final class Purger {
         var ended = Set<UInt64>()
         for round in 0...options.maximumExtraRounds {
             let dump = try diagnostics.sockets(matching: query)
-            let targets = dump.sockets.filter { matcher.matches($0) && !ended.contains($0.id.cookie) }
+            var targets = dump.sockets.filter { matcher.matches($0) && !ended.contains($0.id.cookie) }
+            if let limit = options.socketLimit, targets.count > limit - ended.count {
+                report.socketsLeftByLimit = targets.count - max(0, limit - ended.count)
+                targets = Array(targets.prefix(max(0, limit - ended.count)))
+            }
             guard acting else {
                 report.sockets += targets.map { .init(socket: $0, outcome: idle) }
                 return

@@ -1,0 +1,38 @@
+import Health
+import NetworkAddress
+
+/// Everything the agent runs with, whichever source it came from (YAML, flags, nginx.conf).
+public struct AgentConfiguration: Sendable, Equatable {
+    public var listen = Endpoint(address: .v4(0x7F00_0001), port: 9747)
+    public var logFormat: LogFormat = .logfmt
+    public var dryRun = false
+    /// Cap on sockets destroyed per second across all pools: a bad probe must not reset a node at once.
+    public var maxSocketsPerSecond = 20_000
+    /// When every backend of a pool looks down the probe side is the likely fault (incident 2):
+    /// reap nothing unless this is set.
+    public var reapWhenAllDown = false
+    public var pools: [PoolConfiguration] = []
+
+    public init() {}
+
+    public enum LogFormat: String, Sendable, CaseIterable {
+        case logfmt, json
+    }
+}
+
+public struct PoolConfiguration: Sendable, Equatable {
+    public var name: String
+    public var backends: [Endpoint]
+    public var protocols: Set<TransportProtocol> = [.tcp]
+    /// 0: the stuck-connection detector is off.
+    public var stuckAfter: Duration = .zero
+    public var probe = ProbeSpec()
+    public var interval: Duration = .seconds(1)
+    public var rise = 2
+    public var fall = 2
+
+    public init(name: String, backends: [Endpoint]) {
+        self.name = name
+        self.backends = backends
+    }
+}

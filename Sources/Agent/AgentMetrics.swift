@@ -1,0 +1,66 @@
+import Prometheus
+import Reaper
+
+/// Every metric the agent exports, prefixed `conn_reaper_`, base units, `_total` counters.
+public final class AgentMetrics: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    static func name(_ metric: String, unit: String, help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "conn_reaper", metricName: metric, unitName: unit, helpText: help)
+    }
+    static let probeBuckets: [Duration] = [.milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+                                           .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+                                           .seconds(1), .seconds(2.5), .seconds(5)]
+    static let reapBuckets: [Duration] = [.microseconds(500), .milliseconds(1), .milliseconds(5), .milliseconds(10),
+                                          .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1), .seconds(5)]
+
+    public init() {
+        registry.makeGauge(descriptor: Self.name("build_info", unit: "", help: "Always 1; the version label names the running build."),
+                           labels: [("version", ConnReaperVersion.current)]).set(to: 1)
+    }
+
+    func backendUp(pool: String, backend: String) -> Gauge {
+        registry.makeGauge(descriptor: Self.name("backend_up", unit: "", help: "1 when the backend's probes say up, 0 when down or not yet known."), labels: [("pool", pool), ("backend", backend)])
+    }
+
+    func probeDuration(pool: String, backend: String) -> DurationHistogram {
+        registry.makeDurationHistogram(descriptor: Self.name("probe_duration", unit: "seconds", help: "Time each probe took, success or not."), labels: [("pool", pool), ("backend", backend)], buckets: Self.probeBuckets)
+    }
+
+    func probes(pool: String, backend: String, result: String) -> Counter {
+        registry.makeCounter(descriptor: Self.name("probes", unit: "total", help: "Probes run, by result (success, failure)."), labels: [("pool", pool), ("backend", backend), ("result", result)])
+    }
+
+    func transitions(pool: String, backend: String, to state: String) -> Counter {
+        registry.makeCounter(descriptor: Self.name("backend_transitions", unit: "total", help: "Backend state changes, by the state entered."), labels: [("pool", pool), ("backend", backend), ("to", state)])
+    }
+
+    func socketsDestroyed(pool: String, backend: String) -> Counter {
+        registry.makeCounter(descriptor: Self.name("sockets_destroyed", unit: "total", help: "Sockets ended with SOCK_DESTROY."), labels: [("pool", pool), ("backend", backend)])
+    }
+
+    func conntrackDeleted(pool: String, backend: String) -> Counter {
+        registry.makeCounter(descriptor: Self.name("conntrack_entries_deleted", unit: "total", help: "Conntrack entries deleted."), labels: [("pool", pool), ("backend", backend)])
+    }
+
+    func destroyErrors(errno: String) -> Counter {
+        registry.makeCounter(descriptor: Self.name("destroy_errors", unit: "total", help: "Socket destroys and conntrack deletes the kernel refused, by errno."), labels: [("errno", errno)])
+    }
+
+    func reapsSkipped(pool: String, reason: String) -> Counter {
+        registry.makeCounter(descriptor: Self.name("reaps_skipped", unit: "total", help: "Reaps not done, by reason (all_backends_down, rate_limited)."), labels: [("pool", pool), ("reason", reason)])
+    }
+
+    func reapDuration(pool: String) -> DurationHistogram {
+        registry.makeDurationHistogram(descriptor: Self.name("reap_duration", unit: "seconds", help: "Time one reap of one backend took in the kernel."), labels: [("pool", pool)], buckets: Self.reapBuckets)
+    }
+
+    func configReloads(result: String) -> Counter {
+        registry.makeCounter(descriptor: Self.name("config_reloads", unit: "total", help: "Configuration reloads, by result (success, failure)."), labels: [("result", result)])
+    }
+
+    public func exposition() -> String {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return String(decoding: buffer, as: UTF8.self)
+    }
+}

@@ -1,0 +1,165 @@
+import Foundation
+import Health
+import NetworkAddress
+
+/// What the agent knows now: configuration, each backend's health and last reap, readiness and
+/// liveness. The single place /status, /readyz and the reap guard read from.
+public actor AgentState {
+    public struct ReapSummary: Sendable, Codable, Equatable {
+        public var time: Date
+        public var reason: String
+        public var sockets: Int
+        public var conntrackEntries: Int
+        public var errors: Int
+        public var dryRun: Bool
+    }
+
+    struct BackendRecord {
+        var health: BackendHealth
+        var lastChange: Date?
+        var lastProbe: ProbeResult?
+        var lastProbeTime: Date?
+        var lastReap: ReapSummary?
+    }
+
+    public private(set) var configuration: AgentConfiguration
+    private var backends: [String: [Endpoint: BackendRecord]] = [:]
+    private var lastHeartbeat = ContinuousClock.now
+    private var firstRoundDone = false
+    /// Pools whose "every backend is down" guard is holding; logged once on entry, not every interval.
+    private(set) var guardedPools: Set<String> = []
+
+    public init(configuration: AgentConfiguration) {
+        self.configuration = configuration
+        self.backends = Self.records(for: configuration, keeping: [:])
+    }
+
+    /// Takes a new configuration; backends that stay keep their health, so a reload is not a flap.
+    public func apply(_ configuration: AgentConfiguration) {
+        self.configuration = configuration
+        backends = Self.records(for: configuration, keeping: backends)
+        firstRoundDone = firstRoundDone && allProbedOnce()
+    }
+
+    static func records(
+        for configuration: AgentConfiguration, keeping backends: [String: [Endpoint: BackendRecord]]
+    ) -> [String: [Endpoint: BackendRecord]] {
+        var next: [String: [Endpoint: BackendRecord]] = [:]
+        for pool in configuration.pools {
+            var records: [Endpoint: BackendRecord] = [:]
+            for backend in pool.backends {
+                if let old = backends[pool.name]?[backend], old.health.rise == pool.rise, old.health.fall == pool.fall {
+                    records[backend] = old
+                } else {
+                    records[backend] = BackendRecord(health: BackendHealth(rise: pool.rise, fall: pool.fall))
+                }
+            }
+            next[pool.name] = records
+        }
+        return next
+    }
+
+    /// Records a probe; returns the backend's state and, when it changed, the new state.
+    public func record(_ result: ProbeResult, pool: String, backend: Endpoint) -> (state: BackendHealth.State, changed: BackendHealth.State?) {
+        guard var record = backends[pool]?[backend] else { return (.unknown, nil) }
+        let changed = record.health.record(success: result.success)
+        let now = Date()
+        if changed != nil { record.lastChange = now }
+        record.lastProbe = result
+        record.lastProbeTime = now
+        backends[pool]?[backend] = record
+        lastHeartbeat = .now
+        if !firstRoundDone { firstRoundDone = allProbedOnce() }
+        return (record.health.state, changed)
+    }
+
+    public func state(pool: String, backend: Endpoint) -> BackendHealth.State {
+        backends[pool]?[backend]?.health.state ?? .unknown
+    }
+
+    public func allDown(pool: String) -> Bool {
+        guard let records = backends[pool], !records.isEmpty else { return false }
+        return records.values.allSatisfy { $0.health.state == .down }
+    }
+
+    /// True the first time a pool's guard holds since it last released; the caller logs loudly then.
+    public func enterGuard(pool: String) -> Bool { guardedPools.insert(pool).inserted }
+
+    public func leaveGuard(pool: String) -> Bool { guardedPools.remove(pool) != nil }
+
+    public func recordReap(_ summary: ReapSummary, pool: String, backend: Endpoint) {
+        backends[pool]?[backend]?.lastReap = summary
+    }
+
+    public func heartbeat() { lastHeartbeat = .now }
+
+    /// Probe loops report at least once per interval; three missed intervals mean they are stuck.
+    public func loopsAlive() -> Bool {
+        let longest = configuration.pools.map { $0.interval + $0.probe.timeout }.max() ?? .seconds(1)
+        return ContinuousClock.now - lastHeartbeat < longest * 3 + .seconds(1)
+    }
+
+    public func ready() -> Bool { firstRoundDone }
+
+    private func allProbedOnce() -> Bool {
+        backends.values.allSatisfy { $0.values.allSatisfy { $0.lastProbe != nil } }
+    }
+
+    public func status() -> StatusDocument {
+        StatusDocument(
+            ready: firstRoundDone,
+            dryRun: configuration.dryRun,
+            pools: configuration.pools.map { pool in
+                StatusDocument.Pool(
+                    name: pool.name,
+                    guardHolding: guardedPools.contains(pool.name),
+                    backends: pool.backends.map { backend in
+                        let record = backends[pool.name]?[backend]
+                        return StatusDocument.Backend(
+                            address: backend.description, state: record?.health.state ?? .unknown,
+                            lastChange: record?.lastChange, lastProbe: record?.lastProbe?.detail,
+                            lastProbeSeconds: record?.lastProbe?.duration.seconds, lastProbeTime: record?.lastProbeTime,
+                            lastReap: record?.lastReap)
+                    })
+            })
+    }
+}
+
+/// The JSON of /status.
+public struct StatusDocument: Sendable, Codable {
+    public struct Backend: Sendable, Codable {
+        public var address: String
+        public var state: BackendHealth.State
+        public var lastChange: Date?
+        public var lastProbe: String?
+        public var lastProbeSeconds: Double?
+        public var lastProbeTime: Date?
+        public var lastReap: AgentState.ReapSummary?
+
+        enum CodingKeys: String, CodingKey {
+            case address, state
+            case lastChange = "last_change", lastProbe = "last_probe", lastProbeSeconds = "last_probe_seconds"
+            case lastProbeTime = "last_probe_time", lastReap = "last_reap"
+        }
+    }
+
+    public struct Pool: Sendable, Codable {
+        public var name: String
+        public var guardHolding: Bool
+        public var backends: [Backend]
+
+        enum CodingKeys: String, CodingKey {
+            case name, backends
+            case guardHolding = "all_down_guard"
+        }
+    }
+
+    public var ready: Bool
+    public var dryRun: Bool
+    public var pools: [Pool]
+
+    enum CodingKeys: String, CodingKey {
+        case ready, pools
+        case dryRun = "dry_run"
+    }
+}

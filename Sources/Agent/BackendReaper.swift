@@ -1,0 +1,114 @@
+import Logging
+import Prometheus
+import Netlink
+import NetworkAddress
+import Reaper
+import SockDiag
+
+/// Reaps one backend's connections when its pool's policy allows: never when every backend of the
+/// pool looks down, never past the sockets-per-second cap. Decides here; `KernelWorker` acts.
+public actor BackendReaper {
+    private let worker: KernelWorker
+    private let state: AgentState
+    private let metrics: AgentMetrics
+    private let logger: Logger
+    private var tokens: Double
+    private var lastRefill = ContinuousClock.now
+
+    public init(worker: KernelWorker, state: AgentState, metrics: AgentMetrics, logger: Logger) async {
+        self.worker = worker
+        self.state = state
+        self.metrics = metrics
+        self.logger = logger
+        self.tokens = Double(await state.configuration.maxSocketsPerSecond)
+    }
+
+    public enum Reason: String, Sendable {
+        /// The backend just went down.
+        case down
+        /// Still down: catches new connects (SYN_SENT) and anything that slipped in.
+        case stillDown = "still-down"
+    }
+
+    public func reap(pool: PoolConfiguration, backend: Endpoint, reason: Reason) async {
+        let configuration = await state.configuration
+        if await state.allDown(pool: pool.name), !configuration.reapWhenAllDown {
+            metrics.reapsSkipped(pool: pool.name, reason: "all_backends_down").increment()
+            if await state.enterGuard(pool: pool.name) {
+                logger.error("every backend of the pool looks down: reaping nothing (the probes are the likely fault; set reap_when_all_down to override)",
+                             metadata: ["pool": "\(pool.name)", "backends": "\(pool.backends.count)"])
+            }
+            return
+        }
+        if await state.leaveGuard(pool: pool.name) {
+            logger.notice("a backend of the pool is up again: reaping resumes", metadata: ["pool": "\(pool.name)"])
+        }
+        refill(perSecond: configuration.maxSocketsPerSecond)
+        let allowance = Int(tokens)
+        guard allowance > 0 else {
+            metrics.reapsSkipped(pool: pool.name, reason: "rate_limited").increment()
+            return
+        }
+        let matcher = DestinationMatcher(
+            destinations: [Destination(address: backend.address, port: backend.port)], transports: pool.protocols)
+        var options = Purger.Options(dryRun: configuration.dryRun)
+        options.socketLimit = allowance
+        let report: PurgeReport
+        do {
+            report = try await worker.purge(matcher, options: options)
+        } catch {
+            logger.error("reap could not run", metadata: ["pool": "\(pool.name)", "backend": "\(backend)", "error": "\(error)"])
+            return
+        }
+        tokens -= Double(report.sockets.count)
+        await account(report, pool: pool, backend: backend, reason: reason, dryRun: configuration.dryRun)
+    }
+
+    private func refill(perSecond: Int) {
+        let now = ContinuousClock.now
+        tokens = min(Double(perSecond), tokens + (now - lastRefill).seconds * Double(perSecond))
+        lastRefill = now
+    }
+
+    private func account(_ report: PurgeReport, pool: PoolConfiguration, backend: Endpoint, reason: Reason, dryRun: Bool) async {
+        let errors = report.allErrors.filter { !$0.meansConntrackAbsent }
+        let ended = dryRun ? report.sockets.count : report.socketsEnded
+        let deleted = dryRun ? report.conntrack.count : report.conntrackDeleted
+        if !dryRun {
+            metrics.socketsDestroyed(pool: pool.name, backend: backend.description).increment(by: Int64(ended))
+            metrics.conntrackDeleted(pool: pool.name, backend: backend.description).increment(by: Int64(deleted))
+        }
+        for error in errors { metrics.destroyErrors(errno: Self.errnoName(error)).increment() }
+        metrics.reapDuration(pool: pool.name).recordSeconds(report.durationSeconds)
+        // The audit line: every reap on a transition, and every later one that ended something.
+        guard reason == .down || ended > 0 || deleted > 0 || !errors.isEmpty else { return }
+        var metadata: Logger.Metadata = [
+            "pool": "\(pool.name)", "backend": "\(backend)", "reason": "\(reason.rawValue)",
+            "sockets": "\(ended)", "conntrack": "\(deleted)", "errors": "\(errors.count)",
+            "duration_ms": "\((report.durationSeconds * 1_000_000).rounded() / 1000)", "dry_run": "\(dryRun)",
+        ]
+        if report.socketsLeftByLimit > 0 { metadata["rate_limited_sockets"] = "\(report.socketsLeftByLimit)" }
+        if let first = errors.first { metadata["error"] = "\(first.hint.map { "\(first): \($0)" } ?? first.description)" }
+        logger.notice(dryRun ? "reap (dry run: nothing ended)" : "reaped", metadata: metadata)
+        let summary = AgentState.ReapSummary(
+            time: .now, reason: reason.rawValue, sockets: ended, conntrackEntries: deleted, errors: errors.count, dryRun: dryRun)
+        await state.recordReap(summary, pool: pool.name, backend: backend)
+    }
+
+    static func errnoName(_ error: SystemCallError) -> String {
+        switch error.errno {
+        case .notPermitted: "EPERM"
+        case .notSupported: "EOPNOTSUPP"
+        case .noBufferSpace: "ENOBUFS"
+        case .noSuchFileOrDirectory: "ENOENT"
+        case .invalidArgument: "EINVAL"
+        default: "errno_\(error.errno.rawValue)"
+        }
+    }
+}
+
+extension DurationHistogram {
+    func recordSeconds(_ seconds: Double) {
+        record(.nanoseconds(Int64(seconds * 1e9)))
+    }
+}

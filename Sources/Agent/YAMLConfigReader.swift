@@ -1,0 +1,161 @@
+import Health
+import NetworkAddress
+import Yams
+
+/// Reads the agent's YAML through Yams' node tree, so each error names its key path and line and
+/// unknown keys (a typo like `intervl`) are refused instead of silently ignored.
+public enum YAMLConfigReader {
+    public static func configuration(yaml text: String, file: String) throws(ConfigurationError) -> AgentConfiguration {
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: text) else {
+                throw ConfigurationError(key: "", "empty configuration", file: file)
+            }
+            root = node
+        } catch let error as ConfigurationError {
+            throw error
+        } catch {
+            throw ConfigurationError(key: "", "not valid YAML: \(error)", file: file)
+        }
+        let top = ConfigNode(node: root, path: "", file: file)
+        let keys = try top.mapping(allowed: ["listen", "log_format", "dry_run", "max_sockets_per_second", "reap_when_all_down", "pools"])
+        var configuration = AgentConfiguration()
+        if let listen = keys["listen"] { configuration.listen = try listen.endpoint() }
+        if let format = keys["log_format"] { configuration.logFormat = try format.choice(AgentConfiguration.LogFormat.self) }
+        if let dryRun = keys["dry_run"] { configuration.dryRun = try dryRun.bool() }
+        if let cap = keys["max_sockets_per_second"] { configuration.maxSocketsPerSecond = try cap.int(in: 1...10_000_000) }
+        if let guardOff = keys["reap_when_all_down"] { configuration.reapWhenAllDown = try guardOff.bool() }
+        guard let pools = keys["pools"] else { throw top.error("pools", "missing: name at least one pool") }
+        configuration.pools = try pools.list().map(pool)
+        try ConfigurationValidator.validate(configuration, file: file)
+        return configuration
+    }
+
+    static func pool(_ node: ConfigNode) throws(ConfigurationError) -> PoolConfiguration {
+        let keys = try node.mapping(allowed: ["name", "backends", "protocols", "stuck_after", "probe"])
+        guard let name = keys["name"] else { throw node.error("name", "missing") }
+        guard let backends = keys["backends"] else { throw node.error("backends", "missing") }
+        var pool = PoolConfiguration(name: try name.string(), backends: try backends.list().map { node throws(ConfigurationError) in try node.endpoint() })
+        if let protocols = keys["protocols"] {
+            pool.protocols = Set(try protocols.list().map { node throws(ConfigurationError) in
+                try node.choice(TransportProtocolName.self).transport
+            })
+        }
+        if let stuck = keys["stuck_after"] { pool.stuckAfter = try stuck.duration() }
+        if let probe = keys["probe"] { try read(probe: probe, into: &pool) }
+        return pool
+    }
+
+    static func read(probe node: ConfigNode, into pool: inout PoolConfiguration) throws(ConfigurationError) {
+        let keys = try node.mapping(allowed: ["type", "port", "path", "expect_status", "interval", "timeout", "rise", "fall", "tls"])
+        if let type = keys["type"] { pool.probe.kind = try type.choice(ProbeSpec.Kind.self) }
+        if let port = keys["port"] { pool.probe.port = UInt16(try port.int(in: 1...65535)) }
+        if let path = keys["path"] { pool.probe.path = try path.string() }
+        if let statuses = keys["expect_status"] {
+            pool.probe.expectStatus = Set(try statuses.list().map { node throws(ConfigurationError) in try node.int(in: 100...599) })
+        }
+        if let interval = keys["interval"] { pool.interval = try interval.duration() }
+        if let timeout = keys["timeout"] { pool.probe.timeout = try timeout.duration() }
+        if let rise = keys["rise"] { pool.rise = try rise.int(in: 1...100) }
+        if let fall = keys["fall"] { pool.fall = try fall.int(in: 1...100) }
+        if let tls = keys["tls"] {
+            let tlsKeys = try tls.mapping(allowed: ["ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify"])
+            pool.probe.tls = ProbeSpec.TLS(
+                caFile: try tlsKeys["ca_file"]?.string(), certificateFile: try tlsKeys["cert_file"]?.string(),
+                keyFile: try tlsKeys["key_file"]?.string(), serverName: try tlsKeys["server_name"]?.string(),
+                insecureSkipVerify: try tlsKeys["insecure_skip_verify"]?.bool() ?? false)
+        }
+    }
+
+    enum TransportProtocolName: String, CaseIterable {
+        case tcp, udp
+        var transport: TransportProtocol { self == .tcp ? .tcp : .udp }
+    }
+}
+
+/// A node with the path that leads to it, for error messages.
+struct ConfigNode {
+    let node: Node
+    let path: String
+    let file: String
+
+    var line: Int? { node.mark.map { $0.line } }
+
+    func error(_ key: String, _ message: String) -> ConfigurationError {
+        ConfigurationError(key: path.isEmpty ? key : "\(path).\(key)", message, file: file, line: line)
+    }
+
+    func error(_ message: String) -> ConfigurationError {
+        ConfigurationError(key: path, message, file: file, line: line)
+    }
+
+    func mapping(allowed: Set<String>) throws(ConfigurationError) -> [String: ConfigNode] {
+        guard case .mapping(let mapping) = node else { throw error("expected a mapping of keys") }
+        var keys: [String: ConfigNode] = [:]
+        for (keyNode, value) in mapping {
+            let key = keyNode.string ?? "?"
+            let child = ConfigNode(node: value, path: path.isEmpty ? key : "\(path).\(key)", file: file)
+            guard allowed.contains(key) else {
+                throw ConfigurationError(key: child.path, "unknown key (known: \(allowed.sorted().joined(separator: ", ")))",
+                                         file: file, line: keyNode.mark.map { $0.line })
+            }
+            guard keys[key] == nil else { throw child.error("given twice") }
+            keys[key] = child
+        }
+        return keys
+    }
+
+    func list() throws(ConfigurationError) -> [ConfigNode] {
+        guard case .sequence(let sequence) = node else { throw error("expected a list") }
+        return sequence.enumerated().map { ConfigNode(node: $1, path: "\(path)[\($0)]", file: file) }
+    }
+
+    func string() throws(ConfigurationError) -> String {
+        guard case .scalar(let scalar) = node else { throw error("expected a single value") }
+        return scalar.string
+    }
+
+    func bool() throws(ConfigurationError) -> Bool {
+        switch try string().lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        case let other: throw error("'\(other)' is not true or false")
+        }
+    }
+
+    func int(in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
+        let text = try string()
+        guard let value = Int(text), range.contains(value) else {
+            throw error("'\(text)' is not a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value
+    }
+
+    func duration() throws(ConfigurationError) -> Duration {
+        let text = try string()
+        guard let value = DurationParsing.parse(text) else {
+            throw error("'\(text)' is not a duration (write it like 500ms, 1s, 2m)")
+        }
+        return value
+    }
+
+    func endpoint() throws(ConfigurationError) -> Endpoint {
+        let text = try string()
+        do { return try EndpointParsing.parse(text) } catch { throw self.error(error.message) }
+    }
+
+    func choice<T: RawRepresentable & CaseIterable>(_: T.Type) throws(ConfigurationError) -> T where T.RawValue == String {
+        let text = try string()
+        guard let value = T(rawValue: text) else {
+            throw error("'\(text)' is not one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return value
+    }
+}
+
+extension Node {
+    var string: String? {
+        if case .scalar(let scalar) = self { return scalar.string }
+        return nil
+    }
+}

@@ -1,0 +1,129 @@
+import Agent
+import Reaper
+import ArgumentParser
+import Health
+import Logging
+import NetworkAddress
+import ServiceLifecycle
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Watch backend health and reap connections to backends that die.",
+        discussion: """
+            Backends come from one of: --config FILE (YAML), --backend IP:PORT (repeatable), or \
+            --nginx-conf FILE (its upstream blocks, re-read when the file changes). SIGHUP reloads; a \
+            configuration that does not load is logged and the running one stays. Exit 2 on an invalid \
+            configuration, before anything is reaped.
+            """)
+
+    @Option(help: "YAML configuration file.") var config: String?
+    @Option(name: .customLong("backend"), help: "A backend IP:PORT to watch (repeatable).") var backends: [String] = []
+    @Option(name: .customLong("nginx-conf"), help: "Take backends from this nginx configuration's upstream blocks.") var nginxConf: String?
+    @Option(name: .customLong("upstream"), help: "With --nginx-conf: only these upstream blocks (repeatable).") var upstreams: [String] = []
+
+    @Option(help: "Probe type: tcp, http or https.") var probe: ProbeSpec.Kind = .tcp
+    @Option(name: .customLong("probe-port"), help: "Probe this port instead of the backend's.") var probePort: UInt16?
+    @Option(help: "HTTP(S) probe path.") var path = "/"
+    @Option(name: .customLong("expect-status"), help: "HTTP status counted as healthy (repeatable).") var expectStatus: [Int] = []
+    @Option(help: "Time between probes of one backend.") var interval = "1s"
+    @Option(help: "Probe timeout.") var timeout = "500ms"
+    @Option(help: "Consecutive successes to count a backend up.") var rise = 2
+    @Option(help: "Consecutive failures to count a backend down.") var fall = 2
+    @Option(name: .customLong("protocols"), help: "Flows to reap: tcp, udp or tcp,udp.") var protocols = "tcp"
+    @Option(name: .customLong("tls-ca"), help: "https probe: CA file.") var tlsCA: String?
+    @Option(name: .customLong("tls-cert"), help: "https probe: client certificate.") var tlsCert: String?
+    @Option(name: .customLong("tls-key"), help: "https probe: client key.") var tlsKey: String?
+    @Option(name: .customLong("tls-server-name"), help: "https probe: SNI and certificate name.") var tlsServerName: String?
+    @Flag(name: .customLong("tls-insecure-skip-verify"), help: "https probe: do not verify the certificate.") var tlsInsecure = false
+    @Option(help: "Where /metrics, /healthz, /readyz and /status listen.") var listen: String?
+    @Option(name: .customLong("max-sockets-per-second"), help: "Cap on sockets destroyed per second.") var maxSocketsPerSecond: Int?
+    @Flag(name: .customLong("reap-when-all-down"), help: "Reap even when every backend of a pool looks down.") var reapWhenAllDown = false
+
+    @Flag(name: .customLong("dry-run"), help: "Log what would be reaped; end nothing.") var dryRun = false
+    @Option(name: .customLong("log-format"), help: "logfmt or json.") var logFormat: AgentConfiguration.LogFormat?
+
+    func validate() throws {
+        let sources = [config != nil, !backends.isEmpty, nginxConf != nil].filter { $0 }.count
+        guard sources == 1 else { throw ValidationError("name exactly one of --config, --backend or --nginx-conf") }
+        if !upstreams.isEmpty && nginxConf == nil { throw ValidationError("--upstream goes with --nginx-conf") }
+    }
+
+    func run() async throws {
+        let source: ConfigSource
+        let configuration: AgentConfiguration
+        do {
+            source = ConfigSource(origin: try origin(), forceDryRun: dryRun, logFormat: logFormat)
+            configuration = try source.load()
+        } catch {
+            standardError("conn-reaper: invalid configuration: \(error)")
+            throw ExitCode(2)
+        }
+        LoggingSystem.bootstrap { label in StructuredLogHandler(label: label, format: configuration.logFormat) }
+        let logger = Logger(label: "conn-reaper")
+        let metrics = AgentMetrics()
+        let state = AgentState(configuration: configuration)
+        let store = ConfigStore(configuration)
+        let worker = KernelWorker()
+        let reaper = await BackendReaper(worker: worker, state: state, metrics: metrics, logger: logger)
+        let services: [any Service] = [
+            HealthService(store: store, state: state, reaper: reaper, metrics: metrics, logger: logger),
+            ReloadService(source: source, store: store, metrics: metrics, logger: logger),
+            StatusServer.make(
+                listen: configuration.listen.address.description, port: Int(configuration.listen.port),
+                state: state, metrics: metrics, logger: logger),
+        ]
+        logger.notice("conn-reaper starting", metadata: [
+            "version": "\(ConnReaperVersion.current)", "listen": "\(configuration.listen)",
+            "pools": "\(configuration.pools.map(\.name).joined(separator: ","))", "dry_run": "\(configuration.dryRun)",
+        ])
+        let group = ServiceGroup(configuration: .init(
+            services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        await worker.shutdown()
+        logger.notice("conn-reaper stopped")
+    }
+
+    /// The configuration origin the flags name; flag values are checked the same way YAML's are.
+    func origin() throws(ConfigurationError) -> ConfigOrigin {
+        if let config { return .yaml(path: config) }
+        var settings = AgentConfiguration()
+        if let listen {
+            do { settings.listen = try EndpointParsing.parse(listen) } catch { throw ConfigurationError(key: "--listen", error.message) }
+        }
+        if let maxSocketsPerSecond { settings.maxSocketsPerSecond = maxSocketsPerSecond }
+        settings.reapWhenAllDown = reapWhenAllDown
+        var pool = PoolConfiguration(name: "default", backends: [])
+        pool.probe = ProbeSpec(
+            kind: probe, port: probePort, path: path, expectStatus: expectStatus.isEmpty ? [200] : Set(expectStatus),
+            timeout: try duration(timeout, flag: "--timeout"),
+            tls: .init(caFile: tlsCA, certificateFile: tlsCert, keyFile: tlsKey, serverName: tlsServerName, insecureSkipVerify: tlsInsecure))
+        pool.interval = try duration(interval, flag: "--interval")
+        guard (1...100).contains(rise) else { throw ConfigurationError(key: "--rise", "\(rise) is not from 1 to 100") }
+        guard (1...100).contains(fall) else { throw ConfigurationError(key: "--fall", "\(fall) is not from 1 to 100") }
+        pool.rise = rise
+        pool.fall = fall
+        pool.protocols = Set(try protocols.split(separator: ",").map { name throws(ConfigurationError) -> TransportProtocol in
+            switch name.trimmingPrefix(while: \.isWhitespace) {
+            case "tcp": return .tcp
+            case "udp": return .udp
+            default: throw ConfigurationError(key: "--protocols", "'\(name)' is not tcp or udp")
+            }
+        })
+        if let nginxConf { return .nginx(path: nginxConf, upstreams: upstreams, settings: settings, pool: pool) }
+        pool.backends = try backends.map { (text: String) throws(ConfigurationError) -> Endpoint in
+            do throws(EndpointParsing.Failure) { return try EndpointParsing.parse(text) } catch { throw ConfigurationError(key: "--backend", error.message) }
+        }
+        settings.pools = [pool]
+        return .flags(settings)
+    }
+
+    func duration(_ text: String, flag: String) throws(ConfigurationError) -> Duration {
+        guard let value = DurationParsing.parse(text) else {
+            throw ConfigurationError(key: flag, "'\(text)' is not a duration (write it like 500ms, 1s, 2m)")
+        }
+        return value
+    }
+}
+
+extension ProbeSpec.Kind: ExpressibleByArgument {}
+extension AgentConfiguration.LogFormat: ExpressibleByArgument {}
