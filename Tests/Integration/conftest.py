@@ -1,0 +1,139 @@
+"""Fixtures for the kernel integration tests of conn-reaper.
+
+Gating: the tests need root and `ip netns add`. Without root they are skipped, unless CI=true, in
+which case they FAIL: under CI every kernel test must run, and any skip is turned into a failure.
+
+Cleanup: each test's namespaces belong to a Lab that is closed in the fixture's finally (processes
+stopped, namespaces deleted); the session also deletes any leftover `crt-<pid>-*` namespace of this
+run at its end, and stale ones of runs whose process died, at its start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import netlab  # noqa: E402
+from topology import Reaper, Topology  # noqa: E402
+
+UNDER_CI = os.environ.get("CI") == "true"
+REPO = Path(__file__).resolve().parents[2]
+RUN_PREFIX = netlab.default_prefix()
+
+
+def unavailable(reason: str) -> None:
+    """Skip outside CI; fail under CI=true, where every kernel test must run."""
+    if UNDER_CI:
+        pytest.fail(f"{reason} (CI=true: the kernel tests must run, not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_sessionstart(session):
+    # A SIGTERM/SIGHUP (e.g. a CI timeout) unwinds like Ctrl-C, so fixtures and the session
+    # finalizer below still remove namespaces and processes.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(signum, _raise_interrupt)
+        except (ValueError, OSError):
+            pass
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.geteuid() == 0 and netlab.tool("ip"):
+        left = netlab.cleanup_namespaces(RUN_PREFIX)
+        if left:
+            sys.stderr.write(f"\nconftest: removed leftover namespaces {left}\n")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if UNDER_CI and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every kernel test must run: {reason}"
+    return report
+
+
+@pytest.fixture(scope="session")
+def kernel_env():
+    """Root, iproute2, and a working `ip netns add`; also clears namespaces of dead earlier runs."""
+    if os.geteuid() != 0:
+        unavailable("kernel tests need root (network namespaces, CAP_NET_ADMIN)")
+    for name in ("ip", "iptables", "ip6tables", "conntrack"):
+        if netlab.tool(name) is None:
+            unavailable(f"'{name}' is not installed (make deps installs it)")
+    netlab.reap_stale_namespaces()
+    probe = f"{RUN_PREFIX}probe"
+    result = subprocess.run([netlab.tool("ip"), "netns", "add", probe], capture_output=True, text=True)
+    if result.returncode != 0:
+        unavailable(f"`ip netns add` fails here: {result.stderr.strip()}")
+    netlab.delete_namespace(probe)
+    yield
+
+
+@pytest.fixture(scope="session")
+def reaper_binary(kernel_env) -> str:
+    """A private copy of $CONN_REAPER (default .build/debug/conn-reaper) in a mode-755 temp dir.
+
+    The copy keeps the run immune to a rebuild of the shared tree (exec of a binary being
+    relinked fails with ETXTBSY) and is usable by `nobody` for the EPERM tests."""
+    source = os.environ.get("CONN_REAPER") or str(REPO / ".build" / "debug" / "conn-reaper")
+    source = os.path.abspath(source)
+    if not (os.path.isfile(source) and os.access(source, os.X_OK)):
+        pytest.fail(f"conn-reaper binary not found at {source}: build it (swift build) or set CONN_REAPER",
+                    pytrace=False)
+    directory = tempfile.mkdtemp(prefix="conn-reaper-test-")
+    try:
+        os.chmod(directory, 0o755)
+        copy = os.path.join(directory, "conn-reaper")
+        problem = ""
+        for _ in range(20):   # the source may be mid-relink by a concurrent build: wait for a runnable copy
+            shutil.copy(source, copy)
+            os.chmod(copy, 0o755)
+            check = subprocess.run([copy, "--version"], capture_output=True, text=True, timeout=30)
+            if check.returncode == 0:
+                break
+            problem = f"exit {check.returncode}: {check.stderr.strip()}"
+            time.sleep(1)
+        else:
+            pytest.fail(f"a copy of {source} does not run: {problem}", pytrace=False)
+        yield copy
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def reaper(reaper_binary) -> Reaper:
+    return Reaper(reaper_binary)
+
+
+@pytest.fixture
+def lab(kernel_env):
+    """A Lab whose namespaces and processes are removed after the test, pass or fail."""
+    lab = netlab.Lab(RUN_PREFIX)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture
+def topo(lab) -> Topology:
+    """Client and server namespaces with echo servers; see topology.py."""
+    return Topology.build(lab)
