@@ -145,7 +145,10 @@ public enum NginxConfigParser {
                 directives.append(NginxDirective(name: name, arguments: Array(words.dropFirst()), children: children, file: file, line: startLine))
                 words = []
             case .close(let line):
-                guard closing, words.isEmpty else { throw ConfigurationError(key: "", "unexpected '}'", file: file, line: line) }
+                guard words.isEmpty else {
+                    throw ConfigurationError(key: "", "missing ';' after '\(words.joined(separator: " "))'", file: file, line: startLine)
+                }
+                guard closing else { throw ConfigurationError(key: "", "unexpected '}'", file: file, line: line) }
                 return directives
             }
         }

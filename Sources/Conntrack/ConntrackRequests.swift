@@ -66,11 +66,16 @@ public struct ConntrackDumpRequest: NetlinkRequest, Equatable {
             case .originalDestination(let a, let p, let t): (ConntrackAttribute.tupleOriginal, a, p, t, false)
             case .replySource(let a, let p, let t): (ConntrackAttribute.tupleReply, a, p, t, true)
             }
+        // Kernel 6.18's ctnetlink compares IPv6 filter addresses inverted (`!ipv6_addr_cmp`): an
+        // IPv6 address filter returns every entry except the one asked for. IPv6 dumps are
+        // therefore narrowed by protocol and port only; the caller's user-space check does the rest.
+        let filtersAddress = address.family == .v4
         writer.appendNested(type: tuple) { tupleWriter in
-            tupleWriter.appendNested(type: ConntrackAttribute.tupleIP) { ip in
-                // CTA_IP_V4_SRC 1, V4_DST 2, V6_SRC 3, V6_DST 4
-                let type: UInt16 = (address.family == .v4 ? 1 : 3) + (isSource ? 0 : 1)
-                ip.appendAttribute(type: type, value: address.networkBytes)
+            if filtersAddress {
+                tupleWriter.appendNested(type: ConntrackAttribute.tupleIP) { ip in
+                    // CTA_IP_V4_SRC 1, CTA_IP_V4_DST 2
+                    ip.appendAttribute(type: isSource ? 1 : 2, value: address.networkBytes)
+                }
             }
             tupleWriter.appendNested(type: ConntrackAttribute.tupleProto) { proto in
                 proto.appendAttribute(type: ConntrackAttribute.protoNumber, value: [transport.rawValue])
@@ -81,7 +86,8 @@ public struct ConntrackDumpRequest: NetlinkRequest, Equatable {
                 }
             }
         }
-        var flags = ConntrackFilter.flagProtoNumber | (isSource ? ConntrackFilter.flagIPSource : ConntrackFilter.flagIPDestination)
+        var flags = ConntrackFilter.flagProtoNumber
+        if filtersAddress { flags |= isSource ? ConntrackFilter.flagIPSource : ConntrackFilter.flagIPDestination }
         if port != nil { flags |= isSource ? ConntrackFilter.flagProtoSourcePort : ConntrackFilter.flagProtoDestinationPort }
         writer.appendNested(type: ConntrackAttribute.filter) { filterWriter in
             filterWriter.appendAttribute(type: ConntrackAttribute.filterOriginalFlags, value: (isSource ? 0 : flags).hostOrderBytes)

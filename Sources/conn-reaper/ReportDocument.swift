@@ -18,6 +18,28 @@ struct ReportDocument: Encodable {
         var tcp_info: TCPInfoDocument?
         var result: String
         var error: String?
+
+        // Absent values print as null rather than vanishing: consumers can rely on every key.
+        enum CodingKeys: String, CodingKey {
+            case proto, family, state, local, remote, cookie, recv_q, send_q, timer, retrans, tcp_info, result, error
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(proto, forKey: .proto)
+            try container.encode(family, forKey: .family)
+            try container.encode(state, forKey: .state)
+            try container.encode(local, forKey: .local)
+            try container.encode(remote, forKey: .remote)
+            try container.encode(cookie, forKey: .cookie)
+            try container.encode(recv_q, forKey: .recv_q)
+            try container.encode(send_q, forKey: .send_q)
+            try container.encode(timer, forKey: .timer)
+            try container.encode(retrans, forKey: .retrans)
+            try container.encode(tcp_info, forKey: .tcp_info)
+            try container.encode(result, forKey: .result)
+            try container.encode(error, forKey: .error)
+        }
     }
 
     struct TCPInfoDocument: Encodable {
@@ -47,6 +69,25 @@ struct ReportDocument: Encodable {
         var matched: String
         var result: String
         var error: String?
+
+        enum CodingKeys: String, CodingKey {
+            case proto, family, original, reply, zone, id, mark, timeout, matched, result, error
+        }
+
+        func encode(to encoder: any Encoder) throws {
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(proto, forKey: .proto)
+            try container.encode(family, forKey: .family)
+            try container.encode(original, forKey: .original)
+            try container.encode(reply, forKey: .reply)
+            try container.encode(zone, forKey: .zone)
+            try container.encode(id, forKey: .id)
+            try container.encode(mark, forKey: .mark)
+            try container.encode(timeout, forKey: .timeout)
+            try container.encode(matched, forKey: .matched)
+            try container.encode(result, forKey: .result)
+            try container.encode(error, forKey: .error)
+        }
     }
 
     struct Counts: Encodable {

@@ -29,16 +29,25 @@ import Testing
     }
 
     @Test func originalDestinationFilterUsesDestinationFlags() {
-        let request = ConntrackDumpRequest(family: .v6, filter: .originalDestination(IPAddress("fd00::5")!, port: nil, .udp))
+        let request = ConntrackDumpRequest(family: .v4, filter: .originalDestination(IPAddress("10.0.0.5")!, port: nil, .udp))
+        let bytes = request.serialized(sequence: 3)
+        let attributes = Array(NetlinkAttributes(bytes[20...]))
+        #expect(attributes[1].type == 25)
+        #expect(attributes[1].nested[1]?.reader.hostOrder(UInt32.self, at: 0) == 0x0A)  // IP_DST | PROTO_NUM
+        #expect(attributes[1].nested[2]?.reader.hostOrder(UInt32.self, at: 0) == 0)
+        #expect(attributes[0].type == 1)
+        #expect(Array(attributes[0].nested[1]?.nested[2]?.value ?? []) == [10, 0, 0, 5])  // V4_DST
+    }
+
+    /// 6.18 inverts the IPv6 address comparison in CTA_FILTER: an IPv6 filter names no address.
+    @Test func ipv6FiltersNarrowByProtocolAndPortOnly() {
+        let request = ConntrackDumpRequest(family: .v6, filter: .replySource(IPAddress("fd00::5")!, port: 6443, .tcp))
         let bytes = request.serialized(sequence: 3)
         #expect(bytes[16] == 10)
-        let filter = Array(NetlinkAttributes(bytes[20...]))[1]
-        #expect(filter.type == 25)
-        #expect(filter.nested[1]?.reader.hostOrder(UInt32.self, at: 0) == 0x0A)  // IP_DST | PROTO_NUM
-        #expect(filter.nested[2]?.reader.hostOrder(UInt32.self, at: 0) == 0)
-        let tuple = Array(NetlinkAttributes(bytes[20...]))[0]
-        #expect(tuple.type == 1)
-        #expect(Array(tuple.nested[1]?.nested[4]?.value ?? []) == IPAddress("fd00::5")!.networkBytes)  // V6_DST
+        let attributes = Array(NetlinkAttributes(bytes[20...]))
+        #expect(attributes[0].type == 2)
+        #expect(attributes[0].nested[1] == nil)  // no CTA_TUPLE_IP
+        #expect(attributes[1].nested[2]?.reader.hostOrder(UInt32.self, at: 0) == 0x18)  // PROTO_NUM | PROTO_SRC_PORT
     }
 
     /// libnetfilter_conntrack writes the delete and reads it back: tuple, zone and id survive.

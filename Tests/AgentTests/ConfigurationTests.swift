@@ -1,0 +1,103 @@
+import Agent
+import Health
+import NetworkAddress
+import Testing
+
+@Suite struct YAMLConfigurationTests {
+    let valid = """
+        listen: 127.0.0.1:9747
+        pools:
+          - name: apiserver
+            backends: ["10.0.0.1:6443", "10.0.0.2:6443", "[fd00::3]:6443"]
+            protocols: [tcp]
+            stuck_after: 0s
+            probe:
+              type: https
+              port: 6443
+              path: /readyz
+              expect_status: [200]
+              interval: 1s
+              timeout: 500ms
+              rise: 2
+              fall: 2
+              tls: { server_name: kubernetes, insecure_skip_verify: true }
+        """
+
+    @Test func readsTheDocumentedExample() throws {
+        let configuration = try YAMLConfigReader.configuration(yaml: valid, file: "c.yaml")
+        #expect(configuration.listen.description == "127.0.0.1:9747")
+        let pool = try #require(configuration.pools.first)
+        #expect(pool.name == "apiserver")
+        #expect(pool.backends.map(\.description) == ["10.0.0.1:6443", "10.0.0.2:6443", "[fd00::3]:6443"])
+        #expect(pool.probe.kind == .https)
+        #expect(pool.probe.port == 6443)
+        #expect(pool.probe.path == "/readyz")
+        #expect(pool.interval == .seconds(1))
+        #expect(pool.probe.timeout == .milliseconds(500))
+        #expect(pool.probe.tls.serverName == "kubernetes")
+        #expect(pool.probe.tls.insecureSkipVerify)
+    }
+
+    @Test func defaultsApplyWhenKeysAreLeftOut() throws {
+        let configuration = try YAMLConfigReader.configuration(yaml: "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n", file: "c.yaml")
+        #expect(configuration.listen.description == "127.0.0.1:9747")
+        #expect(configuration.pools[0].protocols == [.tcp])
+        #expect(configuration.pools[0].probe.kind == .tcp)
+        #expect(configuration.pools[0].rise == 2 && configuration.pools[0].fall == 2)
+        #expect(!configuration.reapWhenAllDown)
+    }
+
+    @Test(arguments: [
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1\"]\n", "pools[0].backends[0]", "has no port"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { intervl: 1s }\n", "pools[0].probe.intervl", "unknown key"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { interval: 1x }\n", "pools[0].probe.interval", "'1x' is not a duration"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: icmp }\n", "pools[0].probe.type", "'icmp' is not one of tcp, http, https"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { rise: 0 }\n", "pools[0].probe.rise", "from 1 to 100"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { interval: 1s, timeout: 2s }\n", "pools[0].probe.timeout", "at most the interval"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n  - name: a\n    backends: [\"10.0.0.2:80\"]\n", "pools[1].name", "used by another pool"),
+        ("pools:\n  - name: a\n    backends: []\n", "pools[0].backends", "at least one backend"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    protocols: [sctp]\n", "pools[0].protocols[0]", "'sctp' is not one of tcp, udp"),
+        ("listen: nowhere\npools: []\n", "listen", "not an IPv4 or IPv6 address"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: https, tls: { ca_file: /nonexistent/ca.crt } }\n", "pools[0].probe.tls.ca_file", "not a readable file"),
+        ("pools: [\n", "", "not valid YAML"),
+        ("dry_run: maybe\npools: []\n", "dry_run", "is not true or false"),
+    ])
+    func errorsNameTheKey(yaml: String, key: String, message: String) {
+        #expect {
+            try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml")
+        } throws: { error in
+            guard let error = error as? ConfigurationError else { return false }
+            return error.key == key && error.description.contains(message) && error.description.hasPrefix("c.yaml")
+        }
+    }
+
+    @Test func errorsCarryTheLine() throws {
+        let yaml = "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe:\n      fall: -1\n"
+        #expect(throws: ConfigurationError.self) { try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml") }
+        do {
+            _ = try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml")
+        } catch {
+            #expect(error.line == 5)
+            #expect(error.description == "c.yaml:5: pools[0].probe.fall: '-1' is not a whole number from 1 to 100")
+        }
+    }
+}
+
+@Suite struct DurationParsingTests {
+    @Test(arguments: [("500ms", 0.5), ("1s", 1.0), ("1.5s", 1.5), ("2m", 120.0), ("0s", 0.0), ("0", 0.0), ("250us", 0.00025)])
+    func parses(text: String, seconds: Double) throws {
+        let duration = try #require(DurationParsing.parse(text))
+        #expect(abs(duration.seconds - seconds) < 1e-9)
+    }
+
+    @Test(arguments: ["", "1", "s", "-1s", "1 day", "1x"])
+    func rejects(text: String) {
+        #expect(DurationParsing.parse(text) == nil)
+    }
+
+    @Test func formats() {
+        #expect(DurationParsing.format(.seconds(2)) == "2s")
+        #expect(DurationParsing.format(.milliseconds(150)) == "150ms")
+        #expect(DurationParsing.format(.zero) == "0s")
+    }
+}
