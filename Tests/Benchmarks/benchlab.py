@@ -1,0 +1,342 @@
+"""Throwaway network namespaces for purge_bench.py: a client and a server namespace joined by a veth
+pair, one connection-holder process in each, and a way to run a command in the client namespace
+without a wrapper process (setns in the benchmark itself, so nothing but the tool is timed).
+
+Everything the lab creates lives inside its two namespaces (addresses, the veth pair, the iptables
+rule, sysctls); deleting the namespaces removes it all. Names carry a prefix and the benchmark's pid,
+so a later run can also remove what a killed run (SIGKILL) left behind.
+"""
+
+import atexit
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+CLONE_NEWNET = 0x40000000
+PREFIX = "crbench-"
+NAME_RE = re.compile(r"^crbench-(\d+)-(cli|srv)$")
+HOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conn_holder.py")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def setns(fd):
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def run(argv, check=True, ns=None, timeout=120):
+    """Run a setup command, in namespace `ns` (via `ip netns exec`) when given."""
+    if ns is not None:
+        argv = ["ip", "netns", "exec", ns] + argv
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_namespaces():
+    """Delete namespaces of earlier benchmark runs whose process is gone (killed with SIGKILL)."""
+    listing = run(["ip", "netns", "list"], check=False).stdout
+    for line in listing.splitlines():
+        name = line.split()[0] if line.split() else ""
+        match = NAME_RE.match(name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            log(f"removing stale namespace {name} of a dead benchmark run")
+            run(["ip", "netns", "del", name], check=False)
+
+
+class HolderProcess:
+    """A conn_holder.py process in a namespace, driven by JSON lines."""
+
+    def __init__(self, ns, role, index):
+        self.role = role
+        self.name = f"{role}{index}"
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, HOLDER, role],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+            start_new_session=True)  # Ctrl-C reaches only the benchmark, which then cleans up
+        hello = self._read()
+        if hello.get("ready") != role:
+            raise RuntimeError(f"{self.name} did not start: {hello}")
+        self.capacity = hello["capacity"]
+        self.live = {}
+
+    @property
+    def held(self):
+        return sum(self.live.values())
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} holder exited (status {self.proc.poll()})")
+        return json.loads(line)
+
+    def send(self, cmd, **args):
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
+        self.proc.stdin.flush()
+
+    def recv(self):
+        reply = self._read()
+        if "error" in reply:
+            raise RuntimeError(f"{self.name}: {reply['error']}")
+        if "live" in reply:
+            self.live = reply["live"]
+        return reply
+
+    def call(self, cmd, **args):
+        self.send(cmd, **args)
+        return self.recv()
+
+    def stop(self, grace=15.0):
+        if self.proc.poll() is not None:
+            return
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    def wait(self, grace=15.0):
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # by pid: the process we started
+            self.proc.wait(10)
+
+
+def broadcast(holders, cmd, **args):
+    """Send one command to several holders at once (they work in parallel), then collect the replies."""
+    for holder in holders:
+        holder.send(cmd, **args)
+    return [holder.recv() for holder in holders]
+
+
+def merge(replies, field="live"):
+    total = {}
+    for reply in replies:
+        for key, count in reply.get(field, {}).items():
+            total[key] = total.get(key, 0) + count
+    return total
+
+
+class Lab:
+    """Client namespace (10.232.0.1, conntrack on) and server namespace (the server addresses), with
+    pools of holder processes: clients are added as connections need room; `servers` processes
+    share every listening port through SO_REUSEPORT, which spreads the accepted sockets among them."""
+
+    CLIENT_IP = "10.232.0.1"
+
+    def __init__(self, server_ips, servers, private_server_hash=True):
+        self.private_server_hash = private_server_hash
+        self.server_ehash = None
+        self.client_ns = f"{PREFIX}{os.getpid()}-cli"
+        self.server_ns = f"{PREFIX}{os.getpid()}-srv"
+        self.server_ips = server_ips
+        self.server_count = servers
+        self.clients = []
+        self.servers = []
+        self._host_fd = None
+        self._client_fd = None
+        self._created = []
+        self._closed = False
+        atexit.register(self.close)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self):
+        remove_stale_namespaces()
+        c, s = self.client_ns, self.server_ns
+        self._created.append(c)
+        run(["ip", "netns", "add", c])
+        self._host_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._client_fd = os.open(f"/run/netns/{c}", os.O_RDONLY | os.O_CLOEXEC)
+        self._created.append(s)
+        if self.private_server_hash:
+            # The server ends stand for remote backends: keep them out of the established hash the
+            # client's dumps walk. A namespace gets its own TCP hash when its creator's namespace sets
+            # net.ipv4.tcp_child_ehash_entries, so the client namespace (sysctl set there, not on the
+            # host) creates the server namespace.
+            run(["sysctl", "-q", "-w", "net.ipv4.tcp_child_ehash_entries=262144"], ns=c)
+            with self.in_client():
+                run(["ip", "netns", "add", s])
+        else:
+            run(["ip", "netns", "add", s])
+        self.server_ehash = run(["sysctl", "-n", "net.ipv4.tcp_ehash_entries"], ns=s).stdout.strip()
+        # The veth pair is created inside the client namespace and its peer moved straight into the
+        # server namespace: the host namespace never sees either end.
+        run(["ip", "-n", c, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", s])
+        run(["ip", "-n", c, "addr", "add", f"{self.CLIENT_IP}/24", "dev", "veth0"])
+        for ip in self.server_ips:
+            run(["ip", "-n", s, "addr", "add", f"{ip}/24", "dev", "veth1"])
+        for ns, dev in ((c, "veth0"), (s, "veth1")):
+            run(["ip", "-n", ns, "link", "set", "lo", "up"])
+            run(["ip", "-n", ns, "link", "set", dev, "up"])
+        # Per-namespace sysctls: a wide ephemeral range for the client, deep accept queues for the server.
+        run(["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65535"], ns=c)
+        run(["sysctl", "-q", "-w", "net.core.somaxconn=1048576"], ns=s)
+        run(["sysctl", "-q", "-w", "net.ipv4.tcp_max_syn_backlog=1048576"], ns=s)
+        # Conntrack tracks the client namespace only once a rule uses it.
+        run(["iptables", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "NEW,ESTABLISHED", "-j", "ACCEPT"], ns=c)
+        self.servers = []
+        for index in range(self.server_count):
+            self.servers.append(HolderProcess(s, "server", index))
+        return self
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        # A second Ctrl-C must not cut the cleanup short.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            if self._host_fd is not None:
+                try:
+                    setns(self._host_fd)
+                except OSError:
+                    pass
+            holders = self.clients + self.servers
+            for holder in holders:
+                try:
+                    holder.stop()
+                except Exception as error:  # keep cleaning
+                    log(f"stopping {holder.name}: {error}")
+            for holder in holders:
+                try:
+                    holder.wait()
+                except Exception as error:
+                    log(f"waiting for {holder.name}: {error}")
+            for ns in reversed(self._created):
+                if not os.path.exists(f"/run/netns/{ns}"):
+                    continue
+                result = run(["ip", "netns", "del", ns], check=False)
+                if result.returncode != 0:
+                    log(f"ip netns del {ns}: {result.stderr.strip()}")
+            self._created.clear()
+            for fd in (self._client_fd, self._host_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._client_fd = self._host_fd = None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def __enter__(self):
+        return self.open()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- connections -------------------------------------------------------------------------
+    def listen(self, ip, port):
+        broadcast(self.servers, "listen", ip=ip, port=port)
+
+    def _plan(self, n):
+        """Split n new client connections over the client holders, starting new ones as needed."""
+        plan = []
+        holders = iter(sorted(self.clients, key=lambda h: h.held))
+        while n > 0:
+            holder = next(holders, None)
+            if holder is None:
+                holder = HolderProcess(self.client_ns, "client", len(self.clients))
+                self.clients.append(holder)
+            room = holder.capacity - holder.held
+            if room <= 0:
+                continue
+            take = min(room, n)
+            plan.append((holder, take))
+            n -= take
+        return plan
+
+    def connect(self, ip, port, n):
+        """Open n client connections to ip:port; every server holder accepts meanwhile.
+        Returns (connected, accepted, errors)."""
+        key = f"{ip}:{port}"
+        server_before = sum(h.live.get(key, 0) for h in self.servers)
+        plan = self._plan(n)
+        for server in self.servers:
+            server.send("serve")
+        for server in self.servers:
+            server.recv()  # "serving"
+        for holder, count in plan:
+            holder.send("connect", dst=ip, port=port, n=count)
+        replies = [holder.recv() for holder, _ in plan]
+        served = broadcast(self.servers, "stop")
+        connected = sum(r["connected"] for r in replies)
+        errors = {}
+        for r in replies:
+            for name, count in r["errors"].items():
+                errors[name] = errors.get(name, 0) + count
+        if any(r.get("full") for r in served):
+            errors["server holder full"] = 1
+        deadline = time.monotonic() + 3
+        while True:
+            accepted = sum(h.live.get(key, 0) for h in self.servers) - server_before
+            if accepted >= connected or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # a final ACK still on its way: accept what is queued
+            broadcast(self.servers, "drain")
+        return connected, accepted, errors
+
+    def reap(self, settle=0.0):
+        """Every holder closes the connections that died. Returns (client live, server live) per key."""
+        holders = self.clients + self.servers
+        for holder in holders:
+            holder.send("reap", settle=settle)
+        for holder in holders:
+            holder.recv()
+        return merge([{"live": h.live} for h in self.clients]), merge([{"live": h.live} for h in self.servers])
+
+    def abort(self, key):
+        """Close the client connections of one key with RST, then let the servers reap their ends."""
+        broadcast(self.clients, "abort", key=key)
+        return self.reap()
+
+    # -- running commands in the client namespace ------------------------------------------------
+    def in_client(self):
+        lab = self
+
+        class _Inside:
+            def __enter__(self):
+                setns(lab._client_fd)
+
+            def __exit__(self, *exc):
+                setns(lab._host_fd)
+
+        return _Inside()
+
+    def client_run(self, argv, timeout=120):
+        """Run an untimed command (check, cleanup) in the client namespace."""
+        with self.in_client():
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def install_signal_handlers():
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so every finally block and atexit hook runs."""
+
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+    # Also when started in the background by a shell that ignores SIGINT there: an explicit SIGINT cleans up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
