@@ -40,8 +40,16 @@ integration: build
 
 test: unit integration
 
+# Speed targets live here, not in timed unit tests: each prints a Markdown table of medians.
 bench: release
 	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(PYTHON) Tests/Benchmarks/purge_bench.py
+	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(PYTHON) Tests/Benchmarks/agent_steady_bench.py
+
+# The seed incident without and with the agent in throwaway namespaces (root): prints a before/after
+# table, writes demo-timeline.svg, removes everything it made.
+.PHONY: demo
+demo: build
+	CONN_REAPER=$(abspath $(BIN_DEBUG)) $(PYTHON) Tests/Demo/incident_demo.py
 
 clean:
 	rm -rf .build

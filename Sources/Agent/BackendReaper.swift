@@ -23,6 +23,8 @@ public actor BackendReaper {
         self.tokens = Double(await state.configuration.maxSocketsPerSecond)
     }
 
+    static let dryRunSample = 8
+
     public enum Reason: String, Sendable {
         /// The backend just went down.
         case down
@@ -88,6 +90,11 @@ public actor BackendReaper {
             "duration_ms": "\((report.durationSeconds * 1_000_000).rounded() / 1000)", "dry_run": "\(dryRun)",
         ]
         if report.socketsLeftByLimit > 0 { metadata["rate_limited_sockets"] = "\(report.socketsLeftByLimit)" }
+        if dryRun, !report.sockets.isEmpty {
+            // Name what would go, a few at least, so a dry run can be checked against `ss`.
+            let sample = report.sockets.prefix(Self.dryRunSample).map { "\($0.socket.local)->\($0.socket.remote)" }
+            metadata["would_end"] = "\(sample.joined(separator: ","))\(report.sockets.count > Self.dryRunSample ? ",..." : "")"
+        }
         if let first = errors.first { metadata["error"] = "\(first.hint.map { "\(first): \($0)" } ?? first.description)" }
         logger.notice(dryRun ? "reap (dry run: nothing ended)" : "reaped", metadata: metadata)
         let summary = AgentState.ReapSummary(

@@ -76,6 +76,10 @@ struct Run: AsyncParsableCommand {
             "version": "\(ConnReaperVersion.current)", "listen": "\(configuration.listen)",
             "pools": "\(configuration.pools.map(\.name).joined(separator: ","))", "dry_run": "\(configuration.dryRun)",
         ])
+        for finding in HostCheck().findings where finding.verdict != .ok {
+            // Keep running: probes and metrics still help, and the reap errors will say the same.
+            logger.error("host check: \(finding.name)", metadata: ["detail": "\(finding.detail)"])
+        }
         let group = ServiceGroup(configuration: .init(
             services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Agent steady state: `conn-reaper run` watching N backends (default 200) probed every second,
+all up, nothing to reap. Measures the agent's CPU (utime+stime from /proc over a window, as a share
+of one core) and its resident memory, medians over rounds.
+
+Goals (from the issue): under 1% of a core and under 40 MB RSS with 200 backends at 1 s.
+
+Everything runs in one throwaway network namespace: the backends are listeners on 127.0.0.1 inside
+it. Needs root. Usage: agent_steady_bench.py [--backends 200] [--rounds 5] [--window 20]"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+GOAL_CPU_PERCENT = 1.0
+GOAL_RSS_MB = 40.0
+FIRST_PORT = 21000
+
+LISTENERS = """
+import selectors, socket, sys
+selector = selectors.DefaultSelector()
+for port in range(int(sys.argv[1]), int(sys.argv[1]) + int(sys.argv[2])):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port)); s.listen(128); s.setblocking(False)
+    selector.register(s, selectors.EVENT_READ)
+print("ready", flush=True)
+while True:
+    for key, _ in selector.select():
+        try:
+            key.fileobj.accept()[0].close()
+        except BlockingIOError:
+            pass
+"""
+
+
+def log(message):
+    sys.stderr.write(f"[steady] {message}\n")
+    sys.stderr.flush()
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the full line)
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--binary", default=os.environ.get("CONN_REAPER", ".build/release/conn-reaper"))
+    parser.add_argument("--backends", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--window", type=float, default=20.0, help="seconds measured per round")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("agent_steady_bench: needs root (network namespaces)")
+    namespace = f"crsteady-{os.getpid()}"
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    processes = []
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
+        listeners = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-c", LISTENERS,
+                                      str(FIRST_PORT), str(args.backends)], stdout=subprocess.PIPE, text=True)
+        processes.append(listeners)
+        assert listeners.stdout.readline().strip() == "ready"
+        backends = [f"--backend=127.0.0.1:{FIRST_PORT + i}" for i in range(args.backends)]
+        agent = subprocess.Popen(["ip", "netns", "exec", namespace, os.path.abspath(args.binary), "run", *backends,
+                                  "--interval", "1s", "--timeout", "500ms", "--listen", "127.0.0.1:9747"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        processes.append(agent)
+        log(f"{args.backends} backends, interval 1s; warming up {args.warmup:.0f} s")
+        time.sleep(args.warmup)
+        cpu, rss = [], []
+        for round_number in range(args.rounds):
+            before = cpu_ticks(agent.pid)
+            started = time.monotonic()
+            time.sleep(args.window)
+            elapsed = time.monotonic() - started
+            cpu.append(100.0 * (cpu_ticks(agent.pid) - before) / ticks_per_second / elapsed)
+            rss.append(rss_mb(agent.pid))
+            log(f"round {round_number + 1}: cpu {cpu[-1]:.2f}% of a core, rss {rss[-1]:.1f} MB")
+        status = subprocess.run(["ip", "netns", "exec", namespace, "curl", "-s", "127.0.0.1:9747/status"],
+                                capture_output=True, text=True).stdout
+        up = status.count('"up"')
+        if agent.poll() is not None or up != args.backends:
+            sys.exit(f"agent_steady_bench: void run: agent exited={agent.poll()}, backends up={up}/{args.backends}")
+        cpu_median, rss_median = statistics.median(cpu), statistics.median(rss)
+        print(f"\n### Agent steady state: {args.backends} backends probed every 1 s ({args.rounds} rounds of {args.window:.0f} s)\n")
+        print("| measure | median | min | max | goal | verdict |")
+        print("|---|---|---|---|---|---|")
+        print(f"| CPU, % of one core | {cpu_median:.2f} | {min(cpu):.2f} | {max(cpu):.2f} | < {GOAL_CPU_PERCENT:.0f} | "
+              f"{'PASS' if cpu_median < GOAL_CPU_PERCENT else 'MISS'} |")
+        print(f"| RSS, MB | {rss_median:.1f} | {min(rss):.1f} | {max(rss):.1f} | < {GOAL_RSS_MB:.0f} | "
+              f"{'PASS' if rss_median < GOAL_RSS_MB else 'MISS'} |")
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+
+
+if __name__ == "__main__":
+    main()
