@@ -4,7 +4,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 PYTHON ?= python3
 APT_PACKAGES := pkg-config libmnl-dev libnetfilter-conntrack-dev iproute2 nginx libnginx-mod-stream \
-	conntrack iptables haproxy python3 python3-pytest util-linux procps
+	conntrack iptables haproxy python3 python3-pytest util-linux procps gcc curl openssl
 BIN_DEBUG := .build/debug/conn-reaper
 BIN_RELEASE := .build/release/conn-reaper
 

@@ -1,10 +1,12 @@
 import Foundation
+import Synchronization
 import Health
 import NetworkAddress
 
 /// What the agent knows now: configuration, each backend's health and last reap, readiness and
-/// liveness. The single place /status, /readyz and the reap guard read from.
-public actor AgentState {
+/// liveness. The single place /status, /readyz and the reap guard read from. A mutex, not an actor:
+/// probe results arrive on event-loop threads and are recorded there without a hop.
+public final class AgentState: Sendable {
     public struct ReapSummary: Sendable, Codable, Equatable {
         public var time: Date
         public var reason: String
@@ -12,6 +14,11 @@ public actor AgentState {
         public var conntrackEntries: Int
         public var errors: Int
         public var dryRun: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case time, reason, sockets, errors
+            case conntrackEntries = "conntrack_entries", dryRun = "dry_run"
+        }
     }
 
     struct BackendRecord {
@@ -22,23 +29,32 @@ public actor AgentState {
         var lastReap: ReapSummary?
     }
 
-    public private(set) var configuration: AgentConfiguration
-    private var backends: [String: [Endpoint: BackendRecord]] = [:]
-    private var lastHeartbeat = ContinuousClock.now
-    private var firstRoundDone = false
-    /// Pools whose "every backend is down" guard is holding; logged once on entry, not every interval.
-    private(set) var guardedPools: Set<String> = []
+    struct Storage {
+        var configuration: AgentConfiguration
+        var backends: [String: [Endpoint: BackendRecord]]
+        var lastHeartbeat = ContinuousClock.now
+        var firstRoundDone = false
+        /// Pools whose "every backend is down" guard is holding; logged once on entry, not every reap.
+        var guardedPools: Set<String> = []
+
+        var allProbedOnce: Bool { backends.values.allSatisfy { $0.values.allSatisfy { $0.lastProbe != nil } } }
+    }
+
+    private let storage: Mutex<Storage>
 
     public init(configuration: AgentConfiguration) {
-        self.configuration = configuration
-        self.backends = Self.records(for: configuration, keeping: [:])
+        storage = Mutex(Storage(configuration: configuration, backends: Self.records(for: configuration, keeping: [:])))
     }
+
+    public var configuration: AgentConfiguration { storage.withLock { $0.configuration } }
 
     /// Takes a new configuration; backends that stay keep their health, so a reload is not a flap.
     public func apply(_ configuration: AgentConfiguration) {
-        self.configuration = configuration
-        backends = Self.records(for: configuration, keeping: backends)
-        firstRoundDone = firstRoundDone && allProbedOnce()
+        storage.withLock { storage in
+            storage.configuration = configuration
+            storage.backends = Self.records(for: configuration, keeping: storage.backends)
+            storage.firstRoundDone = storage.firstRoundDone && storage.allProbedOnce
+        }
     }
 
     static func records(
@@ -61,67 +77,69 @@ public actor AgentState {
 
     /// Records a probe; returns the backend's state and, when it changed, the new state.
     public func record(_ result: ProbeResult, pool: String, backend: Endpoint) -> (state: BackendHealth.State, changed: BackendHealth.State?) {
-        guard var record = backends[pool]?[backend] else { return (.unknown, nil) }
-        let changed = record.health.record(success: result.success)
-        let now = Date()
-        if changed != nil { record.lastChange = now }
-        record.lastProbe = result
-        record.lastProbeTime = now
-        backends[pool]?[backend] = record
-        lastHeartbeat = .now
-        if !firstRoundDone { firstRoundDone = allProbedOnce() }
-        return (record.health.state, changed)
+        storage.withLock { storage in
+            guard var record = storage.backends[pool]?[backend] else { return (.unknown, nil) }
+            let changed = record.health.record(success: result.success)
+            let now = Date()
+            if changed != nil { record.lastChange = now }
+            record.lastProbe = result
+            record.lastProbeTime = now
+            storage.backends[pool]?[backend] = record
+            storage.lastHeartbeat = .now
+            if !storage.firstRoundDone { storage.firstRoundDone = storage.allProbedOnce }
+            return (record.health.state, changed)
+        }
     }
 
     public func state(pool: String, backend: Endpoint) -> BackendHealth.State {
-        backends[pool]?[backend]?.health.state ?? .unknown
+        storage.withLock { $0.backends[pool]?[backend]?.health.state ?? .unknown }
     }
 
     public func allDown(pool: String) -> Bool {
-        guard let records = backends[pool], !records.isEmpty else { return false }
-        return records.values.allSatisfy { $0.health.state == .down }
+        storage.withLock { storage in
+            guard let records = storage.backends[pool], !records.isEmpty else { return false }
+            return records.values.allSatisfy { $0.health.state == .down }
+        }
     }
 
     /// True the first time a pool's guard holds since it last released; the caller logs loudly then.
-    public func enterGuard(pool: String) -> Bool { guardedPools.insert(pool).inserted }
+    public func enterGuard(pool: String) -> Bool { storage.withLock { $0.guardedPools.insert(pool).inserted } }
 
-    public func leaveGuard(pool: String) -> Bool { guardedPools.remove(pool) != nil }
+    public func leaveGuard(pool: String) -> Bool { storage.withLock { $0.guardedPools.remove(pool) != nil } }
 
     public func recordReap(_ summary: ReapSummary, pool: String, backend: Endpoint) {
-        backends[pool]?[backend]?.lastReap = summary
+        storage.withLock { $0.backends[pool]?[backend]?.lastReap = summary }
     }
-
-    public func heartbeat() { lastHeartbeat = .now }
 
     /// Probe loops report at least once per interval; three missed intervals mean they are stuck.
     public func loopsAlive() -> Bool {
-        let longest = configuration.pools.map { $0.interval + $0.probe.timeout }.max() ?? .seconds(1)
-        return ContinuousClock.now - lastHeartbeat < longest * 3 + .seconds(1)
+        storage.withLock { storage in
+            let longest = storage.configuration.pools.map { $0.interval + $0.probe.timeout }.max() ?? .seconds(1)
+            return ContinuousClock.now - storage.lastHeartbeat < longest * 3 + .seconds(1)
+        }
     }
 
-    public func ready() -> Bool { firstRoundDone }
-
-    private func allProbedOnce() -> Bool {
-        backends.values.allSatisfy { $0.values.allSatisfy { $0.lastProbe != nil } }
-    }
+    public func ready() -> Bool { storage.withLock { $0.firstRoundDone } }
 
     public func status() -> StatusDocument {
-        StatusDocument(
-            ready: firstRoundDone,
-            dryRun: configuration.dryRun,
-            pools: configuration.pools.map { pool in
-                StatusDocument.Pool(
-                    name: pool.name,
-                    guardHolding: guardedPools.contains(pool.name),
-                    backends: pool.backends.map { backend in
-                        let record = backends[pool.name]?[backend]
-                        return StatusDocument.Backend(
-                            address: backend.description, state: record?.health.state ?? .unknown,
-                            lastChange: record?.lastChange, lastProbe: record?.lastProbe?.detail,
-                            lastProbeSeconds: record?.lastProbe?.duration.seconds, lastProbeTime: record?.lastProbeTime,
-                            lastReap: record?.lastReap)
-                    })
-            })
+        storage.withLock { storage in
+            StatusDocument(
+                ready: storage.firstRoundDone,
+                dryRun: storage.configuration.dryRun,
+                pools: storage.configuration.pools.map { pool in
+                    StatusDocument.Pool(
+                        name: pool.name,
+                        guardHolding: storage.guardedPools.contains(pool.name),
+                        backends: pool.backends.map { backend in
+                            let record = storage.backends[pool.name]?[backend]
+                            return StatusDocument.Backend(
+                                address: backend.description, state: record?.health.state ?? .unknown,
+                                lastChange: record?.lastChange, lastProbe: record?.lastProbe?.detail,
+                                lastProbeSeconds: record?.lastProbe?.duration.seconds, lastProbeTime: record?.lastProbeTime,
+                                lastReap: record?.lastReap)
+                        })
+                })
+        }
     }
 }
 

@@ -15,12 +15,12 @@ public actor BackendReaper {
     private var tokens: Double
     private var lastRefill = ContinuousClock.now
 
-    public init(worker: KernelWorker, state: AgentState, metrics: AgentMetrics, logger: Logger) async {
+    public init(worker: KernelWorker, state: AgentState, metrics: AgentMetrics, logger: Logger) {
         self.worker = worker
         self.state = state
         self.metrics = metrics
         self.logger = logger
-        self.tokens = Double(await state.configuration.maxSocketsPerSecond)
+        self.tokens = Double(state.configuration.maxSocketsPerSecond)
     }
 
     static let dryRunSample = 8
@@ -33,16 +33,16 @@ public actor BackendReaper {
     }
 
     public func reap(pool: PoolConfiguration, backend: Endpoint, reason: Reason) async {
-        let configuration = await state.configuration
-        if await state.allDown(pool: pool.name), !configuration.reapWhenAllDown {
+        let configuration = state.configuration
+        if state.allDown(pool: pool.name), !configuration.reapWhenAllDown {
             metrics.reapsSkipped(pool: pool.name, reason: "all_backends_down").increment()
-            if await state.enterGuard(pool: pool.name) {
+            if state.enterGuard(pool: pool.name) {
                 logger.error("every backend of the pool looks down: reaping nothing (the probes are the likely fault; set reap_when_all_down to override)",
                              metadata: ["pool": "\(pool.name)", "backends": "\(pool.backends.count)"])
             }
             return
         }
-        if await state.leaveGuard(pool: pool.name) {
+        if state.leaveGuard(pool: pool.name) {
             logger.notice("a backend of the pool is up again: reaping resumes", metadata: ["pool": "\(pool.name)"])
         }
         refill(perSecond: configuration.maxSocketsPerSecond)
@@ -63,7 +63,7 @@ public actor BackendReaper {
             return
         }
         tokens -= Double(report.sockets.count)
-        await account(report, pool: pool, backend: backend, reason: reason, dryRun: configuration.dryRun)
+        account(report, pool: pool, backend: backend, reason: reason, dryRun: configuration.dryRun)
     }
 
     private func refill(perSecond: Int) {
@@ -72,7 +72,7 @@ public actor BackendReaper {
         lastRefill = now
     }
 
-    private func account(_ report: PurgeReport, pool: PoolConfiguration, backend: Endpoint, reason: Reason, dryRun: Bool) async {
+    private func account(_ report: PurgeReport, pool: PoolConfiguration, backend: Endpoint, reason: Reason, dryRun: Bool) {
         let errors = report.allErrors.filter { !$0.meansConntrackAbsent }
         let ended = dryRun ? report.sockets.count : report.socketsEnded
         let deleted = dryRun ? report.conntrack.count : report.conntrackDeleted
@@ -99,7 +99,7 @@ public actor BackendReaper {
         logger.notice(dryRun ? "reap (dry run: nothing ended)" : "reaped", metadata: metadata)
         let summary = AgentState.ReapSummary(
             time: .now, reason: reason.rawValue, sockets: ended, conntrackEntries: deleted, errors: errors.count, dryRun: dryRun)
-        await state.recordReap(summary, pool: pool.name, backend: backend)
+        state.recordReap(summary, pool: pool.name, backend: backend)
     }
 
     static func errnoName(_ error: SystemCallError) -> String {

@@ -1,104 +1,148 @@
 import Health
 import Logging
+import NIOCore
+import NIOPosix
 import NetworkAddress
 import ServiceLifecycle
 
-/// Probes every backend of every pool on its own loop and reaps backends that are down. Follows
-/// configuration reloads: loops of the old configuration end, new ones start, health carries over.
+/// Probes every backend of every pool and reaps backends that are down. Probing runs on event
+/// loops (see BackendProbeLoop); a backend that goes down gets a reaping task that ends its
+/// connections at once and again every 100 ms while it stays down. Follows configuration reloads:
+/// the old generation stops, a new one starts, health carries over.
 public struct HealthService: Service {
     let store: ConfigStore
     let state: AgentState
     let reaper: BackendReaper
     let metrics: AgentMetrics
     let logger: Logger
+    let group: any EventLoopGroup
 
-    public init(store: ConfigStore, state: AgentState, reaper: BackendReaper, metrics: AgentMetrics, logger: Logger) {
+    public init(
+        store: ConfigStore, state: AgentState, reaper: BackendReaper, metrics: AgentMetrics, logger: Logger,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) {
         self.store = store
         self.state = state
         self.reaper = reaper
         self.metrics = metrics
         self.logger = logger
+        self.group = group
     }
 
     /// While a backend is down, its connections are reaped at least this often, so a balancer's
-    /// new connect() toward it fails fast instead of waiting out a connect timeout.
+    /// new connect() toward it (SYN_SENT) fails fast instead of waiting out a connect timeout.
     static let downReapCadence: Duration = .milliseconds(100)
+
+    struct DownBackend: Sendable {
+        var pool: PoolConfiguration
+        var backend: Endpoint
+        var reason: BackendReaper.Reason
+    }
 
     public func run() async throws {
         let updates = await store.updates()
         await cancelWhenGracefulShutdown {
-            // One task per configuration generation, always awaited before the next starts and
-            // before run returns. (A task group cannot serve: once cancelAll() ran, every task
-            // added to it later starts out cancelled.)
-            var current: Task<Void, Never>?
-            var generation = 0
+            var generation: Generation?
+            var number = 0
             for await configuration in updates {
-                current?.cancel()
-                await current?.value
-                generation += 1
-                await state.apply(configuration)
-                let number = generation
-                current = Task { await watch(configuration, generation: number) }
+                await generation?.stop()
+                number += 1
+                state.apply(configuration)
+                generation = start(configuration, number: number)
             }
-            current?.cancel()
-            await current?.value
+            await generation?.stop()
         }
     }
 
-    func watch(_ configuration: AgentConfiguration, generation: Int) async {
+    /// The probe loops and the reaping task of one configuration.
+    final class Generation: Sendable {
+        let loops: [BackendProbeLoop]
+        let downEvents: AsyncStream<DownBackend>.Continuation
+        let reaping: Task<Void, Never>
+
+        init(loops: [BackendProbeLoop], downEvents: AsyncStream<DownBackend>.Continuation, reaping: Task<Void, Never>) {
+            self.loops = loops
+            self.downEvents = downEvents
+            self.reaping = reaping
+        }
+
+        func stop() async {
+            for loop in loops { loop.stop() }
+            downEvents.finish()
+            reaping.cancel()
+            await reaping.value
+        }
+    }
+
+    func start(_ configuration: AgentConfiguration, number: Int) -> Generation {
         logger.info("watching backends", metadata: [
             "pools": "\(configuration.pools.count)", "backends": "\(configuration.pools.reduce(0) { $0 + $1.backends.count })",
-            "generation": "\(generation)", "dry_run": "\(configuration.dryRun)",
+            "generation": "\(number)", "dry_run": "\(configuration.dryRun)",
         ])
-        await withTaskGroup(of: Void.self) { group in
-            for pool in configuration.pools {
-                let prober: Prober
-                do { prober = try Prober(spec: pool.probe) } catch {
-                    logger.error("pool skipped: its probe cannot be built", metadata: ["pool": "\(pool.name)", "error": "\(error)"])
-                    continue
-                }
-                for backend in pool.backends {
-                    group.addTask { await watch(backend, in: pool, with: prober) }
+        let (events, downEvents) = AsyncStream.makeStream(of: DownBackend.self)
+        // Bounded by Generation.stop(), which cancels and awaits it.
+        let reaping = Task { [self] in
+            await withTaskGroup(of: Void.self) { tasks in
+                for await event in events {
+                    tasks.addTask { await reapWhileDown(event) }
                 }
             }
         }
+        var loops: [BackendProbeLoop] = []
+        for pool in configuration.pools {
+            let prober: Prober
+            do { prober = try Prober(spec: pool.probe) } catch {
+                logger.error("pool skipped: its probe cannot be built", metadata: ["pool": "\(pool.name)", "error": "\(error)"])
+                continue
+            }
+            for backend in pool.backends {
+                // A backend already down when a reload starts this generation keeps being reaped.
+                if state.state(pool: pool.name, backend: backend) == .down {
+                    downEvents.yield(DownBackend(pool: pool, backend: backend, reason: .stillDown))
+                }
+                loops.append(BackendProbeLoop(
+                    loop: group.next(), prober: prober, backend: backend, interval: pool.interval,
+                    onResult: recorder(pool: pool, backend: backend, downEvents: downEvents)))
+            }
+        }
+        for loop in loops { loop.start() }
+        return Generation(loops: loops, downEvents: downEvents, reaping: reaping)
     }
 
-    func watch(_ backend: Endpoint, in pool: PoolConfiguration, with prober: Prober) async {
+    /// What happens with each probe result, on the event loop that produced it.
+    func recorder(
+        pool: PoolConfiguration, backend: Endpoint, downEvents: AsyncStream<DownBackend>.Continuation
+    ) -> @Sendable (ProbeResult) -> Void {
         let label = backend.description
         let up = metrics.backendUp(pool: pool.name, backend: label)
         let duration = metrics.probeDuration(pool: pool.name, backend: label)
         let successes = metrics.probes(pool: pool.name, backend: label, result: "success")
         let failures = metrics.probes(pool: pool.name, backend: label, result: "failure")
-        let clock = ContinuousClock()
-        // A random start spreads one node's probes, and many nodes' agents, over the interval.
-        try? await Task.sleep(for: pool.interval * Double.random(in: 0..<1))
-        while !Task.isCancelled {
-            let started = clock.now
-            let result = await prober.probe(backend)
-            guard !Task.isCancelled else { return }
+        let transitionsUp = metrics.transitions(pool: pool.name, backend: label, to: "up")
+        let transitionsDown = metrics.transitions(pool: pool.name, backend: label, to: "down")
+        return { [state, logger] result in
             duration.record(result.duration)
             (result.success ? successes : failures).increment()
-            let (health, changed) = await state.record(result, pool: pool.name, backend: backend)
+            let (health, changed) = state.record(result, pool: pool.name, backend: backend)
             up.set(to: health == .up ? 1.0 : 0.0)
-            if let changed {
-                metrics.transitions(pool: pool.name, backend: label, to: changed.rawValue).increment()
-                logger.notice("backend \(changed.rawValue)", metadata: [
-                    "pool": "\(pool.name)", "backend": "\(label)", "probe": "\(result.detail)",
-                    "probe_ms": "\((result.duration.seconds * 1_000_000).rounded() / 1000)",
-                ])
+            guard let changed else { return }
+            (changed == .up ? transitionsUp : transitionsDown).increment()
+            logger.notice("backend \(changed.rawValue)", metadata: [
+                "pool": "\(pool.name)", "backend": "\(label)", "probe": "\(result.detail)",
+                "probe_ms": "\((result.duration.seconds * 1_000_000).rounded() / 1000)",
+            ])
+            if changed == .down {
+                downEvents.yield(DownBackend(pool: pool, backend: backend, reason: .down))
             }
-            let next = started + pool.interval * Double.random(in: 0.9...1.1)
-            guard health == .down else {
-                try? await Task.sleep(until: next, clock: clock)
-                continue
-            }
-            await reaper.reap(pool: pool, backend: backend, reason: changed == .down ? .down : .stillDown)
-            while clock.now + Self.downReapCadence < next, !Task.isCancelled {
-                try? await Task.sleep(for: Self.downReapCadence)
-                await reaper.reap(pool: pool, backend: backend, reason: .stillDown)
-            }
-            try? await Task.sleep(until: next, clock: clock)
+        }
+    }
+
+    func reapWhileDown(_ event: DownBackend) async {
+        await reaper.reap(pool: event.pool, backend: event.backend, reason: event.reason)
+        while !Task.isCancelled {
+            try? await Task.sleep(for: Self.downReapCadence)
+            guard !Task.isCancelled, state.state(pool: event.pool.name, backend: event.backend) == .down else { return }
+            await reaper.reap(pool: event.pool, backend: event.backend, reason: .stillDown)
         }
     }
 }

@@ -14,16 +14,16 @@ public enum StatusServer {
             text(metrics.exposition(), contentType: "text/plain; version=0.0.4; charset=utf-8")
         }
         router.get("healthz") { _, _ -> Response in
-            await state.loopsAlive() ? text("ok\n") : text("probe loops stalled\n", status: .serviceUnavailable)
+            state.loopsAlive() ? text("ok\n") : text("probe loops stalled\n", status: .serviceUnavailable)
         }
         router.get("readyz") { _, _ -> Response in
-            await state.ready() ? text("ready\n") : text("first probe round not done\n", status: .serviceUnavailable)
+            state.ready() ? text("ready\n") : text("first probe round not done\n", status: .serviceUnavailable)
         }
         router.get("status") { _, _ -> Response in
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             encoder.dateEncodingStrategy = .iso8601
-            let body = (try? encoder.encode(await state.status())) ?? Data("{}".utf8)
+            let body = (try? encoder.encode(state.status())) ?? Data("{}".utf8)
             return text(String(decoding: body, as: UTF8.self) + "\n", contentType: "application/json")
         }
         return Application(

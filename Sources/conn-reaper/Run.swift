@@ -64,7 +64,7 @@ struct Run: AsyncParsableCommand {
         let state = AgentState(configuration: configuration)
         let store = ConfigStore(configuration)
         let worker = KernelWorker()
-        let reaper = await BackendReaper(worker: worker, state: state, metrics: metrics, logger: logger)
+        let reaper = BackendReaper(worker: worker, state: state, metrics: metrics, logger: logger)
         let services: [any Service] = [
             HealthService(store: store, state: state, reaper: reaper, metrics: metrics, logger: logger),
             ReloadService(source: source, store: store, metrics: metrics, logger: logger),
