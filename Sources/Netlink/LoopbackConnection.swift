@@ -1,3 +1,4 @@
+import CLinuxNetlink
 import NetworkAddress
 
 #if canImport(Glibc)

@@ -3,6 +3,7 @@ import Reaper
 import ArgumentParser
 import Health
 import Logging
+import Netlink
 import NetworkAddress
 import ServiceLifecycle
 
@@ -49,6 +50,12 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // The agent needs CAP_NET_ADMIN and nothing else: whatever else it was started with goes
+        // before anything runs (a re-exec; see ProcessCapabilities).
+        var capabilityProblem: SystemCallError?
+        do { try ProcessCapabilities.reexecRetaining([HostCapabilities.netAdmin], marker: "CONN_REAPER_CAPABILITIES_SHED") } catch {
+            capabilityProblem = error
+        }
         let source: ConfigSource
         let configuration: AgentConfiguration
         do {
@@ -76,6 +83,12 @@ struct Run: AsyncParsableCommand {
             "version": "\(ConnReaperVersion.current)", "listen": "\(configuration.listen)",
             "pools": "\(configuration.pools.map(\.name).joined(separator: ","))", "dry_run": "\(configuration.dryRun)",
         ])
+        if let held = try? ProcessCapabilities.current() {
+            logger.info("capabilities", metadata: ["effective": "0x\(String(held.effective, radix: 16))", "net_admin": "\(held.effective & (1 << 12) != 0)"])
+        }
+        if let capabilityProblem {
+            logger.warning("capabilities not reduced to CAP_NET_ADMIN", metadata: ["error": "\(capabilityProblem)"])
+        }
         for finding in HostCheck().findings where finding.verdict != .ok {
             // Keep running: probes and metrics still help, and the reap errors will say the same.
             logger.error("host check: \(finding.name)", metadata: ["detail": "\(finding.detail)"])
