@@ -385,17 +385,18 @@ def report(by_config: dict[str, list[RoundResult]], args, meta: list[str]) -> st
     agent_rounds = by_config.get(AGENT, [])
     if agent_rounds:
         reap_ms = median([rr.reap_ms for rr in agent_rounds])
-        gaps = []
+        gaps = []       # down reap -> the next reap that ended something (nginx's new SYN_SENT sockets)
         for rr in agent_rounds:
-            times = [t for t, _, _ in rr.reap_sockets]
-            gaps += [b - a for a, b in zip(times, times[1:])]
+            down = [t for t, _, reason in rr.reap_sockets if reason == "down"]
+            later = [t for t, n, reason in rr.reap_sockets if reason != "down" and n > 0 and down and t > down[0]]
+            if down and later:
+                gaps.append(later[0] - down[0])
         aborted = sum(rr.aborted_connects for rr in agent_rounds)
         measured = sum(len(rr.results) for rr in agent_rounds)
         out.append(f"- conn-reaper: the reason=down reap took {reap_ms:.0f} ms (median of its duration_ms); "
-                   f"reaps while the upstream stayed down came every {fmt(median(gaps), 0)} (median gap "
-                   f"between reap lines); nginx sent {aborted} reconnects of {measured} measured streams to "
+                   f"the next reap that ended sockets came {fmt(median(gaps), 0)} later (median); nginx sent {aborted} reconnects of {measured} measured streams to "
                    f"the dead upstream first (least_conn: it had no connections left), each stuck in SYN_SENT "
-                   f"until a still-down reap aborted it."
+                   f"until that still-down reap aborted it (nginx then marks it failed and picks a live one)."
                    if reap_ms is not None else "- conn-reaper: no reap line seen.")
     all_rounds = [rr for rounds in by_config.values() for rr in rounds]
     if all_rounds:
