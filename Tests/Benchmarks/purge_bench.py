@@ -102,6 +102,7 @@ class Run:
         self.own_ms = None  # conn-reaper's own duration_ms
         self.problems = []
         self.counts = None  # (sockets ended, conntrack deleted) as the tool reported
+        self.other_cpu = 0.0  # CPU seconds other processes used while this run was timed
 
     @property
     def wall(self):
@@ -148,6 +149,7 @@ class Bench:
             run.parts.append(elapsed)
             user, system = after.ru_utime - usage.ru_utime, after.ru_stime - usage.ru_stime
             run.cpu.append((user, system))
+            run.other_cpu += max(0.0, busy - user - system)
             self.other_cpu += max(0.0, busy - user - system)
             self.timed_wall += elapsed
             with open(err_path, errors="replace") as f:
@@ -636,7 +638,7 @@ def main():
         print(table, flush=True)
         if args.raw:
             with open(args.raw, "w") as f:
-                json.dump({scenario: [dict(tool=r.tool.name, round=r.round + 1, parts=r.parts, cpu=r.cpu, own_ms=r.own_ms,
+                json.dump({scenario: [dict(tool=r.tool.name, round=r.round + 1, parts=r.parts, cpu=r.cpu, other_cpu=r.other_cpu, own_ms=r.own_ms,
                                            counts=r.counts, problems=r.problems) for r in runs]
                            for scenario, runs in bench.results.items()}, f, indent=1)
         if problems:
