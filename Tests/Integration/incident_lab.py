@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import datetime
 import errno
 import json
 import os
@@ -467,6 +468,16 @@ class LogLine:
     @property
     def msg(self) -> str:
         return self.fields.get("msg", "")
+
+    @property
+    def logged_at(self) -> float:
+        """The agent's own timestamp (``time=``, ms resolution) as Unix seconds."""
+        return datetime.datetime.fromisoformat(self.fields["time"]).timestamp()
+
+    @property
+    def reap_started_at(self) -> float:
+        """For a reap line: when the reap began (its timestamp less ``duration_ms``)."""
+        return self.logged_at - float(self.fields.get("duration_ms", "0")) / 1000
 
 
 class Agent:

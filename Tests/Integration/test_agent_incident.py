@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from incident_lab import (L4_PORT, L7_PORT, NGINX_HTTP_UPSTREAM, NGINX_STREAM_UPSTREAM, UPSTREAM_NAMES, Agent,
+from incident_lab import (L4_PORT, NGINX_HTTP_UPSTREAM, NGINX_STREAM_UPSTREAM, UPSTREAM_NAMES, Agent,
                           IncidentLab, IncidentRun, pool_yaml, wait_for)
 
 STREAMS = 30
@@ -92,7 +92,7 @@ def test_with_agent_every_stalled_stream_flows_again_within_0_8s(incident, reape
     run = incident.run_incident(client, DEAD, window=2.0, agent=agent)
     info = describe(run, agent, incident)
 
-    for kind, port in (("l4", L4_PORT), ("l7", L7_PORT)):
+    for kind in ("l4", "l7"):
         case = run.case(kind)
         assert len(case.streams) == STREAMS, info
         # least_conn spread the streams; the ones on the dead upstream are the ones that stalled.
@@ -272,12 +272,18 @@ def test_after_recovery_reaping_stops(incident, reaper_binary):
     restored = time.monotonic()
     agent.wait_states({key: "up"}, timeout=3)
     came_up = time.monotonic()
+    time.sleep(0.3)
     reaps_when_up = len(agent.reaps(incident.backend(DEAD)))
     time.sleep(1.5)
 
     info = agent.log_text()
     # rise 2 at 200 ms: up after two good probes, not on the first one.
     assert came_up - restored >= 0.15, info
+    (up_line,) = agent.find("backend up", backend=incident.backend(DEAD), since=restored)
+    # A reap already running at the transition may finish just after it; none may start after it.
+    late = [line.text for line in agent.reaps(incident.backend(DEAD))
+            if line.reap_started_at > up_line.logged_at + 0.002]
+    assert late == [], f"reaps started after the backend was up again:\n{info}"
     assert len(agent.reaps(incident.backend(DEAD))) == reaps_when_up, f"reaping went on after recovery:\n{info}"
     metrics = agent.metrics()
     assert metrics.value("conn_reaper_backend_transitions_total", backend=incident.backend(DEAD), to="up") == 2
