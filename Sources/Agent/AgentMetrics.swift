@@ -54,6 +54,18 @@ public final class AgentMetrics: Sendable {
         registry.makeDurationHistogram(descriptor: Self.name("reap_duration", unit: "seconds", help: "Time one reap of one backend took in the kernel."), labels: [("pool", pool)], buckets: Self.reapBuckets)
     }
 
+    func stuckFound(pool: String) -> Counter {
+        registry.makeCounter(descriptor: Self.name("stuck_sockets_found", unit: "total", help: "Connections the stuck detector condemned (data unacknowledged, no ACK for stuck_after)."), labels: [("pool", pool)])
+    }
+
+    func stuckEnded(pool: String) -> Counter {
+        registry.makeCounter(descriptor: Self.name("stuck_sockets_ended", unit: "total", help: "Stuck connections destroyed."), labels: [("pool", pool)])
+    }
+
+    func stuckScanDuration(pool: String) -> DurationHistogram {
+        registry.makeDurationHistogram(descriptor: Self.name("stuck_scan_duration", unit: "seconds", help: "Time one stuck-connection scan (dump with tcp_info, destroys) took."), labels: [("pool", pool)], buckets: Self.reapBuckets)
+    }
+
     func configReloads(result: String) -> Counter {
         registry.makeCounter(descriptor: Self.name("config_reloads", unit: "total", help: "Configuration reloads, by result (success, failure)."), labels: [("result", result)])
     }

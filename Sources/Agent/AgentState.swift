@@ -23,6 +23,9 @@ public final class AgentState: Sendable {
 
     struct BackendRecord {
         var health: BackendHealth
+        /// When the current run of failed probes began; nil while the last probe succeeded.
+        var failingSince: ContinuousClock.Instant?
+        var lastSuccess: ContinuousClock.Instant?
         var lastChange: Date?
         var lastProbe: ProbeResult?
         var lastProbeTime: Date?
@@ -80,6 +83,13 @@ public final class AgentState: Sendable {
         storage.withLock { storage in
             guard var record = storage.backends[pool]?[backend] else { return (.unknown, nil) }
             let changed = record.health.record(success: result.success)
+            let instant = ContinuousClock.now
+            if result.success {
+                record.lastSuccess = instant
+                record.failingSince = nil
+            } else if record.failingSince == nil {
+                record.failingSince = instant - result.duration  // the probe began failing when it was sent
+            }
             let now = Date()
             if changed != nil { record.lastChange = now }
             record.lastProbe = result
@@ -93,6 +103,17 @@ public final class AgentState: Sendable {
 
     public func state(pool: String, backend: Endpoint) -> BackendHealth.State {
         storage.withLock { $0.backends[pool]?[backend]?.health.state ?? .unknown }
+    }
+
+    /// Another backend of the pool that answered a probe after `backend` began failing: evidence
+    /// that the fault is the backend's, not the prober's or the network's, and that clients have
+    /// somewhere to go. Without one, reaping could reset an overloaded sole survivor (incident 2).
+    public func survivor(pool: String, besides backend: Endpoint) -> Endpoint? {
+        storage.withLock { storage in
+            guard let records = storage.backends[pool] else { return nil }
+            let since = records[backend]?.failingSince ?? ContinuousClock.now
+            return records.first { $0.key != backend && ($0.value.lastSuccess.map { $0 > since } ?? false) }?.key
+        }
     }
 
     public func allDown(pool: String) -> Bool {

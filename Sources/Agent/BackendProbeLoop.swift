@@ -40,6 +40,11 @@ final class BackendProbeLoop: Sendable {
         scheduled.withLock { $0 = task }
     }
 
+    /// One probe now, outside the schedule, recorded like any other.
+    func probeNow() async {
+        _ = try? await prober.probe(backend, on: loop).map { [onResult] in onResult($0) }.get()
+    }
+
     private func probeOnce() {
         let started = ContinuousClock.now
         prober.probe(backend, on: loop).whenSuccess { [self] result in

@@ -32,9 +32,16 @@ public actor BackendReaper {
         case stillDown = "still-down"
     }
 
-    public func reap(pool: PoolConfiguration, backend: Endpoint, reason: Reason) async {
+    /// `probeOthers` probes the pool's other backends now and records the results; it is used when
+    /// no survivor is known yet, so that a real survivor costs one fast probe, not an interval.
+    public func reap(
+        pool: PoolConfiguration, backend: Endpoint, reason: Reason, probeOthers: (@Sendable () async -> Void)? = nil
+    ) async {
         let configuration = state.configuration
-        if state.allDown(pool: pool.name), !configuration.reapWhenAllDown {
+        if !configuration.reapWhenAllDown, state.survivor(pool: pool.name, besides: backend) == nil, let probeOthers {
+            await probeOthers()
+        }
+        if !configuration.reapWhenAllDown, state.survivor(pool: pool.name, besides: backend) == nil {
             metrics.reapsSkipped(pool: pool.name, reason: "all_backends_down").increment()
             if state.enterGuard(pool: pool.name) {
                 logger.error("every backend of the pool looks down: reaping nothing (the probes are the likely fault; set reap_when_all_down to override)",
@@ -55,6 +62,7 @@ public actor BackendReaper {
             destinations: [Destination(address: backend.address, port: backend.port)], transports: pool.protocols)
         var options = Purger.Options(dryRun: configuration.dryRun)
         options.socketLimit = allowance
+        options.sparingOwnSockets = true
         let report: PurgeReport
         do {
             report = try await worker.purge(matcher, options: options)

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NetworkAddress
 import ServiceLifecycle
+import Synchronization
 
 /// Probes every backend of every pool and reaps backends that are down. Probing runs on event
 /// loops (see BackendProbeLoop); a backend that goes down gets a reaping task that ends its
@@ -13,25 +14,30 @@ public struct HealthService: Service {
     let store: ConfigStore
     let state: AgentState
     let reaper: BackendReaper
+    let worker: KernelWorker
     let metrics: AgentMetrics
     let logger: Logger
     let group: any EventLoopGroup
 
     public init(
-        store: ConfigStore, state: AgentState, reaper: BackendReaper, metrics: AgentMetrics, logger: Logger,
+        store: ConfigStore, state: AgentState, reaper: BackendReaper, worker: KernelWorker, metrics: AgentMetrics, logger: Logger,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) {
         self.store = store
         self.state = state
         self.reaper = reaper
+        self.worker = worker
         self.metrics = metrics
         self.logger = logger
         self.group = group
     }
 
-    /// While a backend is down, its connections are reaped at least this often, so a balancer's
-    /// new connect() toward it (SYN_SENT) fails fast instead of waiting out a connect timeout.
+    /// While a backend is down, its connections are reaped this often (start to start), so a
+    /// balancer's new connect() toward it (SYN_SENT) fails fast instead of waiting out a connect timeout.
     static let downReapCadence: Duration = .milliseconds(100)
+    /// Right after the first reap, balancers reconnect at once and a least-connections one picks the
+    /// now-empty dead backend first: quick follow-ups abort those connects before the cadence would.
+    static let followUpReaps: [Duration] = [.milliseconds(20), .milliseconds(50)]
 
     struct DownBackend: Sendable {
         var pool: PoolConfiguration
@@ -80,11 +86,24 @@ public struct HealthService: Service {
             "generation": "\(number)", "dry_run": "\(configuration.dryRun)",
         ])
         let (events, downEvents) = AsyncStream.makeStream(of: DownBackend.self)
+        let loopsByPool = Mutex<[String: [BackendProbeLoop]]>([:])
         // Bounded by Generation.stop(), which cancels and awaits it.
         let reaping = Task { [self] in
             await withTaskGroup(of: Void.self) { tasks in
+                for pool in configuration.pools where pool.stuckAfter > .zero && pool.protocols.contains(.tcp) {
+                    tasks.addTask {
+                        await StuckScanner(pool: pool, worker: worker, state: state, metrics: metrics, logger: logger).run()
+                    }
+                }
                 for await event in events {
-                    tasks.addTask { await reapWhileDown(event) }
+                    let others = loopsByPool.withLock { $0[event.pool.name] ?? [] }.filter { $0.backend != event.backend }
+                    tasks.addTask {
+                        await reapWhileDown(event) {
+                            await withTaskGroup(of: Void.self) { probes in
+                                for other in others { probes.addTask { await other.probeNow() } }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -100,9 +119,11 @@ public struct HealthService: Service {
                 if state.state(pool: pool.name, backend: backend) == .down {
                     downEvents.yield(DownBackend(pool: pool, backend: backend, reason: .stillDown))
                 }
-                loops.append(BackendProbeLoop(
+                let loop = BackendProbeLoop(
                     loop: group.next(), prober: prober, backend: backend, interval: pool.interval,
-                    onResult: recorder(pool: pool, backend: backend, downEvents: downEvents)))
+                    onResult: recorder(pool: pool, backend: backend, downEvents: downEvents))
+                loops.append(loop)
+                loopsByPool.withLock { $0[pool.name, default: []].append(loop) }
             }
         }
         for loop in loops { loop.start() }
@@ -137,12 +158,21 @@ public struct HealthService: Service {
         }
     }
 
-    func reapWhileDown(_ event: DownBackend) async {
-        await reaper.reap(pool: event.pool, backend: event.backend, reason: event.reason)
+    func reapWhileDown(_ event: DownBackend, probeOthers: @escaping @Sendable () async -> Void) async {
+        let clock = ContinuousClock()
+        let first = clock.now
+        await reaper.reap(pool: event.pool, backend: event.backend, reason: event.reason, probeOthers: probeOthers)
+        var schedule = Self.followUpReaps.map { first + $0 }
+        var next = first + Self.downReapCadence
         while !Task.isCancelled {
-            try? await Task.sleep(for: Self.downReapCadence)
+            let due = schedule.isEmpty ? next : schedule.removeFirst()
+            try? await Task.sleep(until: due, clock: clock)
             guard !Task.isCancelled, state.state(pool: event.pool.name, backend: event.backend) == .down else { return }
             await reaper.reap(pool: event.pool, backend: event.backend, reason: .stillDown)
+            if due >= next {
+                // Start to start; a reap slower than the cadence is followed by the next one at once.
+                next = max(next + Self.downReapCadence, clock.now)
+            }
         }
     }
 }

@@ -67,10 +67,8 @@ public final class ConntrackTable {
         return dump
     }
 
-    /// Deletes each entry, batched; ENOENT (already gone, or timed out meanwhile) counts as done.
+    /// Deletes each entry, batched. ENOENT means already gone (timed out or deleted meanwhile).
     public func delete(_ entries: [ConntrackEntry], batchSize: Int = 1024) throws(SystemCallError) -> [Acknowledgement] {
-        try deleteSocket.exchangeAcknowledged(entries.map(ConntrackDeleteRequest.init), batchSize: batchSize).map {
-            $0 == .failed(.noSuchFileOrDirectory) ? .done : $0
-        }
+        try deleteSocket.exchangeAcknowledged(entries.map(ConntrackDeleteRequest.init), batchSize: batchSize)
     }
 }

@@ -8,16 +8,27 @@ public struct DestinationMatcher: Sendable {
     public let destinations: [Destination]
     public let transports: Set<TransportProtocol>
     public let states: SocketStates
+    /// When set, only stuck connections among the destinations' match (and their conntrack entries).
+    public let stuck: StuckRule?
 
-    public init(destinations: [Destination], transports: Set<TransportProtocol>, states: SocketStates = .reapByDefault) {
+    public init(
+        destinations: [Destination], transports: Set<TransportProtocol>, states: SocketStates = .reapByDefault,
+        stuck: StuckRule? = nil
+    ) {
         self.destinations = destinations
         self.transports = transports
         self.states = states
+        self.stuck = stuck
+    }
+
+    /// Toward one of the destinations, by transport, state and address: before any stuck test.
+    public func isTowardDestinations(_ socket: DiagnosedSocket) -> Bool {
+        transports.contains(socket.transport) && states.contains(socket.state)
+            && destinations.contains { $0.matches(address: socket.remote.address, port: socket.remote.port) }
     }
 
     public func matches(_ socket: DiagnosedSocket) -> Bool {
-        transports.contains(socket.transport) && states.contains(socket.state)
-            && destinations.contains { $0.matches(address: socket.remote.address, port: socket.remote.port) }
+        isTowardDestinations(socket) && (stuck?.condemns(socket) ?? true)
     }
 
     /// How an entry matched: by where the client sent it, or by who answered (a NAT'd backend).
@@ -39,6 +50,6 @@ public struct DestinationMatcher: Sendable {
     }
 
     public var socketQuery: SocketQuery {
-        SocketQuery(destinations: destinations, transports: transports, states: states)
+        SocketQuery(destinations: destinations, transports: transports, states: states, includeTCPInfo: stuck != nil)
     }
 }

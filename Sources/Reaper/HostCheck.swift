@@ -34,9 +34,11 @@ public struct HostCheck: Sendable {
         var findings: [Finding] = []
         do {
             switch try diagnostics.probeDestroySupport() {
-            case .done:
+            case .failed(let errno) where errno == .noSuchFileOrDirectory:
                 findings.append(Finding(name: "SOCK_DESTROY supported", verdict: .ok,
                                         detail: "kernel has CONFIG_INET_DIAG_DESTROY (a tuple that cannot exist gave ENOENT)"))
+            case .done:
+                findings.append(Finding(name: "SOCK_DESTROY supported", verdict: .warning, detail: "a tuple that cannot exist was destroyed"))
             case .failed(let errno) where errno == .notSupported:
                 return [Finding(name: "SOCK_DESTROY supported", verdict: .failed,
                                 detail: "kernel built without CONFIG_INET_DIAG_DESTROY: sockets cannot be ended")]
@@ -68,7 +70,7 @@ public struct HostCheck: Sendable {
                 return Finding(name: name, verdict: .warning, detail: "own loopback socket not found in the dump")
             }
             switch try diagnostics.destroy(ours)[0] {
-            case .done:
+            case .done, .failed(.noSuchFileOrDirectory):
                 let seen = connection.clientError()
                 return seen?.errno == .connectionAbort
                     ? Finding(name: name, verdict: .ok, detail: "own loopback connection destroyed; its owner saw ECONNABORTED")

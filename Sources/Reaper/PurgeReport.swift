@@ -10,6 +10,8 @@ public struct PurgeReport: Sendable {
         case listed
         case failed(SystemCallError)
         case unconfirmed
+        /// The kernel no longer had it (ENOENT): closed or expired between the dump and the destroy.
+        case alreadyGone
     }
 
     public struct SocketResult: Sendable {
@@ -31,6 +33,8 @@ public struct PurgeReport: Sendable {
     public var extraRounds = 0
     /// Matching sockets not destroyed because of `Purger.Options.socketLimit`.
     public var socketsLeftByLimit = 0
+    /// With a stuck rule: cookies of the sockets found suspicious on this scan, for the next one.
+    public var stuckSuspects: Set<UInt64> = []
     public var durationSeconds: Double = 0
 
     public init() {}

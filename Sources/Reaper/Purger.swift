@@ -18,6 +18,9 @@ public final class Purger {
         public var maximumExtraRounds = 3
         /// At most this many sockets are destroyed; the rest are left for a later purge (a rate cap).
         public var socketLimit: Int?
+        /// Leave this process's own sockets alone: the agent's probes connect to the very backends it
+        /// reaps, and a probe aborted mid-connect would count a recovering backend as still down.
+        public var sparingOwnSockets = false
 
         public init(sockets: Bool = true, conntrack: Bool = true, dryRun: Bool = false) {
             self.sockets = sockets
@@ -63,7 +66,7 @@ public final class Purger {
                                idle: idle, in: socketDiagnostics, report: &report)
             } catch { report.stepErrors.append(error) }
         }
-        if options.conntrack, let conntrackTable {
+        if options.conntrack, let conntrackTable, matcher.stuck == nil || !report.sockets.isEmpty {
             do {
                 try deleteEntries(matcher, options: options, acting: acting, idle: idle, in: conntrackTable, report: &report)
             } catch { report.stepErrors.append(error) }
@@ -77,11 +80,18 @@ public final class Purger {
         idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics, report: inout PurgeReport
     ) throws(SystemCallError) {
         var query = matcher.socketQuery
-        query.includeTCPInfo = includeTCPInfo
+        query.includeTCPInfo = query.includeTCPInfo || includeTCPInfo
         var ended = Set<UInt64>()
         for round in 0...options.maximumExtraRounds {
             let dump = try diagnostics.sockets(matching: query)
+            if let rule = matcher.stuck, round == 0 {
+                report.stuckSuspects = Set(dump.sockets.filter { matcher.isTowardDestinations($0) && rule.isSuspicious($0) }.map(\.id.cookie))
+            }
             var targets = dump.sockets.filter { matcher.matches($0) && !ended.contains($0.id.cookie) }
+            if options.sparingOwnSockets, !targets.isEmpty {
+                let own = OwnSockets.inodes()
+                targets.removeAll { own.contains($0.inode) }
+            }
             if let limit = options.socketLimit, targets.count > limit - ended.count {
                 report.socketsLeftByLimit = targets.count - max(0, limit - ended.count)
                 targets = Array(targets.prefix(max(0, limit - ended.count)))
@@ -97,6 +107,9 @@ public final class Purger {
                 case .done:
                     ended.insert(socket.id.cookie)
                     report.sockets.append(.init(socket: socket, outcome: .ended))
+                case .failed(.noSuchFileOrDirectory):
+                    ended.insert(socket.id.cookie)
+                    report.sockets.append(.init(socket: socket, outcome: .alreadyGone))
                 case .failed(let errno):
                     report.sockets.append(.init(socket: socket, outcome: .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno))))
                 case .unconfirmed:
@@ -116,9 +129,11 @@ public final class Purger {
         var deleted = Set<ConntrackEntry.Identity>()
         for round in 0...options.maximumExtraRounds {
             let dump = try table.entries(for: matcher.destinations, transports: matcher.transports)
+            // A stuck rule condemns single sockets: only their own entries go, not the backend's others.
+            let stuckFlows = matcher.stuck == nil ? nil : Set(report.sockets.map { Self.flow(of: $0.socket) })
             let targets = dump.entries.compactMap { entry in
                 matcher.match(entry).map { (entry, $0) }
-            }.filter { !deleted.contains($0.0.identity) }
+            }.filter { !deleted.contains($0.0.identity) && (stuckFlows?.contains(Self.flow(of: $0.0)) ?? true) }
             guard acting else {
                 report.conntrack += targets.map { .init(entry: $0.0, matchedBy: $0.1, outcome: idle) }
                 return
@@ -130,6 +145,9 @@ public final class Purger {
                 case .done:
                     deleted.insert(entry.identity)
                     report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .ended))
+                case .failed(.noSuchFileOrDirectory):
+                    deleted.insert(entry.identity)
+                    report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .alreadyGone))
                 case .failed(let errno):
                     report.conntrack.append(.init(
                         entry: entry, matchedBy: matchedBy,
@@ -141,6 +159,23 @@ public final class Purger {
             guard retry, round < options.maximumExtraRounds else { return }
             report.extraRounds += 1
         }
+    }
+
+    /// A flow as conntrack's original tuple names it; a dual-stack socket's mapped addresses unmapped.
+    struct Flow: Hashable {
+        var source: Endpoint
+        var destination: Endpoint
+    }
+
+    static func flow(of socket: DiagnosedSocket) -> Flow {
+        func plain(_ endpoint: Endpoint) -> Endpoint {
+            Endpoint(address: endpoint.address.unmappedIPv4 ?? endpoint.address, port: endpoint.port)
+        }
+        return Flow(source: plain(socket.local), destination: plain(socket.remote))
+    }
+
+    static func flow(of entry: ConntrackEntry) -> Flow {
+        Flow(source: entry.original.source, destination: entry.original.destination)
     }
 
     static func monotonicSeconds() -> Double {

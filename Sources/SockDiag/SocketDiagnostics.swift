@@ -41,16 +41,14 @@ public final class SocketDiagnostics {
         return dump
     }
 
-    /// SOCK_DESTROY for each socket, batched; ENOENT (already gone, or the cookie names an older
-    /// socket on the same tuple) counts as done.
+    /// SOCK_DESTROY for each socket, batched. ENOENT means already gone (closed meanwhile, or the
+    /// cookie names an older socket on the same tuple): the caller counts it apart from a destroy.
     public func destroy(_ sockets: [DiagnosedSocket], batchSize: Int = 1024) throws(SystemCallError) -> [Acknowledgement] {
-        try destroySocket.exchangeAcknowledged(sockets.map(\.destroyRequest), batchSize: batchSize).map {
-            $0 == .failed(.noSuchFileOrDirectory) ? .done : $0
-        }
+        try destroySocket.exchangeAcknowledged(sockets.map(\.destroyRequest), batchSize: batchSize)
     }
 
-    /// Destroys a tuple that cannot exist: `.done` (the kernel's ENOENT) means the kernel can destroy
-    /// sockets, EOPNOTSUPP that it was built without CONFIG_INET_DIAG_DESTROY. The kernel checks
+    /// Destroys a tuple that cannot exist: ENOENT means the kernel can destroy sockets, EOPNOTSUPP
+    /// that it was built without CONFIG_INET_DIAG_DESTROY. The kernel checks
     /// privilege only on a socket it found, so this probe cannot see EPERM.
     public func probeDestroySupport() throws(SystemCallError) -> Acknowledgement {
         let nowhere = Endpoint(address: .v4(0x7F00_0001), port: 1)

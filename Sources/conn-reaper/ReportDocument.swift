@@ -152,6 +152,7 @@ struct ReportDocument: Encodable {
         case .wouldEnd: "would-" + ended.dropLast(ended == "destroyed" ? 2 : 1)
         case .listed: "listed"
         case .unconfirmed: "unconfirmed"
+        case .alreadyGone: "already-gone"
         case .failed: "error"
         }
     }

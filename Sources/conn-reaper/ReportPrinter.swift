@@ -18,8 +18,9 @@ struct ReportPrinter {
         case .json: try printJSON(report, dryRun: dryRun, errors: errors)
         }
         let verb = command == "list" ? "listed" : (dryRun ? "would end" : "ended")
-        var summary = "conn-reaper \(command): \(verb) \(report.sockets.count { $0.outcome != .unconfirmed && $0.outcome.error == nil }) sockets, "
-            + "\(report.conntrack.count { $0.outcome.error == nil }) conntrack entries, \(errors.count) errors, "
+        let counted: (PurgeReport.Outcome) -> Bool = { $0 != .unconfirmed && $0 != .alreadyGone && $0.error == nil }
+        var summary = "conn-reaper \(command): \(verb) \(report.sockets.count { counted($0.outcome) }) sockets, "
+            + "\(report.conntrack.count { counted($0.outcome) }) conntrack entries, \(errors.count) errors, "
             + String(format: "%.1f ms", report.durationSeconds * 1000)
         if report.allErrors.contains(where: \.meansConntrackAbsent) { summary += " (conntrack not available here: skipped)" }
         standardError(summary)
@@ -65,6 +66,7 @@ struct ReportPrinter {
         case .wouldEnd: "would-end"
         case .listed: "listed"
         case .unconfirmed: "unconfirmed"
+        case .alreadyGone: "already-gone"
         case .failed(let error): "error: \(error.errno)"
         }
     }

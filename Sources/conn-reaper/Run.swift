@@ -73,7 +73,7 @@ struct Run: AsyncParsableCommand {
         let worker = KernelWorker()
         let reaper = BackendReaper(worker: worker, state: state, metrics: metrics, logger: logger)
         let services: [any Service] = [
-            HealthService(store: store, state: state, reaper: reaper, metrics: metrics, logger: logger),
+            HealthService(store: store, state: state, reaper: reaper, worker: worker, metrics: metrics, logger: logger),
             ReloadService(source: source, store: store, metrics: metrics, logger: logger),
             StatusServer.make(
                 listen: configuration.listen.address.description, port: Int(configuration.listen.port),

@@ -1,3 +1,4 @@
+import Agent
 import ArgumentParser
 import NetworkAddress
 import Reaper
@@ -21,6 +22,11 @@ struct SelectionOptions: ParsableArguments {
     @Flag(name: .customLong("no-sockets"), help: "Leave sockets alone; conntrack only.")
     var noSockets = false
 
+    @Option(help: ArgumentHelp(
+        "Only connections stuck this long: data unacknowledged and no ACK for DURATION, with retransmits as evidence (e.g. 3s).",
+        valueName: "duration"))
+    var stuck: String?
+
     @Option(name: .shortAndLong, help: "Output format: text or json.")
     var output: OutputFormat = .text
 
@@ -33,6 +39,7 @@ struct SelectionOptions: ParsableArguments {
         guard !destinations.isEmpty else { throw ValidationError("name at least one destination") }
         _ = try parsedDestinations()
         _ = try parsedStates()
+        _ = try stuckRule()
         if noConntrack && noSockets { throw ValidationError("--no-sockets with --no-conntrack leaves nothing to do") }
     }
 
@@ -58,8 +65,19 @@ struct SelectionOptions: ParsableArguments {
         return kept
     }
 
+    func stuckRule() throws -> StuckRule? {
+        guard let stuck else { return nil }
+        guard let duration = DurationParsing.parse(stuck), duration > .zero else {
+            throw ValidationError("--stuck '\(stuck)' is not a duration above zero (write it like 500ms, 3s, 2m)")
+        }
+        guard transport != .udp else { throw ValidationError("--stuck judges TCP connections: it cannot go with --proto udp") }
+        return StuckRule(afterMilliseconds: UInt32(min(duration.seconds * 1000, Double(UInt32.max))))
+    }
+
     func matcher() throws -> DestinationMatcher {
-        DestinationMatcher(destinations: try parsedDestinations(), transports: transport.set, states: try parsedStates())
+        DestinationMatcher(
+            destinations: try parsedDestinations(), transports: transport.set, states: try parsedStates(),
+            stuck: try stuckRule())
     }
 }
 
