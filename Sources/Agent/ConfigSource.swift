@@ -8,17 +8,23 @@ public struct ConfigSource: Sendable {
     public var origin: ConfigOrigin
     public var forceDryRun = false
     public var logFormat: AgentConfiguration.LogFormat?
+    /// `--listen` beats the file's `listen` (a DaemonSet binds the node IP from the downward API).
+    public var listen: Endpoint?
 
-    public init(origin: ConfigOrigin, forceDryRun: Bool = false, logFormat: AgentConfiguration.LogFormat? = nil) {
+    public init(
+        origin: ConfigOrigin, forceDryRun: Bool = false, logFormat: AgentConfiguration.LogFormat? = nil, listen: Endpoint? = nil
+    ) {
         self.origin = origin
         self.forceDryRun = forceDryRun
         self.logFormat = logFormat
+        self.listen = listen
     }
 
     public func load(readFile: (String) -> String? = FileStatus.readText) throws(ConfigurationError) -> AgentConfiguration {
         var configuration = try origin.load(readFile: readFile)
         if forceDryRun { configuration.dryRun = true }
         if let logFormat { configuration.logFormat = logFormat }
+        if let listen { configuration.listen = listen }
         return configuration
     }
 

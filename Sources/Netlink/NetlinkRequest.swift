@@ -9,8 +9,16 @@ public protocol NetlinkRequest: Sendable {
 
 extension NetlinkRequest {
     public func serialized(sequence: UInt32, portID: UInt32 = 0) -> [UInt8] {
-        var writer = NetlinkMessageWriter(type: messageType, flags: flags, sequence: sequence, portID: portID)
+        var buffer: [UInt8] = []
+        append(to: &buffer, sequence: sequence, portID: portID)
+        return buffer
+    }
+
+    /// Appends this request to a batch buffer without an intermediate copy.
+    public func append(to buffer: inout [UInt8], sequence: UInt32, portID: UInt32 = 0) {
+        var writer = NetlinkMessageWriter(
+            appendingTo: consume buffer, type: messageType, flags: flags, sequence: sequence, portID: portID)
         writePayload(into: &writer)
-        return writer.finish()
+        buffer = writer.finish()
     }
 }

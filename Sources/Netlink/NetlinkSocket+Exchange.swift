@@ -55,7 +55,7 @@ extension NetlinkSocket {
             for index in start..<end {
                 let sequence = nextSequence()
                 sequenceToIndex[sequence] = index
-                buffer.append(contentsOf: requests[index].serialized(sequence: sequence, portID: portID))
+                requests[index].append(to: &buffer, sequence: sequence, portID: portID)
             }
             try send(buffer)
             try collectAcknowledgements(into: &results, awaiting: &sequenceToIndex)

@@ -60,15 +60,24 @@ public final class Purger {
         var report = PurgeReport()
         report.stepErrors = openingErrors
         let idle: PurgeReport.Outcome = acting ? .ended : (options.dryRun ? .wouldEnd : .listed)
+        // The conntrack dump does not wait for the sockets: only the deletes must come after the
+        // destroys. (A stuck scan needs entries only once it condemned a socket: no prefetch.)
+        var prefetched: BackgroundWork<ConntrackTable.Dump>?
+        if options.conntrack, options.sockets, matcher.stuck == nil, let conntrackTable {
+            prefetched = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
+                try conntrackTable.entries(for: matcher.destinations, transports: matcher.transports)
+            }
+        }
         if options.sockets, let socketDiagnostics {
             do {
                 try endSockets(matcher, includeTCPInfo: includeTCPInfo, options: options, acting: acting,
                                idle: idle, in: socketDiagnostics, report: &report)
             } catch { report.stepErrors.append(error) }
         }
-        if options.conntrack, let conntrackTable, matcher.stuck == nil || !report.sockets.isEmpty {
+        if options.conntrack, let conntrackTable, matcher.stuck == nil || !report.sockets.isEmpty || prefetched != nil {
             do {
-                try deleteEntries(matcher, options: options, acting: acting, idle: idle, in: conntrackTable, report: &report)
+                try deleteEntries(matcher, options: options, acting: acting, idle: idle, in: conntrackTable,
+                                  first: prefetched, report: &report)
             } catch { report.stepErrors.append(error) }
         }
         report.durationSeconds = Self.monotonicSeconds() - started
@@ -124,11 +133,16 @@ public final class Purger {
 
     private func deleteEntries(
         _ matcher: DestinationMatcher, options: Options, acting: Bool, idle: PurgeReport.Outcome,
-        in table: ConntrackTable, report: inout PurgeReport
+        in table: ConntrackTable, first prefetched: BackgroundWork<ConntrackTable.Dump>?, report: inout PurgeReport
     ) throws(SystemCallError) {
         var deleted = Set<ConntrackEntry.Identity>()
         for round in 0...options.maximumExtraRounds {
-            let dump = try table.entries(for: matcher.destinations, transports: matcher.transports)
+            let dump: ConntrackTable.Dump
+            if round == 0, let prefetched {
+                dump = try prefetched.wait()
+            } else {
+                dump = try table.entries(for: matcher.destinations, transports: matcher.transports)
+            }
             // A stuck rule condemns single sockets: only their own entries go, not the backend's others.
             let stuckFlows = matcher.stuck == nil ? nil : Set(report.sockets.map { Self.flow(of: $0.socket) })
             let targets = dump.entries.compactMap { entry in

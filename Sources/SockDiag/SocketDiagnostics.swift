@@ -5,6 +5,8 @@ import NetworkAddress
 /// second, so a destroy never has to wait behind a dump's replies.
 public final class SocketDiagnostics {
     private let dumpSocket: NetlinkSocket
+    /// IPv6 dumps run beside IPv4 ones: each walks the whole socket table of the host.
+    private let dumpSocket6: NetlinkSocket
     private let destroySocket: NetlinkSocket
 
     /// Room for the acks of a full destroy batch: each queued ack costs about 1 KiB of truesize.
@@ -12,8 +14,10 @@ public final class SocketDiagnostics {
 
     public init() throws(SystemCallError) {
         dumpSocket = try NetlinkSocket(bus: .sockDiag)
+        dumpSocket6 = try NetlinkSocket(bus: .sockDiag)
         destroySocket = try NetlinkSocket(bus: .sockDiag)
         try dumpSocket.setReceiveTimeout(milliseconds: 10_000)
+        try dumpSocket6.setReceiveTimeout(milliseconds: 10_000)
         try destroySocket.setReceiveTimeout(milliseconds: 10_000)
         try destroySocket.setReceiveBufferSize(Self.destroyReceiveBuffer)
         try? destroySocket.capAcknowledgements()
@@ -27,10 +31,24 @@ public final class SocketDiagnostics {
 
     /// Every socket the kernel's filter lets through for `query`. Callers re-check matches.
     public func sockets(matching query: SocketQuery) throws(SystemCallError) -> Dump {
+        let requests = query.requests
+        let ipv6 = requests.filter { $0.family == .inet6 }
+        let ipv4 = requests.filter { $0.family == .inet }
+        guard !ipv4.isEmpty, !ipv6.isEmpty else { return try Self.dump(requests, on: dumpSocket) }
+        let socket6 = dumpSocket6
+        let background = BackgroundWork { () throws(SystemCallError) -> Dump in try Self.dump(ipv6, on: socket6) }
+        var dump = try Self.dump(ipv4, on: dumpSocket)
+        let other = try background.wait()
+        dump.sockets += other.sockets  // one socket has one family: the two parts cannot overlap
+        dump.interrupted = dump.interrupted || other.interrupted
+        return dump
+    }
+
+    private static func dump(_ requests: [InetDiagDumpRequest], on socket: NetlinkSocket) throws(SystemCallError) -> Dump {
         var dump = Dump()
         var seen = Set<UInt64>()
-        for request in query.requests {
-            let outcome = try dumpSocket.dump(request) { message in
+        for request in requests {
+            let outcome = try socket.dump(request) { message in
                 guard let socket = DiagnosedSocket(message: message, transport: request.transport),
                     seen.insert(socket.id.cookie).inserted
                 else { return }

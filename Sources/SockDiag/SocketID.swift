@@ -22,8 +22,8 @@ public struct SocketID: Hashable, Sendable {
     func write(into writer: inout NetlinkMessageWriter) {
         writer.append(networkOrder: source.port)
         writer.append(networkOrder: destination.port)
-        writer.append(Self.addressField(source.address))
-        writer.append(Self.addressField(destination.address))
+        writer.append(address: source.address, width: 16)
+        writer.append(address: destination.address, width: 16)
         writer.append(hostOrder: interface)
         writer.append(hostOrder: UInt32(truncatingIfNeeded: cookie))
         writer.append(hostOrder: UInt32(truncatingIfNeeded: cookie >> 32))
@@ -47,11 +47,5 @@ public struct SocketID: Hashable, Sendable {
             destination: Endpoint(address: destinationAddress, port: destinationPort),
             interface: interface,
             cookie: UInt64(cookieHigh) << 32 | UInt64(cookieLow))
-    }
-
-    /// 16 bytes, the address left-aligned: an IPv4 address fills only the first word.
-    static func addressField(_ address: IPAddress) -> [UInt8] {
-        let bytes = address.networkBytes
-        return bytes + [UInt8](repeating: 0, count: 16 - bytes.count)
     }
 }

@@ -84,13 +84,21 @@ struct ReportPrinter {
         return parts.isEmpty ? "-" : parts.joined(separator: " ")
     }
 
+    /// Columns padded by UTF-8 width (every cell is ASCII), built in one string: Foundation's
+    /// `padding(toLength:)` took a third of a 20,000-row purge.
     static func table(_ rows: [[String]]) -> String {
-        let widths = rows[0].indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
-        return rows.map { row in
-            row.enumerated().map { index, cell in
-                index == row.count - 1 ? cell : cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
-            }.joined(separator: "  ")
-        }.joined(separator: "\n")
+        let widths = rows[0].indices.map { column in rows.map { $0[column].utf8.count }.max() ?? 0 }
+        var output = ""
+        output.reserveCapacity(rows.count * (widths.reduce(0, +) + 2 * widths.count + 1))
+        for (rowIndex, row) in rows.enumerated() {
+            if rowIndex > 0 { output += "\n" }
+            for (index, cell) in row.enumerated() {
+                output += cell
+                guard index < row.count - 1 else { continue }
+                output += String(repeating: " ", count: widths[index] - cell.utf8.count + 2)
+            }
+        }
+        return output
     }
 
     private func printJSON(_ report: PurgeReport, dryRun: Bool, errors: [SystemCallError]) throws {

@@ -36,7 +36,7 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("tls-key"), help: "https probe: client key.") var tlsKey: String?
     @Option(name: .customLong("tls-server-name"), help: "https probe: SNI and certificate name.") var tlsServerName: String?
     @Flag(name: .customLong("tls-insecure-skip-verify"), help: "https probe: do not verify the certificate.") var tlsInsecure = false
-    @Option(help: "Where /metrics, /healthz, /readyz and /status listen.") var listen: String?
+    @Option(help: "Where /metrics, /healthz, /readyz and /status listen (overrides the config file's listen).") var listen: String?
     @Option(name: .customLong("max-sockets-per-second"), help: "Cap on sockets destroyed per second.") var maxSocketsPerSecond: Int?
     @Flag(name: .customLong("reap-when-all-down"), help: "Reap even when every backend of a pool looks down.") var reapWhenAllDown = false
 
@@ -59,7 +59,7 @@ struct Run: AsyncParsableCommand {
         let source: ConfigSource
         let configuration: AgentConfiguration
         do {
-            source = ConfigSource(origin: try origin(), forceDryRun: dryRun, logFormat: logFormat)
+            source = ConfigSource(origin: try origin(), forceDryRun: dryRun, logFormat: logFormat, listen: try listenOverride())
             configuration = try source.load()
         } catch {
             standardError("conn-reaper: invalid configuration: \(error)")
@@ -100,13 +100,15 @@ struct Run: AsyncParsableCommand {
         logger.notice("conn-reaper stopped")
     }
 
+    func listenOverride() throws(ConfigurationError) -> Endpoint? {
+        guard let listen else { return nil }
+        do { return try EndpointParsing.parse(listen) } catch { throw ConfigurationError(key: "--listen", error.message) }
+    }
+
     /// The configuration origin the flags name; flag values are checked the same way YAML's are.
     func origin() throws(ConfigurationError) -> ConfigOrigin {
         if let config { return .yaml(path: config) }
         var settings = AgentConfiguration()
-        if let listen {
-            do { settings.listen = try EndpointParsing.parse(listen) } catch { throw ConfigurationError(key: "--listen", error.message) }
-        }
         if let maxSocketsPerSecond { settings.maxSocketsPerSecond = maxSocketsPerSecond }
         settings.reapWhenAllDown = reapWhenAllDown
         var pool = PoolConfiguration(name: "default", backends: [])
