@@ -91,7 +91,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "NetworkAddressTests", dependencies: ["NetworkAddress"], swiftSettings: strict),
-        .testTarget(name: "AgentTests", dependencies: ["Agent", "Health", "Reaper", "NetworkAddress"], swiftSettings: strict),
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "Health", "Reaper", "SockDiag", "NetworkAddress"], swiftSettings: strict),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "SockDiag", "Conntrack", "CLinuxNetlink", "CNetfilterConntrack"], swiftSettings: strict),
     ]
 )
