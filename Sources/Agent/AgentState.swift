@@ -105,6 +105,15 @@ public final class AgentState: Sendable {
         storage.withLock { $0.backends[pool]?[backend]?.health.state ?? .unknown }
     }
 
+    /// Still counted down, but its last probe succeeded: it is coming back (rise not reached yet).
+    /// Its new connections are likely good ones; reaping them would reset a recovering backend.
+    public func isRecovering(pool: String, backend: Endpoint) -> Bool {
+        storage.withLock { storage in
+            guard let record = storage.backends[pool]?[backend] else { return false }
+            return record.health.state == .down && record.failingSince == nil && record.lastProbe?.success == true
+        }
+    }
+
     /// Another backend of the pool that answered a probe after `backend` began failing: evidence
     /// that the fault is the backend's, not the prober's or the network's, and that clients have
     /// somewhere to go. Without one, reaping could reset an overloaded sole survivor (incident 2).

@@ -38,6 +38,7 @@ public actor BackendReaper {
         pool: PoolConfiguration, backend: Endpoint, reason: Reason, probeOthers: (@Sendable () async -> Void)? = nil
     ) async {
         let configuration = state.configuration
+        if state.isRecovering(pool: pool.name, backend: backend) { return }
         if !configuration.reapWhenAllDown, state.survivor(pool: pool.name, besides: backend) == nil, let probeOthers {
             await probeOthers()
         }

@@ -53,20 +53,19 @@ public final class NetlinkSocket {
     /// Room for the acks of a whole batch. SO_RCVBUFFORCE passes rmem_max but needs CAP_NET_ADMIN;
     /// without it SO_RCVBUF gives what the sysctl allows.
     public func setReceiveBufferSize(_ bytes: Int32) throws(SystemCallError) {
-        var value = bytes
-        let size = socklen_t(MemoryLayout<Int32>.size)
-        if setsockopt(fileDescriptor, SOL_SOCKET, SO_RCVBUFFORCE, &value, size) == 0 { return }
-        guard setsockopt(fileDescriptor, SOL_SOCKET, SO_RCVBUF, &value, size) == 0 else {
-            throw SystemCallError(call: "setsockopt(SO_RCVBUF)", code: Glibc.errno)
-        }
+        try setBufferSize(bytes, forced: SO_RCVBUFFORCE, plain: SO_RCVBUF, name: "SO_RCVBUF")
     }
 
     public func setSendBufferSize(_ bytes: Int32) throws(SystemCallError) {
+        try setBufferSize(bytes, forced: SO_SNDBUFFORCE, plain: SO_SNDBUF, name: "SO_SNDBUF")
+    }
+
+    private func setBufferSize(_ bytes: Int32, forced: Int32, plain: Int32, name: String) throws(SystemCallError) {
         var value = bytes
         let size = socklen_t(MemoryLayout<Int32>.size)
-        if setsockopt(fileDescriptor, SOL_SOCKET, SO_SNDBUFFORCE, &value, size) == 0 { return }
-        guard setsockopt(fileDescriptor, SOL_SOCKET, SO_SNDBUF, &value, size) == 0 else {
-            throw SystemCallError(call: "setsockopt(SO_SNDBUF)", code: Glibc.errno)
+        if setsockopt(fileDescriptor, SOL_SOCKET, forced, &value, size) == 0 { return }
+        guard setsockopt(fileDescriptor, SOL_SOCKET, plain, &value, size) == 0 else {
+            throw SystemCallError(call: "setsockopt(\(name))", code: Glibc.errno)
         }
     }
 
