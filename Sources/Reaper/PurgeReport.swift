@@ -17,6 +17,9 @@ public struct PurgeReport: Sendable {
     public struct SocketResult: Sendable {
         public var socket: DiagnosedSocket
         public var outcome: Outcome
+        /// Found through a conntrack entry whose reply source is a destination: the socket itself
+        /// names only where it sent (a Service VIP a NAT rewrote).
+        public var throughConntrack = false
     }
 
     public struct ConntrackResult: Sendable {

@@ -74,10 +74,29 @@ public final class Purger {
                                idle: idle, in: socketDiagnostics, report: &report)
             } catch { report.stepErrors.append(error) }
         }
-        if options.conntrack, let conntrackTable, matcher.stuck == nil || !report.sockets.isEmpty || prefetched != nil {
+        // The entries' first dump: it names the sockets a NAT hid (their remote is a VIP), which go
+        // before the entries do, like the direct ones.
+        var firstDump: ConntrackTable.Dump?
+        var conntrackFailed = false
+        if let prefetched {
+            do { firstDump = try prefetched.wait() } catch {
+                report.stepErrors.append(error)
+                conntrackFailed = true
+            }
+        }
+        if let firstDump, let socketDiagnostics {
+            let translated = TranslatedFlows(firstDump.entries, matcher: matcher)
+            if !translated.isEmpty {
+                do {
+                    try endTranslatedSockets(translated, matcher: matcher, options: options, acting: acting, idle: idle,
+                                             in: socketDiagnostics, report: &report)
+                } catch { report.stepErrors.append(error) }
+            }
+        }
+        if options.conntrack, !conntrackFailed, let conntrackTable, matcher.stuck == nil || !report.sockets.isEmpty || firstDump != nil {
             do {
                 try deleteEntries(matcher, options: options, acting: acting, idle: idle, in: conntrackTable,
-                                  first: prefetched, report: &report)
+                                  first: firstDump, report: &report)
             } catch { report.stepErrors.append(error) }
         }
         report.durationSeconds = Self.monotonicSeconds() - started
@@ -131,15 +150,55 @@ public final class Purger {
         }
     }
 
+    /// Ends the sockets whose 4-tuple is the original tuple of an entry a NAT sent to a destination:
+    /// one filtered dump toward the VIPs, then only the exact flows (another flow to the same VIP, NAT'd
+    /// to a live backend, has another tuple). One round: the agent's next reap catches a lost ack.
+    private func endTranslatedSockets(
+        _ translated: TranslatedFlows, matcher: DestinationMatcher, options: Options, acting: Bool,
+        idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics, report: inout PurgeReport
+    ) throws(SystemCallError) {
+        let dump = try diagnostics.sockets(matching: translated.socketQuery(states: matcher.states))
+        let done = Set(report.sockets.map(\.socket.id.cookie))
+        var targets = dump.sockets.filter {
+            translated.matches($0) && matcher.states.contains($0.state) && !done.contains($0.id.cookie)
+        }
+        if options.sparingOwnSockets, !targets.isEmpty {
+            let own = OwnSockets.inodes()
+            targets.removeAll { own.contains($0.inode) }
+        }
+        if let limit = options.socketLimit {
+            let room = max(0, limit - report.sockets.count)
+            if targets.count > room {
+                report.socketsLeftByLimit += targets.count - room
+                targets = Array(targets.prefix(room))
+            }
+        }
+        guard acting else {
+            report.sockets += targets.map { .init(socket: $0, outcome: idle, throughConntrack: true) }
+            return
+        }
+        let acks = try diagnostics.destroy(targets)
+        for (socket, ack) in zip(targets, acks) {
+            let outcome: PurgeReport.Outcome
+            switch ack {
+            case .done: outcome = .ended
+            case .failed(.noSuchFileOrDirectory): outcome = .alreadyGone
+            case .failed(let errno): outcome = .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno))
+            case .unconfirmed: outcome = .unconfirmed
+            }
+            report.sockets.append(.init(socket: socket, outcome: outcome, throughConntrack: true))
+        }
+    }
+
     private func deleteEntries(
         _ matcher: DestinationMatcher, options: Options, acting: Bool, idle: PurgeReport.Outcome,
-        in table: ConntrackTable, first prefetched: BackgroundWork<ConntrackTable.Dump>?, report: inout PurgeReport
+        in table: ConntrackTable, first prefetched: ConntrackTable.Dump?, report: inout PurgeReport
     ) throws(SystemCallError) {
         var deleted = Set<ConntrackEntry.Identity>()
         for round in 0...options.maximumExtraRounds {
             let dump: ConntrackTable.Dump
             if round == 0, let prefetched {
-                dump = try prefetched.wait()
+                dump = prefetched
             } else {
                 dump = try table.entries(for: matcher.destinations, transports: matcher.transports)
             }

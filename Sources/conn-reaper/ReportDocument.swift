@@ -18,10 +18,13 @@ struct ReportDocument: Encodable {
         var tcp_info: TCPInfoDocument?
         var result: String
         var error: String?
+        /// Found through a conntrack entry (a NAT'd flow), not by its own remote address.
+        var through_conntrack: Bool
 
         // Absent values print as null rather than vanishing: consumers can rely on every key.
         enum CodingKeys: String, CodingKey {
             case proto, family, state, local, remote, cookie, recv_q, send_q, timer, retrans, tcp_info, result, error
+            case through_conntrack
         }
 
         func encode(to encoder: any Encoder) throws {
@@ -39,6 +42,7 @@ struct ReportDocument: Encodable {
             try container.encode(tcp_info, forKey: .tcp_info)
             try container.encode(result, forKey: .result)
             try container.encode(error, forKey: .error)
+            try container.encode(through_conntrack, forKey: .through_conntrack)
         }
     }
 
@@ -125,7 +129,8 @@ struct ReportDocument: Encodable {
                         last_ack_recv_ms: $0.lastAckReceivedMilliseconds, last_data_sent_ms: $0.lastDataSentMilliseconds,
                         rtt_us: $0.rttMicroseconds, total_retrans: $0.totalRetransmits)
                 },
-                result: Self.name(result.outcome), error: result.outcome.error?.description)
+                result: Self.name(result.outcome), error: result.outcome.error?.description,
+                through_conntrack: result.throughConntrack)
         }
         conntrack = report.conntrack.map { result in
             let entry = result.entry

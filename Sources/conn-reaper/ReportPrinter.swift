@@ -38,7 +38,7 @@ struct ReportPrinter {
                 rows.append([
                     socket.transport.description, socket.state.description, String(socket.receiveQueue),
                     String(socket.sendQueue), socket.local.description, socket.remote.description,
-                    listing ? Self.info(socket) : Self.describe(result.outcome),
+                    (listing ? Self.info(socket) : Self.describe(result.outcome)) + (result.throughConntrack ? " (via conntrack)" : ""),
                 ])
             }
             print(Self.table(rows))

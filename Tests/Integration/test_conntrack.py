@@ -54,14 +54,18 @@ def test_dnat_entry_found_by_reply_source_and_deleted(topo, reaper, family):
         assert entry["reply"]["src"] == endpoint(backend1, TCP_PORT)
     assert [e["original"]["dst"] for e in by_match["original-destination"]] == [endpoint(backend1, TCP_PORT)]
     assert document["counts"]["conntrack_deleted"] == 3
-    # The direct socket to backend 1 is destroyed; sockets to the VIP are not this feature's business.
-    assert [s["remote"] for s in document["sockets"]] == [endpoint(backend1, TCP_PORT)]
+    # The direct socket to backend 1 is destroyed, and so are the two whose VIP was DNAT'd to it:
+    # found through their entries' original tuples. Those DNAT'd to backend 2 stay.
+    sockets = document["sockets"]
+    assert sorted((s["remote"], s["through_conntrack"]) for s in sockets) == sorted(
+        [(endpoint(backend1, TCP_PORT), False)] + [(endpoint(vip1, TCP_PORT), True)] * 2), sockets
+    assert all(s["result"] == "destroyed" for s in sockets), sockets
 
     after = topo.client.conntrack_flows(family, "tcp")
     assert flows_with_reply_source(after, backend1, TCP_PORT) == [], "entries toward backend 1 must be gone"
     assert sorted(repr(f.original) for f in flows_with_reply_source(after, backend2, TCP_PORT)) == \
         sorted(repr(f.original) for f in kept), "entries DNAT'd to backend 2 must stay"
-    assert client.probe([direct]) == [ABORTED]
+    assert client.probe([direct] + via_vip1) == [ABORTED] * 3
     assert client.probe(via_vip2) == ["ok", "ok"]
 
 
