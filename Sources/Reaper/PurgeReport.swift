@@ -20,12 +20,15 @@ public struct PurgeReport: Sendable {
         /// Found through a conntrack entry whose reply source is a destination: the socket itself
         /// names only where it sent (a Service VIP a NAT rewrote).
         public var throughConntrack = false
+        /// The namespace file it was found through (`--netns`, `netns:`); nil for the caller's own.
+        public var namespace: String?
     }
 
     public struct ConntrackResult: Sendable {
         public var entry: ConntrackEntry
         public var matchedBy: DestinationMatcher.ConntrackMatch
         public var outcome: Outcome
+        public var namespace: String?
     }
 
     public var sockets: [SocketResult] = []
@@ -41,6 +44,17 @@ public struct PurgeReport: Sendable {
     public var durationSeconds: Double = 0
 
     public init() {}
+
+    /// Adds another namespace's report: its items labelled with `namespace`, its counts summed.
+    public mutating func absorb(_ other: PurgeReport, namespace: String?) {
+        sockets += other.sockets.map { var result = $0; result.namespace = namespace; return result }
+        conntrack += other.conntrack.map { var result = $0; result.namespace = namespace; return result }
+        stepErrors += other.stepErrors
+        extraRounds += other.extraRounds
+        socketsLeftByLimit += other.socketsLeftByLimit
+        stuckSuspects.formUnion(other.stuckSuspects)
+        durationSeconds += other.durationSeconds
+    }
 
     public var socketsEnded: Int { sockets.count { $0.outcome == .ended } }
     public var conntrackDeleted: Int { conntrack.count { $0.outcome == .ended } }

@@ -8,9 +8,9 @@ struct List: ParsableCommand {
     @OptionGroup var selection: SelectionOptions
 
     func run() throws {
-        let purger = Purger(sockets: !selection.noSockets, conntrack: !selection.noConntrack)
         let options = Purger.Options(sockets: !selection.noSockets, conntrack: !selection.noConntrack)
-        let report = purger.list(try selection.matcher(), options: options)
+        let matcher = try selection.matcher()
+        let report = selection.report { $0.list(matcher, options: options) }
         try ReportPrinter(command: "list", format: selection.output, destinations: selection.destinations)
             .emit(report, dryRun: false)
     }

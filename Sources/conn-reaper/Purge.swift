@@ -12,9 +12,9 @@ struct Purge: ParsableCommand {
     var dryRun = false
 
     func run() throws {
-        let purger = Purger(sockets: !selection.noSockets, conntrack: !selection.noConntrack)
         let options = Purger.Options(sockets: !selection.noSockets, conntrack: !selection.noConntrack, dryRun: dryRun)
-        let report = purger.purge(try selection.matcher(), options: options)
+        let matcher = try selection.matcher()
+        let report = selection.report { $0.purge(matcher, options: options) }
         try ReportPrinter(command: "purge", format: selection.output, destinations: selection.destinations)
             .emit(report, dryRun: dryRun)
     }

@@ -20,11 +20,12 @@ struct ReportDocument: Encodable {
         var error: String?
         /// Found through a conntrack entry (a NAT'd flow), not by its own remote address.
         var through_conntrack: Bool
+        var netns: String?
 
         // Absent values print as null rather than vanishing: consumers can rely on every key.
         enum CodingKeys: String, CodingKey {
             case proto, family, state, local, remote, cookie, recv_q, send_q, timer, retrans, tcp_info, result, error
-            case through_conntrack
+            case through_conntrack, netns
         }
 
         func encode(to encoder: any Encoder) throws {
@@ -43,6 +44,7 @@ struct ReportDocument: Encodable {
             try container.encode(result, forKey: .result)
             try container.encode(error, forKey: .error)
             try container.encode(through_conntrack, forKey: .through_conntrack)
+            try container.encode(netns, forKey: .netns)
         }
     }
 
@@ -73,9 +75,10 @@ struct ReportDocument: Encodable {
         var matched: String
         var result: String
         var error: String?
+        var netns: String?
 
         enum CodingKeys: String, CodingKey {
-            case proto, family, original, reply, zone, id, mark, timeout, matched, result, error
+            case proto, family, original, reply, zone, id, mark, timeout, matched, result, error, netns
         }
 
         func encode(to encoder: any Encoder) throws {
@@ -91,6 +94,7 @@ struct ReportDocument: Encodable {
             try container.encode(matched, forKey: .matched)
             try container.encode(result, forKey: .result)
             try container.encode(error, forKey: .error)
+            try container.encode(netns, forKey: .netns)
         }
     }
 
@@ -130,7 +134,7 @@ struct ReportDocument: Encodable {
                         rtt_us: $0.rttMicroseconds, total_retrans: $0.totalRetransmits)
                 },
                 result: Self.name(result.outcome), error: result.outcome.error?.description,
-                through_conntrack: result.throughConntrack)
+                through_conntrack: result.throughConntrack, netns: result.namespace)
         }
         conntrack = report.conntrack.map { result in
             let entry = result.entry
@@ -140,7 +144,7 @@ struct ReportDocument: Encodable {
                 reply: Tuple(src: entry.reply.source.description, dst: entry.reply.destination.description),
                 zone: entry.zone, id: entry.id, mark: entry.mark, timeout: entry.timeoutSeconds,
                 matched: result.matchedBy.rawValue, result: Self.name(result.outcome, ended: "deleted"),
-                error: result.outcome.error?.description)
+                error: result.outcome.error?.description, netns: result.namespace)
         }
         counts = Counts(
             sockets_matched: report.sockets.count, sockets_destroyed: report.socketsEnded,

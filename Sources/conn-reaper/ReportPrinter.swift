@@ -31,11 +31,14 @@ struct ReportPrinter {
 
     private func printTables(_ report: PurgeReport) {
         let listing = command == "list"
+        // With --netns every row says which namespace it is in.
+        let labelled = report.sockets.contains { $0.namespace != nil } || report.conntrack.contains { $0.namespace != nil }
+        func netns(_ namespace: String?) -> [String] { labelled ? [namespace ?? "-"] : [] }
         if !report.sockets.isEmpty {
-            var rows = [["Netid", "State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", listing ? "Info" : "Result"]]
+            var rows = [netns("Netns") + ["Netid", "State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", listing ? "Info" : "Result"]]
             for result in report.sockets {
                 let socket = result.socket
-                rows.append([
+                rows.append(netns(result.namespace) + [
                     socket.transport.description, socket.state.description, String(socket.receiveQueue),
                     String(socket.sendQueue), socket.local.description, socket.remote.description,
                     (listing ? Self.info(socket) : Self.describe(result.outcome)) + (result.throughConntrack ? " (via conntrack)" : ""),
@@ -45,10 +48,10 @@ struct ReportPrinter {
         }
         if !report.conntrack.isEmpty {
             if !report.sockets.isEmpty { print("") }
-            var rows = [["Proto", "Original", "Reply", "Zone", "Matched", listing ? "Timeout" : "Result"]]
+            var rows = [netns("Netns") + ["Proto", "Original", "Reply", "Zone", "Matched", listing ? "Timeout" : "Result"]]
             for result in report.conntrack {
                 let entry = result.entry
-                rows.append([
+                rows.append(netns(result.namespace) + [
                     entry.transport.description,
                     "\(entry.original.source) -> \(entry.original.destination)",
                     "\(entry.reply.source) -> \(entry.reply.destination)",

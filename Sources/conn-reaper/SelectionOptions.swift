@@ -27,6 +27,11 @@ struct SelectionOptions: ParsableArguments {
         valueName: "duration"))
     var stuck: String?
 
+    @Option(name: .customLong("netns"), help: ArgumentHelp(
+        "Work in this network namespace instead of the current one: a file like /run/netns/NAME or /proc/PID/ns/net, or 'all' for every namespace on the node (repeatable; needs CAP_SYS_ADMIN).",
+        valueName: "path"))
+    var netns: [String] = []
+
     @Option(name: .shortAndLong, help: "Output format: text or json.")
     var output: OutputFormat = .text
 
@@ -40,6 +45,7 @@ struct SelectionOptions: ParsableArguments {
         _ = try parsedDestinations()
         _ = try parsedStates()
         _ = try stuckRule()
+        if netns.contains(where: { $0.isEmpty }) { throw ValidationError("--netns needs a path or 'all'") }
         if noConntrack && noSockets { throw ValidationError("--no-sockets with --no-conntrack leaves nothing to do") }
     }
 
@@ -72,6 +78,12 @@ struct SelectionOptions: ParsableArguments {
         }
         guard transport != .udp else { throw ValidationError("--stuck judges TCP connections: it cannot go with --proto udp") }
         return StuckRule(afterMilliseconds: UInt32(min(duration.seconds * 1000, Double(UInt32.max))))
+    }
+
+    /// Runs `act` with a purger of the current namespace, or of each `--netns` namespace in turn.
+    func report(_ act: @escaping @Sendable (Purger) -> PurgeReport) -> PurgeReport {
+        guard !netns.isEmpty else { return act(Purger(sockets: !noSockets, conntrack: !noConntrack)) }
+        return NamespacedPurge.run(in: NamespacedPurge.resolve(netns), sockets: !noSockets, conntrack: !noConntrack, act)
     }
 
     func matcher() throws -> DestinationMatcher {

@@ -274,3 +274,46 @@ def test_without_the_agent_neither_recovers(lab, tmp_path):
     assert [events.first("vip", i, "b2", after=cut) for i in range(STREAMS)] == [None] * STREAMS
     assert events.first("udp", 0, "b2", after=cut) is None
     assert [e for e in events.errors("vip") if e["t"] >= cut] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# purge and list --netns: conn-reaper runs in a namespace of its own and works in others.
+
+LOOPBACK_PORT = 7070
+
+
+def test_purge_netns_works_in_the_named_namespace_only(topo, reaper):
+    from netlab import endpoint
+    from topology import TARGET4, TCP_PORT
+    ops, twin = topo.lab.namespace("ops"), topo.lab.namespace("twin")
+    client_path, twin_path = f"/run/netns/{topo.client.name}", f"/run/netns/{twin.name}"
+    client = topo.client_peer
+    target = client.connect_one(TARGET4, TCP_PORT)
+    client.listen("tcp", "127.0.0.1", LOOPBACK_PORT)
+    local = client.connect_one("127.0.0.1", LOOPBACK_PORT)
+    twin_peer = twin.peer()
+    twin_peer.listen("tcp", "127.0.0.1", LOOPBACK_PORT)
+    decoy = twin_peer.connect_one("127.0.0.1", LOOPBACK_PORT)   # same tuple shape, namespace not listed
+    assert client.probe([target, local]) == ["ok", "ok"] and twin_peer.probe([decoy]) == ["ok"]
+
+    listed = reaper.ok_json(ops, "list", "--netns", "all", endpoint("127.0.0.1", LOOPBACK_PORT))
+    assert {s["netns"] for s in listed["sockets"]} >= {client_path, twin_path}, listed["sockets"]
+
+    document = reaper.ok_json(ops, "purge", "--netns", client_path, endpoint(TARGET4, TCP_PORT),
+                              endpoint("127.0.0.1", LOOPBACK_PORT))
+    assert sorted((s["netns"], s["remote"], s["result"]) for s in document["sockets"]) == sorted([
+        (client_path, endpoint(TARGET4, TCP_PORT), "destroyed"),
+        (client_path, endpoint("127.0.0.1", LOOPBACK_PORT), "destroyed")]), document["sockets"]
+    assert all(e["netns"] == client_path for e in document["conntrack"]), document["conntrack"]
+    assert client.probe([target, local]) == ["ECONNABORTED", "ECONNABORTED"]
+    assert twin_peer.probe([decoy]) == ["ok"], "a namespace not listed keeps its sockets"
+
+    text = reaper.run(ops, "list", "--netns", twin_path, endpoint("127.0.0.1", LOOPBACK_PORT))
+    assert text.returncode == 0 and text.stdout.splitlines()[0].startswith("Netns"), text.describe()
+    assert twin_path in text.stdout, text.describe()
+
+
+def test_purge_netns_that_cannot_be_entered_says_so(topo, reaper):
+    result = reaper.run(topo.client, "purge", "--netns", "/run/netns/does-not-exist-236", "10.236.0.9:1")
+    assert result.returncode == 1, result.describe()
+    assert "open(/run/netns/does-not-exist-236)" in result.stderr, result.describe()

@@ -47,4 +47,7 @@ static inline int c_reaper_clear_ambient(void) { return prctl(PR_CAP_AMBIENT, PR
 static inline int c_reaper_raise_ambient(int capability) { return prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, capability, 0, 0); }
 static inline int c_reaper_last_capability(void) { return CAP_LAST_CAP; }
 
+// setns(fd, CLONE_NEWNET) as a raw syscall: glibc declares setns only under _GNU_SOURCE.
+static inline int c_reaper_setns_net(int fd) { return (int)syscall(SYS_setns, fd, 0x40000000 /* CLONE_NEWNET */); }
+
 #endif

@@ -1,0 +1,106 @@
+import CLinuxNetlink
+import Dispatch
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Network namespaces named by a file (`/run/netns/NAME`, `/proc/PID/ns/net`): entering one on the
+/// calling thread, telling two apart, finding them all. Each call wrapped here once.
+///
+/// A netlink socket belongs to the namespace of the thread that created it, wherever it is used
+/// later; so a namespace is entered on a dedicated OS thread, never on a Swift concurrency thread
+/// (tasks hop threads, and the cooperative pool's threads are shared).
+public enum NetworkNamespace {
+    /// What names a namespace: the device and inode of its nsfs file (paths differ, this does not).
+    public struct Identity: Hashable, Sendable, CustomStringConvertible {
+        public var device: UInt64
+        public var inode: UInt64
+        public var description: String { "net:[\(inode)]" }
+    }
+
+    /// The namespace a path names, or nil when it cannot be looked at (gone, not permitted).
+    public static func identity(of path: String) -> Identity? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return Identity(device: UInt64(info.st_dev), inode: UInt64(info.st_ino))
+    }
+
+    /// Moves the calling thread into the namespace `path` names: open(O_RDONLY|O_CLOEXEC), then
+    /// setns(CLONE_NEWNET), which needs CAP_SYS_ADMIN (in the namespace's owning user namespace too).
+    /// Opening /proc/PID/ns/net needs ptrace read access to PID.
+    public static func enter(_ path: String) throws(SystemCallError) {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw SystemCallError(call: "open(\(path))", code: Glibc.errno) }
+        defer { close(descriptor) }
+        guard c_reaper_setns_net(descriptor) == 0 else { throw SystemCallError(call: "setns(\(path))", code: Glibc.errno) }
+    }
+
+    /// Runs `body` on a new OS thread that first enters the namespace `path` names; the thread ends
+    /// with it, so nothing else ever runs in that namespace by accident.
+    public static func run<Value: Sendable>(
+        in path: String, _ body: @escaping @Sendable () -> Value
+    ) throws(SystemCallError) -> Value {
+        let outcome = ThreadOutcome<Value>()
+        let done = DispatchSemaphore(value: 0)
+        let context = Unmanaged.passRetained(Job {
+            outcome.value = Result { () throws(SystemCallError) -> Value in
+                try enter(path)
+                return body()
+            }
+            done.signal()
+        }).toOpaque()
+        var thread = pthread_t()
+        let created = pthread_create(&thread, nil, { context in
+            Unmanaged<Job>.fromOpaque(context!).takeRetainedValue().body()
+            return nil
+        }, context)
+        guard created == 0 else {
+            Unmanaged<Job>.fromOpaque(context).release()
+            throw SystemCallError(call: "pthread_create", code: created)
+        }
+        done.wait()
+        pthread_join(thread, nil)
+        return try outcome.value!.get()
+    }
+
+    /// Written by the namespace thread before it signals, read by the caller after: never shared.
+    private final class ThreadOutcome<Value>: @unchecked Sendable {
+        var value: Result<Value, SystemCallError>?
+    }
+
+    private final class Job {
+        let body: () -> Void
+        init(_ body: @escaping () -> Void) { self.body = body }
+    }
+
+    /// One path per network namespace on the node: /run/netns/* first (their names are stable),
+    /// then /proc/PID/ns/net of every process whose namespace is not named yet. What cannot be
+    /// looked at (a process that exited, one we may not inspect) is skipped.
+    public static func all() -> [(path: String, identity: Identity)] {
+        var found: [(path: String, identity: Identity)] = []
+        var seen = Set<Identity>()
+        func add(_ path: String) {
+            guard let identity = identity(of: path), seen.insert(identity).inserted else { return }
+            found.append((path, identity))
+        }
+        for name in entries(of: "/run/netns").sorted() { add("/run/netns/\(name)") }
+        for name in entries(of: "/proc") where name.allSatisfy(\.isNumber) {
+            add("/proc/\(name)/ns/net")
+        }
+        return found
+    }
+
+    private static func entries(of directory: String) -> [String] {
+        guard let handle = opendir(directory) else { return [] }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != ".", name != ".." { names.append(name) }
+        }
+        return names
+    }
+}
