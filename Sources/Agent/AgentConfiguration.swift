@@ -12,8 +12,20 @@ public struct AgentConfiguration: Sendable, Equatable {
     /// reap nothing unless this is set.
     public var reapWhenAllDown = false
     public var pools: [PoolConfiguration] = []
+    /// Network namespaces every pool works in unless it names its own; nil: the agent's own.
+    public var netns: NamespaceSelection?
 
     public init() {}
+
+    /// Whether some pool works in other namespaces (entering them needs CAP_SYS_ADMIN).
+    public var usesOtherNamespaces: Bool {
+        netns != nil || pools.contains { $0.netns != nil }
+    }
+
+    /// Where a pool's sockets and conntrack entries are looked for.
+    public func namespaces(of pool: PoolConfiguration) -> NamespaceSelection? {
+        pool.netns ?? netns
+    }
 
     public enum LogFormat: String, Sendable, CaseIterable {
         case logfmt, json
@@ -30,9 +42,17 @@ public struct PoolConfiguration: Sendable, Equatable {
     public var interval: Duration = .seconds(1)
     public var rise = 2
     public var fall = 2
+    /// nil: the top-level `netns`, else the agent's own namespace.
+    public var netns: NamespaceSelection?
 
     public init(name: String, backends: [Endpoint]) {
         self.name = name
         self.backends = backends
     }
+}
+
+/// Network namespaces to work in: files naming them, or every one on the node (re-enumerated).
+public enum NamespaceSelection: Sendable, Equatable {
+    case paths([String])
+    case all
 }

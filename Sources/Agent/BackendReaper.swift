@@ -8,15 +8,15 @@ import SockDiag
 /// Reaps one backend's connections when its pool's policy allows: never when every backend of the
 /// pool looks down, never past the sockets-per-second cap. Decides here; `KernelWorker` acts.
 public actor BackendReaper {
-    private let worker: KernelWorker
+    private let workers: KernelWorkers
     private let state: AgentState
     private let metrics: AgentMetrics
     private let logger: Logger
     private var tokens: Double
     private var lastRefill = ContinuousClock.now
 
-    public init(worker: KernelWorker, state: AgentState, metrics: AgentMetrics, logger: Logger) {
-        self.worker = worker
+    public init(workers: KernelWorkers, state: AgentState, metrics: AgentMetrics, logger: Logger) {
+        self.workers = workers
         self.state = state
         self.metrics = metrics
         self.logger = logger
@@ -53,26 +53,33 @@ public actor BackendReaper {
         if state.leaveGuard(pool: pool.name) {
             logger.notice("a backend of the pool is up again: reaping resumes", metadata: ["pool": "\(pool.name)"])
         }
-        refill(perSecond: configuration.maxSocketsPerSecond)
-        let allowance = Int(tokens)
-        guard allowance > 0 else {
-            metrics.reapsSkipped(pool: pool.name, reason: "rate_limited").increment()
-            return
-        }
         let matcher = DestinationMatcher(
             destinations: [Destination(address: backend.address, port: backend.port)], transports: pool.protocols)
-        var options = Purger.Options(dryRun: configuration.dryRun)
-        options.socketLimit = allowance
-        options.sparingOwnSockets = true
-        let report: PurgeReport
-        do {
-            report = try await worker.purge(matcher, options: options)
-        } catch {
-            logger.error("reap could not run", metadata: ["pool": "\(pool.name)", "backend": "\(backend)", "error": "\(error)"])
-            return
+        for (namespace, worker) in await workers.workers(for: configuration.namespaces(of: pool), refresh: reason == .down) {
+            refill(perSecond: configuration.maxSocketsPerSecond)
+            let allowance = Int(tokens)
+            guard allowance > 0 else {
+                metrics.reapsSkipped(pool: pool.name, reason: "rate_limited").increment()
+                return
+            }
+            var options = Purger.Options(dryRun: configuration.dryRun)
+            options.socketLimit = allowance
+            options.sparingOwnSockets = true
+            let report: PurgeReport
+            do {
+                report = try await worker.purge(matcher, options: options)
+            } catch {
+                var metadata: Logger.Metadata = ["pool": "\(pool.name)", "backend": "\(backend)", "error": "\(error)"]
+                if let namespace {
+                    metadata["netns"] = "\(namespace)"
+                    await workers.drop(worker)  // vanished, or not enterable: a fresh worker next time
+                }
+                logger.error("reap could not run", metadata: metadata)
+                continue
+            }
+            tokens -= Double(report.sockets.count)
+            account(report, pool: pool, backend: backend, reason: reason, dryRun: configuration.dryRun, namespace: namespace)
         }
-        tokens -= Double(report.sockets.count)
-        account(report, pool: pool, backend: backend, reason: reason, dryRun: configuration.dryRun)
     }
 
     private func refill(perSecond: Int) {
@@ -81,7 +88,9 @@ public actor BackendReaper {
         lastRefill = now
     }
 
-    private func account(_ report: PurgeReport, pool: PoolConfiguration, backend: Endpoint, reason: Reason, dryRun: Bool) {
+    private func account(
+        _ report: PurgeReport, pool: PoolConfiguration, backend: Endpoint, reason: Reason, dryRun: Bool, namespace: String?
+    ) {
         let errors = report.allErrors.filter { !$0.meansConntrackAbsent }
         let ended = dryRun ? report.sockets.count : report.socketsEnded
         let deleted = dryRun ? report.conntrack.count : report.conntrackDeleted
@@ -92,12 +101,16 @@ public actor BackendReaper {
         for error in errors { metrics.destroyErrors(errno: Self.errnoName(error)).increment() }
         metrics.reapDuration(pool: pool.name).recordSeconds(report.durationSeconds)
         // The audit line: every reap on a transition, and every later one that ended something.
-        guard reason == .down || ended > 0 || deleted > 0 || !errors.isEmpty else { return }
+        // In other namespaces (possibly every one on the node) only a reap that did something is logged.
+        guard (reason == .down && namespace == nil) || ended > 0 || deleted > 0 || !errors.isEmpty else { return }
         var metadata: Logger.Metadata = [
             "pool": "\(pool.name)", "backend": "\(backend)", "reason": "\(reason.rawValue)",
             "sockets": "\(ended)", "conntrack": "\(deleted)", "errors": "\(errors.count)",
             "duration_ms": "\((report.durationSeconds * 1_000_000).rounded() / 1000)", "dry_run": "\(dryRun)",
         ]
+        if let namespace { metadata["netns"] = "\(namespace)" }
+        let natted = report.sockets.count { $0.throughConntrack }
+        if natted > 0 { metadata["sockets_via_conntrack"] = "\(natted)" }
         if report.socketsLeftByLimit > 0 { metadata["rate_limited_sockets"] = "\(report.socketsLeftByLimit)" }
         if dryRun, !report.sockets.isEmpty {
             // Name what would go, a few at least, so a dry run can be checked against `ss`.

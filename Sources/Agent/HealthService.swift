@@ -14,19 +14,19 @@ public struct HealthService: Service {
     let store: ConfigStore
     let state: AgentState
     let reaper: BackendReaper
-    let worker: KernelWorker
+    let workers: KernelWorkers
     let metrics: AgentMetrics
     let logger: Logger
     let group: any EventLoopGroup
 
     public init(
-        store: ConfigStore, state: AgentState, reaper: BackendReaper, worker: KernelWorker, metrics: AgentMetrics, logger: Logger,
+        store: ConfigStore, state: AgentState, reaper: BackendReaper, workers: KernelWorkers, metrics: AgentMetrics, logger: Logger,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
     ) {
         self.store = store
         self.state = state
         self.reaper = reaper
-        self.worker = worker
+        self.workers = workers
         self.metrics = metrics
         self.logger = logger
         self.group = group
@@ -92,7 +92,7 @@ public struct HealthService: Service {
             await withTaskGroup(of: Void.self) { tasks in
                 for pool in configuration.pools where pool.stuckAfter > .zero && pool.protocols.contains(.tcp) {
                     tasks.addTask {
-                        await StuckScanner(pool: pool, worker: worker, state: state, metrics: metrics, logger: logger).run()
+                        await StuckScanner(pool: pool, workers: workers, state: state, metrics: metrics, logger: logger).run()
                     }
                 }
                 for await event in events {

@@ -1,4 +1,5 @@
 import NIOPosix
+import Netlink
 import NetworkAddress
 import Reaper
 
@@ -8,14 +9,23 @@ import Reaper
 public final class KernelWorker: @unchecked Sendable {
     // Touched only from the pool's single thread: that is what makes the unchecked Sendable sound.
     private var purger: Purger?
+    private var entered = false
     private let thread = NIOThreadPool(numberOfThreads: 1)
+    /// The namespace file this worker's thread enters before anything else; nil: the agent's own.
+    public let namespace: String?
 
-    public init() {
+    public init(namespace: String? = nil) {
+        self.namespace = namespace
         thread.start()
     }
 
     public func purge(_ matcher: DestinationMatcher, options: Purger.Options) async throws -> PurgeReport {
-        try await thread.runIfActive { [self] in
+        try await thread.runIfActive { [self] () throws -> PurgeReport in
+            if let namespace, !entered {
+                // The thread stays in the namespace for good: it is this worker's only thread.
+                try NetworkNamespace.enter(namespace)
+                entered = true
+            }
             if purger == nil { purger = Purger(sockets: true, conntrack: true) }
             return purger!.purge(matcher, options: options)
         }
@@ -23,5 +33,75 @@ public final class KernelWorker: @unchecked Sendable {
 
     public func shutdown() async {
         try? await thread.shutdownGracefully()
+    }
+}
+
+/// One KernelWorker per network namespace the pools work in: the agent's own, each listed file,
+/// and with `all` every namespace on the node, re-enumerated every 10 s (and when a backend goes
+/// down, so a namespace made since is found at once). A worker whose namespace vanished is dropped:
+/// its netlink sockets would otherwise keep the namespace alive.
+public actor KernelWorkers {
+    public let own = KernelWorker()
+    private var workers: [NetworkNamespace.Identity: KernelWorker] = [:]
+    private var lastUsed: [NetworkNamespace.Identity: ContinuousClock.Instant] = [:]
+    /// A worker no pool asked for this long is dropped (its file was removed, or a reload moved on).
+    static let idleLimit: Duration = .seconds(60)
+    private var enumerated: [(path: String, identity: NetworkNamespace.Identity)] = []
+    private var enumeratedAt: ContinuousClock.Instant?
+    static let refreshEvery: Duration = .seconds(10)
+
+    public init() {}
+
+    /// The workers for a pool's namespaces, each with the label its audit lines carry (nil: own).
+    public func workers(for selection: NamespaceSelection?, refresh: Bool = false) -> [(namespace: String?, worker: KernelWorker)] {
+        let now = ContinuousClock.now
+        for (identity, used) in lastUsed where now - used > Self.idleLimit {
+            if let worker = workers.removeValue(forKey: identity) { Task { await worker.shutdown() } }
+            lastUsed[identity] = nil
+        }
+        switch selection {
+        case nil:
+            return [(nil, own)]
+        case .paths(let paths):
+            return paths.compactMap { path in
+                // A file that no longer names a namespace is skipped until it does again.
+                guard let identity = NetworkNamespace.identity(of: path) else { return nil }
+                return (path, worker(for: identity, path: path))
+            }
+        case .all:
+            if refresh || enumeratedAt.map({ now - $0 >= Self.refreshEvery }) ?? true {
+                enumerated = NetworkNamespace.all()
+                enumeratedAt = now
+                let alive = Set(enumerated.map(\.identity))
+                for (identity, worker) in workers where !alive.contains(identity) {
+                    workers[identity] = nil
+                    lastUsed[identity] = nil
+                    Task { await worker.shutdown() }
+                }
+            }
+            return enumerated.map { ($0.path, worker(for: $0.identity, path: $0.path)) }
+        }
+    }
+
+    /// Drops the worker of a namespace that could not be entered (it vanished meanwhile).
+    public func drop(_ worker: KernelWorker) {
+        guard let identity = workers.first(where: { $0.value === worker })?.key else { return }
+        workers[identity] = nil
+        lastUsed[identity] = nil
+        Task { await worker.shutdown() }
+    }
+
+    private func worker(for identity: NetworkNamespace.Identity, path: String) -> KernelWorker {
+        lastUsed[identity] = .now
+        if let existing = workers[identity] { return existing }
+        let created = KernelWorker(namespace: path)
+        workers[identity] = created
+        return created
+    }
+
+    public func shutdown() async {
+        await own.shutdown()
+        for worker in workers.values { await worker.shutdown() }
+        workers = [:]
     }
 }

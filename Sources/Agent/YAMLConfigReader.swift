@@ -18,13 +18,14 @@ public enum YAMLConfigReader {
             throw ConfigurationError(key: "", "not valid YAML: \(error)", file: file)
         }
         let top = ConfigNode(node: root, path: "", file: file)
-        let keys = try top.mapping(allowed: ["listen", "log_format", "dry_run", "max_sockets_per_second", "reap_when_all_down", "pools"])
+        let keys = try top.mapping(allowed: ["listen", "log_format", "dry_run", "max_sockets_per_second", "reap_when_all_down", "pools", "netns"])
         var configuration = AgentConfiguration()
         if let listen = keys["listen"] { configuration.listen = try listen.endpoint() }
         if let format = keys["log_format"] { configuration.logFormat = try format.choice(AgentConfiguration.LogFormat.self) }
         if let dryRun = keys["dry_run"] { configuration.dryRun = try dryRun.bool() }
         if let cap = keys["max_sockets_per_second"] { configuration.maxSocketsPerSecond = try cap.int(in: 1...10_000_000) }
         if let guardOff = keys["reap_when_all_down"] { configuration.reapWhenAllDown = try guardOff.bool() }
+        if let netns = keys["netns"] { configuration.netns = try namespaces(netns) }
         guard let pools = keys["pools"] else { throw top.error("pools", "missing: name at least one pool") }
         configuration.pools = try pools.list().map(pool)
         try ConfigurationValidator.validate(configuration, file: file)
@@ -32,7 +33,7 @@ public enum YAMLConfigReader {
     }
 
     static func pool(_ node: ConfigNode) throws(ConfigurationError) -> PoolConfiguration {
-        let keys = try node.mapping(allowed: ["name", "backends", "protocols", "stuck_after", "probe"])
+        let keys = try node.mapping(allowed: ["name", "backends", "protocols", "stuck_after", "probe", "netns"])
         guard let name = keys["name"] else { throw node.error("name", "missing") }
         guard let backends = keys["backends"] else { throw node.error("backends", "missing") }
         var pool = PoolConfiguration(name: try name.string(), backends: try backends.list().map { node throws(ConfigurationError) in try node.endpoint() })
@@ -43,7 +44,26 @@ public enum YAMLConfigReader {
         }
         if let stuck = keys["stuck_after"] { pool.stuckAfter = try stuck.duration() }
         if let probe = keys["probe"] { try read(probe: probe, into: &pool) }
+        if let netns = keys["netns"] { pool.netns = try namespaces(netns) }
         return pool
+    }
+
+    /// `all`, or a list of namespace files (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    static func namespaces(_ node: ConfigNode) throws(ConfigurationError) -> NamespaceSelection {
+        if case .scalar = node.node {
+            let text = try node.string()
+            guard text == "all" else { throw node.error("'\(text)' is not 'all' or a list of namespace paths") }
+            return .all
+        }
+        let paths = try node.list().map { item throws(ConfigurationError) -> String in
+            let path = try item.string()
+            guard path.hasPrefix("/") else {
+                throw item.error("'\(path)' is not an absolute path (like /run/netns/NAME or /proc/PID/ns/net)")
+            }
+            return path
+        }
+        guard !paths.isEmpty else { throw node.error("name at least one namespace path, or write all") }
+        return .paths(paths)
     }
 
     static func read(probe node: ConfigNode, into pool: inout PoolConfiguration) throws(ConfigurationError) {

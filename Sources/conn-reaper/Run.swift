@@ -50,12 +50,6 @@ struct Run: AsyncParsableCommand {
     }
 
     func run() async throws {
-        // The agent needs CAP_NET_ADMIN and nothing else: whatever else it was started with goes
-        // before anything runs (a re-exec; see ProcessCapabilities).
-        var capabilityProblem: SystemCallError?
-        do { try ProcessCapabilities.reexecRetaining([HostCapabilities.netAdmin], marker: "CONN_REAPER_CAPABILITIES_SHED") } catch {
-            capabilityProblem = error
-        }
         let source: ConfigSource
         let configuration: AgentConfiguration
         do {
@@ -65,15 +59,25 @@ struct Run: AsyncParsableCommand {
             standardError("conn-reaper: invalid configuration: \(error)")
             throw ExitCode(2)
         }
+        // The agent needs CAP_NET_ADMIN, and CAP_SYS_ADMIN when it enters other network namespaces
+        // (`netns:`), and nothing else: whatever else it was started with goes before anything runs
+        // (a re-exec; see ProcessCapabilities). The configuration is read first to know which to keep;
+        // the new image reads it again. (A reload that adds `netns` later cannot get CAP_SYS_ADMIN back.)
+        var kept = [HostCapabilities.netAdmin]
+        if configuration.usesOtherNamespaces { kept.append(HostCapabilities.sysAdmin) }
+        var capabilityProblem: SystemCallError?
+        do { try ProcessCapabilities.reexecRetaining(Set(kept), marker: "CONN_REAPER_CAPABILITIES_SHED") } catch {
+            capabilityProblem = error
+        }
         LoggingSystem.bootstrap { label in StructuredLogHandler(label: label, format: configuration.logFormat) }
         let logger = Logger(label: "conn-reaper")
         let metrics = AgentMetrics()
         let state = AgentState(configuration: configuration)
         let store = ConfigStore(configuration)
-        let worker = KernelWorker()
-        let reaper = BackendReaper(worker: worker, state: state, metrics: metrics, logger: logger)
+        let workers = KernelWorkers()
+        let reaper = BackendReaper(workers: workers, state: state, metrics: metrics, logger: logger)
         let services: [any Service] = [
-            HealthService(store: store, state: state, reaper: reaper, worker: worker, metrics: metrics, logger: logger),
+            HealthService(store: store, state: state, reaper: reaper, workers: workers, metrics: metrics, logger: logger),
             ReloadService(source: source, store: store, metrics: metrics, logger: logger),
             StatusServer.make(
                 listen: configuration.listen.address.description, port: Int(configuration.listen.port),
@@ -84,10 +88,10 @@ struct Run: AsyncParsableCommand {
             "pools": "\(configuration.pools.map(\.name).joined(separator: ","))", "dry_run": "\(configuration.dryRun)",
         ])
         if let held = try? ProcessCapabilities.current() {
-            logger.info("capabilities", metadata: ["effective": "0x\(String(held.effective, radix: 16))", "net_admin": "\(held.effective & (1 << 12) != 0)"])
+            logger.info("capabilities", metadata: ["effective": "0x\(String(held.effective, radix: 16))", "net_admin": "\(held.effective & (1 << 12) != 0)", "sys_admin": "\(held.effective & (1 << 21) != 0)"])
         }
         if let capabilityProblem {
-            logger.warning("capabilities not reduced to CAP_NET_ADMIN", metadata: ["error": "\(capabilityProblem)"])
+            logger.warning("capabilities not reduced to \(kept.count > 1 ? "CAP_NET_ADMIN and CAP_SYS_ADMIN" : "CAP_NET_ADMIN")", metadata: ["error": "\(capabilityProblem)"])
         }
         for finding in HostCheck().findings where finding.verdict != .ok {
             // Keep running: probes and metrics still help, and the reap errors will say the same.
@@ -96,7 +100,7 @@ struct Run: AsyncParsableCommand {
         let group = ServiceGroup(configuration: .init(
             services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
-        await worker.shutdown()
+        await workers.shutdown()
         logger.notice("conn-reaper stopped")
     }
 

@@ -61,6 +61,9 @@ import Testing
         ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: https, tls: { ca_file: /nonexistent/ca.crt } }\n", "pools[0].probe.tls.ca_file", "not a readable file"),
         ("pools: [\n", "", "not valid YAML"),
         ("dry_run: maybe\npools: []\n", "dry_run", "is not true or false"),
+        ("netns: some\npools: []\n", "netns", "is not 'all' or a list"),
+        ("netns: []\npools: []\n", "netns", "at least one namespace path"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    netns: [run/netns/x]\n", "pools[0].netns[0]", "not an absolute path"),
     ])
     func errorsNameTheKey(yaml: String, key: String, message: String) {
         #expect {
@@ -69,6 +72,27 @@ import Testing
             guard let error = error as? ConfigurationError else { return false }
             return error.key == key && error.description.contains(message) && error.description.hasPrefix("c.yaml")
         }
+    }
+
+    @Test func readsNetworkNamespaces() throws {
+        let yaml = """
+            netns: all
+            pools:
+              - name: a
+                backends: ["10.0.0.1:80"]
+              - name: b
+                backends: ["10.0.0.2:53"]
+                protocols: [udp]
+                netns: [/run/netns/client, /proc/1/ns/net]
+            """
+        let configuration = try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml")
+        #expect(configuration.netns == .all)
+        #expect(configuration.usesOtherNamespaces)
+        #expect(configuration.namespaces(of: configuration.pools[0]) == .all)
+        #expect(configuration.namespaces(of: configuration.pools[1]) == .paths(["/run/netns/client", "/proc/1/ns/net"]))
+        let plain = try YAMLConfigReader.configuration(yaml: valid, file: "c.yaml")
+        #expect(!plain.usesOtherNamespaces)
+        #expect(plain.namespaces(of: plain.pools[0]) == nil)
     }
 
     @Test func errorsCarryTheLine() throws {

@@ -41,3 +41,31 @@ def test_agent_started_as_root_keeps_only_net_admin(lab, reaper_binary):
     agent.terminate()
     _, stderr = agent.communicate(timeout=10)
     assert "effective=0x1000" in stderr, stderr
+
+
+SYS_ADMIN = 1 << 21
+
+
+def test_agent_with_netns_configured_keeps_sys_admin_too(lab, reaper_binary, tmp_path):
+    namespace = lab.namespace("capsns")
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"listen: 127.0.0.1:9748\nnetns: [/run/netns/{namespace.name}]\n"
+                      "pools:\n  - name: p\n    backends: [\"127.0.0.1:1\"]\n")
+    agent = namespace.popen([reaper_binary, "run", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if namespace.run(["curl", "-sf", "http://127.0.0.1:9748/healthz"], check=False).returncode == 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("agent did not come up")
+    threads = capability_sets(agent.pid)
+    assert len(threads) > 1, threads
+    for sets in threads:
+        assert sets["CapEff"] == NET_ADMIN | SYS_ADMIN, sets
+        assert sets["CapPrm"] == NET_ADMIN | SYS_ADMIN, sets
+        assert sets["CapBnd"] == NET_ADMIN | SYS_ADMIN, sets
+    agent.terminate()
+    _, stderr = agent.communicate(timeout=10)
+    assert "effective=0x201000" in stderr, stderr

@@ -317,3 +317,105 @@ def test_purge_netns_that_cannot_be_entered_says_so(topo, reaper):
     result = reaper.run(topo.client, "purge", "--netns", "/run/netns/does-not-exist-236", "10.236.0.9:1")
     assert result.returncode == 1, result.describe()
     assert "open(/run/netns/does-not-exist-236)" in result.stderr, result.describe()
+
+
+# ---------------------------------------------------------------------------------------------
+# The agent in a namespace of its own, reaping in the client's through `netns:`.
+#
+#     agent ns "agt" 10.236.3.2/24 <veth> 10.236.3.1 client ns (forwards to the backends)
+#
+# The agent probes the backends through the client namespace, so backend 1's cut is seen there too.
+
+AGENT, AGENT_GATEWAY = "10.236.3.2", "10.236.3.1"
+
+# A connection from the agent's own namespace (not listed) straight to backend 1: it must stay.
+UNLISTED = textwrap.dedent("""
+    import errno, socket, sys
+    s = socket.create_connection((sys.argv[1], 443), timeout=5); s.settimeout(None)
+    print("connected", flush=True)
+    try:
+        while s.recv(4096):
+            pass
+        print("eof", flush=True)
+    except OSError as error:
+        print(errno.errorcode.get(error.errno, str(error)), flush=True)
+""")
+
+
+def join_agent(lab, client, agent_ns) -> None:
+    lab.link(agent_ns, client, [f"{AGENT}/24"], [f"{AGENT_GATEWAY}/24"])
+    client.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    agent_ns.add_route("10.236.1.0/24", via=AGENT_GATEWAY)
+    agent_ns.add_route("10.236.2.0/24", via=AGENT_GATEWAY)
+
+
+def backends_up(namespace, port: int) -> bool:
+    result = namespace.run(["curl", "-sf", f"http://127.0.0.1:{port}/metrics"], check=False)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("conn_reaper_backend_up{")]
+    return len(lines) == 4 and all(line.endswith(" 1") or line.endswith(" 1.0") for line in lines)
+
+
+def wait_backends_up(namespace, port: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if backends_up(namespace, port):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the agent never saw every backend up")
+
+
+def check_recovered(events, cut, log, limit: float) -> float:
+    tcp = [events.first("vip", i, "b2", after=cut) for i in range(STREAMS)]
+    udp = events.first("udp", 0, "b2", after=cut)
+    assert all(t is not None for t in tcp), f"streams that never reached backend 2: {tcp}\n{log}"
+    worst = max(max(t - cut for t in tcp), (udp or 1e9) - cut)
+    assert worst <= limit, f"recovered only {worst:.3f} s after the cut (limit {limit} s)\n{log}"
+    aborted = [e for e in events.errors("vip") if e["t"] >= cut]
+    assert {e["err"] for e in aborted} == {"ECONNABORTED"}, aborted
+    assert events.errors("decoy") == [], events.errors("decoy")
+    return worst
+
+
+def test_agent_in_its_own_namespace_reaps_a_listed_namespace_only(lab, reaper_binary, tmp_path):
+    client, b1, link1 = build(lab, tmp_path)
+    agent_ns = lab.namespace("agt")
+    join_agent(lab, client, agent_ns)
+    config = agent_config(tmp_path, f'netns: ["/run/netns/{client.name}"]')
+    agent = agent_ns.popen([reaper_binary, "run", "--config", config], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    wait_ready(agent_ns)
+    wait_backends_up(agent_ns, 9751)
+    (tmp_path / "unlisted.py").write_text(UNLISTED)
+    unlisted = agent_ns.popen(["python3", "-u", str(tmp_path / "unlisted.py"), B1], stdout=subprocess.PIPE, text=True)
+    assert unlisted.stdout.readline().strip() == "connected"
+    events = start_clients(client, tmp_path)
+    cut = cut_backend1(client, b1, link1)
+    events.pump(3.0)
+    agent.terminate()
+    _, log = agent.communicate(timeout=10)
+    worst = check_recovered(events, cut, log, 1.0)
+    print(f"\nagent in another namespace, netns: [path]: recovered within {worst:.3f} s")
+    assert f"netns=/run/netns/{client.name}" in log, log
+    assert unlisted.poll() is None, "the connection in a namespace not listed must stay open"
+
+
+def test_agent_with_netns_all_finds_a_namespace_made_after_it_started(lab, reaper_binary, tmp_path):
+    agent_ns = lab.namespace("agt")
+    config = agent_config(tmp_path, "netns: all")
+    agent = agent_ns.popen([reaper_binary, "run", "--config", config], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while agent_ns.run(["curl", "-sf", "http://127.0.0.1:9751/healthz"], check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the agent did not come up"
+        time.sleep(0.1)
+    client, b1, link1 = build(lab, tmp_path)   # after the agent started
+    join_agent(lab, client, agent_ns)
+    wait_backends_up(agent_ns, 9751)
+    events = start_clients(client, tmp_path)
+    cut = cut_backend1(client, b1, link1)
+    events.pump(3.0)
+    agent.terminate()
+    _, log = agent.communicate(timeout=10)
+    worst = check_recovered(events, cut, log, 1.0)
+    print(f"\nagent with netns: all, client namespace made after it: recovered within {worst:.3f} s")
+    assert f"netns=/run/netns/{client.name}" in log, log
