@@ -22,6 +22,18 @@ public struct AgentConfiguration: Sendable, Equatable {
         netns != nil || pools.contains { $0.netns != nil }
     }
 
+    /// Whether namespaces are found through /proc/PID/ns/net (`all`, or such a path): opening
+    /// another process's needs CAP_SYS_PTRACE when that process holds capabilities the agent lacks.
+    public var inspectsProcesses: Bool {
+        ([netns] + pools.map(\.netns)).contains { selection in
+            switch selection {
+            case .all?: true
+            case .paths(let paths)?: paths.contains { $0.hasPrefix("/proc/") }
+            case nil: false
+            }
+        }
+    }
+
     /// Where a pool's sockets and conntrack entries are looked for.
     public func namespaces(of pool: PoolConfiguration) -> NamespaceSelection? {
         pool.netns ?? netns

@@ -6,6 +6,9 @@ public struct HostCapabilities: Sendable, Equatable {
 
     public static let netAdmin = 12  // CAP_NET_ADMIN: sock_diag destroy, ctnetlink
     public static let sysAdmin = 21  // CAP_SYS_ADMIN: setns into other network namespaces
+    /// CAP_SYS_PTRACE: open /proc/PID/ns/net of a process holding capabilities this one lacks
+    /// (the kernel's ptrace access check wants the target's permitted set to be a subset of ours).
+    public static let sysPtrace = 19
 
     public init(effective: UInt64) {
         self.effective = effective

@@ -59,12 +59,13 @@ struct Run: AsyncParsableCommand {
             standardError("conn-reaper: invalid configuration: \(error)")
             throw ExitCode(2)
         }
-        // The agent needs CAP_NET_ADMIN, and CAP_SYS_ADMIN when it enters other network namespaces
-        // (`netns:`), and nothing else: whatever else it was started with goes before anything runs
+        // The agent needs CAP_NET_ADMIN, CAP_SYS_ADMIN when it enters other network namespaces
+        // (`netns:`), CAP_SYS_PTRACE when it finds them through /proc (`all`), and nothing else: whatever else it was started with goes before anything runs
         // (a re-exec; see ProcessCapabilities). The configuration is read first to know which to keep;
         // the new image reads it again. (A reload that adds `netns` later cannot get CAP_SYS_ADMIN back.)
         var kept = [HostCapabilities.netAdmin]
         if configuration.usesOtherNamespaces { kept.append(HostCapabilities.sysAdmin) }
+        if configuration.inspectsProcesses { kept.append(HostCapabilities.sysPtrace) }
         var capabilityProblem: SystemCallError?
         do { try ProcessCapabilities.reexecRetaining(Set(kept), marker: "CONN_REAPER_CAPABILITIES_SHED") } catch {
             capabilityProblem = error
@@ -91,7 +92,7 @@ struct Run: AsyncParsableCommand {
             logger.info("capabilities", metadata: ["effective": "0x\(String(held.effective, radix: 16))", "net_admin": "\(held.effective & (1 << 12) != 0)", "sys_admin": "\(held.effective & (1 << 21) != 0)"])
         }
         if let capabilityProblem {
-            logger.warning("capabilities not reduced to \(kept.count > 1 ? "CAP_NET_ADMIN and CAP_SYS_ADMIN" : "CAP_NET_ADMIN")", metadata: ["error": "\(capabilityProblem)"])
+            logger.warning("capabilities not reduced to what the configuration needs", metadata: ["error": "\(capabilityProblem)"])
         }
         for finding in HostCheck().findings where finding.verdict != .ok {
             // Keep running: probes and metrics still help, and the reap errors will say the same.

@@ -88,10 +88,15 @@ import Testing
         let configuration = try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml")
         #expect(configuration.netns == .all)
         #expect(configuration.usesOtherNamespaces)
+        #expect(configuration.inspectsProcesses)
         #expect(configuration.namespaces(of: configuration.pools[0]) == .all)
         #expect(configuration.namespaces(of: configuration.pools[1]) == .paths(["/run/netns/client", "/proc/1/ns/net"]))
         let plain = try YAMLConfigReader.configuration(yaml: valid, file: "c.yaml")
         #expect(!plain.usesOtherNamespaces)
+        #expect(!plain.inspectsProcesses)
+        var named = plain
+        named.netns = .paths(["/run/netns/client"])
+        #expect(named.usesOtherNamespaces && !named.inspectsProcesses)
         #expect(plain.namespaces(of: plain.pools[0]) == nil)
     }
 

@@ -6,6 +6,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 NET_ADMIN = 1 << 12
 
 
@@ -46,10 +48,18 @@ def test_agent_started_as_root_keeps_only_net_admin(lab, reaper_binary):
 SYS_ADMIN = 1 << 21
 
 
-def test_agent_with_netns_configured_keeps_sys_admin_too(lab, reaper_binary, tmp_path):
+SYS_PTRACE = 1 << 19
+
+
+@pytest.mark.parametrize("netns, kept", [
+    ("[/run/netns/{name}]", NET_ADMIN | SYS_ADMIN),
+    # /proc/PID/ns/net of a process holding capabilities the agent lacks needs CAP_SYS_PTRACE.
+    ("all", NET_ADMIN | SYS_ADMIN | SYS_PTRACE),
+])
+def test_agent_with_netns_configured_keeps_what_entering_namespaces_needs(lab, reaper_binary, tmp_path, netns, kept):
     namespace = lab.namespace("capsns")
     config = tmp_path / "agent.yaml"
-    config.write_text(f"listen: 127.0.0.1:9748\nnetns: [/run/netns/{namespace.name}]\n"
+    config.write_text(f"listen: 127.0.0.1:9748\nnetns: {netns.format(name=namespace.name)}\n"
                       "pools:\n  - name: p\n    backends: [\"127.0.0.1:1\"]\n")
     agent = namespace.popen([reaper_binary, "run", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -63,9 +73,9 @@ def test_agent_with_netns_configured_keeps_sys_admin_too(lab, reaper_binary, tmp
     threads = capability_sets(agent.pid)
     assert len(threads) > 1, threads
     for sets in threads:
-        assert sets["CapEff"] == NET_ADMIN | SYS_ADMIN, sets
-        assert sets["CapPrm"] == NET_ADMIN | SYS_ADMIN, sets
-        assert sets["CapBnd"] == NET_ADMIN | SYS_ADMIN, sets
+        assert sets["CapEff"] == kept, sets
+        assert sets["CapPrm"] == kept, sets
+        assert sets["CapBnd"] == kept, sets
     agent.terminate()
     _, stderr = agent.communicate(timeout=10)
-    assert "effective=0x201000" in stderr, stderr
+    assert f"effective=0x{kept:x}" in stderr, stderr
