@@ -419,3 +419,32 @@ def test_agent_with_netns_all_finds_a_namespace_made_after_it_started(lab, reape
     worst = check_recovered(events, cut, log, 1.0)
     print(f"\nagent with netns: all, client namespace made after it: recovered within {worst:.3f} s")
     assert f"netns=/run/netns/{client.name}" in log, log
+
+
+def test_purge_ends_udp_and_tcp_sockets_of_a_vip_natted_to_the_backend(topo, reaper):
+    from netlab import endpoint
+    from topology import OTHER4, TARGET4, TCP_PORT, UDP_PORT
+    vip, vip2 = "10.231.0.100", "10.231.0.101"
+    for proto, port in (("tcp", TCP_PORT), ("udp", UDP_PORT)):
+        topo.client.dnat(vip, TARGET4, port, proto)
+        topo.client.dnat(vip2, OTHER4, port, proto)
+    client = topo.client_peer
+    natted = [client.connect_one(vip, TCP_PORT), client.connect_one(vip, UDP_PORT, proto="udp")]
+    spared = [client.connect_one(vip2, TCP_PORT), client.connect_one(vip2, UDP_PORT, proto="udp")]
+    assert client.probe(natted + spared) == ["ok"] * 4
+
+    listed = reaper.ok_json(topo.client, "list", "--proto", "all", endpoint(TARGET4, TCP_PORT), endpoint(TARGET4, UDP_PORT))
+    assert sorted((s["proto"], s["remote"], s["through_conntrack"], s["result"]) for s in listed["sockets"]) == [
+        ("tcp", endpoint(vip, TCP_PORT), True, "listed"), ("udp", endpoint(vip, UDP_PORT), True, "listed")]
+    assert client.probe(natted) == ["ok", "ok"], "list changes nothing"
+
+    document = reaper.ok_json(topo.client, "purge", "--proto", "all", endpoint(TARGET4, TCP_PORT), endpoint(TARGET4, UDP_PORT))
+    assert sorted((s["proto"], s["remote"], s["result"]) for s in document["sockets"]) == [
+        ("tcp", endpoint(vip, TCP_PORT), "destroyed"), ("udp", endpoint(vip, UDP_PORT), "destroyed")]
+    assert sorted((e["proto"], e["matched"], e["result"]) for e in document["conntrack"]) == [
+        ("tcp", "reply-source", "deleted"), ("udp", "reply-source", "deleted")]
+    flows = topo.client.conntrack_flows("ipv4")   # before the probes below make new entries
+    assert [f for f in flows if f.reply.src == TARGET4] == [], flows
+    assert len([f for f in flows if f.reply.src == OTHER4]) == 2, flows
+    assert client.probe(natted) == ["ECONNABORTED", "ECONNABORTED"]
+    assert client.probe(spared) == ["ok", "ok"]
