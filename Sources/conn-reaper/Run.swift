@@ -38,6 +38,8 @@ struct Run: AsyncParsableCommand {
     @Flag(name: .customLong("tls-insecure-skip-verify"), help: "https probe: do not verify the certificate.") var tlsInsecure = false
     @Option(help: "Where /metrics, /healthz, /readyz and /status listen (overrides the config file's listen).") var listen: String?
     @Option(name: .customLong("max-sockets-per-second"), help: "Cap on sockets destroyed per second.") var maxSocketsPerSecond: Int?
+    @Option(name: .customLong("netns"), help: "Reap in this network namespace (/run/netns/NAME, /proc/PID/ns/net) instead of the agent's own, or 'all' (repeatable; needs CAP_SYS_ADMIN).")
+    var netns: [String] = []
     @Flag(name: .customLong("reap-when-all-down"), help: "Reap even when every backend of a pool looks down.") var reapWhenAllDown = false
 
     @Flag(name: .customLong("dry-run"), help: "Log what would be reaped; end nothing.") var dryRun = false
@@ -46,6 +48,7 @@ struct Run: AsyncParsableCommand {
     func validate() throws {
         let sources = [config != nil, !backends.isEmpty, nginxConf != nil].filter { $0 }.count
         guard sources == 1 else { throw ValidationError("name exactly one of --config, --backend or --nginx-conf") }
+        if !netns.isEmpty && config != nil { throw ValidationError("--netns goes with --backend or --nginx-conf; in a config file write netns:") }
         if !upstreams.isEmpty && nginxConf == nil { throw ValidationError("--upstream goes with --nginx-conf") }
     }
 
@@ -116,6 +119,14 @@ struct Run: AsyncParsableCommand {
         var settings = AgentConfiguration()
         if let maxSocketsPerSecond { settings.maxSocketsPerSecond = maxSocketsPerSecond }
         settings.reapWhenAllDown = reapWhenAllDown
+        if netns.contains("all") {
+            settings.netns = .all
+        } else if !netns.isEmpty {
+            for path in netns where !path.hasPrefix("/") {
+                throw ConfigurationError(key: "--netns", "'\(path)' is not 'all' or an absolute path (like /run/netns/NAME)")
+            }
+            settings.netns = .paths(netns)
+        }
         var pool = PoolConfiguration(name: "default", backends: [])
         pool.probe = ProbeSpec(
             kind: probe, port: probePort, path: path, expectStatus: expectStatus.isEmpty ? [200] : Set(expectStatus),

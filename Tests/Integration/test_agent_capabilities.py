@@ -79,3 +79,17 @@ def test_agent_with_netns_configured_keeps_what_entering_namespaces_needs(lab, r
     agent.terminate()
     _, stderr = agent.communicate(timeout=10)
     assert f"effective=0x{kept:x}" in stderr, stderr
+
+
+def test_agent_run_netns_flag_keeps_sys_admin(lab, reaper_binary):
+    namespace = lab.namespace("capsflag")
+    agent = namespace.popen([reaper_binary, "run", "--backend", "127.0.0.1:1", "--listen", "127.0.0.1:9748",
+                             "--netns", f"/run/netns/{namespace.name}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 5
+    while namespace.run(["curl", "-sf", "http://127.0.0.1:9748/healthz"], check=False).returncode != 0:
+        assert time.monotonic() < deadline, "agent did not come up"
+        time.sleep(0.1)
+    assert all(sets["CapEff"] == NET_ADMIN | SYS_ADMIN for sets in capability_sets(agent.pid))
+    agent.terminate()
+    agent.communicate(timeout=10)
