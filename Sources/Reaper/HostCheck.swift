@@ -115,6 +115,10 @@ public struct HostCheck: Sendable {
             capabilities.holds(HostCapabilities.sysAdmin)
                 ? Finding(name: "CAP_SYS_ADMIN", verdict: .ok, detail: "held: can enter other network namespaces")
                 : Finding(name: "CAP_SYS_ADMIN", verdict: .ok, detail: "not held: needed only to enter other network namespaces"),
+            capabilities.holds(HostCapabilities.sysPtrace)
+                ? Finding(name: "CAP_SYS_PTRACE", verdict: .ok, detail: "held: netns all sees namespaces held only by more privileged processes")
+                : Finding(name: "CAP_SYS_PTRACE", verdict: .ok,
+                          detail: "not held: netns all finds /run/netns and namespaces of processes with no capability beyond ours"),
         ]
     }
 }
