@@ -15,7 +15,9 @@ public struct NetlinkMessageWriter: Sendable {
     public init(appendingTo buffer: consuming [UInt8], type: UInt16, flags: UInt16, sequence: UInt32, portID: UInt32 = 0) {
         bytes = buffer
         start = bytes.count
-        bytes.reserveCapacity(start + 128)
+        // Only a fresh buffer reserves: Array grows to exactly what is asked, so reserving per
+        // appended message reallocated and copied the whole batch each time (quadratic).
+        if start == 0 { bytes.reserveCapacity(128) }
         append(hostOrder: UInt32(0))  // length, patched in `finish`
         append(hostOrder: type)
         append(hostOrder: flags)

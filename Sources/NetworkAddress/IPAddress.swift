@@ -95,7 +95,7 @@ extension IPAddress: CustomStringConvertible {
     public var description: String {
         switch self {
         case .v4(let value):
-            return (0..<4).map { String(value >> (24 - 8 * $0) & 0xFF) }.joined(separator: ".")
+            return "\(value >> 24).\(value >> 16 & 0xFF).\(value >> 8 & 0xFF).\(value & 0xFF)"
         case .v6(let high, let low):
             if let v4 = unmappedIPv4 { return "::ffff:\(v4)" }
             let groups = (0..<4).map { UInt16(truncatingIfNeeded: high >> (48 - 16 * $0)) }
