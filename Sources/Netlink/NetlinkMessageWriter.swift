@@ -3,21 +3,10 @@ import NetworkAddress
 /// Builds one netlink message: header, fixed payload, attributes (nested ones too), with the
 /// 4-byte alignment netlink expects. Plain bytes, so a test can compare a request with fixed bytes.
 public struct NetlinkMessageWriter: Sendable {
-    public private(set) var bytes: [UInt8]
-    /// Where this message starts in `bytes`: a batch writes many messages into one buffer.
-    private let start: Int
+    public private(set) var bytes: [UInt8] = []
 
     public init(type: UInt16, flags: UInt16, sequence: UInt32, portID: UInt32 = 0) {
-        self.init(appendingTo: [], type: type, flags: flags, sequence: sequence, portID: portID)
-    }
-
-    /// Continues `buffer` (earlier messages of a batch) with a new message.
-    public init(appendingTo buffer: consuming [UInt8], type: UInt16, flags: UInt16, sequence: UInt32, portID: UInt32 = 0) {
-        bytes = buffer
-        start = bytes.count
-        // Only a fresh buffer reserves: Array grows to exactly what is asked, so reserving per
-        // appended message reallocated and copied the whole batch each time (quadratic).
-        if start == 0 { bytes.reserveCapacity(128) }
+        bytes.reserveCapacity(128)
         append(hostOrder: UInt32(0))  // length, patched in `finish`
         append(hostOrder: type)
         append(hostOrder: flags)
@@ -90,13 +79,13 @@ public struct NetlinkMessageWriter: Sendable {
     }
 
     public mutating func padToAlignment() {
-        while (bytes.count - start) % 4 != 0 { bytes.append(0) }
+        while bytes.count % 4 != 0 { bytes.append(0) }
     }
 
     /// The buffer, this message's length patched in.
     public consuming func finish() -> [UInt8] {
         padToAlignment()
-        patch(hostOrder: UInt32(bytes.count - start), at: start)
+        patch(hostOrder: UInt32(bytes.count), at: 0)
         return bytes
     }
 

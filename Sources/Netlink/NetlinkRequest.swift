@@ -9,16 +9,14 @@ public protocol NetlinkRequest: Sendable {
 
 extension NetlinkRequest {
     public func serialized(sequence: UInt32, portID: UInt32 = 0) -> [UInt8] {
-        var buffer: [UInt8] = []
-        append(to: &buffer, sequence: sequence, portID: portID)
-        return buffer
+        var writer = NetlinkMessageWriter(type: messageType, flags: flags, sequence: sequence, portID: portID)
+        writePayload(into: &writer)
+        return writer.finish()
     }
 
-    /// Appends this request to a batch buffer without an intermediate copy.
+    /// Appends this request to a batch buffer. Each message is written on its own and copied once:
+    /// handing the batch buffer itself to a writer made every message copy the whole batch.
     public func append(to buffer: inout [UInt8], sequence: UInt32, portID: UInt32 = 0) {
-        var writer = NetlinkMessageWriter(
-            appendingTo: consume buffer, type: messageType, flags: flags, sequence: sequence, portID: portID)
-        writePayload(into: &writer)
-        buffer = writer.finish()
+        buffer.append(contentsOf: serialized(sequence: sequence, portID: portID))
     }
 }
