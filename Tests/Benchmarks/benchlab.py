@@ -45,14 +45,9 @@ def run(argv, check=True, ns=None, timeout=120):
     return result
 
 
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+# One definition for the test labs and the benchmarks.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Integration"))
+from netlab import pid_alive  # noqa: E402
 
 
 def remove_stale_namespaces():

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import tempfile
 import time
@@ -146,14 +145,8 @@ class Agent:
     # -- lifetime ----------------------------------------------------------------------------
 
     def stop(self, timeout: float = 10) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-                raise AssertionError(f"the agent ignored SIGTERM for {timeout}s: {self.describe()}")
+        if not netlab.stop_child(self.process, grace=timeout):
+            raise AssertionError(f"the agent ignored SIGTERM for {timeout}s: {self.describe()}")
         return self.process.returncode
 
     def close(self) -> None:

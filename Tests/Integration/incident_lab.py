@@ -575,17 +575,12 @@ class Agent:
 
     def stop(self, timeout: float = 5.0) -> int:
         """SIGTERM (graceful shutdown), then SIGKILL after ``timeout``; returns the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stdout, self.process.stdout = self.process.stdout, None   # read below, after the exit
+        netlab.stop_child(self.process, grace=timeout)
         self._reader.join(timeout=2)
-        if self.process.stdout:
-            self.stdout = self.process.stdout.read().decode(errors="replace")
-            self.process.stdout.close()
+        if stdout:
+            self.stdout = stdout.read().decode(errors="replace")
+            stdout.close()
         return self.process.returncode
 
 
@@ -842,19 +837,7 @@ class StreamClient:
         return StreamDump.parse(self.command("dump"))
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write(b"quit\n")
-                self.process.stdin.flush()
-                self.process.wait(timeout=3)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait(timeout=3)
-        for stream in (self.process.stdin, self.process.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        netlab.stop_child(self.process, quit_line=b"quit\n")
         self.stderr.close()
 
 
@@ -885,7 +868,7 @@ class IncidentLab:
         root = Path(tempfile.gettempdir())
         for path in root.glob(f"{cls.DIR_STEM}*"):
             match = re.match(rf"{re.escape(cls.DIR_STEM)}(\d+)-", path.name)
-            if match and not netlab._alive(int(match.group(1))):
+            if match and not netlab.pid_alive(int(match.group(1))):
                 shutil.rmtree(path, ignore_errors=True)
 
     # -- building --------------------------------------------------------------------------

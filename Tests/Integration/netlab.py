@@ -136,16 +136,16 @@ def _kill_pids(pids: Iterable[int], grace: float = 1.0) -> None:
             pass
     deadline = time.monotonic() + grace
     for pid in pids:
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.02)
-        if _alive(pid):
+        if pid_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -158,6 +158,34 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def stop_child(process: subprocess.Popen, *, quit_line: bytes | None = None, grace: float = 3.0) -> bool:
+    """Stops a child: ``quit_line`` on its stdin if given, else SIGTERM; SIGKILL after ``grace`` seconds.
+    Closes its stdin and stdout pipes. Returns True when it stopped by itself."""
+    stopped_by_itself = True
+    if process.poll() is None:
+        try:
+            if quit_line is not None:
+                process.stdin.write(quit_line)
+                process.stdin.flush()
+            else:
+                process.send_signal(signal.SIGTERM)
+            process.wait(timeout=grace)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
+    if process.poll() is None:
+        stopped_by_itself = False
+        process.kill()
+        process.wait(timeout=5)
+    for stream in (process.stdin, process.stdout):
+        if stream is None:
+            continue
+        try:
+            stream.close()
+        except OSError:
+            pass
+    return stopped_by_itself
 
 
 def delete_namespace(name: str) -> None:
@@ -187,7 +215,7 @@ def reap_stale_namespaces(stem: str = DEFAULT_STEM) -> list[str]:
     deleted = []
     for name in list_namespaces():
         match = pattern.match(name)
-        if match and not _alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             delete_namespace(name)
             deleted.append(name)
     return deleted
@@ -295,6 +323,14 @@ class Namespace:
 
     def pids(self) -> list[int]:
         return namespace_pids(self.name)
+
+    def wait_until_answers(self, url: str, timeout: float = 10.0) -> None:
+        """Polls ``url`` from inside the namespace until it answers 2xx (an agent's /healthz, /readyz)."""
+        deadline = time.monotonic() + timeout
+        while self.run(["curl", "-sf", "-o", "/dev/null", url], check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not answer within {timeout} s in {self.name}")
+            time.sleep(0.1)
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -543,19 +579,5 @@ class Peer:
 
     def stop(self) -> None:
         """Asks the peer to quit, then makes sure the process is gone."""
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write(b'{"op": "quit"}\n')
-                self.process.stdin.flush()
-                self.process.wait(timeout=3)
-            except (OSError, subprocess.TimeoutExpired, ValueError):
-                pass
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=3)
-        for stream in (self.process.stdin, self.process.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
+        stop_child(self.process, quit_line=b'{"op": "quit"}\n')
         self.stderr_file.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,7 @@ def test_agent_started_as_root_keeps_only_net_admin(lab, reaper_binary):
     namespace = lab.namespace("caps")
     agent = namespace.popen([reaper_binary, "run", "--backend", "127.0.0.1:1", "--listen", "127.0.0.1:9748"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if namespace.run(["curl", "-sf", "http://127.0.0.1:9748/healthz"], check=False).returncode == 0:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("agent did not come up")
+    namespace.wait_until_answers("http://127.0.0.1:9748/healthz", timeout=5)
     threads = capability_sets(agent.pid)
     assert len(threads) > 1, threads  # event loops and the cooperative pool: capabilities are per thread
     for sets in threads:
@@ -63,13 +56,7 @@ def test_agent_with_netns_configured_keeps_what_entering_namespaces_needs(lab, r
                       "pools:\n  - name: p\n    backends: [\"127.0.0.1:1\"]\n")
     agent = namespace.popen([reaper_binary, "run", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if namespace.run(["curl", "-sf", "http://127.0.0.1:9748/healthz"], check=False).returncode == 0:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("agent did not come up")
+    namespace.wait_until_answers("http://127.0.0.1:9748/healthz", timeout=5)
     threads = capability_sets(agent.pid)
     assert len(threads) > 1, threads
     for sets in threads:
@@ -86,10 +73,7 @@ def test_agent_run_netns_flag_keeps_sys_admin(lab, reaper_binary):
     agent = namespace.popen([reaper_binary, "run", "--backend", "127.0.0.1:1", "--listen", "127.0.0.1:9748",
                              "--netns", f"/run/netns/{namespace.name}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 5
-    while namespace.run(["curl", "-sf", "http://127.0.0.1:9748/healthz"], check=False).returncode != 0:
-        assert time.monotonic() < deadline, "agent did not come up"
-        time.sleep(0.1)
+    namespace.wait_until_answers("http://127.0.0.1:9748/healthz", timeout=5)
     assert all(sets["CapEff"] == NET_ADMIN | SYS_ADMIN for sets in capability_sets(agent.pid))
     agent.terminate()
     agent.communicate(timeout=10)

@@ -3,9 +3,7 @@ never reaped, other processes' connects toward the dead backend are aborted with
 
 from __future__ import annotations
 
-import errno
 import re
-import socket
 import subprocess
 import textwrap
 import time

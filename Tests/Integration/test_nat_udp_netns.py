@@ -207,12 +207,7 @@ def agent_config(tmp_path, netns_lines: str = "") -> str:
 
 
 def wait_ready(namespace, port: int = 9751) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if namespace.run(["curl", "-sf", f"http://127.0.0.1:{port}/readyz"], check=False).returncode == 0:
-            return
-        time.sleep(0.1)
-    raise AssertionError("the agent did not become ready")
+    namespace.wait_until_answers(f"http://127.0.0.1:{port}/readyz", timeout=10)
 
 
 def start_clients(client, tmp_path) -> Events:
@@ -404,10 +399,7 @@ def test_agent_with_netns_all_finds_a_namespace_made_after_it_started(lab, reape
     config = agent_config(tmp_path, "netns: all")
     agent = agent_ns.popen([reaper_binary, "run", "--config", config], stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while agent_ns.run(["curl", "-sf", "http://127.0.0.1:9751/healthz"], check=False).returncode != 0:
-        assert time.monotonic() < deadline, "the agent did not come up"
-        time.sleep(0.1)
+    agent_ns.wait_until_answers("http://127.0.0.1:9751/healthz", timeout=10)
     client, b1, link1 = build(lab, tmp_path)   # after the agent started
     join_agent(lab, client, agent_ns)
     wait_backends_up(agent_ns, 9751)

@@ -9,7 +9,6 @@ import json
 import subprocess
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest

@@ -14,7 +14,6 @@ import selectors
 import subprocess
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
