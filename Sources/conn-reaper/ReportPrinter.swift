@@ -15,7 +15,7 @@ struct ReportPrinter {
         let errors = report.allErrors.filter { !$0.meansConntrackAbsent }
         switch format {
         case .text: printTables(report)
-        case .json: try printJSON(report, dryRun: dryRun, errors: errors)
+        case .json: printJSON(report, dryRun: dryRun, errors: errors)
         }
         let verb = command == "list" ? "listed" : (dryRun ? "would end" : "ended")
         let counted: (PurgeReport.Outcome) -> Bool = { $0 != .unconfirmed && $0 != .alreadyGone && $0.error == nil }
@@ -104,11 +104,8 @@ struct ReportPrinter {
         return output
     }
 
-    private func printJSON(_ report: PurgeReport, dryRun: Bool, errors: [SystemCallError]) throws {
-        let document = ReportDocument(report: report, command: command, dryRun: dryRun, destinations: destinations, errors: errors)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        print(String(decoding: try encoder.encode(document), as: UTF8.self))
+    private func printJSON(_ report: PurgeReport, dryRun: Bool, errors: [SystemCallError]) {
+        print(ReportDocument.json(report: report, command: command, dryRun: dryRun, destinations: destinations, errors: errors).text)
     }
 }
 
