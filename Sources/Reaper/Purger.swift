@@ -203,10 +203,10 @@ public final class Purger {
                 dump = try table.entries(for: matcher.destinations, transports: matcher.transports)
             }
             // A stuck rule condemns single sockets: only their own entries go, not the backend's others.
-            let stuckFlows = matcher.stuck == nil ? nil : Set(report.sockets.map { Self.flow(of: $0.socket) })
+            let stuckFlows = matcher.stuck == nil ? nil : Set(report.sockets.map { Flow($0.socket) })
             let targets = dump.entries.compactMap { entry in
                 matcher.match(entry).map { (entry, $0) }
-            }.filter { !deleted.contains($0.0.identity) && (stuckFlows?.contains(Self.flow(of: $0.0)) ?? true) }
+            }.filter { !deleted.contains($0.0.identity) && (stuckFlows?.contains(Flow($0.0)) ?? true) }
             guard acting else {
                 report.conntrack += targets.map { .init(entry: $0.0, matchedBy: $0.1, outcome: idle) }
                 return
@@ -232,23 +232,6 @@ public final class Purger {
             guard retry, round < options.maximumExtraRounds else { return }
             report.extraRounds += 1
         }
-    }
-
-    /// A flow as conntrack's original tuple names it; a dual-stack socket's mapped addresses unmapped.
-    struct Flow: Hashable {
-        var source: Endpoint
-        var destination: Endpoint
-    }
-
-    static func flow(of socket: DiagnosedSocket) -> Flow {
-        func plain(_ endpoint: Endpoint) -> Endpoint {
-            Endpoint(address: endpoint.address.unmappedIPv4 ?? endpoint.address, port: endpoint.port)
-        }
-        return Flow(source: plain(socket.local), destination: plain(socket.remote))
-    }
-
-    static func flow(of entry: ConntrackEntry) -> Flow {
-        Flow(source: entry.original.source, destination: entry.original.destination)
     }
 
     static func monotonicSeconds() -> Double {

@@ -12,12 +12,6 @@ public struct TranslatedFlows: Sendable {
     public let destinations: [Destination]
     public let transports: Set<TransportProtocol>
 
-    /// A flow as conntrack's original tuple names it; a dual-stack socket's mapped addresses unmapped.
-    struct Flow: Hashable {
-        var source: Endpoint
-        var destination: Endpoint
-    }
-
     /// From the entries `matcher` matched by reply source only: their original destination is not
     /// itself one of the destinations (else the direct socket match already covered them).
     public init(_ entries: [ConntrackEntry], matcher: DestinationMatcher) {
@@ -25,7 +19,7 @@ public struct TranslatedFlows: Sendable {
         var destinations: [Destination] = []
         var seen = Set<Destination>()
         for entry in entries where matcher.match(entry) == .replySource {
-            flows[entry.transport, default: []].insert(Self.flow(of: entry))
+            flows[entry.transport, default: []].insert(Flow(entry))
             let vip = Destination(address: entry.original.destination.address, port: entry.original.destination.port)
             if seen.insert(vip).inserted { destinations.append(vip) }
         }
@@ -45,17 +39,6 @@ public struct TranslatedFlows: Sendable {
     /// destination), on the same transport. Another socket to the same VIP (DNAT'd to a live
     /// backend) has another source port and is never hit.
     public func matches(_ socket: DiagnosedSocket) -> Bool {
-        flows[socket.transport]?.contains(Self.flow(of: socket)) ?? false
-    }
-
-    static func flow(of socket: DiagnosedSocket) -> Flow {
-        func plain(_ endpoint: Endpoint) -> Endpoint {
-            Endpoint(address: endpoint.address.unmappedIPv4 ?? endpoint.address, port: endpoint.port)
-        }
-        return Flow(source: plain(socket.local), destination: plain(socket.remote))
-    }
-
-    static func flow(of entry: ConntrackEntry) -> Flow {
-        Flow(source: entry.original.source, destination: entry.original.destination)
+        flows[socket.transport]?.contains(Flow(socket)) ?? false
     }
 }

@@ -384,14 +384,19 @@ def test_agent_in_its_own_namespace_reaps_a_listed_namespace_only(lab, reaper_bi
     unlisted = agent_ns.popen(["python3", "-u", str(tmp_path / "unlisted.py"), B1], stdout=subprocess.PIPE, text=True)
     assert unlisted.stdout.readline().strip() == "connected"
     events = start_clients(client, tmp_path)
+    worst, log = cut_and_recover(client, b1, link1, events, agent)
+    print(f"\nagent in another namespace, netns: [path]: recovered within {worst:.3f} s")
+    assert f"netns=/run/netns/{client.name}" in log, log
+    assert unlisted.poll() is None, "the connection in a namespace not listed must stay open"
+
+
+def cut_and_recover(client, b1, link1, events, agent) -> tuple[float, str]:
+    """Cuts backend 1, lets the streams run 3 s, stops the agent; the worst recovery and the agent's log."""
     cut = cut_backend1(client, b1, link1)
     events.pump(3.0)
     agent.terminate()
     _, log = agent.communicate(timeout=10)
-    worst = check_recovered(events, cut, log, 1.0)
-    print(f"\nagent in another namespace, netns: [path]: recovered within {worst:.3f} s")
-    assert f"netns=/run/netns/{client.name}" in log, log
-    assert unlisted.poll() is None, "the connection in a namespace not listed must stay open"
+    return check_recovered(events, cut, log, 1.0), log
 
 
 def test_agent_with_netns_all_finds_a_namespace_made_after_it_started(lab, reaper_binary, tmp_path):
@@ -404,11 +409,7 @@ def test_agent_with_netns_all_finds_a_namespace_made_after_it_started(lab, reape
     join_agent(lab, client, agent_ns)
     wait_backends_up(agent_ns, 9751)
     events = start_clients(client, tmp_path)
-    cut = cut_backend1(client, b1, link1)
-    events.pump(3.0)
-    agent.terminate()
-    _, log = agent.communicate(timeout=10)
-    worst = check_recovered(events, cut, log, 1.0)
+    worst, log = cut_and_recover(client, b1, link1, events, agent)
     print(f"\nagent with netns: all, client namespace made after it: recovered within {worst:.3f} s")
     assert f"netns=/run/netns/{client.name}" in log, log
 
