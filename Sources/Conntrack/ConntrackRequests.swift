@@ -97,11 +97,22 @@ public struct ConntrackDumpRequest: NetlinkRequest, Equatable {
 }
 
 /// IPCTNL_MSG_CT_DELETE of one entry by original tuple, zone and id.
+///
+/// The kernel reads a CT_DELETE without CTA_TUPLE_ORIG (and without CTA_FILTER) as "flush the whole
+/// table". So the tuple is built when the request is made, which throws if it cannot be, and
+/// checked again where the message is written: no delete leaves without its tuple.
 public struct ConntrackDeleteRequest: NetlinkRequest, Equatable {
-    public var entry: ConntrackEntry
+    public let entry: ConntrackEntry
+    /// CTA_TUPLE_ORIG and CTA_ZONE as libnetfilter_conntrack writes them.
+    let tupleAttributes: [UInt8]
 
-    public init(entry: ConntrackEntry) {
+    public init(entry: ConntrackEntry) throws(SystemCallError) {
+        let attributes = try ConntrackCodec.deleteAttributes(for: entry)
+        guard Self.namesOriginalTuple(attributes) else {
+            throw SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: .invalidArgument)
+        }
         self.entry = entry
+        self.tupleAttributes = attributes
     }
 
     public var messageType: UInt16 { ConntrackMessageType.delete }
@@ -109,10 +120,18 @@ public struct ConntrackDeleteRequest: NetlinkRequest, Equatable {
     public var callName: String { "IPCTNL_MSG_CT_DELETE" }
 
     public func writePayload(into writer: inout NetlinkMessageWriter) {
+        precondition(Self.namesOriginalTuple(tupleAttributes), "a CT_DELETE without its tuple would flush the table")
         writeNetfilterHeader(family: entry.family, into: &writer)
-        writer.append(ConntrackCodec.deleteAttributes(for: entry))
+        writer.append(tupleAttributes)
         // libnetfilter_conntrack 1.0.9 writes the tuple and zone but never CTA_ID; without it a
         // delete could hit a newer entry that reuses the tuple.
         if let id = entry.id { writer.appendAttribute(type: ConntrackAttribute.id, networkOrder: id) }
+    }
+
+    /// A CTA_TUPLE_ORIG carrying both the addresses (CTA_TUPLE_IP) and the protocol (CTA_TUPLE_PROTO).
+    static func namesOriginalTuple(_ attributes: [UInt8]) -> Bool {
+        guard let tuple = NetlinkAttributes(attributes[...])[ConntrackAttribute.tupleOriginal] else { return false }
+        let ip = tuple.nested[ConntrackAttribute.tupleIP], proto = tuple.nested[ConntrackAttribute.tupleProto]
+        return (ip.map { !$0.value.isEmpty } ?? false) && (proto?.nested[ConntrackAttribute.protoNumber] != nil)
     }
 }

@@ -68,7 +68,18 @@ public final class ConntrackTable {
     }
 
     /// Deletes each entry, batched. ENOENT means already gone (timed out or deleted meanwhile).
+    /// An entry whose delete cannot be built (no tuple) is never sent: its acknowledgement is EINVAL.
     public func delete(_ entries: [ConntrackEntry], batchSize: Int = 1024) throws(SystemCallError) -> [Acknowledgement] {
-        try deleteSocket.exchangeAcknowledged(entries.map(ConntrackDeleteRequest.init), batchSize: batchSize)
+        var results = [Acknowledgement](repeating: .failed(.invalidArgument), count: entries.count)
+        var requests: [ConntrackDeleteRequest] = []
+        var positions: [Int] = []
+        for (index, entry) in entries.enumerated() {
+            guard let request = try? ConntrackDeleteRequest(entry: entry) else { continue }
+            requests.append(request)
+            positions.append(index)
+        }
+        let acknowledgements = try deleteSocket.exchangeAcknowledged(requests, batchSize: batchSize)
+        for (position, acknowledgement) in zip(positions, acknowledgements) { results[position] = acknowledgement }
+        return results
     }
 }

@@ -1,6 +1,7 @@
 import CNetfilterConntrack
 import CMnl
 import NetworkAddress
+import SystemPackage
 
 /// Reads and writes conntrack entries through libnetfilter_conntrack, so the tuple encoding is the
 /// library's, not ours. The pointer work stays inside these functions.
@@ -18,18 +19,20 @@ public enum ConntrackCodec {
     }
 
     /// The attributes of an IPCTNL_MSG_CT_DELETE that names `entry`: original tuple, zone, id.
-    public static func deleteAttributes(for entry: ConntrackEntry) -> [UInt8] {
-        guard let conntrack = nfct_new() else { return [] }
+    /// Throws rather than return less: a CT_DELETE without a tuple is a flush of the whole table.
+    public static func deleteAttributes(for entry: ConntrackEntry) throws(SystemCallError) -> [UInt8] {
+        guard let conntrack = nfct_new() else { throw SystemCallError(call: "nfct_new", errno: .noMemory) }
         defer { nfct_destroy(conntrack) }
         set(entry, into: conntrack)
         var buffer = [UInt8](repeating: 0, count: 512)
         let length = buffer.withUnsafeMutableBytes { raw -> Int in
-            guard let header = mnl_nlmsg_put_header(raw.baseAddress) else { return 0 }
+            guard let header = mnl_nlmsg_put_header(raw.baseAddress) else { return -1 }
             _ = mnl_nlmsg_put_extra_header(header, 4)  // struct nfgenmsg, written by the caller
             let headerLength = Int(header.pointee.nlmsg_len)
-            guard nfct_nlmsg_build(header, conntrack) == 0 else { return 0 }
+            guard nfct_nlmsg_build(header, conntrack) == 0 else { return -1 }
             return Int(header.pointee.nlmsg_len) - headerLength
         }
+        guard length > 0 else { throw SystemCallError(call: "nfct_nlmsg_build", errno: .invalidArgument) }
         return Array(buffer[(NetlinkMessage.headerSize + 4)..<(NetlinkMessage.headerSize + 4 + length)])
     }
 

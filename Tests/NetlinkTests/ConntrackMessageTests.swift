@@ -52,7 +52,7 @@ import Testing
 
     /// libnetfilter_conntrack writes the delete and reads it back: tuple, zone and id survive.
     @Test func deleteRoundTripsThroughTheLibrary() throws {
-        let bytes = ConntrackDeleteRequest(entry: natted).serialized(sequence: 1)
+        let bytes = try ConntrackDeleteRequest(entry: natted).serialized(sequence: 1)
         #expect(Array(bytes[4..<8]) == [0x02, 0x01, 0x05, 0x00])  // IPCTNL_MSG_CT_DELETE, REQUEST|ACK
         let message = try #require(Array(NetlinkMessages(datagram: bytes)).first)
         let types = Array(NetlinkAttributes(message.payload.dropFirst(4))).map(\.type)
@@ -72,5 +72,22 @@ import Testing
         #expect(cidr == [ConntrackDumpRequest(family: .v4)])
         let portOnly = ConntrackTable.requests(for: [try Destination(parsing: ":53")], transports: [.udp])
         #expect(portOnly == [ConntrackDumpRequest(family: .v4), ConntrackDumpRequest(family: .v6)])
+    }
+
+    /// A CT_DELETE without CTA_TUPLE_ORIG flushes the whole table: such bytes are never accepted
+    /// as a delete, whatever else they carry.
+    @Test func aDeleteWithoutItsTupleIsRefused() throws {
+        #expect(!ConntrackDeleteRequest.namesOriginalTuple([]))
+        let zoneOnly: [UInt8] = [6, 0, 18, 0, 0, 7, 0, 0]  // CTA_ZONE alone
+        #expect(!ConntrackDeleteRequest.namesOriginalTuple(zoneOnly))
+        let emptyTuple: [UInt8] = [4, 0, 1, 0x80] + zoneOnly  // CTA_TUPLE_ORIG with nothing in it
+        #expect(!ConntrackDeleteRequest.namesOriginalTuple(emptyTuple))
+        let built = try ConntrackCodec.deleteAttributes(for: natted)
+        #expect(ConntrackDeleteRequest.namesOriginalTuple(built))
+        // Every delete the request type writes carries the tuple: IP and protocol inside CTA_TUPLE_ORIG.
+        let bytes = try ConntrackDeleteRequest(entry: natted).serialized(sequence: 9)
+        let tuple = try #require(NetlinkAttributes(bytes[20...])[1])
+        #expect(Array(tuple.nested[1]?.nested[1]?.value ?? []) == [10, 0, 0, 1])  // V4_SRC
+        #expect(Array(tuple.nested[1]?.nested[2]?.value ?? []) == [10, 96, 0, 1])  // V4_DST
     }
 }
