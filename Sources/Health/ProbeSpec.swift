@@ -47,16 +47,37 @@ public struct ProbeSpec: Sendable, Equatable {
     }
 }
 
+/// Why a probe failed, as far as the network lets a prober tell.
+public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
+    /// An RST answered the SYN: the host is up and nothing listens on the port.
+    case refused
+    /// No SYN-ACK within the timeout, or the network said so (EHOSTUNREACH, ENETUNREACH).
+    case unreachable
+    /// TCP connected, then TLS failed, the HTTP status was not the expected one, or no answer came
+    /// in time: something is there and it is not well (draining, overloaded, wedged).
+    case unhealthy
+
+    /// Nothing answered on the port: the failures that can mean dead.
+    public var nothingAnswered: Bool { self != .unhealthy }
+}
+
 /// What one probe saw.
 public struct ProbeResult: Sendable, Equatable {
-    public var success: Bool
+    /// nil: the probe succeeded.
+    public var failure: ProbeFailure?
     public var duration: Duration
     /// Why it failed, or the HTTP status it got.
     public var detail: String
 
-    public init(success: Bool, duration: Duration, detail: String) {
-        self.success = success
+    public var success: Bool { failure == nil }
+
+    public init(failure: ProbeFailure?, duration: Duration, detail: String) {
+        self.failure = failure
         self.duration = duration
         self.detail = detail
+    }
+
+    public static func succeeded(after duration: Duration, _ detail: String) -> ProbeResult {
+        ProbeResult(failure: nil, duration: duration, detail: detail)
     }
 }

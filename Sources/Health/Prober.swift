@@ -22,43 +22,43 @@ public final class Prober: Sendable {
         let started = NIODeadline.now()
         let timeout = TimeAmount.nanoseconds(
             Int64(spec.timeout.components.seconds) * 1_000_000_000 + spec.timeout.components.attoseconds / 1_000_000_000)
-        @Sendable func result(_ success: Bool, _ detail: String) -> ProbeResult {
+        @Sendable func result(_ failure: ProbeFailure?, _ detail: String) -> ProbeResult {
             let elapsed = NIODeadline.now() - started
-            return ProbeResult(success: success, duration: .nanoseconds(elapsed.nanoseconds), detail: detail)
+            return ProbeResult(failure: failure, duration: .nanoseconds(elapsed.nanoseconds), detail: detail)
         }
         let target = Endpoint(address: backend.address, port: spec.port ?? backend.port)
         let address: SocketAddress
         do { address = try SocketAddress(ipAddress: target.address.description, port: Int(target.port)) } catch {
-            return loop.makeSucceededFuture(result(false, "\(error)"))
+            return loop.makeSucceededFuture(result(.unreachable, "\(error)"))
         }
         let bootstrap = ClientBootstrap(group: loop).connectTimeout(timeout)
-        let outcome: EventLoopFuture<(Bool, String)>
+        let outcome: EventLoopFuture<(ProbeFailure?, String)>
         if spec.kind == .tcp {
             // Close with an RST, as HAProxy's checks do: no FIN exchange, and no TIME_WAIT socket
             // left per probe (200 backends at 1 s would otherwise hold ~12,000 of them).
             outcome = bootstrap.connect(to: address).flatMap { channel in
                 let abortive = (channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0))
                     ?? channel.eventLoop.makeSucceededVoidFuture()
-                return abortive.flatMap { channel.close() }.map { (true, "connected") }.recover { _ in (true, "connected") }
+                return abortive.flatMap { channel.close() }.map { (nil, "connected") }.recover { _ in (nil, "connected") }
             }
         } else {
             outcome = exchange(with: target, at: address, bootstrap: bootstrap, deadline: started + timeout, on: loop)
         }
-        return outcome.map { result($0.0, $0.1) }.recover { result(false, Self.describe($0)) }
+        return outcome.map { result($0.0, $0.1) }.recover { result(Self.classify($0), Self.describe($0)) }
     }
 
     /// The same probe, awaited: for one-off use and tests.
     public func probe(_ backend: Endpoint) async -> ProbeResult {
         let loop = MultiThreadedEventLoopGroup.singleton.next()
         return (try? await probe(backend, on: loop).get())
-            ?? ProbeResult(success: false, duration: .zero, detail: "event loop gone")
+            ?? ProbeResult(failure: .unreachable, duration: .zero, detail: "event loop gone")
     }
 
     private func exchange(
         with target: Endpoint, at address: SocketAddress, bootstrap: ClientBootstrap, deadline: NIODeadline,
         on loop: any EventLoop
-    ) -> EventLoopFuture<(Bool, String)> {
-        let promise = loop.makePromise(of: (Bool, String).self)
+    ) -> EventLoopFuture<(ProbeFailure?, String)> {
+        let promise = loop.makePromise(of: (ProbeFailure?, String).self)
         var headers = HTTPHeaders()
         headers.add(name: "Host", value: spec.tls.serverName ?? target.description)
         headers.add(name: "User-Agent", value: "conn-reaper")
@@ -100,8 +100,30 @@ public final class Prober: Sendable {
         return try NIOSSLContext(configuration: configuration)
     }
 
+    /// A failure after the connection was up is `unhealthy`; before it, the errno tells refused
+    /// from unreachable, and a connect that ran out of time is unreachable (no SYN-ACK came).
+    static func classify(_ error: any Error) -> ProbeFailure {
+        if error is AfterConnect { return .unhealthy }
+        switch connectErrno(error) {
+        case 111?: return .refused  // ECONNREFUSED
+        default: return .unreachable
+        }
+    }
+
+    static func connectErrno(_ error: any Error) -> Int32? {
+        switch error {
+        case let error as NIOConnectionError:
+            return (error.connectionErrors.first?.error as? IOError)?.errnoCode
+        case let error as IOError:
+            return error.errnoCode
+        default:
+            return nil
+        }
+    }
+
     static func describe(_ error: any Error) -> String {
         switch error {
+        case let error as AfterConnect: return "after connect: \(describe(error.underlying))"
         case ChannelError.connectTimeout: return "connect timeout"
         case ChannelError.ioOnClosedChannel, ChannelError.alreadyClosed, ChannelError.eof: return "timeout or closed before a response"
         case let error as NIOConnectionError:
@@ -127,16 +149,22 @@ public final class Prober: Sendable {
     }
 }
 
+/// A probe error that came once the connection was up: the peer's stack answered.
+struct AfterConnect: Error {
+    let underlying: any Error
+}
+
 /// Sends one GET once the connection is up and completes the promise with the response status.
+/// Failures it sees are wrapped in `AfterConnect`: it only exists on a connected channel.
 final class HTTPProbeHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundOut = HTTPClientRequestPart
 
     private let request: HTTPRequestHead
     private let expected: Set<Int>
-    private let promise: EventLoopPromise<(Bool, String)>
+    private let promise: EventLoopPromise<(ProbeFailure?, String)>
 
-    init(request: HTTPRequestHead, expected: Set<Int>, promise: EventLoopPromise<(Bool, String)>) {
+    init(request: HTTPRequestHead, expected: Set<Int>, promise: EventLoopPromise<(ProbeFailure?, String)>) {
         self.request = request
         self.expected = expected
         self.promise = promise
@@ -151,18 +179,18 @@ final class HTTPProbeHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let head) = unwrapInboundIn(data) else { return }
         let code = Int(head.status.code)
-        promise.succeed((expected.contains(code), "HTTP \(code)"))
+        promise.succeed((expected.contains(code) ? nil : .unhealthy, "HTTP \(code)"))
         context.close(promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        promise.fail(error)
+        promise.fail(AfterConnect(underlying: error))
         context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         // A no-op when the response already completed the promise.
-        promise.fail(ChannelError.eof)
+        promise.fail(AfterConnect(underlying: ChannelError.eof))
         context.fireChannelInactive()
     }
 }
