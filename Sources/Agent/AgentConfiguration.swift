@@ -6,8 +6,10 @@ public struct AgentConfiguration: Sendable, Equatable {
     public var listen = Endpoint(address: .v4(0x7F00_0001), port: 9747)
     public var logFormat: LogFormat = .logfmt
     public var dryRun = false
-    /// Cap on sockets destroyed per second across all pools: a bad probe must not reset a node at once.
-    public var maxSocketsPerSecond = 20_000
+    /// The reconnect-storm budget, node-wide across pools and rules: sockets ended per second on
+    /// average, and at most this many at once (a dead backend's whole set goes in one burst).
+    public var maxSocketsPerSecond = 500
+    public var maxSocketsBurst = 5_000
     /// When every backend of a pool looks down the probe side is the likely fault (incident 2):
     /// reap nothing unless this is set.
     public var reapWhenAllDown = false
@@ -54,6 +56,10 @@ public struct PoolConfiguration: Sendable, Equatable {
     public var interval: Duration = .seconds(1)
     public var rise = 2
     public var fall = 2
+    /// Which state ends connections: `dead` (default) or any failed probes (`unhealthy`).
+    public var reapOn: ReapOn = .dead
+    /// How long an unhealthy backend keeps its connections before they are closed, paced; 0: forever.
+    public var drainTimeout: Duration = .seconds(120)
     /// nil: the top-level `netns`, else the agent's own namespace.
     public var netns: NamespaceSelection?
 
@@ -61,6 +67,10 @@ public struct PoolConfiguration: Sendable, Equatable {
         self.name = name
         self.backends = backends
     }
+
+    /// TCP connections carry ACKs that tell a live peer from a dead one; a UDP-only pool has none,
+    /// so its states come from the probes' failure classes alone.
+    public var hasSegmentEvidence: Bool { protocols.contains(.tcp) }
 }
 
 /// Network namespaces to work in: files naming them, or every one on the node (re-enumerated).

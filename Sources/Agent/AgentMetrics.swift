@@ -34,8 +34,8 @@ public final class AgentMetrics: Sendable {
         registry.makeCounter(descriptor: Self.name("backend_transitions", unit: "total", help: "Backend state changes, by the state entered."), labels: [("pool", pool), ("backend", backend), ("to", state)])
     }
 
-    func socketsDestroyed(pool: String, backend: String) -> Counter {
-        registry.makeCounter(descriptor: Self.name("sockets_destroyed", unit: "total", help: "Sockets ended with SOCK_DESTROY."), labels: [("pool", pool), ("backend", backend)])
+    func socketsDestroyed(pool: String, backend: String, reason: ReapReason) -> Counter {
+        registry.makeCounter(descriptor: Self.name("sockets_destroyed", unit: "total", help: "Sockets ended with SOCK_DESTROY, by reason (dead, still-dead, drain_timeout, unhealthy, stuck)."), labels: [("pool", pool), ("backend", backend), ("reason", reason.rawValue)])
     }
 
     func conntrackDeleted(pool: String, backend: String) -> Counter {
@@ -46,8 +46,12 @@ public final class AgentMetrics: Sendable {
         registry.makeCounter(descriptor: Self.name("destroy_errors", unit: "total", help: "Socket destroys and conntrack deletes the kernel refused, by errno."), labels: [("errno", errno)])
     }
 
-    func reapsSkipped(pool: String, reason: String) -> Counter {
-        registry.makeCounter(descriptor: Self.name("reaps_skipped", unit: "total", help: "Reaps not done, by reason (all_backends_down, rate_limited)."), labels: [("pool", pool), ("reason", reason)])
+    func reapsSuppressed(pool: String, reason: SuppressReason) -> Counter {
+        registry.makeCounter(descriptor: Self.name("reaps_suppressed", unit: "total", help: "Reaps a rule held back, by reason (unhealthy_not_dead, alive_evidence, all_backends_down, budget)."), labels: [("pool", pool), ("reason", reason.rawValue)])
+    }
+
+    func backendState(pool: String, backend: String, state: BackendState) -> Gauge {
+        registry.makeGauge(descriptor: Self.name("backend_state", unit: "", help: "1 for the backend's current state (unknown, up, unhealthy, dead), 0 for the others."), labels: [("pool", pool), ("backend", backend), ("state", state.rawValue)])
     }
 
     func reapDuration(pool: String) -> DurationHistogram {

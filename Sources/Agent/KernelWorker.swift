@@ -19,15 +19,16 @@ public final class KernelWorker: @unchecked Sendable {
         thread.start()
     }
 
-    public func purge(_ matcher: DestinationMatcher, options: Purger.Options) async throws -> PurgeReport {
-        try await thread.runIfActive { [self] () throws -> PurgeReport in
+    /// Runs `body` with this namespace's purger on the worker's thread.
+    public func perform<Result: Sendable>(_ body: @escaping @Sendable (Purger) -> Result) async throws -> Result {
+        try await thread.runIfActive { [self] () throws -> Result in
             if let namespace, !entered {
                 // The thread stays in the namespace for good: it is this worker's only thread.
                 try NetworkNamespace.enter(namespace)
                 entered = true
             }
             if purger == nil { purger = Purger(sockets: true, conntrack: true) }
-            return purger!.purge(matcher, options: options)
+            return body(purger!)
         }
     }
 

@@ -18,12 +18,13 @@ public enum YAMLConfigReader {
             throw ConfigurationError(key: "", "not valid YAML: \(error)", file: file)
         }
         let top = ConfigNode(node: root, path: "", file: file)
-        let keys = try top.mapping(allowed: ["listen", "log_format", "dry_run", "max_sockets_per_second", "reap_when_all_down", "pools", "netns"])
+        let keys = try top.mapping(allowed: ["listen", "log_format", "dry_run", "max_sockets_per_second", "max_sockets_burst", "reap_when_all_down", "pools", "netns"])
         var configuration = AgentConfiguration()
         if let listen = keys["listen"] { configuration.listen = try listen.endpoint() }
         if let format = keys["log_format"] { configuration.logFormat = try format.choice(AgentConfiguration.LogFormat.self) }
         if let dryRun = keys["dry_run"] { configuration.dryRun = try dryRun.bool() }
         if let cap = keys["max_sockets_per_second"] { configuration.maxSocketsPerSecond = try cap.int(in: 1...10_000_000) }
+        if let burst = keys["max_sockets_burst"] { configuration.maxSocketsBurst = try burst.int(in: 1...10_000_000) }
         if let guardOff = keys["reap_when_all_down"] { configuration.reapWhenAllDown = try guardOff.bool() }
         if let netns = keys["netns"] { configuration.netns = try namespaces(netns) }
         guard let pools = keys["pools"] else { throw top.error("pools", "missing: name at least one pool") }
@@ -33,7 +34,7 @@ public enum YAMLConfigReader {
     }
 
     static func pool(_ node: ConfigNode) throws(ConfigurationError) -> PoolConfiguration {
-        let keys = try node.mapping(allowed: ["name", "backends", "protocols", "stuck_after", "probe", "netns"])
+        let keys = try node.mapping(allowed: ["name", "backends", "protocols", "stuck_after", "probe", "netns", "reap_on", "drain_timeout"])
         guard let name = keys["name"] else { throw node.error("name", "missing") }
         guard let backends = keys["backends"] else { throw node.error("backends", "missing") }
         var pool = PoolConfiguration(name: try name.string(), backends: try backends.list().map { node throws(ConfigurationError) in try node.endpoint() })
@@ -43,6 +44,8 @@ public enum YAMLConfigReader {
             })
         }
         if let stuck = keys["stuck_after"] { pool.stuckAfter = try stuck.duration() }
+        if let reapOn = keys["reap_on"] { pool.reapOn = try reapOn.choice(ReapOn.self) }
+        if let drain = keys["drain_timeout"] { pool.drainTimeout = try drain.duration() }
         if let probe = keys["probe"] { try read(probe: probe, into: &pool) }
         if let netns = keys["netns"] { pool.netns = try namespaces(netns) }
         return pool
@@ -153,10 +156,7 @@ struct ConfigNode {
 
     func duration() throws(ConfigurationError) -> Duration {
         let text = try string()
-        guard let value = DurationParsing.parse(text) else {
-            throw error("'\(text)' is not a duration (write it like 500ms, 1s, 2m)")
-        }
-        return value
+        do { return try DurationParsing.parseChecked(text) } catch { throw self.error(error.message) }
     }
 
     func endpoint() throws(ConfigurationError) -> Endpoint {

@@ -21,6 +21,10 @@ public final class Purger {
         /// Leave this process's own sockets alone: the agent's probes connect to the very backends it
         /// reaps, and a probe aborted mid-connect would count a recovering backend as still down.
         public var sparingOwnSockets = false
+        /// Look at conntrack only once some socket matched: a pass that keeps a dead backend reaped
+        /// mostly finds nothing, and a dump of a busy node's table costs more than the socket walk.
+        /// NAT'd flows, which only conntrack can name, wait for a pass without it.
+        public var conntrackOnlyAfterSockets = false
 
         public init(sockets: Bool = true, conntrack: Bool = true, dryRun: Bool = false) {
             self.sockets = sockets
@@ -63,7 +67,7 @@ public final class Purger {
         // The conntrack dump does not wait for the sockets: only the deletes must come after the
         // destroys. (A stuck scan needs entries only once it condemned a socket: no prefetch.)
         var prefetched: BackgroundWork<ConntrackTable.Dump>?
-        if options.conntrack, options.sockets, matcher.stuck == nil, let conntrackTable {
+        if options.conntrack, options.sockets, matcher.stuck == nil, !options.conntrackOnlyAfterSockets, let conntrackTable {
             prefetched = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
                 try conntrackTable.entries(for: matcher.destinations, transports: matcher.transports)
             }
@@ -88,12 +92,13 @@ public final class Purger {
             let translated = TranslatedFlows(firstDump.entries, matcher: matcher)
             if !translated.isEmpty {
                 do {
-                    try endTranslatedSockets(translated, matcher: matcher, options: options, acting: acting, idle: idle,
-                                             in: socketDiagnostics, report: &report)
+                    try endTranslatedSockets(translated, matcher: matcher, includeTCPInfo: includeTCPInfo, options: options,
+                                             acting: acting, idle: idle, in: socketDiagnostics, report: &report)
                 } catch { report.stepErrors.append(error) }
             }
         }
-        if options.conntrack, !conntrackFailed, let conntrackTable, matcher.stuck == nil || !report.sockets.isEmpty || firstDump != nil {
+        let conntrackWanted = (matcher.stuck == nil && !options.conntrackOnlyAfterSockets) || !report.sockets.isEmpty || firstDump != nil
+        if options.conntrack, !conntrackFailed, let conntrackTable, conntrackWanted {
             do {
                 try deleteEntries(matcher, options: options, acting: acting, idle: idle, in: conntrackTable,
                                   first: firstDump, report: &report)
@@ -154,10 +159,12 @@ public final class Purger {
     /// one filtered dump toward the VIPs, then only the exact flows (another flow to the same VIP, NAT'd
     /// to a live backend, has another tuple). One round: the agent's next reap catches a lost ack.
     private func endTranslatedSockets(
-        _ translated: TranslatedFlows, matcher: DestinationMatcher, options: Options, acting: Bool,
+        _ translated: TranslatedFlows, matcher: DestinationMatcher, includeTCPInfo: Bool, options: Options, acting: Bool,
         idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics, report: inout PurgeReport
     ) throws(SystemCallError) {
-        let dump = try diagnostics.sockets(matching: translated.socketQuery(states: matcher.states))
+        var query = translated.socketQuery(states: matcher.states)
+        query.includeTCPInfo = includeTCPInfo
+        let dump = try diagnostics.sockets(matching: query)
         let done = Set(report.sockets.map(\.socket.id.cookie))
         var targets = dump.sockets.filter {
             translated.matches($0) && matcher.states.contains($0.state) && !done.contains($0.id.cookie)

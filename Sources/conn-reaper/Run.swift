@@ -37,7 +37,14 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("tls-server-name"), help: "https probe: SNI and certificate name.") var tlsServerName: String?
     @Flag(name: .customLong("tls-insecure-skip-verify"), help: "https probe: do not verify the certificate.") var tlsInsecure = false
     @Option(help: "Where /metrics, /healthz, /readyz and /status listen (overrides the config file's listen).") var listen: String?
-    @Option(name: .customLong("max-sockets-per-second"), help: "Cap on sockets destroyed per second.") var maxSocketsPerSecond: Int?
+    @Option(name: .customLong("max-sockets-per-second"), help: "Reconnect-storm budget: sockets ended per second on average (default 500).")
+    var maxSocketsPerSecond: Int?
+    @Option(name: .customLong("max-sockets-burst"), help: "Reconnect-storm budget: sockets ended at once at most (default 5000).")
+    var maxSocketsBurst: Int?
+    @Option(name: .customLong("reap-on"), help: "Which state ends connections: dead (default) or unhealthy (any failed probes).")
+    var reapOn: String?
+    @Option(name: .customLong("drain-timeout"), help: "How long an unhealthy backend keeps its connections before they are closed, paced (0: forever).")
+    var drainTimeout: String?
     @Option(name: .customLong("netns"), help: "Reap in this network namespace (/run/netns/NAME, /proc/PID/ns/net) instead of the agent's own, or 'all' (repeatable; needs CAP_SYS_ADMIN).")
     var netns: [String] = []
     @Flag(name: .customLong("reap-when-all-down"), help: "Reap even when every backend of a pool looks down.") var reapWhenAllDown = false
@@ -79,9 +86,10 @@ struct Run: AsyncParsableCommand {
         let state = AgentState(configuration: configuration)
         let store = ConfigStore(configuration)
         let workers = KernelWorkers()
-        let reaper = BackendReaper(workers: workers, state: state, metrics: metrics, logger: logger)
+        let executor = ReapExecutor(state: state, kernel: WorkerReapKernel(workers: workers), metrics: metrics, logger: logger)
         let services: [any Service] = [
-            HealthService(store: store, state: state, reaper: reaper, workers: workers, metrics: metrics, logger: logger),
+            executor,
+            HealthService(store: store, state: state, executor: executor, metrics: metrics, logger: logger),
             ReloadService(source: source, store: store, metrics: metrics, logger: logger),
             StatusServer.make(
                 listen: configuration.listen.address.description, port: Int(configuration.listen.port),
@@ -117,7 +125,18 @@ struct Run: AsyncParsableCommand {
     func origin() throws(ConfigurationError) -> ConfigOrigin {
         if let config { return .yaml(path: config) }
         var settings = AgentConfiguration()
-        if let maxSocketsPerSecond { settings.maxSocketsPerSecond = maxSocketsPerSecond }
+        if let maxSocketsPerSecond {
+            guard (1...10_000_000).contains(maxSocketsPerSecond) else {
+                throw ConfigurationError(key: "--max-sockets-per-second", "\(maxSocketsPerSecond) is not from 1 to 10000000")
+            }
+            settings.maxSocketsPerSecond = maxSocketsPerSecond
+        }
+        if let maxSocketsBurst {
+            guard (1...10_000_000).contains(maxSocketsBurst) else {
+                throw ConfigurationError(key: "--max-sockets-burst", "\(maxSocketsBurst) is not from 1 to 10000000")
+            }
+            settings.maxSocketsBurst = maxSocketsBurst
+        }
         settings.reapWhenAllDown = reapWhenAllDown
         if netns.contains("all") {
             settings.netns = .all
@@ -137,6 +156,13 @@ struct Run: AsyncParsableCommand {
         guard (1...100).contains(fall) else { throw ConfigurationError(key: "--fall", "\(fall) is not from 1 to 100") }
         pool.rise = rise
         pool.fall = fall
+        if let reapOn {
+            guard let value = ReapOn(rawValue: reapOn) else {
+                throw ConfigurationError(key: "--reap-on", "'\(reapOn)' is not one of \(ReapOn.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            pool.reapOn = value
+        }
+        if let drainTimeout { pool.drainTimeout = try duration(drainTimeout, flag: "--drain-timeout") }
         pool.protocols = Set(try protocols.split(separator: ",").map { name throws(ConfigurationError) -> TransportProtocol in
             switch name.trimmingPrefix(while: \.isWhitespace) {
             case "tcp": return .tcp
@@ -153,10 +179,7 @@ struct Run: AsyncParsableCommand {
     }
 
     func duration(_ text: String, flag: String) throws(ConfigurationError) -> Duration {
-        guard let value = DurationParsing.parse(text) else {
-            throw ConfigurationError(key: flag, "'\(text)' is not a duration (write it like 500ms, 1s, 2m)")
-        }
-        return value
+        do { return try DurationParsing.parseChecked(text) } catch { throw ConfigurationError(key: flag, error.message) }
     }
 }
 

@@ -1,0 +1,169 @@
+import Foundation
+import Health
+import Logging
+import Netlink
+import NetworkAddress
+import Prometheus
+import Reaper
+
+/// The one step every path's results go through: metrics, the audit line, /status. A reap of a
+/// dead backend, a paced drain close and a stuck connection are accounted the same way.
+struct ReapAccounting: Sendable {
+    let state: AgentState
+    let metrics: AgentMetrics
+    let logger: Logger
+
+    static let dryRunSample = 8
+
+    struct Tally {
+        var ended = 0
+        var leftByLimit = 0
+    }
+
+    func changed(_ key: BackendKey, from: BackendState, to: BackendState, failure: ProbeFailure?, detail: String) {
+        let label = key.backend.description
+        metrics.transitions(pool: key.pool, backend: label, to: to.rawValue).increment()
+        publish(key, state: to)
+        var metadata: Logger.Metadata = ["pool": "\(key.pool)", "backend": "\(label)", "from": "\(from.rawValue)", "probe": "\(detail)"]
+        if let failure { metadata["failure"] = "\(failure.rawValue)" }
+        logger.notice("backend \(to.rawValue)", metadata: metadata)
+    }
+
+    /// The state gauges: 1 for the current state, 0 for the others; `backend_up` as before.
+    func publish(_ key: BackendKey, state current: BackendState) {
+        let label = key.backend.description
+        for state in BackendState.allCases {
+            metrics.backendState(pool: key.pool, backend: label, state: state).set(to: state == current ? 1 : 0)
+        }
+        metrics.backendUp(pool: key.pool, backend: label).set(to: current == .up ? 1 : 0)
+    }
+
+    func suppressed(pool: String, backend: Endpoint?, reason: SuppressReason, log: Bool) {
+        metrics.reapsSuppressed(pool: pool, reason: reason).increment()
+        guard log else { return }
+        var metadata: Logger.Metadata = ["pool": "\(pool)", "reason": "\(reason.rawValue)"]
+        if let backend { metadata["backend"] = "\(backend)" }
+        switch reason {
+        case .allBackendsDown:
+            logger.error("every backend of the pool looks down: reaping nothing (the probes are the likely fault; set reap_when_all_down to override)",
+                         metadata: metadata.merging(["backends": "\(state.configuration.pools.first { $0.name == pool }?.backends.count ?? 0)"]) { $1 })
+        case .unhealthyNotDead:
+            logger.notice("reap suppressed: probes reach the backend, it is unhealthy, not dead; its connections stay until drain_timeout", metadata: metadata)
+        case .aliveEvidence:
+            logger.notice("reap suppressed: nothing answers probes, but its connections still receive segments", metadata: metadata)
+        case .budget:
+            logger.warning("reap suppressed: the reconnect-storm budget is spent for now (max_sockets_per_second)", metadata: metadata)
+        }
+    }
+
+    func evidence(_ key: BackendKey, _ evidence: SegmentEvidence, since: ContinuousClock.Instant) {
+        logger.debug("evidence from the backend's own connections", metadata: [
+            "pool": "\(key.pool)", "backend": "\(key.backend)", "sockets": "\(evidence.sockets)",
+            "youngest_segment_ms": "\(evidence.youngestSegmentAge.map { "\(Int($0.seconds * 1000))" } ?? "none")",
+            "window_ms": "\(Int((evidence.at - since).seconds * 1000))", "alive": "\(evidence.showsLife(after: since))",
+        ])
+    }
+
+    /// A pass over one backend: a dead one's, a paced drain's, or `reap_on: unhealthy`'s.
+    func reaped(_ reports: [NamespaceReport], key: BackendKey, reason: ReapReason, dryRun: Bool) -> Tally {
+        var tally = Tally()
+        for part in reports {
+            guard let report = part.report else {
+                logger.error("reap could not run", metadata: [
+                    "pool": "\(key.pool)", "backend": "\(key.backend)", "netns": "\(part.namespace ?? "")", "error": "\(part.failure ?? "")",
+                ])
+                continue
+            }
+            let errors = report.allErrors.filter { !$0.meansConntrackAbsent }
+            let ended = dryRun ? report.sockets.count : report.socketsEnded
+            let deleted = dryRun ? report.conntrack.count : report.conntrackDeleted
+            tally.ended += dryRun ? 0 : ended
+            tally.leftByLimit += report.socketsLeftByLimit
+            if !dryRun {
+                metrics.socketsDestroyed(pool: key.pool, backend: key.backend.description, reason: reason).increment(by: Int64(ended))
+                metrics.conntrackDeleted(pool: key.pool, backend: key.backend.description).increment(by: Int64(deleted))
+            }
+            for error in errors { metrics.destroyErrors(errno: Self.errnoName(error)).increment() }
+            metrics.reapDuration(pool: key.pool).recordSeconds(report.durationSeconds)
+            // The audit line: every first reap of a dead backend, and every later pass that did something.
+            // In other namespaces (possibly every one on the node) only a pass that did something is logged.
+            guard (reason == .dead && part.namespace == nil) || ended > 0 || deleted > 0 || !errors.isEmpty else { continue }
+            var metadata: Logger.Metadata = [
+                "pool": "\(key.pool)", "backend": "\(key.backend)", "reason": "\(reason.rawValue)",
+                "sockets": "\(ended)", "conntrack": "\(deleted)", "errors": "\(errors.count)",
+                "duration_ms": "\((report.durationSeconds * 1_000_000).rounded() / 1000)", "dry_run": "\(dryRun)",
+            ]
+            if let namespace = part.namespace { metadata["netns"] = "\(namespace)" }
+            let natted = report.sockets.count { $0.throughConntrack }
+            if natted > 0 { metadata["sockets_via_conntrack"] = "\(natted)" }
+            if report.socketsLeftByLimit > 0 { metadata["left_for_later"] = "\(report.socketsLeftByLimit)" }
+            if dryRun, !report.sockets.isEmpty {
+                // Name what would go, a few at least, so a dry run can be checked against `ss`.
+                let sample = report.sockets.prefix(Self.dryRunSample).map { "\($0.socket.local)->\($0.socket.remote)" }
+                metadata["would_end"] = "\(sample.joined(separator: ","))\(report.sockets.count > Self.dryRunSample ? ",..." : "")"
+            }
+            if let first = errors.first { metadata["error"] = "\(first.hint.map { "\(first): \($0)" } ?? first.description)" }
+            logger.notice(dryRun ? "reap (dry run: nothing ended)" : "reaped", metadata: metadata)
+            state.recordReap(.init(time: .now, reason: reason.rawValue, sockets: ended, conntrackEntries: deleted,
+                                   errors: errors.count, dryRun: dryRun), for: key)
+        }
+        return tally
+    }
+
+    /// A stuck scan over a pool: one audit line per condemned connection, with its evidence.
+    func stuck(_ reports: [NamespaceReport], pool: String, dryRun: Bool) -> Tally {
+        var tally = Tally()
+        for part in reports {
+            guard let report = part.report else {
+                logger.error("stuck scan failed", metadata: ["pool": "\(pool)", "netns": "\(part.namespace ?? "")", "error": "\(part.failure ?? "")"])
+                continue
+            }
+            metrics.stuckScanDuration(pool: pool).recordSeconds(report.durationSeconds)
+            tally.leftByLimit += report.socketsLeftByLimit
+            guard !report.sockets.isEmpty else { continue }
+            metrics.stuckFound(pool: pool).increment(by: Int64(report.sockets.count))
+            if !dryRun {
+                metrics.stuckEnded(pool: pool).increment(by: Int64(report.socketsEnded))
+                tally.ended += report.socketsEnded
+            }
+            let deleted = report.conntrack.count { $0.outcome == .ended }
+            for result in report.sockets {
+                let socket = result.socket
+                if !dryRun, result.outcome == .ended {
+                    metrics.socketsDestroyed(pool: pool, backend: socket.remote.description, reason: .stuck).increment()
+                }
+                var metadata: Logger.Metadata = [
+                    "pool": "\(pool)", "backend": "\(socket.remote)", "local": "\(socket.local)",
+                    "reason": "stuck", "evidence": "\(StuckRule.evidence(socket))", "dry_run": "\(dryRun)",
+                    "conntrack": "\(deleted)",
+                ]
+                if let namespace = part.namespace { metadata["netns"] = "\(namespace)" }
+                if let error = result.outcome.error { metadata["error"] = "\(error)" }
+                logger.notice(dryRun ? "stuck connection (dry run: not ended)" : "stuck connection ended", metadata: metadata)
+                if let backend = state.configuration.pools.first(where: { $0.name == pool })?.backends.first(where: { $0 == socket.remote }) {
+                    state.recordReap(.init(time: .now, reason: ReapReason.stuck.rawValue, sockets: 1, conntrackEntries: deleted,
+                                           errors: result.outcome.error == nil ? 0 : 1, dryRun: dryRun),
+                                     for: BackendKey(pool: pool, backend: backend))
+                }
+            }
+        }
+        return tally
+    }
+
+    static func errnoName(_ error: SystemCallError) -> String {
+        switch error.errno {
+        case .notPermitted: "EPERM"
+        case .notSupported: "EOPNOTSUPP"
+        case .noBufferSpace: "ENOBUFS"
+        case .noSuchFileOrDirectory: "ENOENT"
+        case .invalidArgument: "EINVAL"
+        default: "errno_\(error.errno.rawValue)"
+        }
+    }
+}
+
+extension DurationHistogram {
+    func recordSeconds(_ seconds: Double) {
+        record(.nanoseconds(Int64(seconds * 1e9)))
+    }
+}

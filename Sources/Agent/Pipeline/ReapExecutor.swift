@@ -1,0 +1,107 @@
+import Health
+import Logging
+import NetworkAddress
+import ServiceLifecycle
+import Synchronization
+
+/// Carries out what `ReapPolicy` decides, one action at a time, and feeds the results back as
+/// events. Probe results come in through `submit` from the probe loops' event loops; the clock
+/// comes from a ticker that wakes the policy only when something it scheduled is due.
+public final class ReapExecutor: Service, Sendable {
+    private let state: AgentState
+    private let kernel: any ReapKernel
+    private let accounting: ReapAccounting
+    private let actions: AsyncStream<ReapPolicy.Action>
+    private let continuation: AsyncStream<ReapPolicy.Action>.Continuation
+    /// Per pool: probe these of its backends now (set by each probe generation).
+    private let probers = Mutex<[String: @Sendable ([Endpoint]) async -> Void]>([:])
+
+    /// How often the ticker looks at the policy's next deadline: the granularity of follow-up
+    /// passes. A look is a lock and a comparison.
+    static let tick: Duration = .milliseconds(20)
+
+    public init(state: AgentState, kernel: any ReapKernel, metrics: AgentMetrics, logger: Logger) {
+        self.state = state
+        self.kernel = kernel
+        self.accounting = ReapAccounting(state: state, metrics: metrics, logger: logger)
+        (actions, continuation) = AsyncStream.makeStream(of: ReapPolicy.Action.self)
+    }
+
+    /// Hands an event to the policy; what it decides is queued for `run`.
+    public func submit(_ event: ReapPolicy.Event) {
+        for action in state.handle(event) { continuation.yield(action) }
+    }
+
+    public func setProbers(_ probers: [String: @Sendable ([Endpoint]) async -> Void]) {
+        self.probers.withLock { $0 = probers }
+    }
+
+    /// Publishes every backend's state gauges, so a backend not probed yet reads `unknown`.
+    public func publishStates() {
+        for pool in state.configuration.pools {
+            for backend in pool.backends {
+                let key = BackendKey(pool: pool.name, backend: backend)
+                accounting.publish(key, state: state.state(of: key))
+            }
+        }
+    }
+
+    public func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await withDiscardingTaskGroup { group in
+                group.addTask { [self] in
+                    while !Task.isCancelled {
+                        try? await Task.sleep(for: Self.tick)
+                        let now = ContinuousClock.now
+                        if let due = state.nextDeadline, due <= now { submit(.tick(now)) }
+                    }
+                }
+                for await action in self.actions {
+                    if case .probeNow(let pool, let backends) = action {
+                        // Probes take up to their timeout: never in the way of a reap.
+                        if let probe = self.probers.withLock({ $0[pool] }) { group.addTask { await probe(backends) } }
+                        continue
+                    }
+                    await self.perform(action)
+                }
+                group.cancelAll()
+            }
+        }
+    }
+
+    func perform(_ action: ReapPolicy.Action) async {
+        let configuration = state.configuration
+        switch action {
+        case .changed(let key, let from, let to, let failure, let detail):
+            accounting.changed(key, from: from, to: to, failure: failure, detail: detail)
+        case .suppressed(let pool, let backend, let reason, let log):
+            accounting.suppressed(pool: pool, backend: backend, reason: reason, log: log)
+        case .guardReleased(let pool):
+            accounting.logger.notice("a backend of the pool answers again: reaping resumes", metadata: ["pool": "\(pool)"])
+        case .probeNow:
+            break  // started by `run`
+        case .needEvidence(let key, let since):
+            guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
+            let evidence = await kernel.evidence(toward: key.backend, transports: pool.protocols, namespaces: configuration.namespaces(of: pool))
+            accounting.evidence(key, evidence, since: since)
+            submit(.evidence(key, evidence))
+        case .countConnections(let key):
+            guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
+            let count = await kernel.countConnections(toward: key.backend, transports: pool.protocols, namespaces: configuration.namespaces(of: pool))
+            submit(.counted(key, connections: count, at: .now))
+        case .reap(let key, let reason, let limit, let scope):
+            guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
+            let request = KernelReapRequest(
+                backend: key.backend, transports: pool.protocols, scope: scope, limit: limit, dryRun: configuration.dryRun,
+                namespaces: configuration.namespaces(of: pool), refreshNamespaces: reason == .dead)
+            let tally = accounting.reaped(await kernel.reap(request), key: key, reason: reason, dryRun: configuration.dryRun)
+            submit(.reaped(.init(pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
+                                 leftByLimit: tally.leftByLimit, at: .now)))
+        case .scanStuck(let name, let limit):
+            guard let pool = configuration.pools.first(where: { $0.name == name }) else { return }
+            let reports = await kernel.scanStuck(pool, limit: limit, dryRun: configuration.dryRun, namespaces: configuration.namespaces(of: pool))
+            let tally = accounting.stuck(reports, pool: name, dryRun: configuration.dryRun)
+            submit(.reaped(.init(pool: name, backend: nil, reason: .stuck, ended: tally.ended, leftByLimit: tally.leftByLimit, at: .now)))
+        }
+    }
+}

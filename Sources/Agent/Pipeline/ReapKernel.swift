@@ -1,0 +1,58 @@
+import NetworkAddress
+import Reaper
+
+/// The seam between the reap pipeline and the kernel: what the executor asks of sock_diag and
+/// conntrack. `WorkerReapKernel` does it for real on the kernel workers; unit tests use a fake.
+public protocol ReapKernel: Sendable {
+    /// Ends up to `request.limit` of the backend's sockets in the request's scope, in every
+    /// namespace the pool reaps.
+    func reap(_ request: KernelReapRequest) async -> [NamespaceReport]
+    /// The stuck detector's pass over a pool: ends at most `limit` condemned connections.
+    func scanStuck(_ pool: PoolConfiguration, limit: Int, dryRun: Bool, namespaces: NamespaceSelection?) async -> [NamespaceReport]
+    /// The backend's own established sockets: when their newest segment arrived.
+    func evidence(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> SegmentEvidence
+    /// How many established connections the backend has (for a paced close).
+    func countConnections(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> Int
+}
+
+public struct KernelReapRequest: Sendable, Equatable {
+    public var backend: Endpoint
+    public var transports: Set<TransportProtocol>
+    public var scope: ReapScope
+    public var limit: Int
+    public var dryRun: Bool
+    public var namespaces: NamespaceSelection?
+    /// Re-enumerate `netns: all` first: a namespace made since the last listing may hold its sockets.
+    public var refreshNamespaces: Bool
+
+    public init(
+        backend: Endpoint, transports: Set<TransportProtocol>, scope: ReapScope, limit: Int, dryRun: Bool,
+        namespaces: NamespaceSelection?, refreshNamespaces: Bool = false
+    ) {
+        self.backend = backend
+        self.transports = transports
+        self.scope = scope
+        self.limit = limit
+        self.dryRun = dryRun
+        self.namespaces = namespaces
+        self.refreshNamespaces = refreshNamespaces
+    }
+}
+
+/// One namespace's part of a pass: its report, or why it could not run there.
+public struct NamespaceReport: Sendable {
+    /// The namespace file; nil for the agent's own.
+    public var namespace: String?
+    public var report: PurgeReport?
+    public var failure: String?
+
+    public init(namespace: String?, report: PurgeReport) {
+        self.namespace = namespace
+        self.report = report
+    }
+
+    public init(namespace: String?, failure: String) {
+        self.namespace = namespace
+        self.failure = failure
+    }
+}

@@ -1,0 +1,133 @@
+import NetworkAddress
+import Reaper
+import SockDiag
+
+/// `ReapKernel` on the kernel workers: one dedicated thread per network namespace owns its
+/// netlink sockets (see KernelWorker). Keeps the stuck detector's suspicions between scans.
+public actor WorkerReapKernel: ReapKernel {
+    private let workers: KernelWorkers
+    /// Cookies found suspicious on the last scan, per pool and namespace ("" for the agent's own).
+    private var stuckSuspects: [String: [String: Set<UInt64>]] = [:]
+
+    public init(workers: KernelWorkers) {
+        self.workers = workers
+    }
+
+    public func reap(_ request: KernelReapRequest) async -> [NamespaceReport] {
+        var options = Purger.Options(dryRun: request.dryRun)
+        options.sparingOwnSockets = true
+        switch request.scope {
+        case .full: break
+        case .newConnects: options.conntrackOnlyAfterSockets = true
+        case .established: options.conntrack = false
+        }
+        let matchers = Self.matchers(for: request)
+        var remaining = request.limit
+        var reports: [NamespaceReport] = []
+        for (namespace, worker) in await workers.workers(for: request.namespaces, refresh: request.refreshNamespaces) {
+            guard remaining > 0 else { break }
+            do {
+                var merged = PurgeReport()
+                for matcher in matchers where remaining > 0 {
+                    var limited = options
+                    limited.socketLimit = remaining
+                    let pass = limited
+                    let report = try await worker.perform { $0.purge(matcher, options: pass) }
+                    remaining -= report.sockets.count { $0.outcome == .ended || $0.outcome == .wouldEnd }
+                    merged.absorb(report, namespace: nil)
+                }
+                reports.append(NamespaceReport(namespace: namespace, report: merged))
+            } catch {
+                if namespace != nil { await workers.drop(worker) }  // vanished, or not enterable: a fresh worker next time
+                reports.append(NamespaceReport(namespace: namespace, failure: "\(error)"))
+            }
+        }
+        return reports
+    }
+
+    /// A dead backend gains nothing but new connects once its first reap ran; for TCP those are
+    /// SYN_SENT sockets, which the kernel finds by state mask before running any filter program.
+    /// A connected UDP socket is ESTABLISHED from its connect() on, so UDP looks at those.
+    static func matchers(for request: KernelReapRequest) -> [DestinationMatcher] {
+        let destination = [Destination(address: request.backend.address, port: request.backend.port)]
+        switch request.scope {
+        case .full:
+            return [DestinationMatcher(destinations: destination, transports: request.transports)]
+        case .established:
+            return [DestinationMatcher(destinations: destination, transports: request.transports, states: SocketStates([.established]))]
+        case .newConnects:
+            var matchers: [DestinationMatcher] = []
+            if request.transports.contains(.tcp) {
+                matchers.append(DestinationMatcher(destinations: destination, transports: [.tcp], states: SocketStates([.synSent])))
+            }
+            if request.transports.contains(.udp) {
+                matchers.append(DestinationMatcher(destinations: destination, transports: [.udp], states: SocketStates([.established])))
+            }
+            return matchers
+        }
+    }
+
+    public func scanStuck(_ pool: PoolConfiguration, limit: Int, dryRun: Bool, namespaces: NamespaceSelection?) async -> [NamespaceReport] {
+        let afterMilliseconds = UInt32(min(pool.stuckAfter.seconds * 1000, Double(UInt32.max)))
+        let destinations = pool.backends.map { Destination(address: $0.address, port: $0.port) }
+        var remaining = limit
+        var reports: [NamespaceReport] = []
+        for (namespace, worker) in await workers.workers(for: namespaces) {
+            let key = namespace ?? ""
+            let matcher = DestinationMatcher(
+                destinations: destinations, transports: [.tcp],
+                stuck: StuckRule(afterMilliseconds: afterMilliseconds, previouslySuspected: stuckSuspects[pool.name]?[key] ?? []))
+            var limited = Purger.Options(dryRun: dryRun)
+            limited.sparingOwnSockets = true
+            limited.socketLimit = max(0, remaining)
+            let options = limited
+            do {
+                let report = try await worker.perform { $0.purge(matcher, options: options) }
+                stuckSuspects[pool.name, default: [:]][key] = report.stuckSuspects
+                remaining -= report.sockets.count
+                reports.append(NamespaceReport(namespace: namespace, report: report))
+            } catch {
+                reports.append(NamespaceReport(namespace: namespace, failure: "\(error)"))
+            }
+        }
+        return reports
+    }
+
+    public func evidence(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> SegmentEvidence {
+        let matcher = DestinationMatcher(
+            destinations: [Destination(address: backend.address, port: backend.port)], transports: [.tcp],
+            states: SocketStates([.established]))
+        var sparing = Purger.Options(sockets: true, conntrack: true)
+        sparing.sparingOwnSockets = true
+        let options = sparing
+        var sockets = 0
+        var youngest: UInt32?
+        for (_, worker) in await workers.workers(for: namespaces) {
+            guard let report = try? await worker.perform({ $0.list(matcher, includeTCPInfo: true, options: options) }) else { continue }
+            for result in report.sockets {
+                sockets += 1
+                guard let info = result.socket.tcpInfo else { continue }
+                // A receive-only socket (a watch through a proxy) gets data and sends nothing, so its
+                // last ACK can be minutes old while the peer is alive: either kind of segment counts.
+                let age = min(info.lastAckReceivedMilliseconds, info.lastDataReceivedMilliseconds)
+                youngest = min(youngest ?? age, age)
+            }
+        }
+        // Taken after the dump: a segment's time is then never placed earlier than it came.
+        return SegmentEvidence(at: .now, sockets: sockets, youngestSegmentAge: youngest.map { .milliseconds(Int64($0)) })
+    }
+
+    public func countConnections(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> Int {
+        let matcher = DestinationMatcher(
+            destinations: [Destination(address: backend.address, port: backend.port)], transports: transports,
+            states: SocketStates([.established]))
+        var sparing = Purger.Options(sockets: true, conntrack: false)
+        sparing.sparingOwnSockets = true
+        let options = sparing
+        var count = 0
+        for (_, worker) in await workers.workers(for: namespaces) {
+            count += (try? await worker.perform { $0.list(matcher, includeTCPInfo: false, options: options) })?.sockets.count ?? 0
+        }
+        return count
+    }
+}

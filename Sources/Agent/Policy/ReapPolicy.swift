@@ -1,0 +1,495 @@
+import Health
+import NetworkAddress
+
+/// The one place that decides which connections the agent ends: a value that takes events (probe
+/// results, evidence from the kernel, what a reap did, the clock) and returns actions. It does no
+/// I/O; `ReapExecutor` carries its actions out and feeds the results back. See README "Backend
+/// states" for the rules in prose.
+///
+/// The rules, and why:
+/// - `fall` failed probes alone never end a connection. A probe can fail because the backend is
+///   draining (kube-apiserver answers /readyz 503 while it keeps serving every watch) or overloaded
+///   (OpenShift's failover loop, incident 2): resetting those connections turns a routine event into
+///   an outage. The failure class says which: a probe that reached the process (`unhealthy`) means
+///   something is there.
+/// - Only when the last `fall` probes found nothing answering (refused or unreachable) can the
+///   backend be dead, and even then its own connections are asked first: any segment received
+///   after the earliest of those probes ended means the data path lives. The window starts when a
+///   failed probe *ended*, not when it was sent: a backend that died while a probe was in flight
+///   died before that probe timed out, so nothing it sent before its death falls in the window.
+/// - A dead backend is reaped at once and kept reaped (new connects fail fast), never while every
+///   other backend of the pool is failing too (the prober is then the likely fault), and never
+///   past the node's reconnect-storm budget.
+/// - An unhealthy backend keeps its connections for `drain_timeout`, then they are closed a tenth
+///   at a time per second: a backend that accepts but never answers must not hold clients forever.
+public struct ReapPolicy: Sendable {
+    public typealias Instant = ContinuousClock.Instant
+
+    public enum Event: Sendable {
+        case probed(BackendKey, ProbeResult, at: Instant)
+        case evidence(BackendKey, SegmentEvidence)
+        /// The established connections toward a backend whose drain timeout passed.
+        case counted(BackendKey, connections: Int, at: Instant)
+        case reaped(ReapOutcome)
+        case tick(Instant)
+    }
+
+    /// What one reap pass did, as far as the policy cares.
+    public struct ReapOutcome: Sendable, Equatable {
+        public var pool: String
+        /// nil for a stuck scan, which covers the whole pool.
+        public var backend: Endpoint?
+        public var reason: ReapReason
+        public var ended: Int
+        /// Matching sockets the pass's limit left for later.
+        public var leftByLimit: Int
+        public var at: Instant
+
+        public init(pool: String, backend: Endpoint?, reason: ReapReason, ended: Int, leftByLimit: Int, at: Instant) {
+            self.pool = pool
+            self.backend = backend
+            self.reason = reason
+            self.ended = ended
+            self.leftByLimit = leftByLimit
+            self.at = at
+        }
+    }
+
+    public enum Action: Sendable, Equatable {
+        case changed(BackendKey, from: BackendState, to: BackendState, failure: ProbeFailure?, detail: String)
+        /// Dump the backend's established sockets with tcp_info and answer with `.evidence`.
+        case needEvidence(BackendKey, since: Instant)
+        /// Probe these backends now, outside their schedule (a survivor is needed).
+        case probeNow(pool: String, backends: [Endpoint])
+        case reap(BackendKey, reason: ReapReason, limit: Int, scope: ReapScope)
+        /// Count the backend's established connections and answer with `.counted`.
+        case countConnections(BackendKey)
+        case scanStuck(pool: String, limit: Int)
+        /// A reap held back. `log` is true once per episode; the count is for every one.
+        case suppressed(pool: String, backend: Endpoint?, reason: SuppressReason, log: Bool)
+        /// The pool's all-down guard held and lets go now: a backend answers again.
+        case guardReleased(pool: String)
+    }
+
+    /// The knobs of one pool the rules read.
+    public struct PoolRules: Sendable, Equatable {
+        public var name: String
+        public var backends: [Endpoint]
+        public var rise: Int
+        public var fall: Int
+        public var reapOn: ReapOn
+        public var drainTimeout: Duration
+        public var probeTimeout: Duration
+        public var segmentEvidence: Bool
+        public var stuckScanEvery: Duration?
+
+        public init(_ pool: PoolConfiguration) {
+            name = pool.name
+            backends = pool.backends
+            rise = pool.rise
+            fall = pool.fall
+            reapOn = pool.reapOn
+            drainTimeout = pool.drainTimeout
+            probeTimeout = pool.probe.timeout
+            segmentEvidence = pool.hasSegmentEvidence
+            stuckScanEvery = pool.stuckAfter > .zero && pool.protocols.contains(.tcp) ? Self.stuckPeriod(for: pool.stuckAfter) : nil
+        }
+
+        /// Four scans per `stuck_after`: a blackholed connection is ended at most a quarter late.
+        public static func stuckPeriod(for after: Duration) -> Duration {
+            min(max(after / 4, .milliseconds(100)), .seconds(5))
+        }
+    }
+
+    /// Right after the first reap, balancers reconnect at once and a least-connections one picks the
+    /// emptied dead backend first: quick follow-ups abort those connects (SYN_SENT) early.
+    public static let followUps: [Duration] = [.milliseconds(20), .milliseconds(50)]
+    /// Passes while dead, start to start: a new connect toward it is ended within about this much
+    /// (plus a tick) in its first minute down, when balancers still retry it; after that, rarely.
+    public static let deadCadence: Duration = .milliseconds(150)
+    public static let deadCadenceLater: Duration = .milliseconds(900)
+    public static let firstMinute: Duration = .seconds(60)
+    /// Every so often a pass looks at established sockets and conntrack too (NAT'd flows, lost acks).
+    public static let fullPassEvery: Duration = .seconds(1)
+    /// Paced closes: at most a tenth of the connections a second.
+    public static let pacedShare = 10
+    /// How long the others' probes get to show a survivor before the all-down guard holds.
+    public static let survivorGrace: Duration = .milliseconds(50)
+
+    public private(set) var pools: [PoolRules] = []
+    public private(set) var backends: [BackendKey: BackendRecord] = [:]
+    public private(set) var budget: ReapBudget
+    public private(set) var reapWhenAllDown: Bool
+    /// Pools whose all-down guard holds now.
+    public private(set) var guarded: Set<String> = []
+    private var nextStuckScan: [String: Instant] = [:]
+    private var loggedSuppressions: Set<Suppression> = []
+
+    struct Suppression: Hashable {
+        var pool: String
+        var backend: Endpoint?
+        var reason: SuppressReason
+    }
+
+    public init(_ configuration: AgentConfiguration) {
+        budget = ReapBudget(perSecond: configuration.maxSocketsPerSecond, burst: configuration.maxSocketsBurst)
+        reapWhenAllDown = configuration.reapWhenAllDown
+        apply(configuration)
+    }
+
+    /// A reloaded configuration: backends that stay keep their state (a reload is no flap) unless
+    /// their rise or fall changed; a dead one stays reaped.
+    public mutating func apply(_ configuration: AgentConfiguration) {
+        reapWhenAllDown = configuration.reapWhenAllDown
+        budget.resize(perSecond: configuration.maxSocketsPerSecond, burst: configuration.maxSocketsBurst)
+        pools = configuration.pools.map(PoolRules.init)
+        var next: [BackendKey: BackendRecord] = [:]
+        for pool in pools {
+            for backend in pool.backends {
+                let key = BackendKey(pool: pool.name, backend: backend)
+                if let old = backends[key], old.health.rise == pool.rise, old.health.fall == pool.fall {
+                    next[key] = old
+                } else {
+                    next[key] = BackendRecord(health: BackendHealth(rise: pool.rise, fall: pool.fall))
+                }
+            }
+        }
+        backends = next
+        guarded = guarded.intersection(pools.map(\.name))
+        nextStuckScan = nextStuckScan.filter { name, _ in pools.contains { $0.name == name && $0.stuckScanEvery != nil } }
+    }
+
+    public func rules(of pool: String) -> PoolRules? { pools.first { $0.name == pool } }
+
+    // MARK: - Events
+
+    public mutating func handle(_ event: Event) -> [Action] {
+        switch event {
+        case .probed(let key, let result, let at): probed(key, result, at: at)
+        case .evidence(let key, let evidence): evidenceArrived(key, evidence)
+        case .counted(let key, let connections, let at): counted(key, connections, at: at)
+        case .reaped(let outcome): reaped(outcome)
+        case .tick(let now): tick(now)
+        }
+    }
+
+    private mutating func probed(_ key: BackendKey, _ result: ProbeResult, at: Instant) -> [Action] {
+        guard var record = backends[key], let pool = rules(of: key.pool) else { return [] }
+        var actions: [Action] = []
+        let verdict = record.health.record(success: result.success)
+        record.lastProbe = result
+        record.lastProbeAt = at
+        if let failure = result.failure {
+            record.lastFailure = failure
+            record.lastFailureDetail = result.detail
+            if record.failingSince == nil { record.failingSince = at - result.duration }
+            if failure.nothingAnswered {
+                record.answerless.append(at)
+                if record.answerless.count > pool.fall { record.answerless.removeFirst(record.answerless.count - pool.fall) }
+            } else {
+                record.answerless = []
+            }
+            backends[key] = record
+            if record.health.consecutiveFailures >= pool.fall {
+                actions += failing(key, pool: pool, at: at)
+            }
+        } else {
+            record.lastSuccess = at
+            record.failingSince = nil
+            record.answerless = []
+            backends[key] = record
+            if verdict == .up || (record.state == .unknown && record.health.state == .up) {
+                actions += transition(key, to: .up, at: at)
+            }
+            actions += releaseWaitingPeers(of: key, at: at)
+        }
+        return actions
+    }
+
+    /// `fall` or more failures in a row: unhealthy, or a candidate for dead.
+    private mutating func failing(_ key: BackendKey, pool: PoolRules, at: Instant) -> [Action] {
+        guard let record = backends[key], record.state != .dead else { return [] }
+        let nothingAnswered = record.answerless.count >= pool.fall
+        if pool.reapOn == .unhealthy {
+            // The behaviour from before states: failed probes alone reap.
+            return transition(key, to: nothingAnswered ? .dead : .unhealthy, at: at)
+        }
+        guard nothingAnswered else {
+            var actions = transition(key, to: .unhealthy, at: at)
+            actions += suppress(key, .unhealthyNotDead)
+            return actions
+        }
+        guard pool.segmentEvidence else { return transition(key, to: .dead, at: at) }
+        guard !record.evidencePending, let since = record.answerless.first else { return [] }
+        backends[key]?.evidencePending = true
+        return [.needEvidence(key, since: since)]
+    }
+
+    private mutating func evidenceArrived(_ key: BackendKey, _ evidence: SegmentEvidence) -> [Action] {
+        guard var record = backends[key], let pool = rules(of: key.pool) else { return [] }
+        record.evidencePending = false
+        backends[key] = record
+        // A probe may have succeeded, or reached the process, while the dump ran.
+        guard record.state != .dead, record.health.consecutiveFailures >= pool.fall,
+            record.answerless.count >= pool.fall, let since = record.answerless.first
+        else { return [] }
+        if evidence.showsLife(after: since) {
+            var actions = transition(key, to: .unhealthy, at: evidence.at)
+            actions += suppress(key, .aliveEvidence)
+            return actions
+        }
+        return transition(key, to: .dead, at: evidence.at)
+    }
+
+    private mutating func counted(_ key: BackendKey, _ connections: Int, at: Instant) -> [Action] {
+        guard var record = backends[key], record.state == .unhealthy, record.drain != nil else { return [] }
+        record.drain?.counting = false
+        record.drain?.perSecond = max(1, (connections + Self.pacedShare - 1) / Self.pacedShare)
+        record.drain?.nextPass = at
+        backends[key] = record
+        return tick(at)
+    }
+
+    private mutating func reaped(_ outcome: ReapOutcome) -> [Action] {
+        budget.refill(at: outcome.at)
+        budget.spend(outcome.ended)
+        var actions: [Action] = []
+        if outcome.leftByLimit > 0, outcome.reason != .drainTimeout {
+            actions += suppress(pool: outcome.pool, backend: outcome.backend, .budget)
+        } else if outcome.leftByLimit == 0 {
+            loggedSuppressions.remove(Suppression(pool: outcome.pool, backend: outcome.backend, reason: .budget))
+        }
+        if let backend = outcome.backend, outcome.reason == .drainTimeout, outcome.leftByLimit == 0 {
+            // Nothing left beyond this pass: count again next time, so late arrivals get their own pace.
+            backends[BackendKey(pool: outcome.pool, backend: backend)]?.drain?.perSecond = nil
+        }
+        return actions
+    }
+
+    // MARK: - Time
+
+    private mutating func tick(_ now: Instant) -> [Action] {
+        budget.refill(at: now)
+        var actions: [Action] = []
+        for pool in pools {
+            for backend in pool.backends {
+                let key = BackendKey(pool: pool.name, backend: backend)
+                guard let record = backends[key] else { continue }
+                if record.reaping != nil {
+                    actions += reapPass(key, pool: pool, now: now)
+                } else if record.drain != nil {
+                    actions += drainPass(key, now: now)
+                }
+            }
+            if let every = pool.stuckScanEvery {
+                let due = nextStuckScan[pool.name] ?? now + every
+                if now >= due {
+                    nextStuckScan[pool.name] = now + every
+                    let limit = budget.available()
+                    if limit > 0 {
+                        actions.append(.scanStuck(pool: pool.name, limit: limit))
+                    } else {
+                        actions += suppress(pool: pool.name, backend: nil, .budget)
+                    }
+                } else if nextStuckScan[pool.name] == nil {
+                    nextStuckScan[pool.name] = due
+                }
+            }
+        }
+        return actions
+    }
+
+    /// The earliest instant a tick has something to do; nil when nothing is scheduled.
+    public var nextDeadline: Instant? {
+        var deadlines: [Instant] = Array(nextStuckScan.values)
+        for record in backends.values {
+            if let reaping = record.reaping {
+                deadlines.append(reaping.awaitingSurvivorUntil ?? min(reaping.nextPass, reaping.followUps.first ?? reaping.nextPass))
+            }
+            if let drain = record.drain, !drain.counting {
+                deadlines.append(drain.perSecond == nil ? drain.startsAt : drain.nextPass)
+            }
+        }
+        return deadlines.min()
+    }
+
+    private mutating func reapPass(_ key: BackendKey, pool: PoolRules, now: Instant) -> [Action] {
+        guard var reaping = backends[key]?.reaping else { return [] }
+        if let until = reaping.awaitingSurvivorUntil {
+            guard now >= until else { return [] }
+            reaping.awaitingSurvivorUntil = nil
+        }
+        let due = min(reaping.nextPass, reaping.followUps.first ?? reaping.nextPass)
+        guard now >= due else { return [] }
+        reaping.followUps.removeAll { $0 <= now }
+        if reaping.nextPass <= now {
+            // Start to start; a pass that came late sets the rhythm from now.
+            let cadence = now - reaping.since < Self.firstMinute ? Self.deadCadence : Self.deadCadenceLater
+            reaping.nextPass = reaping.nextPass + cadence > now ? reaping.nextPass + cadence : now + cadence
+        }
+        backends[key]?.reaping = reaping
+        // Answering again (rise not reached yet): its new connections are likely good ones.
+        guard backends[key]?.failingSince != nil else { return [] }
+        guard reapWhenAllDown || survivor(besides: key, pool: pool) != nil else {
+            if reaping.passes == 0, !reaping.probedPeers, pool.backends.count > 1 {
+                backends[key]?.reaping?.probedPeers = true
+                backends[key]?.reaping?.awaitingSurvivorUntil = now + pool.probeTimeout + Self.survivorGrace
+                return [.probeNow(pool: key.pool, backends: pool.backends.filter { $0 != key.backend })]
+            }
+            return holdForGuard(key)
+        }
+        var actions: [Action] = []
+        if guarded.remove(key.pool) != nil { actions.append(.guardReleased(pool: key.pool)) }
+        let limit = budget.available()
+        guard limit > 0 else { return actions + suppress(key, .budget) }
+        let full = reaping.passes == 0 || reaping.lastFullPass.map { now - $0 >= Self.fullPassEvery } ?? true
+        let reason: ReapReason = reaping.reason == .unhealthy ? .unhealthy : (reaping.passes == 0 ? .dead : .stillDead)
+        backends[key]?.reaping?.passes += 1
+        if full { backends[key]?.reaping?.lastFullPass = now }
+        actions.append(.reap(key, reason: reason, limit: limit, scope: full ? .full : .newConnects))
+        return actions
+    }
+
+    private mutating func holdForGuard(_ key: BackendKey) -> [Action] {
+        let first = guarded.insert(key.pool).inserted
+        return [.suppressed(pool: key.pool, backend: key.backend, reason: .allBackendsDown, log: first)]
+    }
+
+    private mutating func drainPass(_ key: BackendKey, now: Instant) -> [Action] {
+        guard var drain = backends[key]?.drain, !drain.counting else { return [] }
+        guard now >= drain.startsAt else { return [] }
+        guard let perSecond = drain.perSecond else {
+            drain.counting = true
+            backends[key]?.drain = drain
+            return [.countConnections(key)]
+        }
+        guard now >= drain.nextPass else { return [] }
+        drain.nextPass = now + .seconds(1)
+        backends[key]?.drain = drain
+        let limit = min(perSecond, budget.available())
+        guard limit > 0 else { return suppress(key, .budget) }
+        return [.reap(key, reason: .drainTimeout, limit: limit, scope: .established)]
+    }
+
+    // MARK: - Rules shared by the paths
+
+    /// Another backend of the pool answered a probe after this one began failing: the fault is the
+    /// backend's, not the prober's or the network's, and clients have somewhere to go.
+    func survivor(besides key: BackendKey, pool: PoolRules) -> Endpoint? {
+        let since = backends[key]?.failingSince ?? .now
+        return pool.backends.first { other in
+            other != key.backend && (backends[BackendKey(pool: key.pool, backend: other)]?.lastSuccess.map { $0 > since } ?? false)
+        }
+    }
+
+    /// A success may be the survivor a dead backend's first reap waits for (or the guard holds
+    /// for): run it now rather than at its next pass.
+    private mutating func releaseWaitingPeers(of key: BackendKey, at now: Instant) -> [Action] {
+        guard let pool = rules(of: key.pool) else { return [] }
+        var actions: [Action] = []
+        for other in pool.backends where other != key.backend {
+            let otherKey = BackendKey(pool: key.pool, backend: other)
+            guard let reaping = backends[otherKey]?.reaping,
+                reaping.awaitingSurvivorUntil != nil || (guarded.contains(key.pool) && reaping.passes == 0)
+            else { continue }
+            backends[otherKey]?.reaping?.awaitingSurvivorUntil = nil
+            backends[otherKey]?.reaping?.nextPass = now
+            actions += reapPass(otherKey, pool: pool, now: now)
+        }
+        return actions
+    }
+
+    private mutating func suppress(_ key: BackendKey, _ reason: SuppressReason) -> [Action] {
+        suppress(pool: key.pool, backend: key.backend, reason)
+    }
+
+    /// Counted every time; logged once per episode (until the backend is up again, or for the
+    /// budget, until a pass is no longer cut short).
+    private mutating func suppress(pool: String, backend: Endpoint?, _ reason: SuppressReason) -> [Action] {
+        let first = loggedSuppressions.insert(Suppression(pool: pool, backend: backend, reason: reason)).inserted
+        return [.suppressed(pool: pool, backend: backend, reason: reason, log: first)]
+    }
+
+    private mutating func transition(_ key: BackendKey, to next: BackendState, at now: Instant) -> [Action] {
+        guard var record = backends[key], let pool = rules(of: key.pool), record.state != next else { return [] }
+        let previous = record.state
+        record.state = next
+        record.stateSince = now
+        record.drain = nil
+        record.evidencePending = false
+        switch next {
+        case .up, .unknown:
+            record.reaping = nil
+            loggedSuppressions = loggedSuppressions.filter { $0.pool != key.pool || $0.backend != key.backend }
+        case .unhealthy:
+            if pool.reapOn == .unhealthy {
+                record.reaping = record.reaping ?? Reaping(reason: .unhealthy, since: now)
+            } else {
+                record.reaping = nil
+                if pool.drainTimeout > .zero { record.drain = Drain(startsAt: now + pool.drainTimeout) }
+            }
+        case .dead:
+            record.reaping = Reaping(reason: .dead, since: now)
+        }
+        backends[key] = record
+        var actions: [Action] = [.changed(key, from: previous, to: next, failure: next == .up ? nil : record.lastFailure,
+                                          detail: record.lastProbe?.detail ?? "")]
+        if record.reaping != nil { actions += reapPass(key, pool: pool, now: now) }
+        return actions
+    }
+}
+
+/// Everything the policy knows of one backend.
+public struct BackendRecord: Sendable {
+    public var health: BackendHealth
+    public var state: BackendState = .unknown
+    public var stateSince: ContinuousClock.Instant?
+    public var lastProbe: ProbeResult?
+    public var lastProbeAt: ContinuousClock.Instant?
+    public var lastFailure: ProbeFailure?
+    public var lastFailureDetail: String?
+    /// When the current run of failed probes began (the first one's send time); nil after a success.
+    public var failingSince: ContinuousClock.Instant?
+    public var lastSuccess: ContinuousClock.Instant?
+    /// When each of the last `fall` failures ended, while they all found nothing answering.
+    public var answerless: [ContinuousClock.Instant] = []
+    var evidencePending = false
+    var reaping: Reaping?
+    var drain: Drain?
+
+    public init(health: BackendHealth) {
+        self.health = health
+    }
+}
+
+/// A backend being kept reaped: dead, or failing under `reap_on: unhealthy`.
+struct Reaping: Sendable {
+    var reason: ReapReason
+    var since: ContinuousClock.Instant
+    var passes = 0
+    var followUps: [ContinuousClock.Instant] = []
+    var nextPass: ContinuousClock.Instant
+    var lastFullPass: ContinuousClock.Instant?
+    var probedPeers = false
+    var awaitingSurvivorUntil: ContinuousClock.Instant?
+
+    init(reason: ReapReason, since: ContinuousClock.Instant) {
+        self.reason = reason
+        self.since = since
+        self.nextPass = since
+        self.followUps = ReapPolicy.followUps.map { since + $0 }
+    }
+}
+
+/// An unhealthy backend's connections, waiting for `drain_timeout`, then closed paced.
+struct Drain: Sendable {
+    var startsAt: ContinuousClock.Instant
+    var perSecond: Int?
+    var counting = false
+    var nextPass: ContinuousClock.Instant
+
+    init(startsAt: ContinuousClock.Instant) {
+        self.startsAt = startsAt
+        self.nextPass = startsAt
+    }
+}

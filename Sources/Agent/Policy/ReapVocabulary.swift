@@ -1,0 +1,97 @@
+import Health
+import NetworkAddress
+
+/// What the agent believes of a backend, from evidence: probe results and its own connections.
+public enum BackendState: String, Sendable, Codable, CaseIterable {
+    /// Not probed `rise` or `fall` times yet.
+    case unknown
+    case up
+    /// Probes fail, but something still answers: the probe reached the process (a 503 while
+    /// draining, a slow /readyz under load, TLS trouble), or its connections still receive
+    /// segments. Its connections are left alone until `drain_timeout`.
+    case unhealthy
+    /// Nothing answers on the port (refused or unreachable) and its connections have received
+    /// nothing since its probes began failing. Reaped at once and kept reaped.
+    case dead
+}
+
+/// Which state ends a backend's connections (pool option `reap_on`).
+public enum ReapOn: String, Sendable, CaseIterable {
+    /// Only a dead backend's connections are ended at once; an unhealthy one's after `drain_timeout`.
+    case dead
+    /// Any `fall` failed probes end its connections, as before backend states existed.
+    case unhealthy
+}
+
+/// Why connections were ended: the `reason` of every audit line.
+public enum ReapReason: String, Sendable, Codable, CaseIterable {
+    /// The backend was found dead: its first reap.
+    case dead
+    /// Later passes while it stays dead: new connects (SYN_SENT) and anything that slipped in.
+    case stillDead = "still-dead"
+    /// It stayed unhealthy past `drain_timeout`: its connections are closed, paced.
+    case drainTimeout = "drain_timeout"
+    /// `reap_on: unhealthy`: failed probes alone.
+    case unhealthy
+    /// The stuck detector condemned single connections.
+    case stuck
+}
+
+/// Why a reap that a probe verdict would have asked for was held back.
+public enum SuppressReason: String, Sendable, CaseIterable {
+    /// Probes fail, but the probe reached the process: draining or overloaded, not dead.
+    case unhealthyNotDead = "unhealthy_not_dead"
+    /// Probes find nothing answering, yet its connections still receive segments.
+    case aliveEvidence = "alive_evidence"
+    /// Every backend of the pool looks down: the prober or the network is the likely fault.
+    case allBackendsDown = "all_backends_down"
+    /// The reconnect-storm budget is spent for now.
+    case budget
+}
+
+/// Which of a backend's sockets a reap pass looks at.
+public enum ReapScope: String, Sendable {
+    /// Established and connecting sockets and their conntrack entries, NAT'd flows included.
+    case full
+    /// Only connects in progress (SYN_SENT): all a dead backend can gain after its first reap,
+    /// and the cheap walk (the kernel checks the state mask before any filter program).
+    case newConnects
+    /// Established connections only, without conntrack: a paced close of a live backend's.
+    case established
+}
+
+/// What a dump of a backend's own established sockets says about its data path.
+public struct SegmentEvidence: Sendable, Equatable {
+    /// When the dump ran.
+    public var at: ContinuousClock.Instant
+    /// Established sockets toward the backend (the agent's own probe sockets left out).
+    public var sockets: Int
+    /// Age of the newest segment (an ACK or data) any of them received; nil when none has a
+    /// reading (no sockets, or no tcp_info).
+    public var youngestSegmentAge: Duration?
+
+    public init(at: ContinuousClock.Instant, sockets: Int, youngestSegmentAge: Duration?) {
+        self.at = at
+        self.sockets = sockets
+        self.youngestSegmentAge = youngestSegmentAge
+    }
+
+    /// A segment came after `instant`: the peer's stack answered since then.
+    public func showsLife(after instant: ContinuousClock.Instant) -> Bool {
+        guard let age = youngestSegmentAge else { return false }
+        return at - age > instant
+    }
+}
+
+/// One key for a backend of a pool.
+public struct BackendKey: Hashable, Sendable, CustomStringConvertible {
+    public var pool: String
+    public var backend: Endpoint
+
+    public init(pool: String, backend: Endpoint) {
+        self.pool = pool
+        self.backend = backend
+    }
+
+    public var description: String { "\(pool)/\(backend)" }
+}

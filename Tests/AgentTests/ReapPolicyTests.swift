@@ -1,0 +1,330 @@
+import Health
+import NetworkAddress
+import Testing
+
+@testable import Agent
+
+/// The reap decision, without I/O: events in, actions out. Each rule that ends connections is
+/// proven both ways: the dead are reaped at once, the living are left alone.
+@Suite struct ReapPolicyTests {
+    typealias Action = ReapPolicy.Action
+    let t0 = ContinuousClock.now
+    let backends = ["10.0.0.1:6443", "10.0.0.2:6443", "10.0.0.3:6443"].map { try! EndpointParsing.parse($0) }
+    var dead: BackendKey { BackendKey(pool: "api", backend: backends[1]) }
+
+    func configuration(_ adjust: (inout PoolConfiguration) -> Void = { _ in }, top: (inout AgentConfiguration) -> Void = { _ in })
+        -> AgentConfiguration
+    {
+        var pool = PoolConfiguration(name: "api", backends: backends)
+        pool.interval = .milliseconds(200)
+        pool.probe.timeout = .milliseconds(150)
+        pool.rise = 2
+        pool.fall = 2
+        adjust(&pool)
+        var configuration = AgentConfiguration()
+        configuration.pools = [pool]
+        top(&configuration)
+        return configuration
+    }
+
+    func at(_ milliseconds: Int) -> ContinuousClock.Instant { t0 + .milliseconds(milliseconds) }
+
+    static let ok = ProbeResult.succeeded(after: .milliseconds(1), "connected")
+    static func failed(_ failure: ProbeFailure, after milliseconds: Int = 150) -> ProbeResult {
+        ProbeResult(failure: failure, duration: .milliseconds(milliseconds), detail: failure.rawValue)
+    }
+
+    /// Every backend probed up twice by `at(100)`.
+    func upPolicy(_ configuration: AgentConfiguration) -> ReapPolicy {
+        var policy = ReapPolicy(configuration)
+        for round in 0..<2 {
+            for backend in backends {
+                _ = policy.handle(.probed(BackendKey(pool: "api", backend: backend), Self.ok, at: at(round * 50)))
+            }
+        }
+        return policy
+    }
+
+    /// The other backends answer a probe at `ms`: survivors.
+    func othersAnswer(_ policy: inout ReapPolicy, at ms: Int) -> [Action] {
+        backends.filter { $0 != dead.backend }.flatMap { policy.handle(.probed(BackendKey(pool: "api", backend: $0), Self.ok, at: at(ms))) }
+    }
+
+    func reaps(_ actions: [Action]) -> [(ReapReason, Int, ReapScope)] {
+        actions.compactMap { if case .reap(_, let reason, let limit, let scope) = $0 { (reason, limit, scope) } else { nil } }
+    }
+
+    func suppressions(_ actions: [Action]) -> [SuppressReason] {
+        actions.compactMap { if case .suppressed(_, _, let reason, _) = $0 { reason } else { nil } }
+    }
+
+    // MARK: - Dead: nothing answers and its connections received nothing
+
+    @Test func unreachableWithoutSignOfLifeIsDeadAndReapedAtOnce() throws {
+        var policy = upPolicy(configuration())
+        #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300))).isEmpty)
+        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        let asked = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
+        // The window for a sign of life opens when the first of the `fall` failures ended.
+        #expect(asked == [.needEvidence(dead, since: at(300))])
+        // Its sockets last heard from it 400 ms before the dump at 510: at 110, before the window.
+        let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(510), sockets: 4, youngestSegmentAge: .milliseconds(400))))
+        #expect(actions.first == .changed(dead, from: .up, to: .dead, failure: .unreachable, detail: "unreachable"))
+        let reaped = reaps(actions)
+        #expect(reaped.count == 1 && reaped[0].0 == .dead && reaped[0].2 == .full)
+        #expect(reaped[0].1 == 5_000)  // the whole burst: a dead backend's sockets go at once
+        #expect(policy.backends[dead]?.state == .dead)
+    }
+
+    @Test func refusedTooIsDeadWhenItsConnectionsAreSilent() {
+        var policy = upPolicy(configuration())
+        _ = policy.handle(.probed(dead, Self.failed(.refused, after: 1), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        #expect(policy.handle(.probed(dead, Self.failed(.refused, after: 1), at: at(500))) == [.needEvidence(dead, since: at(300))])
+        let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(505), sockets: 0, youngestSegmentAge: nil)))
+        #expect(reaps(actions).map(\.0) == [.dead])
+    }
+
+    @Test func aSegmentAfterTheWindowOpenedMeansAliveAndNothingIsReaped() {
+        var policy = upPolicy(configuration())
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
+        // A stream received data 50 ms before the dump at 510: at 460, inside the window.
+        let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(510), sockets: 4, youngestSegmentAge: .milliseconds(50))))
+        #expect(reaps(actions).isEmpty)
+        #expect(actions.first == .changed(dead, from: .up, to: .unhealthy, failure: .unreachable, detail: "unreachable"))
+        #expect(suppressions(actions) == [.aliveEvidence])
+        #expect(policy.backends[dead]?.state == .unhealthy)
+        // The next failure looks again, with the window slid forward: once the segments stop, it is dead.
+        #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(700))) == [.needEvidence(dead, since: at(500))])
+        let later = policy.handle(.evidence(dead, SegmentEvidence(at: at(710), sockets: 4, youngestSegmentAge: .milliseconds(250))))
+        #expect(reaps(later).map(\.0) == [.dead])
+    }
+
+    /// The trap: a probe sent just before the death fails by its timeout; data that arrived between
+    /// its sending and the death must not count as life. The window opens when it ended.
+    @Test func dataFromBeforeTheFirstFailedProbeEndedIsNoSignOfLife() {
+        var policy = upPolicy(configuration())
+        // Sent at 250, the backend dies at 280, the probe times out at 400.
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable, after: 150), at: at(400)))
+        _ = othersAnswer(&policy, at: 410)  // survivors: they answer after it began failing
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable, after: 150), at: at(600)))
+        // Its last segment came at 270, after the first probe was sent, before it ended.
+        let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(610), sockets: 3, youngestSegmentAge: .milliseconds(340))))
+        #expect(reaps(actions).map(\.0) == [.dead])
+    }
+
+    // MARK: - Unhealthy: the probe reached the process
+
+    @Test func aProbeThatConnectedMeansUnhealthyNeverReapedBeforeTheDrainTimeout() {
+        var policy = upPolicy(configuration { $0.drainTimeout = .seconds(10) })
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy, after: 2), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        let actions = policy.handle(.probed(dead, Self.failed(.unhealthy, after: 2), at: at(500)))
+        #expect(actions.first == .changed(dead, from: .up, to: .unhealthy, failure: .unhealthy, detail: "unhealthy"))
+        #expect(actions.contains(.suppressed(pool: "api", backend: dead.backend, reason: .unhealthyNotDead, log: true)))
+        #expect(!actions.contains { if case .needEvidence = $0 { true } else { false } })
+        // Every further failure is counted, logged once.
+        let again = policy.handle(.probed(dead, Self.failed(.unhealthy, after: 2), at: at(700)))
+        #expect(again == [.suppressed(pool: "api", backend: dead.backend, reason: .unhealthyNotDead, log: false)])
+        for ms in stride(from: 720, to: 10_500, by: 20) {
+            #expect(reaps(policy.handle(.tick(at(ms)))).isEmpty, "reaped an unhealthy backend at \(ms) ms")
+        }
+    }
+
+    /// One failure that reached the process among `fall` is enough to keep a backend from `dead`.
+    @Test func aMixOfClassesIsUnhealthy() {
+        var policy = upPolicy(configuration())
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        let actions = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
+        #expect(policy.backends[dead]?.state == .unhealthy)
+        #expect(reaps(actions).isEmpty)
+    }
+
+    @Test func drainTimeoutClosesATenthASecond() {
+        var policy = upPolicy(configuration { $0.drainTimeout = .seconds(2) })
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(500)))  // unhealthy at 500
+        #expect(policy.handle(.tick(at(2_480))).isEmpty)
+        #expect(policy.handle(.tick(at(2_500))) == [.countConnections(dead)])
+        #expect(policy.handle(.tick(at(2_520))).isEmpty)  // one count at a time
+        let first = policy.handle(.counted(dead, connections: 25, at: at(2_510)))
+        #expect(reaps(first).map { [$0.0.rawValue, "\($0.1)", $0.2.rawValue] } == [["drain_timeout", "3", "established"]])
+        _ = policy.handle(.reaped(.init(pool: "api", backend: dead.backend, reason: .drainTimeout, ended: 3, leftByLimit: 22, at: at(2_515))))
+        #expect(reaps(policy.handle(.tick(at(3_000)))).isEmpty)  // a second apart, start to start
+        #expect(reaps(policy.handle(.tick(at(3_510)))).map(\.1) == [3])
+        // A backend that turns dead meanwhile is reaped at once, whole.
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(3_600)))
+        #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(3_800))) == [.needEvidence(dead, since: at(3_600))])
+        let turned = policy.handle(.evidence(dead, SegmentEvidence(at: at(3_810), sockets: 19, youngestSegmentAge: .seconds(3))))
+        #expect(reaps(turned).map(\.0) == [.dead])
+    }
+
+    @Test func drainTimeoutZeroNeverCloses() {
+        var policy = upPolicy(configuration { $0.drainTimeout = .zero })
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(500)))
+        #expect(policy.nextDeadline == nil)
+        #expect(policy.handle(.tick(at(600_000))).isEmpty)
+    }
+
+    // MARK: - Keeping a dead backend reaped
+
+    func deadPolicy(_ configuration: AgentConfiguration? = nil) -> ReapPolicy {
+        var policy = upPolicy(configuration ?? self.configuration())
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
+        _ = policy.handle(.evidence(dead, SegmentEvidence(at: at(500), sockets: 0, youngestSegmentAge: nil)))
+        return policy
+    }
+
+    @Test func followUpsThenACadenceThatSlowsAfterTheFirstMinute() {
+        var policy = deadPolicy()
+        var passes: [(Int, ReapReason, ReapScope)] = []
+        for ms in stride(from: 500, through: 2_000, by: 10) {
+            for reap in reaps(policy.handle(.tick(at(ms)))) { passes.append((ms, reap.0, reap.2)) }
+        }
+        #expect(passes.map(\.0) == [520, 550, 650, 800, 950, 1_100, 1_250, 1_400, 1_550, 1_700, 1_850, 2_000])
+        #expect(passes.allSatisfy { $0.1 == .stillDead })
+        // Only new connects, but a full pass (established, conntrack) once a second.
+        #expect(passes.filter { $0.2 == .full }.map(\.0) == [1_550])
+        // After a minute down: a pass every 900 ms.
+        var later: [Int] = []
+        for ms in stride(from: 62_000, through: 66_000, by: 10) where !reaps(policy.handle(.tick(at(ms)))).isEmpty { later.append(ms) }
+        #expect(zip(later.dropFirst(), later).allSatisfy { $0 - $1 == 900 }, "\(later)")
+    }
+
+    @Test func aBackendAnsweringAgainIsNotReapedAndStopsBeingReapedWhenUp() {
+        var policy = deadPolicy()
+        _ = policy.handle(.probed(dead, Self.ok, at: at(600)))  // rise 2: not up yet
+        for ms in stride(from: 600, through: 790, by: 10) { #expect(reaps(policy.handle(.tick(at(ms)))).isEmpty) }
+        let up = policy.handle(.probed(dead, Self.ok, at: at(800)))
+        #expect(up == [.changed(dead, from: .dead, to: .up, failure: nil, detail: "connected")])
+        #expect(policy.nextDeadline == nil)
+    }
+
+    // MARK: - The all-down guard
+
+    @Test func withoutASurvivorTheOthersAreProbedAndTheGuardHolds() {
+        var policy = upPolicy(configuration())
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
+        let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(500), sockets: 0, youngestSegmentAge: nil)))
+        #expect(actions.contains(.probeNow(pool: "api", backends: [backends[0], backends[2]])))
+        #expect(reaps(actions).isEmpty)
+        // Nobody answers within the probe timeout: the guard holds, logged once, counted every pass.
+        let held = policy.handle(.tick(at(700)))
+        #expect(held == [.suppressed(pool: "api", backend: dead.backend, reason: .allBackendsDown, log: true)])
+        #expect(policy.guarded == ["api"])
+        let again = (710...900).flatMap { policy.handle(.tick(at($0))) }
+        #expect(again == [.suppressed(pool: "api", backend: dead.backend, reason: .allBackendsDown, log: false)])
+        // A peer answers: the guard lets go and the reap runs at once.
+        let released = policy.handle(.probed(BackendKey(pool: "api", backend: backends[0]), Self.ok, at: at(950)))
+        #expect(released.contains(.guardReleased(pool: "api")))
+        #expect(reaps(released).map(\.0) == [.dead])
+    }
+
+    @Test func aSurvivorAnsweringWhileWaitingReleasesTheFirstReapAtOnce() {
+        var policy = upPolicy(configuration())
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
+        _ = policy.handle(.evidence(dead, SegmentEvidence(at: at(500), sockets: 0, youngestSegmentAge: nil)))
+        let released = policy.handle(.probed(BackendKey(pool: "api", backend: backends[2]), Self.ok, at: at(503)))
+        #expect(reaps(released).map(\.0) == [.dead])
+        #expect(policy.guarded.isEmpty)
+    }
+
+    @Test func reapWhenAllDownSkipsTheGuard() {
+        var policy = upPolicy(configuration(top: { $0.reapWhenAllDown = true }))
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
+        let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(500), sockets: 0, youngestSegmentAge: nil)))
+        #expect(reaps(actions).map(\.0) == [.dead])
+    }
+
+    // MARK: - The reconnect-storm budget
+
+    @Test func everyPassDrawsFromOneBudget() throws {
+        var policy = deadPolicy(configuration(top: { $0.maxSocketsPerSecond = 100; $0.maxSocketsBurst = 300 }))
+        #expect(policy.budget.available() == 300)
+        _ = policy.handle(.reaped(.init(pool: "api", backend: dead.backend, reason: .dead, ended: 300, leftByLimit: 200, at: at(505))))
+        #expect(policy.budget.available() == 0)
+        // The follow-up at 520 finds about 1 token: it asks for that many, no more.
+        let next = try #require(reaps(policy.handle(.tick(at(520)))).first)
+        #expect(next.1 <= 2)
+        // Passes side by side can overdraw (each was allowed what the bucket held): the debt is paid first.
+        _ = policy.handle(.reaped(.init(pool: "api", backend: dead.backend, reason: .stillDead, ended: 50, leftByLimit: 199, at: at(521))))
+        let held = policy.handle(.tick(at(550)))
+        #expect(held == [.suppressed(pool: "api", backend: dead.backend, reason: .budget, log: false)])  // logged at 505 already
+        #expect(suppressions(policy.handle(.tick(at(650)))) == [.budget])
+        // A second later about 50 tokens are back (100 a second, less the debt).
+        let refilled = try #require(reaps(policy.handle(.tick(at(1_550)))).first)
+        #expect((50...56).contains(refilled.1), "\(refilled.1)")
+    }
+
+    @Test func stuckScansComeOnTheirPeriodWithTheBudgetAsLimit() {
+        var policy = upPolicy(configuration { $0.stuckAfter = .seconds(2) })
+        _ = policy.handle(.tick(at(100)))  // schedules the first scan
+        #expect(policy.handle(.tick(at(500))).isEmpty)
+        #expect(policy.handle(.tick(at(600))) == [.scanStuck(pool: "api", limit: 5_000)])
+        _ = policy.handle(.reaped(.init(pool: "api", backend: nil, reason: .stuck, ended: 4_990, leftByLimit: 0, at: at(610))))
+        // 10 tokens left, plus 490 ms at 500 a second.
+        #expect(policy.handle(.tick(at(1_100))) == [.scanStuck(pool: "api", limit: 255)])
+    }
+
+    // MARK: - Options and special cases
+
+    @Test func reapOnUnhealthyRestoresTheOldBehaviour() {
+        var policy = upPolicy(configuration { $0.reapOn = .unhealthy })
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        let actions = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(500)))
+        #expect(actions.first == .changed(dead, from: .up, to: .unhealthy, failure: .unhealthy, detail: "unhealthy"))
+        #expect(reaps(actions).map(\.0) == [.unhealthy])
+        #expect(reaps(policy.handle(.tick(at(520)))).map(\.0) == [.unhealthy])
+    }
+
+    @Test func aUDPPoolHasNoSegmentsToAskSoTheClassDecides() {
+        var policy = upPolicy(configuration { $0.protocols = [.udp] })
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        let actions = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
+        #expect(reaps(actions).map(\.0) == [.dead])
+    }
+
+    @Test func aFlapFasterThanFallChangesNothing() {
+        var policy = upPolicy(configuration())
+        var actions: [Action] = []
+        for round in 0..<50 {
+            actions += policy.handle(.probed(dead, round.isMultiple(of: 2) ? Self.failed(.unreachable) : Self.ok, at: at(200 + round * 200)))
+        }
+        #expect(actions.isEmpty)
+        #expect(policy.backends[dead]?.state == .up)
+    }
+
+    @Test func aReloadKeepsADeadBackendReaped() {
+        var policy = deadPolicy()
+        policy.apply(configuration())
+        #expect(policy.backends[dead]?.state == .dead)
+        #expect(reaps(policy.handle(.tick(at(520)))).map(\.0) == [.stillDead])
+        var changed = configuration()
+        changed.pools[0].fall = 3
+        policy.apply(changed)
+        #expect(policy.backends[dead]?.state == .unknown)
+    }
+
+    @Test func evidenceThatArrivesAfterASuccessIsIgnored() {
+        var policy = upPolicy(configuration())
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
+        _ = policy.handle(.probed(dead, Self.ok, at: at(505)))
+        #expect(policy.handle(.evidence(dead, SegmentEvidence(at: at(510), sockets: 0, youngestSegmentAge: nil))).isEmpty)
+        #expect(policy.backends[dead]?.state == .up)
+    }
+}
