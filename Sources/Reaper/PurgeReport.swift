@@ -22,6 +22,13 @@ public struct PurgeReport: Sendable {
         public var throughConntrack = false
         /// The namespace file it was found through (`--netns`, `netns:`); nil for the caller's own.
         public var namespace: String?
+
+        public init(socket: DiagnosedSocket, outcome: Outcome, throughConntrack: Bool = false, namespace: String? = nil) {
+            self.socket = socket
+            self.outcome = outcome
+            self.throughConntrack = throughConntrack
+            self.namespace = namespace
+        }
     }
 
     public struct ConntrackResult: Sendable {

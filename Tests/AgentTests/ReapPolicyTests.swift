@@ -36,7 +36,7 @@ import Testing
 
     /// Every backend probed up twice by `at(100)`.
     func upPolicy(_ configuration: AgentConfiguration) -> ReapPolicy {
-        var policy = ReapPolicy(configuration)
+        var policy = ReapPolicy(configuration, at: t0)
         for round in 0..<2 {
             for backend in backends {
                 _ = policy.handle(.probed(BackendKey(pool: "api", backend: backend), Self.ok, at: at(round * 50)))
@@ -269,12 +269,12 @@ import Testing
 
     @Test func stuckScansComeOnTheirPeriodWithTheBudgetAsLimit() {
         var policy = upPolicy(configuration { $0.stuckAfter = .seconds(2) })
-        _ = policy.handle(.tick(at(100)))  // schedules the first scan
-        #expect(policy.handle(.tick(at(500))).isEmpty)
-        #expect(policy.handle(.tick(at(600))) == [.scanStuck(pool: "api", limit: 5_000)])
-        _ = policy.handle(.reaped(.init(pool: "api", backend: nil, reason: .stuck, ended: 4_990, leftByLimit: 0, at: at(610))))
+        #expect(policy.nextDeadline == at(500))  // scheduled from the start: a quarter of stuck_after
+        #expect(policy.handle(.tick(at(490))).isEmpty)
+        #expect(policy.handle(.tick(at(500))) == [.scanStuck(pool: "api", limit: 5_000)])
+        _ = policy.handle(.reaped(.init(pool: "api", backend: nil, reason: .stuck, ended: 4_990, leftByLimit: 0, at: at(510))))
         // 10 tokens left, plus 490 ms at 500 a second.
-        #expect(policy.handle(.tick(at(1_100))) == [.scanStuck(pool: "api", limit: 255)])
+        #expect(policy.handle(.tick(at(1_000))) == [.scanStuck(pool: "api", limit: 255)])
     }
 
     // MARK: - Options and special cases

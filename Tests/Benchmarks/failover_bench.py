@@ -266,12 +266,12 @@ def run_round(config: str, dead: str, binary: str, prefix: str, streams: int, de
             detect, reaps, notes, reap_ms = None, [], [], None
             if agent is not None:
                 backend = incident.backend(dead)
-                downs = agent.find("backend down", backend=backend)
+                downs = agent.find("backend dead", backend=backend)
                 detect = downs[0].t - t_cut if downs else None
                 lines = agent.reaps(backend)
                 reaps = [(line.t - t_cut, int(line.fields.get("sockets", "0")), line.fields.get("reason", ""))
                          for line in lines]
-                down_reaps = [line for line in lines if line.fields.get("reason") == "down"]
+                down_reaps = [line for line in lines if line.fields.get("reason") == "dead"]
                 if down_reaps:
                     reap_ms = float(down_reaps[0].fields.get("duration_ms", "nan"))
                 errors = [line.text for line in agent.log() if "level=error" in line.text or "level=warning" in line.text]
@@ -387,8 +387,8 @@ def report(by_config: dict[str, list[RoundResult]], args, meta: list[str]) -> st
         reap_ms = median([rr.reap_ms for rr in agent_rounds])
         gaps = []       # down reap -> the next reap that ended something (nginx's new SYN_SENT sockets)
         for rr in agent_rounds:
-            down = [t for t, _, reason in rr.reap_sockets if reason == "down"]
-            later = [t for t, n, reason in rr.reap_sockets if reason != "down" and n > 0 and down and t > down[0]]
+            down = [t for t, _, reason in rr.reap_sockets if reason == "dead"]
+            later = [t for t, n, reason in rr.reap_sockets if reason != "dead" and n > 0 and down and t > down[0]]
             if down and later:
                 gaps.append(later[0] - down[0])
         aborted = sum(rr.aborted_connects for rr in agent_rounds)
@@ -396,7 +396,7 @@ def report(by_config: dict[str, list[RoundResult]], args, meta: list[str]) -> st
         out.append(f"- conn-reaper: the reason=down reap took {reap_ms:.0f} ms (median of its duration_ms); "
                    f"the next reap that ended sockets came {fmt(median(gaps), 0)} later (median); nginx sent {aborted} reconnects of {measured} measured streams to "
                    f"the dead upstream first (least_conn: it had no connections left), each stuck in SYN_SENT "
-                   f"until that still-down reap aborted it (nginx then marks it failed and picks a live one)."
+                   f"until that still-dead reap aborted it (nginx then marks it failed and picks a live one)."
                    if reap_ms is not None else "- conn-reaper: no reap line seen.")
     all_rounds = [rr for rounds in by_config.values() for rr in rounds]
     if all_rounds:

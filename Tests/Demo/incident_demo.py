@@ -131,7 +131,7 @@ def svg_panel(run: IncidentRun, title: str, x0: float, y0: float, width: float, 
     out.append(f'<line x1="{x(0):.1f}" y1="{y0}" x2="{x(0):.1f}" y2="{y0 + height}" stroke="#000" stroke-width="2"/>')
     out.append(f'<text x="{x(0) + 4:.1f}" y="{y0 + 14}" font-size="12">cut: {DEAD} link down</text>')
     # Label the reaps that matter: each pool's first (reason=down, nginx's upstream sockets) and its
-    # first still-down reap that ended more than the agent's own probe (nginx's reconnects toward the
+    # first still-dead reap that ended more than the agent's own probe (nginx's reconnects toward the
     # dead upstream, SYN_SENT). Every other reap is a tick on the top edge.
     label_y = y0 + 30
     labelled: dict[str, int] = {}
@@ -140,15 +140,15 @@ def svg_panel(run: IncidentRun, title: str, x0: float, y0: float, width: float, 
         if not t_min <= rel <= t_max:
             continue
         pool, sockets, reason = line.fields.get("pool", ""), int(line.fields.get("sockets", "0")), line.fields.get("reason")
-        wanted = (reason == "down" and labelled.get(pool, 0) == 0) or (
-            reason == "still-down" and labelled.get(pool, 0) == 1 and sockets > 1)
+        wanted = (reason == "dead" and labelled.get(pool, 0) == 0) or (
+            reason == "still-dead" and labelled.get(pool, 0) == 1 and sockets > 1)
         if not wanted:
             out.append(f'<line x1="{x(rel):.1f}" y1="{y0}" x2="{x(rel):.1f}" y2="{y0 + 6}" stroke="#ff7f0e"/>')
             continue
         labelled[pool] = labelled.get(pool, 0) + 1
         out.append(f'<line x1="{x(rel):.1f}" y1="{y0}" x2="{x(rel):.1f}" y2="{y0 + height}" stroke="#ff7f0e" '
                    f'stroke-width="1.5" stroke-dasharray="4,2"/>')
-        what = "nginx's streams" if reason == "down" else "nginx's retries to it"
+        what = "nginx's streams" if reason == "dead" else "nginx's retries to it"
         text = f"+{rel:.2f} s reap {pool}: {sockets} sockets ({what})"
         out.append(f'<text x="{x(rel) + 4:.1f}" y="{label_y}" font-size="11" fill="#b35900">{html.escape(text)}</text>')
         label_y += 14

@@ -172,10 +172,10 @@ def metric_samples(text: str, name: str) -> list[tuple[dict, float]]:
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
-    for sample_labels, value in metric_samples(text, name):
-        if all(sample_labels.get(k) == v for k, v in labels.items()):
-            return value
-    return None
+    """The sum of the samples whose labels include ``labels``; None when there is none."""
+    values = [value for sample_labels, value in metric_samples(text, name)
+              if all(sample_labels.get(k) == v for k, v in labels.items())]
+    return sum(values) if values else None
 
 
 def metric_families(text: str) -> set[str]:

@@ -114,18 +114,18 @@ def test_with_agent_every_stalled_stream_flows_again_within_0_8s(incident, reape
 
         dead_backend = incident.backend(DEAD, kind)
         pool = "stream" if kind == "l4" else "http"
-        down_reaps = agent.find("reaped", backend=dead_backend, reason="down", pool=pool)
+        down_reaps = agent.find("reaped", backend=dead_backend, reason="dead", pool=pool)
         assert len(down_reaps) == 1, info
         assert_reaped(down_reaps[0], len(case.on_dead), info)
         # nginx's next pick after the reap is the dead upstream again (least_conn: it now has the
-        # fewest connections); the still-down reaps abort those connects (SYN_SENT) and nginx moves on.
+        # fewest connections); the still-dead reaps abort those connects (SYN_SENT) and nginx moves on.
         aborted = [line for line in incident.nginx_error_log(last=100000).splitlines()
                    if "connect() failed (103: Software caused connection abort)" in line and dead_backend in line]
         assert aborted, f"nginx saw no aborted connect toward {dead_backend}\n{info}"
         metrics = agent.metrics()
         assert metrics.value("conn_reaper_sockets_destroyed_total", pool=pool, backend=dead_backend) >= len(case.on_dead)
         assert metrics.value("conn_reaper_conntrack_entries_deleted_total", pool=pool, backend=dead_backend) >= 1
-        assert metrics.value("conn_reaper_backend_transitions_total", pool=pool, backend=dead_backend, to="down") == 1
+        assert metrics.value("conn_reaper_backend_transitions_total", pool=pool, backend=dead_backend, to="dead") == 1
         assert metrics.value("conn_reaper_backend_up", pool=pool, backend=dead_backend) == 0
         for name in UPSTREAM_NAMES:
             if name != DEAD:
@@ -140,13 +140,13 @@ def test_with_agent_every_stalled_stream_flows_again_within_0_8s(incident, reape
         assert flows == [], f"{[f.line for f in flows]}\n{info}"
 
     assert agent.find(level="error") == [], info
-    assert agent.metrics().value("conn_reaper_reaps_skipped_total") == 0, info
+    assert agent.metrics().value("conn_reaper_reaps_suppressed_total") == 0, info
     states = agent.backend_states()
-    assert states == {f"{pool}/{incident.backend(name, kind)}": ("down" if name == DEAD else "up")
+    assert states == {f"{pool}/{incident.backend(name, kind)}": ("dead" if name == DEAD else "up")
                       for pool, kind in (("stream", "l4"), ("http", "l7")) for name in UPSTREAM_NAMES}
     for pool in agent.status()["pools"]:
-        dead = next(b for b in pool["backends"] if b["state"] == "down")
-        assert dead["last_reap"]["reason"] in ("down", "still-down") and dead["last_change"], pool
+        dead = next(b for b in pool["backends"] if b["state"] == "dead")
+        assert dead["last_reap"]["reason"] in ("dead", "still-dead") and dead["last_change"], pool
     print("\n" + "\n".join(f"{k}: {run.case(k).summary()}" for k in ("l4", "l7")))
     print("reaps after the cut (s): " + ", ".join(f"{line.fields['pool']}/{line.fields['reason']}/"
                                                    f"{line.fields['sockets']}@{line.t - run.t_cut:.3f}"
@@ -188,7 +188,7 @@ def test_dry_run_logs_the_reap_and_ends_nothing(incident, reaper_binary):
     info = describe(run, agent, incident)
 
     case = run.case("l4")
-    lines = agent.find("reap (dry run: nothing ended)", backend=incident.backend(DEAD), reason="down")
+    lines = agent.find("reap (dry run: nothing ended)", backend=incident.backend(DEAD), reason="dead")
     assert len(lines) == 1 and lines[0].fields["dry_run"] == "true", info
     assert len(case.on_dead) >= 1, info
     assert_reaped(lines[0], len(case.on_dead), info)
@@ -225,9 +225,9 @@ def test_flapping_backend_is_never_reaped(incident, reaper_binary):
                  - before.value("conn_reaper_probes_total", backend=flapper, result="success"))
     info = f"failures={failures} successes={successes}\n{agent.log_text()}"
     assert failures >= 6 and successes >= 6, f"the backend did not flap: {info}"
-    assert metrics.value("conn_reaper_backend_transitions_total", backend=flapper, to="down") == 0, info
+    assert metrics.value("conn_reaper_backend_transitions_total", backend=flapper, to="dead") == 0, info
     assert metrics.value("conn_reaper_sockets_destroyed_total", backend=flapper) == 0, info
-    assert agent.reaps() == [] and agent.find("backend down") == [] and agent.find(level="error") == [], info
+    assert agent.reaps() == [] and agent.find("backend dead") == [] and agent.find(level="error") == [], info
     assert agent.backend_states()[f"default/{flapper}"] == "up", info
     dump = client.dump()
     for stream in dump.streams:
@@ -243,14 +243,14 @@ def test_all_backends_down_at_once_reaps_nothing(incident, reaper_binary):
     incident.wait_flowing(client)
 
     t_cut, _ = incident.cut_many(UPSTREAM_NAMES)
-    agent.wait_states({f"default/{b}": "down" for b in incident.all_backends("l4")}, timeout=5)
+    agent.wait_states({f"default/{b}": "dead" for b in incident.all_backends("l4")}, timeout=5)
     time.sleep(1.0)
 
     metrics = agent.metrics()
     info = agent.log_text()
     assert agent.reaps() == [], f"reaped while every backend was failing:\n{info}"
     assert metrics.value("conn_reaper_sockets_destroyed_total") == 0, info
-    assert metrics.value("conn_reaper_reaps_skipped_total", pool="default", reason="all_backends_down") > 0, info
+    assert metrics.value("conn_reaper_reaps_suppressed_total", pool="default", reason="all_backends_down") > 0, info
     assert len(agent.find(level="error", pool="default")) == 1, info      # logged once, loudly
     assert agent.status()["pools"][0]["all_down_guard"] is True
     # The streams are untouched: every client connection and every nginx upstream socket is still there.
@@ -267,8 +267,8 @@ def test_after_recovery_reaping_stops(incident, reaper_binary):
     incident.wait_flowing(client)
 
     t_cut, _ = incident.cut(DEAD)
-    agent.wait_states({key: "down"}, timeout=3)
-    wait_for(lambda: len(agent.reaps(incident.backend(DEAD))) >= 2, 3, "a still-down reap")
+    agent.wait_states({key: "dead"}, timeout=3)
+    wait_for(lambda: len(agent.reaps(incident.backend(DEAD))) >= 2, 3, "a still-dead reap")
     successes_while_down = agent.metrics().value("conn_reaper_probes_total", backend=incident.backend(DEAD),
                                                  result="success")
     incident.restore(DEAD)
@@ -286,7 +286,7 @@ def test_after_recovery_reaping_stops(incident, reaper_binary):
     # Two of three backends answered all along: the all-down guard has no business engaging, not
     # even while the recovered backend is between its first good probe and `rise`.
     assert agent.find(level="error") == [], f"an error was logged with two healthy backends:\n{info}"
-    assert agent.metrics().value("conn_reaper_reaps_skipped_total", reason="all_backends_down") == 0, info
+    assert agent.metrics().value("conn_reaper_reaps_suppressed_total", reason="all_backends_down") == 0, info
     (up_line,) = agent.find("backend up", backend=incident.backend(DEAD), since=restored)
     # A reap already running at the transition may finish just after it; none may start after it.
     late = [line.text for line in agent.reaps(incident.backend(DEAD))
@@ -323,7 +323,7 @@ def test_readyz_status_and_metrics(incident, reaper_binary):
 
     wait_for(lambda: agent.get("/readyz")[0] == 200, 5, "/readyz 200")
     backends = {b: "up" for b in incident.all_backends("l4")}
-    backends[incident.backend(DEAD)] = "down"
+    backends[incident.backend(DEAD)] = "dead"
     agent.wait_states({f"default/{b}": s for b, s in backends.items()}, timeout=6)
 
     # The down transition is recorded before its reap is: wait for the reap to show too.
@@ -336,8 +336,8 @@ def test_readyz_status_and_metrics(incident, reaper_binary):
     for backend in pool["backends"]:
         assert backend["state"] == backends[backend["address"]] and backend["last_change"], backend
         assert backend["last_probe"], backend
-    dead = next(b for b in pool["backends"] if b["state"] == "down")
-    assert dead["last_reap"]["reason"] in ("down", "still-down"), dead
+    dead = next(b for b in pool["backends"] if b["state"] == "dead")
+    assert dead["last_reap"]["reason"] in ("dead", "still-dead"), dead
     assert dead["last_reap"]["sockets"] == 0, dead      # nothing was connected to it
     assert all(b.get("last_reap") is None for b in pool["backends"] if b["state"] == "up")
 
@@ -375,7 +375,7 @@ def test_sighup_reload_changes_backends_and_a_broken_config_keeps_the_old(incide
 
     # The new list is the one in force: up3 (added) is reaped, up1 (removed) is not.
     incident.cut_many(["up1", "up3"])
-    agent.wait_states({f"apiserver/{incident.backend('up3')}": "down"}, timeout=3)
+    agent.wait_states({f"apiserver/{incident.backend('up3')}": "dead"}, timeout=3)
     time.sleep(0.5)
     up3_reaps = agent.reaps(incident.backend("up3"))
     assert up3_reaps, agent.log_text()
@@ -409,7 +409,7 @@ def test_nginx_conf_mode_finds_the_upstreams_and_reaps(incident, reaper_binary):
     info = describe(run, agent, incident)
 
     case = run.case("l4")
-    reaps = agent.find("reaped", pool=NGINX_STREAM_UPSTREAM, backend=incident.backend("up3"), reason="down")
+    reaps = agent.find("reaped", pool=NGINX_STREAM_UPSTREAM, backend=incident.backend("up3"), reason="dead")
     assert reaps and len(case.on_dead) >= 1, info
     assert_reaped(reaps[0], len(case.on_dead), info)
     assert all(v is not None for v in case.stalled_recoveries), info

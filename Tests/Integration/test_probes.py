@@ -98,13 +98,13 @@ CASES = {
                                                                         "key_file": "client.key", "server_name": "kubernetes"}}, "up"),
     "insecure-skip-verify": ({"type": "https", "path": "/readyz", "tls": {"cert_file": "client.crt", "key_file": "client.key",
                                                                           "insecure_skip_verify": True}}, "up"),
-    "no-client-cert": ({"type": "https", "path": "/readyz", "tls": {"ca_file": "ca.crt", "server_name": "kubernetes"}}, "down"),
+    "no-client-cert": ({"type": "https", "path": "/readyz", "tls": {"ca_file": "ca.crt", "server_name": "kubernetes"}}, "unhealthy"),
     "wrong-ca": ({"type": "https", "path": "/readyz", "tls": {"ca_file": "other.crt", "cert_file": "client.crt",
-                                                             "key_file": "client.key", "server_name": "kubernetes"}}, "down"),
+                                                             "key_file": "client.key", "server_name": "kubernetes"}}, "unhealthy"),
     "wrong-server-name": ({"type": "https", "path": "/readyz", "tls": {"ca_file": "ca.crt", "cert_file": "client.crt",
-                                                                       "key_file": "client.key", "server_name": "etcd"}}, "down"),
+                                                                       "key_file": "client.key", "server_name": "etcd"}}, "unhealthy"),
     "unexpected-status": ({"type": "https", "path": "/healthz", "tls": {"ca_file": "ca.crt", "cert_file": "client.crt",
-                                                                        "key_file": "client.key", "server_name": "kubernetes"}}, "down"),
+                                                                        "key_file": "client.key", "server_name": "kubernetes"}}, "unhealthy"),
 }
 
 
@@ -120,11 +120,14 @@ def test_https_probe(case, lab, reaper_binary, pki, tmp_path):
     assert backend.get("state") == expected, backend
     if expected == "up":
         assert backend["last_probe"] == "HTTP 200"
+    else:
+        # TLS failed or the status was wrong after the connection was up: something answers, not dead.
+        assert backend["last_failure"] == "unhealthy", backend
 
 
 @pytest.mark.parametrize("path,expect_status,expected,detail", [
     ("/readyz", [200], "up", "HTTP 200"),
-    ("/other", [200], "down", "HTTP 500"),
+    ("/other", [200], "unhealthy", "HTTP 500"),
     ("/other", [500, 503], "up", "HTTP 500"),
 ])
 def test_http_probe_status(path, expect_status, expected, detail, lab, reaper_binary, tmp_path):
@@ -142,8 +145,8 @@ def test_probe_of_a_silent_peer_fails_within_its_timeout(lab, reaper_binary, tmp
     namespace = lab.namespace("silent")
     start_server(namespace, tmp_path, "http", 8080, None)
     run_agent(namespace, reaper_binary, tmp_path, {"type": "http", "path": "/silent"}, "127.0.0.1:8080", 9747)
-    backend = backend_state(namespace, 9747, "down")
-    assert backend.get("state") == "down", backend
+    backend = backend_state(namespace, 9747, "unhealthy")
+    assert backend.get("state") == "unhealthy" and backend["last_failure"] == "unhealthy", backend
     assert backend["last_probe_seconds"] < 0.3, backend
 
 

@@ -131,15 +131,15 @@ public struct ReapPolicy: Sendable {
         var reason: SuppressReason
     }
 
-    public init(_ configuration: AgentConfiguration) {
+    public init(_ configuration: AgentConfiguration, at now: Instant = .now) {
         budget = ReapBudget(perSecond: configuration.maxSocketsPerSecond, burst: configuration.maxSocketsBurst)
         reapWhenAllDown = configuration.reapWhenAllDown
-        apply(configuration)
+        apply(configuration, at: now)
     }
 
     /// A reloaded configuration: backends that stay keep their state (a reload is no flap) unless
     /// their rise or fall changed; a dead one stays reaped.
-    public mutating func apply(_ configuration: AgentConfiguration) {
+    public mutating func apply(_ configuration: AgentConfiguration, at now: Instant = .now) {
         reapWhenAllDown = configuration.reapWhenAllDown
         budget.resize(perSecond: configuration.maxSocketsPerSecond, burst: configuration.maxSocketsBurst)
         pools = configuration.pools.map(PoolRules.init)
@@ -156,7 +156,12 @@ public struct ReapPolicy: Sendable {
         }
         backends = next
         guarded = guarded.intersection(pools.map(\.name))
-        nextStuckScan = nextStuckScan.filter { name, _ in pools.contains { $0.name == name && $0.stuckScanEvery != nil } }
+        var scans: [String: Instant] = [:]
+        for pool in pools {
+            guard let every = pool.stuckScanEvery else { continue }
+            scans[pool.name] = nextStuckScan[pool.name] ?? now + every
+        }
+        nextStuckScan = scans
     }
 
     public func rules(of pool: String) -> PoolRules? { pools.first { $0.name == pool } }
@@ -281,18 +286,13 @@ public struct ReapPolicy: Sendable {
                     actions += drainPass(key, now: now)
                 }
             }
-            if let every = pool.stuckScanEvery {
-                let due = nextStuckScan[pool.name] ?? now + every
-                if now >= due {
-                    nextStuckScan[pool.name] = now + every
-                    let limit = budget.available()
-                    if limit > 0 {
-                        actions.append(.scanStuck(pool: pool.name, limit: limit))
-                    } else {
-                        actions += suppress(pool: pool.name, backend: nil, .budget)
-                    }
-                } else if nextStuckScan[pool.name] == nil {
-                    nextStuckScan[pool.name] = due
+            if let every = pool.stuckScanEvery, let due = nextStuckScan[pool.name], now >= due {
+                nextStuckScan[pool.name] = now + every
+                let limit = budget.available()
+                if limit > 0 {
+                    actions.append(.scanStuck(pool: pool.name, limit: limit))
+                } else {
+                    actions += suppress(pool: pool.name, backend: nil, .budget)
                 }
             }
         }

@@ -1,0 +1,142 @@
+import Foundation
+import Health
+import Logging
+import NetworkAddress
+import Reaper
+import SockDiag
+import Synchronization
+import Testing
+
+@testable import Agent
+
+/// The executor and its accounting against a fake kernel: what the policy decides reaches the
+/// kernel with the budget as its limit, and every path (dead, stuck) lands in metrics and /status.
+@Suite struct ReapExecutorTests {
+    final class FakeKernel: ReapKernel {
+        let requests = Mutex<[KernelReapRequest]>([])
+        let stuckLimits = Mutex<[Int]>([])
+        let sockets: [DiagnosedSocket]
+        let segmentAge: Duration?
+
+        init(sockets: [DiagnosedSocket], segmentAge: Duration?) {
+            self.sockets = sockets
+            self.segmentAge = segmentAge
+        }
+
+        func reap(_ request: KernelReapRequest) async -> [NamespaceReport] {
+            requests.withLock { $0.append(request) }
+            var report = PurgeReport()
+            if request.scope == .full {
+                report.sockets = sockets.prefix(request.limit).map { .init(socket: $0, outcome: .ended) }
+                report.socketsLeftByLimit = max(0, sockets.count - request.limit)
+            }
+            return [NamespaceReport(namespace: nil, report: report)]
+        }
+
+        func scanStuck(_ pool: PoolConfiguration, limit: Int, dryRun: Bool, namespaces: NamespaceSelection?) async -> [NamespaceReport] {
+            stuckLimits.withLock { $0.append(limit) }
+            var report = PurgeReport()
+            report.sockets = [.init(socket: sockets[0], outcome: .ended)]
+            return [NamespaceReport(namespace: nil, report: report)]
+        }
+
+        func evidence(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> SegmentEvidence {
+            SegmentEvidence(at: .now, sockets: sockets.count, youngestSegmentAge: segmentAge)
+        }
+
+        func countConnections(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> Int {
+            sockets.count
+        }
+    }
+
+    static let backends = ["10.9.0.1:443", "10.9.0.2:443"].map { try! EndpointParsing.parse($0) }
+
+    static func socket(_ port: UInt16) -> DiagnosedSocket {
+        DiagnosedSocket(
+            family: .inet, transport: .tcp, state: .established,
+            id: SocketID(source: Endpoint(address: .v4(0x0A09_0064), port: port), destination: backends[1]))
+    }
+
+    static func configuration(stuckAfter: Duration = .zero) -> AgentConfiguration {
+        var pool = PoolConfiguration(name: "web", backends: backends)
+        pool.rise = 1
+        pool.fall = 1
+        pool.stuckAfter = stuckAfter
+        var configuration = AgentConfiguration()
+        configuration.pools = [pool]
+        configuration.maxSocketsPerSecond = 10
+        configuration.maxSocketsBurst = 3
+        return configuration
+    }
+
+    static func waitFor(_ what: String, _ condition: () -> Bool) async throws {
+        for _ in 0..<300 where !condition() { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(condition(), "\(what) did not happen within 3 s")
+    }
+
+    @Test func aDeadBackendIsReapedWithinTheBudgetAndAccounted() async throws {
+        let kernel = FakeKernel(sockets: (40000..<40005).map { Self.socket($0) }, segmentAge: .seconds(30))
+        let state = AgentState(configuration: Self.configuration())
+        let metrics = AgentMetrics()
+        let executor = ReapExecutor(state: state, kernel: kernel, metrics: metrics, logger: Logger(label: "test"))
+        let running = Task { try await executor.run() }
+        defer { running.cancel() }
+        let live = BackendKey(pool: "web", backend: Self.backends[0]), dead = BackendKey(pool: "web", backend: Self.backends[1])
+        executor.submit(.probed(live, .succeeded(after: .milliseconds(1), "connected"), at: .now))
+        executor.submit(.probed(dead, .succeeded(after: .milliseconds(1), "connected"), at: .now))
+        try await Task.sleep(for: .milliseconds(5))
+        executor.submit(.probed(dead, ProbeResult(failure: .unreachable, duration: .milliseconds(2), detail: "connect timeout"), at: .now))
+        try await Task.sleep(for: .milliseconds(5))
+        executor.submit(.probed(live, .succeeded(after: .milliseconds(1), "connected"), at: .now))
+
+        try await Self.waitFor("the first reap") { !kernel.requests.withLock { $0.isEmpty } }
+        let first = try #require(kernel.requests.withLock { $0.first })
+        #expect(first.backend == dead.backend && first.scope == .full && first.limit == 3)  // the burst, not the 5 it has
+        try await Self.waitFor("the budget suppression") {
+            metrics.exposition().contains(#"conn_reaper_reaps_suppressed_total{pool="web",reason="budget"} "#)
+        }
+        let exposition = metrics.exposition()
+        #expect(exposition.contains(#"conn_reaper_sockets_destroyed_total{pool="web",backend="10.9.0.2:443",reason="dead"} 3"#))
+        #expect(exposition.contains(#"conn_reaper_backend_state{pool="web",backend="10.9.0.2:443",state="dead"} 1"#))
+        #expect(exposition.contains(#"conn_reaper_backend_state{pool="web",backend="10.9.0.2:443",state="up"} 0"#))
+        let backend = try #require(state.status().pools.first?.backends.first { $0.address == "10.9.0.2:443" })
+        #expect(backend.state == .dead && backend.lastFailure == .unreachable)
+        #expect(backend.lastReap?.reason == "dead" && backend.lastReap?.sockets == 3)
+    }
+
+    @Test func aBackendWhoseConnectionsStillReceiveIsNeverReaped() async throws {
+        let kernel = FakeKernel(sockets: [Self.socket(40000)], segmentAge: .zero)
+        let state = AgentState(configuration: Self.configuration())
+        let metrics = AgentMetrics()
+        let executor = ReapExecutor(state: state, kernel: kernel, metrics: metrics, logger: Logger(label: "test"))
+        let running = Task { try await executor.run() }
+        defer { running.cancel() }
+        let dead = BackendKey(pool: "web", backend: Self.backends[1])
+        executor.submit(.probed(BackendKey(pool: "web", backend: Self.backends[0]), .succeeded(after: .zero, "connected"), at: .now))
+        executor.submit(.probed(dead, ProbeResult(failure: .unreachable, duration: .milliseconds(1), detail: "connect timeout"), at: .now - .milliseconds(50)))
+        try await Self.waitFor("the alive_evidence suppression") {
+            metrics.exposition().contains(#"conn_reaper_reaps_suppressed_total{pool="web",reason="alive_evidence"} 1"#)
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(kernel.requests.withLock { $0.isEmpty })
+        #expect(state.state(of: dead) == .unhealthy)
+    }
+
+    @Test func stuckScansAreLimitedByTheBudgetAndAccountedLikeEveryReap() async throws {
+        let kernel = FakeKernel(sockets: [Self.socket(40001)], segmentAge: nil)
+        let state = AgentState(configuration: Self.configuration(stuckAfter: .milliseconds(400)))
+        let metrics = AgentMetrics()
+        let executor = ReapExecutor(state: state, kernel: kernel, metrics: metrics, logger: Logger(label: "test"))
+        let running = Task { try await executor.run() }
+        defer { running.cancel() }
+        executor.submit(.tick(.now))
+        try await Self.waitFor("two stuck scans") { kernel.stuckLimits.withLock { $0.count >= 2 } }
+        let limits = kernel.stuckLimits.withLock { $0 }
+        #expect(limits[0] == 3 && limits[1] <= 3)  // the second paid for the first's socket
+        let exposition = metrics.exposition()
+        #expect(exposition.contains(#"conn_reaper_stuck_sockets_ended_total{pool="web"}"#))
+        #expect(exposition.contains(#"conn_reaper_sockets_destroyed_total{pool="web",backend="10.9.0.2:443",reason="stuck"}"#))
+        let backend = try #require(state.status().pools.first?.backends.first { $0.address == "10.9.0.2:443" })
+        #expect(backend.lastReap?.reason == "stuck")
+    }
+}
