@@ -68,7 +68,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Reaper", "Health", "Netlink", "NetworkAddress",
+                "Reaper", "Health", "Conntrack", "SockDiag", "Netlink", "NetworkAddress",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -91,7 +91,7 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "NetworkAddressTests", dependencies: ["NetworkAddress"], swiftSettings: strict),
-        .testTarget(name: "AgentTests", dependencies: ["Agent", "Health", "Reaper", "SockDiag", "NetworkAddress"], swiftSettings: strict),
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "Health", "Reaper", "SockDiag", "Netlink", "NetworkAddress"], swiftSettings: strict),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "SockDiag", "Conntrack", "CLinuxNetlink", "CNetfilterConntrack"], swiftSettings: strict),
     ]
 )

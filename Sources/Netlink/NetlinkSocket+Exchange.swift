@@ -40,6 +40,22 @@ extension NetlinkSocket {
         }
     }
 
+    /// Sends a request the kernel answers with one message (a get, not a dump); nil when it
+    /// answers ENOENT (no such object).
+    public func fetch(_ request: some NetlinkRequest) throws(SystemCallError) -> NetlinkMessage? {
+        let sequence = nextSequence()
+        try send(request.serialized(sequence: sequence, portID: portID))
+        while true {
+            for message in try receive() where message.sequence == sequence {
+                guard message.isError else { return message }
+                let code = message.errorCode ?? 0
+                if code == 0 { continue }
+                if code == Errno.noSuchFileOrDirectory.rawValue { return nil }
+                throw SystemCallError(call: request.callName, code: code)
+            }
+        }
+    }
+
     /// Sends `requests` (each asking for an ack) in batches of `batchSize` per sendto and collects
     /// every ack. One failure does not stop the rest; acks lost to a full queue come back as `.unconfirmed`.
     public func exchangeAcknowledged(

@@ -23,11 +23,12 @@ public final class NetlinkSocket {
     /// Dump replies are at most 32 KiB per datagram; a larger buffer means fewer recv calls.
     public static let receiveDatagramSize = 64 * 1024
 
-    public init(bus: Bus) throws(SystemCallError) {
+    /// `groups`: the multicast groups (as a bit mask) whose announcements this socket receives.
+    public init(bus: Bus, groups: UInt32 = 0) throws(SystemCallError) {
         guard let handle = mnl_socket_open2(bus.rawValue, Int32(SOCK_CLOEXEC.rawValue)) else {
             throw SystemCallError(call: "mnl_socket_open2", code: Glibc.errno)
         }
-        guard mnl_socket_bind(handle, 0, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
+        guard mnl_socket_bind(handle, groups, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
             let code = Glibc.errno
             mnl_socket_close(handle)
             throw SystemCallError(call: "mnl_socket_bind", code: code)

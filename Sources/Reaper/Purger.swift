@@ -241,6 +241,57 @@ public final class Purger {
         }
     }
 
+    /// Ends one flow a conntrack announcement named: its local socket found by exact 4-tuple (a hash
+    /// lookup in the kernel, no walk) and destroyed by its cookie, unless it is this process's own
+    /// or neither connecting nor connected; then the entry. A forwarded flow has no local socket:
+    /// only its entry goes.
+    public func endFlow(_ entry: ConntrackEntry, options: Options) -> PurgeReport {
+        let started = Self.monotonicSeconds()
+        var report = PurgeReport()
+        report.stepErrors = openingErrors
+        let acting = !options.dryRun
+        if options.sockets, let socketDiagnostics {
+            do {
+                let id = SocketID(source: entry.original.source, destination: entry.original.destination)
+                if let socket = try socketDiagnostics.socket(exactly: id, family: SocketFamily(entry.family), transport: entry.transport),
+                    [.synSent, .established].contains(socket.state),
+                    !(options.sparingOwnSockets && OwnSockets.inodes().contains(socket.inode))
+                {
+                    let outcome: PurgeReport.Outcome
+                    if acting {
+                        switch try socketDiagnostics.destroy([socket])[0] {
+                        case .done: outcome = .ended
+                        case .failed(.noSuchFileOrDirectory): outcome = .alreadyGone
+                        case .failed(let errno): outcome = .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno))
+                        case .unconfirmed: outcome = .unconfirmed
+                        }
+                    } else {
+                        outcome = .wouldEnd
+                    }
+                    report.sockets.append(.init(socket: socket, outcome: outcome, throughConntrack: entry.reply.source != entry.original.destination))
+                }
+            } catch { report.stepErrors.append(error) }
+        }
+        if options.conntrack, let conntrackTable {
+            let matchedBy: DestinationMatcher.ConntrackMatch = entry.reply.source == entry.original.destination ? .originalDestination : .replySource
+            if acting {
+                do {
+                    let outcome: PurgeReport.Outcome = switch try conntrackTable.delete([entry])[0] {
+                    case .done: .ended
+                    case .failed(.noSuchFileOrDirectory): .alreadyGone
+                    case .failed(let errno): .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno))
+                    case .unconfirmed: .unconfirmed
+                    }
+                    report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
+                } catch { report.stepErrors.append(error) }
+            } else {
+                report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .wouldEnd))
+            }
+        }
+        report.durationSeconds = Self.monotonicSeconds() - started
+        return report
+    }
+
     static func monotonicSeconds() -> Double {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)

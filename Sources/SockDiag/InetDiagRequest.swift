@@ -6,7 +6,7 @@ public enum SocketFamily: UInt8, Sendable, CaseIterable {
     case inet = 2  // AF_INET
     case inet6 = 10  // AF_INET6
 
-    init(_ family: IPAddress.Family) { self = family == .v4 ? .inet : .inet6 }
+    public init(_ family: IPAddress.Family) { self = family == .v4 ? .inet : .inet6 }
 }
 
 /// SOCK_DIAG_BY_FAMILY dump: `struct inet_diag_req_v2` plus an optional filter program.
@@ -48,6 +48,32 @@ public struct InetDiagDumpRequest: NetlinkRequest, Equatable {
         if !bytecode.isEmpty {
             writer.appendAttribute(type: 1, value: bytecode)  // INET_DIAG_REQ_BYTECODE
         }
+    }
+}
+
+/// SOCK_DIAG_BY_FAMILY for one socket named by its 4-tuple: the kernel looks it up in its hash
+/// (no walk) and answers with it, or ENOENT.
+public struct InetDiagGetRequest: NetlinkRequest, Equatable {
+    public var family: SocketFamily
+    public var transport: TransportProtocol
+    public var id: SocketID
+
+    public init(family: SocketFamily, transport: TransportProtocol, id: SocketID) {
+        self.family = family
+        self.transport = transport
+        self.id = id
+    }
+
+    public var messageType: UInt16 { 20 }  // SOCK_DIAG_BY_FAMILY
+    public var flags: UInt16 { 0x1 }  // NLM_F_REQUEST: a get, not a dump
+    public var callName: String { "SOCK_DIAG_BY_FAMILY" }
+
+    public func writePayload(into writer: inout NetlinkMessageWriter) {
+        writer.append([family.rawValue, transport.rawValue, 0, 0])
+        writer.append(hostOrder: UInt32.max)  // states: any; the caller checks the one it gets
+        var exact = id
+        exact.cookie = SocketID.noCookie
+        exact.write(into: &writer)
     }
 }
 

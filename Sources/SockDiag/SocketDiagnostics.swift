@@ -59,6 +59,13 @@ public final class SocketDiagnostics {
         return dump
     }
 
+    /// The socket with exactly this 4-tuple (local, remote), if there is one: a hash lookup in the
+    /// kernel, not a walk. Its cookie then names it for a destroy.
+    public func socket(exactly id: SocketID, family: SocketFamily, transport: TransportProtocol) throws(SystemCallError) -> DiagnosedSocket? {
+        guard let message = try dumpSocket.fetch(InetDiagGetRequest(family: family, transport: transport, id: id)) else { return nil }
+        return DiagnosedSocket(message: message, transport: transport)
+    }
+
     /// SOCK_DESTROY for each socket, batched. ENOENT means already gone (closed meanwhile, or the
     /// cookie names an older socket on the same tuple): the caller counts it apart from a destroy.
     public func destroy(_ sockets: [DiagnosedSocket], batchSize: Int = 1024) throws(SystemCallError) -> [Acknowledgement] {

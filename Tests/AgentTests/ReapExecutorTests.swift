@@ -47,6 +47,15 @@ import Testing
         func countConnections(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> Int {
             sockets.count
         }
+
+        func watchNewFlows(
+            _ key: BackendKey, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?,
+            announce: @escaping @Sendable (AnnouncedFlow) -> Void, lost: @escaping @Sendable () -> Void
+        ) async -> Bool { false }
+
+        func unwatchNewFlows(_ key: BackendKey) async {}
+
+        func endFlow(_ flow: AnnouncedFlow, dryRun: Bool) async -> [NamespaceReport] { [] }
     }
 
     static let backends = ["10.9.0.1:443", "10.9.0.2:443"].map { try! EndpointParsing.parse($0) }

@@ -1,4 +1,5 @@
 import Health
+import Netlink
 import NetworkAddress
 import Testing
 
@@ -191,8 +192,10 @@ import Testing
         }
         #expect(passes.map(\.0) == [520, 550, 650, 800, 950, 1_100, 1_250, 1_400, 1_550, 1_700, 1_850, 2_000])
         #expect(passes.allSatisfy { $0.1 == .stillDead })
-        // Only new connects, but a full pass (established, conntrack) once a second.
-        #expect(passes.filter { $0.2 == .full }.map(\.0) == [1_550])
+        // Only new connects after the first reap; a full pass (established, conntrack) every 10 s.
+        #expect(passes.allSatisfy { $0.2 == .newConnects })
+        let full = (2_010...11_000).filter { ms in reaps(policy.handle(.tick(at(ms)))).contains { $0.2 == .full } }
+        #expect(full.count == 1 && (10_500...10_650).contains(full[0]), "\(full)")
         // After a minute down: a pass every 900 ms.
         var later: [Int] = []
         for ms in stride(from: 62_000, through: 66_000, by: 10) where !reaps(policy.handle(.tick(at(ms)))).isEmpty { later.append(ms) }
@@ -204,8 +207,42 @@ import Testing
         _ = policy.handle(.probed(dead, Self.ok, at: at(600)))  // rise 2: not up yet
         for ms in stride(from: 600, through: 790, by: 10) { #expect(reaps(policy.handle(.tick(at(ms)))).isEmpty) }
         let up = policy.handle(.probed(dead, Self.ok, at: at(800)))
-        #expect(up == [.changed(dead, from: .dead, to: .up, failure: nil, detail: "connected")])
+        #expect(up == [.changed(dead, from: .dead, to: .up, failure: nil, detail: "connected"), .unwatchNewFlows(dead)])
         #expect(policy.nextDeadline == nil)
+    }
+
+    // MARK: - New flows conntrack announces
+
+    func flow(_ port: UInt16) -> AnnouncedFlow {
+        let client = Endpoint(address: .v4(0x0A00_00FE), port: port)
+        return AnnouncedFlow(entry: ConntrackEntry(
+            family: .v4, transport: .tcp, original: .init(source: client, destination: dead.backend),
+            reply: .init(source: dead.backend, destination: client)), namespace: nil)
+    }
+
+    @Test func becomingDeadWatchesNewFlowsAndEachIsEndedAsItComes() {
+        var policy = upPolicy(configuration())
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
+        let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(500), sockets: 0, youngestSegmentAge: nil)))
+        #expect(actions.last == .watchNewFlows(dead))
+        _ = policy.handle(.watching(dead, announced: true))
+        #expect(policy.handle(.newFlow(dead, flow(41000), at: at(505))) == [.endFlow(dead, flow(41000))])
+        // Announced: walks are a safety net, a second apart in the first minute.
+        var passes: [Int] = []
+        for ms in stride(from: 510, through: 3_600, by: 10) where !reaps(policy.handle(.tick(at(ms)))).isEmpty { passes.append(ms) }
+        #expect(passes == [520, 550, 650, 1_650, 2_650])  // 650 was set before the watch answered
+        // Announcements lost: a full pass at once.
+        #expect(reaps(policy.handle(.announcementsLost(dead, at: at(3_610)))).map(\.2) == [.full])
+        // Answering again: its new flows are left alone.
+        _ = policy.handle(.probed(dead, Self.ok, at: at(3_700)))
+        #expect(policy.handle(.newFlow(dead, flow(41001), at: at(3_705))).isEmpty)
+    }
+
+    @Test func aNewFlowTowardAnUpBackendIsNeverEnded() {
+        var policy = upPolicy(configuration())
+        #expect(policy.handle(.newFlow(dead, flow(41002), at: at(200))).isEmpty)
     }
 
     // MARK: - The all-down guard

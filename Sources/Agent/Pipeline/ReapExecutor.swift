@@ -97,6 +97,24 @@ public final class ReapExecutor: Service, Sendable {
             let tally = accounting.reaped(await kernel.reap(request), key: key, reason: reason, dryRun: configuration.dryRun)
             submit(.reaped(.init(pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
                                  leftByLimit: tally.leftByLimit, at: .now)))
+        case .watchNewFlows(let key):
+            guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
+            let announced = await kernel.watchNewFlows(
+                key, transports: pool.protocols, namespaces: configuration.namespaces(of: pool),
+                announce: { [self] flow in submit(.newFlow(key, flow, at: .now)) },
+                lost: { [self] in submit(.announcementsLost(key, at: .now)) })
+            accounting.logger.info("new flows toward the dead backend", metadata: [
+                "pool": "\(key.pool)", "backend": "\(key.backend)",
+                "announced_by_conntrack": "\(announced)", "walk_every": "\(announced ? "1s" : "150ms")",
+            ])
+            submit(.watching(key, announced: announced))
+        case .unwatchNewFlows(let key):
+            await kernel.unwatchNewFlows(key)
+        case .endFlow(let key, let flow):
+            let reports = await kernel.endFlow(flow, dryRun: configuration.dryRun)
+            let tally = accounting.reaped(reports, key: key, reason: .stillDead, dryRun: configuration.dryRun)
+            submit(.reaped(.init(pool: key.pool, backend: key.backend, reason: .stillDead, ended: tally.ended,
+                                 leftByLimit: tally.leftByLimit, at: .now)))
         case .scanStuck(let name, let limit):
             guard let pool = configuration.pools.first(where: { $0.name == name }) else { return }
             let reports = await kernel.scanStuck(pool, limit: limit, dryRun: configuration.dryRun, namespaces: configuration.namespaces(of: pool))

@@ -1,3 +1,5 @@
+import Conntrack
+import Netlink
 import NetworkAddress
 import Reaper
 import SockDiag
@@ -8,6 +10,8 @@ public actor WorkerReapKernel: ReapKernel {
     private let workers: KernelWorkers
     /// Cookies found suspicious on the last scan, per pool and namespace ("" for the agent's own).
     private var stuckSuspects: [String: [String: Set<UInt64>]] = [:]
+    /// New-flow announcements being read, per namespace ("" for the agent's own).
+    private var watches: [String: NewFlowWatch] = [:]
 
     public init(workers: KernelWorkers) {
         self.workers = workers
@@ -129,5 +133,67 @@ public actor WorkerReapKernel: ReapKernel {
             count += (try? await worker.perform { $0.list(matcher, includeTCPInfo: false, options: options) })?.sockets.count ?? 0
         }
         return count
+    }
+
+    public func watchNewFlows(
+        _ key: BackendKey, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?,
+        announce: @escaping @Sendable (AnnouncedFlow) -> Void, lost: @escaping @Sendable () -> Void
+    ) async -> Bool {
+        // Every namespace on the node would take a thread each: `all` keeps to walking.
+        if case .all? = namespaces { return false }
+        var announcedEverywhere = true
+        for (namespace, worker) in await workers.workers(for: namespaces) {
+            let label = namespace ?? ""
+            if watches[label] == nil {
+                let made = try? await worker.perform { _ -> SubscriptionHandle? in
+                    (try? ConntrackNewFlows()).map(SubscriptionHandle.init)
+                }
+                guard let made = made ?? nil else {
+                    announcedEverywhere = false
+                    continue
+                }
+                watches[label] = NewFlowWatch(namespace: namespace, subscription: made)
+            }
+            watches[label]?.watch(key, .init(backend: key.backend, transports: transports, announce: announce, lost: lost))
+            // A namespace whose conntrack tracks nothing announces nothing: walking stays the way there.
+            let tracked = (try? await worker.perform { _ in ConntrackTracking.trackedFlows() }) ?? nil
+            announcedEverywhere = announcedEverywhere && (tracked ?? 0) > 0
+        }
+        return announcedEverywhere
+    }
+
+    public func unwatchNewFlows(_ key: BackendKey) async {
+        for (label, watch) in watches {
+            watch.unwatch(key)
+            if watch.isEmpty { watches[label] = nil }
+        }
+    }
+
+    public func endFlow(_ flow: AnnouncedFlow, dryRun: Bool) async -> [NamespaceReport] {
+        let worker: KernelWorker?
+        if let namespace = flow.namespace {
+            worker = await workers.workers(for: .paths([namespace])).first?.worker
+        } else {
+            worker = workers.own
+        }
+        guard let worker else { return [NamespaceReport(namespace: flow.namespace, failure: "namespace gone")] }
+        var options = Purger.Options(dryRun: dryRun)
+        options.sparingOwnSockets = true
+        let chosen = options
+        do {
+            let report = try await worker.perform { $0.endFlow(flow.entry, options: chosen) }
+            return [NamespaceReport(namespace: flow.namespace, report: report)]
+        } catch {
+            return [NamespaceReport(namespace: flow.namespace, failure: "\(error)")]
+        }
+    }
+}
+
+/// Whether conntrack tracks flows in the calling thread's network namespace: it does only once some
+/// rule uses it (NAT, `ct state`), which kube-proxy's do on a node. /proc/sys/net is the namespace
+/// of the thread that reads it.
+enum ConntrackTracking {
+    static func trackedFlows() -> Int? {
+        FileStatus.readText("/proc/sys/net/netfilter/nf_conntrack_count").flatMap { Int($0.trimmingPrefix(while: \.isWhitespace).prefix { $0.isNumber }) }
     }
 }

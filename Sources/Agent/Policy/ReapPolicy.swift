@@ -32,6 +32,12 @@ public struct ReapPolicy: Sendable {
         case counted(BackendKey, connections: Int, at: Instant)
         case reaped(ReapOutcome)
         case tick(Instant)
+        /// Whether conntrack announces every new flow toward a dead backend in all its namespaces.
+        case watching(BackendKey, announced: Bool)
+        /// Conntrack announced a new flow toward (or NAT'd to) a dead backend.
+        case newFlow(BackendKey, AnnouncedFlow, at: Instant)
+        /// Announcements were dropped (the queue overran): a full pass must look for what they named.
+        case announcementsLost(BackendKey, at: Instant)
     }
 
     /// What one reap pass did, as far as the policy cares.
@@ -69,6 +75,11 @@ public struct ReapPolicy: Sendable {
         case suppressed(pool: String, backend: Endpoint?, reason: SuppressReason, log: Bool)
         /// The pool's all-down guard held and lets go now: a backend answers again.
         case guardReleased(pool: String)
+        /// Subscribe to conntrack's new-flow announcements for a dead backend (answer `.watching`).
+        case watchNewFlows(BackendKey)
+        case unwatchNewFlows(BackendKey)
+        /// End exactly the flow an announcement named.
+        case endFlow(BackendKey, AnnouncedFlow)
     }
 
     /// The knobs of one pool the rules read.
@@ -108,9 +119,15 @@ public struct ReapPolicy: Sendable {
     /// (plus a tick) in its first minute down, when balancers still retry it; after that, rarely.
     public static let deadCadence: Duration = .milliseconds(150)
     public static let deadCadenceLater: Duration = .milliseconds(900)
+    /// Where conntrack announces every new flow, each is ended as it comes: the walks are then only
+    /// a safety net (a flow conntrack does not track, a lost announcement).
+    public static let announcedCadence: Duration = .seconds(1)
+    public static let announcedCadenceLater: Duration = .seconds(5)
     public static let firstMinute: Duration = .seconds(60)
-    /// Every so often a pass looks at established sockets and conntrack too (NAT'd flows, lost acks).
-    public static let fullPassEvery: Duration = .seconds(1)
+    /// Every so often a pass looks at established sockets and conntrack too (NAT'd flows conntrack
+    /// does not announce, acks lost in the first reap). Established sockets toward a dead backend
+    /// cannot appear: nothing completes a handshake with it.
+    public static let fullPassEvery: Duration = .seconds(10)
     /// Paced closes: at most a tenth of the connections a second.
     public static let pacedShare = 10
     /// How long the others' probes get to show a survivor before the all-down guard holds.
@@ -170,12 +187,31 @@ public struct ReapPolicy: Sendable {
 
     public mutating func handle(_ event: Event) -> [Action] {
         switch event {
-        case .probed(let key, let result, let at): probed(key, result, at: at)
-        case .evidence(let key, let evidence): evidenceArrived(key, evidence)
-        case .counted(let key, let connections, let at): counted(key, connections, at: at)
-        case .reaped(let outcome): reaped(outcome)
-        case .tick(let now): tick(now)
+        case .probed(let key, let result, let at): return probed(key, result, at: at)
+        case .evidence(let key, let evidence): return evidenceArrived(key, evidence)
+        case .counted(let key, let connections, let at): return counted(key, connections, at: at)
+        case .reaped(let outcome): return reaped(outcome)
+        case .tick(let now): return tick(now)
+        case .watching(let key, let announced):
+            backends[key]?.reaping?.announced = announced
+            return []
+        case .newFlow(let key, let flow, let at): return newFlow(key, flow, at: at)
+        case .announcementsLost(let key, let at):
+            guard backends[key]?.reaping != nil else { return [] }
+            backends[key]?.reaping?.lastFullPass = nil
+            backends[key]?.reaping?.nextPass = at
+            return tick(at)
         }
+    }
+
+    private mutating func newFlow(_ key: BackendKey, _ flow: AnnouncedFlow, at now: Instant) -> [Action] {
+        budget.refill(at: now)
+        guard let record = backends[key], let pool = rules(of: key.pool), record.reaping != nil,
+            record.failingSince != nil  // answering again: its new flows are likely good ones
+        else { return [] }
+        guard reapWhenAllDown || survivor(besides: key, pool: pool) != nil else { return holdForGuard(key) }
+        guard budget.available() > 0 else { return suppress(key, .budget) }
+        return [.endFlow(key, flow)]
     }
 
     private mutating func probed(_ key: BackendKey, _ result: ProbeResult, at: Instant) -> [Action] {
@@ -324,7 +360,9 @@ public struct ReapPolicy: Sendable {
         reaping.followUps.removeAll { $0 <= now }
         if reaping.nextPass <= now {
             // Start to start; a pass that came late sets the rhythm from now.
-            let cadence = now - reaping.since < Self.firstMinute ? Self.deadCadence : Self.deadCadenceLater
+            let early = now - reaping.since < Self.firstMinute
+            let cadence = reaping.announced
+                ? (early ? Self.announcedCadence : Self.announcedCadenceLater) : (early ? Self.deadCadence : Self.deadCadenceLater)
             reaping.nextPass = reaping.nextPass + cadence > now ? reaping.nextPass + cadence : now + cadence
         }
         backends[key]?.reaping = reaping
@@ -413,6 +451,7 @@ public struct ReapPolicy: Sendable {
     private mutating func transition(_ key: BackendKey, to next: BackendState, at now: Instant) -> [Action] {
         guard var record = backends[key], let pool = rules(of: key.pool), record.state != next else { return [] }
         let previous = record.state
+        let wasReaping = record.reaping != nil
         record.state = next
         record.stateSince = now
         record.drain = nil
@@ -435,6 +474,8 @@ public struct ReapPolicy: Sendable {
         var actions: [Action] = [.changed(key, from: previous, to: next, failure: next == .up ? nil : record.lastFailure,
                                           detail: record.lastProbe?.detail ?? "")]
         if record.reaping != nil { actions += reapPass(key, pool: pool, now: now) }
+        if record.reaping != nil, !wasReaping { actions.append(.watchNewFlows(key)) }
+        if record.reaping == nil, wasReaping { actions.append(.unwatchNewFlows(key)) }
         return actions
     }
 }
@@ -472,6 +513,8 @@ struct Reaping: Sendable {
     var lastFullPass: ContinuousClock.Instant?
     var probedPeers = false
     var awaitingSurvivorUntil: ContinuousClock.Instant?
+    /// Conntrack announces its new flows in every namespace the pool reaps.
+    var announced = false
 
     init(reason: ReapReason, since: ContinuousClock.Instant) {
         self.reason = reason

@@ -1,4 +1,5 @@
 import Health
+import Netlink
 import NetworkAddress
 
 /// What the agent believes of a backend, from evidence: probe results and its own connections.
@@ -94,4 +95,15 @@ public struct BackendKey: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String { "\(pool)/\(backend)" }
+}
+
+/// A new flow conntrack announced, in the namespace it was announced in (nil: the agent's own).
+public struct AnnouncedFlow: Sendable, Hashable {
+    public var entry: ConntrackEntry
+    public var namespace: String?
+
+    public init(entry: ConntrackEntry, namespace: String?) {
+        self.entry = entry
+        self.namespace = namespace
+    }
 }
