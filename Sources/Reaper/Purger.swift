@@ -253,10 +253,13 @@ public final class Purger {
         if options.sockets, let socketDiagnostics {
             do {
                 let id = SocketID(source: entry.original.source, destination: entry.original.destination)
-                if let socket = try socketDiagnostics.socket(exactly: id, family: SocketFamily(entry.family), transport: entry.transport),
-                    [.synSent, .established].contains(socket.state),
-                    !(options.sparingOwnSockets && OwnSockets.inodes().contains(socket.inode))
-                {
+                let found = try socketDiagnostics.socket(exactly: id, family: SocketFamily(entry.family), transport: entry.transport)
+                if let found, options.sparingOwnSockets, OwnSockets.inodes().contains(found.inode) {
+                    // The agent's own probe: neither it nor its entry is touched.
+                    report.durationSeconds = Self.monotonicSeconds() - started
+                    return report
+                }
+                if let socket = found, [.synSent, .established].contains(socket.state) {
                     let outcome: PurgeReport.Outcome
                     if acting {
                         switch try socketDiagnostics.destroy([socket])[0] {

@@ -228,7 +228,7 @@ import Testing
         let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(500), sockets: 0, youngestSegmentAge: nil)))
         #expect(actions.last == .watchNewFlows(dead))
         _ = policy.handle(.watching(dead, announced: true))
-        #expect(policy.handle(.newFlow(dead, flow(41000), at: at(505))) == [.endFlow(dead, flow(41000))])
+        #expect(policy.handle(.newFlow(dead, flow(41000), at: at(505))) == [.endFlow(dead, flow(41000), reason: .stillDead)])
         // Announced: walks are a safety net, a second apart in the first minute.
         var passes: [Int] = []
         for ms in stride(from: 510, through: 3_600, by: 10) where !reaps(policy.handle(.tick(at(ms)))).isEmpty { passes.append(ms) }

@@ -14,8 +14,16 @@ runs this file as ``upstream NAME``: on TCP :6443 it writes ``NAME SEQ\\n`` ever
 connection, on HTTP :8080 ``GET /stream`` gets the same lines as an endless chunked response and
 ``GET /healthz`` a 200. The client runs this file as ``client``: it keeps N streams open through nginx,
 reconnects (or re-requests) as soon as one ends, like kubelet's watches do, and records when each line
-arrived and from which upstream. "Cutting" an upstream sets its own veth end down: it can send
-nothing, no FIN, no RST, as in incident 1.
+arrived and from which upstream, and how each connection ended (``clean``: the upstream ended it
+itself). "Cutting" an upstream sets its own veth end down: it can send nothing, no FIN, no RST, as in
+incident 1.
+
+An upstream can also misbehave the ways a live apiserver does (see ``serve_upstream``), each driven by
+a signal and announced on its stdout as ``{EVENT: time.monotonic()}``: a graceful shutdown like
+kube-apiserver's (``terminate_gracefully``: /readyz 503 for ``shutdown_delay`` seconds while every
+stream flows, then it ends its streams cleanly and exits 0), overload (``set_overloaded``: /readyz and
+/healthz answer after 2 s, streams flow), wedged (``set_wedged``: connections accepted, nothing
+answered or closed); ``drop_new_connections`` makes its namespace drop incoming SYNs.
 
 Everything lives in namespaces of a netlab.Lab; nginx runs as a child (``daemon off``) with its pid
 file, logs and temp paths in a private temp dir. ``IncidentLab.close()`` stops what it started and
@@ -70,9 +78,29 @@ def upstream_address(index: int) -> str:
 # Processes that run inside the namespaces (python3 incident_lab.py upstream|client ...)
 
 
-def serve_upstream(name: str, tcp_port: int, http_port: int, interval: float) -> None:
-    """The upstream server: streams ``NAME SEQ`` lines on TCP and as chunked HTTP; one thread."""
+OVERLOAD_DELAY = 2.0                    # an overloaded upstream answers /readyz and /healthz this late
+GOODBYE = "bye"                         # an upstream's last line on a TCP stream it ends cleanly
+
+
+def serve_upstream(name: str, tcp_port: int, http_port: int, interval: float, shutdown_delay: float = 3.0) -> None:
+    """The upstream server: streams ``NAME SEQ`` lines on TCP and as chunked HTTP; one thread.
+
+    ``GET /healthz`` and ``GET /readyz`` answer 200 ``ok``. Signals change its behaviour; each change is
+    announced on stdout as one JSON line ``{EVENT: time.monotonic()}``:
+
+    - SIGTERM: kube-apiserver's graceful shutdown (``draining``). For ``shutdown_delay`` seconds /readyz
+      answers 503 while every stream keeps flowing and new connections are accepted and served; then
+      ``ending_streams``: the listeners close (what waits in their accept queue is taken first, so
+      nothing gets an RST) and every stream ends cleanly (HTTP: the terminating chunk; TCP: a last line
+      ``NAME bye``), both with a FIN; once the peers closed too (at most 1 s), ``exiting``, exit 0.
+    - SIGUSR1 toggles overload (``overloaded`` / ``overload_over``): /readyz and /healthz answer only
+      after OVERLOAD_DELAY seconds (a probe connects, then times out), streams keep flowing.
+    - SIGUSR2 toggles wedged (``wedged`` / ``unwedged``): connections are still accepted but nothing is
+      read, written or closed any more: streams stall, requests get no answer. Back from it, everything
+      carries on (held requests are answered, held TCP connections start streaming).
+    """
     selector = selectors.DefaultSelector()
+    listeners: list[socket.socket] = []
     for port, kind in ((tcp_port, "tcp-listen"), (http_port, "http-listen")):
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -80,17 +108,75 @@ def serve_upstream(name: str, tcp_port: int, http_port: int, interval: float) ->
         listener.listen(1024)
         listener.setblocking(False)
         selector.register(listener, selectors.EVENT_READ, {"kind": kind})
-    streaming: dict[socket.socket, dict] = {}
+        listeners.append(listener)
+    # Signals: the C-level handler writes the signal number to the wakeup socket, which wakes select().
+    wakeup_read, wakeup_write = socket.socketpair()
+    for end in (wakeup_read, wakeup_write):
+        end.setblocking(False)
+    selector.register(wakeup_read, selectors.EVENT_READ, {"kind": "wakeup"})
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, lambda *_: None)
+    signal.set_wakeup_fd(wakeup_write.fileno(), warn_on_full_buffer=False)
+
+    connections: dict[socket.socket, dict] = {}   # every accepted connection still open, with its state
     sequence = 0
+    overloaded = wedged = False
+    ending_at: float | None = None                # set by SIGTERM: when the streams end
+
+    def event(key: str) -> None:
+        print(json.dumps({key: time.monotonic()}), flush=True)
+
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)
 
     def close(conn: socket.socket) -> None:
-        streaming.pop(conn, None)
+        connections.pop(conn, None)
         try:
             selector.unregister(conn)
         except (KeyError, ValueError):
             pass
         conn.close()
+
+    def read_available(conn: socket.socket) -> bytes:
+        data = b""
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except OSError:
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+    def request_path(state: dict) -> str:
+        request_line = state["buffer"].split(b"\r\n", 1)[0].decode("latin-1").split()
+        return request_line[1] if len(request_line) > 1 else "/"
+
+    def drain(conn: socket.socket) -> bool:
+        """Reads what the peer sent (so a close sends a FIN, not an RST); True once it sent its FIN."""
+        while True:
+            try:
+                if not conn.recv(65536):
+                    return True
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:
+                return True
+
+    def finish(conn: socket.socket, payload: bytes = b"") -> None:
+        """Sends ``payload`` and a FIN; the socket is closed once the peer's FIN comes (or at exit)."""
+        state = connections.get(conn)
+        try:
+            if payload:
+                conn.send(payload, socket.MSG_DONTWAIT)
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            close(conn)
+            return
+        if state is None:
+            return
+        state["kind"] = "closing"
+        if drain(conn):
+            close(conn)
 
     def send_line(conn: socket.socket, state: dict) -> None:
         line = f"{name} {sequence}\n"
@@ -102,64 +188,170 @@ def serve_upstream(name: str, tcp_port: int, http_port: int, interval: float) ->
         except OSError:
             close(conn)
 
+    def respond(conn: socket.socket, state: dict) -> None:
+        """Answers a complete request of ``state["path"]``."""
+        path = state["path"]
+        if path.startswith("/stream"):
+            head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
+                    b"Cache-Control: no-cache\r\n\r\n")
+            if ending_at is not None and time.monotonic() >= ending_at:
+                finish(conn, head + b"0\r\n\r\n")      # the streams are ending: an empty, complete one
+                return
+            try:
+                conn.send(head)
+            except OSError:
+                close(conn)
+                return
+            state["kind"] = "http-stream"
+            send_line(conn, state)
+            return
+        if path.startswith("/readyz") and ending_at is not None:
+            status, body = "503 Service Unavailable", b"shutting down\n"
+        elif path.startswith(("/healthz", "/readyz")):
+            status, body = "200 OK", b"ok\n"
+        else:
+            status, body = "404 Not Found", b"no\n"
+        finish(conn, f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+
+    def on_request(conn: socket.socket, state: dict) -> None:
+        state["path"] = request_path(state)
+        if overloaded and state["path"].startswith(("/healthz", "/readyz")):
+            state["kind"], state["due"] = "http-delayed", time.monotonic() + OVERLOAD_DELAY
+            return
+        respond(conn, state)
+
+    def accept(listener: socket.socket, kind: str) -> None:
+        for _ in range(64):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError, OSError):
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            state = {"kind": "tcp-stream"} if kind == "tcp-listen" else {"kind": "http-request", "buffer": b""}
+            connections[conn] = state
+            if wedged:
+                continue                    # held: neither read nor written until unwedged
+            selector.register(conn, selectors.EVENT_READ, state)
+            if state["kind"] == "tcp-stream":
+                send_line(conn, state)      # the first line at once, then every interval
+
+    def on_readable(conn: socket.socket, state: dict) -> None:
+        try:
+            data = conn.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            close(conn)
+            return
+        if not data:
+            close(conn)
+            return
+        if state["kind"] != "http-request":
+            return                          # a stream client has nothing to say: ignore
+        state["buffer"] += data
+        if b"\r\n\r\n" in state["buffer"]:
+            on_request(conn, state)
+
+    def set_wedged(on: bool) -> None:
+        nonlocal wedged
+        wedged = on
+        for conn, state in list(connections.items()):
+            if on:
+                try:
+                    selector.unregister(conn)
+                except (KeyError, ValueError):
+                    pass
+            else:
+                selector.register(conn, selectors.EVENT_READ, state)
+        event("wedged" if on else "unwedged")
+
+    def end_streams() -> None:
+        """The end of the graceful shutdown: every connection ends cleanly, then the process exits."""
+        event("ending_streams")
+        for listener, kind in zip(listeners, ("tcp-listen", "http-listen")):
+            accept(listener, kind)          # take what waits in the accept queue: closing it would reset it
+            selector.unregister(listener)
+            listener.close()
+        for conn, state in list(connections.items()):
+            if conn not in connections:
+                continue
+            if state["kind"] == "tcp-stream":
+                finish(conn, f"{name} {GOODBYE}\n".encode())
+            elif state["kind"] == "http-stream":
+                finish(conn, b"0\r\n\r\n")
+            elif state["kind"] == "http-delayed":
+                respond(conn, state)
+            elif state["kind"] == "http-request":
+                state["buffer"] += read_available(conn)
+                if b"\r\n\r\n" in state["buffer"]:
+                    state["path"] = request_path(state)
+                    respond(conn, state)    # at once, even when overloaded: /stream gets an empty one
+                else:
+                    finish(conn)            # no request yet: an idle connection just ends
+        deadline = time.monotonic() + 1.0
+        while connections and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                conn = key.fileobj
+                if conn in connections and drain(conn):
+                    close(conn)
+        for conn in list(connections):
+            drain(conn)
+            close(conn)
+        event("exiting")
+
     next_tick = time.monotonic() + interval
     while True:
-        for key, _ in selector.select(timeout=max(0.0, next_tick - time.monotonic())):
-            state = key.data
-            if state["kind"] in ("tcp-listen", "http-listen"):
-                for _ in range(64):
-                    try:
-                        conn, _ = key.fileobj.accept()
-                    except (BlockingIOError, InterruptedError, OSError):
-                        break
-                    conn.setblocking(False)
-                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    if state["kind"] == "tcp-listen":
-                        fresh = {"kind": "tcp-stream"}
-                        streaming[conn] = fresh
-                        send_line(conn, fresh)       # the first line at once, then every interval
-                    else:
-                        fresh = {"kind": "http-request", "buffer": b""}
-                    if conn.fileno() >= 0:
-                        selector.register(conn, selectors.EVENT_READ, fresh)
-                continue
-            conn = key.fileobj
-            try:
-                data = conn.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                close(conn)
-                continue
-            if not data:
-                close(conn)
-                continue
-            if state["kind"] != "http-request":
-                continue                           # a stream client has nothing to say: ignore
-            state["buffer"] += data
-            if b"\r\n\r\n" not in state["buffer"]:
-                continue
-            request_line = state["buffer"].split(b"\r\n", 1)[0].decode("latin-1").split()
-            path = request_line[1] if len(request_line) > 1 else "/"
-            try:
-                if path.startswith("/stream"):
-                    conn.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n"
-                              b"Cache-Control: no-cache\r\n\r\n")
-                    state["kind"] = "http-stream"
-                    streaming[conn] = state
-                    send_line(conn, state)
-                else:
-                    status, body = ("200 OK", b"ok\n") if path.startswith("/healthz") else ("404 Not Found", b"no\n")
-                    conn.send(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                              .encode() + body)
-                    close(conn)
-            except OSError:
-                close(conn)
         now = time.monotonic()
+        deadlines = []
+        if not wedged:
+            deadlines.append(next_tick)
+            deadlines += [s["due"] for s in connections.values() if s["kind"] == "http-delayed"]
+            if ending_at is not None:
+                deadlines.append(ending_at)
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        for key, _ in selector.select(timeout=timeout):
+            state = key.data
+            if state["kind"] == "wakeup":
+                try:
+                    signums = wakeup_read.recv(64)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                for signum in signums:
+                    if signum == signal.SIGTERM and ending_at is None:
+                        ending_at = time.monotonic() + shutdown_delay
+                        event("draining")
+                    elif signum == signal.SIGUSR1:
+                        overloaded = not overloaded
+                        event("overloaded" if overloaded else "overload_over")
+                    elif signum == signal.SIGUSR2:
+                        set_wedged(not wedged)
+                continue
+            if wedged:
+                if state["kind"] in ("tcp-listen", "http-listen"):
+                    accept(key.fileobj, state["kind"])
+                continue
+            if state["kind"] in ("tcp-listen", "http-listen"):
+                accept(key.fileobj, state["kind"])
+            elif state["kind"] == "closing":
+                if drain(key.fileobj):
+                    close(key.fileobj)
+            elif key.fileobj in connections:
+                on_readable(key.fileobj, state)
+        if wedged:
+            continue
+        now = time.monotonic()
+        if ending_at is not None and now >= ending_at:
+            end_streams()
+            return
+        for conn, state in list(connections.items()):
+            if state["kind"] == "http-delayed" and state["due"] <= now and conn in connections:
+                respond(conn, state)
         if now >= next_tick:
             sequence += 1
-            for conn, state in list(streaming.items()):
-                send_line(conn, state)
+            for conn, state in list(connections.items()):
+                if state["kind"] in ("tcp-stream", "http-stream") and conn in connections:
+                    send_line(conn, state)
             next_tick = max(next_tick + interval, now + interval / 2)
 
 
@@ -183,7 +375,14 @@ class _ClientStream:
 def run_client(specs: Sequence[tuple[str, str, int, int, str]]) -> None:
     """The stream client: ``specs`` = (kind "l4"|"l7", host, port, count, path). Commands on stdin,
     one per line: ``status`` (per stream: backend and age of the last line), ``dump`` (everything),
-    ``quit``. Answers are one JSON line each."""
+    ``quit``. Answers are one JSON line each.
+
+    Each connection is recorded as {"start", "connected", "end", "why", "clean", "data": [[t, upstream],
+    ...]}. ``why`` says how it ended: "eof" (the peer's FIN, or for l7 the last chunk of the response),
+    an errno name ("ECONNRESET", "ECONNREFUSED", ...), "http-<status>" (l7: not a 200) or "bad-chunk".
+    ``clean`` is True only when the upstream itself ended the stream properly: the terminating chunk
+    (l7) or its goodbye line ``NAME bye`` (l4) came before the end. Through nginx an upstream socket
+    destroyed under nginx, or reset, reaches the client as a plain FIN: "eof" with clean False."""
     selector = selectors.DefaultSelector()
     streams: list[_ClientStream] = []
     for kind, host, port, count, path in specs:
@@ -198,7 +397,8 @@ def run_client(specs: Sequence[tuple[str, str, int, int, str]]) -> None:
         stream.buffer, stream.headers_done, stream.chunk_left = b"", False, None
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
-        stream.connections.append({"start": now, "connected": None, "end": None, "why": None, "data": []})
+        stream.connections.append({"start": now, "connected": None, "end": None, "why": None, "clean": False,
+                                   "data": []})
         code = sock.connect_ex((stream.host, stream.port))
         stream.sock = sock
         if code not in (0, errno.EINPROGRESS):
@@ -223,7 +423,9 @@ def run_client(specs: Sequence[tuple[str, str, int, int, str]]) -> None:
     def lines_of(stream: _ClientStream, now: float, payload: bytes) -> None:
         for line in payload.split(b"\n"):
             parts = line.split()
-            if parts:
+            if len(parts) == 2 and parts[1] == GOODBYE.encode():
+                stream.current["clean"] = True      # the upstream's last line: it ends this stream
+            elif parts:
                 stream.current["data"].append([round(now, 6), parts[0].decode("latin-1")])
 
     def on_data(stream: _ClientStream, now: float, data: bytes) -> str | None:
@@ -252,6 +454,7 @@ def run_client(specs: Sequence[tuple[str, str, int, int, str]]) -> None:
                 except ValueError:
                     return "bad-chunk"
                 if stream.chunk_left == 0:
+                    stream.current["clean"] = True
                     return "eof"        # the last chunk: the response ended
             if len(stream.buffer) < stream.chunk_left + 2:
                 return None
@@ -585,8 +788,9 @@ class Agent:
 
 
 def pool_yaml(pools: Sequence[dict], listen: tuple[str, int] = AGENT_LISTEN, **top) -> str:
-    """The agent's YAML for ``pools`` (dicts: name, backends, probe dict). Hand-written: no yaml module
-    is needed on the machine."""
+    """The agent's YAML for ``pools`` (dicts: name, backends, probe dict, and any other pool key such as
+    ``reap_on`` or ``drain_timeout``: a string is written as is, anything else as JSON). Hand-written: no
+    yaml module is needed on the machine."""
     lines = [f"listen: {listen[0]}:{listen[1]}"]
     for key, value in top.items():
         lines.append(f"{key}: {json.dumps(value)}")
@@ -596,6 +800,9 @@ def pool_yaml(pools: Sequence[dict], listen: tuple[str, int] = AGENT_LISTEN, **t
         lines.append(f"    backends: {json.dumps(list(pool['backends']))}")
         if "protocols" in pool:
             lines.append(f"    protocols: {json.dumps(list(pool['protocols']))}")
+        for key, value in pool.items():
+            if key not in ("name", "backends", "protocols", "probe"):
+                lines.append(f"    {key}: {value if isinstance(value, str) else json.dumps(value)}")
         probe = pool.get("probe", {})
         if probe:
             lines.append("    probe: {" + ", ".join(f"{k}: {json.dumps(v) if not isinstance(v, str) else v}"
@@ -630,6 +837,11 @@ class Stream:
 
     def lines_between(self, start: float, end: float, backend: str | None = None) -> int:
         return sum(1 for when, b in self.arrivals() if start < when <= end and (backend is None or b == backend))
+
+    def connections_to(self, upstream: str) -> list[dict]:
+        """Connections that got lines from ``upstream`` (through nginx a client connection has one
+        upstream connection, an l7 one one request); see run_client for their fields."""
+        return [c for c in self.connections if any(b == upstream for _, b in c["data"])]
 
     def connections_started_between(self, start: float, end: float) -> list[dict]:
         return [c for c in self.connections if start < c["start"] <= end]
@@ -846,9 +1058,10 @@ class IncidentLab:
 
     DIR_STEM = "crt-incident-"
 
-    def __init__(self, lab, workers: int = 2) -> None:
+    def __init__(self, lab, workers: int = 2, shutdown_delay: float = 3.0) -> None:
         self.lab = lab
         self.workers = workers
+        self.shutdown_delay = shutdown_delay
         self._remove_stale_dirs()
         self.dir = tempfile.mkdtemp(prefix=f"{self.DIR_STEM}{os.getpid()}-")
         os.chmod(self.dir, 0o755)      # nginx workers (nobody) may need to reach their temp paths
@@ -856,6 +1069,10 @@ class IncidentLab:
         self.nginx_ns = None
         self.upstream_ns: dict[str, object] = {}
         self.upstream_procs: dict[str, subprocess.Popen] = {}
+        self.upstream_events: dict[str, list[dict]] = {}      # the JSON lines each upstream printed
+        self._events_changed = threading.Condition()
+        self._readers: list[threading.Thread] = []
+        self._toggles: dict[tuple[str, str], bool] = {}       # (upstream, "overloaded"|"wedged") -> on
         self.nginx: subprocess.Popen | None = None
         self.clients: list[StreamClient] = []
         self.agents: list[Agent] = []
@@ -874,10 +1091,11 @@ class IncidentLab:
     # -- building --------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, lab, workers: int = 2) -> "IncidentLab":
+    def build(cls, lab, workers: int = 2, shutdown_delay: float = 3.0) -> "IncidentLab":
         """Builds the lab; ``workers`` nginx worker processes (kubespray's nginx-proxy runs 2, each
-        with its own least_conn counts: no shared zone)."""
-        incident = cls(lab, workers)
+        with its own least_conn counts: no shared zone); ``shutdown_delay``: how long an upstream's
+        graceful shutdown (terminate_gracefully) keeps serving with /readyz at 503."""
+        incident = cls(lab, workers, shutdown_delay)
         try:
             incident._build()
         except BaseException:
@@ -900,11 +1118,16 @@ class IncidentLab:
         for index, name in enumerate(UPSTREAM_NAMES, start=1):
             process = self.upstream_ns[name].popen(
                 [sys.executable, "-u", str(Path(__file__).resolve()), "upstream", name, str(L4_PORT), str(L7_PORT),
-                 str(LINE_INTERVAL)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+                 str(LINE_INTERVAL), str(self.shutdown_delay)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
             self.upstream_procs[name] = process
         for name, process in self.upstream_procs.items():
             line = process.stdout.readline()
             assert b'"ready"' in line, f"upstream {name} did not start: {line!r}"
+            self.upstream_events[name] = []
+            reader = threading.Thread(target=self._read_upstream, args=(name, process.stdout),
+                                      name=f"upstream-{name}", daemon=True)
+            reader.start()
+            self._readers.append(reader)
         self.write_nginx_conf()
         self.start_nginx()
 
@@ -974,6 +1197,82 @@ class IncidentLab:
 
     def restore(self, name: str) -> None:
         self.upstream_ns[name].ip("link", "set", "to-ngx", "up")
+
+    # -- upstream behaviours (see serve_upstream) ------------------------------------------
+
+    def _read_upstream(self, name: str, stdout) -> None:
+        try:
+            for raw in iter(stdout.readline, b""):
+                try:
+                    document = json.loads(raw)
+                except ValueError:
+                    document = {"unparsed": raw.decode(errors="replace").rstrip("\n")}
+                with self._events_changed:
+                    self.upstream_events[name].append(document)
+                    self._events_changed.notify_all()
+        except (OSError, ValueError):
+            pass        # the pipe was closed under us at teardown
+
+    def wait_upstream_event(self, name: str, key: str, timeout: float = 10.0, after: float | None = None) -> float:
+        """Waits for upstream ``name`` to print ``{key: T}`` and returns T, its time.monotonic() when the
+        event happened (the first such event whose T is later than ``after``, if given). Events:
+        draining, ending_streams, exiting (graceful shutdown), overloaded, overload_over, wedged,
+        unwedged."""
+        deadline = time.monotonic() + timeout
+
+        def found():
+            return next((event[key] for event in self.upstream_events[name]
+                         if key in event and (after is None or event[key] > after)), None)
+        with self._events_changed:
+            while (value := found()) is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"upstream {name} printed no {key!r} within {timeout}s "
+                                         f"(exit {self.upstream_procs[name].poll()}): {self.upstream_events[name]}")
+                self._events_changed.wait(min(left, 0.2))
+        return value
+
+    def terminate_gracefully(self, name: str) -> float:
+        """SIGTERM to upstream ``name``: kube-apiserver's graceful shutdown. For ``shutdown_delay``
+        seconds its /readyz answers 503 while it keeps serving every stream and new connection; then it
+        ends every stream cleanly (events ``ending_streams``, ``exiting``) and exits 0. Returns the
+        time.monotonic() just before the signal was sent."""
+        sent = time.monotonic()
+        self.upstream_procs[name].send_signal(signal.SIGTERM)
+        return sent
+
+    def wait_upstream_exit(self, name: str, timeout: float = 10.0) -> int:
+        """Waits for upstream ``name`` to exit; returns its exit status."""
+        return self.upstream_procs[name].wait(timeout=timeout)
+
+    def _toggle(self, name: str, what: str, signum: int, on: bool, events: tuple[str, str], timeout: float) -> float:
+        if self._toggles.get((name, what), False) == on:
+            raise ValueError(f"upstream {name} is already {'' if on else 'not '}{what}")
+        sent = time.monotonic()
+        self.upstream_procs[name].send_signal(signum)
+        value = self.wait_upstream_event(name, events[0] if on else events[1], timeout, after=sent)
+        self._toggles[(name, what)] = on
+        return value
+
+    def set_overloaded(self, name: str, on: bool = True, timeout: float = 5.0) -> float:
+        """Overloads upstream ``name`` (SIGUSR1; ``on=False`` ends it): /readyz and /healthz answer only
+        after OVERLOAD_DELAY seconds, streams keep flowing. Returns the upstream's time.monotonic() of the
+        change."""
+        return self._toggle(name, "overloaded", signal.SIGUSR1, on, ("overloaded", "overload_over"), timeout)
+
+    def set_wedged(self, name: str, on: bool = True, timeout: float = 5.0) -> float:
+        """Wedges upstream ``name`` (SIGUSR2; ``on=False`` ends it): it still accepts connections but
+        never reads, writes or closes anything: streams stall, probes connect and get no answer.
+        Returns the upstream's time.monotonic() of the change."""
+        return self._toggle(name, "wedged", signal.SIGUSR2, on, ("wedged", "unwedged"), timeout)
+
+    def drop_new_connections(self, name: str, on: bool = True) -> None:
+        """Upstream ``name`` drops every incoming SYN on both its ports (iptables in its namespace), so a
+        new connection (a probe, nginx's connect) times out while the established streams keep flowing.
+        ``on=False`` removes the rules."""
+        for port in (L4_PORT, L7_PORT):
+            self.upstream_ns[name].iptables("-I" if on else "-D", "INPUT", "-p", "tcp", "--syn", "--dport", str(port),
+                                            "-j", "DROP")
 
     def start_client(self, l4: int = 30, l7: int = 0) -> StreamClient:
         specs = []
@@ -1080,13 +1379,19 @@ class IncidentLab:
         processes = ([self.nginx] if self.nginx else []) + list(self.upstream_procs.values())
         for process in processes:
             if process.poll() is None:
-                process.terminate()
+                if process in self.upstream_procs.values():
+                    process.kill()          # SIGTERM would be their graceful shutdown: seconds long
+                else:
+                    process.terminate()
         for process in processes:
             try:
                 process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=3)
+        for reader in self._readers:
+            reader.join(timeout=2)
+        for process in processes:
             for pipe in (process.stdout, process.stderr):
                 if pipe:
                     pipe.close()
@@ -1096,14 +1401,15 @@ class IncidentLab:
 def main(argv: Sequence[str]) -> int:
     if len(argv) >= 2 and argv[1] == "upstream":
         name, tcp_port, http_port, interval = argv[2], int(argv[3]), int(argv[4]), float(argv[5])
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        serve_upstream(name, tcp_port, http_port, interval)
+        shutdown_delay = float(argv[6]) if len(argv) > 6 else 3.0
+        serve_upstream(name, tcp_port, http_port, interval, shutdown_delay)   # SIGTERM: a graceful exit
         return 0
     if len(argv) >= 2 and argv[1] == "client":
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         run_client([tuple(spec) for spec in json.loads(argv[2])])
         return 0
-    sys.stderr.write("usage: incident_lab.py upstream NAME TCP_PORT HTTP_PORT INTERVAL | client SPECS_JSON\n")
+    sys.stderr.write("usage: incident_lab.py upstream NAME TCP_PORT HTTP_PORT INTERVAL [SHUTDOWN_DELAY]"
+                     " | client SPECS_JSON\n")
     return 2
 
 

@@ -110,10 +110,10 @@ public final class ReapExecutor: Service, Sendable {
             submit(.watching(key, announced: announced))
         case .unwatchNewFlows(let key):
             await kernel.unwatchNewFlows(key)
-        case .endFlow(let key, let flow):
+        case .endFlow(let key, let flow, let reason):
             let reports = await kernel.endFlow(flow, dryRun: configuration.dryRun)
-            let tally = accounting.reaped(reports, key: key, reason: .stillDead, dryRun: configuration.dryRun)
-            submit(.reaped(.init(pool: key.pool, backend: key.backend, reason: .stillDead, ended: tally.ended,
+            let tally = accounting.reaped(reports, key: key, reason: reason, dryRun: configuration.dryRun)
+            submit(.reaped(.init(pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
                                  leftByLimit: tally.leftByLimit, at: .now)))
         case .scanStuck(let name, let limit):
             guard let pool = configuration.pools.first(where: { $0.name == name }) else { return }

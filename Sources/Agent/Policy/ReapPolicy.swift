@@ -79,7 +79,7 @@ public struct ReapPolicy: Sendable {
         case watchNewFlows(BackendKey)
         case unwatchNewFlows(BackendKey)
         /// End exactly the flow an announcement named.
-        case endFlow(BackendKey, AnnouncedFlow)
+        case endFlow(BackendKey, AnnouncedFlow, reason: ReapReason)
     }
 
     /// The knobs of one pool the rules read.
@@ -211,7 +211,7 @@ public struct ReapPolicy: Sendable {
         else { return [] }
         guard reapWhenAllDown || survivor(besides: key, pool: pool) != nil else { return holdForGuard(key) }
         guard budget.available() > 0 else { return suppress(key, .budget) }
-        return [.endFlow(key, flow)]
+        return [.endFlow(key, flow, reason: record.reaping?.reason == .unhealthy ? .unhealthy : .stillDead)]
     }
 
     private mutating func probed(_ key: BackendKey, _ result: ProbeResult, at: Instant) -> [Action] {
@@ -468,7 +468,9 @@ public struct ReapPolicy: Sendable {
                 if pool.drainTimeout > .zero { record.drain = Drain(startsAt: now + pool.drainTimeout) }
             }
         case .dead:
+            let announced = record.reaping?.announced ?? false  // `reap_on: unhealthy` may have watched already
             record.reaping = Reaping(reason: .dead, since: now)
+            record.reaping?.announced = announced
         }
         backends[key] = record
         var actions: [Action] = [.changed(key, from: previous, to: next, failure: next == .up ? nil : record.lastFailure,
