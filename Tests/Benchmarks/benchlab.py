@@ -50,12 +50,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from netlab import pid_alive  # noqa: E402
 
 
-def remove_stale_namespaces():
-    """Delete namespaces of earlier benchmark runs whose process is gone (killed with SIGKILL)."""
+def remove_stale_namespaces(prefix=PREFIX):
+    """Delete namespaces of earlier benchmark runs whose process is gone (killed with SIGKILL).
+    `prefix` names the benchmark family (crbench- by default); only `<prefix><pid>-cli|srv` is touched."""
     listing = run(["ip", "netns", "list"], check=False).stdout
+    name_re = NAME_RE if prefix == PREFIX else re.compile(rf"^{re.escape(prefix)}(\d+)-(cli|srv)$")
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
-        match = NAME_RE.match(name)
+        match = name_re.match(name)
         if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
             log(f"removing stale namespace {name} of a dead benchmark run")
             run(["ip", "netns", "del", name], check=False)
@@ -142,11 +144,12 @@ class Lab:
 
     CLIENT_IP = "10.232.0.1"
 
-    def __init__(self, server_ips, servers, private_server_hash=True):
+    def __init__(self, server_ips, servers, private_server_hash=True, prefix=PREFIX):
         self.private_server_hash = private_server_hash
         self.server_ehash = None
-        self.client_ns = f"{PREFIX}{os.getpid()}-cli"
-        self.server_ns = f"{PREFIX}{os.getpid()}-srv"
+        self.prefix = prefix  # another benchmark family uses its own, so runs never collide
+        self.client_ns = f"{prefix}{os.getpid()}-cli"
+        self.server_ns = f"{prefix}{os.getpid()}-srv"
         self.server_ips = server_ips
         self.server_count = servers
         self.clients = []
@@ -159,7 +162,7 @@ class Lab:
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self):
-        remove_stale_namespaces()
+        remove_stale_namespaces(self.prefix)
         c, s = self.client_ns, self.server_ns
         self._created.append(c)
         run(["ip", "netns", "add", c])
