@@ -20,8 +20,8 @@ public struct DiagnosedSocket: Sendable, Equatable {
     public var local: Endpoint { id.source }
     public var remote: Endpoint { id.destination }
 
-    public var destroyRequest: SocketDestroyRequest {
-        SocketDestroyRequest(family: family, transport: transport, id: id)
+    public var destroyRequest: InetDiagSocketRequest {
+        InetDiagSocketRequest(.destroy, family: family, transport: transport, id: id)
     }
 
     static let messageSize = 72

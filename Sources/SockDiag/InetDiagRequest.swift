@@ -51,47 +51,31 @@ public struct InetDiagDumpRequest: NetlinkRequest, Equatable {
     }
 }
 
-/// SOCK_DIAG_BY_FAMILY for one socket named by its 4-tuple: the kernel looks it up in its hash
-/// (no walk) and answers with it, or ENOENT.
-public struct InetDiagGetRequest: NetlinkRequest, Equatable {
+/// A request about one socket named by family, protocol and id: a get (SOCK_DIAG_BY_FAMILY without
+/// NLM_F_DUMP: the kernel looks the 4-tuple up in its hash, no walk, and answers with the socket or
+/// ENOENT) or a SOCK_DESTROY (the id exactly as a dump gave it, cookie included).
+public struct InetDiagSocketRequest: NetlinkRequest, Equatable {
+    public enum Operation: Sendable, Equatable {
+        case get, destroy
+    }
+
+    public var operation: Operation
     public var family: SocketFamily
     public var transport: TransportProtocol
     public var id: SocketID
 
-    public init(family: SocketFamily, transport: TransportProtocol, id: SocketID) {
+    public init(_ operation: Operation, family: SocketFamily, transport: TransportProtocol, id: SocketID) {
+        self.operation = operation
         self.family = family
         self.transport = transport
+        // A get names the socket by its tuple alone: whichever socket holds it now is the answer.
         self.id = id
+        if operation == .get { self.id.cookie = SocketID.noCookie }
     }
 
-    public var messageType: UInt16 { 20 }  // SOCK_DIAG_BY_FAMILY
-    public var flags: UInt16 { 0x1 }  // NLM_F_REQUEST: a get, not a dump
-    public var callName: String { "SOCK_DIAG_BY_FAMILY" }
-
-    public func writePayload(into writer: inout NetlinkMessageWriter) {
-        writer.append([family.rawValue, transport.rawValue, 0, 0])
-        writer.append(hostOrder: UInt32.max)  // states: any; the caller checks the one it gets
-        var exact = id
-        exact.cookie = SocketID.noCookie
-        exact.write(into: &writer)
-    }
-}
-
-/// SOCK_DESTROY for one dumped socket: family, protocol and id exactly as the dump gave them.
-public struct SocketDestroyRequest: NetlinkRequest, Equatable {
-    public var family: SocketFamily
-    public var transport: TransportProtocol
-    public var id: SocketID
-
-    public init(family: SocketFamily, transport: TransportProtocol, id: SocketID) {
-        self.family = family
-        self.transport = transport
-        self.id = id
-    }
-
-    public var messageType: UInt16 { 21 }  // SOCK_DESTROY
-    public var flags: UInt16 { 0x1 | 0x4 }  // NLM_F_REQUEST | NLM_F_ACK
-    public var callName: String { "SOCK_DESTROY" }
+    public var messageType: UInt16 { operation == .get ? 20 : 21 }  // SOCK_DIAG_BY_FAMILY, SOCK_DESTROY
+    public var flags: UInt16 { operation == .get ? 0x1 : 0x1 | 0x4 }  // NLM_F_REQUEST (| NLM_F_ACK)
+    public var callName: String { operation == .get ? "SOCK_DIAG_BY_FAMILY" : "SOCK_DESTROY" }
 
     public func writePayload(into writer: inout NetlinkMessageWriter) {
         writer.append([family.rawValue, transport.rawValue, 0, 0])

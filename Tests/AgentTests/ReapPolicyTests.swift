@@ -229,15 +229,15 @@ import Testing
         #expect(actions.last == .watchNewFlows(dead))
         _ = policy.handle(.watching(dead, announced: true))
         #expect(policy.handle(.newFlow(dead, flow(41000), at: at(505))) == [.endFlow(dead, flow(41000), reason: .stillDead)])
-        // Announced: walks are a safety net, a second apart in the first minute.
+        // Announced: walks are a safety net, 5 s apart in the first minute.
         var passes: [Int] = []
-        for ms in stride(from: 510, through: 3_600, by: 10) where !reaps(policy.handle(.tick(at(ms)))).isEmpty { passes.append(ms) }
-        #expect(passes == [520, 550, 650, 1_650, 2_650])  // 650 was set before the watch answered
+        for ms in stride(from: 510, through: 12_000, by: 10) where !reaps(policy.handle(.tick(at(ms)))).isEmpty { passes.append(ms) }
+        #expect(passes == [520, 550, 650, 5_650, 10_650])  // 650 was set before the watch answered
         // Announcements lost: a full pass at once.
-        #expect(reaps(policy.handle(.announcementsLost(dead, at: at(3_610)))).map(\.2) == [.full])
+        #expect(reaps(policy.handle(.announcementsLost(dead, at: at(12_010)))).map(\.2) == [.full])
         // Answering again: its new flows are left alone.
-        _ = policy.handle(.probed(dead, Self.ok, at: at(3_700)))
-        #expect(policy.handle(.newFlow(dead, flow(41001), at: at(3_705))).isEmpty)
+        _ = policy.handle(.probed(dead, Self.ok, at: at(12_100)))
+        #expect(policy.handle(.newFlow(dead, flow(41001), at: at(12_105))).isEmpty)
     }
 
     @Test func aNewFlowTowardAnUpBackendIsNeverEnded() {

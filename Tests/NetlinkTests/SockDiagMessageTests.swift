@@ -12,7 +12,7 @@ import Testing
         interface: 0, cookie: 0x0000_0001_0000_2A2A)
 
     @Test func destroyRequestEchoesTheIdWithItsCookie() {
-        let bytes = SocketDestroyRequest(family: .inet, transport: .tcp, id: target).serialized(sequence: 7, portID: 0)
+        let bytes = InetDiagSocketRequest(.destroy, family: .inet, transport: .tcp, id: target).serialized(sequence: 7, portID: 0)
         let expected: [UInt8] =
             [72, 0, 0, 0, 21, 0, 5, 0, 7, 0, 0, 0, 0, 0, 0, 0]  // nlmsghdr: len 72, SOCK_DESTROY, REQUEST|ACK, seq 7
             + [2, 6, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]  // AF_INET, TCP, ext 0, pad, all states
@@ -22,6 +22,14 @@ import Testing
             + [0, 0, 0, 0]  // interface
             + [0x2A, 0x2A, 0, 0, 1, 0, 0, 0]  // cookie, two host-order words, low first
         #expect(bytes == expected)
+    }
+
+    /// The exact lookup an announced flow's socket is found by: no NLM_F_DUMP, no cookie.
+    @Test func getRequestNamesTheTupleWithoutACookie() {
+        let bytes = InetDiagSocketRequest(.get, family: .inet, transport: .tcp, id: target).serialized(sequence: 8, portID: 0)
+        #expect(Array(bytes[0..<16]) == [72, 0, 0, 0, 20, 0, 1, 0, 8, 0, 0, 0, 0, 0, 0, 0])  // SOCK_DIAG_BY_FAMILY, REQUEST only
+        #expect(Array(bytes[24..<28]) == [0x9C, 0x40, 0x19, 0x2B])
+        #expect(Array(bytes[64..<72]) == [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])  // INET_DIAG_NOCOOKIE
     }
 
     @Test func dumpRequestCarriesStatesExtensionPortAndBytecode() {
@@ -53,7 +61,7 @@ import Testing
         tcpInfo.replaceSubrange(TCPInfo.Offset.lastAckReceived..<(TCPInfo.Offset.lastAckReceived + 4), with: UInt32(14_488).hostOrderBytes)
         var writer = NetlinkMessageWriter(type: 20, flags: 2, sequence: 9)
         writer.append([2, 1, 1, 5])  // AF_INET, ESTABLISHED, retransmit timer, 5 retransmits
-        writer.append(Array(SocketDestroyRequest(family: .inet, transport: .tcp, id: target).serialized(sequence: 0)[24..<72]))
+        writer.append(Array(InetDiagSocketRequest(.destroy, family: .inet, transport: .tcp, id: target).serialized(sequence: 0)[24..<72]))
         for value: UInt32 in [200, 0, 17, 1000, 4242] { writer.append(hostOrder: value) }  // expires rq wq uid inode
         writer.appendAttribute(type: 2, value: tcpInfo)
         let message = try #require(Array(NetlinkMessages(datagram: writer.finish())).first)
@@ -72,7 +80,7 @@ import Testing
             destination: Endpoint(address: IPAddress("::ffff:10.0.0.3")!, port: 443), cookie: 9)
         var writer = NetlinkMessageWriter(type: 20, flags: 2, sequence: 1)
         writer.append([10, 2, 0, 0])
-        writer.append(Array(SocketDestroyRequest(family: .inet6, transport: .tcp, id: mapped).serialized(sequence: 0)[24..<72]))
+        writer.append(Array(InetDiagSocketRequest(.destroy, family: .inet6, transport: .tcp, id: mapped).serialized(sequence: 0)[24..<72]))
         writer.append([UInt8](repeating: 0, count: 20))
         let message = try #require(Array(NetlinkMessages(datagram: writer.finish())).first)
         let socket = try #require(DiagnosedSocket(message: message, transport: .tcp))

@@ -1,12 +1,15 @@
 import Health
 import Logging
+import NIOCore
+import NIOPosix
 import NetworkAddress
 import ServiceLifecycle
 import Synchronization
 
 /// Carries out what `ReapPolicy` decides, one action at a time, and feeds the results back as
 /// events. Probe results come in through `submit` from the probe loops' event loops; the clock
-/// comes from a ticker that wakes the policy only when something it scheduled is due.
+/// comes from an alarm on an event loop set for the policy's next deadline, so an agent with
+/// nothing scheduled never wakes for the policy's sake.
 public final class ReapExecutor: Service, Sendable {
     private let state: AgentState
     private let kernel: any ReapKernel
@@ -15,21 +18,40 @@ public final class ReapExecutor: Service, Sendable {
     private let continuation: AsyncStream<ReapPolicy.Action>.Continuation
     /// Per pool: probe these of its backends now (set by each probe generation).
     private let probers = Mutex<[String: @Sendable ([Endpoint]) async -> Void]>([:])
+    private let alarmLoop: any EventLoop
+    /// The one alarm set, and the deadline it is for.
+    private let alarm = Mutex<(task: Scheduled<Void>, due: ContinuousClock.Instant)?>(nil)
 
-    /// How often the ticker looks at the policy's next deadline: the granularity of follow-up
-    /// passes. A look is a lock and a comparison.
-    static let tick: Duration = .milliseconds(20)
-
-    public init(state: AgentState, kernel: any ReapKernel, metrics: AgentMetrics, logger: Logger) {
+    public init(
+        state: AgentState, kernel: any ReapKernel, metrics: AgentMetrics, logger: Logger,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+    ) {
         self.state = state
         self.kernel = kernel
         self.accounting = ReapAccounting(state: state, metrics: metrics, logger: logger)
+        self.alarmLoop = group.next()
         (actions, continuation) = AsyncStream.makeStream(of: ReapPolicy.Action.self)
     }
 
     /// Hands an event to the policy; what it decides is queued for `run`.
     public func submit(_ event: ReapPolicy.Event) {
         for action in state.handle(event) { continuation.yield(action) }
+        setAlarm()
+    }
+
+    /// Sets the alarm for the policy's next deadline, unless one is set for it or earlier.
+    private func setAlarm() {
+        guard let due = state.nextDeadline else { return }
+        alarm.withLock { current in
+            if let current, current.due <= due { return }
+            current?.task.cancel()
+            let delay = max(.zero, due - .now)
+            let task = alarmLoop.scheduleTask(in: .nanoseconds(Int64(delay.seconds * 1e9))) { [self] in
+                alarm.withLock { $0 = nil }
+                submit(.tick(.now))
+            }
+            current = (task, due)
+        }
     }
 
     public func setProbers(_ probers: [String: @Sendable ([Endpoint]) async -> Void]) {
@@ -49,13 +71,7 @@ public final class ReapExecutor: Service, Sendable {
     public func run() async throws {
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
-                group.addTask { [self] in
-                    while !Task.isCancelled {
-                        try? await Task.sleep(for: Self.tick)
-                        let now = ContinuousClock.now
-                        if let due = state.nextDeadline, due <= now { submit(.tick(now)) }
-                    }
-                }
+                self.setAlarm()
                 for await action in self.actions {
                     if case .probeNow(let pool, let backends) = action {
                         // Probes take up to their timeout: never in the way of a reap.
@@ -67,6 +83,7 @@ public final class ReapExecutor: Service, Sendable {
                 group.cancelAll()
             }
         }
+        alarm.withLock { $0?.task.cancel(); $0 = nil }
     }
 
     func perform(_ action: ReapPolicy.Action) async {

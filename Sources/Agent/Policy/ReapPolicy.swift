@@ -120,14 +120,15 @@ public struct ReapPolicy: Sendable {
     public static let deadCadence: Duration = .milliseconds(150)
     public static let deadCadenceLater: Duration = .milliseconds(900)
     /// Where conntrack announces every new flow, each is ended as it comes: the walks are then only
-    /// a safety net (a flow conntrack does not track, a lost announcement).
-    public static let announcedCadence: Duration = .seconds(1)
-    public static let announcedCadenceLater: Duration = .seconds(5)
+    /// a safety net (a flow exempted from tracking).
+    public static let announcedCadence: Duration = .seconds(5)
+    public static let announcedCadenceLater: Duration = .seconds(30)
     public static let firstMinute: Duration = .seconds(60)
-    /// Every so often a pass looks at established sockets and conntrack too (NAT'd flows conntrack
-    /// does not announce, acks lost in the first reap). Established sockets toward a dead backend
-    /// cannot appear: nothing completes a handshake with it.
+    /// Every so often a pass looks at established sockets and conntrack too (acks lost in the first
+    /// reap). Established sockets toward a dead backend cannot appear: nothing completes a handshake
+    /// with it; a NAT'd flow to it needs conntrack, which then announces it.
     public static let fullPassEvery: Duration = .seconds(10)
+    public static let fullPassEveryAnnounced: Duration = .seconds(60)
     /// Paced closes: at most a tenth of the connections a second.
     public static let pacedShare = 10
     /// How long the others' probes get to show a survivor before the all-down guard holds.
@@ -380,7 +381,8 @@ public struct ReapPolicy: Sendable {
         if guarded.remove(key.pool) != nil { actions.append(.guardReleased(pool: key.pool)) }
         let limit = budget.available()
         guard limit > 0 else { return actions + suppress(key, .budget) }
-        let full = reaping.passes == 0 || reaping.lastFullPass.map { now - $0 >= Self.fullPassEvery } ?? true
+        let fullEvery = reaping.announced ? Self.fullPassEveryAnnounced : Self.fullPassEvery
+        let full = reaping.passes == 0 || reaping.lastFullPass.map { now - $0 >= fullEvery } ?? true
         let reason: ReapReason = reaping.reason == .unhealthy ? .unhealthy : (reaping.passes == 0 ? .dead : .stillDead)
         backends[key]?.reaping?.passes += 1
         if full { backends[key]?.reaping?.lastFullPass = now }
