@@ -9,7 +9,7 @@ APT_PACKAGES := pkg-config libmnl-dev libnetfilter-conntrack-dev iproute2 nginx 
 BIN_DEBUG := .build/debug/conn-reaper
 BIN_RELEASE := .build/release/conn-reaper
 
-.PHONY: all deps build release unit integration test bench clean
+.PHONY: all deps build release imports unit integration test bench clean
 
 all: build
 
@@ -32,6 +32,10 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
+# Each target imports only what it declares in Package.swift, and only layers below it.
+imports: deps
+	$(PYTHON) Tests/Checks/check_imports.py
+
 unit: build
 	$(SWIFT) test
 
@@ -40,7 +44,7 @@ unit: build
 integration: build
 	CONN_REAPER=$(abspath $(BIN_DEBUG)) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/Integration
 
-test: unit integration
+test: imports unit integration
 
 # Speed targets live here, not in timed unit tests: each prints a Markdown table of medians.
 bench: release

@@ -1,5 +1,6 @@
 // swift-tools-version: 6.0
-// Layers, bottom up; each target imports only the ones below it:
+// Layers, bottom up; each target imports only the ones below it, and declares each one it imports
+// (Tests/Checks/check_imports.py, run by `make test`, holds both to this comment):
 //   CMnl, CNetfilterConntrack, CLinuxNetlink  C libraries and uapi headers
 //   NetworkAddress                             IP addresses, prefixes, destinations (pure Swift)
 //   Netlink                                    sockets, messages, errors: the only unsafe pointer code
@@ -53,7 +54,7 @@ let package = Package(
         ),
         .target(name: "SockDiag", dependencies: ["Netlink", "NetworkAddress"], swiftSettings: strict),
         .target(name: "Conntrack", dependencies: ["Netlink", "NetworkAddress"], swiftSettings: strict),
-        .target(name: "Reaper", dependencies: ["SockDiag", "Conntrack", "NetworkAddress"], swiftSettings: strict),
+        .target(name: "Reaper", dependencies: ["SockDiag", "Conntrack", "Netlink", "NetworkAddress"], swiftSettings: strict),
         .target(
             name: "Health",
             dependencies: [
@@ -83,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "conn-reaper",
             dependencies: [
-                "Reaper", "Agent",
+                "Agent", "Reaper", "Health", "SockDiag", "Netlink", "NetworkAddress",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -91,7 +92,15 @@ let package = Package(
             swiftSettings: strict
         ),
         .testTarget(name: "NetworkAddressTests", dependencies: ["NetworkAddress"], swiftSettings: strict),
-        .testTarget(name: "AgentTests", dependencies: ["Agent", "Health", "Reaper", "SockDiag", "Netlink", "NetworkAddress"], swiftSettings: strict),
-        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "SockDiag", "Conntrack", "CLinuxNetlink", "CNetfilterConntrack"], swiftSettings: strict),
+        .testTarget(
+            name: "AgentTests",
+            dependencies: [
+                "Agent", "Health", "Reaper", "SockDiag", "Netlink", "NetworkAddress",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "NetlinkTests", dependencies: ["Netlink", "SockDiag", "Conntrack", "NetworkAddress", "CLinuxNetlink", "CNetfilterConntrack"],
+            swiftSettings: strict),
     ]
 )

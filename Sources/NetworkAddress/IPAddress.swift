@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// An IPv4 or IPv6 address held as integers, so prefix tests on tens of thousands of sockets allocate nothing.
 public enum IPAddress: Hashable, Sendable {
     case v4(UInt32)
@@ -76,17 +72,47 @@ public enum IPAddress: Hashable, Sendable {
         return value
     }
 
+    /// RFC 4291 text: eight hex groups, one `::` standing for one or more zero groups, and an
+    /// optional dotted IPv4 tail (`::ffff:10.0.0.1`). Parsed here rather than by inet_pton so this
+    /// layer needs no C library; a test checks it against inet_pton.
     private static func parseIPv6(_ text: String) -> IPAddress? {
-        #if canImport(Glibc)
-        var raw = in6_addr()
-        guard inet_pton(AF_INET6, text, &raw) == 1 else { return nil }
-        let b = raw.__in6_u.__u6_addr8
-        return IPAddress(networkBytes: [
-            b.0, b.1, b.2, b.3, b.4, b.5, b.6, b.7, b.8, b.9, b.10, b.11, b.12, b.13, b.14, b.15,
-        ])
-        #else
-        return nil
-        #endif
+        guard text.utf8.count <= 45, text.allSatisfy(\.isASCII) else { return nil }
+        let halves = text.split(separator: "::", omittingEmptySubsequences: false)
+        var groups: [UInt16]
+        switch halves.count {
+        case 1:
+            guard let all = Self.groups(halves[0], ipv4Tail: true), all.count == 8 else { return nil }
+            groups = all
+        case 2:
+            guard let head = Self.groups(halves[0], ipv4Tail: false), let tail = Self.groups(halves[1], ipv4Tail: true),
+                head.count + tail.count <= 7
+            else { return nil }
+            groups = head + [UInt16](repeating: 0, count: 8 - head.count - tail.count) + tail
+        default:
+            return nil
+        }
+        let high = groups[0..<4].reduce(UInt64(0)) { $0 << 16 | UInt64($1) }
+        let low = groups[4..<8].reduce(UInt64(0)) { $0 << 16 | UInt64($1) }
+        return .v6(high: high, low: low)
+    }
+
+    /// The colon-separated groups of one side of `::`; an IPv4 tail counts as two groups.
+    private static func groups(_ text: Substring, ipv4Tail: Bool) -> [UInt16]? {
+        guard !text.isEmpty else { return [] }
+        let fields = text.split(separator: ":", omittingEmptySubsequences: false)
+        var groups: [UInt16] = []
+        for (index, field) in fields.enumerated() {
+            if ipv4Tail, index == fields.count - 1, field.contains(".") {
+                guard let v4 = parseIPv4(field) else { return nil }
+                groups += [UInt16(truncatingIfNeeded: v4 >> 16), UInt16(truncatingIfNeeded: v4)]
+                continue
+            }
+            guard (1...4).contains(field.count), field.allSatisfy(\.isHexDigit), let group = UInt16(field, radix: 16) else {
+                return nil
+            }
+            groups.append(group)
+        }
+        return groups
     }
 }
 
