@@ -9,7 +9,7 @@ APT_PACKAGES := pkg-config libmnl-dev libnetfilter-conntrack-dev iproute2 nginx 
 BIN_DEBUG := .build/debug/conn-reaper
 BIN_RELEASE := .build/release/conn-reaper
 
-.PHONY: all deps build release imports unit integration test bench clean
+.PHONY: all deps build release imports format lint unit integration test bench clean
 
 all: build
 
@@ -35,6 +35,14 @@ release: deps
 # Each target imports only what it declares in Package.swift, and only layers below it.
 imports: deps
 	$(PYTHON) Tests/Checks/check_imports.py
+
+# Layout only (4 spaces, 140 columns; the configuration turns every rewriting rule off).
+FORMAT_STYLE := --configuration Tests/Checks/swift-format.json
+format:
+	$(SWIFT) format format $(FORMAT_STYLE) --in-place --recursive --parallel Sources Tests Package.swift
+
+lint:
+	$(SWIFT) format lint $(FORMAT_STYLE) --strict --recursive --parallel Sources Tests Package.swift
 
 unit: build
 	$(SWIFT) test

@@ -2,6 +2,7 @@ import NIOPosix
 import Netlink
 import NetworkAddress
 import Reaper
+import ServiceLifecycle
 
 /// Owns the netlink sockets of one network namespace on one dedicated OS thread: netlink calls
 /// block for milliseconds and must not stall the cooperative pool, and (for other namespaces) the
@@ -41,7 +42,7 @@ public final class KernelWorker: @unchecked Sendable {
 /// and with `all` every namespace on the node, re-enumerated every 10 s (and when a backend goes
 /// down, so a namespace made since is found at once). A worker whose namespace vanished is dropped:
 /// its netlink sockets would otherwise keep the namespace alive.
-public actor KernelWorkers {
+public actor KernelWorkers: Service {
     public let own = KernelWorker()
     private var workers: [NetworkNamespace.Identity: KernelWorker] = [:]
     private var lastUsed: [NetworkNamespace.Identity: ContinuousClock.Instant] = [:]
@@ -98,6 +99,13 @@ public actor KernelWorkers {
         let created = KernelWorker(namespace: path)
         workers[identity] = created
         return created
+    }
+
+    /// A Service so the ServiceGroup ends the workers' threads too: listed first, it stops last,
+    /// once nothing can ask a worker for anything any more.
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await shutdown()
     }
 
     public func shutdown() async {

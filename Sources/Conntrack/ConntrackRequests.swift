@@ -109,7 +109,7 @@ public struct ConntrackDeleteRequest: NetlinkRequest, Equatable {
     public init(entry: ConntrackEntry) throws(SystemCallError) {
         let attributes = try ConntrackCodec.deleteAttributes(for: entry)
         guard Self.namesOriginalTuple(attributes) else {
-            throw SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: .invalidArgument)
+            throw SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: .invalidArgument, layer: .conntrack)
         }
         self.entry = entry
         self.tupleAttributes = attributes

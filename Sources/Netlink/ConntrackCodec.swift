@@ -21,7 +21,7 @@ public enum ConntrackCodec {
     /// The attributes of an IPCTNL_MSG_CT_DELETE that names `entry`: original tuple, zone, id.
     /// Throws rather than return less: a CT_DELETE without a tuple is a flush of the whole table.
     public static func deleteAttributes(for entry: ConntrackEntry) throws(SystemCallError) -> [UInt8] {
-        guard let conntrack = nfct_new() else { throw SystemCallError(call: "nfct_new", errno: .noMemory) }
+        guard let conntrack = nfct_new() else { throw SystemCallError(call: "nfct_new", errno: .noMemory, layer: .conntrack) }
         defer { nfct_destroy(conntrack) }
         set(entry, into: conntrack)
         var buffer = [UInt8](repeating: 0, count: 512)
@@ -32,7 +32,7 @@ public enum ConntrackCodec {
             guard nfct_nlmsg_build(header, conntrack) == 0 else { return -1 }
             return Int(header.pointee.nlmsg_len) - headerLength
         }
-        guard length > 0 else { throw SystemCallError(call: "nfct_nlmsg_build", errno: .invalidArgument) }
+        guard length > 0 else { throw SystemCallError(call: "nfct_nlmsg_build", errno: .invalidArgument, layer: .conntrack) }
         return Array(buffer[(NetlinkMessage.headerSize + 4)..<(NetlinkMessage.headerSize + 4 + length)])
     }
 

@@ -15,7 +15,6 @@ public struct NetlinkMessage: Sendable {
 
     public var isDone: Bool { type == UInt16(NLMSG_DONE) }
     public var isError: Bool { type == UInt16(NLMSG_ERROR) }
-    public var isOverrun: Bool { type == UInt16(NLMSG_OVERRUN) }
     /// The kernel changed the table while this dump ran: what was sent may be incomplete.
     public var isDumpInterrupted: Bool { flags & UInt16(NLM_F_DUMP_INTR) != 0 }
 

@@ -5,7 +5,6 @@ import SystemPackage
 public struct DumpOutcome: Sendable, Equatable {
     /// NLM_F_DUMP_INTR was seen: the table changed under the dump, entries may be missing.
     public var interrupted = false
-    public var messages = 0
 }
 
 /// The kernel's answer to one acknowledged request.
@@ -30,11 +29,10 @@ extension NetlinkSocket {
                 if message.isDumpInterrupted { outcome.interrupted = true }
                 if message.isDone || message.isError {
                     let code = message.errorCode ?? 0
-                    if code != 0 { throw SystemCallError(call: request.callName, code: code) }
+                    if code != 0 { throw SystemCallError(call: request.callName, code: code, layer: layer) }
                     if message.isDone { return outcome }
                     continue
                 }
-                outcome.messages += 1
                 body(message)
             }
         }
@@ -51,7 +49,7 @@ extension NetlinkSocket {
                 let code = message.errorCode ?? 0
                 if code == 0 { continue }
                 if code == Errno.noSuchFileOrDirectory.rawValue { return nil }
-                throw SystemCallError(call: request.callName, code: code)
+                throw SystemCallError(call: request.callName, code: code, layer: layer)
             }
         }
     }

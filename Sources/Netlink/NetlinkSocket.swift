@@ -15,7 +15,8 @@ public final class NetlinkSocket {
     }
 
     private let handle: OpaquePointer
-    public let bus: Bus
+    /// Which kernel interface its errors belong to.
+    public let layer: SystemCallError.Layer
     public let portID: UInt32
     private var receiveBuffer: [UInt8]
     private var lastSequence: UInt32
@@ -25,16 +26,17 @@ public final class NetlinkSocket {
 
     /// `groups`: the multicast groups (as a bit mask) whose announcements this socket receives.
     public init(bus: Bus, groups: UInt32 = 0) throws(SystemCallError) {
+        let layer: SystemCallError.Layer = bus == .sockDiag ? .sockDiag : .conntrack
         guard let handle = mnl_socket_open2(bus.rawValue, Int32(SOCK_CLOEXEC.rawValue)) else {
-            throw SystemCallError(call: "mnl_socket_open2", code: Glibc.errno)
+            throw SystemCallError(call: "mnl_socket_open2", code: Glibc.errno, layer: layer)
         }
         guard mnl_socket_bind(handle, groups, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
             let code = Glibc.errno
             mnl_socket_close(handle)
-            throw SystemCallError(call: "mnl_socket_bind", code: code)
+            throw SystemCallError(call: "mnl_socket_bind", code: code, layer: layer)
         }
         self.handle = handle
-        self.bus = bus
+        self.layer = layer
         self.portID = mnl_socket_get_portid(handle)
         self.receiveBuffer = [UInt8](repeating: 0, count: Self.receiveDatagramSize)
         self.lastSequence = 0
@@ -57,16 +59,12 @@ public final class NetlinkSocket {
         try setBufferSize(bytes, forced: SO_RCVBUFFORCE, plain: SO_RCVBUF, name: "SO_RCVBUF")
     }
 
-    public func setSendBufferSize(_ bytes: Int32) throws(SystemCallError) {
-        try setBufferSize(bytes, forced: SO_SNDBUFFORCE, plain: SO_SNDBUF, name: "SO_SNDBUF")
-    }
-
     private func setBufferSize(_ bytes: Int32, forced: Int32, plain: Int32, name: String) throws(SystemCallError) {
         var value = bytes
         let size = socklen_t(MemoryLayout<Int32>.size)
         if setsockopt(fileDescriptor, SOL_SOCKET, forced, &value, size) == 0 { return }
         guard setsockopt(fileDescriptor, SOL_SOCKET, plain, &value, size) == 0 else {
-            throw SystemCallError(call: "setsockopt(\(name))", code: Glibc.errno)
+            throw SystemCallError(call: "setsockopt(\(name))", code: Glibc.errno, layer: layer)
         }
     }
 
@@ -74,14 +72,14 @@ public final class NetlinkSocket {
     public func capAcknowledgements() throws(SystemCallError) {
         var on: Int32 = 1
         guard mnl_socket_setsockopt(handle, c_reaper_netlink_cap_ack, &on, socklen_t(MemoryLayout<Int32>.size)) == 0
-        else { throw SystemCallError(call: "setsockopt(NETLINK_CAP_ACK)", code: Glibc.errno) }
+        else { throw SystemCallError(call: "setsockopt(NETLINK_CAP_ACK)", code: Glibc.errno, layer: layer) }
     }
 
     /// A receive that never completes would hang a purge forever; the kernel answers in microseconds.
     public func setReceiveTimeout(milliseconds: Int) throws(SystemCallError) {
         var value = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
         guard setsockopt(fileDescriptor, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size)) == 0
-        else { throw SystemCallError(call: "setsockopt(SO_RCVTIMEO)", code: Glibc.errno) }
+        else { throw SystemCallError(call: "setsockopt(SO_RCVTIMEO)", code: Glibc.errno, layer: layer) }
     }
 
     public func send(_ bytes: [UInt8]) throws(SystemCallError) {
@@ -90,7 +88,7 @@ public final class NetlinkSocket {
             if sent >= 0 { return }
             let code = Glibc.errno
             if code == EINTR { continue }
-            throw SystemCallError(call: "sendto(netlink)", code: code)
+            throw SystemCallError(call: "sendto(netlink)", code: code, layer: layer)
         }
     }
 
@@ -103,7 +101,7 @@ public final class NetlinkSocket {
             if received >= 0 { return NetlinkMessages(datagram: Array(receiveBuffer[0..<received])) }
             let code = Glibc.errno
             if code == EINTR { continue }
-            throw SystemCallError(call: "recvfrom(netlink)", code: code)
+            throw SystemCallError(call: "recvfrom(netlink)", code: code, layer: layer)
         }
     }
 
@@ -115,7 +113,7 @@ public final class NetlinkSocket {
             if ready >= 0 { return ready > 0 }
             let code = Glibc.errno
             if code == EINTR { continue }
-            throw SystemCallError(call: "poll(netlink)", code: code)
+            throw SystemCallError(call: "poll(netlink)", code: code, layer: layer)
         }
     }
 }

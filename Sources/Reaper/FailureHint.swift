@@ -6,11 +6,10 @@ extension SystemCallError {
         switch errno {
         case .notPermitted:
             return "needs CAP_NET_ADMIN in this network namespace"
-        case .notSupported where call == "SOCK_DESTROY":
+        case .notSupported where layer == .sockDiag && call == "SOCK_DESTROY":
             return "kernel built without CONFIG_INET_DIAG_DESTROY"
         case .notSupported, .protocolNotSupported:
-            return call.hasPrefix("IPCTNL") || call.contains("netlink")
-                ? "conntrack netlink unavailable (is nf_conntrack_netlink loaded?)" : nil
+            return layer == .conntrack ? "conntrack netlink unavailable (is nf_conntrack_netlink loaded?)" : nil
         default:
             return nil
         }
@@ -19,6 +18,6 @@ extension SystemCallError {
     /// A conntrack layer that is simply absent (no nf_conntrack in this kernel or namespace) means
     /// there is nothing to delete, not that the purge failed.
     public var meansConntrackAbsent: Bool {
-        (call.hasPrefix("IPCTNL") || call.hasPrefix("mnl_socket")) && (errno == .protocolNotSupported || errno == .notSupported)
+        layer == .conntrack && (errno == .protocolNotSupported || errno == .notSupported)
     }
 }

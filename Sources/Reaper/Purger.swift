@@ -3,10 +3,6 @@ import Netlink
 import NetworkAddress
 import SockDiag
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// Acts on what a `DestinationMatcher` decides: destroys sockets first, then deletes conntrack
 /// entries, so the RST the kernel sends for each socket is still reverse-NATed on its way out.
 public final class Purger {
@@ -116,13 +112,16 @@ public final class Purger {
         query.includeTCPInfo = query.includeTCPInfo || includeTCPInfo
         var ended = Set<UInt64>()
         for round in 0...options.maximumExtraRounds {
+            // The agent's own sockets as they were before the dump and after it: a probe that closed
+            // in between is in the dump but no longer in the table (its socket lingers as it closes).
+            let ownBefore = options.sparingOwnSockets ? OwnSockets.inodes() : []
             let dump = try diagnostics.sockets(matching: query)
             if let rule = matcher.stuck, round == 0 {
                 report.stuckSuspects = Set(dump.sockets.filter { matcher.isTowardDestinations($0) && rule.isSuspicious($0) }.map(\.id.cookie))
             }
             var targets = dump.sockets.filter { matcher.matches($0) && !ended.contains($0.id.cookie) }
             if options.sparingOwnSockets, !targets.isEmpty {
-                let own = OwnSockets.inodes()
+                let own = ownBefore.union(OwnSockets.inodes())
                 targets.removeAll { own.contains($0.inode) }
             }
             if let limit = options.socketLimit, targets.count > limit - ended.count {
@@ -144,7 +143,7 @@ public final class Purger {
                     ended.insert(socket.id.cookie)
                     report.sockets.append(.init(socket: socket, outcome: .alreadyGone))
                 case .failed(let errno):
-                    report.sockets.append(.init(socket: socket, outcome: .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno))))
+                    report.sockets.append(.init(socket: socket, outcome: .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno, layer: .sockDiag))))
                 case .unconfirmed:
                     retry = true
                 }
@@ -164,13 +163,14 @@ public final class Purger {
     ) throws(SystemCallError) {
         var query = translated.socketQuery(states: matcher.states)
         query.includeTCPInfo = includeTCPInfo
+        let ownBefore = options.sparingOwnSockets ? OwnSockets.inodes() : []
         let dump = try diagnostics.sockets(matching: query)
         let done = Set(report.sockets.map(\.socket.id.cookie))
         var targets = dump.sockets.filter {
             translated.matches($0) && matcher.states.contains($0.state) && !done.contains($0.id.cookie)
         }
         if options.sparingOwnSockets, !targets.isEmpty {
-            let own = OwnSockets.inodes()
+            let own = ownBefore.union(OwnSockets.inodes())
             targets.removeAll { own.contains($0.inode) }
         }
         if let limit = options.socketLimit {
@@ -190,7 +190,7 @@ public final class Purger {
             switch ack {
             case .done: outcome = .ended
             case .failed(.noSuchFileOrDirectory): outcome = .alreadyGone
-            case .failed(let errno): outcome = .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno))
+            case .failed(let errno): outcome = .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno, layer: .sockDiag))
             case .unconfirmed: outcome = .unconfirmed
             }
             report.sockets.append(.init(socket: socket, outcome: outcome, throughConntrack: true))
@@ -231,7 +231,7 @@ public final class Purger {
                 case .failed(let errno):
                     report.conntrack.append(.init(
                         entry: entry, matchedBy: matchedBy,
-                        outcome: .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno))))
+                        outcome: .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno, layer: .conntrack))))
                 case .unconfirmed:
                     retry = true
                 }
@@ -265,7 +265,7 @@ public final class Purger {
                         switch try socketDiagnostics.destroy([socket])[0] {
                         case .done: outcome = .ended
                         case .failed(.noSuchFileOrDirectory): outcome = .alreadyGone
-                        case .failed(let errno): outcome = .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno))
+                        case .failed(let errno): outcome = .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno, layer: .sockDiag))
                         case .unconfirmed: outcome = .unconfirmed
                         }
                     } else {
@@ -282,7 +282,7 @@ public final class Purger {
                     let outcome: PurgeReport.Outcome = switch try conntrackTable.delete([entry])[0] {
                     case .done: .ended
                     case .failed(.noSuchFileOrDirectory): .alreadyGone
-                    case .failed(let errno): .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno))
+                    case .failed(let errno): .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno, layer: .conntrack))
                     case .unconfirmed: .unconfirmed
                     }
                     report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
@@ -296,8 +296,9 @@ public final class Purger {
     }
 
     static func monotonicSeconds() -> Double {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+        let since = ContinuousClock.now - epoch
+        return Double(since.components.seconds) + Double(since.components.attoseconds) / 1e18
     }
+
+    private static let epoch = ContinuousClock.now
 }

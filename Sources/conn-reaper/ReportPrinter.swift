@@ -7,7 +7,12 @@ import SockDiag
 /// Renders a PurgeReport: an ss-like table or one JSON object on stdout, a one-line summary on stderr,
 /// and the exit status (1 when the kernel refused anything, with a hint naming the fix).
 struct ReportPrinter {
-    let command: String
+    /// Which subcommand's report this is: it names the verb and what the last column shows.
+    enum Mode: String {
+        case list, purge
+    }
+
+    let mode: Mode
     let format: OutputFormat
     let destinations: [String]
 
@@ -17,9 +22,9 @@ struct ReportPrinter {
         case .text: printTables(report)
         case .json: printJSON(report, dryRun: dryRun, errors: errors)
         }
-        let verb = command == "list" ? "listed" : (dryRun ? "would end" : "ended")
+        let verb = mode == .list ? "listed" : (dryRun ? "would end" : "ended")
         let counted: (PurgeReport.Outcome) -> Bool = { $0 != .unconfirmed && $0 != .alreadyGone && $0.error == nil }
-        var summary = "conn-reaper \(command): \(verb) \(report.sockets.count { counted($0.outcome) }) sockets, "
+        var summary = "conn-reaper \(mode.rawValue): \(verb) \(report.sockets.count { counted($0.outcome) }) sockets, "
             + "\(report.conntrack.count { counted($0.outcome) }) conntrack entries, \(errors.count) errors, "
             + String(format: "%.1f ms", report.durationSeconds * 1000)
         if report.allErrors.contains(where: \.meansConntrackAbsent) { summary += " (conntrack not available here: skipped)" }
@@ -30,7 +35,7 @@ struct ReportPrinter {
     }
 
     private func printTables(_ report: PurgeReport) {
-        let listing = command == "list"
+        let listing = mode == .list
         // With --netns every row says which namespace it is in.
         let labelled = report.sockets.contains { $0.namespace != nil } || report.conntrack.contains { $0.namespace != nil }
         func netns(_ namespace: String?) -> [String] { labelled ? [namespace ?? "-"] : [] }
@@ -105,7 +110,7 @@ struct ReportPrinter {
     }
 
     private func printJSON(_ report: PurgeReport, dryRun: Bool, errors: [SystemCallError]) {
-        print(ReportDocument.json(report: report, command: command, dryRun: dryRun, destinations: destinations, errors: errors).text)
+        print(ReportDocument.json(report: report, command: mode.rawValue, dryRun: dryRun, destinations: destinations, errors: errors).text)
     }
 }
 

@@ -24,7 +24,7 @@ import Testing
 
     static func mapped(_ endpoint: Endpoint) -> Endpoint {
         guard case .v4(let value) = endpoint.address else { return endpoint }
-        return Endpoint(address: .v6(high: 0, low: 0xFFFF_0000_0000 | UInt64(value)), port: endpoint.port)
+        return Endpoint(address: .v4Mapped(value), port: endpoint.port)
     }
 
     @Test func theNATedSocketIsNamedByItsTuple() {

@@ -157,7 +157,7 @@ def test_graceful_shutdown_cuts_no_stream_then_the_backend_is_dead(incident, rea
         assert held[kind] == distribution[kind][SICK], f"nginx held {held[kind]} of {distribution[kind][SICK]}\n{info}"
         assert [r.text for r in agent.reaps(backend) if r.t < ending] == [], f"reaped during the delay\n{info}"
         # Dead only once its port refuses, after the streams ended.
-        dead = agent.find("backend dead", pool=pool, backend=backend)
+        dead = wait_for(lambda: agent.find("backend dead", pool=pool, backend=backend), 3, "the dead line")
         assert len(dead) == 1 and dead[0].t > ending and dead[0].fields.get("failure") == "refused", info
         # Everything that came from the upstream flowed through the delay and ended cleanly, by the server.
         for stream in dump.of_kind(kind):

@@ -33,10 +33,29 @@ public final class ReapExecutor: Service, Sendable {
         (actions, continuation) = AsyncStream.makeStream(of: ReapPolicy.Action.self)
     }
 
-    /// Hands an event to the policy; what it decides is queued for `run`.
+    /// Hands an event to the policy. What only tells (a state change, a held-back reap) is logged
+    /// and counted at once, so the log and metrics agree with /status; the rest is queued for `run`.
     public func submit(_ event: ReapPolicy.Event) {
-        for action in state.handle(event) { continuation.yield(action) }
+        for action in state.handle(event) {
+            switch action {
+            case .changed, .suppressed, .guardReleased: tell(action)
+            default: continuation.yield(action)
+            }
+        }
         setAlarm()
+    }
+
+    private func tell(_ action: ReapPolicy.Action) {
+        switch action {
+        case .changed(let key, let from, let to, let failure, let detail):
+            accounting.changed(key, from: from, to: to, failure: failure, detail: detail)
+        case .suppressed(let pool, let backend, let reason, let log):
+            accounting.suppressed(pool: pool, backend: backend, reason: reason, log: log)
+        case .guardReleased(let pool):
+            accounting.logger.notice("a backend of the pool answers again: reaping resumes", metadata: ["pool": "\(pool)"])
+        default:
+            break
+        }
     }
 
     /// Sets the alarm for the policy's next deadline, unless one is set for it or earlier.
@@ -89,12 +108,8 @@ public final class ReapExecutor: Service, Sendable {
     func perform(_ action: ReapPolicy.Action) async {
         let configuration = state.configuration
         switch action {
-        case .changed(let key, let from, let to, let failure, let detail):
-            accounting.changed(key, from: from, to: to, failure: failure, detail: detail)
-        case .suppressed(let pool, let backend, let reason, let log):
-            accounting.suppressed(pool: pool, backend: backend, reason: reason, log: log)
-        case .guardReleased(let pool):
-            accounting.logger.notice("a backend of the pool answers again: reaping resumes", metadata: ["pool": "\(pool)"])
+        case .changed, .suppressed, .guardReleased:
+            tell(action)
         case .probeNow:
             break  // started by `run`
         case .needEvidence(let key, let since):

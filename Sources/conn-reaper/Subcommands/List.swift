@@ -11,7 +11,7 @@ struct List: ParsableCommand {
         let options = Purger.Options(sockets: !selection.noSockets, conntrack: !selection.noConntrack)
         let matcher = try selection.matcher()
         let report = selection.report { $0.list(matcher, options: options) }
-        try ReportPrinter(command: "list", format: selection.output, destinations: selection.destinations)
+        try ReportPrinter(mode: .list, format: selection.output, destinations: selection.destinations)
             .emit(report, dryRun: false)
     }
 }

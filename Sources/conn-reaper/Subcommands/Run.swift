@@ -88,6 +88,7 @@ struct Run: AsyncParsableCommand {
         let workers = KernelWorkers()
         let executor = ReapExecutor(state: state, kernel: WorkerReapKernel(workers: workers), metrics: metrics, logger: logger)
         let services: [any Service] = [
+            workers,
             executor,
             HealthService(store: store, state: state, executor: executor, metrics: metrics, logger: logger),
             ReloadService(source: source, store: store, metrics: metrics, logger: logger),
@@ -112,7 +113,6 @@ struct Run: AsyncParsableCommand {
         let group = ServiceGroup(configuration: .init(
             services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
-        await workers.shutdown()
         logger.notice("conn-reaper stopped")
     }
 

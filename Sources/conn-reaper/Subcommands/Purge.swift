@@ -15,7 +15,7 @@ struct Purge: ParsableCommand {
         let options = Purger.Options(sockets: !selection.noSockets, conntrack: !selection.noConntrack, dryRun: dryRun)
         let matcher = try selection.matcher()
         let report = selection.report { $0.purge(matcher, options: options) }
-        try ReportPrinter(command: "purge", format: selection.output, destinations: selection.destinations)
+        try ReportPrinter(mode: .purge, format: selection.output, destinations: selection.destinations)
             .emit(report, dryRun: dryRun)
     }
 }
