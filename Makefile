@@ -41,7 +41,7 @@ FORMAT_STYLE := --configuration Tests/Checks/swift-format.json
 format:
 	$(SWIFT) format format $(FORMAT_STYLE) --in-place --recursive --parallel Sources Tests Package.swift
 
-lint:
+lint: deps
 	$(SWIFT) format lint $(FORMAT_STYLE) --strict --recursive --parallel Sources Tests Package.swift
 
 unit: build
@@ -52,7 +52,7 @@ unit: build
 integration: build
 	CONN_REAPER=$(abspath $(BIN_DEBUG)) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/Integration
 
-test: imports unit integration
+test: imports lint unit integration
 
 # Speed targets live here, not in timed unit tests: each prints a Markdown table of medians.
 bench: release

@@ -18,7 +18,7 @@ let package = Package(
     name: "conn-reaper",
     platforms: [.macOS(.v14)],
     products: [
-        .executable(name: "conn-reaper", targets: ["conn-reaper"]),
+        .executable(name: "conn-reaper", targets: ["conn-reaper"])
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -100,7 +100,8 @@ let package = Package(
             ],
             swiftSettings: strict),
         .testTarget(
-            name: "NetlinkTests", dependencies: ["Netlink", "SockDiag", "Conntrack", "NetworkAddress", "CLinuxNetlink", "CNetfilterConntrack"],
+            name: "NetlinkTests",
+            dependencies: ["Netlink", "SockDiag", "Conntrack", "NetworkAddress", "CLinuxNetlink", "CNetfilterConntrack"],
             swiftSettings: strict),
     ]
 )

@@ -7,71 +7,112 @@ public final class AgentMetrics: Sendable {
     static func name(_ metric: String, unit: String, help: String) -> MetricNameDescriptor {
         MetricNameDescriptor(namespace: "conn_reaper", metricName: metric, unitName: unit, helpText: help)
     }
-    static let probeBuckets: [Duration] = [.milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25),
-                                           .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
-                                           .seconds(1), .seconds(2.5), .seconds(5)]
-    static let reapBuckets: [Duration] = [.microseconds(500), .milliseconds(1), .milliseconds(5), .milliseconds(10),
-                                          .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1), .seconds(5)]
+    static let probeBuckets: [Duration] = [
+        .milliseconds(1), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+        .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500),
+        .seconds(1), .seconds(2.5), .seconds(5),
+    ]
+    static let reapBuckets: [Duration] = [
+        .microseconds(500), .milliseconds(1), .milliseconds(5), .milliseconds(10),
+        .milliseconds(50), .milliseconds(100), .milliseconds(500), .seconds(1), .seconds(5),
+    ]
 
     public init() {
-        registry.makeGauge(descriptor: Self.name("build_info", unit: "", help: "Always 1; the version label names the running build."),
-                           labels: [("version", ConnReaperVersion.current)]).set(to: 1)
+        registry.makeGauge(
+            descriptor: Self.name("build_info", unit: "", help: "Always 1; the version label names the running build."),
+            labels: [("version", ConnReaperVersion.current)]
+        ).set(to: 1)
     }
 
     func backendUp(pool: String, backend: String) -> Gauge {
-        registry.makeGauge(descriptor: Self.name("backend_up", unit: "", help: "1 when the backend's probes say up, 0 when down or not yet known."), labels: [("pool", pool), ("backend", backend)])
+        registry.makeGauge(
+            descriptor: Self.name("backend_up", unit: "", help: "1 when the backend's probes say up, 0 when down or not yet known."),
+            labels: [("pool", pool), ("backend", backend)])
     }
 
     func probeDuration(pool: String, backend: String) -> DurationHistogram {
-        registry.makeDurationHistogram(descriptor: Self.name("probe_duration", unit: "seconds", help: "Time each probe took, success or not."), labels: [("pool", pool), ("backend", backend)], buckets: Self.probeBuckets)
+        registry.makeDurationHistogram(
+            descriptor: Self.name("probe_duration", unit: "seconds", help: "Time each probe took, success or not."),
+            labels: [("pool", pool), ("backend", backend)], buckets: Self.probeBuckets)
     }
 
     func probes(pool: String, backend: String, result: String) -> Counter {
-        registry.makeCounter(descriptor: Self.name("probes", unit: "total", help: "Probes run, by result (success, failure)."), labels: [("pool", pool), ("backend", backend), ("result", result)])
+        registry.makeCounter(
+            descriptor: Self.name("probes", unit: "total", help: "Probes run, by result (success, failure)."),
+            labels: [("pool", pool), ("backend", backend), ("result", result)])
     }
 
     func transitions(pool: String, backend: String, to state: String) -> Counter {
-        registry.makeCounter(descriptor: Self.name("backend_transitions", unit: "total", help: "Backend state changes, by the state entered."), labels: [("pool", pool), ("backend", backend), ("to", state)])
+        registry.makeCounter(
+            descriptor: Self.name("backend_transitions", unit: "total", help: "Backend state changes, by the state entered."),
+            labels: [("pool", pool), ("backend", backend), ("to", state)])
     }
 
     func socketsDestroyed(pool: String, backend: String, reason: ReapReason) -> Counter {
-        registry.makeCounter(descriptor: Self.name("sockets_destroyed", unit: "total", help: "Sockets ended with SOCK_DESTROY, by reason (dead, still-dead, drain_timeout, unhealthy, stuck)."), labels: [("pool", pool), ("backend", backend), ("reason", reason.rawValue)])
+        registry.makeCounter(
+            descriptor: Self.name(
+                "sockets_destroyed", unit: "total",
+                help: "Sockets ended with SOCK_DESTROY, by reason (dead, still-dead, drain_timeout, unhealthy, stuck)."),
+            labels: [("pool", pool), ("backend", backend), ("reason", reason.rawValue)])
     }
 
     func conntrackDeleted(pool: String, backend: String) -> Counter {
-        registry.makeCounter(descriptor: Self.name("conntrack_entries_deleted", unit: "total", help: "Conntrack entries deleted."), labels: [("pool", pool), ("backend", backend)])
+        registry.makeCounter(
+            descriptor: Self.name("conntrack_entries_deleted", unit: "total", help: "Conntrack entries deleted."),
+            labels: [("pool", pool), ("backend", backend)])
     }
 
     func destroyErrors(errno: String) -> Counter {
-        registry.makeCounter(descriptor: Self.name("destroy_errors", unit: "total", help: "Socket destroys and conntrack deletes the kernel refused, by errno."), labels: [("errno", errno)])
+        registry.makeCounter(
+            descriptor: Self.name(
+                "destroy_errors", unit: "total", help: "Socket destroys and conntrack deletes the kernel refused, by errno."),
+            labels: [("errno", errno)])
     }
 
     func reapsSuppressed(pool: String, reason: SuppressReason) -> Counter {
-        registry.makeCounter(descriptor: Self.name("reaps_suppressed", unit: "total", help: "Reaps a rule held back, by reason (unhealthy_not_dead, alive_evidence, all_backends_down, budget)."), labels: [("pool", pool), ("reason", reason.rawValue)])
+        registry.makeCounter(
+            descriptor: Self.name(
+                "reaps_suppressed", unit: "total",
+                help: "Reaps a rule held back, by reason (unhealthy_not_dead, alive_evidence, all_backends_down, budget)."),
+            labels: [("pool", pool), ("reason", reason.rawValue)])
     }
 
     func backendState(pool: String, backend: String, state: BackendState) -> Gauge {
-        registry.makeGauge(descriptor: Self.name("backend_state", unit: "", help: "1 for the backend's current state (unknown, up, unhealthy, dead), 0 for the others."), labels: [("pool", pool), ("backend", backend), ("state", state.rawValue)])
+        registry.makeGauge(
+            descriptor: Self.name(
+                "backend_state", unit: "", help: "1 for the backend's current state (unknown, up, unhealthy, dead), 0 for the others."),
+            labels: [("pool", pool), ("backend", backend), ("state", state.rawValue)])
     }
 
     func reapDuration(pool: String) -> DurationHistogram {
-        registry.makeDurationHistogram(descriptor: Self.name("reap_duration", unit: "seconds", help: "Time one reap of one backend took in the kernel."), labels: [("pool", pool)], buckets: Self.reapBuckets)
+        registry.makeDurationHistogram(
+            descriptor: Self.name("reap_duration", unit: "seconds", help: "Time one reap of one backend took in the kernel."),
+            labels: [("pool", pool)], buckets: Self.reapBuckets)
     }
 
     func stuckFound(pool: String) -> Counter {
-        registry.makeCounter(descriptor: Self.name("stuck_sockets_found", unit: "total", help: "Connections the stuck detector condemned (data unacknowledged, no ACK for stuck_after)."), labels: [("pool", pool)])
+        registry.makeCounter(
+            descriptor: Self.name(
+                "stuck_sockets_found", unit: "total",
+                help: "Connections the stuck detector condemned (data unacknowledged, no ACK for stuck_after)."), labels: [("pool", pool)])
     }
 
     func stuckEnded(pool: String) -> Counter {
-        registry.makeCounter(descriptor: Self.name("stuck_sockets_ended", unit: "total", help: "Stuck connections destroyed."), labels: [("pool", pool)])
+        registry.makeCounter(
+            descriptor: Self.name("stuck_sockets_ended", unit: "total", help: "Stuck connections destroyed."), labels: [("pool", pool)])
     }
 
     func stuckScanDuration(pool: String) -> DurationHistogram {
-        registry.makeDurationHistogram(descriptor: Self.name("stuck_scan_duration", unit: "seconds", help: "Time one stuck-connection scan (dump with tcp_info, destroys) took."), labels: [("pool", pool)], buckets: Self.reapBuckets)
+        registry.makeDurationHistogram(
+            descriptor: Self.name(
+                "stuck_scan_duration", unit: "seconds", help: "Time one stuck-connection scan (dump with tcp_info, destroys) took."),
+            labels: [("pool", pool)], buckets: Self.reapBuckets)
     }
 
     func configReloads(result: String) -> Counter {
-        registry.makeCounter(descriptor: Self.name("config_reloads", unit: "total", help: "Configuration reloads, by result (success, failure)."), labels: [("result", result)])
+        registry.makeCounter(
+            descriptor: Self.name("config_reloads", unit: "total", help: "Configuration reloads, by result (success, failure)."),
+            labels: [("result", result)])
     }
 
     public func exposition() -> String {

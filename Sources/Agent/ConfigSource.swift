@@ -51,13 +51,17 @@ public enum ConfigOrigin: Sendable {
             return configuration
         case .nginx(let path, let names, let settings, let template):
             let upstreams = try NginxUpstreams.upstreams(in: NginxConfigParser.parse(path: path, readFile: readFile))
-            let wanted = names.isEmpty ? upstreams : try names.map { name throws(ConfigurationError) in
-                guard let upstream = upstreams.first(where: { $0.name == name }) else {
-                    let known = upstreams.map(\.name).joined(separator: ", ")
-                    throw ConfigurationError(key: "--upstream", "'\(name)' is not an upstream in \(path) (found: \(known.isEmpty ? "none" : known))")
+            let wanted =
+                names.isEmpty
+                ? upstreams
+                : try names.map { name throws(ConfigurationError) in
+                    guard let upstream = upstreams.first(where: { $0.name == name }) else {
+                        let known = upstreams.map(\.name).joined(separator: ", ")
+                        throw ConfigurationError(
+                            key: "--upstream", "'\(name)' is not an upstream in \(path) (found: \(known.isEmpty ? "none" : known))")
+                    }
+                    return upstream
                 }
-                return upstream
-            }
             var configuration = settings
             configuration.pools = wanted.filter { !$0.activeEndpoints.isEmpty }.map { upstream in
                 var pool = template

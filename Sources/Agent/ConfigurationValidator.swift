@@ -21,7 +21,9 @@ public enum ConfigurationValidator {
                 throw ConfigurationError(key: "\(key).probe.interval", "must be at least 10ms", file: file)
             }
             guard pool.probe.timeout > .zero, pool.probe.timeout <= pool.interval else {
-                throw ConfigurationError(key: "\(key).probe.timeout", "must be above 0 and at most the interval (\(DurationParsing.format(pool.interval)))", file: file)
+                throw ConfigurationError(
+                    key: "\(key).probe.timeout", "must be above 0 and at most the interval (\(DurationParsing.format(pool.interval)))",
+                    file: file)
             }
             guard pool.probe.path.hasPrefix("/") else {
                 throw ConfigurationError(key: "\(key).probe.path", "'\(pool.probe.path)' must start with /", file: file)

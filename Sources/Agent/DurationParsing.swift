@@ -18,7 +18,9 @@ public enum DurationParsing {
     /// `parse`, with a message that says what is wrong (a negative one is named as such).
     public static func parseChecked(_ text: String) throws(Failure) -> Duration {
         if let value = parse(text) { return value }
-        if text.trimmingPrefix(while: \.isWhitespace).hasPrefix("-"), parse(String(text.trimmingPrefix(while: \.isWhitespace).dropFirst())) != nil {
+        if text.trimmingPrefix(while: \.isWhitespace).hasPrefix("-"),
+            parse(String(text.trimmingPrefix(while: \.isWhitespace).dropFirst())) != nil
+        {
             throw Failure(message: "'\(text)' is negative: write 0 or a positive duration")
         }
         throw Failure(message: "'\(text)' is not a duration (write it like 500ms, 1s, 2m)")

@@ -47,10 +47,12 @@ public struct HealthService: Service {
 
     /// The probe loops of one configuration.
     func start(_ configuration: AgentConfiguration, number: Int) -> [BackendProbeLoop] {
-        logger.info("watching backends", metadata: [
-            "pools": "\(configuration.pools.count)", "backends": "\(configuration.pools.reduce(0) { $0 + $1.backends.count })",
-            "generation": "\(number)", "dry_run": "\(configuration.dryRun)",
-        ])
+        logger.info(
+            "watching backends",
+            metadata: [
+                "pools": "\(configuration.pools.count)", "backends": "\(configuration.pools.reduce(0) { $0 + $1.backends.count })",
+                "generation": "\(number)", "dry_run": "\(configuration.dryRun)",
+            ])
         var loops: [BackendProbeLoop] = []
         var probers: [String: @Sendable ([Endpoint]) async -> Void] = [:]
         for pool in configuration.pools {
@@ -74,10 +76,12 @@ public struct HealthService: Service {
                 }
             }
             if pool.stuckAfter > .zero, pool.protocols.contains(.tcp) {
-                logger.info("stuck-connection detector on", metadata: [
-                    "pool": "\(pool.name)", "stuck_after": "\(DurationParsing.format(pool.stuckAfter))",
-                    "scan_every": "\(DurationParsing.format(ReapPolicy.PoolRules.stuckPeriod(for: pool.stuckAfter)))",
-                ])
+                logger.info(
+                    "stuck-connection detector on",
+                    metadata: [
+                        "pool": "\(pool.name)", "stuck_after": "\(DurationParsing.format(pool.stuckAfter))",
+                        "scan_every": "\(DurationParsing.format(ReapPolicy.PoolRules.stuckPeriod(for: pool.stuckAfter)))",
+                    ])
             }
         }
         executor.setProbers(probers)
@@ -96,9 +100,11 @@ public struct HealthService: Service {
             duration.record(result.duration)
             (result.success ? successes : failures).increment()
             if let failure = result.failure {
-                logger.debug("probe failed", metadata: [
-                    "pool": "\(pool.name)", "backend": "\(label)", "failure": "\(failure.rawValue)", "probe": "\(result.detail)",
-                ])
+                logger.debug(
+                    "probe failed",
+                    metadata: [
+                        "pool": "\(pool.name)", "backend": "\(label)", "failure": "\(failure.rawValue)", "probe": "\(result.detail)",
+                    ])
             }
             executor.submit(.probed(key, result, at: .now))
         }

@@ -9,7 +9,9 @@ public struct StructuredLogHandler: LogHandler {
     let format: AgentConfiguration.LogFormat
     let sink: @Sendable (String) -> Void
 
-    public init(label: String, format: AgentConfiguration.LogFormat, sink: @escaping @Sendable (String) -> Void = StructuredLogHandler.standardError) {
+    public init(
+        label: String, format: AgentConfiguration.LogFormat, sink: @escaping @Sendable (String) -> Void = StructuredLogHandler.standardError
+    ) {
         self.label = label
         self.format = format
         self.sink = sink

@@ -137,12 +137,14 @@ public enum NginxConfigParser {
                 words.append(word)
             case .semicolon(let line):
                 guard let name = words.first else { throw ConfigurationError(key: "", "unexpected ';'", file: file, line: line) }
-                directives.append(NginxDirective(name: name, arguments: Array(words.dropFirst()), children: nil, file: file, line: startLine))
+                directives.append(
+                    NginxDirective(name: name, arguments: Array(words.dropFirst()), children: nil, file: file, line: startLine))
                 words = []
             case .open(let line):
                 guard let name = words.first else { throw ConfigurationError(key: "", "unexpected '{'", file: file, line: line) }
                 let children = try block(&tokens, file: file, closing: true)
-                directives.append(NginxDirective(name: name, arguments: Array(words.dropFirst()), children: children, file: file, line: startLine))
+                directives.append(
+                    NginxDirective(name: name, arguments: Array(words.dropFirst()), children: children, file: file, line: startLine))
                 words = []
             case .close(let line):
                 guard words.isEmpty else {
@@ -153,7 +155,9 @@ public enum NginxConfigParser {
             }
         }
         guard !closing else { throw ConfigurationError(key: "", "missing '}' at end of file", file: file) }
-        guard words.isEmpty else { throw ConfigurationError(key: "", "missing ';' after '\(words.joined(separator: " "))'", file: file, line: startLine) }
+        guard words.isEmpty else {
+            throw ConfigurationError(key: "", "missing ';' after '\(words.joined(separator: " "))'", file: file, line: startLine)
+        }
         return directives
     }
 

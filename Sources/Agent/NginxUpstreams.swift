@@ -80,7 +80,9 @@ public enum NginxUpstreams {
 
     /// `host`, `host:port`, `[v6]`, `[v6]:port`. nginx defaults http upstreams to port 80 and
     /// requires a port in stream upstreams.
-    static func split(_ address: String, context: NginxUpstream.Context, directive: NginxDirective) throws(ConfigurationError) -> (String, UInt16) {
+    static func split(_ address: String, context: NginxUpstream.Context, directive: NginxDirective) throws(ConfigurationError) -> (
+        String, UInt16
+    ) {
         var host = address
         var portText: Substring?
         if address.hasPrefix("[") {
@@ -96,7 +98,8 @@ public enum NginxUpstreams {
         }
         guard let portText else {
             guard context == .http else {
-                throw ConfigurationError(key: "server", "'\(address)': stream upstream servers need a port", file: directive.file, line: directive.line)
+                throw ConfigurationError(
+                    key: "server", "'\(address)': stream upstream servers need a port", file: directive.file, line: directive.line)
             }
             return (host, 80)
         }

@@ -18,7 +18,9 @@ public enum YAMLConfigReader {
             throw ConfigurationError(key: "", "not valid YAML: \(error)", file: file)
         }
         let top = ConfigNode(node: root, path: "", file: file)
-        let keys = try top.mapping(allowed: ["listen", "log_format", "dry_run", "max_sockets_per_second", "max_sockets_burst", "reap_when_all_down", "pools", "netns"])
+        let keys = try top.mapping(allowed: [
+            "listen", "log_format", "dry_run", "max_sockets_per_second", "max_sockets_burst", "reap_when_all_down", "pools", "netns",
+        ])
         var configuration = AgentConfiguration()
         if let listen = keys["listen"] { configuration.listen = try listen.endpoint() }
         if let format = keys["log_format"] { configuration.logFormat = try format.choice(AgentConfiguration.LogFormat.self) }
@@ -37,11 +39,13 @@ public enum YAMLConfigReader {
         let keys = try node.mapping(allowed: ["name", "backends", "protocols", "stuck_after", "probe", "netns", "reap_on", "drain_timeout"])
         guard let name = keys["name"] else { throw node.error("name", "missing") }
         guard let backends = keys["backends"] else { throw node.error("backends", "missing") }
-        var pool = PoolConfiguration(name: try name.string(), backends: try backends.list().map { node throws(ConfigurationError) in try node.endpoint() })
+        var pool = PoolConfiguration(
+            name: try name.string(), backends: try backends.list().map { node throws(ConfigurationError) in try node.endpoint() })
         if let protocols = keys["protocols"] {
-            pool.protocols = Set(try protocols.list().map { node throws(ConfigurationError) in
-                try node.choice(TransportProtocolName.self).transport
-            })
+            pool.protocols = Set(
+                try protocols.list().map { node throws(ConfigurationError) in
+                    try node.choice(TransportProtocolName.self).transport
+                })
         }
         if let stuck = keys["stuck_after"] { pool.stuckAfter = try stuck.duration() }
         if let reapOn = keys["reap_on"] { pool.reapOn = try reapOn.choice(ReapOn.self) }
@@ -119,8 +123,9 @@ struct ConfigNode {
             let key = keyNode.string ?? "?"
             let child = ConfigNode(node: value, path: path.isEmpty ? key : "\(path).\(key)", file: file)
             guard allowed.contains(key) else {
-                throw ConfigurationError(key: child.path, "unknown key (known: \(allowed.sorted().joined(separator: ", ")))",
-                                         file: file, line: keyNode.mark.map { $0.line })
+                throw ConfigurationError(
+                    key: child.path, "unknown key (known: \(allowed.sorted().joined(separator: ", ")))",
+                    file: file, line: keyNode.mark.map { $0.line })
             }
             guard keys[key] == nil else { throw child.error("given twice") }
             keys[key] = child

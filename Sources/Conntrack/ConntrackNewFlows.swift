@@ -34,7 +34,7 @@ public final class ConntrackNewFlows {
                 for message in try socket.receive() where message.type == ConntrackMessageType.new {
                     if let entry = ConntrackCodec.entry(from: message), wanted(entry) { batch.entries.append(entry) }
                 }
-            } catch where error.errno == .noBufferSpace {
+            } catch  where error.errno == .noBufferSpace {
                 batch.overrun = true
             }
         } while try socket.waitReadable(milliseconds: 0)

@@ -41,10 +41,12 @@ public final class ConntrackTable {
         for destination in destinations {
             let address = destination.prefix!.address
             for transport in TransportProtocol.allCases where transports.contains(transport) {
-                requests.append(ConntrackDumpRequest(
-                    family: address.family, filter: .originalDestination(address, port: destination.port, transport)))
-                requests.append(ConntrackDumpRequest(
-                    family: address.family, filter: .replySource(address, port: destination.port, transport)))
+                requests.append(
+                    ConntrackDumpRequest(
+                        family: address.family, filter: .originalDestination(address, port: destination.port, transport)))
+                requests.append(
+                    ConntrackDumpRequest(
+                        family: address.family, filter: .replySource(address, port: destination.port, transport)))
             }
         }
         return requests

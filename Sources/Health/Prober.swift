@@ -37,7 +37,8 @@ public final class Prober: Sendable {
             // Close with an RST, as HAProxy's checks do: no FIN exchange, and no TIME_WAIT socket
             // left per probe (200 backends at 1 s would otherwise hold ~12,000 of them).
             outcome = bootstrap.connect(to: address).flatMap { channel in
-                let abortive = (channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0))
+                let abortive =
+                    (channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0))
                     ?? channel.eventLoop.makeSucceededVoidFuture()
                 return abortive.flatMap { channel.close() }.map { (nil, "connected") }.recover { _ in (nil, "connected") }
             }

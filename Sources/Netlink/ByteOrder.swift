@@ -2,7 +2,7 @@
 // Linux, whose supported Swift targets (x86_64, aarch64) are little-endian; the helpers below say
 // which order each field uses so the call sites read like the kernel's struct definitions.
 #if !_endian(little)
-#error("conn-reaper encodes netlink host-order fields as little-endian")
+    #error("conn-reaper encodes netlink host-order fields as little-endian")
 #endif
 
 extension FixedWidthInteger {

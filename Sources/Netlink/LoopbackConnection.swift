@@ -2,7 +2,7 @@ import CLinuxNetlink
 import NetworkAddress
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A TCP connection to ourselves on 127.0.0.1, for proving that SOCK_DESTROY is allowed here:

@@ -87,7 +87,7 @@ extension NetlinkSocket {
             do {
                 if lostSome, try !waitReadable(milliseconds: 50) { return }
                 messages = try receive()
-            } catch where error.errno == .noBufferSpace {
+            } catch  where error.errno == .noBufferSpace {
                 lostSome = true
                 continue
             }

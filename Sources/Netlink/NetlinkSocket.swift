@@ -3,7 +3,7 @@ import CMnl
 import SystemPackage
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An open, bound netlink socket (libmnl underneath). It belongs to the network namespace of the

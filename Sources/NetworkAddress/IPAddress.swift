@@ -124,7 +124,8 @@ extension IPAddress: CustomStringConvertible {
             return "\(value >> 24).\(value >> 16 & 0xFF).\(value >> 8 & 0xFF).\(value & 0xFF)"
         case .v6(let high, let low):
             if let v4 = unmappedIPv4 { return "::ffff:\(v4)" }
-            let groups = (0..<4).map { UInt16(truncatingIfNeeded: high >> (48 - 16 * $0)) }
+            let groups =
+                (0..<4).map { UInt16(truncatingIfNeeded: high >> (48 - 16 * $0)) }
                 + (0..<4).map { UInt16(truncatingIfNeeded: low >> (48 - 16 * $0)) }
             return Self.formatGroups(groups)
         }

@@ -35,13 +35,19 @@ public struct HostCheck: Sendable {
         do {
             switch try diagnostics.probeDestroySupport() {
             case .failed(let errno) where errno == .noSuchFileOrDirectory:
-                findings.append(Finding(name: "SOCK_DESTROY supported", verdict: .ok,
-                                        detail: "kernel has CONFIG_INET_DIAG_DESTROY (a tuple that cannot exist gave ENOENT)"))
+                findings.append(
+                    Finding(
+                        name: "SOCK_DESTROY supported", verdict: .ok,
+                        detail: "kernel has CONFIG_INET_DIAG_DESTROY (a tuple that cannot exist gave ENOENT)"))
             case .done:
-                findings.append(Finding(name: "SOCK_DESTROY supported", verdict: .warning, detail: "a tuple that cannot exist was destroyed"))
+                findings.append(
+                    Finding(name: "SOCK_DESTROY supported", verdict: .warning, detail: "a tuple that cannot exist was destroyed"))
             case .failed(let errno) where errno == .notSupported:
-                return [Finding(name: "SOCK_DESTROY supported", verdict: .failed,
-                                detail: "kernel built without CONFIG_INET_DIAG_DESTROY: sockets cannot be ended")]
+                return [
+                    Finding(
+                        name: "SOCK_DESTROY supported", verdict: .failed,
+                        detail: "kernel built without CONFIG_INET_DIAG_DESTROY: sockets cannot be ended")
+                ]
             case .failed(let errno):
                 findings.append(Finding(name: "SOCK_DESTROY supported", verdict: .warning, detail: "probe answered \(errno)"))
             case .unconfirmed:
@@ -59,8 +65,9 @@ public struct HostCheck: Sendable {
         let name = "SOCK_DESTROY allowed"
         let connection: LoopbackConnection
         do { connection = try LoopbackConnection() } catch {
-            return Finding(name: name, verdict: .warning,
-                           detail: "no loopback connection to test with (\(error)); is lo up in this namespace?")
+            return Finding(
+                name: name, verdict: .warning,
+                detail: "no loopback connection to test with (\(error)); is lo up in this namespace?")
         }
         let destination = Destination(address: connection.serverEndpoint.address, port: connection.serverEndpoint.port)
         do {
@@ -74,7 +81,9 @@ public struct HostCheck: Sendable {
                 let seen = connection.clientError()
                 return seen?.errno == .connectionAbort
                     ? Finding(name: name, verdict: .ok, detail: "own loopback connection destroyed; its owner saw ECONNABORTED")
-                    : Finding(name: name, verdict: .warning, detail: "destroy acknowledged but the owner saw \(seen.map(\.description) ?? "no error")")
+                    : Finding(
+                        name: name, verdict: .warning,
+                        detail: "destroy acknowledged but the owner saw \(seen.map(\.description) ?? "no error")")
             case .failed(let errno) where errno == .notPermitted:
                 return Finding(name: name, verdict: .failed, detail: "EPERM: needs CAP_NET_ADMIN in this network namespace")
             case .failed(let errno):
@@ -94,9 +103,9 @@ public struct HostCheck: Sendable {
             let nowhere = Destination(address: .v4(0x7F00_0001), port: 1)
             _ = try table.entries(for: [nowhere], transports: [.tcp])
             return Finding(name: name, verdict: .ok, detail: "conntrack table readable; entries can be deleted")
-        } catch where error.meansConntrackAbsent {
+        } catch  where error.meansConntrackAbsent {
             return Finding(name: name, verdict: .warning, detail: "conntrack not available here: only sockets will be ended")
-        } catch where error.errno == .notPermitted {
+        } catch  where error.errno == .notPermitted {
             return Finding(name: name, verdict: .failed, detail: "EPERM: needs CAP_NET_ADMIN in this network namespace")
         } catch {
             return Finding(name: name, verdict: .warning, detail: error.description)
@@ -110,15 +119,18 @@ public struct HostCheck: Sendable {
         return [
             capabilities.holds(HostCapabilities.netAdmin)
                 ? Finding(name: "CAP_NET_ADMIN", verdict: .ok, detail: "held: needed to destroy sockets and touch conntrack")
-                : Finding(name: "CAP_NET_ADMIN", verdict: .warning,
-                          detail: "not held in the effective set: destroys work only where a user namespace grants it"),
+                : Finding(
+                    name: "CAP_NET_ADMIN", verdict: .warning,
+                    detail: "not held in the effective set: destroys work only where a user namespace grants it"),
             capabilities.holds(HostCapabilities.sysAdmin)
                 ? Finding(name: "CAP_SYS_ADMIN", verdict: .ok, detail: "held: can enter other network namespaces")
                 : Finding(name: "CAP_SYS_ADMIN", verdict: .ok, detail: "not held: needed only to enter other network namespaces"),
             capabilities.holds(HostCapabilities.sysPtrace)
-                ? Finding(name: "CAP_SYS_PTRACE", verdict: .ok, detail: "held: netns all sees namespaces held only by more privileged processes")
-                : Finding(name: "CAP_SYS_PTRACE", verdict: .ok,
-                          detail: "not held: netns all finds /run/netns and namespaces of processes with no capability beyond ours"),
+                ? Finding(
+                    name: "CAP_SYS_PTRACE", verdict: .ok, detail: "held: netns all sees namespaces held only by more privileged processes")
+                : Finding(
+                    name: "CAP_SYS_PTRACE", verdict: .ok,
+                    detail: "not held: netns all finds /run/netns and namespaces of processes with no capability beyond ours"),
         ]
     }
 }

@@ -13,7 +13,8 @@ public enum NamespacedPurge {
     public static func resolve(_ names: [String]) -> [Target] {
         var targets: [Target] = []
         for name in names {
-            let expanded = name == "all"
+            let expanded =
+                name == "all"
                 ? NetworkNamespace.all().map { Target(path: $0.path, mayVanish: true) }
                 : [Target(path: name, mayVanish: false)]
             for target in expanded where !targets.contains(where: { $0.path == target.path }) { targets.append(target) }
@@ -33,7 +34,7 @@ public enum NamespacedPurge {
                     act(Purger(sockets: sockets, conntrack: conntrack))
                 }
                 merged.absorb(report, namespace: target.path)
-            } catch where target.mayVanish && (error.errno == .noSuchFileOrDirectory || error.errno == .noSuchProcess) {
+            } catch  where target.mayVanish && (error.errno == .noSuchFileOrDirectory || error.errno == .noSuchProcess) {
                 continue
             } catch {
                 merged.stepErrors.append(error)

@@ -54,8 +54,12 @@ public struct PurgeReport: Sendable {
 
     /// Adds another namespace's report: its items labelled with `namespace`, its counts summed.
     public mutating func absorb(_ other: PurgeReport, namespace: String?) {
-        sockets += other.sockets.map { var result = $0; result.namespace = namespace; return result }
-        conntrack += other.conntrack.map { var result = $0; result.namespace = namespace; return result }
+        sockets += other.sockets.map {
+            var result = $0; result.namespace = namespace; return result
+        }
+        conntrack += other.conntrack.map {
+            var result = $0; result.namespace = namespace; return result
+        }
         stepErrors += other.stepErrors
         extraRounds += other.extraRounds
         socketsLeftByLimit += other.socketsLeftByLimit

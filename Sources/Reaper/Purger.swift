@@ -70,8 +70,9 @@ public final class Purger {
         }
         if options.sockets, let socketDiagnostics {
             do {
-                try endSockets(matcher, includeTCPInfo: includeTCPInfo, options: options, acting: acting,
-                               idle: idle, in: socketDiagnostics, report: &report)
+                try endSockets(
+                    matcher, includeTCPInfo: includeTCPInfo, options: options, acting: acting,
+                    idle: idle, in: socketDiagnostics, report: &report)
             } catch { report.stepErrors.append(error) }
         }
         // The entries' first dump: it names the sockets a NAT hid (their remote is a VIP), which go
@@ -88,16 +89,18 @@ public final class Purger {
             let translated = TranslatedFlows(firstDump.entries, matcher: matcher)
             if !translated.isEmpty {
                 do {
-                    try endTranslatedSockets(translated, matcher: matcher, includeTCPInfo: includeTCPInfo, options: options,
-                                             acting: acting, idle: idle, in: socketDiagnostics, report: &report)
+                    try endTranslatedSockets(
+                        translated, matcher: matcher, includeTCPInfo: includeTCPInfo, options: options,
+                        acting: acting, idle: idle, in: socketDiagnostics, report: &report)
                 } catch { report.stepErrors.append(error) }
             }
         }
         let conntrackWanted = (matcher.stuck == nil && !options.conntrackOnlyAfterSockets) || !report.sockets.isEmpty || firstDump != nil
         if options.conntrack, !conntrackFailed, let conntrackTable, conntrackWanted {
             do {
-                try deleteEntries(matcher, options: options, acting: acting, idle: idle, in: conntrackTable,
-                                  first: firstDump, report: &report)
+                try deleteEntries(
+                    matcher, options: options, acting: acting, idle: idle, in: conntrackTable,
+                    first: firstDump, report: &report)
             } catch { report.stepErrors.append(error) }
         }
         report.durationSeconds = Self.monotonicSeconds() - started
@@ -117,7 +120,8 @@ public final class Purger {
             let ownBefore = options.sparingOwnSockets ? OwnSockets.inodes() : []
             let dump = try diagnostics.sockets(matching: query)
             if let rule = matcher.stuck, round == 0 {
-                report.stuckSuspects = Set(dump.sockets.filter { matcher.isTowardDestinations($0) && rule.isSuspicious($0) }.map(\.id.cookie))
+                report.stuckSuspects = Set(
+                    dump.sockets.filter { matcher.isTowardDestinations($0) && rule.isSuspicious($0) }.map(\.id.cookie))
             }
             var targets = dump.sockets.filter { matcher.matches($0) && !ended.contains($0.id.cookie) }
             if options.sparingOwnSockets, !targets.isEmpty {
@@ -143,7 +147,8 @@ public final class Purger {
                     ended.insert(socket.id.cookie)
                     report.sockets.append(.init(socket: socket, outcome: .alreadyGone))
                 case .failed(let errno):
-                    report.sockets.append(.init(socket: socket, outcome: .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno, layer: .sockDiag))))
+                    report.sockets.append(
+                        .init(socket: socket, outcome: .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno, layer: .sockDiag))))
                 case .unconfirmed:
                     retry = true
                 }
@@ -229,9 +234,10 @@ public final class Purger {
                     deleted.insert(entry.identity)
                     report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .alreadyGone))
                 case .failed(let errno):
-                    report.conntrack.append(.init(
-                        entry: entry, matchedBy: matchedBy,
-                        outcome: .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno, layer: .conntrack))))
+                    report.conntrack.append(
+                        .init(
+                            entry: entry, matchedBy: matchedBy,
+                            outcome: .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno, layer: .conntrack))))
                 case .unconfirmed:
                     retry = true
                 }
@@ -271,20 +277,23 @@ public final class Purger {
                     } else {
                         outcome = .wouldEnd
                     }
-                    report.sockets.append(.init(socket: socket, outcome: outcome, throughConntrack: entry.reply.source != entry.original.destination))
+                    report.sockets.append(
+                        .init(socket: socket, outcome: outcome, throughConntrack: entry.reply.source != entry.original.destination))
                 }
             } catch { report.stepErrors.append(error) }
         }
         if options.conntrack, let conntrackTable {
-            let matchedBy: DestinationMatcher.ConntrackMatch = entry.reply.source == entry.original.destination ? .originalDestination : .replySource
+            let matchedBy: DestinationMatcher.ConntrackMatch =
+                entry.reply.source == entry.original.destination ? .originalDestination : .replySource
             if acting {
                 do {
-                    let outcome: PurgeReport.Outcome = switch try conntrackTable.delete([entry])[0] {
-                    case .done: .ended
-                    case .failed(.noSuchFileOrDirectory): .alreadyGone
-                    case .failed(let errno): .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno, layer: .conntrack))
-                    case .unconfirmed: .unconfirmed
-                    }
+                    let outcome: PurgeReport.Outcome =
+                        switch try conntrackTable.delete([entry])[0] {
+                        case .done: .ended
+                        case .failed(.noSuchFileOrDirectory): .alreadyGone
+                        case .failed(let errno): .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno, layer: .conntrack))
+                        case .unconfirmed: .unconfirmed
+                        }
                     report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
                 } catch { report.stepErrors.append(error) }
             } else {

@@ -13,16 +13,23 @@ enum ReportDocument {
             ("destinations", .array(destinations.map(JSONValue.string))),
             ("sockets", .array(report.sockets.map(socket))),
             ("conntrack", .array(report.conntrack.map(conntrackEntry))),
-            ("counts", .object([
-                ("sockets_matched", .integer(Int64(report.sockets.count))),
-                ("sockets_destroyed", .integer(Int64(report.socketsEnded))),
-                ("conntrack_matched", .integer(Int64(report.conntrack.count))),
-                ("conntrack_deleted", .integer(Int64(report.conntrackDeleted))),
-                ("errors", .integer(Int64(errors.count))),
-            ])),
-            ("errors", .array(errors.map { error in
-                .string(error.hint.map { "\(error.description): \($0)" } ?? error.description)
-            })),
+            (
+                "counts",
+                .object([
+                    ("sockets_matched", .integer(Int64(report.sockets.count))),
+                    ("sockets_destroyed", .integer(Int64(report.socketsEnded))),
+                    ("conntrack_matched", .integer(Int64(report.conntrack.count))),
+                    ("conntrack_deleted", .integer(Int64(report.conntrackDeleted))),
+                    ("errors", .integer(Int64(errors.count))),
+                ])
+            ),
+            (
+                "errors",
+                .array(
+                    errors.map { error in
+                        .string(error.hint.map { "\(error.description): \($0)" } ?? error.description)
+                    })
+            ),
             ("extra_rounds", .integer(Int64(report.extraRounds))),
             ("duration_ms", .number((report.durationSeconds * 1_000_000).rounded() / 1000)),
         ])
@@ -41,17 +48,20 @@ enum ReportDocument {
             ("send_q", .unsigned(UInt64(socket.sendQueue))),
             ("timer", .unsigned(UInt64(socket.timer))),
             ("retrans", .unsigned(UInt64(socket.retransmitsOnTimer))),
-            ("tcp_info", socket.tcpInfo.map { info in
-                .object([
-                    ("unacked", .unsigned(UInt64(info.unacked))),
-                    ("retransmits", .unsigned(UInt64(info.retransmits))),
-                    ("backoff", .unsigned(UInt64(info.backoff))),
-                    ("last_ack_recv_ms", .unsigned(UInt64(info.lastAckReceivedMilliseconds))),
-                    ("last_data_sent_ms", .unsigned(UInt64(info.lastDataSentMilliseconds))),
-                    ("rtt_us", .unsigned(UInt64(info.rttMicroseconds))),
-                    ("total_retrans", .unsigned(UInt64(info.totalRetransmits))),
-                ])
-            } ?? .null),
+            (
+                "tcp_info",
+                socket.tcpInfo.map { info in
+                    .object([
+                        ("unacked", .unsigned(UInt64(info.unacked))),
+                        ("retransmits", .unsigned(UInt64(info.retransmits))),
+                        ("backoff", .unsigned(UInt64(info.backoff))),
+                        ("last_ack_recv_ms", .unsigned(UInt64(info.lastAckReceivedMilliseconds))),
+                        ("last_data_sent_ms", .unsigned(UInt64(info.lastDataSentMilliseconds))),
+                        ("rtt_us", .unsigned(UInt64(info.rttMicroseconds))),
+                        ("total_retrans", .unsigned(UInt64(info.totalRetransmits))),
+                    ])
+                } ?? .null
+            ),
             ("result", .string(name(result.outcome))),
             ("error", .optional(result.outcome.error?.description)),
             // Found through a conntrack entry (a NAT'd flow), not by its own remote address.

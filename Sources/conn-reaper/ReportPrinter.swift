@@ -24,7 +24,8 @@ struct ReportPrinter {
         }
         let verb = mode == .list ? "listed" : (dryRun ? "would end" : "ended")
         let counted: (PurgeReport.Outcome) -> Bool = { $0 != .unconfirmed && $0 != .alreadyGone && $0.error == nil }
-        var summary = "conn-reaper \(mode.rawValue): \(verb) \(report.sockets.count { counted($0.outcome) }) sockets, "
+        var summary =
+            "conn-reaper \(mode.rawValue): \(verb) \(report.sockets.count { counted($0.outcome) }) sockets, "
             + "\(report.conntrack.count { counted($0.outcome) }) conntrack entries, \(errors.count) errors, "
             + String(format: "%.1f ms", report.durationSeconds * 1000)
         if report.allErrors.contains(where: \.meansConntrackAbsent) { summary += " (conntrack not available here: skipped)" }
@@ -40,14 +41,19 @@ struct ReportPrinter {
         let labelled = report.sockets.contains { $0.namespace != nil } || report.conntrack.contains { $0.namespace != nil }
         func netns(_ namespace: String?) -> [String] { labelled ? [namespace ?? "-"] : [] }
         if !report.sockets.isEmpty {
-            var rows = [netns("Netns") + ["Netid", "State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", listing ? "Info" : "Result"]]
+            var rows = [
+                netns("Netns") + [
+                    "Netid", "State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", listing ? "Info" : "Result",
+                ]
+            ]
             for result in report.sockets {
                 let socket = result.socket
-                rows.append(netns(result.namespace) + [
-                    socket.transport.description, socket.state.description, String(socket.receiveQueue),
-                    String(socket.sendQueue), socket.local.description, socket.remote.description,
-                    (listing ? Self.info(socket) : Self.describe(result.outcome)) + (result.throughConntrack ? " (via conntrack)" : ""),
-                ])
+                rows.append(
+                    netns(result.namespace) + [
+                        socket.transport.description, socket.state.description, String(socket.receiveQueue),
+                        String(socket.sendQueue), socket.local.description, socket.remote.description,
+                        (listing ? Self.info(socket) : Self.describe(result.outcome)) + (result.throughConntrack ? " (via conntrack)" : ""),
+                    ])
             }
             print(Self.table(rows))
         }
@@ -56,13 +62,14 @@ struct ReportPrinter {
             var rows = [netns("Netns") + ["Proto", "Original", "Reply", "Zone", "Matched", listing ? "Timeout" : "Result"]]
             for result in report.conntrack {
                 let entry = result.entry
-                rows.append(netns(result.namespace) + [
-                    entry.transport.description,
-                    "\(entry.original.source) -> \(entry.original.destination)",
-                    "\(entry.reply.source) -> \(entry.reply.destination)",
-                    String(entry.zone), result.matchedBy.rawValue,
-                    listing ? (entry.timeoutSeconds.map { "\($0)s" } ?? "-") : Self.describe(result.outcome),
-                ])
+                rows.append(
+                    netns(result.namespace) + [
+                        entry.transport.description,
+                        "\(entry.original.source) -> \(entry.original.destination)",
+                        "\(entry.reply.source) -> \(entry.reply.destination)",
+                        String(entry.zone), result.matchedBy.rawValue,
+                        listing ? (entry.timeoutSeconds.map { "\($0)s" } ?? "-") : Self.describe(result.outcome),
+                    ])
             }
             print(Self.table(rows))
         }

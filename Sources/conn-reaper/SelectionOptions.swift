@@ -6,8 +6,9 @@ import SockDiag
 
 /// The filters `purge` and `list` share: which destinations, transports and states.
 struct SelectionOptions: ParsableArguments {
-    @Argument(help: ArgumentHelp(
-        "Destinations: IP, IP:PORT, CIDR, CIDR:PORT, [IPv6]:PORT, or :PORT.", valueName: "dest"))
+    @Argument(
+        help: ArgumentHelp(
+            "Destinations: IP, IP:PORT, CIDR, CIDR:PORT, [IPv6]:PORT, or :PORT.", valueName: "dest"))
     var destinations: [String]
 
     @Option(name: .customLong("proto"), help: "Transport to match: tcp, udp or all.")
@@ -22,14 +23,18 @@ struct SelectionOptions: ParsableArguments {
     @Flag(name: .customLong("no-sockets"), help: "Leave sockets alone; conntrack only.")
     var noSockets = false
 
-    @Option(help: ArgumentHelp(
-        "Only connections stuck this long: data unacknowledged and no ACK for DURATION, with retransmits as evidence (e.g. 3s).",
-        valueName: "duration"))
+    @Option(
+        help: ArgumentHelp(
+            "Only connections stuck this long: data unacknowledged and no ACK for DURATION, with retransmits as evidence (e.g. 3s).",
+            valueName: "duration"))
     var stuck: String?
 
-    @Option(name: .customLong("netns"), help: ArgumentHelp(
-        "Work in this network namespace instead of the current one: a file like /run/netns/NAME or /proc/PID/ns/net, or 'all' for every namespace on the node (repeatable; needs CAP_SYS_ADMIN).",
-        valueName: "path"))
+    @Option(
+        name: .customLong("netns"),
+        help: ArgumentHelp(
+            "Work in this network namespace instead of the current one: a file like /run/netns/NAME or /proc/PID/ns/net, "
+                + "or 'all' for every namespace on the node (repeatable; needs CAP_SYS_ADMIN).",
+            valueName: "path"))
     var netns: [String] = []
 
     @Option(name: .shortAndLong, help: "Output format: text or json.")

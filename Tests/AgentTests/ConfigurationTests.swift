@@ -39,7 +39,8 @@ import Testing
     }
 
     @Test func defaultsApplyWhenKeysAreLeftOut() throws {
-        let configuration = try YAMLConfigReader.configuration(yaml: "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n", file: "c.yaml")
+        let configuration = try YAMLConfigReader.configuration(
+            yaml: "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n", file: "c.yaml")
         #expect(configuration.listen.description == "127.0.0.1:9747")
         #expect(configuration.pools[0].protocols == [.tcp])
         #expect(configuration.pools[0].probe.kind == .tcp)
@@ -50,15 +51,33 @@ import Testing
     @Test(arguments: [
         ("pools:\n  - name: a\n    backends: [\"10.0.0.1\"]\n", "pools[0].backends[0]", "has no port"),
         ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { intervl: 1s }\n", "pools[0].probe.intervl", "unknown key"),
-        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { interval: 1x }\n", "pools[0].probe.interval", "'1x' is not a duration"),
-        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: icmp }\n", "pools[0].probe.type", "'icmp' is not one of tcp, http, https"),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { interval: 1x }\n", "pools[0].probe.interval",
+            "'1x' is not a duration"
+        ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: icmp }\n", "pools[0].probe.type",
+            "'icmp' is not one of tcp, http, https"
+        ),
         ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { rise: 0 }\n", "pools[0].probe.rise", "from 1 to 100"),
-        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { interval: 1s, timeout: 2s }\n", "pools[0].probe.timeout", "at most the interval"),
-        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n  - name: a\n    backends: [\"10.0.0.2:80\"]\n", "pools[1].name", "used by another pool"),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { interval: 1s, timeout: 2s }\n", "pools[0].probe.timeout",
+            "at most the interval"
+        ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n  - name: a\n    backends: [\"10.0.0.2:80\"]\n", "pools[1].name",
+            "used by another pool"
+        ),
         ("pools:\n  - name: a\n    backends: []\n", "pools[0].backends", "at least one backend"),
-        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    protocols: [sctp]\n", "pools[0].protocols[0]", "'sctp' is not one of tcp, udp"),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    protocols: [sctp]\n", "pools[0].protocols[0]",
+            "'sctp' is not one of tcp, udp"
+        ),
         ("listen: nowhere\npools: []\n", "listen", "not an IPv4 or IPv6 address"),
-        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: https, tls: { ca_file: /nonexistent/ca.crt } }\n", "pools[0].probe.tls.ca_file", "not a readable file"),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: https, tls: { ca_file: /nonexistent/ca.crt } }\n",
+            "pools[0].probe.tls.ca_file", "not a readable file"
+        ),
         ("pools: [\n", "", "not valid YAML"),
         ("dry_run: maybe\npools: []\n", "dry_run", "is not true or false"),
         ("netns: some\npools: []\n", "netns", "is not 'all' or a list"),

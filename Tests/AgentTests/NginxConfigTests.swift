@@ -5,30 +5,30 @@ import Testing
 @Suite struct NginxConfigTests {
     let files: [String: String] = [
         "/etc/nginx/nginx.conf": """
-            load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-            events { worker_connections 1024; }
-            stream {
-                upstream kube_apiserver {
-                    least_conn;
-                    server 10.0.0.1:6443;
-                    server 10.0.0.2:6443 max_fails=3 fail_timeout=30s;
-                    server [fd00::3]:6443 backup;
-                    server 10.0.0.9:6443 down;
-                }
-                server { listen 127.0.0.1:6443; proxy_pass kube_apiserver; proxy_timeout 10m; proxy_connect_timeout 1s; }
+        load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+        events { worker_connections 1024; }
+        stream {
+            upstream kube_apiserver {
+                least_conn;
+                server 10.0.0.1:6443;
+                server 10.0.0.2:6443 max_fails=3 fail_timeout=30s;
+                server [fd00::3]:6443 backup;
+                server 10.0.0.9:6443 down;
             }
-            http {
-                include conf.d/*.conf;  # upstreams live here
-            }
-            """,
+            server { listen 127.0.0.1:6443; proxy_pass kube_apiserver; proxy_timeout 10m; proxy_connect_timeout 1s; }
+        }
+        http {
+            include conf.d/*.conf;  # upstreams live here
+        }
+        """,
         "/etc/nginx/conf.d/a.conf": """
-            upstream web {
-                server web.internal;          # resolved, port 80 by default
-                server unix:/run/app.sock;    # no peer to reap
-                server "10.0.1.2:8080" weight=2;
-            }
-            server { listen 80; location / { proxy_pass http://web; proxy_read_timeout 30m; } }
-            """,
+        upstream web {
+            server web.internal;          # resolved, port 80 by default
+            server unix:/run/app.sock;    # no peer to reap
+            server "10.0.1.2:8080" weight=2;
+        }
+        server { listen 80; location / { proxy_pass http://web; proxy_read_timeout 30m; } }
+        """,
     ]
 
     func parse() throws -> [NginxUpstream] {

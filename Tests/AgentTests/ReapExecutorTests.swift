@@ -40,7 +40,9 @@ import Testing
             return [NamespaceReport(namespace: nil, report: report)]
         }
 
-        func evidence(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> SegmentEvidence {
+        func evidence(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async
+            -> SegmentEvidence
+        {
             SegmentEvidence(at: .now, sockets: sockets.count, youngestSegmentAge: segmentAge)
         }
 
@@ -122,7 +124,10 @@ import Testing
         defer { running.cancel() }
         let dead = BackendKey(pool: "web", backend: Self.backends[1])
         executor.submit(.probed(BackendKey(pool: "web", backend: Self.backends[0]), .succeeded(after: .zero, "connected"), at: .now))
-        executor.submit(.probed(dead, ProbeResult(failure: .unreachable, duration: .milliseconds(1), detail: "connect timeout"), at: .now - .milliseconds(50)))
+        executor.submit(
+            .probed(
+                dead, ProbeResult(failure: .unreachable, duration: .milliseconds(1), detail: "connect timeout"),
+                at: .now - .milliseconds(50)))
         try await Self.waitFor("the alive_evidence suppression") {
             metrics.exposition().contains(#"conn_reaper_reaps_suppressed_total{pool="web",reason="alive_evidence"} 1"#)
         }

@@ -154,7 +154,8 @@ import Testing
         #expect(policy.handle(.tick(at(2_520))).isEmpty)  // one count at a time
         let first = policy.handle(.counted(dead, connections: 25, at: at(2_510)))
         #expect(reaps(first).map { [$0.0.rawValue, "\($0.1)", $0.2.rawValue] } == [["drain_timeout", "3", "established"]])
-        _ = policy.handle(.reaped(.init(pool: "api", backend: dead.backend, reason: .drainTimeout, ended: 3, leftByLimit: 22, at: at(2_515))))
+        _ = policy.handle(
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .drainTimeout, ended: 3, leftByLimit: 22, at: at(2_515))))
         #expect(reaps(policy.handle(.tick(at(3_000)))).isEmpty)  // a second apart, start to start
         #expect(reaps(policy.handle(.tick(at(3_510)))).map(\.1) == [3])
         // A backend that turns dead meanwhile is reaped at once, whole.
@@ -215,9 +216,10 @@ import Testing
 
     func flow(_ port: UInt16) -> AnnouncedFlow {
         let client = Endpoint(address: .v4(0x0A00_00FE), port: port)
-        return AnnouncedFlow(entry: ConntrackEntry(
-            family: .v4, transport: .tcp, original: .init(source: client, destination: dead.backend),
-            reply: .init(source: dead.backend, destination: client)), namespace: nil)
+        return AnnouncedFlow(
+            entry: ConntrackEntry(
+                family: .v4, transport: .tcp, original: .init(source: client, destination: dead.backend),
+                reply: .init(source: dead.backend, destination: client)), namespace: nil)
     }
 
     @Test func becomingDeadWatchesNewFlowsAndEachIsEndedAsItComes() {
@@ -287,7 +289,10 @@ import Testing
     // MARK: - The reconnect-storm budget
 
     @Test func everyPassDrawsFromOneBudget() throws {
-        var policy = deadPolicy(configuration(top: { $0.maxSocketsPerSecond = 100; $0.maxSocketsBurst = 300 }))
+        var policy = deadPolicy(
+            configuration(top: {
+                $0.maxSocketsPerSecond = 100; $0.maxSocketsBurst = 300
+            }))
         #expect(policy.budget.available() == 300)
         _ = policy.handle(.reaped(.init(pool: "api", backend: dead.backend, reason: .dead, ended: 300, leftByLimit: 200, at: at(505))))
         #expect(policy.budget.available() == 0)
@@ -338,7 +343,8 @@ import Testing
         var policy = upPolicy(configuration())
         var actions: [Action] = []
         for round in 0..<50 {
-            actions += policy.handle(.probed(dead, round.isMultiple(of: 2) ? Self.failed(.unreachable) : Self.ok, at: at(200 + round * 200)))
+            actions += policy.handle(
+                .probed(dead, round.isMultiple(of: 2) ? Self.failed(.unreachable) : Self.ok, at: at(200 + round * 200)))
         }
         #expect(actions.isEmpty)
         #expect(policy.backends[dead]?.state == .up)

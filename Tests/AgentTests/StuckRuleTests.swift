@@ -12,8 +12,9 @@ import Testing
     ) -> DiagnosedSocket {
         DiagnosedSocket(
             family: .inet, transport: .tcp, state: state,
-            id: SocketID(source: Endpoint(address: .v4(0x0A00_0001), port: 40000),
-                         destination: Endpoint(address: .v4(0x0A00_0002), port: 443), cookie: cookie),
+            id: SocketID(
+                source: Endpoint(address: .v4(0x0A00_0001), port: 40000),
+                destination: Endpoint(address: .v4(0x0A00_0002), port: 443), cookie: cookie),
             sendQueue: sendQueue,
             tcpInfo: TCPInfo(retransmits: retransmits, backoff: backoff, unacked: unacked, lastAckReceivedMilliseconds: lastAck))
     }

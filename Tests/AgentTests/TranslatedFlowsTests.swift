@@ -9,17 +9,24 @@ import Testing
     static func v4(_ last: UInt32, _ port: UInt16) -> Endpoint { Endpoint(address: .v4(0x0AEC_0000 | last), port: port) }
     static let client = v4(1, 40000), vip = v4(100, 443), backend1 = v4(2, 8443), backend2 = v4(3, 8443)
 
-    let matcher = DestinationMatcher(destinations: [Destination(address: backend1.address, port: backend1.port)],
-                                     transports: [.tcp, .udp])
+    let matcher = DestinationMatcher(
+        destinations: [Destination(address: backend1.address, port: backend1.port)],
+        transports: [.tcp, .udp])
 
-    func entry(_ source: Endpoint, _ destination: Endpoint, repliedBy replier: Endpoint, _ transport: TransportProtocol = .tcp) -> ConntrackEntry {
-        ConntrackEntry(family: .v4, transport: transport,
-                       original: .init(source: source, destination: destination),
-                       reply: .init(source: replier, destination: source))
+    func entry(_ source: Endpoint, _ destination: Endpoint, repliedBy replier: Endpoint, _ transport: TransportProtocol = .tcp)
+        -> ConntrackEntry
+    {
+        ConntrackEntry(
+            family: .v4, transport: transport,
+            original: .init(source: source, destination: destination),
+            reply: .init(source: replier, destination: source))
     }
 
-    func socket(_ local: Endpoint, _ remote: Endpoint, _ transport: TransportProtocol = .tcp, family: SocketFamily = .inet) -> DiagnosedSocket {
-        DiagnosedSocket(family: family, transport: transport, state: .established, id: SocketID(source: local, destination: remote, cookie: 7))
+    func socket(_ local: Endpoint, _ remote: Endpoint, _ transport: TransportProtocol = .tcp, family: SocketFamily = .inet)
+        -> DiagnosedSocket
+    {
+        DiagnosedSocket(
+            family: family, transport: transport, state: .established, id: SocketID(source: local, destination: remote, cookie: 7))
     }
 
     static func mapped(_ endpoint: Endpoint) -> Endpoint {
@@ -36,10 +43,11 @@ import Testing
 
     @Test func anotherFlowToTheSameVIPIsSpared() {
         // The same VIP NAT'd to the live backend: another source port, another entry.
-        let flows = TranslatedFlows([
-            entry(Self.client, Self.vip, repliedBy: Self.backend1),
-            entry(Self.v4(1, 40001), Self.vip, repliedBy: Self.backend2),
-        ], matcher: matcher)
+        let flows = TranslatedFlows(
+            [
+                entry(Self.client, Self.vip, repliedBy: Self.backend1),
+                entry(Self.v4(1, 40001), Self.vip, repliedBy: Self.backend2),
+            ], matcher: matcher)
         #expect(!flows.matches(socket(Self.v4(1, 40001), Self.vip)))
         #expect(!flows.matches(socket(Self.client, Self.v4(100, 444))))
     }

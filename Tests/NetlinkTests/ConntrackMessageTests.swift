@@ -7,10 +7,12 @@ import Testing
 @Suite struct ConntrackMessageTests {
     let natted = ConntrackEntry(
         family: .v4, transport: .tcp,
-        original: .init(source: Endpoint(address: IPAddress("10.0.0.1")!, port: 40000),
-                        destination: Endpoint(address: IPAddress("10.96.0.1")!, port: 443)),
-        reply: .init(source: Endpoint(address: IPAddress("10.0.0.5")!, port: 6443),
-                     destination: Endpoint(address: IPAddress("10.0.0.1")!, port: 40000)),
+        original: .init(
+            source: Endpoint(address: IPAddress("10.0.0.1")!, port: 40000),
+            destination: Endpoint(address: IPAddress("10.96.0.1")!, port: 443)),
+        reply: .init(
+            source: Endpoint(address: IPAddress("10.0.0.5")!, port: 6443),
+            destination: Endpoint(address: IPAddress("10.0.0.1")!, port: 40000)),
         zone: 7, id: 0xDEAD_BEEF)
 
     /// The reply-source filter from kernel-notes.md: CTA_TUPLE_REPLY{IP{V4_SRC}, PROTO{NUM, SRC_PORT}}

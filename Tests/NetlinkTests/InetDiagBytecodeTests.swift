@@ -86,7 +86,9 @@ enum KernelBytecodeModel {
             if code == 8 {
                 let family = program[offset + 4]
                 minimum = 12 + (family == 2 ? 4 : family == 10 ? 16 : 0)
-            } else if code != 1 { return false }
+            } else if code != 1 {
+                return false
+            }
             if no < minimum || no > length + 4 || no & 3 != 0 { return false }
             if yes < minimum || yes > length + 4 || yes & 3 != 0 { return false }
             offset += yes
@@ -102,8 +104,9 @@ enum KernelBytecodeModel {
             var matched = false
             if code == 8 {
                 let family = program[offset + 4], prefixLength = Int(program[offset + 5])
-                let condPort = Int32(bitPattern: UInt32(program[offset + 8]) | UInt32(program[offset + 9]) << 8
-                    | UInt32(program[offset + 10]) << 16 | UInt32(program[offset + 11]) << 24)
+                let condPort = Int32(
+                    bitPattern: UInt32(program[offset + 8]) | UInt32(program[offset + 9]) << 8
+                        | UInt32(program[offset + 10]) << 16 | UInt32(program[offset + 11]) << 24)
                 matched = condPort == -1 || condPort == Int32(port)
                 if matched && family != 0 {
                     let bytes = Array(program[(offset + 12)..<(offset + 12 + (family == 2 ? 4 : 16))])

@@ -34,16 +34,22 @@ final class NewFlowWatch: Sendable {
 
     /// Drops a backend; the thread ends once none is left.
     func unwatch(_ key: BackendKey) {
-        let empty = watched.withLock { $0[key] = nil; return $0.isEmpty }
+        let empty = watched.withLock {
+            $0[key] = nil; return $0.isEmpty
+        }
         if empty { stopped.store(true, ordering: .relaxed) }
     }
 
     private func read(_ flows: ConntrackNewFlows) {
         while !stopped.load(ordering: .relaxed) {
             // The watched set is read per flow, not once per wait: a backend watched meanwhile counts at once.
-            guard let batch = try? flows.next(waitingUpTo: Self.readWait, wanted: { entry in
-                self.watched.withLock { $0.values.contains { Self.matches(entry, $0) } }
-            }) else { return }
+            guard
+                let batch = try? flows.next(
+                    waitingUpTo: Self.readWait,
+                    wanted: { entry in
+                        self.watched.withLock { $0.values.contains { Self.matches(entry, $0) } }
+                    })
+            else { return }
             let current = watched.withLock { Array($0.values) }
             for entry in batch.entries {
                 for watched in current where Self.matches(entry, watched) {

@@ -14,6 +14,9 @@ struct ReapAccounting: Sendable {
     let logger: Logger
 
     static let dryRunSample = 8
+    static let allDownMessage = Logger.Message(
+        stringLiteral:
+            "every backend of the pool looks down: reaping nothing (the probes are the likely fault; set reap_when_all_down to override)")
 
     struct Tally {
         var ended = 0
@@ -45,10 +48,13 @@ struct ReapAccounting: Sendable {
         if let backend { metadata["backend"] = "\(backend)" }
         switch reason {
         case .allBackendsDown:
-            logger.error("every backend of the pool looks down: reaping nothing (the probes are the likely fault; set reap_when_all_down to override)",
-                         metadata: metadata.merging(["backends": "\(state.configuration.pools.first { $0.name == pool }?.backends.count ?? 0)"]) { $1 })
+            let backends = state.configuration.pools.first { $0.name == pool }?.backends.count ?? 0
+            metadata["backends"] = "\(backends)"
+            logger.error(Self.allDownMessage, metadata: metadata)
         case .unhealthyNotDead:
-            logger.notice("reap suppressed: probes reach the backend, it is unhealthy, not dead; its connections stay until drain_timeout", metadata: metadata)
+            logger.notice(
+                "reap suppressed: probes reach the backend, it is unhealthy, not dead; its connections stay until drain_timeout",
+                metadata: metadata)
         case .aliveEvidence:
             logger.notice("reap suppressed: nothing answers probes, but its connections still receive segments", metadata: metadata)
         case .budget:
@@ -57,11 +63,13 @@ struct ReapAccounting: Sendable {
     }
 
     func evidence(_ key: BackendKey, _ evidence: SegmentEvidence, since: ContinuousClock.Instant) {
-        logger.debug("evidence from the backend's own connections", metadata: [
-            "pool": "\(key.pool)", "backend": "\(key.backend)", "sockets": "\(evidence.sockets)",
-            "youngest_segment_ms": "\(evidence.youngestSegmentAge.map { "\(Int($0.seconds * 1000))" } ?? "none")",
-            "window_ms": "\(Int((evidence.at - since).seconds * 1000))", "alive": "\(evidence.showsLife(after: since))",
-        ])
+        logger.debug(
+            "evidence from the backend's own connections",
+            metadata: [
+                "pool": "\(key.pool)", "backend": "\(key.backend)", "sockets": "\(evidence.sockets)",
+                "youngest_segment_ms": "\(evidence.youngestSegmentAge.map { "\(Int($0.seconds * 1000))" } ?? "none")",
+                "window_ms": "\(Int((evidence.at - since).seconds * 1000))", "alive": "\(evidence.showsLife(after: since))",
+            ])
     }
 
     /// A pass over one backend: a dead one's, a paced drain's, or `reap_on: unhealthy`'s.
@@ -69,9 +77,12 @@ struct ReapAccounting: Sendable {
         var tally = Tally()
         for part in reports {
             guard let report = part.report else {
-                logger.error("reap could not run", metadata: [
-                    "pool": "\(key.pool)", "backend": "\(key.backend)", "netns": "\(part.namespace ?? "")", "error": "\(part.failure ?? "")",
-                ])
+                logger.error(
+                    "reap could not run",
+                    metadata: [
+                        "pool": "\(key.pool)", "backend": "\(key.backend)", "netns": "\(part.namespace ?? "")",
+                        "error": "\(part.failure ?? "")",
+                    ])
                 continue
             }
             let errors = report.allErrors.filter { !$0.meansConntrackAbsent }
@@ -104,8 +115,10 @@ struct ReapAccounting: Sendable {
             }
             if let first = errors.first { metadata["error"] = "\(first.hint.map { "\(first): \($0)" } ?? first.description)" }
             logger.notice(dryRun ? "reap (dry run: nothing ended)" : "reaped", metadata: metadata)
-            state.recordReap(.init(time: .now, reason: reason.rawValue, sockets: ended, conntrackEntries: deleted,
-                                   errors: errors.count, dryRun: dryRun), for: key)
+            state.recordReap(
+                .init(
+                    time: .now, reason: reason.rawValue, sockets: ended, conntrackEntries: deleted,
+                    errors: errors.count, dryRun: dryRun), for: key)
         }
         return tally
     }
@@ -115,7 +128,9 @@ struct ReapAccounting: Sendable {
         var tally = Tally()
         for part in reports {
             guard let report = part.report else {
-                logger.error("stuck scan failed", metadata: ["pool": "\(pool)", "netns": "\(part.namespace ?? "")", "error": "\(part.failure ?? "")"])
+                logger.error(
+                    "stuck scan failed",
+                    metadata: ["pool": "\(pool)", "netns": "\(part.namespace ?? "")", "error": "\(part.failure ?? "")"])
                 continue
             }
             metrics.stuckScanDuration(pool: pool).recordSeconds(report.durationSeconds)
@@ -140,10 +155,13 @@ struct ReapAccounting: Sendable {
                 if let namespace = part.namespace { metadata["netns"] = "\(namespace)" }
                 if let error = result.outcome.error { metadata["error"] = "\(error)" }
                 logger.notice(dryRun ? "stuck connection (dry run: not ended)" : "stuck connection ended", metadata: metadata)
-                if let backend = state.configuration.pools.first(where: { $0.name == pool })?.backends.first(where: { $0 == socket.remote }) {
-                    state.recordReap(.init(time: .now, reason: ReapReason.stuck.rawValue, sockets: 1, conntrackEntries: deleted,
-                                           errors: result.outcome.error == nil ? 0 : 1, dryRun: dryRun),
-                                     for: BackendKey(pool: pool, backend: backend))
+                if let backend = state.configuration.pools.first(where: { $0.name == pool })?.backends.first(where: { $0 == socket.remote })
+                {
+                    state.recordReap(
+                        .init(
+                            time: .now, reason: ReapReason.stuck.rawValue, sockets: 1, conntrackEntries: deleted,
+                            errors: result.outcome.error == nil ? 0 : 1, dryRun: dryRun),
+                        for: BackendKey(pool: pool, backend: backend))
                 }
             }
         }

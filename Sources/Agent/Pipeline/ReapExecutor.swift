@@ -102,7 +102,9 @@ public final class ReapExecutor: Service, Sendable {
                 group.cancelAll()
             }
         }
-        alarm.withLock { $0?.task.cancel(); $0 = nil }
+        alarm.withLock {
+            $0?.task.cancel(); $0 = nil
+        }
     }
 
     func perform(_ action: ReapPolicy.Action) async {
@@ -114,12 +116,14 @@ public final class ReapExecutor: Service, Sendable {
             break  // started by `run`
         case .needEvidence(let key, let since):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
-            let evidence = await kernel.evidence(toward: key.backend, transports: pool.protocols, namespaces: configuration.namespaces(of: pool))
+            let evidence = await kernel.evidence(
+                toward: key.backend, transports: pool.protocols, namespaces: configuration.namespaces(of: pool))
             accounting.evidence(key, evidence, since: since)
             submit(.evidence(key, evidence))
         case .countConnections(let key):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
-            let count = await kernel.countConnections(toward: key.backend, transports: pool.protocols, namespaces: configuration.namespaces(of: pool))
+            let count = await kernel.countConnections(
+                toward: key.backend, transports: pool.protocols, namespaces: configuration.namespaces(of: pool))
             submit(.counted(key, connections: count, at: .now))
         case .reap(let key, let reason, let limit, let scope):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
@@ -127,29 +131,38 @@ public final class ReapExecutor: Service, Sendable {
                 backend: key.backend, transports: pool.protocols, scope: scope, limit: limit, dryRun: configuration.dryRun,
                 namespaces: configuration.namespaces(of: pool), refreshNamespaces: reason == .dead)
             let tally = accounting.reaped(await kernel.reap(request), key: key, reason: reason, dryRun: configuration.dryRun)
-            submit(.reaped(.init(pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
-                                 leftByLimit: tally.leftByLimit, at: .now)))
+            submit(
+                .reaped(
+                    .init(
+                        pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
+                        leftByLimit: tally.leftByLimit, at: .now)))
         case .watchNewFlows(let key):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
             let announced = await kernel.watchNewFlows(
                 key, transports: pool.protocols, namespaces: configuration.namespaces(of: pool),
                 announce: { [self] flow in submit(.newFlow(key, flow, at: .now)) },
                 lost: { [self] in submit(.announcementsLost(key, at: .now)) })
-            accounting.logger.info("new flows toward the dead backend", metadata: [
-                "pool": "\(key.pool)", "backend": "\(key.backend)",
-                "announced_by_conntrack": "\(announced)", "walk_every": "\(announced ? "1s" : "150ms")",
-            ])
+            accounting.logger.info(
+                "new flows toward the dead backend",
+                metadata: [
+                    "pool": "\(key.pool)", "backend": "\(key.backend)",
+                    "announced_by_conntrack": "\(announced)", "walk_every": "\(announced ? "1s" : "150ms")",
+                ])
             submit(.watching(key, announced: announced))
         case .unwatchNewFlows(let key):
             await kernel.unwatchNewFlows(key)
         case .endFlow(let key, let flow, let reason):
             let reports = await kernel.endFlow(flow, dryRun: configuration.dryRun)
             let tally = accounting.reaped(reports, key: key, reason: reason, dryRun: configuration.dryRun)
-            submit(.reaped(.init(pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
-                                 leftByLimit: tally.leftByLimit, at: .now)))
+            submit(
+                .reaped(
+                    .init(
+                        pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
+                        leftByLimit: tally.leftByLimit, at: .now)))
         case .scanStuck(let name, let limit):
             guard let pool = configuration.pools.first(where: { $0.name == name }) else { return }
-            let reports = await kernel.scanStuck(pool, limit: limit, dryRun: configuration.dryRun, namespaces: configuration.namespaces(of: pool))
+            let reports = await kernel.scanStuck(
+                pool, limit: limit, dryRun: configuration.dryRun, namespaces: configuration.namespaces(of: pool))
             let tally = accounting.stuck(reports, pool: name, dryRun: configuration.dryRun)
             submit(.reaped(.init(pool: name, backend: nil, reason: .stuck, ended: tally.ended, leftByLimit: tally.leftByLimit, at: .now)))
         }

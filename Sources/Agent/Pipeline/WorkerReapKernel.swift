@@ -97,7 +97,9 @@ public actor WorkerReapKernel: ReapKernel {
         return reports
     }
 
-    public func evidence(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> SegmentEvidence {
+    public func evidence(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async
+        -> SegmentEvidence
+    {
         let matcher = DestinationMatcher(
             destinations: [Destination(address: backend.address, port: backend.port)], transports: [.tcp],
             states: SocketStates([.established]))
@@ -121,7 +123,8 @@ public actor WorkerReapKernel: ReapKernel {
         return SegmentEvidence(at: .now, sockets: sockets, youngestSegmentAge: youngest.map { .milliseconds(Int64($0)) })
     }
 
-    public func countConnections(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> Int {
+    public func countConnections(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> Int
+    {
         let matcher = DestinationMatcher(
             destinations: [Destination(address: backend.address, port: backend.port)], transports: transports,
             states: SocketStates([.established]))
@@ -194,6 +197,8 @@ public actor WorkerReapKernel: ReapKernel {
 /// of the thread that reads it.
 enum ConntrackTracking {
     static func trackedFlows() -> Int? {
-        FileStatus.readText("/proc/sys/net/netfilter/nf_conntrack_count").flatMap { Int($0.trimmingPrefix(while: \.isWhitespace).prefix { $0.isNumber }) }
+        FileStatus.readText("/proc/sys/net/netfilter/nf_conntrack_count").flatMap {
+            Int($0.trimmingPrefix(while: \.isWhitespace).prefix { $0.isNumber })
+        }
     }
 }

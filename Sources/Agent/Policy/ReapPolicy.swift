@@ -362,7 +362,8 @@ public struct ReapPolicy: Sendable {
         if reaping.nextPass <= now {
             // Start to start; a pass that came late sets the rhythm from now.
             let early = now - reaping.since < Self.firstMinute
-            let cadence = reaping.announced
+            let cadence =
+                reaping.announced
                 ? (early ? Self.announcedCadence : Self.announcedCadenceLater) : (early ? Self.deadCadence : Self.deadCadenceLater)
             reaping.nextPass = reaping.nextPass + cadence > now ? reaping.nextPass + cadence : now + cadence
         }
@@ -475,8 +476,11 @@ public struct ReapPolicy: Sendable {
             record.reaping?.announced = announced
         }
         backends[key] = record
-        var actions: [Action] = [.changed(key, from: previous, to: next, failure: next == .up ? nil : record.lastFailure,
-                                          detail: record.lastProbe?.detail ?? "")]
+        var actions: [Action] = [
+            .changed(
+                key, from: previous, to: next, failure: next == .up ? nil : record.lastFailure,
+                detail: record.lastProbe?.detail ?? "")
+        ]
         if record.reaping != nil { actions += reapPass(key, pool: pool, now: now) }
         if record.reaping != nil, !wasReaping { actions.append(.watchNewFlows(key)) }
         if record.reaping == nil, wasReaping { actions.append(.unwatchNewFlows(key)) }

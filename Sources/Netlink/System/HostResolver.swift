@@ -2,7 +2,7 @@ import CLinuxNetlink
 import NetworkAddress
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Name resolution through the system resolver (getaddrinfo), wrapped once.

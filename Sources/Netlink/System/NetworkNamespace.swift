@@ -2,7 +2,7 @@ import CLinuxNetlink
 import Dispatch
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Network namespaces named by a file (`/run/netns/NAME`, `/proc/PID/ns/net`): entering one on the
@@ -43,18 +43,22 @@ public enum NetworkNamespace {
     ) throws(SystemCallError) -> Value {
         let outcome = ThreadOutcome<Value>()
         let done = DispatchSemaphore(value: 0)
-        let context = Unmanaged.passRetained(Job {
-            outcome.value = Result { () throws(SystemCallError) -> Value in
-                try enter(path)
-                return body()
+        let context = Unmanaged.passRetained(
+            Job {
+                outcome.value = Result { () throws(SystemCallError) -> Value in
+                    try enter(path)
+                    return body()
+                }
+                done.signal()
             }
-            done.signal()
-        }).toOpaque()
+        ).toOpaque()
         var thread = pthread_t()
-        let created = pthread_create(&thread, nil, { context in
-            Unmanaged<Job>.fromOpaque(context!).takeRetainedValue().body()
-            return nil
-        }, context)
+        let created = pthread_create(
+            &thread, nil,
+            { context in
+                Unmanaged<Job>.fromOpaque(context!).takeRetainedValue().body()
+                return nil
+            }, context)
         guard created == 0 else {
             Unmanaged<Job>.fromOpaque(context).release()
             throw SystemCallError(call: "pthread_create", code: created)

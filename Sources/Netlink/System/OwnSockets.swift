@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The inodes of the sockets this process holds, from /proc/self/fd: how the agent recognises its

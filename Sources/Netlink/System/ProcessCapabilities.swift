@@ -1,7 +1,7 @@
 import CLinuxNetlink
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The process's capability sets, and shedding all but the ones it uses.

@@ -43,9 +43,16 @@ struct Run: AsyncParsableCommand {
     var maxSocketsBurst: Int?
     @Option(name: .customLong("reap-on"), help: "Which state ends connections: dead (default) or unhealthy (any failed probes).")
     var reapOn: String?
-    @Option(name: .customLong("drain-timeout"), help: "How long an unhealthy backend keeps its connections before they are closed, paced (0: forever).")
+    @Option(
+        name: .customLong("drain-timeout"),
+        help: "How long an unhealthy backend keeps its connections before they are closed, paced (0: forever).")
     var drainTimeout: String?
-    @Option(name: .customLong("netns"), help: "Reap in this network namespace (/run/netns/NAME, /proc/PID/ns/net) instead of the agent's own, or 'all' (repeatable; needs CAP_SYS_ADMIN).")
+    @Option(
+        name: .customLong("netns"),
+        help: ArgumentHelp(
+            "Reap in this network namespace (/run/netns/NAME, /proc/PID/ns/net) instead of the agent's own, "
+                + "or 'all' (repeatable; needs CAP_SYS_ADMIN).")
+    )
     var netns: [String] = []
     @Flag(name: .customLong("reap-when-all-down"), help: "Reap even when every backend of a pool looks down.") var reapWhenAllDown = false
 
@@ -55,7 +62,9 @@ struct Run: AsyncParsableCommand {
     func validate() throws {
         let sources = [config != nil, !backends.isEmpty, nginxConf != nil].filter { $0 }.count
         guard sources == 1 else { throw ValidationError("name exactly one of --config, --backend or --nginx-conf") }
-        if !netns.isEmpty && config != nil { throw ValidationError("--netns goes with --backend or --nginx-conf; in a config file write netns:") }
+        if !netns.isEmpty && config != nil {
+            throw ValidationError("--netns goes with --backend or --nginx-conf; in a config file write netns:")
+        }
         if !upstreams.isEmpty && nginxConf == nil { throw ValidationError("--upstream goes with --nginx-conf") }
     }
 
@@ -70,9 +79,10 @@ struct Run: AsyncParsableCommand {
             throw ExitCode(2)
         }
         // The agent needs CAP_NET_ADMIN, CAP_SYS_ADMIN when it enters other network namespaces
-        // (`netns:`), CAP_SYS_PTRACE when it finds them through /proc (`all`), and nothing else: whatever else it was started with goes before anything runs
-        // (a re-exec; see ProcessCapabilities). The configuration is read first to know which to keep;
-        // the new image reads it again. (A reload that adds `netns` later cannot get CAP_SYS_ADMIN back.)
+        // (`netns:`), CAP_SYS_PTRACE when it finds them through /proc (`all`), and nothing else:
+        // whatever else it was started with goes before anything runs (a re-exec; see
+        // ProcessCapabilities). The configuration is read first to know which to keep; the new image
+        // reads it again. (A reload that adds `netns` later cannot get CAP_SYS_ADMIN back.)
         var kept = [HostCapabilities.netAdmin]
         if configuration.usesOtherNamespaces { kept.append(HostCapabilities.sysAdmin) }
         if configuration.inspectsProcesses { kept.append(HostCapabilities.sysPtrace) }
@@ -96,12 +106,19 @@ struct Run: AsyncParsableCommand {
                 listen: configuration.listen.address.description, port: Int(configuration.listen.port),
                 state: state, metrics: metrics, logger: logger),
         ]
-        logger.notice("conn-reaper starting", metadata: [
-            "version": "\(ConnReaperVersion.current)", "listen": "\(configuration.listen)",
-            "pools": "\(configuration.pools.map(\.name).joined(separator: ","))", "dry_run": "\(configuration.dryRun)",
-        ])
+        logger.notice(
+            "conn-reaper starting",
+            metadata: [
+                "version": "\(ConnReaperVersion.current)", "listen": "\(configuration.listen)",
+                "pools": "\(configuration.pools.map(\.name).joined(separator: ","))", "dry_run": "\(configuration.dryRun)",
+            ])
         if let held = try? ProcessCapabilities.current() {
-            logger.info("capabilities", metadata: ["effective": "0x\(String(held.effective, radix: 16))", "net_admin": "\(held.effective & (1 << 12) != 0)", "sys_admin": "\(held.effective & (1 << 21) != 0)"])
+            logger.info(
+                "capabilities",
+                metadata: [
+                    "effective": "0x\(String(held.effective, radix: 16))", "net_admin": "\(held.effective & (1 << 12) != 0)",
+                    "sys_admin": "\(held.effective & (1 << 21) != 0)",
+                ])
         }
         if let capabilityProblem {
             logger.warning("capabilities not reduced to what the configuration needs", metadata: ["error": "\(capabilityProblem)"])
@@ -110,8 +127,9 @@ struct Run: AsyncParsableCommand {
             // Keep running: probes and metrics still help, and the reap errors will say the same.
             logger.error("host check: \(finding.name)", metadata: ["detail": "\(finding.detail)"])
         }
-        let group = ServiceGroup(configuration: .init(
-            services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         logger.notice("conn-reaper stopped")
     }
@@ -150,7 +168,8 @@ struct Run: AsyncParsableCommand {
         pool.probe = ProbeSpec(
             kind: probe, port: probePort, path: path, expectStatus: expectStatus.isEmpty ? [200] : Set(expectStatus),
             timeout: try duration(timeout, flag: "--timeout"),
-            tls: .init(caFile: tlsCA, certificateFile: tlsCert, keyFile: tlsKey, serverName: tlsServerName, insecureSkipVerify: tlsInsecure))
+            tls: .init(caFile: tlsCA, certificateFile: tlsCert, keyFile: tlsKey, serverName: tlsServerName, insecureSkipVerify: tlsInsecure)
+        )
         pool.interval = try duration(interval, flag: "--interval")
         guard (1...100).contains(rise) else { throw ConfigurationError(key: "--rise", "\(rise) is not from 1 to 100") }
         guard (1...100).contains(fall) else { throw ConfigurationError(key: "--fall", "\(fall) is not from 1 to 100") }
@@ -158,21 +177,25 @@ struct Run: AsyncParsableCommand {
         pool.fall = fall
         if let reapOn {
             guard let value = ReapOn(rawValue: reapOn) else {
-                throw ConfigurationError(key: "--reap-on", "'\(reapOn)' is not one of \(ReapOn.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw ConfigurationError(
+                    key: "--reap-on", "'\(reapOn)' is not one of \(ReapOn.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             pool.reapOn = value
         }
         if let drainTimeout { pool.drainTimeout = try duration(drainTimeout, flag: "--drain-timeout") }
-        pool.protocols = Set(try protocols.split(separator: ",").map { name throws(ConfigurationError) -> TransportProtocol in
-            switch name.trimmingPrefix(while: \.isWhitespace) {
-            case "tcp": return .tcp
-            case "udp": return .udp
-            default: throw ConfigurationError(key: "--protocols", "'\(name)' is not tcp or udp")
-            }
-        })
+        pool.protocols = Set(
+            try protocols.split(separator: ",").map { name throws(ConfigurationError) -> TransportProtocol in
+                switch name.trimmingPrefix(while: \.isWhitespace) {
+                case "tcp": return .tcp
+                case "udp": return .udp
+                default: throw ConfigurationError(key: "--protocols", "'\(name)' is not tcp or udp")
+                }
+            })
         if let nginxConf { return .nginx(path: nginxConf, upstreams: upstreams, settings: settings, pool: pool) }
         pool.backends = try backends.map { (text: String) throws(ConfigurationError) -> Endpoint in
-            do throws(EndpointParsing.Failure) { return try EndpointParsing.parse(text) } catch { throw ConfigurationError(key: "--backend", error.message) }
+            do throws(EndpointParsing.Failure) { return try EndpointParsing.parse(text) } catch {
+                throw ConfigurationError(key: "--backend", error.message)
+            }
         }
         settings.pools = [pool]
         return .flags(settings)
