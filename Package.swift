@@ -86,7 +86,6 @@ let package = Package(
             dependencies: [
                 "Agent", "Reaper", "Health", "SockDiag", "Netlink", "NetworkAddress",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
@@ -97,6 +96,8 @@ let package = Package(
             dependencies: [
                 "Agent", "Health", "Reaper", "SockDiag", "Netlink", "NetworkAddress",
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
         .testTarget(

@@ -1,11 +1,9 @@
 import Agent
-import Reaper
 import ArgumentParser
 import Health
 import Logging
 import Netlink
 import NetworkAddress
-import ServiceLifecycle
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -78,131 +76,64 @@ struct Run: AsyncParsableCommand {
             standardError("conn-reaper: invalid configuration: \(error)")
             throw ExitCode(2)
         }
-        // The agent needs CAP_NET_ADMIN, CAP_SYS_ADMIN when it enters other network namespaces
-        // (`netns:`), CAP_SYS_PTRACE when it finds them through /proc (`all`), and nothing else:
-        // whatever else it was started with goes before anything runs (a re-exec; see
-        // ProcessCapabilities). The configuration is read first to know which to keep; the new image
-        // reads it again. (A reload that adds `netns` later cannot get CAP_SYS_ADMIN back.)
-        var kept = [HostCapabilities.netAdmin]
-        if configuration.usesOtherNamespaces { kept.append(HostCapabilities.sysAdmin) }
-        if configuration.inspectsProcesses { kept.append(HostCapabilities.sysPtrace) }
         var capabilityProblem: SystemCallError?
-        do { try ProcessCapabilities.reexecRetaining(Set(kept), marker: "CONN_REAPER_CAPABILITIES_SHED") } catch {
-            capabilityProblem = error
-        }
+        do { try AgentApplication.shedCapabilities(for: configuration) } catch { capabilityProblem = error }
         LoggingSystem.bootstrap { label in StructuredLogHandler(label: label, format: configuration.logFormat) }
         let logger = Logger(label: "conn-reaper")
-        let metrics = AgentMetrics()
-        let state = AgentState(configuration: configuration)
-        let store = ConfigStore(configuration)
-        let workers = KernelWorkers()
-        let executor = ReapExecutor(state: state, kernel: WorkerReapKernel(workers: workers), metrics: metrics, logger: logger)
-        let services: [any Service] = [
-            workers,
-            executor,
-            HealthService(store: store, state: state, executor: executor, metrics: metrics, logger: logger),
-            ReloadService(source: source, store: store, metrics: metrics, logger: logger),
-            StatusServer.make(
-                listen: configuration.listen.address.description, port: Int(configuration.listen.port),
-                state: state, metrics: metrics, logger: logger),
-        ]
-        logger.notice(
-            "conn-reaper starting",
-            metadata: [
-                "version": "\(ConnReaperVersion.current)", "listen": "\(configuration.listen)",
-                "pools": "\(configuration.pools.map(\.name).joined(separator: ","))", "dry_run": "\(configuration.dryRun)",
-            ])
-        if let held = try? ProcessCapabilities.current() {
-            logger.info(
-                "capabilities",
-                metadata: [
-                    "effective": "0x\(String(held.effective, radix: 16))", "net_admin": "\(held.effective & (1 << 12) != 0)",
-                    "sys_admin": "\(held.effective & (1 << 21) != 0)",
-                ])
-        }
         if let capabilityProblem {
             logger.warning("capabilities not reduced to what the configuration needs", metadata: ["error": "\(capabilityProblem)"])
         }
-        for finding in HostCheck().findings where finding.verdict != .ok {
-            // Keep running: probes and metrics still help, and the reap errors will say the same.
-            logger.error("host check: \(finding.name)", metadata: ["detail": "\(finding.detail)"])
-        }
-        let group = ServiceGroup(
-            configuration: .init(
-                services: services.map { .init(service: $0) }, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
-        logger.notice("conn-reaper stopped")
+        try await AgentApplication(source: source, configuration: configuration, logger: logger).run()
     }
 
     func listenOverride() throws(ConfigurationError) -> Endpoint? {
         guard let listen else { return nil }
-        do { return try EndpointParsing.parse(listen) } catch { throw ConfigurationError(key: "--listen", error.message) }
+        return try flag("--listen") { () throws(ConfigValue.Failure) in try ConfigValue.endpoint(listen) }
     }
 
-    /// The configuration origin the flags name; flag values are checked the same way YAML's are.
+    /// The configuration origin the flags name, each value through the parser its YAML key uses.
     func origin() throws(ConfigurationError) -> ConfigOrigin {
         if let config { return .yaml(path: config) }
         var settings = AgentConfiguration()
         if let maxSocketsPerSecond {
-            guard (1...10_000_000).contains(maxSocketsPerSecond) else {
-                throw ConfigurationError(key: "--max-sockets-per-second", "\(maxSocketsPerSecond) is not from 1 to 10000000")
+            settings.maxSocketsPerSecond = try flag("--max-sockets-per-second") { () throws(ConfigValue.Failure) in
+                try ConfigValue.int(String(maxSocketsPerSecond), in: 1...10_000_000)
             }
-            settings.maxSocketsPerSecond = maxSocketsPerSecond
         }
         if let maxSocketsBurst {
-            guard (1...10_000_000).contains(maxSocketsBurst) else {
-                throw ConfigurationError(key: "--max-sockets-burst", "\(maxSocketsBurst) is not from 1 to 10000000")
+            settings.maxSocketsBurst = try flag("--max-sockets-burst") { () throws(ConfigValue.Failure) in
+                try ConfigValue.int(String(maxSocketsBurst), in: 1...10_000_000)
             }
-            settings.maxSocketsBurst = maxSocketsBurst
         }
         settings.reapWhenAllDown = reapWhenAllDown
-        if netns.contains("all") {
-            settings.netns = .all
-        } else if !netns.isEmpty {
-            for path in netns where !path.hasPrefix("/") {
-                throw ConfigurationError(key: "--netns", "'\(path)' is not 'all' or an absolute path (like /run/netns/NAME)")
-            }
-            settings.netns = .paths(netns)
-        }
+        if !netns.isEmpty { settings.netns = try flag("--netns") { () throws(ConfigValue.Failure) in try ConfigValue.namespaces(netns) } }
         var pool = PoolConfiguration(name: "default", backends: [])
         pool.probe = ProbeSpec(
             kind: probe, port: probePort, path: path, expectStatus: expectStatus.isEmpty ? [200] : Set(expectStatus),
-            timeout: try duration(timeout, flag: "--timeout"),
+            timeout: try flag("--timeout") { () throws(ConfigValue.Failure) in try ConfigValue.duration(timeout) },
             tls: .init(caFile: tlsCA, certificateFile: tlsCert, keyFile: tlsKey, serverName: tlsServerName, insecureSkipVerify: tlsInsecure)
         )
-        pool.interval = try duration(interval, flag: "--interval")
-        guard (1...100).contains(rise) else { throw ConfigurationError(key: "--rise", "\(rise) is not from 1 to 100") }
-        guard (1...100).contains(fall) else { throw ConfigurationError(key: "--fall", "\(fall) is not from 1 to 100") }
-        pool.rise = rise
-        pool.fall = fall
-        if let reapOn {
-            guard let value = ReapOn(rawValue: reapOn) else {
-                throw ConfigurationError(
-                    key: "--reap-on", "'\(reapOn)' is not one of \(ReapOn.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            pool.reapOn = value
+        pool.interval = try flag("--interval") { () throws(ConfigValue.Failure) in try ConfigValue.duration(interval) }
+        pool.rise = try flag("--rise") { () throws(ConfigValue.Failure) in try ConfigValue.int(String(rise), in: 1...100) }
+        pool.fall = try flag("--fall") { () throws(ConfigValue.Failure) in try ConfigValue.int(String(fall), in: 1...100) }
+        if let reapOn { pool.reapOn = try flag("--reap-on") { () throws(ConfigValue.Failure) in try ConfigValue.choice(reapOn) } }
+        if let drainTimeout {
+            pool.drainTimeout = try flag("--drain-timeout") { () throws(ConfigValue.Failure) in try ConfigValue.duration(drainTimeout) }
         }
-        if let drainTimeout { pool.drainTimeout = try duration(drainTimeout, flag: "--drain-timeout") }
-        pool.protocols = Set(
-            try protocols.split(separator: ",").map { name throws(ConfigurationError) -> TransportProtocol in
-                switch name.trimmingPrefix(while: \.isWhitespace) {
-                case "tcp": return .tcp
-                case "udp": return .udp
-                default: throw ConfigurationError(key: "--protocols", "'\(name)' is not tcp or udp")
-                }
-            })
+        pool.protocols = try flag("--protocols") { () throws(ConfigValue.Failure) in
+            try ConfigValue.transports(protocols.split(separator: ",").map(String.init))
+        }
         if let nginxConf { return .nginx(path: nginxConf, upstreams: upstreams, settings: settings, pool: pool) }
-        pool.backends = try backends.map { (text: String) throws(ConfigurationError) -> Endpoint in
-            do throws(EndpointParsing.Failure) { return try EndpointParsing.parse(text) } catch {
-                throw ConfigurationError(key: "--backend", error.message)
-            }
+        for text in backends {
+            pool.backends.append(try flag("--backend") { () throws(ConfigValue.Failure) in try ConfigValue.endpoint(text) })
         }
         settings.pools = [pool]
         return .flags(settings)
     }
 
-    func duration(_ text: String, flag: String) throws(ConfigurationError) -> Duration {
-        do { return try DurationParsing.parseChecked(text) } catch { throw ConfigurationError(key: flag, error.message) }
+    /// One flag's value through its parser; a failure names the flag.
+    func flag<Value>(_ name: String, _ parse: () throws(ConfigValue.Failure) -> Value) throws(ConfigurationError) -> Value {
+        do { return try parse() } catch { throw ConfigurationError(key: name, error.message) }
     }
 }
 

@@ -42,10 +42,11 @@ public enum YAMLConfigReader {
         var pool = PoolConfiguration(
             name: try name.string(), backends: try backends.list().map { node throws(ConfigurationError) in try node.endpoint() })
         if let protocols = keys["protocols"] {
-            pool.protocols = Set(
-                try protocols.list().map { node throws(ConfigurationError) in
-                    try node.choice(TransportProtocolName.self).transport
-                })
+            pool.protocols = []
+            for item in try protocols.list() {
+                let name = try item.string()
+                do { pool.protocols.formUnion(try ConfigValue.transports([name])) } catch { throw item.error(error.message) }
+            }
         }
         if let stuck = keys["stuck_after"] { pool.stuckAfter = try stuck.duration() }
         if let reapOn = keys["reap_on"] { pool.reapOn = try reapOn.choice(ReapOn.self) }
@@ -62,15 +63,14 @@ public enum YAMLConfigReader {
             guard text == "all" else { throw node.error("'\(text)' is not 'all' or a list of namespace paths") }
             return .all
         }
-        let paths = try node.list().map { item throws(ConfigurationError) -> String in
+        let items = try node.list()
+        var paths: [String] = []
+        for item in items {
             let path = try item.string()
-            guard path.hasPrefix("/") else {
-                throw item.error("'\(path)' is not an absolute path (like /run/netns/NAME or /proc/PID/ns/net)")
-            }
-            return path
+            do { _ = try ConfigValue.namespaces([path]) } catch { throw item.error(error.message) }
+            paths.append(path)
         }
-        guard !paths.isEmpty else { throw node.error("name at least one namespace path, or write all") }
-        return .paths(paths)
+        do { return try ConfigValue.namespaces(paths) } catch { throw node.error(error.message) }
     }
 
     static func read(probe node: ConfigNode, into pool: inout PoolConfiguration) throws(ConfigurationError) {
@@ -94,10 +94,6 @@ public enum YAMLConfigReader {
         }
     }
 
-    enum TransportProtocolName: String, CaseIterable {
-        case tcp, udp
-        var transport: TransportProtocol { self == .tcp ? .tcp : .udp }
-    }
 }
 
 /// A node with the path that leads to it, for error messages.
@@ -152,29 +148,25 @@ struct ConfigNode {
     }
 
     func int(in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
-        let text = try string()
-        guard let value = Int(text), range.contains(value) else {
-            throw error("'\(text)' is not a whole number from \(range.lowerBound) to \(range.upperBound)")
-        }
-        return value
+        try parsed { text throws(ConfigValue.Failure) in try ConfigValue.int(text, in: range) }
     }
 
     func duration() throws(ConfigurationError) -> Duration {
-        let text = try string()
-        do { return try DurationParsing.parseChecked(text) } catch { throw self.error(error.message) }
+        try parsed { text throws(ConfigValue.Failure) in try ConfigValue.duration(text) }
     }
 
     func endpoint() throws(ConfigurationError) -> Endpoint {
-        let text = try string()
-        do { return try EndpointParsing.parse(text) } catch { throw self.error(error.message) }
+        try parsed { text throws(ConfigValue.Failure) in try ConfigValue.endpoint(text) }
     }
 
     func choice<T: RawRepresentable & CaseIterable>(_: T.Type) throws(ConfigurationError) -> T where T.RawValue == String {
+        try parsed { text throws(ConfigValue.Failure) in try ConfigValue.choice(text, of: T.self) }
+    }
+
+    /// This scalar through one of ConfigValue's parsers, its failure placed at this node.
+    private func parsed<Value>(_ parse: (String) throws(ConfigValue.Failure) -> Value) throws(ConfigurationError) -> Value {
         let text = try string()
-        guard let value = T(rawValue: text) else {
-            throw error("'\(text)' is not one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        return value
+        do { return try parse(text) } catch { throw self.error(error.message) }
     }
 }
 

@@ -1,0 +1,61 @@
+import Health
+import NetworkAddress
+
+/// The values a configuration holds, parsed one way wherever they are written: YAML keys and
+/// command-line flags both go through these, and only the place named in an error differs.
+public enum ConfigValue {
+    /// What is wrong with a value, without saying where it was written.
+    public struct Failure: Error, Equatable {
+        public var message: String
+
+        public init(_ message: String) {
+            self.message = message
+        }
+    }
+
+    public static func duration(_ text: String) throws(Failure) -> Duration {
+        do { return try DurationParsing.parseChecked(text) } catch { throw Failure(error.message) }
+    }
+
+    public static func endpoint(_ text: String) throws(Failure) -> Endpoint {
+        do { return try EndpointParsing.parse(text) } catch { throw Failure(error.message) }
+    }
+
+    public static func int(_ text: String, in range: ClosedRange<Int>) throws(Failure) -> Int {
+        guard let value = Int(text), range.contains(value) else {
+            throw Failure("'\(text)' is not a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value
+    }
+
+    public static func choice<T: RawRepresentable & CaseIterable>(_ text: String, of _: T.Type = T.self) throws(Failure) -> T
+    where T.RawValue == String {
+        guard let value = T(rawValue: text) else {
+            throw Failure("'\(text)' is not one of \(T.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return value
+    }
+
+    /// `tcp`, `udp`, or both.
+    public static func transports(_ names: [String]) throws(Failure) -> Set<TransportProtocol> {
+        var transports = Set<TransportProtocol>()
+        for name in names {
+            switch name.trimmingPrefix(while: \.isWhitespace) {
+            case "tcp": transports.insert(.tcp)
+            case "udp": transports.insert(.udp)
+            default: throw Failure("'\(name)' is not one of tcp, udp")
+            }
+        }
+        return transports
+    }
+
+    /// `all`, or namespace files (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    public static func namespaces(_ values: [String]) throws(Failure) -> NamespaceSelection {
+        if values.contains("all") { return .all }
+        guard !values.isEmpty else { throw Failure("name at least one namespace path, or write all") }
+        for path in values where !path.hasPrefix("/") {
+            throw Failure("'\(path)' is not an absolute path (like /run/netns/NAME or /proc/PID/ns/net), nor 'all'")
+        }
+        return .paths(values)
+    }
+}
