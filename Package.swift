@@ -3,7 +3,8 @@
 // (Tests/Checks/check_imports.py, run by `make test`, holds both to this comment):
 //   CMnl, CNetfilterConntrack, CLinuxNetlink  C libraries and uapi headers
 //   NetworkAddress                             IP addresses, prefixes, destinations (pure Swift)
-//   Netlink                                    sockets, messages, errors: the only unsafe pointer code
+//   OS                                         the one syscall wrapper, errno errors, files, resolver, namespaces, capabilities
+//   Netlink                                    netlink sockets and messages: with OS, the only unsafe pointer code
 //   SockDiag, Conntrack                        the two kernel interfaces conn-reaper acts through
 //   Reaper                                     decides what goes (matchers) apart from ending it (purge)
 //   Health                                     probes (tcp/http/https) and rise/fall state per backend
@@ -45,16 +46,25 @@ let package = Package(
         .target(name: "CLinuxNetlink"),
         .target(name: "NetworkAddress", swiftSettings: strict),
         .target(
+            name: "OS",
+            dependencies: ["CLinuxNetlink", "NetworkAddress", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
+        .target(
             name: "Netlink",
+            dependencies: ["CMnl", "CLinuxNetlink", "OS", "NetworkAddress", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: strict
+        ),
+        .target(name: "SockDiag", dependencies: ["Netlink", "OS", "NetworkAddress"], swiftSettings: strict),
+        .target(
+            name: "Conntrack",
             dependencies: [
-                "CMnl", "CNetfilterConntrack", "CLinuxNetlink", "NetworkAddress",
+                "Netlink", "OS", "NetworkAddress", "CMnl", "CNetfilterConntrack",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict
         ),
-        .target(name: "SockDiag", dependencies: ["Netlink", "NetworkAddress"], swiftSettings: strict),
-        .target(name: "Conntrack", dependencies: ["Netlink", "NetworkAddress"], swiftSettings: strict),
-        .target(name: "Reaper", dependencies: ["SockDiag", "Conntrack", "Netlink", "NetworkAddress"], swiftSettings: strict),
+        .target(name: "Reaper", dependencies: ["SockDiag", "Conntrack", "OS", "NetworkAddress"], swiftSettings: strict),
         .target(
             name: "Health",
             dependencies: [
@@ -69,7 +79,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Reaper", "Health", "Conntrack", "SockDiag", "Netlink", "NetworkAddress",
+                "Reaper", "Health", "Conntrack", "SockDiag", "OS", "NetworkAddress",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -84,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "conn-reaper",
             dependencies: [
-                "Agent", "Reaper", "Health", "SockDiag", "Netlink", "NetworkAddress",
+                "Agent", "Reaper", "Health", "SockDiag", "Conntrack", "OS", "NetworkAddress",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -94,7 +104,7 @@ let package = Package(
         .testTarget(
             name: "AgentTests",
             dependencies: [
-                "Agent", "Health", "Reaper", "SockDiag", "Netlink", "NetworkAddress",
+                "Agent", "Health", "Reaper", "SockDiag", "Conntrack", "OS", "NetworkAddress",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
@@ -102,7 +112,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "NetlinkTests",
-            dependencies: ["Netlink", "SockDiag", "Conntrack", "NetworkAddress", "CLinuxNetlink", "CNetfilterConntrack"],
+            dependencies: ["Netlink", "SockDiag", "Conntrack", "NetworkAddress"],
             swiftSettings: strict),
     ]
 )

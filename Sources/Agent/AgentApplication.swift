@@ -1,7 +1,7 @@
 import Logging
-import Netlink
 import Reaper
 import ServiceLifecycle
+import OS
 
 /// The agent, composed: its state, the kernel workers, the reap pipeline, probes, reloads and the
 /// HTTP endpoints, each a Service in one ServiceGroup that SIGTERM and SIGINT stop gracefully. The

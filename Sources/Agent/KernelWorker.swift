@@ -1,8 +1,8 @@
 import NIOPosix
-import Netlink
 import NetworkAddress
 import Reaper
 import ServiceLifecycle
+import OS
 
 /// Owns the netlink sockets of one network namespace on one dedicated OS thread: netlink calls
 /// block for milliseconds and must not stall the cooperative pool, and (for other namespaces) the

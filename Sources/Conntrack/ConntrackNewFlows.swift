@@ -1,5 +1,6 @@
 import Netlink
 import NetworkAddress
+import OS
 
 /// Conntrack's own announcements of new flows (the NFNLGRP_CONNTRACK_NEW multicast group): how
 /// the agent learns that something connects toward a dead backend without walking any table. The

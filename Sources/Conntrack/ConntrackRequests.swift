@@ -1,5 +1,6 @@
 import Netlink
 import NetworkAddress
+import OS
 
 /// ctnetlink message types: NFNL_SUBSYS_CTNETLINK (1) in the high byte.
 enum ConntrackMessageType {

@@ -1,5 +1,6 @@
 import Netlink
 import NetworkAddress
+import OS
 
 /// The conntrack table of one network namespace, through ctnetlink (needs CAP_NET_ADMIN even to read).
 public final class ConntrackTable {

@@ -1,5 +1,6 @@
 import CLinuxNetlink
 import SystemPackage
+import OS
 
 /// How a dump ended.
 public struct DumpOutcome: Sendable, Equatable {

@@ -1,6 +1,7 @@
 import CLinuxNetlink
 import CMnl
 import SystemPackage
+import OS
 
 #if canImport(Glibc)
     import Glibc
@@ -28,7 +29,7 @@ public final class NetlinkSocket {
     public init(bus: Bus, groups: UInt32 = 0) throws(SystemCallError) {
         let layer: SystemCallError.Layer = bus == .sockDiag ? .sockDiag : .conntrack
         guard let handle = mnl_socket_open2(bus.rawValue, Int32(SOCK_CLOEXEC.rawValue)) else {
-            throw SystemCallError(call: "mnl_socket_open2", code: Glibc.errno, layer: layer)
+            throw SystemCallError(call: "mnl_socket_open2", code: Glibc.errno, layer: layer)  // a pointer, not a count: not systemCall's
         }
         guard mnl_socket_bind(handle, groups, pid_t(MNL_SOCKET_AUTOPID)) == 0 else {
             let code = Glibc.errno
@@ -63,57 +64,40 @@ public final class NetlinkSocket {
         var value = bytes
         let size = socklen_t(MemoryLayout<Int32>.size)
         if setsockopt(fileDescriptor, SOL_SOCKET, forced, &value, size) == 0 { return }
-        guard setsockopt(fileDescriptor, SOL_SOCKET, plain, &value, size) == 0 else {
-            throw SystemCallError(call: "setsockopt(\(name))", code: Glibc.errno, layer: layer)
-        }
+        try systemCall("setsockopt(\(name))", layer: layer) { setsockopt(fileDescriptor, SOL_SOCKET, plain, &value, size) }
     }
 
     /// Acks then carry only the failed request's header, not all of it: smaller acks, fewer lost.
     public func capAcknowledgements() throws(SystemCallError) {
         var on: Int32 = 1
-        guard mnl_socket_setsockopt(handle, c_reaper_netlink_cap_ack, &on, socklen_t(MemoryLayout<Int32>.size)) == 0
-        else { throw SystemCallError(call: "setsockopt(NETLINK_CAP_ACK)", code: Glibc.errno, layer: layer) }
+        try systemCall("setsockopt(NETLINK_CAP_ACK)", layer: layer) {
+            mnl_socket_setsockopt(handle, c_reaper_netlink_cap_ack, &on, socklen_t(MemoryLayout<Int32>.size))
+        }
     }
 
     /// A receive that never completes would hang a purge forever; the kernel answers in microseconds.
     public func setReceiveTimeout(milliseconds: Int) throws(SystemCallError) {
         var value = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
-        guard setsockopt(fileDescriptor, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size)) == 0
-        else { throw SystemCallError(call: "setsockopt(SO_RCVTIMEO)", code: Glibc.errno, layer: layer) }
+        try systemCall("setsockopt(SO_RCVTIMEO)", layer: layer) {
+            setsockopt(fileDescriptor, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+        }
     }
 
     public func send(_ bytes: [UInt8]) throws(SystemCallError) {
-        while true {
-            let sent = bytes.withUnsafeBytes { mnl_socket_sendto(handle, $0.baseAddress, $0.count) }
-            if sent >= 0 { return }
-            let code = Glibc.errno
-            if code == EINTR { continue }
-            throw SystemCallError(call: "sendto(netlink)", code: code, layer: layer)
-        }
+        try systemCall("sendto(netlink)", layer: layer) { bytes.withUnsafeBytes { mnl_socket_sendto(handle, $0.baseAddress, $0.count) } }
     }
 
     /// Receives one datagram. ENOBUFS means the kernel dropped messages for lack of buffer space.
     public func receive() throws(SystemCallError) -> NetlinkMessages {
-        while true {
-            let received = receiveBuffer.withUnsafeMutableBytes {
-                mnl_socket_recvfrom(handle, $0.baseAddress, $0.count)
-            }
-            if received >= 0 { return NetlinkMessages(datagram: Array(receiveBuffer[0..<received])) }
-            let code = Glibc.errno
-            if code == EINTR { continue }
-            throw SystemCallError(call: "recvfrom(netlink)", code: code, layer: layer)
+        let received = try systemCall("recvfrom(netlink)", layer: layer) {
+            receiveBuffer.withUnsafeMutableBytes { mnl_socket_recvfrom(handle, $0.baseAddress, $0.count) }
         }
+        return NetlinkMessages(datagram: Array(receiveBuffer[0..<received]))
     }
 
     /// True when a datagram is waiting, after at most `milliseconds`.
     public func waitReadable(milliseconds: Int32) throws(SystemCallError) -> Bool {
         var request = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
-        while true {
-            let ready = poll(&request, 1, milliseconds)
-            if ready >= 0 { return ready > 0 }
-            let code = Glibc.errno
-            if code == EINTR { continue }
-            throw SystemCallError(call: "poll(netlink)", code: code, layer: layer)
-        }
+        return try systemCall("poll(netlink)", layer: layer) { poll(&request, 1, milliseconds) } > 0
     }
 }

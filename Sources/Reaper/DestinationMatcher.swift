@@ -1,6 +1,6 @@
-import Netlink
 import NetworkAddress
 import SockDiag
+import Conntrack
 
 /// Decides which sockets and conntrack entries belong to a set of destinations. The kernel's
 /// filters only narrow the dumps; this is the rule that counts, applied to every candidate.

@@ -1,4 +1,4 @@
-import Netlink
+import OS
 
 extension SystemCallError {
     /// What an operator should do about a failure the kernel reported, where there is something to do.

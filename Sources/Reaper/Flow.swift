@@ -1,6 +1,6 @@
-import Netlink
 import NetworkAddress
 import SockDiag
+import Conntrack
 
 /// A flow as conntrack's original tuple names it: what ties a local socket to its conntrack entry.
 /// A dual-stack socket's IPv4-mapped addresses are unmapped, as its (IPv4) entry names them.

@@ -1,6 +1,6 @@
-import Netlink
+import OS
 
-/// The capabilities this process holds, read from /proc/self/status (CapEff).
+/// The capabilities this process holds, and the ones conn-reaper's features need.
 public struct HostCapabilities: Sendable, Equatable {
     public let effective: UInt64
 
@@ -14,15 +14,10 @@ public struct HostCapabilities: Sendable, Equatable {
         self.effective = effective
     }
 
-    public init?(statusText: String) {
-        guard let line = statusText.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
-            let value = UInt64(line.dropFirst("CapEff:".count).trimmingPrefix(while: \.isWhitespace), radix: 16)
-        else { return nil }
-        self.init(effective: value)
-    }
-
+    /// The calling thread's effective set (every thread of conn-reaper holds the same one), read
+    /// the one way the agent reads capabilities: capget.
     public static func current() -> HostCapabilities? {
-        FileStatus.readText("/proc/self/status").flatMap(HostCapabilities.init(statusText:))
+        (try? ProcessCapabilities.current()).map { HostCapabilities(effective: $0.effective) }
     }
 
     public func holds(_ capability: Int) -> Bool { effective & (1 << UInt64(capability)) != 0 }

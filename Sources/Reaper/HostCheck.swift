@@ -1,7 +1,7 @@
 import Conntrack
-import Netlink
 import NetworkAddress
 import SockDiag
+import OS
 
 /// What this host lets conn-reaper do, found by trying each thing for real.
 public struct HostCheck: Sendable {

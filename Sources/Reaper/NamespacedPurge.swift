@@ -1,4 +1,4 @@
-import Netlink
+import OS
 
 /// A purge or list in other network namespaces: each runs on its own OS thread that enters the
 /// namespace first, so the purger's netlink sockets belong to it (see NetworkNamespace.run).

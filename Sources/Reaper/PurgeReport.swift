@@ -1,6 +1,7 @@
-import Netlink
 import NetworkAddress
 import SockDiag
+import OS
+import Conntrack
 
 /// What a purge or list found and did, in a form the CLI prints and the agent logs.
 public struct PurgeReport: Sendable {

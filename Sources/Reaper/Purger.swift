@@ -1,7 +1,7 @@
 import Conntrack
-import Netlink
 import NetworkAddress
 import SockDiag
+import OS
 
 /// Acts on what a `DestinationMatcher` decides: destroys sockets first, then deletes conntrack
 /// entries, so the RST the kernel sends for each socket is still reverse-NATed on its way out.

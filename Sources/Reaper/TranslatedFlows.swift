@@ -1,6 +1,6 @@
-import Netlink
 import NetworkAddress
 import SockDiag
+import Conntrack
 
 /// Flows a NAT sent to one of the destinations under another name (a Service VIP DNAT'd to a
 /// backend): the local socket names only the VIP, and conntrack's entry is the one place that ties

@@ -1,5 +1,6 @@
 import Netlink
 import NetworkAddress
+import OS
 
 /// The sock_diag interface of one network namespace: dumps on one netlink socket, destroys on a
 /// second, so a destroy never has to wait behind a dump's replies.

@@ -1,6 +1,7 @@
-import Netlink
 import Reaper
 import SockDiag
+import OS
+import Conntrack
 
 /// The JSON of `purge -o json` and `list -o json`. Every key is always present; absent values are null.
 enum ReportDocument {

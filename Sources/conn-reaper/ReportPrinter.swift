@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
-import Netlink
 import Reaper
 import SockDiag
+import OS
 
 /// Renders a PurgeReport: an ss-like table or one JSON object on stdout, a one-line summary on stderr,
 /// and the exit status (1 when the kernel refused anything, with a hint naming the fix).

@@ -1,6 +1,6 @@
-import Netlink
 import Reaper
 import Testing
+import OS
 
 /// Which layer failed is told by the error's type, not by the call's name: the same call failing
 /// on the sock_diag socket is a failure, on the conntrack socket an absent conntrack.

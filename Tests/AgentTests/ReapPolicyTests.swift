@@ -1,9 +1,9 @@
 import Health
-import Netlink
 import NetworkAddress
 import Testing
 
 @testable import Agent
+import Conntrack
 
 /// The reap decision, without I/O: events in, actions out. Each rule that ends connections is
 /// proven both ways: the dead are reaped at once, the living are left alone.

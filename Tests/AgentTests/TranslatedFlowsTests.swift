@@ -1,8 +1,8 @@
-import Netlink
 import NetworkAddress
 import Reaper
 import SockDiag
 import Testing
+import Conntrack
 
 /// Which local sockets a NAT'd conntrack entry names: exactly its original tuple, nothing else.
 @Suite struct TranslatedFlowsTests {

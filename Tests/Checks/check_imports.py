@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Every module a target imports is one it declares in Package.swift (a target or a product of a
-dependency), or one the toolchain ships. SwiftPM's --explicit-target-dependency-import-check accepts
+dependency), or one the toolchain ships; every project target it declares, it imports. SwiftPM's --explicit-target-dependency-import-check accepts
 a module that is only a dependency's dependency; this check does not, and it also refuses an import
 of a project target from a layer below it (Package.swift's layer comment gives the order).
 
@@ -47,9 +47,14 @@ def main() -> int:
         base = "Tests" if target["type"] == "test" else "Sources"
         directory = root / (target.get("path") or f"{base}/{name}")
         allowed = declared(target) | TOOLCHAIN | {name}
-        for module, files in imports(directory).items():
+        found = imports(directory)
+        for module, files in found.items():
             if module not in allowed:
                 problems.append(f"{name} imports {module} without declaring it ({', '.join(sorted(files))})")
+        # A project target declared and never imported is a layer it does not use: say so too.
+        for dependency in declared(target):
+            if dependency in targets and targets[dependency]["type"] != "system" and dependency not in found:
+                problems.append(f"{name} declares {dependency} and never imports it")
     # A layer imports only layers below it: no cycle through the declarations either.
     order = {}      # target -> its layer (the line of Package.swift's layer comment naming it)
     for level, line in enumerate((root / "Package.swift").read_text().splitlines()):

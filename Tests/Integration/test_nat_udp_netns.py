@@ -390,13 +390,13 @@ def test_agent_in_its_own_namespace_reaps_a_listed_namespace_only(lab, reaper_bi
     assert unlisted.poll() is None, "the connection in a namespace not listed must stay open"
 
 
-def cut_and_recover(client, b1, link1, events, agent) -> tuple[float, str]:
+def cut_and_recover(client, b1, link1, events, agent, bound: float = 1.0) -> tuple[float, str]:
     """Cuts backend 1, lets the streams run 3 s, stops the agent; the worst recovery and the agent's log."""
     cut = cut_backend1(client, b1, link1)
     events.pump(3.0)
     agent.terminate()
     _, log = agent.communicate(timeout=10)
-    return check_recovered(events, cut, log, 1.0), log
+    return check_recovered(events, cut, log, bound), log
 
 
 def test_agent_with_netns_all_finds_a_namespace_made_after_it_started(lab, reaper_binary, tmp_path):
@@ -409,7 +409,10 @@ def test_agent_with_netns_all_finds_a_namespace_made_after_it_started(lab, reape
     join_agent(lab, client, agent_ns)
     wait_backends_up(agent_ns, 9751)
     events = start_clients(client, tmp_path)
-    worst, log = cut_and_recover(client, b1, link1, events, agent)
+    # Every namespace on the node is walked twice before the first reap ends: once for the dead
+    # backend's sign of life (its own sockets, NAT'd ones through conntrack), once to reap; that
+    # costs about 0.3 s more than one walk did (0.64 s then, 0.83-0.97 s now, on 2 cores).
+    worst, log = cut_and_recover(client, b1, link1, events, agent, bound=1.2)
     print(f"\nagent with netns: all, client namespace made after it: recovered within {worst:.3f} s")
     assert f"netns=/run/netns/{client.name}" in log, log
 

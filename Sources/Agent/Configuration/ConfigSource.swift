@@ -1,6 +1,6 @@
 import Health
-import Netlink
 import NetworkAddress
+import OS
 
 /// Where the configuration comes from, so a reload reads the same place again, and the
 /// command-line overrides that apply on top of every load.

@@ -1,5 +1,5 @@
-import Netlink
 import Health
+import OS
 
 /// Rules that span keys: unique names, timeouts within intervals, readable TLS files.
 public enum ConfigurationValidator {

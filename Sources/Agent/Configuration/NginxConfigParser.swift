@@ -1,4 +1,4 @@
-import Netlink
+import OS
 
 /// The directive tree of an nginx configuration, with `include` globs followed. Only the grammar
 /// nginx itself has (words, quotes, `;`, `{ }`, `#` comments); meaning is left to the caller.

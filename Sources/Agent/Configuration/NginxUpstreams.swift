@@ -1,5 +1,5 @@
-import Netlink
 import NetworkAddress
+import OS
 
 /// The `upstream` blocks of an nginx configuration, in the http and stream contexts, turned into
 /// the backends conn-reaper watches.

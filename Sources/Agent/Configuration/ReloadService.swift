@@ -1,7 +1,7 @@
 import Logging
-import Netlink
 import ServiceLifecycle
 import UnixSignals
+import OS
 
 /// Reloads the configuration on SIGHUP and when a watched file (nginx.conf and its includes)
 /// changes. A configuration that does not load is logged and the old one keeps running.

@@ -1,6 +1,5 @@
 import Conntrack
 import Foundation
-import Netlink
 import NetworkAddress
 import Synchronization
 

@@ -1,10 +1,10 @@
 import Foundation
 import Health
 import Logging
-import Netlink
 import NetworkAddress
 import Prometheus
 import Reaper
+import OS
 
 /// The one step every path's results go through: metrics, the audit line, /status. A reap of a
 /// dead backend, a paced drain close and a stuck connection are accounted the same way.

@@ -91,19 +91,45 @@ public final class ReapExecutor: Service, Sendable {
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
                 self.setAlarm()
+                // One lane per backend (and per pool for stuck scans): a backend's actions stay in
+                // order, while one backend's passes never wait behind another's.
+                var lanes: [Lane: AsyncStream<ReapPolicy.Action>.Continuation] = [:]
                 for await action in self.actions {
                     if case .probeNow(let pool, let backends) = action {
                         // Probes take up to their timeout: never in the way of a reap.
                         if let probe = self.probers.withLock({ $0[pool] }) { group.addTask { await probe(backends) } }
                         continue
                     }
-                    await self.perform(action)
+                    let lane = Lane(action)
+                    if lanes[lane] == nil {
+                        let (queue, continuation) = AsyncStream.makeStream(of: ReapPolicy.Action.self)
+                        lanes[lane] = continuation
+                        group.addTask { for await queued in queue { await self.perform(queued) } }
+                    }
+                    lanes[lane]?.yield(action)
                 }
+                for continuation in lanes.values { continuation.finish() }
                 group.cancelAll()
             }
         }
         alarm.withLock {
             $0?.task.cancel(); $0 = nil
+        }
+    }
+
+    /// Where an action waits its turn.
+    enum Lane: Hashable {
+        case backend(BackendKey)
+        case pool(String)
+
+        init(_ action: ReapPolicy.Action) {
+            switch action {
+            case .needEvidence(let key, _), .reap(let key, _, _, _), .countConnections(let key), .watchNewFlows(let key),
+                .unwatchNewFlows(let key), .endFlow(let key, _, _), .changed(let key, _, _, _, _):
+                self = .backend(key)
+            case .scanStuck(let pool, _), .probeNow(let pool, _), .suppressed(let pool, _, _, _), .guardReleased(let pool):
+                self = .pool(pool)
+            }
         }
     }
 

@@ -1,8 +1,8 @@
 import Conntrack
-import Netlink
 import NetworkAddress
 import Reaper
 import SockDiag
+import OS
 
 /// `ReapKernel` on the kernel workers: one dedicated thread per network namespace owns its
 /// netlink sockets (see KernelWorker). Keeps the stuck detector's suspicions between scans.
@@ -108,15 +108,21 @@ public actor WorkerReapKernel: ReapKernel {
         let options = sparing
         var sockets = 0
         var youngest: UInt32?
-        for (_, worker) in await workers.workers(for: namespaces) {
-            guard let report = try? await worker.perform({ $0.list(matcher, includeTCPInfo: true, options: options) }) else { continue }
-            for result in report.sockets {
-                sockets += 1
-                guard let info = result.socket.tcpInfo else { continue }
-                // A receive-only socket (a watch through a proxy) gets data and sends nothing, so its
-                // last ACK can be minutes old while the peer is alive: either kind of segment counts.
-                let age = min(info.lastAckReceivedMilliseconds, info.lastDataReceivedMilliseconds)
-                youngest = min(youngest ?? age, age)
+        // Read-only, one dump per namespace on that namespace's own thread: side by side.
+        let workers = await workers.workers(for: namespaces).map(\.worker)
+        await withTaskGroup(of: PurgeReport?.self) { dumps in
+            for worker in workers {
+                dumps.addTask { try? await worker.perform { $0.list(matcher, includeTCPInfo: true, options: options) } }
+            }
+            for await report in dumps {
+                for result in report?.sockets ?? [] {
+                    sockets += 1
+                    guard let info = result.socket.tcpInfo else { continue }
+                    // A receive-only socket (a watch through a proxy) gets data and sends nothing, so its
+                    // last ACK can be minutes old while the peer is alive: either kind of segment counts.
+                    let age = min(info.lastAckReceivedMilliseconds, info.lastDataReceivedMilliseconds)
+                    youngest = min(youngest ?? age, age)
+                }
             }
         }
         // Taken after the dump: a segment's time is then never placed earlier than it came.
@@ -128,7 +134,7 @@ public actor WorkerReapKernel: ReapKernel {
         let matcher = DestinationMatcher(
             destinations: [Destination(address: backend.address, port: backend.port)], transports: transports,
             states: SocketStates([.established]))
-        var sparing = Purger.Options(sockets: true, conntrack: false)
+        var sparing = Purger.Options(sockets: true, conntrack: true)
         sparing.sparingOwnSockets = true
         let options = sparing
         var count = 0

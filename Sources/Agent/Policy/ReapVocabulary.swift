@@ -1,6 +1,6 @@
 import Health
-import Netlink
 import NetworkAddress
+import Conntrack
 
 /// What the agent believes of a backend, from evidence: probe results and its own connections.
 public enum BackendState: String, Sendable, Codable, CaseIterable {

@@ -2,8 +2,8 @@ import Agent
 import ArgumentParser
 import Health
 import Logging
-import Netlink
 import NetworkAddress
+import OS
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

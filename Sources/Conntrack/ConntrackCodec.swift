@@ -1,7 +1,9 @@
 import CNetfilterConntrack
 import CMnl
+import Netlink
 import NetworkAddress
 import SystemPackage
+import OS
 
 /// Reads and writes conntrack entries through libnetfilter_conntrack, so the tuple encoding is the
 /// library's, not ours. The pointer work stays inside these functions.

@@ -30,10 +30,9 @@ public enum NetworkNamespace {
     /// setns(CLONE_NEWNET), which needs CAP_SYS_ADMIN (in the namespace's owning user namespace too).
     /// Opening /proc/PID/ns/net needs ptrace read access to PID.
     public static func enter(_ path: String) throws(SystemCallError) {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw SystemCallError(call: "open(\(path))", code: Glibc.errno) }
+        let descriptor = try systemCall("open(\(path))") { open(path, O_RDONLY | O_CLOEXEC) }
         defer { close(descriptor) }
-        guard c_reaper_setns_net(descriptor) == 0 else { throw SystemCallError(call: "setns(\(path))", code: Glibc.errno) }
+        try systemCall("setns(\(path))") { c_reaper_setns_net(descriptor) }
     }
 
     /// Runs `body` on a new OS thread that first enters the namespace `path` names; the thread ends

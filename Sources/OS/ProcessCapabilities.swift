@@ -15,9 +15,7 @@ public enum ProcessCapabilities {
     /// The calling thread's sets (every thread of conn-reaper holds the same ones).
     public static func current() throws(SystemCallError) -> Sets {
         var sets = Sets(effective: 0, permitted: 0, inheritable: 0)
-        guard c_reaper_capget(&sets.effective, &sets.permitted, &sets.inheritable) == 0 else {
-            throw SystemCallError(call: "capget", code: Glibc.errno)
-        }
+        try systemCall("capget") { c_reaper_capget(&sets.effective, &sets.permitted, &sets.inheritable) }
         return sets
     }
 
@@ -43,13 +41,9 @@ public enum ProcessCapabilities {
                 throw SystemCallError(call: "prctl(PR_CAPBSET_DROP)", code: Glibc.errno)
             }
         }
-        guard c_reaper_capset(sets.effective, sets.permitted, sets.permitted & keep) == 0 else {
-            throw SystemCallError(call: "capset", code: Glibc.errno)
-        }
+        try systemCall("capset") { c_reaper_capset(sets.effective, sets.permitted, sets.permitted & keep) }
         for capability in capabilities where sets.permitted & (1 << UInt64(capability)) != 0 {
-            guard c_reaper_raise_ambient(Int32(capability)) == 0 else {
-                throw SystemCallError(call: "prctl(PR_CAP_AMBIENT_RAISE)", code: Glibc.errno)
-            }
+            try systemCall("prctl(PR_CAP_AMBIENT_RAISE)") { c_reaper_raise_ambient(Int32(capability)) }
         }
         setenv(marker, "1", 1)
         let arguments = CommandLine.arguments.map { strdup($0) } + [nil]

@@ -16,34 +16,26 @@ public final class LoopbackConnection {
 
     public init() throws(SystemCallError) {
         var descriptors: [Int32] = []
-        func fail(_ call: String) -> SystemCallError {
-            let error = SystemCallError(call: call, code: Glibc.errno)
-            descriptors.forEach { _ = close($0) }
-            return error
-        }
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard listener >= 0 else { throw fail("socket") }
+        var done = false
+        defer { if !done { descriptors.forEach { _ = close($0) } } }
+        let listener = try systemCall("socket") { socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         descriptors.append(listener)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
-        guard Self.withSockaddr(&address, { bind(listener, $0, $1) }) == 0 else { throw fail("bind") }
-        guard listen(listener, 1) == 0 else { throw fail("listen") }
+        try systemCall("bind") { Self.withSockaddr(&address) { bind(listener, $0, $1) } }
+        try systemCall("listen") { listen(listener, 1) }
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        guard Self.withMutableSockaddr(&address, { getsockname(listener, $0, &length) }) == 0 else {
-            throw fail("getsockname")
-        }
-        let client = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard client >= 0 else { throw fail("socket") }
+        try systemCall("getsockname") { Self.withMutableSockaddr(&address) { getsockname(listener, $0, &length) } }
+        let client = try systemCall("socket") { socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         descriptors.append(client)
-        guard Self.withSockaddr(&address, { connect(client, $0, $1) }) == 0 else { throw fail("connect") }
-        let server = accept(listener, nil, nil)
-        guard server >= 0 else { throw fail("accept") }
+        try systemCall("connect") { Self.withSockaddr(&address) { connect(client, $0, $1) } }
+        let server = try systemCall("accept") { accept(listener, nil, nil) }
+        descriptors.append(server)
         var local = sockaddr_in()
         length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        guard Self.withMutableSockaddr(&local, { getsockname(client, $0, &length) }) == 0 else {
-            throw fail("getsockname")
-        }
+        try systemCall("getsockname") { Self.withMutableSockaddr(&local) { getsockname(client, $0, &length) } }
+        done = true
         self.listener = listener
         self.client = client
         self.server = server
