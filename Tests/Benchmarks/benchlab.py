@@ -338,3 +338,43 @@ def install_signal_handlers():
         signal.signal(sig, handler)
     # Also when started in the background by a shell that ignores SIGINT there: an explicit SIGINT cleans up.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# =============================================================================================
+# Machine state, shared by the benchmarks
+
+
+def busy_cpu_seconds():
+    """Busy CPU time of the whole machine (all cores) from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def remove_stale_workdirs(prefix):
+    """Temporary directories of benchmark runs that were killed (SIGKILL) before they could clean up."""
+    import shutil
+    import tempfile
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        match = re.match(rf"^{re.escape(prefix)}(\d+)-", name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def wait_quiet(limit, window=5.0, threshold=0.25):
+    """Wait until the machine was nearly idle for `window` seconds, at most `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while True:
+        before = busy_cpu_seconds()
+        time.sleep(window)
+        busy = (busy_cpu_seconds() - before) / window
+        if busy < threshold:
+            log(f"machine quiet ({100 * busy:.0f}% of one core busy)")
+            return
+        if time.monotonic() >= deadline:
+            log(f"machine still busy ({100 * busy:.0f}% of one core): starting anyway")
+            return
+        log(f"waiting for other work to finish ({100 * busy:.0f}% of one core busy)")
+

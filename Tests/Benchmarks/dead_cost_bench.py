@@ -366,14 +366,6 @@ class Helper:
             self.proc.wait(10)
 
 
-def busy_cpu_seconds():
-    """Busy CPU time of the whole machine (all cores) from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def process_cpu_seconds(pid):
     """utime + stime of every thread of pid."""
     with open(f"/proc/{pid}/stat") as f:
@@ -604,14 +596,14 @@ class Bench:
                 phase.notes.append(f"{phase.name}: {index} of {rounds} rounds fit before the phase ended")
                 break
             before = process_cpu_seconds(self.agent.pid)
-            busy = busy_cpu_seconds()
+            busy = benchlab.busy_cpu_seconds()
             started = time.monotonic()
             time.sleep(self.args.window)
             elapsed = time.monotonic() - started
             if not self.agent.alive():
                 raise RuntimeError(f"the agent exited ({self.agent.proc.returncode}):\n{self.agent.tail()}")
             used = process_cpu_seconds(self.agent.pid) - before
-            other = max(0.0, busy_cpu_seconds() - busy - used)
+            other = max(0.0, benchlab.busy_cpu_seconds() - busy - used)
             phase.cpu.append(100 * used / elapsed)
             phase.other.append(100 * other / elapsed)
             log(f"  {phase.name} round {index + 1}/{rounds}: agent {phase.cpu[-1]:.1f}% of a core "
@@ -855,27 +847,6 @@ def render(bench, args, started, busy_before):
 # =============================================================================================
 
 
-def remove_stale_workdirs():
-    root = tempfile.gettempdir()
-    for name in os.listdir(root):
-        match = re.match(rf"^{PREFIX}(\d+)-", name)
-        if match and int(match.group(1)) != os.getpid() and not benchlab.pid_alive(int(match.group(1))):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-
-
-def wait_quiet(limit, window=5.0, threshold=0.25):
-    deadline = time.monotonic() + limit
-    while True:
-        before = busy_cpu_seconds()
-        time.sleep(window)
-        busy = (busy_cpu_seconds() - before) / window
-        if busy < threshold or time.monotonic() >= deadline:
-            log(f"machine {'quiet' if busy < threshold else 'still busy: starting anyway'} "
-                f"({100 * busy:.0f}% of one core busy)")
-            return
-        log(f"waiting for other work to finish ({100 * busy:.0f}% of one core busy)")
-
-
 def pick_binary(explicit):
     if explicit:
         return os.path.abspath(explicit), "--binary"
@@ -937,15 +908,15 @@ def main():
             return 1
     benchlab.install_signal_handlers()
     if args.wait_quiet > 0:
-        wait_quiet(args.wait_quiet)
+        benchlab.wait_quiet(args.wait_quiet)
     started = time.monotonic()
-    busy = busy_cpu_seconds()
+    busy = benchlab.busy_cpu_seconds()
     time.sleep(1)
-    busy_before = 100 * (busy_cpu_seconds() - busy)
+    busy_before = 100 * (benchlab.busy_cpu_seconds() - busy)
     if busy_before > 25:
         log(f"note: other work uses {busy_before:.0f}% of one core: it skews the figures (see --wait-quiet)")
 
-    remove_stale_workdirs()
+    benchlab.remove_stale_workdirs(PREFIX)
     workdir = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
     args.binary_shown = os.path.relpath(args.binary, REPO) if args.binary.startswith(REPO + "/") else args.binary
     args.rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

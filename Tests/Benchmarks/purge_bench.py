@@ -139,13 +139,13 @@ class Bench:
             err_path = os.path.join(self.workdir, f"err{index}")
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
                 with self.lab.in_client():
-                    busy = busy_cpu_seconds()
+                    busy = benchlab.busy_cpu_seconds()
                     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
                     started = time.perf_counter()
                     status = subprocess.call(argv, stdout=out, stderr=err)
                     elapsed = time.perf_counter() - started
                     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-                    busy = busy_cpu_seconds() - busy
+                    busy = benchlab.busy_cpu_seconds() - busy
             run.parts.append(elapsed)
             user, system = after.ru_utime - usage.ru_utime, after.ru_stime - usage.ru_stime
             run.cpu.append((user, system))
@@ -379,39 +379,6 @@ class Bench:
             f"{' = ' + parts if parts else ''}{own} | {state}")
 
 
-def busy_cpu_seconds():
-    """Busy CPU time of the whole machine (all cores) from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def remove_stale_workdirs():
-    """Temporary directories of benchmark runs that were killed (SIGKILL) before they could clean up."""
-    root = tempfile.gettempdir()
-    for name in os.listdir(root):
-        match = re.match(r"^crbench-(\d+)-", name)
-        if match and int(match.group(1)) != os.getpid() and not benchlab.pid_alive(int(match.group(1))):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-
-
-def wait_quiet(limit, window=5.0, threshold=0.25):
-    """Wait until the machine was nearly idle for `window` seconds, at most `limit` seconds."""
-    deadline = time.monotonic() + limit
-    while True:
-        before = busy_cpu_seconds()
-        time.sleep(window)
-        busy = (busy_cpu_seconds() - before) / window
-        if busy < threshold:
-            log(f"machine quiet ({100 * busy:.0f}% of one core busy)")
-            return
-        if time.monotonic() >= deadline:
-            log(f"machine still busy ({100 * busy:.0f}% of one core): starting anyway")
-            return
-        log(f"waiting for other work to finish ({100 * busy:.0f}% of one core busy)")
-
-
 def split(total, parts):
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
@@ -593,11 +560,11 @@ def main():
             sys.exit(f"{tool} is missing (make deps installs it)")
     benchlab.install_signal_handlers()
     if args.wait_quiet > 0:
-        wait_quiet(args.wait_quiet)
+        benchlab.wait_quiet(args.wait_quiet)
     started = time.monotonic()
-    busy = busy_cpu_seconds()
+    busy = benchlab.busy_cpu_seconds()
     time.sleep(1)
-    busy_before = busy_cpu_seconds() - busy
+    busy_before = benchlab.busy_cpu_seconds() - busy
     if busy_before > 0.25:
         log(f"note: other work uses {100 * busy_before:.0f}% of one core: it skews the timings (see --wait-quiet)")
 
@@ -606,7 +573,7 @@ def main():
     peak = max(args.targets + args.decoys if scenario1 else 0, args.unrelated if scenario2 else 0,
                args.decoys if scenario2 and scenario1 else 0)
     servers = max(1, math.ceil(peak / 12000))  # SO_REUSEPORT spreads by hash: keep each well below 20,000 fds
-    remove_stale_workdirs()
+    benchlab.remove_stale_workdirs('crbench-')
     workdir = tempfile.mkdtemp(prefix=f"crbench-{os.getpid()}-")
     # Pin the binary: a rebuild in the same tree during the run must not change what is measured.
     args.binary_shown = args.binary
