@@ -378,3 +378,15 @@ def wait_quiet(limit, window=5.0, threshold=0.25):
             return
         log(f"waiting for other work to finish ({100 * busy:.0f}% of one core busy)")
 
+
+def check_prerequisites(script, binary, tools=("ip", "ss", "conntrack", "iptables", "sysctl")):
+    """Root, the binary under test and the tools a lab needs; exits with a message naming what is missing."""
+    import shutil
+    if os.geteuid() != 0:
+        sys.exit(f"{script} needs root (network namespaces, SOCK_DESTROY, conntrack)")
+    if not os.access(binary, os.X_OK):
+        sys.exit(f"{binary} not found: build it with `swift build -c release` (or `make bench`)")
+    for tool in tools:
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing (make deps installs it)")
+

@@ -897,15 +897,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if os.geteuid() != 0:
-        sys.exit("dead_cost_bench.py needs root (network namespaces, SOCK_DESTROY, conntrack)")
-    if not os.access(args.binary, os.X_OK):
-        log(f"{args.binary} not found: build it (`swift build -c release`, or `make bench`)")
-        return 1
-    for tool in ("ip", "ss", "conntrack", "iptables", "sysctl"):
-        if shutil.which(tool) is None:
-            log(f"{tool} is missing (make deps installs it)")
-            return 1
+    benchlab.check_prerequisites("dead_cost_bench.py", args.binary)
     benchlab.install_signal_handlers()
     if args.wait_quiet > 0:
         benchlab.wait_quiet(args.wait_quiet)

@@ -551,13 +551,7 @@ def parse_args():
 
 def main():
     args = parse_args()
-    if os.geteuid() != 0:
-        sys.exit("purge_bench.py needs root (network namespaces, SOCK_DESTROY, conntrack)")
-    if not os.access(args.binary, os.X_OK):
-        sys.exit(f"{args.binary} not found: build it with `swift build -c release` (or `make bench`)")
-    for tool in ("ip", "ss", "conntrack", "iptables", "sysctl"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} is missing (make deps installs it)")
+    benchlab.check_prerequisites("purge_bench.py", args.binary)
     benchlab.install_signal_handlers()
     if args.wait_quiet > 0:
         benchlab.wait_quiet(args.wait_quiet)
