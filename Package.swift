@@ -112,7 +112,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "NetlinkTests",
-            dependencies: ["Netlink", "SockDiag", "Conntrack", "NetworkAddress"],
+            dependencies: ["Netlink", "SockDiag", "Conntrack", "OS", "NetworkAddress"],
             swiftSettings: strict),
     ]
 )

@@ -1,40 +1,41 @@
-import NIOPosix
 import NetworkAddress
 import Reaper
 import ServiceLifecycle
 import OS
 
-/// Owns the netlink sockets of one network namespace on one dedicated OS thread: netlink calls
-/// block for milliseconds and must not stall the cooperative pool, and (for other namespaces) the
-/// thread that opens the sockets is the one that entered the namespace.
+/// Owns the netlink sockets of one network namespace on one dedicated OS thread (a NamespaceThread):
+/// netlink calls block for milliseconds and must not stall the cooperative pool, and (for other
+/// namespaces) the thread that opens the sockets is the one that entered the namespace.
 public final class KernelWorker: @unchecked Sendable {
-    // Touched only from the pool's single thread: that is what makes the unchecked Sendable sound.
+    // Touched only from the worker's one thread, job after job: what makes the unchecked Sendable sound.
     private var purger: Purger?
-    private var entered = false
-    private let thread = NIOThreadPool(numberOfThreads: 1)
+    private let thread: NamespaceThread?
+    private let threadError: SystemCallError?
     /// The namespace file this worker's thread enters before anything else; nil: the agent's own.
     public let namespace: String?
 
     public init(namespace: String? = nil) {
         self.namespace = namespace
-        thread.start()
+        do {
+            thread = try NamespaceThread(entering: namespace)
+            threadError = nil
+        } catch {
+            thread = nil
+            threadError = error
+        }
     }
 
     /// Runs `body` with this namespace's purger on the worker's thread.
     public func perform<Result: Sendable>(_ body: @escaping @Sendable (Purger) -> Result) async throws -> Result {
-        try await thread.runIfActive { [self] () throws -> Result in
-            if let namespace, !entered {
-                // The thread stays in the namespace for good: it is this worker's only thread.
-                try NetworkNamespace.enter(namespace)
-                entered = true
-            }
+        guard let thread else { throw threadError ?? NamespaceThread.stoppedError }
+        return try await thread.run { [self] in
             if purger == nil { purger = Purger(sockets: true, conntrack: true) }
             return body(purger!)
         }
     }
 
     public func shutdown() async {
-        try? await thread.shutdownGracefully()
+        thread?.stop()
     }
 }
 

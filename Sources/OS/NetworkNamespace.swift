@@ -1,5 +1,4 @@
 import CLinuxNetlink
-import Dispatch
 
 #if canImport(Glibc)
     import Glibc
@@ -33,48 +32,6 @@ public enum NetworkNamespace {
         let descriptor = try systemCall("open(\(path))") { open(path, O_RDONLY | O_CLOEXEC) }
         defer { close(descriptor) }
         try systemCall("setns(\(path))") { c_reaper_setns_net(descriptor) }
-    }
-
-    /// Runs `body` on a new OS thread that first enters the namespace `path` names; the thread ends
-    /// with it, so nothing else ever runs in that namespace by accident.
-    public static func run<Value: Sendable>(
-        in path: String, _ body: @escaping @Sendable () -> Value
-    ) throws(SystemCallError) -> Value {
-        let outcome = ThreadOutcome<Value>()
-        let done = DispatchSemaphore(value: 0)
-        let context = Unmanaged.passRetained(
-            Job {
-                outcome.value = Result { () throws(SystemCallError) -> Value in
-                    try enter(path)
-                    return body()
-                }
-                done.signal()
-            }
-        ).toOpaque()
-        var thread = pthread_t()
-        let created = pthread_create(
-            &thread, nil,
-            { context in
-                Unmanaged<Job>.fromOpaque(context!).takeRetainedValue().body()
-                return nil
-            }, context)
-        guard created == 0 else {
-            Unmanaged<Job>.fromOpaque(context).release()
-            throw SystemCallError(call: "pthread_create", code: created)
-        }
-        done.wait()
-        pthread_join(thread, nil)
-        return try outcome.value!.get()
-    }
-
-    /// Written by the namespace thread before it signals, read by the caller after: never shared.
-    private final class ThreadOutcome<Value>: @unchecked Sendable {
-        var value: Result<Value, SystemCallError>?
-    }
-
-    private final class Job {
-        let body: () -> Void
-        init(_ body: @escaping () -> Void) { self.body = body }
     }
 
     /// One path per network namespace on the node: /run/netns/* first (their names are stable),

@@ -1,7 +1,7 @@
 import OS
 
 /// A purge or list in other network namespaces: each runs on its own OS thread that enters the
-/// namespace first, so the purger's netlink sockets belong to it (see NetworkNamespace.run).
+/// namespace first, so the purger's netlink sockets belong to it (see NamespaceThread).
 public enum NamespacedPurge {
     public struct Target: Sendable, Equatable {
         public var path: String
@@ -30,9 +30,9 @@ public enum NamespacedPurge {
         var merged = PurgeReport()
         for target in targets {
             do {
-                let report = try NetworkNamespace.run(in: target.path) {
-                    act(Purger(sockets: sockets, conntrack: conntrack))
-                }
+                let thread = try NamespaceThread(entering: target.path)
+                defer { thread.stop() }
+                let report = try thread.runAndWait { act(Purger(sockets: sockets, conntrack: conntrack)) }
                 merged.absorb(report, namespace: target.path)
             } catch  where target.mayVanish && (error.errno == .noSuchFileOrDirectory || error.errno == .noSuchProcess) {
                 continue
