@@ -67,6 +67,11 @@ public final class NamespaceThread: Sendable {
         return try slot.withLock { $0! }.get()
     }
 
+    /// Queues `body` and returns at once; what it throws goes nowhere (it reports through its own state).
+    public func start(_ body: @escaping @Sendable () throws(SystemCallError) -> Void) {
+        _ = enqueue { entering in if entering == nil { try? body() } }
+    }
+
     /// Ends the thread once the jobs already queued have run.
     public func stop() {
         queue.withLock { $0.stopping = true }
