@@ -162,21 +162,14 @@ class Agent:
 
 def metric_samples(text: str, name: str) -> list[tuple[dict, float]]:
     """Samples of one metric in a Prometheus text exposition: [(labels, value)]."""
-    samples = []
-    for line in text.splitlines():
-        match = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})?\s+(\S+)$", line)
-        if match:
-            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(1) or ""))
-            samples.append((labels, float(match.group(2))))
-    return samples
+    return netlab.Metrics(text).matching(name)
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
     """The sum of the samples whose labels include ``labels``; None when there is none."""
-    values = [value for sample_labels, value in metric_samples(text, name)
-              if all(sample_labels.get(k) == v for k, v in labels.items())]
-    return sum(values) if values else None
+    metrics = netlab.Metrics(text)
+    return metrics.value(name, **labels) if metrics.has(name, **labels) else None
 
 
 def metric_families(text: str) -> set[str]:
-    return set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    return netlab.Metrics(text).families()
