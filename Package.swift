@@ -64,7 +64,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .target(name: "Reaper", dependencies: ["SockDiag", "Conntrack", "OS", "NetworkAddress"], swiftSettings: strict),
+        .target(name: "Reaper", dependencies: ["SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress"], swiftSettings: strict),
         .target(
             name: "Health",
             dependencies: [

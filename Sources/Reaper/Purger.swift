@@ -1,4 +1,5 @@
 import Conntrack
+import Netlink
 import NetworkAddress
 import SockDiag
 import OS
@@ -139,19 +140,13 @@ public final class Purger {
             let acks = try diagnostics.destroy(targets)
             var retry = dump.interrupted
             for (socket, ack) in zip(targets, acks) {
-                switch ack {
-                case .done:
-                    ended.insert(socket.id.cookie)
-                    report.sockets.append(.init(socket: socket, outcome: .ended))
-                case .failed(.noSuchFileOrDirectory):
-                    ended.insert(socket.id.cookie)
-                    report.sockets.append(.init(socket: socket, outcome: .alreadyGone))
-                case .failed(let errno):
-                    report.sockets.append(
-                        .init(socket: socket, outcome: .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno, layer: .sockDiag))))
-                case .unconfirmed:
+                let outcome = PurgeReport.Outcome.destroy(ack)
+                if outcome == .unconfirmed {
                     retry = true
+                    continue
                 }
+                if outcome.error == nil { ended.insert(socket.id.cookie) }
+                report.sockets.append(.init(socket: socket, outcome: outcome))
             }
             // A refused destroy will be refused again: only lost acks and torn dumps earn another round.
             guard retry, round < options.maximumExtraRounds else { return }
@@ -191,14 +186,7 @@ public final class Purger {
         }
         let acks = try diagnostics.destroy(targets)
         for (socket, ack) in zip(targets, acks) {
-            let outcome: PurgeReport.Outcome
-            switch ack {
-            case .done: outcome = .ended
-            case .failed(.noSuchFileOrDirectory): outcome = .alreadyGone
-            case .failed(let errno): outcome = .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno, layer: .sockDiag))
-            case .unconfirmed: outcome = .unconfirmed
-            }
-            report.sockets.append(.init(socket: socket, outcome: outcome, throughConntrack: true))
+            report.sockets.append(.init(socket: socket, outcome: .destroy(ack), throughConntrack: true))
         }
     }
 
@@ -226,21 +214,13 @@ public final class Purger {
             let acks = try table.delete(targets.map(\.0))
             var retry = dump.interrupted
             for ((entry, matchedBy), ack) in zip(targets, acks) {
-                switch ack {
-                case .done:
-                    deleted.insert(entry.identity)
-                    report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .ended))
-                case .failed(.noSuchFileOrDirectory):
-                    deleted.insert(entry.identity)
-                    report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .alreadyGone))
-                case .failed(let errno):
-                    report.conntrack.append(
-                        .init(
-                            entry: entry, matchedBy: matchedBy,
-                            outcome: .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno, layer: .conntrack))))
-                case .unconfirmed:
+                let outcome = PurgeReport.Outcome.delete(ack)
+                if outcome == .unconfirmed {
                     retry = true
+                    continue
                 }
+                if outcome.error == nil { deleted.insert(entry.identity) }
+                report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
             }
             guard retry, round < options.maximumExtraRounds else { return }
             report.extraRounds += 1
@@ -266,17 +246,7 @@ public final class Purger {
                     return report
                 }
                 if let socket = found, [.synSent, .established].contains(socket.state) {
-                    let outcome: PurgeReport.Outcome
-                    if acting {
-                        switch try socketDiagnostics.destroy([socket])[0] {
-                        case .done: outcome = .ended
-                        case .failed(.noSuchFileOrDirectory): outcome = .alreadyGone
-                        case .failed(let errno): outcome = .failed(SystemCallError(call: "SOCK_DESTROY", errno: errno, layer: .sockDiag))
-                        case .unconfirmed: outcome = .unconfirmed
-                        }
-                    } else {
-                        outcome = .wouldEnd
-                    }
+                    let outcome: PurgeReport.Outcome = acting ? .destroy(try socketDiagnostics.destroy([socket])[0]) : .wouldEnd
                     report.sockets.append(
                         .init(socket: socket, outcome: outcome, throughConntrack: entry.reply.source != entry.original.destination))
                 }
@@ -287,14 +257,8 @@ public final class Purger {
                 entry.reply.source == entry.original.destination ? .originalDestination : .replySource
             if acting {
                 do {
-                    let outcome: PurgeReport.Outcome =
-                        switch try conntrackTable.delete([entry])[0] {
-                        case .done: .ended
-                        case .failed(.noSuchFileOrDirectory): .alreadyGone
-                        case .failed(let errno): .failed(SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: errno, layer: .conntrack))
-                        case .unconfirmed: .unconfirmed
-                        }
-                    report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
+                    report.conntrack.append(
+                        .init(entry: entry, matchedBy: matchedBy, outcome: .delete(try conntrackTable.delete([entry])[0])))
                 } catch { report.stepErrors.append(error) }
             } else {
                 report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .wouldEnd))
@@ -310,4 +274,23 @@ public final class Purger {
     }
 
     private static let epoch = ContinuousClock.now
+}
+
+extension PurgeReport.Outcome {
+    /// What the kernel's answer to one destroy or delete means for the item: ENOENT is done too (it
+    /// closed or expired meanwhile, or the cookie names an older socket on the tuple).
+    init(_ acknowledgement: Acknowledgement, call: String, layer: SystemCallError.Layer) {
+        switch acknowledgement {
+        case .done: self = .ended
+        case .failed(.noSuchFileOrDirectory): self = .alreadyGone
+        case .failed(let errno): self = .failed(SystemCallError(call: call, errno: errno, layer: layer))
+        case .unconfirmed: self = .unconfirmed
+        }
+    }
+
+    static func destroy(_ acknowledgement: Acknowledgement) -> Self { .init(acknowledgement, call: "SOCK_DESTROY", layer: .sockDiag) }
+
+    static func delete(_ acknowledgement: Acknowledgement) -> Self {
+        .init(acknowledgement, call: "IPCTNL_MSG_CT_DELETE", layer: .conntrack)
+    }
 }
