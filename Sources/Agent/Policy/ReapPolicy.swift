@@ -207,12 +207,30 @@ public struct ReapPolicy: Sendable {
 
     private mutating func newFlow(_ key: BackendKey, _ flow: AnnouncedFlow, at now: Instant) -> [Action] {
         budget.refill(at: now)
-        guard let record = backends[key], let pool = rules(of: key.pool), record.reaping != nil,
-            record.failingSince != nil  // answering again: its new flows are likely good ones
-        else { return [] }
-        guard reapWhenAllDown || survivor(besides: key, pool: pool) != nil else { return holdForGuard(key) }
-        guard budget.available() > 0 else { return suppress(key, .budget) }
-        return [.endFlow(key, flow, reason: record.reaping?.reason == .unhealthy ? .unhealthy : .stillDead)]
+        guard let reaping = backends[key]?.reaping, let pool = rules(of: key.pool) else { return [] }
+        switch hold(key, pool: pool) {
+        case .recovering?: return []
+        case .noSurvivor?: return holdForGuard(key)
+        case .budget?: return suppress(key, .budget)
+        case nil: return [.endFlow(key, flow, reason: reaping.reason == .unhealthy ? .unhealthy : .stillDead)]
+        }
+    }
+
+    /// What keeps a reaped backend's connections from being ended right now, if anything. Every
+    /// path that ends them while it stays reaped (its passes, the flows conntrack announces) asks this.
+    private enum Hold {
+        /// It answers probes again (rise not reached yet): its new connections are likely good ones.
+        case recovering
+        /// No other backend of the pool answered since it began failing: the all-down guard.
+        case noSurvivor
+        /// The reconnect-storm budget is spent for now.
+        case budget
+    }
+
+    private func hold(_ key: BackendKey, pool: PoolRules) -> Hold? {
+        if backends[key]?.failingSince == nil { return .recovering }
+        if !reapWhenAllDown, survivor(besides: key, pool: pool) == nil { return .noSurvivor }
+        return budget.available() > 0 ? nil : .budget
     }
 
     private mutating func probed(_ key: BackendKey, _ result: ProbeResult, at: Instant) -> [Action] {
@@ -368,15 +386,19 @@ public struct ReapPolicy: Sendable {
             reaping.nextPass = reaping.nextPass + cadence > now ? reaping.nextPass + cadence : now + cadence
         }
         backends[key]?.reaping = reaping
-        // Answering again (rise not reached yet): its new connections are likely good ones.
-        guard backends[key]?.failingSince != nil else { return [] }
-        guard reapWhenAllDown || survivor(besides: key, pool: pool) != nil else {
+        switch hold(key, pool: pool) {
+        case .recovering?:
+            return []
+        case .noSurvivor?:
+            // Its first pass asks the peers once (a real survivor then costs one fast probe, not an interval).
             if reaping.passes == 0, !reaping.probedPeers, pool.backends.count > 1 {
                 backends[key]?.reaping?.probedPeers = true
                 backends[key]?.reaping?.awaitingSurvivorUntil = now + pool.probeTimeout + Self.survivorGrace
                 return [.probeNow(pool: key.pool, backends: pool.backends.filter { $0 != key.backend })]
             }
             return holdForGuard(key)
+        case .budget?, nil:
+            break
         }
         var actions: [Action] = []
         if guarded.remove(key.pool) != nil { actions.append(.guardReleased(pool: key.pool)) }
