@@ -100,48 +100,44 @@ public actor WorkerReapKernel: ReapKernel {
     public func evidence(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async
         -> SegmentEvidence
     {
-        let matcher = DestinationMatcher(
-            destinations: [Destination(address: backend.address, port: backend.port)], transports: [.tcp],
-            states: SocketStates([.established]))
-        var sparing = Purger.Options(sockets: true, conntrack: true)
-        sparing.sparingOwnSockets = true
-        let options = sparing
-        var sockets = 0
-        var youngest: UInt32?
-        // Read-only, one dump per namespace on that namespace's own thread: side by side.
-        let workers = await workers.workers(for: namespaces).map(\.worker)
-        await withTaskGroup(of: PurgeReport?.self) { dumps in
-            for worker in workers {
-                dumps.addTask { try? await worker.perform { $0.list(matcher, includeTCPInfo: true, options: options) } }
-            }
-            for await report in dumps {
-                for result in report?.sockets ?? [] {
-                    sockets += 1
-                    guard let info = result.socket.tcpInfo else { continue }
-                    // A receive-only socket (a watch through a proxy) gets data and sends nothing, so its
-                    // last ACK can be minutes old while the peer is alive: either kind of segment counts.
-                    let age = min(info.lastAckReceivedMilliseconds, info.lastDataReceivedMilliseconds)
-                    youngest = min(youngest ?? age, age)
-                }
-            }
-        }
-        // Taken after the dump: a segment's time is then never placed earlier than it came.
-        return SegmentEvidence(at: .now, sockets: sockets, youngestSegmentAge: youngest.map { .milliseconds(Int64($0)) })
+        // NAT'd flows count too: conntrack names the sockets a VIP hides.
+        let reports = await listEstablished(toward: backend, transports: [.tcp], conntrack: true, tcpInfo: true, namespaces: namespaces)
+        let sockets = reports.flatMap(\.sockets)
+        // A receive-only socket (a watch through a proxy) gets data and sends nothing, so its last ACK
+        // can be minutes old while the peer is alive: either kind of segment counts.
+        let youngest = sockets.compactMap { $0.socket.tcpInfo.map { min($0.lastAckReceivedMilliseconds, $0.lastDataReceivedMilliseconds) } }
+            .min()
+        // Taken after the dumps: a segment's time is then never placed earlier than it came.
+        return SegmentEvidence(at: .now, sockets: sockets.count, youngestSegmentAge: youngest.map { .milliseconds(Int64($0)) })
     }
 
+    /// The connections a paced close can end: established, direct (a drain pass looks at no conntrack).
     public func countConnections(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> Int
     {
+        await listEstablished(toward: backend, transports: transports, conntrack: false, tcpInfo: false, namespaces: namespaces)
+            .reduce(0) { $0 + $1.sockets.count }
+    }
+
+    /// The backend's established sockets, the agent's own left out, listed in every namespace side by
+    /// side (read-only, each on its namespace's own thread); a namespace that cannot be read adds none.
+    private func listEstablished(
+        toward backend: Endpoint, transports: Set<TransportProtocol>, conntrack: Bool, tcpInfo: Bool, namespaces: NamespaceSelection?
+    ) async -> [PurgeReport] {
         let matcher = DestinationMatcher(
             destinations: [Destination(address: backend.address, port: backend.port)], transports: transports,
             states: SocketStates([.established]))
-        var sparing = Purger.Options(sockets: true, conntrack: true)
+        var sparing = Purger.Options(sockets: true, conntrack: conntrack)
         sparing.sparingOwnSockets = true
         let options = sparing
-        var count = 0
-        for (_, worker) in await workers.workers(for: namespaces) {
-            count += (try? await worker.perform { $0.list(matcher, includeTCPInfo: false, options: options) })?.sockets.count ?? 0
+        let workers = await workers.workers(for: namespaces).map(\.worker)
+        return await withTaskGroup(of: PurgeReport?.self) { dumps in
+            for worker in workers {
+                dumps.addTask { try? await worker.perform { $0.list(matcher, includeTCPInfo: tcpInfo, options: options) } }
+            }
+            var reports: [PurgeReport] = []
+            for await report in dumps { if let report { reports.append(report) } }
+            return reports
         }
-        return count
     }
 
     public func watchNewFlows(
