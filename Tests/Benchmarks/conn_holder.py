@@ -34,6 +34,16 @@ LINGER_ABORT = struct.pack("ii", 1, 0)  # close() sends RST: no FIN, no TIME_WAI
 RESERVED_FDS = 64
 
 
+def close_socket(sock, abort=True):
+    """Closes a socket; with ``abort``, by an RST (SO_LINGER 0): no FIN exchange, no TIME_WAIT left."""
+    if abort:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
+        except OSError:
+            pass
+    sock.close()
+
+
 def die_with_parent():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -95,12 +105,7 @@ class Holder:
             pass
         if sock is None:
             sock = socket.socket(fileno=fd)
-        if abort:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
-            except OSError:
-                pass
-        sock.close()
+        close_socket(sock, abort)
 
     def counts(self):
         return {k: v for k, v in self.live.items() if v}

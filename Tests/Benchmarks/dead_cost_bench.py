@@ -46,7 +46,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -75,7 +74,6 @@ GOAL_LATER_MS = 1000.0
 GOAL_SIZE = 50000
 FIRST_MINUTE = 60.0
 
-LINGER_ABORT = struct.pack("ii", 1, 0)
 PR_SET_PDEATHSIG = 1
 
 
@@ -105,7 +103,7 @@ def reply(obj):
 def helper_backends(ips, port):
     """Server namespace: the pool's backends. Accepts on every ip:port and keeps each connection until
     its peer closes it (probes come and go; held connections stay). Commands on stdin: close_ip, quit."""
-    from conn_holder import LineReader
+    from conn_holder import LineReader, close_socket
     helper_prelude()
     stdin = LineReader(sys.stdin.fileno())
     ep = select.epoll()
@@ -127,12 +125,7 @@ def helper_backends(ips, port):
             ep.unregister(fd)
         except OSError:
             pass
-        if abort:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
-            except OSError:
-                pass
-        sock.close()
+        close_socket(sock, abort)
 
     while True:
         if stdin.has_line():
@@ -179,7 +172,7 @@ def helper_backends(ips, port):
 def helper_client():
     """Client namespace: holds connections to the backends and times connects to the dead one.
     Commands (one JSON line each, one JSON answer): hold, check, close, sample ... stop, quit."""
-    from conn_holder import LineReader
+    from conn_holder import LineReader, close_socket
     helper_prelude()
     stdin = LineReader(sys.stdin.fileno())
     held = {}  # fd -> (socket, key)
@@ -241,11 +234,7 @@ def helper_client():
 
     def close_all():
         for s, _ in held.values():
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
-            except OSError:
-                pass
-            s.close()
+            close_socket(s)
         count = len(held)
         held.clear()
         return {"closed": count}
@@ -277,11 +266,7 @@ def helper_client():
             else:
                 result = errno.errorcode.get(rc, str(rc)) if rc else "connected"
                 ms = (time.monotonic() - started) * 1000
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ABORT)
-            except OSError:
-                pass
-            s.close()
+            close_socket(s)
             samples.append({"t": started, "ms": ms, "result": result})
         line = stdin.readline()
         if not line:
