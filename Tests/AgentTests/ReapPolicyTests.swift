@@ -165,6 +165,26 @@ import Conntrack
         #expect(reaps(turned).map(\.0) == [.dead])
     }
 
+    /// The drain timer belongs to one unhealthy episode: a backend well again before it runs out
+    /// keeps every connection, and a later episode starts its own full timeout.
+    @Test func recoveringBeforeTheDrainTimeoutClosesNothing() {
+        var policy = upPolicy(configuration { $0.drainTimeout = .seconds(2) })
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(500)))  // unhealthy at 500
+        _ = policy.handle(.probed(dead, Self.ok, at: at(1_500)))
+        #expect(
+            policy.handle(.probed(dead, Self.ok, at: at(1_700))) == [
+                .changed(dead, from: .unhealthy, to: .up, failure: nil, detail: "connected")
+            ])
+        #expect(policy.nextDeadline == nil)
+        for ms in stride(from: 1_700, through: 6_000, by: 20) { #expect(policy.handle(.tick(at(ms))).isEmpty) }
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(6_100)))
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(6_300)))  // unhealthy again at 6,300
+        #expect(policy.handle(.tick(at(8_280))).isEmpty)
+        #expect(policy.handle(.tick(at(8_300))) == [.countConnections(dead)])
+    }
+
     @Test func drainTimeoutZeroNeverCloses() {
         var policy = upPolicy(configuration { $0.drainTimeout = .zero })
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))

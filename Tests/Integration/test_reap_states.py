@@ -250,6 +250,36 @@ def test_new_connections_dropped_while_streams_flow_is_alive_evidence(incident, 
     print(f"\nSYNs to {SICK} dropped for 5 s: 0 streams cut, suppressed alive_evidence: {counted}")
 
 
+def test_a_backend_that_recovers_before_the_drain_timeout_keeps_every_connection(incident, reaper_binary):
+    agent = started(incident, reaper_binary, drain_timeout="3s")
+    client = incident.start_client(l4=STREAMS, l7=STREAMS)
+    distribution = incident.wait_flowing(client)
+
+    t_overload = incident.set_overloaded(SICK)
+    unhealthy = [first_line(agent, "backend unhealthy", 3, t_overload, pool=pool, backend=incident.backend(SICK, kind))
+                 for pool, kind in KINDS]
+    incident.set_overloaded(SICK, on=False)
+    for pool, kind in KINDS:
+        first_line(agent, "backend up", 3, t_overload, pool=pool, backend=incident.backend(SICK, kind))
+    # Well past the drain timeout counted from `unhealthy`: a timer left running would have closed some.
+    time.sleep(max(0.0, max(line.t for line in unhealthy) + 3.0 + 1.5 - time.monotonic()))
+
+    dump = client.dump()
+    metrics = agent.metrics()
+    info = f"distribution {distribution}\n{agent.log_text(50)}"
+    for pool, kind in KINDS:
+        backend = incident.backend(SICK, kind)
+        assert [l.msg for l in state_lines(agent, backend, t_overload)] == ["backend unhealthy", "backend up"], info
+        assert agent.reaps(backend) == [], info
+        assert metrics.value("conn_reaper_sockets_destroyed_total", pool=pool, backend=backend) == 0, info
+        assert gauge_state(metrics, pool, backend) == "up", info
+        assert nginx_held(incident, SICK, kind) == distribution[kind][SICK], info
+    for stream in dump.streams:
+        assert len(stream.connections) == 1 and stream.connections[0]["end"] is None, f"stream {stream.index}\n{info}"
+    print(f"\n{SICK} unhealthy then up again within the 3 s drain timeout: 0 of {sum(distribution[k][SICK] for _, k in KINDS)}"
+          f" streams on it closed by {dump.now - t_overload:.1f}s")
+
+
 # ---------------------------------------------------------------------------------------------
 # Wedged: the drain timeout ends what stalls, paced
 
