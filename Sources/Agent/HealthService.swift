@@ -8,7 +8,7 @@ import Synchronization
 
 /// Probes every backend of every pool and hands each result to the reap pipeline. Probing runs on
 /// event loops (see BackendProbeLoop). Follows configuration reloads: the old generation's loops
-/// stop, a new one starts, states carry over.
+/// stop, a new one starts, states carry over; each generation is a child task of `run`.
 public struct HealthService: Service {
     let store: ConfigStore
     let state: AgentState
@@ -30,19 +30,36 @@ public struct HealthService: Service {
     }
 
     public func run() async throws {
-        let updates = await store.updates()
+        let updates = store.updates()
         await cancelWhenGracefulShutdown {
-            var loops: [BackendProbeLoop] = []
-            var number = 0
-            for await configuration in updates {
-                for loop in loops { loop.stop() }
-                number += 1
-                state.apply(configuration)
-                executor.publishStates()
-                loops = start(configuration, number: number)
+            await withTaskGroup(of: Void.self) { generations in
+                var supersede: AsyncStream<Void>.Continuation?
+                var number = 0
+                for await configuration in updates {
+                    // The old generation's loops stop before the new one's start: never two probes
+                    // of one backend racing to tell the policy different things.
+                    if let previous = supersede {
+                        previous.finish()
+                        await generations.next()
+                    }
+                    number += 1
+                    state.apply(configuration)
+                    executor.publishStates()
+                    let (superseded, continuation) = AsyncStream.makeStream(of: Void.self)
+                    supersede = continuation
+                    generations.addTask { [number] in await runGeneration(configuration, number: number, until: superseded) }
+                }
+                supersede?.finish()
             }
-            for loop in loops { loop.stop() }
         }
+    }
+
+    /// One configuration's probe loops, from its start until the next one replaces it or the
+    /// service is cancelled (an AsyncStream's iteration ends on either).
+    func runGeneration(_ configuration: AgentConfiguration, number: Int, until superseded: AsyncStream<Void>) async {
+        let loops = start(configuration, number: number)
+        for await _ in superseded {}
+        for loop in loops { loop.stop() }
     }
 
     /// The probe loops of one configuration.

@@ -34,7 +34,8 @@ public final class KernelWorker: @unchecked Sendable {
         }
     }
 
-    public func shutdown() async {
+    /// Ends the thread once the jobs already queued have run; returns at once.
+    public func shutdown() {
         thread?.stop()
     }
 }
@@ -59,7 +60,7 @@ public actor KernelWorkers: Service {
     public func workers(for selection: NamespaceSelection?, refresh: Bool = false) -> [(namespace: String?, worker: KernelWorker)] {
         let now = ContinuousClock.now
         for (identity, used) in lastUsed where now - used > Self.idleLimit {
-            if let worker = workers.removeValue(forKey: identity) { Task { await worker.shutdown() } }
+            workers.removeValue(forKey: identity)?.shutdown()
             lastUsed[identity] = nil
         }
         switch selection {
@@ -79,7 +80,7 @@ public actor KernelWorkers: Service {
                 for (identity, worker) in workers where !alive.contains(identity) {
                     workers[identity] = nil
                     lastUsed[identity] = nil
-                    Task { await worker.shutdown() }
+                    worker.shutdown()
                 }
             }
             return enumerated.map { ($0.path, worker(for: $0.identity, path: $0.path)) }
@@ -91,7 +92,7 @@ public actor KernelWorkers: Service {
         guard let identity = workers.first(where: { $0.value === worker })?.key else { return }
         workers[identity] = nil
         lastUsed[identity] = nil
-        Task { await worker.shutdown() }
+        worker.shutdown()
     }
 
     private func worker(for identity: NetworkNamespace.Identity, path: String) -> KernelWorker {
@@ -106,12 +107,12 @@ public actor KernelWorkers: Service {
     /// once nothing can ask a worker for anything any more.
     public func run() async throws {
         try? await gracefulShutdown()
-        await shutdown()
+        shutdown()
     }
 
-    public func shutdown() async {
-        await own.shutdown()
-        for worker in workers.values { await worker.shutdown() }
+    public func shutdown() {
+        own.shutdown()
+        for worker in workers.values { worker.shutdown() }
         workers = [:]
     }
 }

@@ -88,4 +88,22 @@ import Testing
             trigger.triggerGracefulShutdown()
         }
     }
+
+    /// A reload ends the old generation's probe loops: a backend dropped from the file is probed no more.
+    @Test func aReloadStopsTheProbesOfTheGenerationBefore() async throws {
+        try await withAgent(statusPort: 39_743) { application, file, ports, trigger in
+            func probes(of port: UInt16) -> Int {
+                let prefix = #"conn_reaper_probes_total{pool="local",backend="127.0.0.1:\#(port)",result="success"} "#
+                return application.metrics.exposition().split(separator: "\n")
+                    .first { $0.hasPrefix(prefix) }.flatMap { Int($0.dropFirst(prefix.count)) } ?? 0
+            }
+            try Self.yaml([ports[1]], statusPort: 39_743).write(to: file, atomically: true, encoding: .utf8)
+            try await Self.waitFor("the new backend probed") { probes(of: ports[1]) > 0 }
+            let before = probes(of: ports[0])
+            try await Task.sleep(for: .milliseconds(500))  // five of the old interval
+            let after = probes(of: ports[0])
+            #expect(before > 0 && after == before, "the dropped backend was probed \(after - before) more times")
+            trigger.triggerGracefulShutdown()
+        }
+    }
 }

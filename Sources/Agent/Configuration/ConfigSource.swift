@@ -1,3 +1,4 @@
+import Synchronization
 import Health
 import NetworkAddress
 import OS
@@ -98,34 +99,40 @@ public enum ConfigOrigin: Sendable {
 }
 
 /// The configuration in force, and a stream of every later one for the services that follow it.
-public actor ConfigStore {
-    public private(set) var current: AgentConfiguration
-    private var continuations: [Int: AsyncStream<AgentConfiguration>.Continuation] = [:]
-    private var nextID = 0
+/// A lock rather than an actor: a stream that ends removes itself at once, not from a stray Task.
+public final class ConfigStore: Sendable {
+    private struct Contents {
+        var current: AgentConfiguration
+        var continuations: [Int: AsyncStream<AgentConfiguration>.Continuation] = [:]
+        var nextID = 0
+    }
+    private let contents: Mutex<Contents>
 
     public init(_ configuration: AgentConfiguration) {
-        current = configuration
+        contents = Mutex(Contents(current: configuration))
     }
+
+    public var current: AgentConfiguration { contents.withLock { $0.current } }
 
     /// The current configuration first, then each replacement.
     public func updates() -> AsyncStream<AgentConfiguration> {
         let (stream, continuation) = AsyncStream.makeStream(of: AgentConfiguration.self, bufferingPolicy: .bufferingNewest(1))
-        continuation.yield(current)
-        let id = nextID
-        nextID += 1
-        continuations[id] = continuation
+        let id = contents.withLock { contents in
+            continuation.yield(contents.current)
+            defer { contents.nextID += 1 }
+            contents.continuations[contents.nextID] = continuation
+            return contents.nextID
+        }
         continuation.onTermination = { [weak self] _ in
-            Task { await self?.remove(id) }
+            _ = self?.contents.withLock { $0.continuations.removeValue(forKey: id) }
         }
         return stream
     }
 
     public func replace(with configuration: AgentConfiguration) {
-        current = configuration
-        for continuation in continuations.values { continuation.yield(configuration) }
-    }
-
-    private func remove(_ id: Int) {
-        continuations[id] = nil
+        contents.withLock { contents in
+            contents.current = configuration
+            for continuation in contents.continuations.values { continuation.yield(configuration) }
+        }
     }
 }

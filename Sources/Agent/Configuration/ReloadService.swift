@@ -25,7 +25,7 @@ public struct ReloadService: Service {
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
-                    for await _ in hangups { await reload(trigger: "SIGHUP") }
+                    for await _ in hangups { reload(trigger: "SIGHUP") }
                 }
                 group.addTask { await watchFiles() }
             }
@@ -40,20 +40,20 @@ public struct ReloadService: Service {
             try? await Task.sleep(for: pollInterval)
             let now = files.map(FileStatus.modificationStamp)
             guard now != stamps else { continue }
-            await reload(trigger: "file changed")
+            reload(trigger: "file changed")
             files = source.watchedFiles  // an edit may add or drop includes
             stamps = files.map(FileStatus.modificationStamp)
         }
     }
 
-    func reload(trigger: String) async {
+    func reload(trigger: String) {
         do {
             let configuration = try source.load()
-            let old = await store.current
+            let old = store.current
             if configuration.listen != old.listen {
                 logger.warning("listen address changes take effect at restart", metadata: ["listen": "\(old.listen)"])
             }
-            await store.replace(with: configuration)
+            store.replace(with: configuration)
             metrics.configReloads(result: "success").increment()
             logger.notice("configuration reloaded", metadata: ["trigger": "\(trigger)", "pools": "\(configuration.pools.count)"])
         } catch {
