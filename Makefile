@@ -6,6 +6,9 @@ PYTHON ?= python3
 APT_PACKAGES := pkg-config libmnl-dev libnetfilter-conntrack-dev iproute2 nginx libnginx-mod-stream \
 	conntrack iptables haproxy python3 python3-pytest util-linux procps gcc curl openssl \
 	shellcheck prometheus systemd
+# Benchmarks and the demo import the one test lab, Tests/lab, as the package `lab` (pytest finds it
+# through Tests/pytest.ini); bytecode stays out of the tree.
+LAB_PYTHON := PYTHONPATH=$(abspath Tests) PYTHONDONTWRITEBYTECODE=1 $(PYTHON)
 BIN_DEBUG := .build/debug/conn-reaper
 BIN_RELEASE := .build/release/conn-reaper
 
@@ -50,22 +53,22 @@ unit: build
 # Kernel tests: network namespaces, veth pairs, real nginx and conntrack. Root-only; under CI=true
 # they must run (the suite fails rather than skips when it cannot).
 integration: build
-	CONN_REAPER=$(abspath $(BIN_DEBUG)) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/Integration
+	CONN_REAPER=$(abspath $(BIN_DEBUG)) PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -q -p no:cacheprovider Tests/Integration
 
 test: imports lint unit integration
 
 # Speed targets live here, not in timed unit tests: each prints a Markdown table of medians.
 bench: release
-	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(PYTHON) Tests/Benchmarks/purge_bench.py
-	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(PYTHON) Tests/Benchmarks/agent_steady_bench.py
-	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(PYTHON) Tests/Benchmarks/failover_bench.py
-	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(PYTHON) Tests/Benchmarks/dead_cost_bench.py
+	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/purge_bench.py
+	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/agent_steady_bench.py
+	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/failover_bench.py
+	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/dead_cost_bench.py
 
 # The seed incident without and with the agent in throwaway namespaces (root): prints a before/after
 # table, writes demo-timeline.svg, removes everything it made.
 .PHONY: demo
 demo: build
-	CONN_REAPER=$(abspath $(BIN_DEBUG)) $(PYTHON) Tests/Demo/incident_demo.py
+	CONN_REAPER=$(abspath $(BIN_DEBUG)) $(LAB_PYTHON) Tests/Demo/incident_demo.py
 
 clean:
 	rm -rf .build

@@ -21,28 +21,13 @@ import sys
 import tempfile
 import time
 
+from lab.traffic import Peer
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 GOAL_CPU_PERCENT = 1.0
 GOAL_RSS_MB = 40.0
 FIRST_PORT = 21000
-
-LISTENERS = """
-import selectors, socket, sys
-selector = selectors.DefaultSelector()
-for port in range(int(sys.argv[1]), int(sys.argv[1]) + int(sys.argv[2])):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port)); s.listen(128); s.setblocking(False)
-    selector.register(s, selectors.EVENT_READ)
-print("ready", flush=True)
-while True:
-    for key, _ in selector.select():
-        try:
-            key.fileobj.accept()[0].close()
-        except BlockingIOError:
-            pass
-"""
-
 
 def log(message):
     sys.stderr.write(f"[steady] {message}\n")
@@ -75,14 +60,14 @@ def main():
         sys.exit("agent_steady_bench: needs root (network namespaces)")
     namespace = f"crsteady-{os.getpid()}"
     ticks_per_second = os.sysconf("SC_CLK_TCK")
-    processes = []
+    processes, peers = [], []
     subprocess.run(["ip", "netns", "add", namespace], check=True)
     try:
         subprocess.run(["ip", "-n", namespace, "link", "set", "lo", "up"], check=True)
-        listeners = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-c", LISTENERS,
-                                      str(FIRST_PORT), str(args.backends)], stdout=subprocess.PIPE, text=True)
-        processes.append(listeners)
-        assert listeners.stdout.readline().strip() == "ready"
+        listeners = Peer(namespace)
+        peers.append(listeners)
+        for port in range(FIRST_PORT, FIRST_PORT + args.backends):
+            listeners.listen("tcp", "127.0.0.1", port)
         backends = [f"--backend=127.0.0.1:{FIRST_PORT + i}" for i in range(args.backends)]
         agent = subprocess.Popen(["ip", "netns", "exec", namespace, os.path.abspath(args.binary), "run", *backends,
                                   "--interval", "1s", "--timeout", "500ms", "--listen", "127.0.0.1:9747"],
@@ -120,6 +105,8 @@ def main():
         print(f"| RSS, MB | {rss_median:.1f} | {min(rss):.1f} | {max(rss):.1f} | < {GOAL_RSS_MB:.0f} | "
               f"{'PASS' if rss_median < GOAL_RSS_MB else 'MISS'} |")
     finally:
+        for peer in peers:
+            peer.stop()
         for process in reversed(processes):
             process.terminate()
             try:

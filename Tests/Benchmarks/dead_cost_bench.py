@@ -20,7 +20,7 @@ Measured per socket count (--sizes, default 10000,50000,100000), with a fresh ag
 
 Lab: client namespace crdead-<pid>-cli (10.232.0.1, conntrack on through an iptables ctstate rule; the
 agent, the holders of the N connections and the prober run here) and server namespace crdead-<pid>-srv
-with its own TCP established hash (benchlab.py). The N connections go to 10.232.0.2/.3 ports 7400/7401;
+with its own TCP established hash (lab/bench.py). The N connections go to 10.232.0.2/.3 ports 7400/7401;
 the pool is 10.232.0.11-13:7443 (tcp probe, interval 1s, timeout 500ms, rise 2, fall 2; 100 held
 connections to each backend, so the first reap has work and the live backends' connections are checked
 to be left alone); the dead backend is 10.232.0.13. The agent listens on 127.0.0.1:9847 inside the
@@ -30,32 +30,30 @@ is cleaned up by the next one.
 Progress goes to stderr; a Markdown table and PASS/MISS lines go to stdout. Exit status 0 when the
 benchmark ran (also when a goal is missed), 1 on a setup failure, 130 when interrupted. Needs root.
 
-Quick run:  python3 Tests/Benchmarks/dead_cost_bench.py --sizes 10000,50000 --rounds 2 --window 10
+Quick run:  PYTHONPATH=Tests python3 Tests/Benchmarks/dead_cost_bench.py --sizes 10000,50000 --rounds 2 --window 10
 """
 
 import argparse
-import errno
 import json
 import math
 import os
 import platform
-import random
 import re
-import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+from lab import bench as benchlab
+from lab.agent import Agent, pool_yaml
+from lab.netns import NamedNamespace, wait_for
+from lab.traffic import BulkPeer
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 PREFIX = "crdead-"
 CLIENT_IP = "10.232.0.1"
@@ -85,270 +83,13 @@ def log(message):
 
 
 # =============================================================================================
-# Helpers that run inside the namespaces (this file started again with a role argument)
-
-
-def helper_prelude():
-    from conn_holder import die_with_parent, raise_nofile
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the benchmark handles Ctrl-C and closes our stdin
-    raise_nofile()
-
-
-def reply(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def helper_backends(ips, port):
-    """Server namespace: the pool's backends. Accepts on every ip:port and keeps each connection until
-    its peer closes it (probes come and go; held connections stay). Commands on stdin: close_ip, quit."""
-    from conn_holder import LineReader, close_socket
-    helper_prelude()
-    stdin = LineReader(sys.stdin.fileno())
-    ep = select.epoll()
-    listeners, conns = {}, {}  # fd -> socket; fd -> (socket, ip)
-    for ip in ips:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((ip, port))
-        s.listen(4096)
-        s.setblocking(False)
-        listeners[s.fileno()] = s
-        ep.register(s.fileno(), select.EPOLLIN)
-    ep.register(stdin.fd, select.EPOLLIN)
-    reply({"ready": "backends"})
-
-    def close(fd, abort=False):
-        sock, _ = conns.pop(fd)
-        try:
-            ep.unregister(fd)
-        except OSError:
-            pass
-        close_socket(sock, abort)
-
-    while True:
-        if stdin.has_line():
-            events = [(stdin.fd, select.EPOLLIN)]
-        else:
-            events = ep.poll(1.0)
-        for fd, _ in events:
-            if fd == stdin.fd:
-                line = stdin.readline()
-                if not line:
-                    return
-                if not line.strip():
-                    continue
-                request = json.loads(line)
-                if request["cmd"] == "quit":
-                    return
-                if request["cmd"] == "close_ip":
-                    doomed = [cfd for cfd, (_, ip) in conns.items() if ip == request["ip"]]
-                    for cfd in doomed:
-                        close(cfd, abort=True)
-                    reply({"closed": len(doomed), "held": len(conns)})
-                else:
-                    reply({"error": f"unknown command {request['cmd']}"})
-            elif fd in listeners:
-                while True:
-                    try:
-                        sock, _ = listeners[fd].accept()
-                    except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                        break
-                    sock.setblocking(False)
-                    conns[sock.fileno()] = (sock, sock.getsockname()[0])
-                    ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
-            elif fd in conns:
-                try:
-                    data = conns[fd][0].recv(65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    close(fd)
-
-
-def helper_client():
-    """Client namespace: holds connections to the backends and times connects to the dead one.
-    Commands (one JSON line each, one JSON answer): hold, check, close, sample ... stop, quit."""
-    from conn_holder import LineReader, close_socket
-    helper_prelude()
-    stdin = LineReader(sys.stdin.fileno())
-    held = {}  # fd -> (socket, key)
-
-    def hold(dst, port, n, timeout=20.0):
-        pending = {}
-        poller = select.epoll()
-        failed = {}
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-            rc = s.connect_ex((dst, port))
-            if rc not in (0, errno.EINPROGRESS):
-                failed[errno.errorcode.get(rc, str(rc))] = failed.get(errno.errorcode.get(rc, str(rc)), 0) + 1
-                s.close()
-                continue
-            pending[s.fileno()] = s
-            poller.register(s.fileno(), select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP)
-        deadline = time.monotonic() + timeout
-        connected = 0
-        while pending and time.monotonic() < deadline:
-            for fd, _ in poller.poll(0.5):
-                s = pending.pop(fd)
-                poller.unregister(fd)
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    name = errno.errorcode.get(err, str(err))
-                    failed[name] = failed.get(name, 0) + 1
-                    s.close()
-                else:
-                    held[fd] = (s, f"{dst}:{port}")
-                    connected += 1
-        for s in pending.values():
-            failed["timeout"] = failed.get("timeout", 0) + 1
-            s.close()
-        poller.close()
-        return {"connected": connected, "failed": failed}
-
-    def check():
-        """Per key: connections still healthy, and the errors of the ended ones."""
-        result = {}
-        for s, key in held.values():
-            entry = result.setdefault(key, {"alive": 0, "ended": {}})
-            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err == 0:
-                # An ended socket whose error was already read shows up as readable EOF.
-                ready = select.select([s], [], [], 0)[0]
-                if ready:
-                    try:
-                        data = s.recv(1, socket.MSG_PEEK)
-                        err = 0 if data else -1
-                    except OSError as error:
-                        err = error.errno
-            if err == 0:
-                entry["alive"] += 1
-            else:
-                name = "EOF" if err == -1 else errno.errorcode.get(err, str(err))
-                entry["ended"][name] = entry["ended"].get(name, 0) + 1
-        return {"keys": result}
-
-    def close_all():
-        for s, _ in held.values():
-            close_socket(s)
-        count = len(held)
-        held.clear()
-        return {"closed": count}
-
-    def sample(dst, port, timeout, gap_min, gap_max):
-        """Until `stop` arrives: connect() to dst:port, time until it fails (or `timeout`), wait a random gap."""
-        reply({"sampling": True})
-        samples = []
-        while True:
-            if stdin.has_line():
-                break
-            gap = random.uniform(gap_min, gap_max)
-            if select.select([stdin.fd], [], [], gap)[0]:
-                break
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
-            started = time.monotonic()
-            rc = s.connect_ex((dst, port))
-            if rc == errno.EINPROGRESS:
-                p = select.poll()
-                p.register(s.fileno(), select.POLLOUT | select.POLLERR | select.POLLHUP)
-                events = p.poll(timeout * 1000)
-                ended = time.monotonic()
-                if events:
-                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    result = errno.errorcode.get(err, str(err)) if err else "connected"
-                    ms = (ended - started) * 1000
-                else:
-                    result, ms = "timeout", None
-            else:
-                result = errno.errorcode.get(rc, str(rc)) if rc else "connected"
-                ms = (time.monotonic() - started) * 1000
-            close_socket(s)
-            samples.append({"t": started, "ms": ms, "result": result})
-        line = stdin.readline()
-        if not line:
-            sys.exit(0)
-        if json.loads(line).get("cmd") != "stop":
-            raise RuntimeError(f"expected stop, got {line!r}")
-        return {"samples": samples}
-
-    commands = {"hold": hold, "check": check, "close": close_all, "sample": sample}
-    reply({"ready": "client", "pid": os.getpid()})
-    while True:
-        line = stdin.readline()
-        if not line:
-            break
-        if not line.strip():
-            continue
-        request = json.loads(line)
-        name = request.pop("cmd")
-        if name == "quit":
-            break
-        try:
-            answer = commands[name](**request)
-        except Exception as error:  # report and keep serving: the benchmark decides
-            answer = {"error": f"{type(error).__name__}: {error}"}
-        reply(answer)
-
-
-# =============================================================================================
-# The benchmark side
-
-
-import benchlab  # noqa: E402  (after the helpers: they need none of it)
+# The benchmark
 
 
 def set_pdeathsig():
     """preexec_fn: the child (and what it execs) gets SIGKILL when the benchmark dies, even by SIGKILL."""
     import ctypes
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-class Helper:
-    """This file in a namespace with a role, driven by JSON lines."""
-
-    def __init__(self, ns, role, *extra):
-        self.role = role
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, os.path.abspath(__file__), role, *extra],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-            start_new_session=True, preexec_fn=set_pdeathsig)
-        hello = self.read()
-        if hello.get("ready") is None:
-            raise RuntimeError(f"{role} helper did not start: {hello}")
-
-    def read(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{self.role} helper exited (status {self.proc.poll()})")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(f"{self.role} helper: {answer['error']}")
-        return answer
-
-    def send(self, cmd, **args):
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
-        self.proc.stdin.flush()
-
-    def call(self, cmd, **args):
-        self.send(cmd, **args)
-        return self.read()
-
-    def stop(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-                self.proc.stdin.close()
-            except (BrokenPipeError, OSError, ValueError):
-                pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()  # by pid: the process we started
-            self.proc.wait(10)
 
 
 def process_cpu_seconds(pid):
@@ -382,111 +123,25 @@ def percentile(values, fraction):
     return ordered[index]
 
 
-class Agent:
-    """`conn-reaper run --config FILE` in the client namespace, its log in a file."""
-
-    DOWN_RE = re.compile(r'backend (down|dead)\b')
-    REAPED_RE = re.compile(r'(msg="?reaped\b|"msg":\s*"reaped")')
-
-    def __init__(self, lab, binary, workdir, index):
-        self.lab = lab
-        self.config = os.path.join(workdir, f"agent{index}.yaml")
-        self.log_path = os.path.join(workdir, f"agent{index}.log")
-        with open(self.config, "w") as f:
-            f.write(agent_yaml())
-        self.log_file = open(self.log_path, "wb")
-        with lab.in_client():  # started from inside the namespace: the pid is the agent itself
-            self.proc = subprocess.Popen([binary, "run", "--config", self.config],
-                                         stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                         start_new_session=True, preexec_fn=set_pdeathsig)
-        self.pid = self.proc.pid
-        self.offset = 0
-        self.partial = b""
-
-    def new_lines(self):
-        with open(self.log_path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        self.offset += len(data)
-        data = self.partial + data
-        *lines, self.partial = data.split(b"\n")
-        return [line.decode(errors="replace") for line in lines]
-
-    def tail(self, n=8):
-        with open(self.log_path, "rb") as f:
-            lines = f.read().decode(errors="replace").splitlines()
-        return "\n".join(lines[-n:])
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def wait_line(self, predicate, timeout):
-        """The first new log line matching predicate, with the time it was seen; None after timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.new_lines():
-                if predicate(line):
-                    return line, time.monotonic()
-            if not self.alive():
-                raise RuntimeError(f"the agent exited ({self.proc.returncode}):\n{self.tail()}")
-            if time.monotonic() >= deadline:
-                return None, None
-            time.sleep(0.02)
-
-    def http(self, path, timeout=2.0):
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with self.lab.in_client():
-            try:
-                with opener.open(f"http://{AGENT_LISTEN[0]}:{AGENT_LISTEN[1]}{path}", timeout=timeout) as response:
-                    return response.status, response.read().decode(errors="replace")
-            except urllib.error.HTTPError as error:
-                return error.code, ""
-            except OSError:
-                return None, ""
-
-    def wait_all_up(self, timeout=30.0):
-        """Ready, and every backend counted up in /status (if /status names states)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise RuntimeError(f"the agent exited ({self.proc.returncode}):\n{self.tail()}")
-            status, body = self.http("/status")
-            if status == 200:
-                try:
-                    states = {b.get("address"): b.get("state") for p in json.loads(body).get("pools", [])
-                              for b in p.get("backends", [])}
-                except (ValueError, AttributeError):
-                    states = {}
-                if states and all(str(s).lower() in ("up", "alive", "healthy") for s in states.values()):
-                    return
-                if not states and self.http("/readyz")[0] == 200:
-                    log("  /status names no backend states: waiting rise x interval after /readyz")
-                    time.sleep(3)
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"the agent did not count every backend up within {timeout:.0f} s:\n{self.tail()}")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log_file.close()
+DOWN_RE = re.compile(r'backend (down|dead)\b')
+REAPED_RE = re.compile(r'(msg="?reaped\b|"msg":\s*"reaped")')
 
 
-def agent_yaml():
-    """Same shape as Tests/Integration/incident_lab.py's pool_yaml."""
-    probe = "{type: tcp, interval: 1s, timeout: 500ms, rise: 2, fall: 2}"
-    backends = json.dumps([f"{ip}:{BACKEND_PORT}" for ip in BACKENDS])
-    return (f"listen: {AGENT_LISTEN[0]}:{AGENT_LISTEN[1]}\n"
-            "log_format: logfmt\n"
-            "pools:\n"
-            "  - name: busy\n"
-            f"    backends: {backends}\n"
-            f"    probe: {probe}\n")
+def start_agent(lab, binary, workdir, index):
+    """`conn-reaper run --config FILE` in the client namespace."""
+    config = os.path.join(workdir, f"agent{index}.yaml")
+    with open(config, "w") as f:
+        f.write(pool_yaml([{"name": "busy", "backends": [f"{ip}:{BACKEND_PORT}" for ip in BACKENDS],
+                            "probe": {"type": "tcp", "interval": "1s", "timeout": "500ms", "rise": 2, "fall": 2}}],
+                          listen=AGENT_LISTEN, log_format="logfmt"))
+    return Agent(NamedNamespace(lab.client_ns), binary, ["--config", config], listen=AGENT_LISTEN,
+                 start_new_session=True, preexec_fn=set_pdeathsig)
+
+
+def wait_all_up(agent, timeout=30.0):
+    agent.wait_ready(timeout)
+    wait_for(lambda: all(state == "up" for state in agent.backend_states().values()), timeout,
+             "the agent to count every backend up")
 
 
 class Phase:
@@ -536,8 +191,8 @@ class Bench:
 
     # -- setup ---------------------------------------------------------------------------------
     def start_helpers(self):
-        self.backends = Helper(self.lab.server_ns, "_backends", str(BACKEND_PORT), *BACKENDS)
-        self.client = Helper(self.lab.client_ns, "_client")
+        self.backends = BulkPeer(self.lab.server_ns, "bulk-backends", 0, ",".join(BACKENDS), BACKEND_PORT)
+        self.client = BulkPeer(self.lab.client_ns, "bulk-client", 0)
 
     def grow(self, size):
         shares = split(size, len(OTHER_DESTS))
@@ -585,8 +240,7 @@ class Bench:
             started = time.monotonic()
             time.sleep(self.args.window)
             elapsed = time.monotonic() - started
-            if not self.agent.alive():
-                raise RuntimeError(f"the agent exited ({self.agent.proc.returncode}):\n{self.agent.tail()}")
+            self.agent.check_running()
             used = process_cpu_seconds(self.agent.pid) - before
             other = max(0.0, benchlab.busy_cpu_seconds() - busy - used)
             phase.cpu.append(100 * used / elapsed)
@@ -597,13 +251,15 @@ class Bench:
 
     def dead_phase(self, phase, rounds, deadline=None):
         a = self.args
+        asked = time.monotonic()
         self.client.send("sample", dst=DEAD, port=BACKEND_PORT, timeout=a.abort_timeout, gap_min=0.3, gap_max=0.7)
-        self.client.read()  # "sampling"
+        if self.client.wait_event("sampling", 30, after=asked) is None:
+            raise RuntimeError("the client peer did not start sampling")
         try:
             self.cpu_rounds(phase, rounds, deadline)
         finally:
             self.client.send("stop")
-            phase.samples = self.client.read()["samples"]
+            phase.samples = self.client.receive()["samples"]
         lat = phase.latencies()
         missed = phase.missed()
         if lat:
@@ -620,7 +276,7 @@ class Bench:
         self.grow(size)
         held = {}
         for ip in BACKENDS:
-            answer = self.client.call("hold", dst=ip, port=BACKEND_PORT, n=a.backend_conns)
+            answer = self.client.call("connect", dst=ip, port=BACKEND_PORT, n=a.backend_conns, timeout=20)
             if answer["connected"] != a.backend_conns:
                 raise RuntimeError(f"holding {a.backend_conns} connections to {ip}:{BACKEND_PORT}: {answer}")
             held[f"{ip}:{BACKEND_PORT}"] = answer["connected"]
@@ -635,31 +291,28 @@ class Bench:
         log(f"{size:,} other connections: {result.sockets_total:,} established sockets, "
             f"{result.conntrack:,} conntrack entries in the client namespace; starting the agent")
         self.agents += 1
-        self.agent = Agent(self.lab, a.binary, self.workdir, self.agents)
+        self.agent = start_agent(self.lab, a.binary, self.workdir, self.agents)
         try:
-            self.agent.wait_all_up()
+            wait_all_up(self.agent)
             time.sleep(a.warmup)
             up = result.phases["up"] = Phase("all up")
             self.cpu_rounds(up, a.rounds)
 
             log(f"dropping every packet to {DEAD} in the server namespace")
-            self.agent.new_lines()  # only lines from now on
             self.drop(True)
             t_drop = time.monotonic()
-            down_line, t_down = self.agent.wait_line(
-                lambda line: DEAD in line and Agent.DOWN_RE.search(line) is not None, 30)
+            down_line = self.agent.wait_line(lambda line: DEAD in line.text and DOWN_RE.search(line.text), 30, t_drop)
             if down_line is None:
-                raise RuntimeError(f"the agent did not log {DEAD} down/dead within 30 s:\n{self.agent.tail()}")
+                raise RuntimeError(f"the agent did not log {DEAD} down/dead within 30 s:\n{self.agent.log_text(8)}")
+            t_down = down_line.t
             result.detect = t_down - t_drop
-            log(f"  agent: {down_line.strip()[:200]} ({result.detect:.2f} s after the drop)")
-            reap_line, t_reap = self.agent.wait_line(
-                lambda line: DEAD in line and Agent.REAPED_RE.search(line) is not None, 10)
+            log(f"  agent: {down_line.text.strip()[:200]} ({result.detect:.2f} s after the drop)")
+            reap_line = self.agent.wait_line(lambda line: DEAD in line.text and REAPED_RE.search(line.text), 10, t_drop)
             if reap_line is None:
                 result.problems.append("no reap of the dead backend logged within 10 s of its down line")
-                t_reap = time.monotonic()
             else:
-                result.first_reap = (t_reap - t_drop, reap_line.strip())
-                log(f"  agent: {reap_line.strip()[:200]}")
+                result.first_reap = (reap_line.t - t_drop, reap_line.text.strip())
+                log(f"  agent: {reap_line.text.strip()[:200]}")
             time.sleep(1.0)
             self.check_held(result, held)
 
@@ -673,7 +326,7 @@ class Bench:
                     time.sleep(wait)
                 later = result.phases["later"] = Phase("one dead, after a minute")
                 self.dead_phase(later, a.rounds)
-            log_lines = self.agent.new_lines()
+            log_lines = [line.text for line in self.agent.log() if line.t >= t_drop]
             errors = [line for line in log_lines if re.search(r'level=(error|critical)', line)]
             if errors:
                 result.notes.append(f"the agent logged {len(errors)} errors during the run, e.g. {errors[0][:200]}")
@@ -682,7 +335,7 @@ class Bench:
             self.agent = None
             if self.dropped:
                 self.drop(False)
-            self.client.call("close")
+            self.client.call("abort")
             self.backends.call("close_ip", ip=DEAD)
         return result
 
@@ -882,16 +535,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    benchlab.check_prerequisites("dead_cost_bench.py", args.binary)
-    benchlab.install_signal_handlers()
-    if args.wait_quiet > 0:
-        benchlab.wait_quiet(args.wait_quiet)
+    busy_before = benchlab.start("dead_cost_bench.py", args.binary, args.wait_quiet)
     started = time.monotonic()
-    busy = benchlab.busy_cpu_seconds()
-    time.sleep(1)
-    busy_before = 100 * (benchlab.busy_cpu_seconds() - busy)
-    if busy_before > 25:
-        log(f"note: other work uses {busy_before:.0f}% of one core: it skews the figures (see --wait-quiet)")
 
     benchlab.remove_stale_workdirs(PREFIX)
     workdir = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
@@ -951,9 +596,4 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_backends":
-        helper_backends(sys.argv[3:], int(sys.argv[2]))
-    elif len(sys.argv) > 1 and sys.argv[1] == "_client":
-        helper_client()
-    else:
-        sys.exit(main())
+    sys.exit(main())

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Failover latency: nginx + conn-reaper vs HAProxy's own reaping vs nginx alone (`make bench`, root).
 
-The seed incident of Tests/Integration/incident_lab.py, measured: a client keeps N long-lived L4
+The seed incident of Tests/lab/incident.py, measured: a client keeps N long-lived L4
 streams open through a balancer to three streaming upstreams and reconnects as soon as a stream ends;
 one upstream's own veth end is set down (it can send nothing: no FIN, no RST). A stream's failover
 latency is the time from the cut to the first line it receives from a live upstream afterwards. Only
@@ -32,7 +32,7 @@ Namespaces are named ``crfo-<pid>-<n>-<role>``; everything (processes, namespace
 rules, the temp dirs) is removed at the end, on an exception, on Ctrl-C, SIGTERM or SIGHUP; a later
 run removes namespaces left by a run killed with SIGKILL. Nothing is added to the host namespace.
 
-    CONN_REAPER=$PWD/.build/release/conn-reaper python3 Tests/Benchmarks/failover_bench.py [--rounds 5]
+    PYTHONPATH=Tests CONN_REAPER=$PWD/.build/release/conn-reaper python3 Tests/Benchmarks/failover_bench.py [--rounds 5]
 """
 
 from __future__ import annotations
@@ -56,14 +56,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.dont_write_bytecode = True          # leave no __pycache__ in the integration tests' directory
-sys.path.insert(0, str(REPO / "Tests" / "Integration"))
 
-try:
-    import netlab  # noqa: E402
-    import incident_lab as il  # noqa: E402
-except ImportError as error:      # the lab lives with the integration tests
-    sys.exit(f"failover_bench.py needs Tests/Integration/netlab.py and incident_lab.py: {error}")
+from lab import netns
+from lab.agent import AGENT_LISTEN
+from lab.analysis import IncidentRun, Stream
+from lab.incident import L4_PORT, NGINX_ADDR, UPSTREAM_NAMES, IncidentLab, upstream_address
+from lab.netns import can_connect, in_netns, wait_for
 
 STEM = "crfo"
 PROBE_FLAGS = ["--probe", "tcp", "--interval", "200ms", "--timeout", "150ms", "--rise", "2", "--fall", "2"]
@@ -101,19 +99,19 @@ def log(message: str) -> None:
 
 
 # =============================================================================================
-# The HAProxy lab: incident_lab's topology with haproxy where nginx was
+# The HAProxy lab: lab.incident's topology with haproxy where nginx was
 
 
-class HAProxyLab(il.IncidentLab):
+class HAProxyLab(IncidentLab):
     """IncidentLab with HAProxy (mode tcp) listening on nginx's L4 address instead of nginx. Its
     stderr (server state changes) is read line by line with arrival times."""
 
     def start_nginx(self) -> None:
         servers = "\n".join(
-            f"    server {name} {il.upstream_address(index)}:{il.L4_PORT} check inter 200ms fall 2 rise 2 "
-            f"on-marked-down shutdown-sessions" for index, name in enumerate(il.UPSTREAM_NAMES, start=1))
-        conf = self.write_file("haproxy.cfg", HAPROXY_CFG.format(nginx=il.NGINX_ADDR, l4=il.L4_PORT, servers=servers))
-        binary = netlab.tool("haproxy")
+            f"    server {name} {upstream_address(index)}:{L4_PORT} check inter 200ms fall 2 rise 2 "
+            f"on-marked-down shutdown-sessions" for index, name in enumerate(UPSTREAM_NAMES, start=1))
+        conf = self.write_file("haproxy.cfg", HAPROXY_CFG.format(nginx=NGINX_ADDR, l4=L4_PORT, servers=servers))
+        binary = netns.tool("haproxy")
         if binary is None:
             raise RuntimeError("haproxy not found (apt-get install haproxy)")
         check = subprocess.run([binary, "-c", "-q", "-f", conf], capture_output=True, text=True)
@@ -137,8 +135,8 @@ class HAProxyLab(il.IncidentLab):
             if self.nginx.poll() is not None:
                 raise RuntimeError(f"haproxy exited {self.nginx.returncode}: "
                                    + "\n".join(text for _, text in self.haproxy_lines[-20:]))
-            return il.in_netns(self.nginx_ns.name, il._can_connect, il.NGINX_ADDR, il.L4_PORT, 0.5)
-        il.wait_for(up, 10, "haproxy to listen")
+            return in_netns(self.nginx_ns.name, can_connect, NGINX_ADDR, L4_PORT, 0.5)
+        wait_for(up, 10, "haproxy to listen")
 
     def down_times(self, name: str) -> list[float]:
         return [t for t, text in list(self.haproxy_lines) if (m := HAPROXY_DOWN.search(text)) and m.group(1) == name]
@@ -162,9 +160,9 @@ def _link_down(dev: str) -> tuple[float, float]:
         return before, time.monotonic()
 
 
-def cut(incident: il.IncidentLab, name: str) -> tuple[float, float]:
+def cut(incident: IncidentLab, name: str) -> tuple[float, float]:
     """Like IncidentLab.cut (the upstream's own veth end down), without an `ip` process in the timing."""
-    before, after = il.in_netns(incident.upstream_ns[name].name, _link_down, "to-ngx")
+    before, after = in_netns(incident.upstream_ns[name].name, _link_down, "to-ngx")
     state = incident.upstream_ns[name].ip("-o", "link", "show", "to-ngx").stdout
     if re.search(r"[<,]UP[,>]", state):
         raise RuntimeError(f"the cut did not take: {state}")
@@ -213,7 +211,7 @@ class RoundResult:
     host_sockets: int = 0          # TCP sockets allocated on the whole machine (all namespaces) at the cut
 
 
-def stream_result(stream: il.Stream, t_cut: float, dead: str) -> StreamResult:
+def stream_result(stream: Stream, t_cut: float, dead: str) -> StreamResult:
     first = stream.first_after(t_cut, exclude=dead)
     # The connection that carried the dead upstream's last line before the cut.
     carrying = None
@@ -227,14 +225,14 @@ def stream_result(stream: il.Stream, t_cut: float, dead: str) -> StreamResult:
 
 
 def run_round(config: str, dead: str, binary: str, prefix: str, streams: int, deadline: float) -> RoundResult:
-    lab_class = HAProxyLab if config == HAPROXY else il.IncidentLab
-    with netlab.Lab(prefix) as lab:
+    lab_class = HAProxyLab if config == HAPROXY else IncidentLab
+    with netns.Lab(prefix) as lab:
         incident = lab_class.build(lab)
         try:
             agent = None
             if config == AGENT:
                 args = [a for b in incident.all_backends("l4") for a in ("--backend", b)]
-                agent = incident.start_agent(binary, [*args, *PROBE_FLAGS, "--listen", "%s:%d" % il.AGENT_LISTEN])
+                agent = incident.start_agent(binary, [*args, *PROBE_FLAGS, "--listen", "%s:%d" % AGENT_LISTEN])
                 agent.wait_ready()
                 agent.wait_states({f"default/{b}": "up" for b in incident.all_backends("l4")})
             client = incident.start_client(l4=streams)
@@ -256,7 +254,7 @@ def run_round(config: str, dead: str, binary: str, prefix: str, streams: int, de
                     break
             t_end = time.monotonic()
             dump = client.dump()
-            run = il.IncidentRun(dead, t_cut, t_cut_done, t_end, dump, {}, [], agent is not None)
+            run = IncidentRun(dead, t_cut, t_cut_done, t_end, dump, {}, [], agent is not None)
             case = run.case("l4")
             results = [stream_result(s, t_cut, dead) for s in case.on_dead]
             # A stream that recovered only after the deadline (we polled a little past it) is stalled.
@@ -407,7 +405,6 @@ def report(by_config: dict[str, list[RoundResult]], args, meta: list[str]) -> st
 
 
 def describe_round(rr: RoundResult) -> str:
-    values = [r.latency for r in rr.results if r.latency is not None]
     stalled = sum(1 for r in rr.results if r.latency is None)
     all_values = [r.latency if r.latency is not None else math.inf for r in rr.results]
     text = (f"{rr.config}: {rr.streams} streams on {rr.dead}, "
@@ -471,12 +468,12 @@ def main(argv: list[str] | None = None) -> int:
     # SIGINT too, explicitly: a shell starts background jobs with SIGINT ignored.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
-    prefix = netlab.default_prefix(STEM)
+    prefix = netns.default_prefix(STEM)
     bindir = None
     by_config: dict[str, list[RoundResult]] = {c: [] for c in configs}
     status = 0
     try:
-        stale = netlab.reap_stale_namespaces(STEM)
+        stale = netns.reap_stale_namespaces(STEM)
         if stale:
             log(f"removed {len(stale)} namespaces of a dead earlier run: {' '.join(stale)}")
         # A private copy: a relink of the tree during the run cannot change what is measured.
@@ -491,18 +488,18 @@ def main(argv: list[str] | None = None) -> int:
             built = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.stat(source).st_mtime))
             log(f"conn-reaper {version} (copied from {source}, modified {built})")
             meta.append(f"conn-reaper {version} ({source}, modified {built}); `run {' '.join(PROBE_FLAGS)}`.")
-        haproxy = netlab.tool("haproxy")
+        haproxy = netns.tool("haproxy")
         if HAPROXY in configs:
             line = subprocess.run([haproxy or "haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()
             log(line[0] if line else "haproxy: version unknown")
             meta.append((line[0].split(" - ")[0] if line else "HAProxy") + "; nginx "
-                        + subprocess.run([netlab.tool("nginx") or "nginx", "-v"], capture_output=True,
+                        + subprocess.run([netns.tool("nginx") or "nginx", "-v"], capture_output=True,
                                          text=True).stderr.strip().split("/")[-1] + ".")
         log(f"{args.rounds} rounds x {len(configs)} configurations, {args.streams} streams each; deadlines "
             f"{args.deadline:g} s (nginx alone {args.alone_deadline:g} s); namespaces {prefix}*")
         started = time.monotonic()
         for round_index in range(args.rounds):
-            dead = il.UPSTREAM_NAMES[round_index % len(il.UPSTREAM_NAMES)]
+            dead = UPSTREAM_NAMES[round_index % len(UPSTREAM_NAMES)]
             order = configs[round_index % len(configs):] + configs[:round_index % len(configs)]
             for config in order:
                 deadline = args.alone_deadline if config == ALONE else args.deadline
@@ -516,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         rr = run_round(config, dead, binary, prefix, args.streams, deadline)
                         break
-                    except (AssertionError, RuntimeError, netlab.LabError) as error:
+                    except (AssertionError, RuntimeError, netns.LabError) as error:
                         # A lab that did not come up (e.g. a starved machine) is retried once; the
                         # measurement itself never is.
                         log(f"round {round_index + 1} {config}: setup failed ({str(error).splitlines()[0][:200]})"
@@ -535,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)       # let the cleanup finish
         try:
-            left = netlab.cleanup_namespaces(prefix)
+            left = netns.cleanup_namespaces(prefix)
             if left:
                 log(f"removed leftover namespaces: {' '.join(left)}")
         finally:

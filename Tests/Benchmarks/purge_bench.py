@@ -18,7 +18,7 @@ Wall time is measured around the subprocess (time.perf_counter); the benchmark e
 namespace itself (setns), so no wrapper process is timed. Progress goes to stderr, the Markdown
 table to stdout. Needs root. `make bench` runs it on the release binary.
 
-Quick run:  python3 Tests/Benchmarks/purge_bench.py --targets 2000 --decoys 2000 --rounds 3 --unrelated 10000
+Quick run:  PYTHONPATH=Tests python3 Tests/Benchmarks/purge_bench.py --targets 2000 --decoys 2000 --rounds 3 --unrelated 10000
 """
 
 import argparse
@@ -35,10 +35,8 @@ import sys
 import tempfile
 import time
 
-sys.dont_write_bytecode = True  # no __pycache__ in the source tree
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import benchlab  # noqa: E402
-from benchlab import log  # noqa: E402
+from lab import bench as benchlab
+from lab.bench import log
 
 A, B, C = "10.232.0.2", "10.232.0.3", "10.232.0.4"
 NOWHERE = "10.232.0.9"  # in the lab subnet, assigned to no interface, used by no socket
@@ -438,7 +436,7 @@ def render(bench, args, started, busy_before):
     out.append(f"Kernel {uname.release}, {os.cpu_count()} cores, conn-reaper at {rev or '?'} "
                f"(`{os.path.relpath(shown, REPO) if shown.startswith(REPO) else shown}` built {args.binary_mtime}), "
                f"{time.strftime('%Y-%m-%d %H:%M')}; total run {time.monotonic() - started:.0f} s. "
-               f"Other work used {100 * busy_before:.0f}% of one core just before the start and "
+               f"Other work used {busy_before:.0f}% of one core just before the start and "
                f"{100 * bench.other_cpu / max(bench.timed_wall, 1e-9):.0f}% on average during the timed runs "
                f"(/proc/stat busy time minus the timed tool's own CPU time; 200% = both cores).")
     if bench.other_cpu / max(bench.timed_wall, 1e-9) > 0.25:
@@ -551,16 +549,8 @@ def parse_args():
 
 def main():
     args = parse_args()
-    benchlab.check_prerequisites("purge_bench.py", args.binary)
-    benchlab.install_signal_handlers()
-    if args.wait_quiet > 0:
-        benchlab.wait_quiet(args.wait_quiet)
+    busy_before = benchlab.start("purge_bench.py", args.binary, args.wait_quiet)
     started = time.monotonic()
-    busy = benchlab.busy_cpu_seconds()
-    time.sleep(1)
-    busy_before = benchlab.busy_cpu_seconds() - busy
-    if busy_before > 0.25:
-        log(f"note: other work uses {100 * busy_before:.0f}% of one core: it skews the timings (see --wait-quiet)")
 
     scenario1 = args.only in (None, "targets")
     scenario2 = args.only in (None, "nomatch")

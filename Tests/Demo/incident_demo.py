@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The seed incident, without and with conn-reaper: `make demo`.
 
-Stands up the lab of Tests/Integration/incident_lab.py in throwaway network namespaces (a client,
+Stands up the lab of Tests/lab/incident.py in throwaway network namespaces (a client,
 nginx as kubespray's L4 stream balancer and as an L7 proxy with proxy_read_timeout 30m, three
 streaming upstreams), opens 30 long-lived streams of each kind through nginx, sets one upstream's
 link down (no FIN, no RST), and watches what the streams do: first without the agent, then with
@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.dont_write_bytecode = True
-sys.path.insert(0, str(REPO / "Tests" / "Integration"))
 
-import netlab  # noqa: E402
-from incident_lab import (UPSTREAM_NAMES, IncidentLab, IncidentRun, percentile, pool_yaml)  # noqa: E402
+from lab import netns
+from lab.agent import pool_yaml
+from lab.analysis import IncidentRun, percentile
+from lab.incident import UPSTREAM_NAMES, IncidentLab
 
 STEM = "crdemo"
 DEAD = "up2"
@@ -48,7 +48,7 @@ def _interrupt(signum, frame):
 
 def run_case(binary: str | None, window: float) -> tuple[IncidentRun, list[str]]:
     """One incident in a fresh lab; returns the run and the agent's reap lines. Removes the lab."""
-    with netlab.Lab(netlab.default_prefix(STEM)) as lab:
+    with netns.Lab(netns.default_prefix(STEM)) as lab:
         incident = IncidentLab.build(lab)
         try:
             agent = None
@@ -199,15 +199,15 @@ def main() -> int:
         return 1
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
-    netlab.reap_stale_namespaces(STEM)     # whatever a killed earlier demo left
-    prefix = netlab.default_prefix(STEM)
+    netns.reap_stale_namespaces(STEM)     # whatever a killed earlier demo left
+    prefix = netns.default_prefix(STEM)
     try:
         say(f"without conn-reaper: nginx in front of {', '.join(UPSTREAM_NAMES)}")
         without, _ = run_case(None, args.without_window)
         say("with conn-reaper")
         with_agent, reaps = run_case(binary, args.with_window)
     finally:
-        left = netlab.cleanup_namespaces(prefix)
+        left = netns.cleanup_namespaces(prefix)
         if left:
             say(f"removed leftover namespaces {left}")
 
@@ -222,7 +222,7 @@ def main() -> int:
     write_svg(out, without, with_agent)
     print()
     say(f"timeline written to {out}")
-    ours = [name for name in netlab.list_namespaces() if name.startswith(prefix)]
+    ours = [name for name in netns.list_namespaces() if name.startswith(prefix)]
     say("removed every namespace and process of the demo" if not ours else f"namespaces left: {ours}")
     return 0 if not ours else 1
 

@@ -21,15 +21,14 @@ from pathlib import Path
 
 import pytest
 
-sys.dont_write_bytecode = True
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lab import netns
+from lab.topology import Reaper, Topology
 
-import netlab  # noqa: E402
-from topology import Reaper, Topology  # noqa: E402
+sys.dont_write_bytecode = True
 
 UNDER_CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parents[2]
-RUN_PREFIX = netlab.default_prefix()
+RUN_PREFIX = netns.default_prefix()
 
 
 def unavailable(reason: str) -> None:
@@ -54,8 +53,8 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if os.geteuid() == 0 and netlab.tool("ip"):
-        left = netlab.cleanup_namespaces(RUN_PREFIX)
+    if os.geteuid() == 0 and netns.tool("ip"):
+        left = netns.cleanup_namespaces(RUN_PREFIX)
         if left:
             sys.stderr.write(f"\nconftest: removed leftover namespaces {left}\n")
 
@@ -76,14 +75,14 @@ def kernel_env():
     if os.geteuid() != 0:
         unavailable("kernel tests need root (network namespaces, CAP_NET_ADMIN)")
     for name in ("ip", "iptables", "ip6tables", "conntrack"):
-        if netlab.tool(name) is None:
+        if netns.tool(name) is None:
             unavailable(f"'{name}' is not installed (make deps installs it)")
-    netlab.reap_stale_namespaces()
+    netns.reap_stale_namespaces()
     probe = f"{RUN_PREFIX}probe"
-    result = subprocess.run([netlab.tool("ip"), "netns", "add", probe], capture_output=True, text=True)
+    result = subprocess.run([netns.tool("ip"), "netns", "add", probe], capture_output=True, text=True)
     if result.returncode != 0:
         unavailable(f"`ip netns add` fails here: {result.stderr.strip()}")
-    netlab.delete_namespace(probe)
+    netns.delete_namespace(probe)
     yield
 
 
@@ -126,7 +125,7 @@ def reaper(reaper_binary) -> Reaper:
 @pytest.fixture
 def lab(kernel_env):
     """A Lab whose namespaces and processes are removed after the test, pass or fail."""
-    lab = netlab.Lab(RUN_PREFIX)
+    lab = netns.Lab(RUN_PREFIX)
     try:
         yield lab
     finally:
@@ -135,5 +134,5 @@ def lab(kernel_env):
 
 @pytest.fixture
 def topo(lab) -> Topology:
-    """Client and server namespaces with echo servers; see topology.py."""
+    """Client and server namespaces with echo servers; see lab/topology.py."""
     return Topology.build(lab)

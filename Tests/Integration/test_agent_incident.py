@@ -1,6 +1,6 @@
 """The seed incident end to end: real nginx (kubespray's L4 stream balancer and incident 1's L7 proxy)
 in front of three streaming upstreams, 30 long-lived streams of each kind through it, one upstream's
-link set down (it can send nothing: no FIN, no RST). See incident_lab.py for the topology.
+link set down (it can send nothing: no FIN, no RST). See lab/incident.py for the topology.
 
 With conn-reaper at interval 200ms, timeout 150ms, fall 2, every stalled stream flows again within
 0.8 s of the cut; without it they are still stalled after 10 s. A flapping backend is never reaped,
@@ -14,8 +14,11 @@ import time
 
 import pytest
 
-from incident_lab import (L4_PORT, NGINX_HTTP_UPSTREAM, NGINX_STREAM_UPSTREAM, UPSTREAM_NAMES, Agent,
-                          IncidentLab, IncidentRun, pool_yaml, wait_for)
+from lab.agent import Agent, backend_flags, pool_yaml
+from lab.analysis import IncidentRun
+from lab.incident import (L4_PORT, NGINX_HTTP_UPSTREAM, NGINX_STREAM_UPSTREAM, UPSTREAM_NAMES, IncidentLab, assert_reaped,
+                          start_agent)
+from lab.netns import wait_for
 
 STREAMS = 30
 RECOVERY_BOUND = 0.8          # seconds from the cut to the last stalled stream flowing again
@@ -42,24 +45,6 @@ def two_pool_config(incident: IncidentLab, **top) -> str:
         {"name": "http", "backends": incident.all_backends("l7"),
          "probe": {**FAST, "type": "http", "path": "/healthz", "expect_status": [200]}},
     ], **top))
-
-
-def backend_flags(backends) -> list[str]:
-    return [arg for backend in backends for arg in ("--backend", backend)]
-
-
-def assert_reaped(line, streams: int, info: str) -> None:
-    """A reap line ended exactly the ``streams`` upstream sockets nginx held (the agent spares its
-    own probe sockets, which may still be in SYN_SENT toward the dead backend), without errors."""
-    sockets = int(line.fields["sockets"])
-    assert sockets == streams, f"reaped {sockets} sockets for {streams} streams\n{info}"
-    assert int(line.fields["errors"]) == 0, info
-
-
-def start_agent(incident: IncidentLab, binary: str, args) -> Agent:
-    agent = incident.start_agent(binary, args)
-    agent.wait_ready()
-    return agent
 
 
 def all_up(agent: Agent, incident: IncidentLab, pools=(("stream", "l4"), ("http", "l7"))) -> dict:

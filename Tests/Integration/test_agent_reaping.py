@@ -5,32 +5,13 @@ announces them where it tracks the namespace, by a SYN_SENT walk every 150 ms wh
 from __future__ import annotations
 
 import re
-import subprocess
-
-import pytest
-import textwrap
 import time
 
+import pytest
+
+from lab.agent import Agent
+
 DEAD, LIVE, PORT = "10.235.0.2", "10.235.0.3", 8080
-
-LISTENER = textwrap.dedent("""
-    import socket, time
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("%s", %d)); s.listen(64)
-    print("ready", flush=True)
-    while True:
-        s.accept()
-""" % (LIVE, PORT))
-
-CONNECTOR = textwrap.dedent("""
-    import errno, socket, sys, time
-    s = socket.socket(); s.settimeout(5)
-    started = time.monotonic()
-    try:
-        s.connect(("%s", %d)); print("connected")
-    except OSError as error:
-        print(errno.errorcode.get(error.errno, str(error)), round(time.monotonic() - started, 3))
-""" % (DEAD, PORT))
 
 
 @pytest.mark.parametrize("tracked", [False, True], ids=["walking", "conntrack-announces"])
@@ -41,20 +22,16 @@ def test_agent_spares_its_own_probes_and_aborts_connects_to_a_dead_backend(track
     if tracked:
         client.enable_conntrack()
     server.iptables("-A", "INPUT", "-d", DEAD, "-p", "tcp", "--syn", "-j", "DROP")   # dead: SYNs vanish
-    (tmp_path / "listener.py").write_text(LISTENER)
-    (tmp_path / "connector.py").write_text(CONNECTOR)
-    listener = server.popen(["python3", str(tmp_path / "listener.py")], stdout=subprocess.PIPE, text=True)
-    assert listener.stdout.readline().strip() == "ready"
-    agent = client.popen([reaper_binary, "run", "--backend", f"{DEAD}:{PORT}", "--backend", f"{LIVE}:{PORT}",
-                          "--interval", "200ms", "--timeout", "150ms", "--listen", "127.0.0.1:9750"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server.peer().listen("tcp", LIVE, PORT)
+    connector = client.peer()
+    agent = Agent(client, reaper_binary, ["--backend", f"{DEAD}:{PORT}", "--backend", f"{LIVE}:{PORT}",
+                                          "--interval", "200ms", "--timeout", "150ms", "--listen", "127.0.0.1:9750"],
+                  listen="127.0.0.1:9750")
+    agent.wait_listening()
     time.sleep(2.0)   # dead after two failed probes, then passes while its probes sit in SYN_SENT
-    outcomes = []
-    for _ in range(5):
-        result = client.run(["python3", str(tmp_path / "connector.py")])
-        outcomes.append(result.stdout.split())
-    agent.terminate()
-    _, log = agent.communicate(timeout=10)
+    outcomes = [connector.connect_outcome(DEAD, PORT, timeout=5) for _ in range(5)]
+    agent.stop()
+    log = agent.log_text(None)
     print(f"\n{'announced' if tracked else 'walked'}: connects aborted after {[o[1] for o in outcomes]} s")
     assert all(outcome[0] == "ECONNABORTED" for outcome in outcomes), f"{outcomes}\n{log}"
     # Announced: ended as it comes (the bound leaves room for a loaded machine); walked: within a pass.

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import netlab
-from netlab import endpoint
-from topology import OTHER4, TARGET4, TCP_PORT
+from lab import netns
+from lab.netns import endpoint
+from lab.topology import OTHER4, TARGET4, TCP_PORT
 
 EPERM_HINT = "needs CAP_NET_ADMIN in this network namespace"
 NOBODY = 65534
@@ -29,7 +29,7 @@ def _usable_by_others(path: str) -> bool:
 @pytest.fixture
 def unprivileged(reaper_binary):
     """(wrapper argv, binary) that run conn-reaper as nobody with no capabilities at all."""
-    setpriv = netlab.tool("setpriv")
+    setpriv = netns.tool("setpriv")
     if setpriv is None:
         pytest.fail("setpriv (util-linux) is missing", pytrace=False)
     # conftest runs a copy in a mode-755 temp dir; make sure nobody can reach it.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from netlab import endpoint
-from topology import OTHER4, OTHER6, TARGET4, TARGET6, TCP_PORT
+from lab.netns import endpoint
+from lab.topology import OTHER4, OTHER6, TARGET4, TARGET6, TCP_PORT
 
 ABORTED = "ECONNABORTED"
 

@@ -24,13 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Deploy"))
-
-import agentlab  # noqa: E402
-from agentlab import CHECK_SCRIPT, Agent, metric_families, metric_value  # noqa: E402
-from conftest import unavailable  # noqa: E402
-from netlab import endpoint  # noqa: E402
-from topology import OTHER4, TARGET4, TCP_PORT  # noqa: E402
+from lab import privileges
+from lab.agent import Agent
+from conftest import unavailable
+from lab.netns import endpoint
+from lab.topology import OTHER4, TARGET4, TCP_PORT
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "Deploy"
@@ -38,7 +36,7 @@ EXIT_TOOL_MISSING = 3
 
 
 def run_checks(*args: str, deploy: Path | None = None) -> subprocess.CompletedProcess:
-    argv = [sys.executable, str(CHECK_SCRIPT), *args]
+    argv = [sys.executable, str(REPO / "Tests" / "Deploy" / "check_deploy.py"), *args]
     if deploy is not None:
         argv += ["--deploy", str(deploy)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
@@ -141,7 +139,7 @@ def test_checks_catch_a_broken_copy(tmp_path, section, relative, old, new, expec
 
 def _config_with_test_ca(source: Path, directory: str, ca: str) -> tuple[str, dict]:
     text = re.sub(r"(ca_file:\s*)\S+", rf"\g<1>{ca}", source.read_text())
-    path = agentlab.write_file(directory, source.name, text)
+    path = privileges.write_file(directory, source.name, text)
     return path, yaml.safe_load(text)
 
 
@@ -154,10 +152,10 @@ SHIPPED_CONFIGS = [
 
 @pytest.mark.parametrize("relative,shape", SHIPPED_CONFIGS, ids=[c[0] for c in SHIPPED_CONFIGS])
 def test_shipped_config_loads_in_the_agent(lab, reaper_binary, relative, shape):
-    directory = agentlab.world_readable_dir("conn-reaper-config-")
+    directory = privileges.world_readable_dir("conn-reaper-config-")
     try:
         # The TLS file paths name the deployment's host or volume; a test CA stands in for them.
-        ca = agentlab.make_ca(directory)
+        ca = privileges.make_ca(directory)
         path, config = _config_with_test_ca(DEPLOY / relative, directory, ca)
         agent = Agent(lab.namespace("cfg"), reaper_binary, ["--config", path], shape=shape, listen=config["listen"])
         try:
@@ -166,7 +164,7 @@ def test_shipped_config_loads_in_the_agent(lab, reaper_binary, relative, shape):
             status = agent.status()
             served = {pool["name"]: sorted(b["address"] for b in pool["backends"]) for pool in status["pools"]}
             assert served == {pool["name"]: sorted(pool["backends"]) for pool in config["pools"]}, status
-            assert "invalid configuration" not in agent.log()
+            assert "invalid configuration" not in agent.log_text(None)
             assert agent.stop() == 0, agent.describe()
         finally:
             agent.close()
@@ -182,10 +180,10 @@ def test_sidecar_command_line_finds_kubespray_backends(lab, reaper_binary):
     nginx_conf = (DEPLOY / "kubernetes/sidecar/nginx.conf").read_text()
     servers = re.findall(r"^\s*server\s+(\d+\.\d+\.\d+\.\d+:\d+);", nginx_conf, re.M)
     assert len(servers) == 3, nginx_conf
-    directory = agentlab.world_readable_dir("conn-reaper-sidecar-")
+    directory = privileges.world_readable_dir("conn-reaper-sidecar-")
     try:
-        replacements = {"--nginx-conf": agentlab.write_file(directory, "nginx.conf", nginx_conf),
-                        "--tls-ca": agentlab.make_ca(directory)}
+        replacements = {"--nginx-conf": privileges.write_file(directory, "nginx.conf", nginx_conf),
+                        "--tls-ca": privileges.make_ca(directory)}
         args = []
         for arg in sidecar["args"]:
             flag = arg.split("=", 1)[0]
@@ -232,15 +230,15 @@ def test_promtool_accepts_a_live_scrape(topo, reaper_binary, tmp_path):
         agent.close()
 
     scrape_file = tmp_path / "metrics.txt"
-    scrape_file.write_text(scrape)
+    scrape_file.write_text(scrape.text)
     result = run_checks("--metrics", str(scrape_file))
     assert result.returncode == 0 and not failures(result.stdout), result.stdout + result.stderr
     assert "ok    promtool check metrics finds nothing" in result.stdout
 
-    assert metric_value(scrape, "conn_reaper_backend_up", backend=endpoint(TARGET4, TCP_PORT)) == 0
-    assert metric_value(scrape, "conn_reaper_backend_up", backend=endpoint(OTHER4, TCP_PORT)) == 1
-    assert metric_value(scrape, "conn_reaper_sockets_destroyed_total", backend=endpoint(TARGET4, TCP_PORT)) >= 2
+    assert scrape.get("conn_reaper_backend_up", backend=endpoint(TARGET4, TCP_PORT)) == 0
+    assert scrape.get("conn_reaper_backend_up", backend=endpoint(OTHER4, TCP_PORT)) == 1
+    assert scrape.get("conn_reaper_sockets_destroyed_total", backend=endpoint(TARGET4, TCP_PORT)) >= 2
     documented = documented_metric_families()
-    served = metric_families(scrape)
+    served = scrape.families()
     assert served <= documented, f"served but not in Deploy/README.md's metrics reference: {served - documented}"
     assert len(served) >= 8, served

@@ -14,17 +14,13 @@ documented message and exit status, ending nothing. Everything runs in namespace
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Deploy"))
-
-import agentlab  # noqa: E402
-from agentlab import NET_ADMIN_BIT, NOBODY, Agent, metric_samples, metric_value, proc_status, wrapper  # noqa: E402
-from netlab import endpoint  # noqa: E402
-from topology import OTHER4, TARGET4, TCP_PORT  # noqa: E402
+from lab.agent import Agent
+from lab.privileges import NET_ADMIN_BIT, NOBODY, proc_status, wrapper
+from lab.netns import endpoint
+from lab.topology import OTHER4, TARGET4, TCP_PORT
 
 EPERM_HINT = "needs CAP_NET_ADMIN in this network namespace"
 WITH_NET_ADMIN = ["systemd", "kubernetes"]
@@ -97,7 +93,7 @@ def test_agent_with_only_net_admin(topo, reaper_binary, shape):
         held = proc_status(agent.process.pid)
         assert int(held["Uid"].split()[1]) == EXPECTED_UID[shape], held["Uid"]
         assert _capabilities(held)["CapEff"] == NET_ADMIN_BIT, held
-        assert "host check" not in agent.log(), agent.describe()
+        assert "host check" not in agent.log_text(None), agent.describe()
 
         client = topo.client_peer
         targets = client.connect(TARGET4, TCP_PORT, count=3)
@@ -113,10 +109,10 @@ def test_agent_with_only_net_admin(topo, reaper_binary, shape):
         assert client.probe(decoys) == ["ok"] * 2
 
         metrics = agent.metrics()
-        assert metric_value(metrics, "conn_reaper_sockets_destroyed_total", backend=endpoint(TARGET4, TCP_PORT)) >= 3
-        assert not [s for s in metric_samples(metrics, "conn_reaper_destroy_errors_total") if s[1] > 0], metrics
+        assert metrics.get("conn_reaper_sockets_destroyed_total", backend=endpoint(TARGET4, TCP_PORT)) >= 3
+        assert not [s for s in metrics.matching("conn_reaper_destroy_errors_total") if s[1] > 0], metrics.text
         assert agent.stop() == 0, agent.describe()
-        assert "conn-reaper stopped" in agent.log()
+        assert "conn-reaper stopped" in agent.log_text(None)
     finally:
         agent.close()
 
@@ -163,7 +159,7 @@ def test_agent_without_net_admin_says_so_and_ends_nothing(topo, reaper_binary):
 
         ss = topo.client.run(["ss", "-tnH", "state", "established", "dst", TARGET4])
         assert len(ss.stdout.splitlines()) == 3, f"the connections must survive:\n{ss.stdout}"
-        refused = [s for s in metric_samples(agent.metrics(), "conn_reaper_destroy_errors_total") if s[1] > 0]
+        refused = [s for s in agent.metrics().matching("conn_reaper_destroy_errors_total") if s[1] > 0]
         assert refused and all(labels.get("errno") == "EPERM" for labels, _ in refused), refused
         assert agent.process.poll() is None, agent.describe()
         assert agent.stop() == 0, agent.describe()

@@ -12,154 +12,37 @@ knows which backend it reaches through the VIP. Addresses exist only in these na
 
 from __future__ import annotations
 
-import json
-import os
-import select
-import subprocess
 import textwrap
 import time
+
+from lab.agent import Agent
+from lab.netns import endpoint, wait_for
+from lab.topology import OTHER4, TARGET4, TCP_PORT, UDP_PORT
+from lab.traffic import PeerProcess
 
 CLIENT1, B1, CLIENT2, B2 = "10.236.1.1", "10.236.1.2", "10.236.2.1", "10.236.2.2"
 VIP, DECOY_VIP = "10.236.100.1", "10.236.100.2"
 STREAMS, DECOY_STREAMS = 20, 3
 HEALTH_PORT = 8181
+AGENT_LISTEN = "127.0.0.1:9751"
 
-BACKEND = textwrap.dedent("""
-    import socket, sys, threading, time
-    ADDR, NAME = sys.argv[1], sys.argv[2].encode()
+class VipEvents:
+    """What the vip-client role reported (lab/peer/vip_client.py), read as it arrives."""
 
-    def talk(connection):
-        try:
-            while True:
-                connection.sendall(NAME + b"\\n")
-                time.sleep(0.1)
-        except OSError:
-            pass
+    def __init__(self, peer: PeerProcess) -> None:
+        self.peer = peer
 
-    def tcp(port, talking):
-        server = socket.socket(); server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((ADDR, port)); server.listen(256)
-        def serve():
-            while True:
-                connection, _ = server.accept()
-                if talking:
-                    threading.Thread(target=talk, args=(connection,), daemon=True).start()
-                else:
-                    connection.close()
-        threading.Thread(target=serve, daemon=True).start()
-
-    tcp(443, True)
-    tcp(%d, False)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind((ADDR, 53))
-    print("ready", flush=True)
-    while True:
-        _, sender = udp.recvfrom(512)
-        udp.sendto(NAME, sender)
-""" % HEALTH_PORT)
-
-# Long-lived clients of the VIPs. Each TCP stream reconnects to its VIP on any error, like a
-# client library; the UDP client sends a query every 50 ms on one connected socket and opens a
-# new one only when the socket reports an error (a destroyed socket: ECONNABORTED). Events are
-# JSON lines: the first line from each backend per stream, and every error.
-CLIENT = textwrap.dedent("""
-    import errno, json, socket, sys, threading, time
-    VIP, DECOY_VIP, STREAMS, DECOYS = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    lock = threading.Lock()
-
-    def emit(**event):
-        event["t"] = time.monotonic()
-        with lock:
-            sys.stdout.write(json.dumps(event) + "\\n"); sys.stdout.flush()
-
-    def name(error):
-        return errno.errorcode.get(error.errno, str(error)) if error.errno else str(error)
-
-    def stream(kind, index, host):
-        seen = set()
-        while True:
-            try:
-                connection = socket.create_connection((host, 443), timeout=0.5)
-                connection.settimeout(None)
-                buffer = b""
-                while True:
-                    chunk = connection.recv(4096)
-                    if not chunk:
-                        raise OSError(0, "eof")
-                    buffer += chunk
-                    while b"\\n" in buffer:
-                        line, buffer = buffer.split(b"\\n", 1)
-                        if line not in seen:
-                            seen.add(line)
-                            emit(kind=kind, i=index, ev="data", name=line.decode())
-            except OSError as error:
-                emit(kind=kind, i=index, ev="error", err=name(error))
-                time.sleep(0.01)
-
-    def datagrams():
-        seen = set()
-        def fresh():
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.connect((VIP, 53)); s.settimeout(0.05)
-            return s
-        udp = fresh()
-        emit(kind="udp", i=0, ev="socket", local=udp.getsockname()[1])
-        while True:
-            try:
-                udp.send(b"q")
-                answer = udp.recv(512)
-                if answer not in seen:
-                    seen.add(answer)
-                    emit(kind="udp", i=0, ev="data", name=answer.decode())
-                time.sleep(0.05)
-            except socket.timeout:
-                continue
-            except OSError as error:
-                emit(kind="udp", i=0, ev="error", err=name(error))
-                udp.close(); udp = fresh()
-                emit(kind="udp", i=0, ev="socket", local=udp.getsockname()[1])
-
-    for index in range(STREAMS):
-        threading.Thread(target=stream, args=("vip", index, VIP), daemon=True).start()
-    for index in range(DECOYS):
-        threading.Thread(target=stream, args=("decoy", index, DECOY_VIP), daemon=True).start()
-    threading.Thread(target=datagrams, daemon=True).start()
-    while True:
-        time.sleep(3600)
-""")
-
-
-class Events:
-    """The client's event lines, read without blocking."""
-
-    def __init__(self, process: subprocess.Popen) -> None:
-        self.process = process
-        self.events: list[dict] = []
-        self.buffer = b""
-
-    def pump(self, seconds: float = 0.0) -> None:
-        deadline = time.monotonic() + seconds
-        fd = self.process.stdout.fileno()
-        while True:
-            left = max(0.0, deadline - time.monotonic())
-            readable, _, _ = select.select([fd], [], [], left)
-            if readable:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise AssertionError(f"the client exited: {self.process.poll()}")
-                self.buffer += chunk
-                while b"\n" in self.buffer:
-                    line, self.buffer = self.buffer.split(b"\n", 1)
-                    self.events.append(json.loads(line))
-            elif left == 0:
-                return
+    @property
+    def events(self) -> list[dict]:
+        return list(self.peer.events)
 
     def first(self, kind: str, index: int, name: str, after: float = 0.0) -> float | None:
         times = [e["t"] for e in self.events
-                 if e["kind"] == kind and e["i"] == index and e["ev"] == "data" and e["name"] == name and e["t"] >= after]
+                 if e["kind"] == kind and e["i"] == index and e["event"] == "data" and e["name"] == name and e["t"] >= after]
         return min(times) if times else None
 
     def errors(self, kind: str) -> list[dict]:
-        return [e for e in self.events if e["kind"] == kind and e["ev"] == "error"]
+        return [e for e in self.events if e["kind"] == kind and e["event"] == "error"]
 
 
 def point_vip(client, backend: str) -> None:
@@ -179,19 +62,15 @@ def build(lab, tmp_path):
     b2.add_route("default", via=CLIENT2)
     client.enable_conntrack()
     point_vip(client, B1)
-    (tmp_path / "backend.py").write_text(BACKEND)
-    (tmp_path / "client.py").write_text(CLIENT)
     for namespace, address, name in ((b1, B1, "b1"), (b2, B2, "b2")):
-        server = namespace.popen(["python3", str(tmp_path / "backend.py"), address, name],
-                                 stdout=subprocess.PIPE, text=True)
-        assert server.stdout.readline().strip() == "ready"
+        PeerProcess(namespace, "talker", address, name, 443, HEALTH_PORT, 53)
     return client, b1, link1
 
 
 def agent_config(tmp_path, netns_lines: str = "") -> str:
     path = tmp_path / "agent.yaml"
     path.write_text(textwrap.dedent(f"""\
-        listen: 127.0.0.1:9751
+        listen: {AGENT_LISTEN}
         {netns_lines}
         pools:
           - name: vip
@@ -206,17 +85,17 @@ def agent_config(tmp_path, netns_lines: str = "") -> str:
     return str(path)
 
 
-def wait_ready(namespace, port: int = 9751) -> None:
-    namespace.wait_until_answers(f"http://127.0.0.1:{port}/readyz", timeout=10)
+def start_agent(namespace, binary: str, config: str) -> Agent:
+    agent = Agent(namespace, binary, ["--config", config], listen=AGENT_LISTEN)
+    agent.wait_ready()
+    return agent
 
 
-def start_clients(client, tmp_path) -> Events:
-    process = client.popen(["python3", "-u", str(tmp_path / "client.py"), VIP, DECOY_VIP, str(STREAMS), str(DECOY_STREAMS)],
-                           stdout=subprocess.PIPE)
-    events = Events(process)
+def start_clients(client, tmp_path) -> VipEvents:
+    events = VipEvents(PeerProcess(client, "vip-client", VIP, DECOY_VIP, STREAMS, DECOY_STREAMS, 443, 53))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        events.pump(0.1)
+        time.sleep(0.1)
         if all(events.first("vip", i, "b1") for i in range(STREAMS)) and events.first("udp", 0, "b1") \
                 and all(events.first("decoy", i, "b2") for i in range(DECOY_STREAMS)):
             return events
@@ -233,17 +112,15 @@ def cut_backend1(client, b1, link) -> float:
 
 def test_agent_recovers_vip_streams_and_udp_from_a_dead_natted_backend(lab, reaper_binary, tmp_path):
     client, b1, link1 = build(lab, tmp_path)
-    agent = client.popen([reaper_binary, "run", "--config", agent_config(tmp_path)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_ready(client)
+    agent = start_agent(client, reaper_binary, agent_config(tmp_path))
     events = start_clients(client, tmp_path)
     cut = cut_backend1(client, b1, link1)
-    events.pump(3.0)
+    time.sleep(3.0)
 
     tcp = [events.first("vip", i, "b2", after=cut) for i in range(STREAMS)]
     udp = events.first("udp", 0, "b2", after=cut)
-    agent.terminate()
-    _, log = agent.communicate(timeout=10)
+    agent.stop()
+    log = agent.log_text(None)
     assert all(t is not None for t in tcp), f"streams that never reached backend 2: {tcp}\n{log}"
     worst = max(t - cut for t in tcp)
     print(f"\nVIP recovery with the agent: TCP worst {worst:.3f} s, median {sorted(t - cut for t in tcp)[STREAMS // 2]:.3f} s, "
@@ -265,7 +142,7 @@ def test_without_the_agent_neither_recovers(lab, tmp_path):
     client, b1, link1 = build(lab, tmp_path)
     events = start_clients(client, tmp_path)
     cut = cut_backend1(client, b1, link1)
-    events.pump(5.0)
+    time.sleep(5.0)
     assert [events.first("vip", i, "b2", after=cut) for i in range(STREAMS)] == [None] * STREAMS
     assert events.first("udp", 0, "b2", after=cut) is None
     assert [e for e in events.errors("vip") if e["t"] >= cut] == []
@@ -278,8 +155,6 @@ LOOPBACK_PORT = 7070
 
 
 def test_purge_netns_works_in_the_named_namespace_only(topo, reaper):
-    from netlab import endpoint
-    from topology import TARGET4, TCP_PORT
     ops, twin = topo.lab.namespace("ops"), topo.lab.namespace("twin")
     client_path, twin_path = f"/run/netns/{topo.client.name}", f"/run/netns/{twin.name}"
     client = topo.client_peer
@@ -323,20 +198,6 @@ def test_purge_netns_that_cannot_be_entered_says_so(topo, reaper):
 
 AGENT, AGENT_GATEWAY = "10.236.3.2", "10.236.3.1"
 
-# A connection from the agent's own namespace (not listed) straight to backend 1: it must stay.
-UNLISTED = textwrap.dedent("""
-    import errno, socket, sys
-    s = socket.create_connection((sys.argv[1], 443), timeout=5); s.settimeout(None)
-    print("connected", flush=True)
-    try:
-        while s.recv(4096):
-            pass
-        print("eof", flush=True)
-    except OSError as error:
-        print(errno.errorcode.get(error.errno, str(error)), flush=True)
-""")
-
-
 def join_agent(lab, client, agent_ns) -> None:
     lab.link(agent_ns, client, [f"{AGENT}/24"], [f"{AGENT_GATEWAY}/24"])
     client.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
@@ -344,19 +205,11 @@ def join_agent(lab, client, agent_ns) -> None:
     agent_ns.add_route("10.236.2.0/24", via=AGENT_GATEWAY)
 
 
-def backends_up(namespace, port: int) -> bool:
-    result = namespace.run(["curl", "-sf", f"http://127.0.0.1:{port}/metrics"], check=False)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("conn_reaper_backend_up{")]
-    return len(lines) == 4 and all(line.endswith(" 1") or line.endswith(" 1.0") for line in lines)
-
-
-def wait_backends_up(namespace, port: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if backends_up(namespace, port):
-            return
-        time.sleep(0.1)
-    raise AssertionError("the agent never saw every backend up")
+def wait_backends_up(agent: Agent) -> None:
+    def every_backend_up() -> bool:
+        samples = agent.metrics().matching("conn_reaper_backend_up")
+        return len(samples) == 4 and all(value == 1 for _, value in samples)
+    wait_for(every_backend_up, 10, "the agent to see every backend up")
 
 
 def check_recovered(events, cut, log, limit: float) -> float:
@@ -376,38 +229,35 @@ def test_agent_in_its_own_namespace_reaps_a_listed_namespace_only(lab, reaper_bi
     agent_ns = lab.namespace("agt")
     join_agent(lab, client, agent_ns)
     config = agent_config(tmp_path, f'netns: ["/run/netns/{client.name}"]')
-    agent = agent_ns.popen([reaper_binary, "run", "--config", config], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-    wait_ready(agent_ns)
-    wait_backends_up(agent_ns, 9751)
-    (tmp_path / "unlisted.py").write_text(UNLISTED)
-    unlisted = agent_ns.popen(["python3", "-u", str(tmp_path / "unlisted.py"), B1], stdout=subprocess.PIPE, text=True)
-    assert unlisted.stdout.readline().strip() == "connected"
+    agent = start_agent(agent_ns, reaper_binary, config)
+    wait_backends_up(agent)
+    # A connection from the agent's own namespace (not listed) straight to backend 1: it must stay.
+    unlisted = agent_ns.peer()
+    unlisted_socket = unlisted.connect_one(B1, 443)
     events = start_clients(client, tmp_path)
     worst, log = cut_and_recover(client, b1, link1, events, agent)
     print(f"\nagent in another namespace, netns: [path]: recovered within {worst:.3f} s")
     assert f"netns=/run/netns/{client.name}" in log, log
-    assert unlisted.poll() is None, "the connection in a namespace not listed must stay open"
+    assert unlisted.state([unlisted_socket]) == ["ok"], "the connection in a namespace not listed must stay open"
 
 
 def cut_and_recover(client, b1, link1, events, agent, bound: float = 1.0) -> tuple[float, str]:
     """Cuts backend 1, lets the streams run 3 s, stops the agent; the worst recovery and the agent's log."""
     cut = cut_backend1(client, b1, link1)
-    events.pump(3.0)
-    agent.terminate()
-    _, log = agent.communicate(timeout=10)
+    time.sleep(3.0)
+    agent.stop()
+    log = agent.log_text(None)
     return check_recovered(events, cut, log, bound), log
 
 
 def test_agent_with_netns_all_finds_a_namespace_made_after_it_started(lab, reaper_binary, tmp_path):
     agent_ns = lab.namespace("agt")
     config = agent_config(tmp_path, "netns: all")
-    agent = agent_ns.popen([reaper_binary, "run", "--config", config], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-    agent_ns.wait_until_answers("http://127.0.0.1:9751/healthz", timeout=10)
+    agent = Agent(agent_ns, reaper_binary, ["--config", config], listen=AGENT_LISTEN)
+    agent.wait_listening()
     client, b1, link1 = build(lab, tmp_path)   # after the agent started
     join_agent(lab, client, agent_ns)
-    wait_backends_up(agent_ns, 9751)
+    wait_backends_up(agent)
     events = start_clients(client, tmp_path)
     # Every namespace on the node is walked twice before the first reap ends: once for the dead
     # backend's sign of life (its own sockets, NAT'd ones through conntrack), once to reap; that
@@ -418,8 +268,6 @@ def test_agent_with_netns_all_finds_a_namespace_made_after_it_started(lab, reape
 
 
 def test_purge_ends_udp_and_tcp_sockets_of_a_vip_natted_to_the_backend(topo, reaper):
-    from netlab import endpoint
-    from topology import OTHER4, TARGET4, TCP_PORT, UDP_PORT
     vip, vip2 = "10.231.0.100", "10.231.0.101"
     for proto, port in (("tcp", TCP_PORT), ("udp", UDP_PORT)):
         topo.client.dnat(vip, TARGET4, port, proto)

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from netlab import endpoint
-from topology import (BLACKHOLE_PORT, CLIENT4, FAR4, FAR6, OTHER4, OTHER6, OTHER_TCP_PORT, TARGET4, TARGET6,
+from lab.netns import endpoint
+from lab.topology import (BLACKHOLE_PORT, CLIENT4, FAR4, FAR6, OTHER4, OTHER6, OTHER_TCP_PORT, TARGET4, TARGET6,
                       TCP_PORT)
 
 ABORTED = "ECONNABORTED"

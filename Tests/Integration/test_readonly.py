@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from netlab import endpoint
-from topology import OTHER4, TARGET4, TCP_PORT, UDP_PORT
+from lab.netns import endpoint
+from lab.topology import OTHER4, TARGET4, TCP_PORT, UDP_PORT
 
 TCP_INFO_FIELDS = {"unacked", "retransmits", "backoff", "last_ack_recv_ms", "last_data_sent_ms", "rtt_us",
                    "total_retrans"}

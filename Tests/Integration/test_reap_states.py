@@ -1,5 +1,5 @@
 """Unhealthy is not dead: the agent reaps a backend that is gone, not one that is draining, overloaded
-or unreachable for new connections while its streams still flow. In the lab of incident_lab.py (real
+or unreachable for new connections while its streams still flow. In the lab of lab/incident.py (real
 nginx, three streaming upstreams), with HTTP probes of /readyz at interval 200ms, timeout 150ms,
 rise 2, fall 2:
 
@@ -20,9 +20,11 @@ import time
 
 import pytest
 
-from incident_lab import (L7_PORT, UPSTREAM_NAMES, Agent, IncidentLab, Metrics, StreamDump, percentile, pool_yaml,
-                          wait_for)
-from test_agent_incident import assert_reaped, backend_flags, start_agent
+from lab.agent import Agent, backend_flags, pool_yaml
+from lab.analysis import StreamDump, percentile
+from lab.incident import L7_PORT, UPSTREAM_NAMES, IncidentLab, assert_reaped, start_agent
+from lab.metrics import Metrics
+from lab.netns import wait_for
 
 STREAMS = 30
 FAST = {"type": "http", "path": "/readyz", "expect_status": [200], "interval": "200ms", "timeout": "150ms",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from netlab import endpoint
-from topology import OTHER4, OTHER6, OTHER_UDP_PORT, TARGET4, TARGET6, TCP_PORT, UDP_PORT
+from lab.netns import endpoint
+from lab.topology import OTHER4, OTHER6, OTHER_UDP_PORT, TARGET4, TARGET6, TCP_PORT, UDP_PORT
 
 ABORTED = "ECONNABORTED"
 FAMILIES = {"ipv4": (TARGET4, OTHER4), "ipv6": (TARGET6, OTHER6)}

@@ -1,18 +1,18 @@
-"""netlab: throwaway network namespaces for kernel tests, benchmarks and end-to-end runs.
+"""Throwaway network namespaces for kernel tests, benchmarks and end-to-end runs.
 
 Everything happens inside namespaces this module creates: the host namespace's addresses, routes
 and firewall are never touched. Needs root (CAP_SYS_ADMIN + CAP_NET_ADMIN) and iproute2.
 
 Typical use::
 
-    from netlab import Lab
+    from lab.netns import Lab
 
     with Lab() as lab:                                   # namespaces named crt-<pid>-<n>-<role>
         client, server = lab.namespace("cli"), lab.namespace("srv")
         lab.link(client, server, ["10.231.0.1/24", "fd00:231::1/64"],
                                  ["10.231.0.2/24", "fd00:231::2/64"])
         client.enable_conntrack()                         # make conntrack track this namespace
-        srv = server.peer()                               # sockpeer.py running in the namespace
+        srv = server.peer()                               # the traffic peer's sockets role
         srv.listen("tcp", "::", 8080)                     # dual-stack echo server
         cli = client.peer()
         ids = cli.connect("10.231.0.2", 8080, count=3)
@@ -30,8 +30,8 @@ Main API:
 - ``Namespace``: ``run(argv)``, ``popen(argv)``, ``ip(...)``, ``iptables(...)``/``ip6tables(...)``,
   ``add_route(...)``, ``enable_conntrack()``, ``dnat(...)``, ``conntrack_flows(...)``, ``peer()``,
   ``pids()``.
-- ``Peer``: ``listen``, ``connect``, ``probe``, ``connect_status``, ``stats``, ``close_sockets``,
-  ``stop``; see sockpeer.py for the protocol.
+- ``in_netns(name, function)``, ``http_get(name, host, port, path)``: the test process's own calls
+  inside a namespace (a thread that entered it). ``wait_for(condition, timeout, what)``.
 - ``ConntrackFlow``/``FlowTuple``: parsed ``conntrack -L`` lines.
 - ``default_prefix()``, ``list_namespaces()``, ``cleanup_namespaces(prefix)``,
   ``reap_stale_namespaces(stem)``, ``endpoint(host, port)``.
@@ -39,23 +39,18 @@ Main API:
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import itertools
-import json
 import os
 import re
-import select
 import shutil
 import signal
+import socket
 import subprocess
-import sys
-import tempfile
+import threading
 import time
-from pathlib import Path
-from typing import Iterable, Sequence
-
-HERE = Path(__file__).resolve().parent
-SOCKPEER = HERE / "sockpeer.py"
+from typing import Callable, Iterable, Sequence
 
 #: Stem of every namespace name this module makes by default: ``crt-<pid>-<n>-<role>``.
 DEFAULT_STEM = "crt"
@@ -292,7 +287,7 @@ class Namespace:
         self.name = name
         self.role = role
         self.processes: list[subprocess.Popen] = []
-        self.peers: list[Peer] = []
+        self.peers: list = []
 
     def __repr__(self) -> str:
         return f"Namespace({self.name!r})"
@@ -315,8 +310,9 @@ class Namespace:
         self.processes.append(process)
         return process
 
-    def peer(self) -> "Peer":
-        """Starts sockpeer.py inside the namespace (stopped on lab close)."""
+    def peer(self):
+        """Starts the traffic peer's sockets role inside the namespace (stopped on lab close)."""
+        from lab.traffic import Peer  # the drivers build on this module
         peer = Peer(self)
         self.peers.append(peer)
         return peer
@@ -406,6 +402,16 @@ class Namespace:
                 process.wait(timeout=2)
 
 
+class NamedNamespace:
+    """A namespace made by someone else (a benchmark's own lab), to run things in by name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def popen(self, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+        return subprocess.Popen([_tool_or_raise("ip"), "netns", "exec", self.name, *map(str, argv)], **kwargs)
+
+
 @dataclasses.dataclass
 class Link:
     a: Namespace
@@ -484,148 +490,86 @@ class Lab:
 
 
 # ---------------------------------------------------------------------------------------------
-# The socket peer
+# The test process's own calls inside a namespace (a thread enters it, not the process)
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
-class PeerError(LabError):
-    pass
+def setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"setns: {os.strerror(code)}")
 
 
-class Peer:
-    """sockpeer.py running inside a namespace, driven over JSON lines. Start with Namespace.peer()."""
+def in_netns(namespace: str, function: Callable, *args, **kwargs):
+    """Runs ``function`` on a fresh thread that has entered network namespace ``namespace`` (setns
+    changes only the calling thread), and returns its result or raises its exception."""
+    outcome: dict = {}
 
-    def __init__(self, namespace: Namespace) -> None:
-        self.namespace = namespace
-        self.stderr_file = tempfile.TemporaryFile(mode="w+")
-        self.process = namespace.popen(
-            [sys.executable, "-u", str(SOCKPEER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self.stderr_file)
-        self._buffer = b""
-        ready = self._read_line(timeout=10)
-        if not ready.get("ready"):
-            raise PeerError(f"sockpeer did not start: {ready}")
-        self.pid = ready["pid"]
+    def body() -> None:
+        try:
+            fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+            try:
+                setns(fd)
+            finally:
+                os.close(fd)
+            outcome["value"] = function(*args, **kwargs)
+        except BaseException as error:  # handed to the caller
+            outcome["error"] = error
 
-    def __repr__(self) -> str:
-        return f"Peer({self.namespace.name}, pid={self.pid})"
-
-    def _stderr(self) -> str:
-        self.stderr_file.seek(0)
-        return self.stderr_file.read()[-4000:]
-
-    def _read_line(self, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        fd = self.process.stdout.fileno()
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise PeerError(f"sockpeer in {self.namespace.name} did not answer within {timeout}s; "
-                                f"stderr: {self._stderr()}")
-            readable, _, _ = select.select([fd], [], [], left)
-            if readable:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise PeerError(f"sockpeer in {self.namespace.name} exited "
-                                    f"({self.process.poll()}); stderr: {self._stderr()}")
-                self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return json.loads(line)
-
-    def request(self, op: str, answer_timeout: float = 30, **fields) -> dict:
-        """Sends one request and returns the answer; raises PeerError when it is not ok."""
-        if self.process.poll() is not None:
-            raise PeerError(f"sockpeer in {self.namespace.name} is gone; stderr: {self._stderr()}")
-        self.process.stdin.write((json.dumps({"op": op, **fields}) + "\n").encode())
-        self.process.stdin.flush()
-        answer = self._read_line(answer_timeout)
-        if not answer.get("ok"):
-            raise PeerError(f"{op} {fields} failed in {self.namespace.name}: {answer.get('error')}")
-        return answer
-
-    def listen(self, proto: str, host: str, port: int, v6only: bool = False) -> int:
-        """Starts an echo server; returns its id. host "::" with v6only False is dual-stack."""
-        return self.request("listen", proto=proto, host=host, port=port, v6only=v6only)["id"]
-
-    def connect(self, host: str, port: int, proto: str = "tcp", count: int = 1, wait: bool = True,
-                family: str | None = None, timeout: float = 5, source: str | None = None) -> list[int]:
-        """Opens ``count`` client sockets; returns their ids. wait=False leaves a TCP connect pending;
-        ``source`` binds the local address; ``family`` ("inet"/"inet6") overrides the guess from host."""
-        fields = dict(proto=proto, host=host, port=port, count=count, wait=wait, timeout=timeout)
-        if family:
-            fields["family"] = family
-        if source:
-            fields["source"] = source
-        return self.request("connect", answer_timeout=30 + count * timeout / 10, **fields)["ids"]
-
-    def connect_one(self, host: str, port: int, **kwargs) -> int:
-        return self.connect(host, port, count=1, **kwargs)[0]
-
-    def probe(self, ids: Sequence[int], timeout: float = 2.0) -> list[str]:
-        """Each socket's state: "ok" when a byte round-trips, else an errno name (e.g.
-        "ECONNABORTED", seen on the owner's next recv), "eof" or "timeout"."""
-        return self.request("probe", answer_timeout=timeout + 30, ids=list(ids), timeout=timeout)["results"]
-
-    def connect_status(self, ids: Sequence[int], timeout: float = 0) -> tuple[list[str], list[float | None]]:
-        """Results of pending non-blocking connects ("pending", "ok" or an errno name) and when
-        each was seen (seconds after the request)."""
-        answer = self.request("connect_status", answer_timeout=timeout + 30, ids=list(ids), timeout=timeout)
-        return answer["results"], answer["elapsed"]
-
-    def stats(self, listener: int) -> dict:
-        return self.request("stats", id=listener)
-
-    def close_sockets(self, ids: Sequence[int]) -> None:
-        self.request("close", ids=list(ids))
-
-    def stop(self) -> None:
-        """Asks the peer to quit, then makes sure the process is gone."""
-        stop_child(self.process, quit_line=b'{"op": "quit"}\n')
-        self.stderr_file.close()
+    thread = threading.Thread(target=body, name=f"netns-{namespace}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
-# =============================================================================================
-# The agent's output, parsed one way for every lab: logfmt lines and Prometheus text
+def _http_get(host: str, port: int, path: str, timeout: float) -> tuple[int, str]:
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    if any(line.lower().startswith("transfer-encoding:") and "chunked" in line.lower() for line in lines[1:]):
+        decoded = b""
+        while body:
+            size_line, _, body = body.partition(b"\r\n")
+            size = int(size_line.split(b";")[0] or b"0", 16)
+            if size == 0:
+                break
+            decoded, body = decoded + body[:size], body[size + 2:]
+        body = decoded
+    return status, body.decode()
 
 
-_LOGFMT = re.compile(r'([A-Za-z0-9_.-]+)=("(?:[^"\\]|\\.)*"|\S*)')
+def http_get(namespace: str, host: str, port: int, path: str, timeout: float = 3.0) -> tuple[int, str]:
+    """GET http://host:port/path from inside a namespace: (status, body)."""
+    return in_netns(namespace, _http_get, host, port, path, timeout)
 
 
-def parse_logfmt(line: str) -> dict[str, str]:
-    fields = {}
-    for key, value in _LOGFMT.findall(line):
-        if value.startswith('"'):
-            value = value[1:-1].replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
-        fields[key] = value
-    return fields
+def can_connect(host: str, port: int, timeout: float) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-class Metrics:
-    """One /metrics scrape: ``value(name, **labels)`` sums the samples whose labels include ``labels``."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.samples: list[tuple[str, dict, float]] = []
-        for line in text.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            match = _SAMPLE.match(line)
-            if match:
-                labels = dict(_LABEL.findall(match.group(2) or ""))
-                self.samples.append((match.group(1), labels, float(match.group(3))))
-
-    def matching(self, name: str, **labels: str) -> list[tuple[dict, float]]:
-        return [(l, v) for n, l, v in self.samples if n == name and all(l.get(k) == x for k, x in labels.items())]
-
-    def value(self, name: str, **labels: str) -> float:
-        return sum(v for _, v in self.matching(name, **labels))
-
-    def has(self, name: str, **labels: str) -> bool:
-        return bool(self.matching(name, **labels))
-
-    def families(self) -> set[str]:
-        return set(re.findall(r"^# TYPE (\S+) ", self.text, re.M))
-
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
+    """Polls until ``condition()`` is truthy and returns it; AssertionError naming ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

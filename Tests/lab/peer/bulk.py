@@ -1,25 +1,28 @@
-#!/usr/bin/env python3
-"""Holds thousands of idle TCP connections for purge_bench.py.
+"""The ``bulk-server``, ``bulk-client`` and ``bulk-backends`` roles of the traffic peer: thousands of
+idle TCP connections, for the benchmarks (lab.bench drives them).
 
-Runs inside a network namespace (`ip netns exec NS python3 conn_holder.py ROLE`) and obeys one JSON
-command per line on stdin, answering one JSON line on stdout. Outside `serve` it does nothing
-between commands, so it takes no CPU while the benchmark times a purge.
+Outside a request a bulk peer does nothing, so it takes no CPU while a benchmark times a purge. A
+process may hold only RLIMIT_NOFILE descriptors (20,000 here, and no CAP_SYS_RESOURCE to raise the
+hard limit), so a benchmark runs several per side:
+  bulk-client    connect / reap / abort / check / close_all / sample: non-blocking connects in batches;
+                 `reap` closes the sockets that were destroyed (SOCK_DESTROY or `ss -K` leave them in
+                 error); `check` counts per destination the live ones and how the others ended;
+                 `sample` times connects to one destination until `stop` arrives.
+  bulk-server    listen (SO_REUSEPORT, so all server peers share each port) / serve / drain / reap:
+                 `serve` accepts until `stop` arrives; `reap` closes the sockets the peer reset.
+  bulk-backends  ADDRS PORT: a pool's backends; accepts all the time and keeps each connection until
+                 its peer closes it (probes come and go, held connections stay); `close_ip` resets
+                 the connections to one address.
 
-A process may hold only RLIMIT_NOFILE descriptors (20,000 here, and no CAP_SYS_RESOURCE to raise
-the hard limit), so the benchmark runs several holders per side:
-  client  connect / reap / abort: non-blocking connects in batches; `reap` closes the sockets that
-          were destroyed (SOCK_DESTROY or `ss -K` leave them in error).
-  server  listen (SO_REUSEPORT, so all server holders share each port) / serve / stop / reap:
-          `serve` accepts until `stop` arrives on stdin; `reap` closes the sockets the peer reset.
-
-Both exit when stdin closes or when the parent dies (PR_SET_PDEATHSIG), so a benchmark that is
-killed leaves no holder behind.
+Each exits when stdin closes or when the parent dies (PR_SET_PDEATHSIG), so a benchmark that is
+killed leaves no peer behind.
 """
 
 import ctypes
 import errno
 import json
 import os
+import random
 import resource
 import select
 import signal
@@ -28,11 +31,12 @@ import struct
 import sys
 import time
 
+from lab.peer.protocol import errno_name, event, greet, respond
+
 PR_SET_PDEATHSIG = 1
 DEAD = select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLIN
 LINGER_ABORT = struct.pack("ii", 1, 0)  # close() sends RST: no FIN, no TIME_WAIT left behind
 RESERVED_FDS = 64
-
 
 def close_socket(sock, abort=True):
     """Closes a socket; with ``abort``, by an RST (SO_LINGER 0): no FIN exchange, no TIME_WAIT left."""
@@ -83,6 +87,14 @@ class LineReader:
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line.decode() + "\n"
 
+    def expect_stop(self):
+        """Reads the `stop` request that ends a request running until it; exits at the end of input."""
+        line = self.readline()
+        if not line:
+            sys.exit(0)
+        if json.loads(line).get("op") != "stop":
+            raise RuntimeError(f"expected stop, got {line!r}")
+
 
 class Holder:
     def __init__(self, capacity):
@@ -110,9 +122,9 @@ class Holder:
     def counts(self):
         return {k: v for k, v in self.live.items() if v}
 
-    def cmd_reap(self, settle=0.0):
+    def op_reap(self, request):
         """Close every held connection that is in error, reset or half-closed."""
-        deadline = time.monotonic() + settle
+        deadline = time.monotonic() + request.get("settle", 0.0)
         closed = 0
         while True:
             events = self.ep.poll(0, 8192)
@@ -126,9 +138,11 @@ class Holder:
                 time.sleep(0.01)
         return {"closed": closed, "live": self.counts()}
 
-    def cmd_abort(self, key):
-        """Close every connection of one key with RST (cleanup after a run that left them alive)."""
-        fds = [fd for fd, (_, k) in self.conns.items() if k == key]
+    def op_abort(self, request):
+        """Close every connection of one key (all without one) with RST (cleanup after a run that left
+        them alive)."""
+        key = request.get("key")
+        fds = [fd for fd, (_, k) in self.conns.items() if key is None or k == key]
         for fd in fds:
             self._close(fd, abort=True)
         return {"closed": len(fds), "live": self.counts()}
@@ -140,7 +154,8 @@ class Server(Holder):
         self.listeners = {}  # fd -> (socket, key)
         self.stdin = stdin
 
-    def cmd_listen(self, ip, port):
+    def op_listen(self, request):
+        ip, port = request["ip"], request["port"]
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -164,10 +179,9 @@ class Server(Holder):
             accepted += 1
         return accepted
 
-    def cmd_serve(self):
-        """Accept on every listener until a `stop` line arrives on stdin; then drain and answer."""
-        sys.stdout.write(json.dumps({"serving": True}) + "\n")
-        sys.stdout.flush()
+    def op_serve(self, request):
+        """Accept on every listener until a `stop` request arrives on stdin; then drain and answer."""
+        event("serving")
         control = select.epoll()
         control.register(self.stdin.fd, select.EPOLLIN)
         for fd in self.listeners:
@@ -190,24 +204,26 @@ class Server(Holder):
                     break
         finally:
             control.close()
-        line = self.stdin.readline()
-        if not line:
-            sys.exit(0)
-        if json.loads(line).get("cmd") != "stop":
-            raise RuntimeError(f"expected stop, got {line!r}")
+        self.stdin.expect_stop()
         if not full:
             for fd in self.listeners:
                 accepted += self._accept_all(fd)
         return {"accepted": accepted, "full": full, "live": self.counts()}
 
-    def cmd_drain(self):
+    def op_drain(self, request):
         """Accept what is still queued (a late final ACK) without serving."""
         accepted = sum(self._accept_all(fd) for fd in self.listeners)
         return {"accepted": accepted, "live": self.counts()}
 
 
 class Client(Holder):
-    def cmd_connect(self, dst, port, n, batch=1024, timeout=120.0):
+    def __init__(self, capacity, stdin):
+        super().__init__(capacity)
+        self.stdin = stdin
+
+    def op_connect(self, request):
+        dst, port, n = request["dst"], request["port"], request["n"]
+        batch, timeout = request.get("batch", 1024), request.get("timeout", 120.0)
         key = f"{dst}:{port}"
         if len(self.conns) + n > self.capacity:
             raise RuntimeError(f"{n} more connections exceed this holder's capacity {self.capacity}")
@@ -264,35 +280,136 @@ class Client(Holder):
                 "seconds": round(time.monotonic() - started, 3), "live": self.counts()}
 
 
-def main():
+    def op_check(self, request):
+        """Per destination: connections still healthy, and how the ended ones ended."""
+        result = {}
+        for fd, (s, key) in self.conns.items():
+            if s is None:
+                s = socket.socket(fileno=os.dup(fd))
+                owned = True
+            else:
+                owned = False
+            entry = result.setdefault(key, {"alive": 0, "ended": {}})
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err == 0 and select.select([s], [], [], 0)[0]:
+                # An ended socket whose error was already read shows up as readable EOF.
+                try:
+                    err = 0 if s.recv(1, socket.MSG_PEEK) else -1
+                except OSError as error:
+                    err = error.errno
+            if owned:
+                s.close()
+            if err == 0:
+                entry["alive"] += 1
+            else:
+                name = "EOF" if err == -1 else errno_name(err)
+                entry["ended"][name] = entry["ended"].get(name, 0) + 1
+        return {"keys": result}
+
+    def op_sample(self, request):
+        """Until `stop` arrives: connect() to dst:port, time until it fails (or `timeout`), then wait a
+        random gap."""
+        dst, port, timeout = request["dst"], request["port"], request["timeout"]
+        gap_min, gap_max = request.get("gap_min", 0.3), request.get("gap_max", 0.7)
+        event("sampling")
+        samples = []
+        while not self.stdin.has_line():
+            if select.select([self.stdin.fd], [], [], random.uniform(gap_min, gap_max))[0]:
+                break
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            started = time.monotonic()
+            rc = s.connect_ex((dst, port))
+            if rc == errno.EINPROGRESS:
+                poller = select.poll()
+                poller.register(s.fileno(), select.POLLOUT | select.POLLERR | select.POLLHUP)
+                events = poller.poll(timeout * 1000)
+                ended = time.monotonic()
+                if events:
+                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    result, ms = (errno_name(err) if err else "connected"), (ended - started) * 1000
+                else:
+                    result, ms = "timeout", None
+            else:
+                result, ms = (errno_name(rc) if rc else "connected"), (time.monotonic() - started) * 1000
+            close_socket(s)
+            samples.append({"t": started, "ms": ms, "result": result})
+        self.stdin.expect_stop()
+        return {"samples": samples}
+
+
+class Backends:
+    """A pool's backends: accepts on every ADDR:PORT all the time, keeps each connection until its peer
+    closes it, and answers requests in between."""
+
+    def __init__(self, stdin, ips, port):
+        self.stdin = stdin
+        self.ep = select.epoll()
+        self.listeners, self.conns = {}, {}  # fd -> socket; fd -> (socket, local ip)
+        for ip in ips:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((ip, port))
+            s.listen(4096)
+            s.setblocking(False)
+            self.listeners[s.fileno()] = s
+            self.ep.register(s.fileno(), select.EPOLLIN)
+        self.ep.register(stdin.fd, select.EPOLLIN)
+
+    def _close(self, fd, abort=False):
+        sock, _ = self.conns.pop(fd)
+        try:
+            self.ep.unregister(fd)
+        except OSError:
+            pass
+        close_socket(sock, abort)
+
+    def op_close_ip(self, request):
+        doomed = [fd for fd, (_, ip) in self.conns.items() if ip == request["ip"]]
+        for fd in doomed:
+            self._close(fd, abort=True)
+        return {"closed": len(doomed), "held": len(self.conns)}
+
+    def run(self):
+        while True:
+            events = [(self.stdin.fd, select.EPOLLIN)] if self.stdin.has_line() else self.ep.poll(1.0)
+            for fd, _ in events:
+                if fd == self.stdin.fd:
+                    line = self.stdin.readline()
+                    if not line or not respond(self, line):
+                        return
+                elif fd in self.listeners:
+                    while True:
+                        try:
+                            sock, _ = self.listeners[fd].accept()
+                        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                            break
+                        sock.setblocking(False)
+                        self.conns[sock.fileno()] = (sock, sock.getsockname()[0])
+                        self.ep.register(sock.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+                elif fd in self.conns:
+                    try:
+                        data = self.conns[fd][0].recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        self._close(fd)
+
+
+def main(role, args):
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the benchmark handles Ctrl-C and closes our stdin
-    role = sys.argv[1]
-    nofile = raise_nofile()
-    capacity = nofile - RESERVED_FDS
+    capacity = raise_nofile() - RESERVED_FDS
     stdin = LineReader(sys.stdin.fileno())
-    holder = Server(capacity, stdin) if role == "server" else Client(capacity)
-    out = sys.stdout
-    out.write(json.dumps({"ready": role, "pid": os.getpid(), "capacity": capacity}) + "\n")
-    out.flush()
+    if role == "bulk-backends":
+        backends = Backends(stdin, args[0].split(","), int(args[1]))
+        greet(role)
+        backends.run()
+        return 0
+    holder = Server(capacity, stdin) if role == "bulk-server" else Client(capacity, stdin)
+    greet(role, capacity=capacity)
     while True:
         line = stdin.readline()
-        if not line:
-            break
-        line = line.strip()
-        if not line:
-            continue
-        request = json.loads(line)
-        name = request.pop("cmd")
-        if name == "quit":
-            break
-        try:
-            reply = getattr(holder, "cmd_" + name)(**request)
-        except Exception as error:  # report and keep serving: the benchmark decides
-            reply = {"error": f"{type(error).__name__}: {error}"}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()
-
-
-if __name__ == "__main__":
-    main()
+        if not line or not respond(holder, line):
+            return 0

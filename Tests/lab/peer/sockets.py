@@ -1,10 +1,6 @@
-#!/usr/bin/env python3
-"""sockpeer: a process that owns sockets inside a network namespace, driven over JSON lines.
+"""The ``sockets`` role of the traffic peer: a few sockets with identities, inside a namespace.
 
-Run it inside a namespace (``ip netns exec NS python3 sockpeer.py``); netlab.Peer does this and
-speaks the protocol for you. Every request is one JSON object on a line of stdin, every answer one
-JSON object on a line of stdout: ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
-The first line printed is ``{"ok": true, "ready": true, "pid": N}``.
+``Namespace.peer()`` (lab.traffic.Peer) starts it and speaks the protocol (protocol.py) for you.
 
 Requests (``op`` names the operation):
 
@@ -25,30 +21,25 @@ Requests (``op`` names the operation):
   errno name, ``"eof"``, ``"timeout"``, ``"closed"`` or ``"unknown-id"``.
 - ``connect_status`` ``{"ids": [...], "timeout": 0}`` waits up to timeout (seconds, shared) for
   pending non-blocking connects. Answers ``results`` (``"pending"``, ``"ok"`` or the errno name
-  from SO_ERROR) and ``elapsed`` (seconds since each result was seen, measured from the request).
+  from SO_ERROR), ``elapsed`` (when each result was seen, in seconds after the request) and
+  ``since_connect`` (the same, in seconds after its connect began).
+- ``state`` ``{"ids": [...]}``: each socket's state without writing to it: ``"ok"``, ``"eof"`` or
+  the errno name its next recv reports (what the peer sent stays queued).
 - ``stats`` ``{"id": LISTENER}`` answers ``accepted`` (TCP connections) or ``datagrams`` (UDP).
 - ``close`` ``{"ids": [...]}`` closes client sockets. ``quit`` closes everything and exits.
-
-Standard library only: it runs under whatever python3 the test runner uses.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import resource
 import selectors
 import socket
-import sys
 import threading
 import time
 
-
-def errno_name(number: int | None) -> str:
-    if not number:
-        return "ok"
-    return errno.errorcode.get(number, f"E{number}")
+from lab.peer.protocol import errno_name, greet, serve_lines
 
 
 def endpoint(address) -> str:
@@ -153,6 +144,7 @@ class Peer:
         self.loop.start()
         self.listeners: dict[int, tuple[socket.socket, dict]] = {}
         self.clients: dict[int, socket.socket] = {}
+        self.connect_started: dict[int, float] = {}   # when each client's connect began
         self.next_id = 1
 
     def _new_id(self) -> int:
@@ -187,6 +179,7 @@ class Peer:
         wait = request.get("wait", True)
         timeout = float(request.get("timeout", 5))
         ids, locals_ = [], []
+        started = time.monotonic()
         for _ in range(int(request.get("count", 1))):
             sock = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
             try:
@@ -210,9 +203,27 @@ class Peer:
                 raise
             ident = self._new_id()
             self.clients[ident] = sock
+            self.connect_started[ident] = started
             ids.append(ident)
             locals_.append(endpoint(sock.getsockname()))
         return {"ids": ids, "locals": locals_}
+
+    def op_state(self, request: dict) -> dict:
+        """Each client socket's state, without writing to it: "ok" (open; what the peer sent stays
+        queued), "eof", or the errno name its next recv reports."""
+        results = []
+        for ident in (int(i) for i in request["ids"]):
+            sock = self.clients.get(ident)
+            if sock is None or sock.fileno() < 0:
+                results.append("unknown-id" if sock is None else "closed")
+                continue
+            try:
+                results.append("eof" if sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"" else "ok")
+            except (BlockingIOError, InterruptedError):
+                results.append("ok")
+            except OSError as error:
+                results.append(errno_name(error.errno))
+        return {"results": results}
 
     def op_probe(self, request: dict) -> dict:
         ids = [int(i) for i in request["ids"]]
@@ -270,9 +281,11 @@ class Peer:
         started = time.monotonic()
         results: dict[int, str] = {}
         elapsed: dict[int, float | None] = {}
+        since_connect: dict[int, float | None] = {}
         waiting = selectors.DefaultSelector()
         for ident in ids:
             sock = self.clients.get(ident)
+            since_connect[ident] = None
             if sock is None:
                 results[ident], elapsed[ident] = "unknown-id", None
             else:
@@ -283,13 +296,15 @@ class Peer:
                 code = key.fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 results[key.data] = errno_name(code)
                 elapsed[key.data] = round(time.monotonic() - started, 4)
+                since_connect[key.data] = round(time.monotonic() - self.connect_started[key.data], 4)
                 waiting.unregister(key.fileobj)
             if not waiting.get_map() or time.monotonic() >= started + timeout:
                 break
         for key in list(waiting.get_map().values()):
             results[key.data], elapsed[key.data] = "pending", None
         waiting.close()
-        return {"results": [results[i] for i in ids], "elapsed": [elapsed[i] for i in ids]}
+        return {"results": [results[i] for i in ids], "elapsed": [elapsed[i] for i in ids],
+                "since_connect": [since_connect[i] for i in ids]}
 
     def op_stats(self, request: dict) -> dict:
         sock, stats = self.listeners[int(request["id"])]
@@ -309,39 +324,13 @@ class Peer:
         self.loop.join(timeout=2)
 
 
-def main() -> int:
+def main(role: str, args: list[str]) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     peer = Peer()
-    out = sys.stdout
-
-    def answer(payload: dict) -> None:
-        out.write(json.dumps(payload) + "\n")
-        out.flush()
-
-    answer({"ok": True, "ready": True, "pid": os.getpid()})
-    for line in sys.stdin:
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            request = json.loads(line)
-            op = request.get("op")
-            if op == "quit":
-                answer({"ok": True})
-                break
-            handler = getattr(peer, f"op_{op}", None)
-            if handler is None:
-                answer({"ok": False, "error": f"unknown op {op!r}"})
-                continue
-            answer({"ok": True, **handler(request)})
-        except OSError as error:
-            answer({"ok": False, "error": f"{errno_name(error.errno)}: {error}", "errno": errno_name(error.errno)})
-        except Exception as error:  # report, keep serving
-            answer({"ok": False, "error": f"{type(error).__name__}: {error}"})
-    peer.shutdown()
+    greet(role)
+    try:
+        serve_lines(peer)
+    finally:
+        peer.shutdown()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

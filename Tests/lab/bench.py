@@ -1,5 +1,5 @@
-"""Throwaway network namespaces for purge_bench.py: a client and a server namespace joined by a veth
-pair, one connection-holder process in each, and a way to run a command in the client namespace
+"""The benchmarks' lab: a client and a server namespace joined by a veth pair, bulk traffic peers in
+each (lab/peer/bulk.py), machine-wide CPU readings, and a way to run a command in the client namespace
 without a wrapper process (setns in the benchmark itself, so nothing but the tool is timed).
 
 Everything the lab creates lives inside its two namespaces (addresses, the veth pair, the iptables
@@ -8,8 +8,6 @@ so a later run can also remove what a killed run (SIGKILL) left behind.
 """
 
 import atexit
-import ctypes
-import json
 import os
 import re
 import signal
@@ -17,22 +15,15 @@ import subprocess
 import sys
 import time
 
-CLONE_NEWNET = 0x40000000
+from lab.netns import pid_alive, setns
+from lab.traffic import BulkPeer, broadcast
+
 PREFIX = "crbench-"
 NAME_RE = re.compile(r"^crbench-(\d+)-(cli|srv)$")
-HOLDER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conn_holder.py")
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def setns(fd):
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
 
 
 def run(argv, check=True, ns=None, timeout=120):
@@ -43,11 +34,6 @@ def run(argv, check=True, ns=None, timeout=120):
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
     return result
-
-
-# One definition for the test labs and the benchmarks.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Integration"))
-from netlab import pid_alive  # noqa: E402
 
 
 def remove_stale_namespaces(prefix=PREFIX):
@@ -61,72 +47,6 @@ def remove_stale_namespaces(prefix=PREFIX):
         if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
             log(f"removing stale namespace {name} of a dead benchmark run")
             run(["ip", "netns", "del", name], check=False)
-
-
-class HolderProcess:
-    """A conn_holder.py process in a namespace, driven by JSON lines."""
-
-    def __init__(self, ns, role, index):
-        self.role = role
-        self.name = f"{role}{index}"
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, HOLDER, role],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-            start_new_session=True)  # Ctrl-C reaches only the benchmark, which then cleans up
-        hello = self._read()
-        if hello.get("ready") != role:
-            raise RuntimeError(f"{self.name} did not start: {hello}")
-        self.capacity = hello["capacity"]
-        self.live = {}
-
-    @property
-    def held(self):
-        return sum(self.live.values())
-
-    def _read(self):
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{self.name} holder exited (status {self.proc.poll()})")
-        return json.loads(line)
-
-    def send(self, cmd, **args):
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
-        self.proc.stdin.flush()
-
-    def recv(self):
-        reply = self._read()
-        if "error" in reply:
-            raise RuntimeError(f"{self.name}: {reply['error']}")
-        if "live" in reply:
-            self.live = reply["live"]
-        return reply
-
-    def call(self, cmd, **args):
-        self.send(cmd, **args)
-        return self.recv()
-
-    def stop(self, grace=15.0):
-        if self.proc.poll() is not None:
-            return
-        try:
-            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-            self.proc.stdin.close()
-        except (BrokenPipeError, OSError, ValueError):
-            pass
-
-    def wait(self, grace=15.0):
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()  # by pid: the process we started
-            self.proc.wait(10)
-
-
-def broadcast(holders, cmd, **args):
-    """Send one command to several holders at once (they work in parallel), then collect the replies."""
-    for holder in holders:
-        holder.send(cmd, **args)
-    return [holder.recv() for holder in holders]
 
 
 def merge(replies, field="live"):
@@ -197,7 +117,7 @@ class Lab:
         run(["iptables", "-A", "OUTPUT", "-m", "conntrack", "--ctstate", "NEW,ESTABLISHED", "-j", "ACCEPT"], ns=c)
         self.servers = []
         for index in range(self.server_count):
-            self.servers.append(HolderProcess(s, "server", index))
+            self.servers.append(BulkPeer(s, "bulk-server", index))
         return self
 
     def close(self):
@@ -212,17 +132,11 @@ class Lab:
                     setns(self._host_fd)
                 except OSError:
                     pass
-            holders = self.clients + self.servers
-            for holder in holders:
+            for holder in self.clients + self.servers:
                 try:
-                    holder.stop()
+                    holder.stop(grace=15)
                 except Exception as error:  # keep cleaning
                     log(f"stopping {holder.name}: {error}")
-            for holder in holders:
-                try:
-                    holder.wait()
-                except Exception as error:
-                    log(f"waiting for {holder.name}: {error}")
             for ns in reversed(self._created):
                 if not os.path.exists(f"/run/netns/{ns}"):
                     continue
@@ -255,7 +169,7 @@ class Lab:
         while n > 0:
             holder = next(holders, None)
             if holder is None:
-                holder = HolderProcess(self.client_ns, "client", len(self.clients))
+                holder = BulkPeer(self.client_ns, "bulk-client", len(self.clients))
                 self.clients.append(holder)
             room = holder.capacity - holder.held
             if room <= 0:
@@ -271,13 +185,15 @@ class Lab:
         key = f"{ip}:{port}"
         server_before = sum(h.live.get(key, 0) for h in self.servers)
         plan = self._plan(n)
+        asked = time.monotonic()
         for server in self.servers:
             server.send("serve")
         for server in self.servers:
-            server.recv()  # "serving"
+            if server.wait_event("serving", timeout=30, after=asked) is None:
+                raise RuntimeError(f"{server.name} did not start serving")
         for holder, count in plan:
             holder.send("connect", dst=ip, port=port, n=count)
-        replies = [holder.recv() for holder, _ in plan]
+        replies = [holder.receive() for holder, _ in plan]
         served = broadcast(self.servers, "stop")
         connected = sum(r["connected"] for r in replies)
         errors = {}
@@ -301,7 +217,7 @@ class Lab:
         for holder in holders:
             holder.send("reap", settle=settle)
         for holder in holders:
-            holder.recv()
+            holder.receive()
         return merge([{"live": h.live} for h in self.clients]), merge([{"live": h.live} for h in self.servers])
 
     def abort(self, key):
@@ -377,6 +293,21 @@ def wait_quiet(limit, window=5.0, threshold=0.25):
             log(f"machine still busy ({100 * busy:.0f}% of one core): starting anyway")
             return
         log(f"waiting for other work to finish ({100 * busy:.0f}% of one core busy)")
+
+
+def start(script, binary, quiet_limit):
+    """What every benchmark does first: prerequisites, signal handlers, optionally a quiet machine.
+    Returns the share of one core (percent) other work used in the second before the start."""
+    check_prerequisites(script, binary)
+    install_signal_handlers()
+    if quiet_limit > 0:
+        wait_quiet(quiet_limit)
+    busy = busy_cpu_seconds()
+    time.sleep(1)
+    other = 100 * (busy_cpu_seconds() - busy)
+    if other > 25:
+        log(f"note: other work uses {other:.0f}% of one core: it skews the figures (see --wait-quiet)")
+    return other
 
 
 def check_prerequisites(script, binary, tools=("ip", "ss", "conntrack", "iptables", "sysctl")):

@@ -6,9 +6,9 @@
             fd00:231:1::/64 via fd00:231::2                   fd00:231::2, fd00:231::3 (/64),
     conntrack enabled (iptables OUTPUT ctstate rule)          fd00:231:1::2/64
 
-The server runs a sockpeer with dual-stack TCP echo listeners on TCP_PORT and OTHER_TCP_PORT and
+The server runs a sockets peer with dual-stack TCP echo listeners on TCP_PORT and OTHER_TCP_PORT and
 UDP echo sockets bound to each server address on UDP_PORT and OTHER_UDP_PORT. The client runs a
-sockpeer that opens connections. All addresses live only inside these namespaces.
+sockets peer that opens connections. All addresses live only inside these namespaces.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import json
 import subprocess
 from typing import Sequence
 
-from netlab import Lab, Namespace, Peer
+from lab.netns import Lab, Namespace
+from lab.traffic import Peer
 
 CLIENT4, TARGET4, OTHER4, FAR4 = "10.231.0.1", "10.231.0.2", "10.231.0.3", "10.231.1.2"
 CLIENT6, TARGET6, OTHER6, FAR6 = "fd00:231::1", "fd00:231::2", "fd00:231::3", "fd00:231:1::2"
