@@ -2,6 +2,7 @@
 // Layers, bottom up; each target imports only the ones below it, and declares each one it imports
 // (Tests/Checks/check_imports.py, run by `make test`, holds both to this comment):
 //   CMnl, CNetfilterConntrack, CLinuxNetlink  C libraries and uapi headers
+//   CBuildInfo                                 the git revision a release build was made from
 //   NetworkAddress                             IP addresses, prefixes, destinations (pure Swift)
 //   OS                                         the one syscall wrapper, errno errors, files, resolver, namespaces, capabilities
 //   Netlink                                    netlink sockets and messages: with OS, the only unsafe pointer code
@@ -44,6 +45,7 @@ let package = Package(
             providers: [.apt(["libnetfilter-conntrack-dev"])]
         ),
         .target(name: "CLinuxNetlink"),
+        .target(name: "CBuildInfo"),
         .target(name: "NetworkAddress", swiftSettings: strict),
         .target(
             name: "OS",
@@ -64,7 +66,9 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
-        .target(name: "Reaper", dependencies: ["SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress"], swiftSettings: strict),
+        .target(
+            name: "Reaper", dependencies: ["SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress", "CBuildInfo"], swiftSettings: strict
+        ),
         .target(
             name: "Health",
             dependencies: [

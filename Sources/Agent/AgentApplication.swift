@@ -14,17 +14,27 @@ public struct AgentApplication {
     public let state: AgentState
     public let metrics = AgentMetrics()
     let reloadPoll: Duration
+    let logLevel: LogLevelControl
+    let serviceManager: ServiceManagerLink
+    let watchdogInterval: Duration?
 
-    public init(source: ConfigSource, configuration: AgentConfiguration, logger: Logger, reloadPoll: Duration = .seconds(1)) {
+    public init(
+        source: ConfigSource, configuration: AgentConfiguration, logger: Logger, reloadPoll: Duration = .seconds(1),
+        logLevel: LogLevelControl = LogLevelControl(), notifier: ServiceManagerNotifier? = nil, watchdogInterval: Duration? = nil
+    ) {
         self.source = source
         self.configuration = configuration
         self.logger = logger
         self.state = AgentState(configuration: configuration)
         self.reloadPoll = reloadPoll
+        self.logLevel = logLevel
+        self.serviceManager = ServiceManagerLink(notifier: notifier, logger: logger)
+        self.watchdogInterval = watchdogInterval
     }
 
     /// The services, in the order they start (and the reverse of the order they stop): the kernel
-    /// workers first, so they stop last, once nothing can ask them for anything.
+    /// workers first, so they stop last, once nothing can ask them for anything; the service
+    /// manager's link last, so STOPPING=1 goes out first.
     public func services() -> [any Service] {
         let store = ConfigStore(configuration)
         let workers = KernelWorkers()
@@ -33,10 +43,16 @@ public struct AgentApplication {
             workers,
             executor,
             HealthService(store: store, state: state, executor: executor, metrics: metrics, logger: logger),
-            ReloadService(source: source, store: store, metrics: metrics, logger: logger, pollInterval: reloadPoll),
+            ReloadService(
+                source: source, store: store, metrics: metrics, logger: logger, pollInterval: reloadPoll, logLevel: logLevel,
+                serviceManager: serviceManager),
             StatusServer.make(
                 listen: configuration.listen.address.description, port: Int(configuration.listen.port),
-                state: state, metrics: metrics, logger: logger),
+                state: state, metrics: metrics, logger: logger
+            ) { [serviceManager, configuration] in
+                serviceManager.ready(status: "watching \(configuration.pools.reduce(0) { $0 + $1.backends.count }) backends")
+            },
+            ServiceManagerService(link: serviceManager, watchdogInterval: watchdogInterval) { await workers.own.roundTrip() },
         ]
     }
 

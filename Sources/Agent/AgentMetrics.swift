@@ -1,3 +1,4 @@
+import OS
 import Prometheus
 import Reaper
 
@@ -19,15 +20,37 @@ public final class AgentMetrics: Sendable {
 
     public init() {
         registry.makeGauge(
-            descriptor: Self.name("build_info", unit: "", help: "Always 1; the version label names the running build."),
-            labels: [("version", ConnReaperVersion.current)]
+            descriptor: Self.name("build_info", unit: "", help: "Always 1; the version and revision labels name the running build."),
+            labels: [("version", ConnReaperVersion.current), ("revision", ConnReaperVersion.revision)]
         ).set(to: 1)
+        // The configuration loaded at start counts as the first successful load.
+        recordConfigLoad(successful: true)
+    }
+
+    /// What the last configuration load did, with the time of the last one that worked (Prometheus'
+    /// own names for these, so the usual alert on them fits).
+    func recordConfigLoad(successful: Bool) {
+        registry.makeGauge(
+            descriptor: Self.name(
+                "config_last_reload_successful", unit: "", help: "1 when the last configuration load (start or reload) worked, else 0.")
+        )
+        .set(to: successful ? 1 : 0)
+        guard successful else { return }
+        registry.makeGauge(
+            descriptor: Self.name(
+                "config_last_reload_success_timestamp", unit: "seconds", help: "Unix time of the last configuration load that worked.")
+        ).set(to: ProcessStatistics.unixTime())
     }
 
     func backendUp(pool: String, backend: String) -> Gauge {
         registry.makeGauge(
-            descriptor: Self.name("backend_up", unit: "", help: "1 when the backend's probes say up, 0 when down or not yet known."),
+            descriptor: Self.name(
+                "backend_up", unit: "", help: "1 when the backend's probes say up, 0 when they say otherwise; absent until first known."),
             labels: [("pool", pool), ("backend", backend)])
+    }
+
+    func forgetBackendUp(pool: String, backend: String) {
+        registry.unregisterGauge(backendUp(pool: pool, backend: backend))
     }
 
     func probeDuration(pool: String, backend: String) -> DurationHistogram {
@@ -115,9 +138,25 @@ public final class AgentMetrics: Sendable {
             labels: [("result", result)])
     }
 
+    /// The text a scrape gets: the agent's metrics, then the process's own (read from /proc now).
     public func exposition() -> String {
         var buffer: [UInt8] = []
         registry.emit(into: &buffer)
-        return String(decoding: buffer, as: UTF8.self)
+        return String(decoding: buffer, as: UTF8.self) + Self.processMetrics(ProcessStatistics.current())
+    }
+
+    /// The standard process_* metrics every Prometheus client library exports, without a prefix.
+    static func processMetrics(_ statistics: ProcessStatistics?) -> String {
+        guard let statistics else { return "" }
+        var text = ""
+        func add(_ name: String, _ type: String, _ help: String, _ value: Double) {
+            text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
+        }
+        add("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", statistics.cpuSeconds)
+        add("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", Double(statistics.residentBytes))
+        add("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.", statistics.startTime)
+        add("process_open_fds", "gauge", "Number of open file descriptors.", Double(statistics.openFileDescriptors))
+        add("process_max_fds", "gauge", "Maximum number of open file descriptors.", Double(statistics.maxFileDescriptors))
+        return text
     }
 }

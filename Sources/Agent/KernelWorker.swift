@@ -34,6 +34,12 @@ public final class KernelWorker: @unchecked Sendable {
         }
     }
 
+    /// Returns once an empty job went through the worker's thread: that the thread is not stuck in
+    /// a kernel call (the systemd watchdog asks).
+    public func roundTrip() async {
+        _ = try? await thread?.run {}
+    }
+
     /// Ends the thread once the jobs already queued have run; returns at once.
     public func shutdown() {
         thread?.stop()

@@ -6,8 +6,10 @@ import NIOCore
 /// /metrics (Prometheus text), /healthz (loops alive), /readyz (config loaded, first probe round
 /// done), /status (JSON: pools, backends, states, last change, last reap).
 public enum StatusServer {
+    /// `onBound` runs once the listener is bound: from then on the endpoints answer.
     public static func make(
-        listen: String, port: Int, state: AgentState, metrics: AgentMetrics, logger: Logger
+        listen: String, port: Int, state: AgentState, metrics: AgentMetrics, logger: Logger,
+        onBound: @escaping @Sendable () -> Void = {}
     ) -> some ApplicationProtocol {
         let router = Router()
         router.get("metrics") { _, _ -> Response in
@@ -29,6 +31,7 @@ public enum StatusServer {
         return Application(
             router: router,
             configuration: .init(address: .hostname(listen, port: port), serverName: nil),
+            onServerRunning: { _ in onBound() },
             logger: logger)
     }
 

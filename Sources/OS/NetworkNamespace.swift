@@ -19,6 +19,14 @@ public enum NetworkNamespace {
     }
 
     /// The namespace a path names, or nil when it cannot be looked at (gone, not permitted).
+    /// The file a user means: a path as given, a bare NAME as /run/netns/NAME (what `ip -n NAME` and
+    /// `ss -N NAME` take). Nil for a name that could not be one (empty, ".", "..").
+    public static func path(naming text: String) -> String? {
+        if text.hasPrefix("/") { return text }
+        guard !text.isEmpty, text != ".", text != "..", !text.contains("/") else { return nil }
+        return "/run/netns/\(text)"
+    }
+
     public static func identity(of path: String) -> Identity? {
         var info = stat()
         guard stat(path, &info) == 0 else { return nil }

@@ -16,7 +16,7 @@ public enum NamespacedPurge {
             let expanded =
                 name == "all"
                 ? NetworkNamespace.all().map { Target(path: $0.path, mayVanish: true) }
-                : [Target(path: name, mayVanish: false)]
+                : [Target(path: NetworkNamespace.path(naming: name) ?? name, mayVanish: false)]
             for target in expanded where !targets.contains(where: { $0.path == target.path }) { targets.append(target) }
         }
         return targets

@@ -6,7 +6,7 @@ struct ConnReaper: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "conn-reaper",
         abstract: "Ends connections to dead backends: sock_diag SOCK_DESTROY for sockets, ctnetlink for conntrack.",
-        version: ConnReaperVersion.current,
+        version: ConnReaperVersion.description,
         subcommands: [Run.self, Purge.self, List.self, Check.self]
     )
 }

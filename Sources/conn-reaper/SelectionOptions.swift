@@ -1,6 +1,7 @@
 import Agent
 import ArgumentParser
 import NetworkAddress
+import OS
 import Reaper
 import SockDiag
 
@@ -32,9 +33,9 @@ struct SelectionOptions: ParsableArguments {
     @Option(
         name: .customLong("netns"),
         help: ArgumentHelp(
-            "Work in this network namespace instead of the current one: a file like /run/netns/NAME or /proc/PID/ns/net, "
-                + "or 'all' for every namespace on the node (repeatable; needs CAP_SYS_ADMIN).",
-            valueName: "path"))
+            "Work in this network namespace instead of the current one: a NAME under /run/netns (as `ip -n` takes), "
+                + "a file like /proc/PID/ns/net, or 'all' for every namespace on the node (repeatable; needs CAP_SYS_ADMIN).",
+            valueName: "name|path"))
     var netns: [String] = []
 
     @Option(name: .shortAndLong, help: "Output format: text or json.")
@@ -50,7 +51,9 @@ struct SelectionOptions: ParsableArguments {
         _ = try parsedDestinations()
         _ = try parsedStates()
         _ = try stuckRule()
-        if netns.contains(where: { $0.isEmpty }) { throw ValidationError("--netns needs a path or 'all'") }
+        for name in netns where name != "all" && NetworkNamespace.path(naming: name) == nil {
+            throw ValidationError("--netns '\(name)' names no namespace: give a name under /run/netns, a path, or 'all'")
+        }
         if noConntrack && noSockets { throw ValidationError("--no-sockets with --no-conntrack leaves nothing to do") }
     }
 

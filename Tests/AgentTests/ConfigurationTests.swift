@@ -81,8 +81,10 @@ import Testing
         ("pools: [\n", "", "not valid YAML"),
         ("dry_run: maybe\npools: []\n", "dry_run", "is not true or false"),
         ("netns: some\npools: []\n", "netns", "is not 'all' or a list"),
-        ("netns: []\npools: []\n", "netns", "at least one namespace path"),
-        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    netns: [run/netns/x]\n", "pools[0].netns[0]", "not an absolute path"),
+        ("netns: []\npools: []\n", "netns", "name at least one namespace"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    netns: [run/netns/x]\n", "pools[0].netns[0]", "names no namespace"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    netns: [\"..\"]\n", "pools[0].netns[0]", "names no namespace"),
+        ("log_level: loud\npools: []\n", "log_level", "is not one of trace, debug, info, notice, warning, error, critical"),
     ])
     func errorsNameTheKey(yaml: String, key: String, message: String) {
         #expect {
@@ -91,6 +93,12 @@ import Testing
             guard let error = error as? ConfigurationError else { return false }
             return error.key == key && error.description.contains(message) && error.description.hasPrefix("c.yaml")
         }
+    }
+
+    @Test func readsTheLogLevel() throws {
+        let yaml = "log_level: debug\npools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n"
+        #expect(try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml").logLevel == .debug)
+        #expect(try YAMLConfigReader.configuration(yaml: valid, file: "c.yaml").logLevel == .info)
     }
 
     @Test func readsNetworkNamespaces() throws {
@@ -102,7 +110,7 @@ import Testing
               - name: b
                 backends: ["10.0.0.2:53"]
                 protocols: [udp]
-                netns: [/run/netns/client, /proc/1/ns/net]
+                netns: [client, /proc/1/ns/net]
             """
         let configuration = try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml")
         #expect(configuration.netns == .all)

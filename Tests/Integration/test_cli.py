@@ -139,4 +139,5 @@ def test_version(lab, reaper):
     namespace = lab.namespace("ver")
     result = reaper.run(namespace, "--version")
     assert result.returncode == 0, result.describe()
-    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", result.stdout.strip()), result.describe()
+    # The version, then the revision of a `make dist` build ("unknown" for a plain swift build).
+    assert re.fullmatch(r"\d+\.\d+\.\d+ \(revision ([0-9a-f]{7,40}(-dirty)?|unknown)\)", result.stdout.strip()), result.describe()

@@ -211,7 +211,7 @@ def documented_metric_families() -> set[str]:
     """The families named in the first column of Deploy/README.md's metrics reference."""
     text = (DEPLOY / "README.md").read_text()
     section = text.split("## Metrics reference", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `(conn_reaper_\w+)`", section, re.M))
+    return set(re.findall(r"^\| `((?:conn_reaper|process)_\w+)`", section, re.M))
 
 
 def test_promtool_accepts_a_live_scrape(topo, reaper_binary, tmp_path):

@@ -1,10 +1,13 @@
 import Health
+import Logging
 import NetworkAddress
 
 /// Everything the agent runs with, whichever source it came from (YAML, flags, nginx.conf).
 public struct AgentConfiguration: Sendable, Equatable {
     public var listen = Endpoint(address: .v4(0x7F00_0001), port: 9747)
     public var logFormat: LogFormat = .logfmt
+    /// The least severe level logged (`log_level`: trace ... critical); a reload applies a new one.
+    public var logLevel: Logger.Level = .info
     public var dryRun = false
     /// The reconnect-storm budget, node-wide across pools and rules: sockets ended per second on
     /// average, and at most this many at once (a dead backend's whole set goes in one burst).

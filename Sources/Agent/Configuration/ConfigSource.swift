@@ -1,3 +1,4 @@
+import Logging
 import Synchronization
 import Health
 import NetworkAddress
@@ -9,15 +10,19 @@ public struct ConfigSource: Sendable {
     public var origin: ConfigOrigin
     public var forceDryRun = false
     public var logFormat: AgentConfiguration.LogFormat?
+    /// `--log-level` beats the file's `log_level`.
+    public var logLevel: Logger.Level?
     /// `--listen` beats the file's `listen` (a DaemonSet binds the node IP from the downward API).
     public var listen: Endpoint?
 
     public init(
-        origin: ConfigOrigin, forceDryRun: Bool = false, logFormat: AgentConfiguration.LogFormat? = nil, listen: Endpoint? = nil
+        origin: ConfigOrigin, forceDryRun: Bool = false, logFormat: AgentConfiguration.LogFormat? = nil,
+        logLevel: Logger.Level? = nil, listen: Endpoint? = nil
     ) {
         self.origin = origin
         self.forceDryRun = forceDryRun
         self.logFormat = logFormat
+        self.logLevel = logLevel
         self.listen = listen
     }
 
@@ -25,6 +30,7 @@ public struct ConfigSource: Sendable {
         var configuration = try origin.load(readFile: readFile)
         if forceDryRun { configuration.dryRun = true }
         if let logFormat { configuration.logFormat = logFormat }
+        if let logLevel { configuration.logLevel = logLevel }
         if let listen { configuration.listen = listen }
         return configuration
     }

@@ -1,5 +1,6 @@
 import Health
 import NetworkAddress
+import OS
 
 /// The values a configuration holds, parsed one way wherever they are written: YAML keys and
 /// command-line flags both go through these, and only the place named in an error differs.
@@ -52,10 +53,14 @@ public enum ConfigValue {
     /// `all`, or namespace files (`/run/netns/NAME`, `/proc/PID/ns/net`).
     public static func namespaces(_ values: [String]) throws(Failure) -> NamespaceSelection {
         if values.contains("all") { return .all }
-        guard !values.isEmpty else { throw Failure("name at least one namespace path, or write all") }
-        for path in values where !path.hasPrefix("/") {
-            throw Failure("'\(path)' is not an absolute path (like /run/netns/NAME or /proc/PID/ns/net), nor 'all'")
+        guard !values.isEmpty else { throw Failure("name at least one namespace, or write all") }
+        var paths: [String] = []
+        for value in values {
+            guard let path = NetworkNamespace.path(naming: value) else {
+                throw Failure("'\(value)' names no namespace: write a name under /run/netns, a path (/proc/PID/ns/net), or all")
+            }
+            paths.append(path)
         }
-        return .paths(values)
+        return .paths(paths)
     }
 }

@@ -1,3 +1,4 @@
+import Logging
 import Health
 import NetworkAddress
 import Yams
@@ -19,11 +20,13 @@ public enum YAMLConfigReader {
         }
         let top = ConfigNode(node: root, path: "", file: file)
         let keys = try top.mapping(allowed: [
-            "listen", "log_format", "dry_run", "max_sockets_per_second", "max_sockets_burst", "reap_when_all_down", "pools", "netns",
+            "listen", "log_format", "log_level", "dry_run", "max_sockets_per_second", "max_sockets_burst", "reap_when_all_down", "pools",
+            "netns",
         ])
         var configuration = AgentConfiguration()
         if let listen = keys["listen"] { configuration.listen = try listen.endpoint() }
         if let format = keys["log_format"] { configuration.logFormat = try format.choice(AgentConfiguration.LogFormat.self) }
+        if let level = keys["log_level"] { configuration.logLevel = try level.choice(Logger.Level.self) }
         if let dryRun = keys["dry_run"] { configuration.dryRun = try dryRun.bool() }
         if let cap = keys["max_sockets_per_second"] { configuration.maxSocketsPerSecond = try cap.int(in: 1...10_000_000) }
         if let burst = keys["max_sockets_burst"] { configuration.maxSocketsBurst = try burst.int(in: 1...10_000_000) }

@@ -32,13 +32,18 @@ struct ReapAccounting: Sendable {
         logger.notice("backend \(to.rawValue)", metadata: metadata)
     }
 
-    /// The state gauges: 1 for the current state, 0 for the others; `backend_up` as before.
+    /// The state gauges: 1 for the current state, 0 for the others; `backend_up` once it is known.
     func publish(_ key: BackendKey, state current: BackendState) {
         let label = key.backend.description
         for state in BackendState.allCases {
             metrics.backendState(pool: key.pool, backend: label, state: state).set(to: state == current ? 1 : 0)
         }
-        metrics.backendUp(pool: key.pool, backend: label).set(to: current == .up ? 1 : 0)
+        // A backend not probed yet is neither up nor down: no sample, rather than a 0 that pages.
+        if current == .unknown {
+            metrics.forgetBackendUp(pool: key.pool, backend: label)
+        } else {
+            metrics.backendUp(pool: key.pool, backend: label).set(to: current == .up ? 1 : 0)
+        }
     }
 
     func suppressed(pool: String, backend: Endpoint?, reason: SuppressReason, log: Bool) {
@@ -101,13 +106,15 @@ struct ReapAccounting: Sendable {
             guard (reason == .dead && part.namespace == nil) || ended > 0 || deleted > 0 || !errors.isEmpty else { continue }
             var metadata: Logger.Metadata = [
                 "pool": "\(key.pool)", "backend": "\(key.backend)", "reason": "\(reason.rawValue)",
-                "sockets": "\(ended)", "conntrack": "\(deleted)", "errors": "\(errors.count)",
-                "duration_ms": "\((report.durationSeconds * 1_000_000).rounded() / 1000)", "dry_run": "\(dryRun)",
+                "sockets": .stringConvertible(ended), "conntrack": .stringConvertible(deleted),
+                "errors": .stringConvertible(errors.count),
+                "duration_ms": .stringConvertible((report.durationSeconds * 1_000_000).rounded() / 1000),
+                "dry_run": .stringConvertible(dryRun),
             ]
             if let namespace = part.namespace { metadata["netns"] = "\(namespace)" }
             let natted = report.sockets.count { $0.throughConntrack }
-            if natted > 0 { metadata["sockets_via_conntrack"] = "\(natted)" }
-            if report.socketsLeftByLimit > 0 { metadata["left_for_later"] = "\(report.socketsLeftByLimit)" }
+            if natted > 0 { metadata["sockets_via_conntrack"] = .stringConvertible(natted) }
+            if report.socketsLeftByLimit > 0 { metadata["left_for_later"] = .stringConvertible(report.socketsLeftByLimit) }
             if dryRun, !report.sockets.isEmpty {
                 // Name what would go, a few at least, so a dry run can be checked against `ss`.
                 let sample = report.sockets.prefix(Self.dryRunSample).map { "\($0.socket.local)->\($0.socket.remote)" }
@@ -149,8 +156,8 @@ struct ReapAccounting: Sendable {
                 }
                 var metadata: Logger.Metadata = [
                     "pool": "\(pool)", "backend": "\(socket.remote)", "local": "\(socket.local)",
-                    "reason": "stuck", "evidence": "\(StuckRule.evidence(socket))", "dry_run": "\(dryRun)",
-                    "conntrack": "\(deleted)",
+                    "reason": "stuck", "evidence": "\(StuckRule.evidence(socket))", "dry_run": .stringConvertible(dryRun),
+                    "conntrack": .stringConvertible(deleted),
                 ]
                 if let namespace = part.namespace { metadata["netns"] = "\(namespace)" }
                 if let error = result.outcome.error { metadata["error"] = "\(error)" }

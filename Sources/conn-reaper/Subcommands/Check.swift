@@ -6,14 +6,36 @@ struct Check: ParsableCommand {
         abstract: "Say what this host allows: SOCK_DESTROY, ctnetlink, capabilities.",
         discussion: "Exit 1 when conn-reaper could not do its job in this network namespace.")
 
+    @Option(name: .shortAndLong, help: "Output format: text or json.")
+    var output: OutputFormat = .text
+
     func run() throws {
         let check = HostCheck()
-        let rows = check.findings.map { finding in
-            [finding.name, Self.label(finding.verdict), finding.detail]
+        switch output {
+        case .text:
+            let rows = check.findings.map { finding in [finding.name, Self.label(finding.verdict), finding.detail] }
+            print(ReportPrinter.table([["Check", "Result", "Detail"]] + rows))
+            print(check.agentCanWork ? "\nverdict: conn-reaper can do its job here" : "\nverdict: conn-reaper cannot do its job here")
+        case .json:
+            print(Self.document(check).text)
         }
-        print(ReportPrinter.table([["Check", "Result", "Detail"]] + rows))
-        print(check.agentCanWork ? "\nverdict: conn-reaper can do its job here" : "\nverdict: conn-reaper cannot do its job here")
         if !check.agentCanWork { throw ExitCode.failure }
+    }
+
+    /// `{"can_work": BOOL, "checks": [{"name", "result": ok|warning|failed, "detail"}]}`: the table, for machines.
+    static func document(_ check: HostCheck) -> JSONValue {
+        .object([
+            ("can_work", .bool(check.agentCanWork)),
+            (
+                "checks",
+                .array(
+                    check.findings.map { finding in
+                        .object([
+                            ("name", .string(finding.name)), ("result", .string("\(finding.verdict)")), ("detail", .string(finding.detail)),
+                        ])
+                    })
+            ),
+        ])
     }
 
     static func label(_ verdict: HostCheck.Verdict) -> String {

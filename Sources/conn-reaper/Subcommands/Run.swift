@@ -48,7 +48,7 @@ struct Run: AsyncParsableCommand {
     @Option(
         name: .customLong("netns"),
         help: ArgumentHelp(
-            "Reap in this network namespace (/run/netns/NAME, /proc/PID/ns/net) instead of the agent's own, "
+            "Reap in this network namespace (a NAME under /run/netns, or a file like /proc/PID/ns/net) instead of the agent's own, "
                 + "or 'all' (repeatable; needs CAP_SYS_ADMIN).")
     )
     var netns: [String] = []
@@ -56,6 +56,10 @@ struct Run: AsyncParsableCommand {
 
     @Flag(name: .customLong("dry-run"), help: "Log what would be reaped; end nothing.") var dryRun = false
     @Option(name: .customLong("log-format"), help: "logfmt or json.") var logFormat: AgentConfiguration.LogFormat?
+    @Option(
+        name: .customLong("log-level"),
+        help: "Least severe level logged: trace, debug, info (default), notice, warning, error or critical.")
+    var logLevel: String?
 
     func validate() throws {
         let sources = [config != nil, !backends.isEmpty, nginxConf != nil].filter { $0 }.count
@@ -70,7 +74,9 @@ struct Run: AsyncParsableCommand {
         let source: ConfigSource
         let configuration: AgentConfiguration
         do {
-            source = ConfigSource(origin: try origin(), forceDryRun: dryRun, logFormat: logFormat, listen: try listenOverride())
+            source = ConfigSource(
+                origin: try origin(), forceDryRun: dryRun, logFormat: logFormat, logLevel: try levelOverride(), listen: try listenOverride()
+            )
             configuration = try source.load()
         } catch {
             standardError("conn-reaper: invalid configuration: \(error)")
@@ -78,12 +84,25 @@ struct Run: AsyncParsableCommand {
         }
         var capabilityProblem: SystemCallError?
         do { try AgentApplication.shedCapabilities(for: configuration) } catch { capabilityProblem = error }
-        LoggingSystem.bootstrap { label in StructuredLogHandler(label: label, format: configuration.logFormat) }
+        let level = LogLevelControl(configuration.logLevel)
+        LoggingSystem.bootstrap { label in StructuredLogHandler(label: label, format: configuration.logFormat, level: level) }
         let logger = Logger(label: "conn-reaper")
         if let capabilityProblem {
             logger.warning("capabilities not reduced to what the configuration needs", metadata: ["error": "\(capabilityProblem)"])
         }
-        try await AgentApplication(source: source, configuration: configuration, logger: logger).run()
+        var notifier: ServiceManagerNotifier?
+        do { notifier = try ServiceManagerNotifier.fromEnvironment() } catch {
+            logger.warning("NOTIFY_SOCKET cannot be used: systemd is not told when the agent is ready", metadata: ["error": "\(error)"])
+        }
+        try await AgentApplication(
+            source: source, configuration: configuration, logger: logger, logLevel: level, notifier: notifier,
+            watchdogInterval: ServiceManagerNotifier.watchdogInterval()
+        ).run()
+    }
+
+    func levelOverride() throws(ConfigurationError) -> Logger.Level? {
+        guard let logLevel else { return nil }
+        return try flag("--log-level") { () throws(ConfigValue.Failure) in try ConfigValue.choice(logLevel, of: Logger.Level.self) }
     }
 
     func listenOverride() throws(ConfigurationError) -> Endpoint? {

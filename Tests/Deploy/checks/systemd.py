@@ -114,8 +114,13 @@ def section_systemd(report: Report, deploy: Path) -> None:
                 "RestrictSUIDSGID", "LockPersonality", "MemoryDenyWriteExecute", "RestrictRealtime"):
         report.check(yes(service(key)), f"{key}=yes")
     exec_start = service("ExecStart")
-    report.check(exec_start[-1:] and exec_start[-1].split()[0] == "/usr/local/bin/conn-reaper",
-                 "ExecStart runs /usr/local/bin/conn-reaper", str(exec_start))
+    report.check(exec_start[-1:] and exec_start[-1].split()[0] == "/usr/bin/conn-reaper",
+                 "ExecStart runs /usr/bin/conn-reaper (where the .deb installs it)", str(exec_start))
+    report.check(service("Type")[-1:] == ["notify"] and service("NotifyAccess")[-1:] == ["main"],
+                 "Type=notify, NotifyAccess=main (READY=1 once the configuration is loaded and /metrics bound)")
+    report.check(bool(service("WatchdogSec")) and service("WatchdogSec")[-1] not in ("0", "infinity"),
+                 "WatchdogSec is set (the agent pings at half of it)", str(service("WatchdogSec")))
+    report.check("AF_UNIX" in families, "RestrictAddressFamilies allows AF_UNIX (sd_notify)", " ".join(families))
     config = flag_value(exec_start[-1].split(), "--config") if exec_start else None
     sample = deploy / "systemd" / Path(config or "x").name
     report.check(bool(config) and config.startswith("/etc/") and sample.is_file(),
