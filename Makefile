@@ -5,14 +5,20 @@ SWIFT ?= swift
 PYTHON ?= python3
 APT_PACKAGES := pkg-config libmnl-dev libnetfilter-conntrack-dev iproute2 nginx libnginx-mod-stream \
 	conntrack iptables haproxy python3 python3-pytest util-linux procps gcc curl openssl \
-	shellcheck prometheus systemd
+	shellcheck prometheus systemd dpkg-dev lintian man-db binutils
 # Benchmarks and the demo import the one test lab, Tests/lab, as the package `lab` (pytest finds it
 # through Tests/pytest.ini); bytecode stays out of the tree.
 LAB_PYTHON := PYTHONPATH=$(abspath Tests) PYTHONDONTWRITEBYTECODE=1 $(PYTHON)
+# The one version lives in Sources/Reaper/Version.swift; the package, the tarball and the image read it.
+VERSION := $(shell sed -n 's/^ *public static let current = "\(.*\)"$$/\1/p' Sources/Reaper/Version.swift)
+REVISION := $(shell git describe --always --dirty --abbrev=12 --exclude='*' 2>/dev/null || echo unknown)
+DIST_DIR := .build/dist
+DIST_DATE := $(shell git log -1 --format=%cs 2>/dev/null || date -u +%F)
+DIST_SCRATCH := .build-dist
 BIN_DEBUG := .build/debug/conn-reaper
 BIN_RELEASE := .build/release/conn-reaper
 
-.PHONY: all deps build release imports format lint unit integration test bench clean
+.PHONY: all deps build release dist imports format lint unit integration test bench clean
 
 all: build
 
@@ -35,6 +41,18 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
+# What an operator installs, in $(DIST_DIR): a tarball and a .deb of a release build with the Swift
+# standard library linked in statically, and SHA256SUMS. Its own scratch path: the revision define
+# changes every module's flags, which would throw away the everyday release build.
+dist: deps
+	$(SWIFT) build -c release --static-swift-stdlib --scratch-path $(DIST_SCRATCH) --product conn-reaper \
+		-Xcc '-DCONN_REAPER_REVISION="$(REVISION)"'
+	rm -rf $(DIST_DIR) && mkdir -p $(DIST_DIR)
+	# The manual from the command's own definition (swift-argument-parser's plugin), on the debug build.
+	$(SWIFT) package plugin generate-manual --configuration debug --authors "conn-reaper maintainers" --date $(DIST_DATE)
+	cp .build/plugins/GenerateManual/outputs/conn-reaper/conn-reaper.1 $(DIST_DIR)/
+	SOURCE_DATE_EPOCH=$(shell git log -1 --format=%ct 2>/dev/null || echo 0) Deploy/package/make-dist.sh $(VERSION) $(DIST_SCRATCH)/release/conn-reaper $(DIST_DIR)
+
 # Each target imports only what it declares in Package.swift, and only layers below it.
 imports: deps
 	$(PYTHON) Tests/Checks/check_imports.py
@@ -55,7 +73,7 @@ unit: build
 integration: build
 	CONN_REAPER=$(abspath $(BIN_DEBUG)) PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -q -p no:cacheprovider Tests/Integration
 
-test: imports lint unit integration
+test: imports lint unit dist integration
 
 # Speed targets live here, not in timed unit tests: each prints a Markdown table of medians.
 bench: release
@@ -71,4 +89,4 @@ demo: build
 	CONN_REAPER=$(abspath $(BIN_DEBUG)) $(LAB_PYTHON) Tests/Demo/incident_demo.py
 
 clean:
-	rm -rf .build
+	rm -rf .build $(DIST_SCRATCH)

@@ -1,3 +1,5 @@
+import CLinuxNetlink
+
 #if canImport(Glibc)
     import Glibc
 #endif
