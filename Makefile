@@ -12,7 +12,7 @@ LAB_PYTHON := PYTHONPATH=$(abspath Tests) PYTHONDONTWRITEBYTECODE=1 $(PYTHON)
 BIN_DEBUG := .build/debug/conn-reaper
 BIN_RELEASE := .build/release/conn-reaper
 
-.PHONY: all deps build release imports format lint unit integration test bench clean
+.PHONY: all deps build release imports format lint unit integration test bench clean image
 
 all: build
 
@@ -69,6 +69,17 @@ bench: release
 .PHONY: demo
 demo: build
 	CONN_REAPER=$(abspath $(BIN_DEBUG)) $(LAB_PYTHON) Tests/Demo/incident_demo.py
+
+# The multi-platform image, pushed (a multi-platform build cannot be loaded into a local engine).
+# The tag is the one version, read from Sources/Reaper/Version.swift; CI, which has no container
+# engine, checks the command with `make -n image` (Tests/Deploy/checks/container.py).
+VERSION := $(shell sed -n 's/.*static let current = "\(.*\)".*/\1/p' Sources/Reaper/Version.swift)
+IMAGE ?= ghcr.io/conn-reaper/conn-reaper
+PLATFORMS ?= linux/amd64,linux/arm64
+IMAGE_OUTPUT ?= --push
+image:
+	docker buildx build --platform $(PLATFORMS) -f Deploy/container/Dockerfile \
+		--build-arg VERSION=$(VERSION) -t $(IMAGE):$(VERSION) $(IMAGE_OUTPUT) .
 
 clean:
 	rm -rf .build

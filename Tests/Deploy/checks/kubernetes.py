@@ -9,7 +9,10 @@ import os
 import re
 from pathlib import Path
 
+from checks import version
 from checks.report import Report, ToolMissing, find_tool, flag_value, run
+
+IMAGE = "ghcr.io/conn-reaper/conn-reaper"
 
 KUBERNETES_VERSIONS = ("1.29", "1.33")
 
@@ -235,8 +238,9 @@ def check_reaper_container(report: Report, where: str, pod: dict, container: dic
                  f"drop: {caps.get('drop')}")
     report.check([c.upper().removeprefix("CAP_") for c in caps.get("add") or []] == ["NET_ADMIN"],
                  f"{name} adds NET_ADMIN and nothing else", f"add: {caps.get('add')}")
-    report.check(not str(container.get("image", "")).endswith(":latest") and ":" in str(container.get("image", "")),
-                 f"{name} pins an image tag", str(container.get("image")))
+    expected_image = f"{IMAGE}:{version.one_version()}"
+    report.check(container.get("image") == expected_image,
+                 f"{name} runs {expected_image} (registry-qualified, the one version)", str(container.get("image")))
 
     resources = container.get("resources") or {}
     report.check(all(k in (resources.get("requests") or {}) for k in ("cpu", "memory"))
