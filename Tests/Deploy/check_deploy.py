@@ -21,6 +21,10 @@ Sections:
               static Swift stdlib provides; the binary: --binary, $CONN_REAPER or .build/), and the
               buildx command `make -n image` prints.
   version     every copy of the one version (Sources/Reaper/Version.swift) agrees with it.
+  monitoring  the PrometheusRule under `promtool check rules` and `promtool test rules`
+              (Tests/Deploy/monitoring/alerts-test.yaml); each alert's for, severity and runbook_url
+              (a heading of Deploy/README.md); the rules and the Grafana dashboard use only metrics
+              Deploy/README.md's "Metrics reference" lists.
   shell       shellcheck on every shell script in the repository.
   metrics     `promtool check metrics` on a scrape file given with --metrics.
 
@@ -35,13 +39,13 @@ import os
 import sys
 from pathlib import Path
 
-from checks import container, kubernetes, metrics, shell, systemd, version
+from checks import container, kubernetes, metrics, monitoring, shell, systemd, version
 from checks.report import Report, ToolMissing
 
 sys.dont_write_bytecode = True
 
 REPO = Path(__file__).resolve().parents[2]
-STATIC_SECTIONS = ("kubernetes", "systemd", "container", "shell", "version")
+STATIC_SECTIONS = ("kubernetes", "systemd", "container", "shell", "version", "monitoring")
 EXIT_TOOL_MISSING = 3
 
 SECTIONS = {
@@ -50,6 +54,7 @@ SECTIONS = {
     "container": container.section_container,
     "shell": shell.section_shell,
     "version": version.section_version,
+    "monitoring": monitoring.section_monitoring,
 }
 
 

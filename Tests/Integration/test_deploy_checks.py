@@ -64,7 +64,7 @@ def failures(output: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Static sections on the real tree
 
-MINIMUM_CHECKS = {"kubernetes": 90, "systemd": 25, "container": 20, "shell": 2, "version": 8}
+MINIMUM_CHECKS = {"kubernetes": 90, "systemd": 25, "container": 20, "shell": 2, "version": 8, "monitoring": 40}
 
 # Lines that must be among a section's passes: the checks that need more than the files (the built
 # binary, make) must not fall silent.
@@ -72,6 +72,8 @@ REQUIRED_PASSES = {
     "container": ["the image copies exactly the libraries conn-reaper needs beyond gcr.io/distroless/cc-debian12",
                   "make image builds for linux/amd64, linux/arm64",
                   "make image tags ghcr.io/conn-reaper/conn-reaper:"],
+    "monitoring": ["promtool check rules accepts", "promtool test rules Tests/Deploy/monitoring/alerts-test.yaml passes",
+                   "ConnReaperDown runbook_url points at a heading"],
 }
 
 
@@ -125,6 +127,20 @@ BREAKAGES = [
      "its command line is the native sidecar's but for --listen"),
     ("kubernetes", "kubernetes/kubespray/daemonset-patch.yaml", "path: /etc/kubernetes/ssl/ca.crt\n",
      "path: /etc/kubernetes/pki/ca.crt\n", "probes over https with kubespray's cluster CA"),
+    ("monitoring", "README.md", "### ConnReaperReloadFailed\n", "### Reload failed\n",
+     "ConnReaperReloadFailed runbook_url points at a heading"),
+    ("monitoring", "kubernetes/monitoring/prometheusrule.yaml", "          for: 5m\n          labels:\n            severity: critical",
+     "          labels:\n            severity: critical", "ConnReaperAllBackendsDownGuard has for:"),
+    ("monitoring", "kubernetes/monitoring/prometheusrule.yaml", 'expr: up{job=~"(.+/)?conn-reaper"} == 0',
+     'expr: sum(up{job=~"(.+/)?conn-reaper"}) == 0', "promtool test rules"),
+    ("monitoring", "kubernetes/monitoring/prometheusrule.yaml", "            severity: warning\n          annotations:\n            summary: no conn-reaper",
+     "            severity: page\n          annotations:\n            summary: no conn-reaper", "ConnReaperAbsent has a severity"),
+    ("monitoring", "kubernetes/monitoring/conn-reaper-dashboard.json", "count(conn_reaper_build_info{", "count(up{",
+     "panel 'Agents reporting' uses only metrics the Metrics reference lists"),
+    ("monitoring", "README.md", "| `conn_reaper_reaps_suppressed_total` |", "| `conn_reaper_reaps_held_total` |",
+     "ConnReaperReapsSuppressed uses only metrics the Metrics reference lists"),
+    ("kubernetes", "kubernetes/monitoring/prometheusrule.yaml", "          for: 1m\n          labels:\n            severity: critical",
+     "          fore: 1m\n          labels:\n            severity: critical", "matches the minimal PrometheusRule schema"),
     ("systemd", "systemd/conn-reaper.service", "\nPrivateTmp=yes\n", "\nPrivateTmp=yes\nPrivateNetwork=yes\n",
      "no PrivateNetwork"),
     ("systemd", "systemd/conn-reaper.service", "AF_INET6 AF_NETLINK", "AF_INET6", "allows AF_NETLINK"),

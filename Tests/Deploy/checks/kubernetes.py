@@ -95,7 +95,40 @@ PODMONITOR_SCHEMA = {
         },
     },
 }
-CUSTOM_SCHEMAS = {("monitoring.coreos.com/v1", "PodMonitor"): PODMONITOR_SCHEMA}
+# The PrometheusRule (monitoring.coreos.com/v1), the same way: the fields our rules use, closed.
+PROMETHEUSRULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": PODMONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object", "required": ["groups"], "additionalProperties": False,
+            "properties": {"groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "rules"], "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "interval": {"type": "string", "pattern": DURATION},
+                    "rules": {"type": "array", "minItems": 1, "items": {
+                        "type": "object", "required": ["expr"], "additionalProperties": False,
+                        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                        "properties": {
+                            "alert": {"type": "string", "minLength": 1},
+                            "record": {"type": "string", "minLength": 1},
+                            "expr": {"type": ["string", "integer"]},
+                            "for": {"type": "string", "pattern": DURATION},
+                            "keep_firing_for": {"type": "string", "pattern": DURATION},
+                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                        }}},
+                }}}},
+        },
+    },
+}
+CUSTOM_SCHEMAS = {("monitoring.coreos.com/v1", "PodMonitor"): PODMONITOR_SCHEMA,
+                  ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUSRULE_SCHEMA}
 
 
 def _yaml():
@@ -464,6 +497,22 @@ def check_sidecar(report: Report, path: Path, deploy: Path, daemonset_ports: set
     report.check(pod.get("priorityClassName") == "system-node-critical", f"{where}: priorityClassName system-node-critical")
 
 
+def check_monitoring_objects(report: Report, where: str, objects: list[dict]) -> None:
+    """The monitoring kustomization: alerts and a dashboard, no workload. The rules themselves are the
+    monitoring section's (promtool)."""
+    kinds = sorted(doc["kind"] for doc in objects)
+    report.check(kinds == ["ConfigMap", "PrometheusRule"], f"{where}: a PrometheusRule and a dashboard ConfigMap only",
+                 str(kinds))
+    report.check(all((doc.get("metadata") or {}).get("namespace") == "kube-system" for doc in objects),
+                 f"{where}: every object is in kube-system, beside the agents")
+    for configmap in (doc for doc in objects if doc["kind"] == "ConfigMap"):
+        labels = configmap["metadata"].get("labels") or {}
+        data = configmap.get("data") or {}
+        report.check(labels.get("grafana_dashboard") == "1" and any(key.endswith(".json") for key in data),
+                     f"{where}: ConfigMap {configmap['metadata']['name']} is a dashboard for Grafana's sidecar "
+                     "(label grafana_dashboard: \"1\", a .json key)", f"labels {labels}, keys {sorted(data)}")
+
+
 def check_configs_in_step(report: Report, kubernetes_dir: Path) -> None:
     """podmonitor/config.yaml replaces the base one: only `listen` (and comments) may differ."""
     yaml = _yaml()
@@ -515,7 +564,10 @@ def section_kubernetes(report: Report, deploy: Path) -> None:
         report.ok(f"{where}: kubectl kustomize builds ({len(built)} objects)")
         for doc in built:
             validate_object(report, doc, f"{where} (built)")
-        check_daemonset(report, f"{where} (built)", built, kubernetes_dir)
+        if any(doc["kind"] == "PrometheusRule" for doc in built):
+            check_monitoring_objects(report, f"{where} (built)", built)
+        else:
+            check_daemonset(report, f"{where} (built)", built, kubernetes_dir)
         for doc in built:
             if doc["kind"] == "DaemonSet":
                 for container in doc["spec"]["template"]["spec"].get("containers") or []:
