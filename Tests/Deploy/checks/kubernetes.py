@@ -384,8 +384,9 @@ def check_nginx_mode(report: Report, where: str, objects: list[dict], pod: dict,
                  f"{where}: no ConfigMap (the backends come from nginx.conf; an unused configuration misleads)")
     sidecar_file = kubernetes_dir / "sidecar" / "nginx-proxy.yaml"
     if sidecar_file.is_file():
-        pod_doc = next(d for d in load_documents(sidecar_file) if d.get("kind") == "Pod")
-        sidecar = next((c for c in pod_doc["spec"].get("initContainers") or [] if c["name"] == "conn-reaper"), {})
+        pod_doc = next((d for d in load_documents(sidecar_file) if d.get("kind") == "Pod"), {})
+        sidecar = next((c for c in (pod_doc.get("spec") or {}).get("initContainers") or []
+                        if c["name"] == "conn-reaper"), {})
         mine = [a for a in args if not a.startswith("--listen")]
         theirs = [a for a in sidecar.get("args") or [] if not a.startswith("--listen")]
         report.check(mine == theirs, f"{where}: its command line is the native sidecar's but for --listen",

@@ -3,8 +3,9 @@
 CI builds the binary without --static-swift-stdlib (the image's build does), so its NEEDED entries
 include the Swift runtime. The static build needs instead what those runtime libraries themselves
 need (their NEEDED entries outside the Swift runtime: libstdc++, libm, libgcc_s, glibc): the static
-archives are the same code. A library counts as Swift runtime when the toolchain ships a static
-archive of it (swift_static/linux/libNAME.a), i.e. exactly what --static-swift-stdlib can link in.
+archives are the same code. A library counts as Swift runtime when the loader finds it in the
+toolchain's shared runtime directory (<toolchain>/usr/lib/swift/linux); that the toolchain also ships
+its static archive (swift_static/linux/libNAME.a, what --static-swift-stdlib links in) is checked.
 """
 
 from __future__ import annotations
@@ -26,14 +27,12 @@ class Needs:
     no_static_archive: list[str] = field(default_factory=list)   # Swift libs without a .a: a static build fails
 
 
-def elf_dynamic(path: str) -> tuple[list[str], list[str]]:
-    """(NEEDED, RUNPATH/RPATH entries) from `objdump -p`."""
+def needed(path: str) -> list[str]:
+    """The NEEDED entries of an ELF file's dynamic section (`objdump -p`)."""
     result = run([find_tool("objdump"), "-p", path])
     if result.returncode != 0:
         raise RuntimeError(f"objdump -p {path}: {result.stderr.strip()}")
-    needed = re.findall(r"^\s*NEEDED\s+(\S+)", result.stdout, re.M)
-    paths = [p for entry in re.findall(r"^\s*R(?:UN)?PATH\s+(\S+)", result.stdout, re.M) for p in entry.split(":")]
-    return needed, paths
+    return re.findall(r"^\s*NEEDED\s+(\S+)", result.stdout, re.M)
 
 
 def loader_resolution(path: str) -> dict[str, str]:
@@ -62,13 +61,12 @@ def static_archive(soname: str, resolved_path: str) -> Path:
 def static_build_needs(binary: str) -> Needs:
     needs = Needs()
     resolved = loader_resolution(binary)
-    direct, _ = elf_dynamic(binary)
 
     def is_swift(path: str) -> bool:
         # The toolchain's shared runtime lives in <toolchain>/usr/lib/swift/linux.
         return Path(path).resolve().parent.parts[-2:] == ("swift", "linux")
 
-    pending = list(direct)
+    pending = needed(binary)
     seen: set[str] = set()
     while pending:
         soname = pending.pop(0)
@@ -87,7 +85,7 @@ def static_build_needs(binary: str) -> Needs:
             needs.required[soname] = path
         # A Swift library linked in statically still needs its own non-Swift libraries; a system
         # library's needs are the loader's to meet in the image too.
-        pending.extend(elf_dynamic(path)[0])
+        pending.extend(needed(path))
     return needs
 
 
