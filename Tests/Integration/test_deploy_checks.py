@@ -1,11 +1,13 @@
 """The deployment files (Deploy/) under their checkers, and the agent running what they ship.
 
 - Each static section of Tests/Deploy/check_deploy.py (Kubernetes schemas 1.29 and 1.33 and rules,
-  systemd-analyze, hadolint, shellcheck) passes on the real tree, and fails on copies broken the
-  way a careless edit would break them: a check that cannot fail proves nothing.
+  systemd-analyze, hadolint and the image's libraries against the built binary, `make -n image`,
+  shellcheck, the one version, promtool on the alerts) passes on the real tree, and fails on
+  copies broken the way a careless edit would break them: a check that cannot fail proves nothing.
 - The configurations the deployments ship load in the real agent, run with the privilege that
   deployment gives it, inside a throwaway namespace; the sidecar's own command line finds the
-  backends of kubespray's nginx.conf.
+  backends of kubespray's nginx.conf, and so does the kubespray overlay's, on that file and on
+  kubespray's template rendered for IPv4 and IPv6, following a fourth apiserver added to it.
 - promtool lints a real /metrics scrape of an agent that has just reaped a dead backend, and every
   metric family it serves is in Deploy/README.md's metrics reference.
 
