@@ -156,6 +156,8 @@ BREAKAGES = [
      "the image copies exactly the libraries conn-reaper needs"),
     ("container", "container/Dockerfile", "for soname in libmnl.so.0 ", "for soname in libmnl.so.0 libz.so.1 ",
      "the run stage copies exactly the libraries the build stage staged"),
+    ("container", "container/Dockerfile", "/out/lib/libnfnetlink.so.0 /usr/lib/",
+     "/out/lib/libnfnetlink.so.0 /usr/lib/x86_64-linux-gnu/", "no instruction names an architecture"),
     ("container", "container/Dockerfile", "\nUSER 65532:65532\n", "\nUSER 0:0\n", "the image's user is non-root"),
     ("container", "container/Dockerfile", "cc-debian12:nonroot", "debian:bookworm-slim",
      "the run stage is a minimal glibc image"),

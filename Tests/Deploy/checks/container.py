@@ -76,6 +76,11 @@ def check_structure(report: Report, text: str) -> None:
                  "the manifests set runAsUser: 0 where NET_ADMIN is needed", str(users))
     report.check(re.search(r'^ENTRYPOINT \["/usr/local/bin/conn-reaper"\]', run_stage, re.M) is not None,
                  "ENTRYPOINT is the binary, exec form")
+    # One Dockerfile for linux/amd64 and linux/arm64: nothing in it may name one architecture.
+    arch_specific = [line.strip() for line in text.splitlines() if not line.lstrip().startswith("#")
+                     and re.search(r"x86_64|x86-64|amd64|aarch64|arm64", line)]
+    report.check(not arch_specific, "no instruction names an architecture (the same file builds amd64 and arm64)",
+                 str(arch_specific))
     copied = copied_libraries(run_stage)
     report.check(sorted(copied) == sorted(staged_libraries(stages[0][1] if len(stages) > 1 else "")),
                  "the run stage copies exactly the libraries the build stage staged",
