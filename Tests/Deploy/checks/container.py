@@ -11,7 +11,6 @@ from checks import sharedlibs, version
 from checks.report import Report, find_tool, flag_value, run, tool_version
 
 REPO = Path(__file__).resolve().parents[3]
-IMAGE = "ghcr.io/conn-reaper/conn-reaper"
 PLATFORMS = {"linux/amd64", "linux/arm64"}
 
 # What each run image provides, as Debian packages (its libraries are then those packages' files on
@@ -33,6 +32,11 @@ def dockerfile_stages(text: str) -> list[tuple[str, str]]:
         image = re.match(r"FROM\s+(?:--platform=\S+\s+)?(\S+)", part, re.I).group(1)
         stages.append((re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), m.group(0)), image), part))
     return stages
+
+
+def repository(image: str) -> str:
+    """An image reference without its tag or digest: gcr.io/distroless/cc-debian12:nonroot -> ...cc-debian12."""
+    return image.split("@")[0].rsplit(":", 1)[0] if ":" in image.split("@")[0].rsplit("/", 1)[-1] else image.split("@")[0]
 
 
 def copied_libraries(stage: str) -> dict[str, str]:
@@ -62,8 +66,7 @@ def check_structure(report: Report, text: str) -> None:
     if not stages:
         return
     run_image, run_stage = stages[-1]
-    base = run_image.split(":")[0].split("@")[0]
-    report.check(base in RUN_IMAGE_PACKAGES, f"the run stage is a minimal glibc image: {run_image}",
+    report.check(repository(run_image) in RUN_IMAGE_PACKAGES, f"the run stage is a minimal glibc image: {run_image}",
                  f"expected one of {sorted(RUN_IMAGE_PACKAGES)}")
     # No shell in the run image: a shell-form RUN would fail there, and apt-get is not there.
     shell_runs = [line for line in re.findall(r"^RUN\s+(.*)$", run_stage, re.M) if not line.startswith("[")]
@@ -103,7 +106,7 @@ def check_libraries(report: Report, text: str, binary: Path | None) -> None:
     sharedlibs.require_dpkg()
     stages = dockerfile_stages(text)
     run_image, run_stage = stages[-1]
-    base_packages = RUN_IMAGE_PACKAGES.get(run_image.split(":")[0].split("@")[0], set())
+    base_packages = RUN_IMAGE_PACKAGES.get(repository(run_image), set())
     needs = sharedlibs.static_build_needs(str(binary))
     report.note(f"{binary}: the static Swift stdlib provides {', '.join(needs.swift_runtime) or 'nothing (already static)'}")
     report.check(not needs.unresolved, f"every library {binary.name} needs resolves here", str(needs.unresolved))
@@ -135,7 +138,7 @@ def check_make_image(report: Report) -> None:
     argv = shlex.split(command)
     platforms = set((flag_value(argv, "--platform") or "").split(","))
     report.check(platforms == PLATFORMS, f"make image builds for {', '.join(sorted(PLATFORMS))}", str(platforms))
-    expected = f"{IMAGE}:{version.one_version()}"
+    expected = version.image()
     report.check(flag_value(argv, "-t") == expected, f"make image tags {expected}", command.strip())
     report.check(flag_value(argv, "-f") == "Deploy/container/Dockerfile"
                  and f"VERSION={version.one_version()}" in argv,

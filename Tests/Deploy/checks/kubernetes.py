@@ -12,8 +12,6 @@ from pathlib import Path
 from checks import version
 from checks.report import Report, ToolMissing, find_tool, flag_value, run
 
-IMAGE = "ghcr.io/conn-reaper/conn-reaper"
-
 KUBERNETES_VERSIONS = ("1.29", "1.33")
 
 # Ports that well-known node agents hold on every node (hostNetwork or host processes): conn-reaper's
@@ -271,7 +269,7 @@ def check_reaper_container(report: Report, where: str, pod: dict, container: dic
                  f"drop: {caps.get('drop')}")
     report.check([c.upper().removeprefix("CAP_") for c in caps.get("add") or []] == ["NET_ADMIN"],
                  f"{name} adds NET_ADMIN and nothing else", f"add: {caps.get('add')}")
-    expected_image = f"{IMAGE}:{version.one_version()}"
+    expected_image = version.image()
     report.check(container.get("image") == expected_image,
                  f"{name} runs {expected_image} (registry-qualified, the one version)", str(container.get("image")))
 

@@ -96,9 +96,13 @@ def undocumented(names: set[str], documented: set[str]) -> set[str]:
 def check_rules(report: Report, rule: dict, readme: Path, documented: set[str]) -> list[dict]:
     alerts = [r for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r]
     names = {a["alert"] for a in alerts}
-    report.check(REQUIRED_ALERTS <= names, f"the PrometheusRule has the alerts the issue asks for",
+    report.check(REQUIRED_ALERTS <= names, "the PrometheusRule has the alerts the issue asks for",
                  f"missing {sorted(REQUIRED_ALERTS - names)}")
     anchors = heading_anchors(readme)
+    section = readme.read_text().split("## Alerts and runbooks", 1)[-1].split("\n## ", 1)[0]
+    tabled = set(re.findall(r"^\| \[(\w+)\]\(#", section, re.M))
+    report.check(tabled == names, f"{readme.name}'s alerts table lists exactly the PrometheusRule's alerts",
+                 f"only in the rule: {sorted(names - tabled)}, only in the table: {sorted(tabled - names)}")
     for alert in alerts:
         name = alert["alert"]
         labels, annotations = alert.get("labels") or {}, alert.get("annotations") or {}

@@ -11,6 +11,9 @@ from checks.report import Report
 
 REPO = Path(__file__).resolve().parents[3]
 VERSION_SWIFT = REPO / "Sources" / "Reaper" / "Version.swift"
+# The image's registry-qualified name: what `make image` pushes and every manifest runs, tagged with
+# the one version.
+IMAGE = "ghcr.io/conn-reaper/conn-reaper"
 
 # An image reference to conn-reaper with a tag: `conn-reaper:0.1.0`, `ghcr.io/conn-reaper/conn-reaper:0.1.0`.
 # Not `conn-reaper:dev` style examples, which carry no version.
@@ -22,6 +25,10 @@ def one_version() -> str:
     if not match:
         raise RuntimeError(f"no `static let current = \"...\"` in {VERSION_SWIFT}")
     return match.group(1)
+
+
+def image() -> str:
+    return f"{IMAGE}:{one_version()}"
 
 
 def text_files(deploy: Path) -> list[Path]:
