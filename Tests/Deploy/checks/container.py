@@ -3,6 +3,7 @@ provides against what the binary needs, and the multi-platform `make image` comm
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -130,7 +131,9 @@ def check_libraries(report: Report, text: str, binary: Path | None) -> None:
 
 def check_make_image(report: Report) -> None:
     """`make -n image`: the buildx command for both platforms, the registry name and the one version."""
-    result = run([find_tool("make"), "-n", "-C", str(REPO), "--no-print-directory", "image"])
+    # The Makefile's own defaults, whatever the caller's environment says.
+    environment = {k: v for k, v in os.environ.items() if k not in ("IMAGE", "PLATFORMS", "IMAGE_OUTPUT", "VERSION")}
+    result = run([find_tool("make"), "-n", "-C", str(REPO), "--no-print-directory", "image"], env=environment)
     command = result.stdout.replace("\\\n", " ")
     if not report.check(result.returncode == 0 and "docker buildx build" in command,
                         "make -n image prints a docker buildx build", (result.stdout + result.stderr).strip()):
