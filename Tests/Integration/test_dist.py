@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from checks import sharedlibs
 from conftest import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,18 +87,10 @@ def test_the_binary_prints_the_one_version_and_its_revision(root):
 
 
 def owning_package(library: str) -> str | None:
-    """The package that ships the file the dynamic linker loads for ``library`` (with and without
-    /usr: Debian's merged /usr registers some libraries under one, some under the other)."""
+    """The package that ships the file the dynamic linker loads for ``library``."""
     listing = run(["ldconfig", "-p"]).stdout
     path = next((line.rsplit(" ", 1)[1] for line in listing.splitlines() if line.strip().startswith(library + " ")), None)
-    if path is None:
-        return None
-    real = os.path.realpath(path)
-    for candidate in dict.fromkeys([path, real, "/usr" + path, "/usr" + real, path.removeprefix("/usr"), real.removeprefix("/usr")]):
-        result = run(["dpkg", "-S", candidate])
-        if result.returncode == 0:
-            return result.stdout.split(":")[0]
-    return None
+    return sharedlibs.debian_package(path) if path else None
 
 
 def test_the_package_depends_on_every_library_the_binary_links(root, artifacts):

@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+from checks import version
 from checks.report import Report, ToolMissing, find_tool, flag_value, run
 
 KUBERNETES_VERSIONS = ("1.29", "1.33")
@@ -92,7 +93,40 @@ PODMONITOR_SCHEMA = {
         },
     },
 }
-CUSTOM_SCHEMAS = {("monitoring.coreos.com/v1", "PodMonitor"): PODMONITOR_SCHEMA}
+# The PrometheusRule (monitoring.coreos.com/v1), the same way: the fields our rules use, closed.
+PROMETHEUSRULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": PODMONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object", "required": ["groups"], "additionalProperties": False,
+            "properties": {"groups": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "rules"], "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "interval": {"type": "string", "pattern": DURATION},
+                    "rules": {"type": "array", "minItems": 1, "items": {
+                        "type": "object", "required": ["expr"], "additionalProperties": False,
+                        "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                        "properties": {
+                            "alert": {"type": "string", "minLength": 1},
+                            "record": {"type": "string", "minLength": 1},
+                            "expr": {"type": ["string", "integer"]},
+                            "for": {"type": "string", "pattern": DURATION},
+                            "keep_firing_for": {"type": "string", "pattern": DURATION},
+                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                            "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+                        }}},
+                }}}},
+        },
+    },
+}
+CUSTOM_SCHEMAS = {("monitoring.coreos.com/v1", "PodMonitor"): PODMONITOR_SCHEMA,
+                  ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUSRULE_SCHEMA}
 
 
 def _yaml():
@@ -235,8 +269,9 @@ def check_reaper_container(report: Report, where: str, pod: dict, container: dic
                  f"drop: {caps.get('drop')}")
     report.check([c.upper().removeprefix("CAP_") for c in caps.get("add") or []] == ["NET_ADMIN"],
                  f"{name} adds NET_ADMIN and nothing else", f"add: {caps.get('add')}")
-    report.check(not str(container.get("image", "")).endswith(":latest") and ":" in str(container.get("image", "")),
-                 f"{name} pins an image tag", str(container.get("image")))
+    expected_image = version.image()
+    report.check(container.get("image") == expected_image,
+                 f"{name} runs {expected_image} (registry-qualified, the one version)", str(container.get("image")))
 
     resources = container.get("resources") or {}
     report.check(all(k in (resources.get("requests") or {}) for k in ("cpu", "memory"))
@@ -264,7 +299,104 @@ def check_reaper_container(report: Report, where: str, pod: dict, container: dic
     report.check(host_network, f"{where} runs in the node's network namespace (hostNetwork: true)")
 
 
-def check_daemonset(report: Report, where: str, objects: list[dict]) -> None:
+def check_config_mode(report: Report, where: str, objects: list[dict], pod: dict, container: dict):
+    """--config FILE from the ConfigMap's config.yaml; returns the agent's listen address, or None."""
+    # Configuration: --config FILE comes from the ConfigMap's config.yaml.
+    config_path = flag_value(container.get("args") or [], "--config")
+    mount = mount_for(container, config_path or "")
+    volume = next((v for v in pod.get("volumes") or [] if mount and v["name"] == mount["name"]), None)
+    configmap_name = ((volume or {}).get("configMap") or {}).get("name")
+    configmaps = {d["metadata"]["name"]: d for d in objects if d["kind"] == "ConfigMap"}
+    key = os.path.relpath(config_path, mount["mountPath"]) if mount else None
+    data = (configmaps.get(configmap_name) or {}).get("data") or {}
+    if not report.check(bool(config_path) and key in data,
+                        f"{where}: --config {config_path} is key {key} of ConfigMap {configmap_name}",
+                        f"mount {mount}, volume {volume}, ConfigMaps {sorted(configmaps)}"):
+        return None
+    config = _yaml().safe_load(data[key])
+    try:
+        listen = parse_listen(config.get("listen", "127.0.0.1:9747"))
+    except ValueError as error:
+        report.fail(f"{where}: listen", str(error))
+        return None
+    check_reaper_container(report, f"{where}: DaemonSet", pod, container, listen)
+
+    # TLS files named in the configuration must be mounted.
+    for pool in config.get("pools") or []:
+        tls = ((pool.get("probe") or {}).get("tls")) or {}
+        for tls_key in ("ca_file", "cert_file", "key_file"):
+            if tls.get(tls_key):
+                report.check(mount_for(container, tls[tls_key]) is not None,
+                             f"{where}: {tls_key} {tls[tls_key]} is on a mounted volume")
+
+    return listen
+
+
+def host_path_of(pod: dict, container: dict, path: str) -> tuple[dict | None, str | None, str | None]:
+    """(the mount, the host file it shows, the hostPath type) for a file path in the container."""
+    mount = mount_for(container, path)
+    volume = next((v for v in pod.get("volumes") or [] if mount and v["name"] == mount["name"]), None)
+    host = (volume or {}).get("hostPath") or {}
+    if not (mount and host.get("path")):
+        return mount, None, None
+    relative = os.path.relpath(path, mount["mountPath"])
+    return mount, os.path.normpath(os.path.join(host["path"], relative)), host.get("type")
+
+
+def excludes_control_plane(pod: dict) -> bool:
+    """Required node affinity: every term demands node-role.kubernetes.io/control-plane DoesNotExist."""
+    terms = (((pod.get("affinity") or {}).get("nodeAffinity") or {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
+    return bool(terms) and all(
+        any(e.get("key") == "node-role.kubernetes.io/control-plane" and e.get("operator") == "DoesNotExist"
+            for e in term.get("matchExpressions") or []) for term in terms)
+
+
+def check_nginx_mode(report: Report, where: str, objects: list[dict], pod: dict, container: dict,
+                     kubernetes_dir: Path):
+    """--nginx-conf from the host (kubespray's overlay); returns the agent's listen address, or None."""
+    args = container.get("args") or []
+    nginx_conf, upstream = flag_value(args, "--nginx-conf"), flag_value(args, "--upstream")
+    mount, host_file, host_type = host_path_of(pod, container, nginx_conf)
+    report.check(host_file == "/etc/nginx/nginx.conf" and (mount or {}).get("readOnly") is True
+                 and host_type == "Directory" and mount["mountPath"] != nginx_conf,
+                 f"{where}: --nginx-conf {nginx_conf} is the host's /etc/nginx/nginx.conf, read-only, through "
+                 "its directory (kubespray writes the file anew: a file mount would keep the old one)",
+                 f"mount {mount}, host file {host_file}, type {host_type}")
+    example = kubernetes_dir / "sidecar" / "nginx.conf"
+    report.check(bool(upstream) and example.is_file() and re.search(
+        rf"^\s*upstream\s+{re.escape(upstream)}\s*{{", example.read_text(), re.M) is not None,
+                 f"{where}: --upstream {upstream} is an upstream block of kubespray's nginx.conf (sidecar/nginx.conf)")
+    ca = flag_value(args, "--tls-ca")
+    mount, host_file, host_type = host_path_of(pod, container, ca or "")
+    report.check(flag_value(args, "--probe") == "https" and host_file == "/etc/kubernetes/ssl/ca.crt"
+                 and (mount or {}).get("readOnly") is True and host_type == "File",
+                 f"{where}: probes over https with kubespray's cluster CA (host file /etc/kubernetes/ssl/ca.crt, "
+                 "read-only, that file only)", f"--probe {flag_value(args, '--probe')}, --tls-ca {ca}: {mount}, {host_file}")
+    for mount in container.get("volumeMounts") or []:
+        report.check(mount.get("readOnly") is True, f"{where}: volume {mount['name']} is mounted read-only")
+    report.check(excludes_control_plane(pod),
+                 f"{where}: runs only on nodes without node-role.kubernetes.io/control-plane (kubespray's nginx-proxy nodes)",
+                 str(pod.get("affinity")))
+    report.check(not [d for d in objects if d["kind"] == "ConfigMap"],
+                 f"{where}: no ConfigMap (the backends come from nginx.conf; an unused configuration misleads)")
+    sidecar_file = kubernetes_dir / "sidecar" / "nginx-proxy.yaml"
+    if sidecar_file.is_file():
+        pod_doc = next((d for d in load_documents(sidecar_file) if d.get("kind") == "Pod"), {})
+        sidecar = next((c for c in (pod_doc.get("spec") or {}).get("initContainers") or []
+                        if c["name"] == "conn-reaper"), {})
+        mine = [a for a in args if not a.startswith("--listen")]
+        theirs = [a for a in sidecar.get("args") or [] if not a.startswith("--listen")]
+        report.check(mine == theirs, f"{where}: its command line is the native sidecar's but for --listen",
+                     f"{mine} vs {theirs}")
+    try:
+        return parse_listen(flag_value(args, "--listen") or "127.0.0.1:9747")
+    except ValueError as error:
+        report.fail(f"{where}: --listen", str(error))
+        return None
+
+
+def check_daemonset(report: Report, where: str, objects: list[dict], kubernetes_dir: Path) -> None:
     kinds = [doc["kind"] for doc in objects]
     daemonsets = [doc for doc in objects if doc["kind"] == "DaemonSet"]
     if not report.check(len(daemonsets) == 1, f"{where}: exactly one DaemonSet", f"kinds: {kinds}"):
@@ -293,33 +425,16 @@ def check_daemonset(report: Report, where: str, objects: list[dict]) -> None:
         and t.get("effect") in (None, "", "NoSchedule") for t in tolerations)
     report.check(tolerates_cp, f"{where}: tolerates the control-plane taint", str(tolerations))
 
-    # Configuration: --config FILE comes from the ConfigMap's config.yaml.
-    config_path = flag_value(container.get("args") or [], "--config")
-    mount = mount_for(container, config_path or "")
-    volume = next((v for v in pod.get("volumes") or [] if mount and v["name"] == mount["name"]), None)
-    configmap_name = ((volume or {}).get("configMap") or {}).get("name")
-    configmaps = {d["metadata"]["name"]: d for d in objects if d["kind"] == "ConfigMap"}
-    key = os.path.relpath(config_path, mount["mountPath"]) if mount else None
-    data = (configmaps.get(configmap_name) or {}).get("data") or {}
-    if not report.check(bool(config_path) and key in data,
-                        f"{where}: --config {config_path} is key {key} of ConfigMap {configmap_name}",
-                        f"mount {mount}, volume {volume}, ConfigMaps {sorted(configmaps)}"):
-        return
-    config = _yaml().safe_load(data[key])
-    try:
-        listen = parse_listen(config.get("listen", "127.0.0.1:9747"))
-    except ValueError as error:
-        report.fail(f"{where}: listen", str(error))
-        return
-    check_reaper_container(report, f"{where}: DaemonSet", pod, container, listen)
-
-    # TLS files named in the configuration must be mounted.
-    for pool in config.get("pools") or []:
-        tls = ((pool.get("probe") or {}).get("tls")) or {}
-        for tls_key in ("ca_file", "cert_file", "key_file"):
-            if tls.get(tls_key):
-                report.check(mount_for(container, tls[tls_key]) is not None,
-                             f"{where}: {tls_key} {tls[tls_key]} is on a mounted volume")
+    args = container.get("args") or []
+    if flag_value(args, "--nginx-conf"):
+        listen = check_nginx_mode(report, where, objects, pod, container, kubernetes_dir)
+        if listen is None:
+            return
+        check_reaper_container(report, f"{where}: DaemonSet", pod, container, listen)
+    else:
+        listen = check_config_mode(report, where, objects, pod, container)
+        if listen is None:
+            return
 
     # The optional PodMonitor must find the pods and their port, and the metrics must be reachable.
     for monitor in (doc for doc in objects if doc["kind"] == "PodMonitor"):
@@ -381,6 +496,22 @@ def check_sidecar(report: Report, path: Path, deploy: Path, daemonset_ports: set
     report.check(pod.get("priorityClassName") == "system-node-critical", f"{where}: priorityClassName system-node-critical")
 
 
+def check_monitoring_objects(report: Report, where: str, objects: list[dict]) -> None:
+    """The monitoring kustomization: alerts and a dashboard, no workload. The rules themselves are the
+    monitoring section's (promtool)."""
+    kinds = sorted(doc["kind"] for doc in objects)
+    report.check(kinds == ["ConfigMap", "PrometheusRule"], f"{where}: a PrometheusRule and a dashboard ConfigMap only",
+                 str(kinds))
+    report.check(all((doc.get("metadata") or {}).get("namespace") == "kube-system" for doc in objects),
+                 f"{where}: every object is in kube-system, beside the agents")
+    for configmap in (doc for doc in objects if doc["kind"] == "ConfigMap"):
+        labels = configmap["metadata"].get("labels") or {}
+        data = configmap.get("data") or {}
+        report.check(labels.get("grafana_dashboard") == "1" and any(key.endswith(".json") for key in data),
+                     f"{where}: ConfigMap {configmap['metadata']['name']} is a dashboard for Grafana's sidecar "
+                     "(label grafana_dashboard: \"1\", a .json key)", f"labels {labels}, keys {sorted(data)}")
+
+
 def check_configs_in_step(report: Report, kubernetes_dir: Path) -> None:
     """podmonitor/config.yaml replaces the base one: only `listen` (and comments) may differ."""
     yaml = _yaml()
@@ -432,7 +563,10 @@ def section_kubernetes(report: Report, deploy: Path) -> None:
         report.ok(f"{where}: kubectl kustomize builds ({len(built)} objects)")
         for doc in built:
             validate_object(report, doc, f"{where} (built)")
-        check_daemonset(report, f"{where} (built)", built)
+        if any(doc["kind"] == "PrometheusRule" for doc in built):
+            check_monitoring_objects(report, f"{where} (built)", built)
+        else:
+            check_daemonset(report, f"{where} (built)", built, kubernetes_dir)
         for doc in built:
             if doc["kind"] == "DaemonSet":
                 for container in doc["spec"]["template"]["spec"].get("containers") or []:
