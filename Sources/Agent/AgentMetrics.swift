@@ -132,6 +132,14 @@ public final class AgentMetrics: Sendable {
             labels: [("pool", pool)], buckets: Self.reapBuckets)
     }
 
+    func earlyProbes(pool: String, backend: String, signal: String) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.name(
+                "early_probes", unit: "total",
+                help: "Probes sent at once because the kernel showed the backend failing, by signal (retransmits)."),
+            labels: [("pool", pool), ("backend", backend), ("signal", signal)])
+    }
+
     func configReloads(result: String) -> Counter {
         registry.makeCounter(
             descriptor: Self.name("config_reloads", unit: "total", help: "Configuration reloads, by result (success, failure)."),

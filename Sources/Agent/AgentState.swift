@@ -25,6 +25,7 @@ public final class AgentState: Sendable {
     struct Storage {
         var configuration: AgentConfiguration
         var policy: ReapPolicy
+        var early: EarlyDetection
         var lastReaps: [BackendKey: ReapSummary] = [:]
         var lastHeartbeat = ContinuousClock.now
         var firstRoundDone = false
@@ -35,7 +36,10 @@ public final class AgentState: Sendable {
     private let storage: Mutex<Storage>
 
     public init(configuration: AgentConfiguration) {
-        storage = Mutex(Storage(configuration: configuration, policy: ReapPolicy(configuration)))
+        storage = Mutex(
+            Storage(
+                configuration: configuration, policy: ReapPolicy(configuration),
+                early: EarlyDetection(pools: Self.earlyPools(configuration))))
     }
 
     public var configuration: AgentConfiguration { storage.withLock { $0.configuration } }
@@ -45,6 +49,7 @@ public final class AgentState: Sendable {
         storage.withLock { storage in
             storage.configuration = configuration
             storage.policy.apply(configuration)
+            storage.early.apply(Self.earlyPools(configuration))
             let keys = Set(storage.policy.backends.keys)
             storage.lastReaps = storage.lastReaps.filter { keys.contains($0.key) }
             storage.firstRoundDone = storage.firstRoundDone && storage.allProbedOnce
@@ -63,8 +68,24 @@ public final class AgentState: Sendable {
         }
     }
 
-    /// The earliest instant the policy has something scheduled.
-    public var nextDeadline: ContinuousClock.Instant? { storage.withLock { $0.policy.nextDeadline } }
+    /// Hands one event to early detection and returns the probes it wants.
+    public func early(_ event: EarlyDetection.Event) -> [EarlyDetection.Action] {
+        storage.withLock { $0.early.handle(event) }
+    }
+
+    /// How a backend's death was detected early, if it was: the signal and when it came.
+    public func earlyDetection(of key: BackendKey) -> (signal: EarlyDetection.Signal, since: ContinuousClock.Instant)? {
+        storage.withLock { $0.early.detections[key] }
+    }
+
+    static func earlyPools(_ configuration: AgentConfiguration) -> [EarlyDetection.PoolRules] {
+        configuration.pools.filter(\.watchesRetransmissions).map(EarlyDetection.PoolRules.init)
+    }
+
+    /// The earliest instant the policy or early detection has something scheduled.
+    public var nextDeadline: ContinuousClock.Instant? {
+        storage.withLock { storage in [storage.policy.nextDeadline, storage.early.nextDeadline].compactMap { $0 }.min() }
+    }
 
     public func state(of key: BackendKey) -> BackendState {
         storage.withLock { $0.policy.backends[key]?.state ?? .unknown }

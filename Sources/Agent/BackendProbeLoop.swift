@@ -40,9 +40,9 @@ final class BackendProbeLoop: Sendable {
         scheduled.withLock { $0 = task }
     }
 
-    /// One probe now, outside the schedule, recorded like any other.
-    func probeNow() async {
-        _ = try? await prober.probe(backend, on: loop).map { [onResult] in onResult($0) }.get()
+    /// One probe now, outside the schedule, recorded like any other (with its own timeout, if given).
+    func probeNow(timeout: Duration? = nil) async {
+        _ = try? await prober.probe(backend, on: loop, timeout: timeout).map { [onResult] in onResult($0) }.get()
     }
 
     private func probeOnce() {

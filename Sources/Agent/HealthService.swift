@@ -71,7 +71,7 @@ public struct HealthService: Service {
                 "generation": "\(number)", "dry_run": "\(configuration.dryRun)",
             ])
         var loops: [BackendProbeLoop] = []
-        var probers: [String: @Sendable ([Endpoint]) async -> Void] = [:]
+        var probers: [String: ReapExecutor.PoolProber] = [:]
         for pool in configuration.pools {
             let prober: Prober
             do { prober = try Prober(spec: pool.probe) } catch {
@@ -87,9 +87,11 @@ public struct HealthService: Service {
                 poolLoops[backend] = loop
             }
             let byBackend = poolLoops
-            probers[pool.name] = { backends in
+            probers[pool.name] = { backends, timeout in
                 await withTaskGroup(of: Void.self) { probes in
-                    for backend in backends { if let loop = byBackend[backend] { probes.addTask { await loop.probeNow() } } }
+                    for backend in backends {
+                        if let loop = byBackend[backend] { probes.addTask { await loop.probeNow(timeout: timeout) } }
+                    }
                 }
             }
             if pool.stuckAfter > .zero, pool.protocols.contains(.tcp) {

@@ -18,10 +18,12 @@ public final class Prober: Sendable {
     }
 
     /// Probes `backend` on `loop`; the future always succeeds, a failed probe is a result too.
-    public func probe(_ backend: Endpoint, on loop: any EventLoop) -> EventLoopFuture<ProbeResult> {
+    /// `timeout` replaces the spec's for this one probe (an early probe's shorter one).
+    public func probe(_ backend: Endpoint, on loop: any EventLoop, timeout override: Duration? = nil) -> EventLoopFuture<ProbeResult> {
         let started = NIODeadline.now()
+        let limit = override ?? spec.timeout
         let timeout = TimeAmount.nanoseconds(
-            Int64(spec.timeout.components.seconds) * 1_000_000_000 + spec.timeout.components.attoseconds / 1_000_000_000)
+            Int64(limit.components.seconds) * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000)
         @Sendable func result(_ failure: ProbeFailure?, _ detail: String) -> ProbeResult {
             let elapsed = NIODeadline.now() - started
             return ProbeResult(failure: failure, duration: .nanoseconds(elapsed.nanoseconds), detail: detail)

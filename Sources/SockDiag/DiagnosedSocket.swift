@@ -8,6 +8,7 @@ public struct DiagnosedSocket: Sendable, Equatable {
     public var state: SocketState
     /// idiag_timer: 1 retransmit, 2 keepalive, 4 zero-window probe.
     public var timer: UInt8
+    public static let retransmitTimer: UInt8 = 1
     public var retransmitsOnTimer: UInt8
     public var id: SocketID
     public var receiveQueue: UInt32

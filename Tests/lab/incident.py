@@ -130,10 +130,11 @@ class IncidentLab:
 
     DIR_STEM = "crt-incident-"
 
-    def __init__(self, lab, workers: int = 2, shutdown_delay: float = 3.0) -> None:
+    def __init__(self, lab, workers: int = 2, shutdown_delay: float = 3.0, switch: bool = False) -> None:
         self.lab = lab
         self.workers = workers
         self.shutdown_delay = shutdown_delay
+        self.switch = switch
         self._remove_stale_dirs()
         self.dir = tempfile.mkdtemp(prefix=f"{self.DIR_STEM}{os.getpid()}-")
         os.chmod(self.dir, 0o755)      # nginx workers (nobody) may need to reach their temp paths
@@ -160,11 +161,13 @@ class IncidentLab:
     # -- building --------------------------------------------------------------------------
 
     @classmethod
-    def build(cls, lab, workers: int = 2, shutdown_delay: float = 3.0) -> "IncidentLab":
+    def build(cls, lab, workers: int = 2, shutdown_delay: float = 3.0, switch: bool = False) -> "IncidentLab":
         """Builds the lab; ``workers`` nginx worker processes (kubespray's nginx-proxy runs 2, each
         with its own least_conn counts: no shared zone); ``shutdown_delay``: how long an upstream's
-        graceful shutdown (terminate_gracefully) keeps serving with /readyz at 503."""
-        incident = cls(lab, workers, shutdown_delay)
+        graceful shutdown (terminate_gracefully) keeps serving with /readyz at 503. ``switch``: nginx
+        reaches the upstreams through a bridge in a namespace of its own ("sw"), so cutting an
+        upstream's link leaves nginx's own link up, as on a real network."""
+        incident = cls(lab, workers, shutdown_delay, switch)
         try:
             incident._build()
         except BaseException:
@@ -176,11 +179,14 @@ class IncidentLab:
         self.client_ns = self.lab.namespace("cli")
         self.nginx_ns = self.lab.namespace("ngx")
         self.lab.link(self.client_ns, self.nginx_ns, [f"{CLIENT_ADDR}/24"], [f"{NGINX_ADDR}/24"])
-        for index, name in enumerate(UPSTREAM_NAMES, start=1):
-            namespace = self.lab.namespace(name)
-            self.upstream_ns[name] = namespace
-            self.lab.link(self.nginx_ns, namespace, [f"10.233.{index}.1/24"], [f"{upstream_address(index)}/24"],
-                          a_dev=f"to-{name}", b_dev="to-ngx")
+        if self.switch:
+            self._build_switch()
+        else:
+            for index, name in enumerate(UPSTREAM_NAMES, start=1):
+                namespace = self.lab.namespace(name)
+                self.upstream_ns[name] = namespace
+                self.lab.link(self.nginx_ns, namespace, [f"10.233.{index}.1/24"], [f"{upstream_address(index)}/24"],
+                              a_dev=f"to-{name}", b_dev="to-ngx")
         # A node's conntrack tracks nginx's upstream flows (kube-proxy's rules make it so); here a
         # ctstate rule does, so the agent has entries to delete.
         self.nginx_ns.enable_conntrack()
@@ -188,6 +194,23 @@ class IncidentLab:
             self.upstreams[name] = PeerProcess(self.upstream_ns[name], "upstream", name, self.shutdown_delay)
         self.write_nginx_conf()
         self.start_nginx()
+
+    def _build_switch(self) -> None:
+        """One broadcast domain: nginx's "to-sw" holds each upstream subnet's .1, every upstream its .2
+        on "to-ngx" (so ``cut`` is the same), all joined by bridge br0 in the switch namespace."""
+        switch = self.lab.namespace("sw")
+        switch.ip("link", "add", "br0", "type", "bridge")
+        ports = ["port-ngx"]
+        self.lab.link(switch, self.nginx_ns, [], [f"10.233.{index}.1/24" for index in range(1, len(UPSTREAM_NAMES) + 1)],
+                      a_dev="port-ngx", b_dev="to-sw")
+        for index, name in enumerate(UPSTREAM_NAMES, start=1):
+            namespace = self.lab.namespace(name)
+            self.upstream_ns[name] = namespace
+            self.lab.link(switch, namespace, [], [f"{upstream_address(index)}/24"], a_dev=f"port-{name}", b_dev="to-ngx")
+            ports.append(f"port-{name}")
+        for port in ports:
+            switch.ip("link", "set", port, "master", "br0")
+        switch.ip("link", "set", "br0", "up")
 
     def nginx_conf_text(self, stream_servers: Iterable[str] | None = None, http_servers: Iterable[str] | None = None) -> str:
         stream_servers = list(stream_servers or (f"{upstream_address(i)}:{L4_PORT}" for i in range(1, 4)))
@@ -311,10 +334,12 @@ class IncidentLab:
             self.upstream_ns[name].iptables("-I" if on else "-D", "INPUT", "-p", "tcp", "--syn", "--dport", str(port),
                                             "-j", "DROP")
 
-    def start_client(self, l4: int = 30, l7: int = 0) -> StreamClient:
+    def start_client(self, l4: int = 30, l7: int = 0, send_every: float = 0.0) -> StreamClient:
+        """``send_every``: each L4 stream also writes a line toward its upstream this often (seconds),
+        so nginx's upstream connections carry data both ways."""
         specs = []
         if l4:
-            specs.append(("l4", NGINX_ADDR, L4_PORT, l4, ""))
+            specs.append(("l4", NGINX_ADDR, L4_PORT, l4, "", send_every))
         if l7:
             specs.append(("l7", NGINX_ADDR, L7_PORT, l7, "/stream"))
         client = StreamClient(self.client_ns, specs)

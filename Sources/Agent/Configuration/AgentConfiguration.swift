@@ -65,6 +65,9 @@ public struct PoolConfiguration: Sendable, Equatable {
     public var drainTimeout: Duration = .seconds(120)
     /// nil: the top-level `netns`, else the agent's own namespace.
     public var netns: NamespaceSelection?
+    /// Probe a backend at once when its connections retransmit while the pool's others are
+    /// acknowledged (`early_detection`, TCP pools; on by default).
+    public var earlyDetection = true
 
     public init(name: String, backends: [Endpoint]) {
         self.name = name
@@ -74,6 +77,9 @@ public struct PoolConfiguration: Sendable, Equatable {
     /// TCP connections carry ACKs that tell a live peer from a dead one; a UDP-only pool has none,
     /// so its states come from the probes' failure classes alone.
     public var hasSegmentEvidence: Bool { protocols.contains(.tcp) }
+
+    /// Whether the passive watch looks at this pool's connections (it reads TCP retransmissions).
+    public var watchesRetransmissions: Bool { earlyDetection && protocols.contains(.tcp) }
 }
 
 /// Network namespaces to work in: files naming them, or every one on the node (re-enumerated).

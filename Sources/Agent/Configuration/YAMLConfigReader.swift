@@ -39,7 +39,9 @@ public enum YAMLConfigReader {
     }
 
     static func pool(_ node: ConfigNode) throws(ConfigurationError) -> PoolConfiguration {
-        let keys = try node.mapping(allowed: ["name", "backends", "protocols", "stuck_after", "probe", "netns", "reap_on", "drain_timeout"])
+        let keys = try node.mapping(allowed: [
+            "name", "backends", "protocols", "stuck_after", "probe", "netns", "reap_on", "drain_timeout", "early_detection",
+        ])
         guard let name = keys["name"] else { throw node.error("name", "missing") }
         guard let backends = keys["backends"] else { throw node.error("backends", "missing") }
         var pool = PoolConfiguration(
@@ -54,6 +56,7 @@ public enum YAMLConfigReader {
         if let stuck = keys["stuck_after"] { pool.stuckAfter = try stuck.duration() }
         if let reapOn = keys["reap_on"] { pool.reapOn = try reapOn.choice(ReapOn.self) }
         if let drain = keys["drain_timeout"] { pool.drainTimeout = try drain.duration() }
+        if let early = keys["early_detection"] { pool.earlyDetection = try early.bool() }
         if let probe = keys["probe"] { try read(probe: probe, into: &pool) }
         if let netns = keys["netns"] { pool.netns = try namespaces(netns) }
         return pool

@@ -67,6 +67,25 @@ struct ReapAccounting: Sendable {
         }
     }
 
+    func earlyProbe(_ key: BackendKey, signal: EarlyDetection.Signal) {
+        metrics.earlyProbes(pool: key.pool, backend: key.backend.description, signal: signal.rawValue).increment()
+    }
+
+    func suspected(_ key: BackendKey, signal: EarlyDetection.Signal, detail: String) {
+        logger.notice(
+            "early signal: probing the backend at once",
+            metadata: ["pool": "\(key.pool)", "backend": "\(key.backend)", "signal": "\(signal.rawValue)", "detail": "\(detail)"])
+    }
+
+    func cleared(_ key: BackendKey, signal: EarlyDetection.Signal, verdict: EarlyDetection.Verdict, after: Duration) {
+        logger.info(
+            "early probes done",
+            metadata: [
+                "pool": "\(key.pool)", "backend": "\(key.backend)", "signal": "\(signal.rawValue)", "verdict": "\(verdict.rawValue)",
+                "after_ms": .stringConvertible(Int(after.seconds * 1000)),
+            ])
+    }
+
     func evidence(_ key: BackendKey, _ evidence: SegmentEvidence, since: ContinuousClock.Instant) {
         logger.debug(
             "evidence from the backend's own connections",
@@ -112,6 +131,15 @@ struct ReapAccounting: Sendable {
                 "dry_run": .stringConvertible(dryRun),
             ]
             if let namespace = part.namespace { metadata["netns"] = "\(namespace)" }
+            if reason == .dead {
+                // How the death was found, and how long after the first sign of it.
+                if let early = state.earlyDetection(of: key) {
+                    metadata["detected_by"] = "\(early.signal.rawValue)"
+                    metadata["after_signal_ms"] = .stringConvertible(Int((ContinuousClock.now - early.since).seconds * 1000))
+                } else {
+                    metadata["detected_by"] = "probes"
+                }
+            }
             let natted = report.sockets.count { $0.throughConntrack }
             if natted > 0 { metadata["sockets_via_conntrack"] = .stringConvertible(natted) }
             if report.socketsLeftByLimit > 0 { metadata["left_for_later"] = .stringConvertible(report.socketsLeftByLimit) }

@@ -16,33 +16,88 @@ public final class ReapExecutor: Service, Sendable {
     private let accounting: ReapAccounting
     private let actions: AsyncStream<ReapPolicy.Action>
     private let continuation: AsyncStream<ReapPolicy.Action>.Continuation
+    /// Probes some of a pool's backends now, with a timeout of their own if given.
+    public typealias PoolProber = @Sendable (_ backends: [Endpoint], _ timeout: Duration?) async -> Void
     /// Per pool: probe these of its backends now (set by each probe generation).
-    private let probers = Mutex<[String: @Sendable ([Endpoint]) async -> Void]>([:])
+    private let probers = Mutex<[String: PoolProber]>([:])
+    /// Early detection's probes, run beside the policy's actions.
+    private let earlyProbes: AsyncStream<(BackendKey, Duration)>
+    private let earlyProbesContinuation: AsyncStream<(BackendKey, Duration)>.Continuation
+    /// How often the passive watch looks at each early-detection pool's connections.
+    let watchCadence: Duration
     private let alarmLoop: any EventLoop
     /// The one alarm set, and the deadline it is for.
     private let alarm = Mutex<(task: Scheduled<Void>, due: ContinuousClock.Instant)?>(nil)
 
     public init(
         state: AgentState, kernel: any ReapKernel, metrics: AgentMetrics, logger: Logger,
-        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, watchCadence: Duration = ReapExecutor.defaultWatchCadence
     ) {
         self.state = state
         self.kernel = kernel
         self.accounting = ReapAccounting(state: state, metrics: metrics, logger: logger)
         self.alarmLoop = group.next()
+        self.watchCadence = watchCadence
         (actions, continuation) = AsyncStream.makeStream(of: ReapPolicy.Action.self)
+        (earlyProbes, earlyProbesContinuation) = AsyncStream.makeStream(of: (BackendKey, Duration).self)
     }
+
+    /// A retransmission shows about one RTO (at least 200 ms) after the data went unacknowledged;
+    /// looking every 50 ms adds at most that much. What it costs is measured in `make bench`.
+    public static let defaultWatchCadence: Duration = .milliseconds(50)
 
     /// Hands an event to the policy. What only tells (a state change, a held-back reap) is logged
     /// and counted at once, so the log and metrics agree with /status; the rest is queued for `run`.
     public func submit(_ event: ReapPolicy.Event) {
-        for action in state.handle(event) {
+        let decided = state.handle(event)
+        for action in decided {
             switch action {
             case .changed, .suppressed, .guardReleased: tell(action)
             default: continuation.yield(action)
             }
         }
+        // Early detection hears the same probe results and state changes, and the same clock.
+        var early: [EarlyDetection.Event] = []
+        switch event {
+        case .probed(let key, let result, let at): early.append(.probed(key, success: result.success, at: at))
+        case .tick(let now): early.append(.tick(now))
+        default: break
+        }
+        for case .changed(let key, _, let to, _, _) in decided { early.append(.state(key, to, at: .now)) }
+        for event in early { perform(early: state.early(event)) }
         setAlarm()
+    }
+
+    /// What the passive watch saw of a pool's connections.
+    func observed(_ observation: EarlyDetection.Observation) {
+        perform(early: state.early(.observed(observation)))
+        setAlarm()
+    }
+
+    private func perform(early actions: [EarlyDetection.Action]) {
+        for action in actions {
+            switch action {
+            case .probe(let key, let timeout, let signal):
+                accounting.earlyProbe(key, signal: signal)
+                earlyProbesContinuation.yield((key, timeout))
+            case .suspected(let key, let signal, let detail):
+                accounting.suspected(key, signal: signal, detail: detail)
+            case .cleared(let key, let signal, let verdict, let after):
+                accounting.cleared(key, signal: signal, verdict: verdict, after: after)
+            }
+        }
+    }
+
+    /// Every `watchCadence`, one dump per pool that watches retransmissions (in its namespaces).
+    private func watchRetransmissions() async {
+        while !Task.isCancelled {
+            let configuration = state.configuration
+            for pool in configuration.pools where pool.watchesRetransmissions && pool.backends.count > 1 {
+                let count = await kernel.retransmissions(of: pool, namespaces: configuration.namespaces(of: pool))
+                observed(.init(pool: pool.name, connections: count.connections, retransmitting: count.retransmitting, at: .now))
+            }
+            try? await Task.sleep(for: watchCadence)
+        }
     }
 
     private func tell(_ action: ReapPolicy.Action) {
@@ -73,7 +128,7 @@ public final class ReapExecutor: Service, Sendable {
         }
     }
 
-    public func setProbers(_ probers: [String: @Sendable ([Endpoint]) async -> Void]) {
+    public func setProbers(_ probers: [String: PoolProber]) {
         self.probers.withLock { $0 = probers }
     }
 
@@ -91,13 +146,23 @@ public final class ReapExecutor: Service, Sendable {
         await cancelWhenGracefulShutdown {
             await withDiscardingTaskGroup { group in
                 self.setAlarm()
+                group.addTask { await self.watchRetransmissions() }
+                group.addTask {
+                    // Side by side: early probes are spaced to overlap, never queued behind each other.
+                    await withDiscardingTaskGroup { probes in
+                        for await (key, timeout) in self.earlyProbes {
+                            guard let probe = self.probers.withLock({ $0[key.pool] }) else { continue }
+                            probes.addTask { await probe([key.backend], timeout) }
+                        }
+                    }
+                }
                 // One lane per backend (and per pool for stuck scans): a backend's actions stay in
                 // order, while one backend's passes never wait behind another's.
                 var lanes: [Lane: AsyncStream<ReapPolicy.Action>.Continuation] = [:]
                 for await action in self.actions {
                     if case .probeNow(let pool, let backends) = action {
                         // Probes take up to their timeout: never in the way of a reap.
-                        if let probe = self.probers.withLock({ $0[pool] }) { group.addTask { await probe(backends) } }
+                        if let probe = self.probers.withLock({ $0[pool] }) { group.addTask { await probe(backends, nil) } }
                         continue
                     }
                     let lane = Lane(action)
@@ -109,6 +174,7 @@ public final class ReapExecutor: Service, Sendable {
                     lanes[lane]?.yield(action)
                 }
                 for continuation in lanes.values { continuation.finish() }
+                self.earlyProbesContinuation.finish()
                 group.cancelAll()
             }
         }

@@ -23,6 +23,27 @@ public protocol ReapKernel: Sendable {
     func unwatchNewFlows(_ key: BackendKey) async
     /// Ends exactly the flow an announcement named (its socket by 4-tuple, then its entry).
     func endFlow(_ flow: AnnouncedFlow, dryRun: Bool) async -> [NamespaceReport]
+    /// The pool's established TCP connections per backend, and how many of them retransmit now
+    /// (the retransmit timer runs and has fired at least once): what early detection reads.
+    func retransmissions(of pool: PoolConfiguration, namespaces: NamespaceSelection?) async -> RetransmissionCount
+}
+
+extension ReapKernel {
+    /// A kernel that cannot look (a test double) sees no connections: no early signal.
+    public func retransmissions(of pool: PoolConfiguration, namespaces: NamespaceSelection?) async -> RetransmissionCount {
+        RetransmissionCount()
+    }
+}
+
+/// Per backend: established connections, and those retransmitting.
+public struct RetransmissionCount: Sendable, Equatable {
+    public var connections: [Endpoint: Int] = [:]
+    public var retransmitting: [Endpoint: Int] = [:]
+
+    public init(connections: [Endpoint: Int] = [:], retransmitting: [Endpoint: Int] = [:]) {
+        self.connections = connections
+        self.retransmitting = retransmitting
+    }
 }
 
 public struct KernelReapRequest: Sendable, Equatable {

@@ -118,13 +118,38 @@ public actor WorkerReapKernel: ReapKernel {
             .reduce(0) { $0 + $1.sockets.count }
     }
 
+    /// One dump of the pool's backends' established sockets (no tcp_info: the retransmit timer and
+    /// its count are in every socket's base record, which keeps the watch cheap).
+    public func retransmissions(of pool: PoolConfiguration, namespaces: NamespaceSelection?) async -> RetransmissionCount {
+        let reports = await listEstablished(
+            toward: pool.backends, transports: [.tcp], conntrack: false, tcpInfo: false, namespaces: namespaces)
+        var count = RetransmissionCount()
+        let backends = Set(pool.backends)
+        for result in reports.flatMap(\.sockets) {
+            let socket = result.socket
+            let remote = Endpoint(address: socket.remote.address.unmappedIPv4 ?? socket.remote.address, port: socket.remote.port)
+            guard backends.contains(remote) else { continue }
+            count.connections[remote, default: 0] += 1
+            if socket.timer == DiagnosedSocket.retransmitTimer, socket.retransmitsOnTimer > 0 {
+                count.retransmitting[remote, default: 0] += 1
+            }
+        }
+        return count
+    }
+
     /// The backend's established sockets, the agent's own left out, listed in every namespace side by
     /// side (read-only, each on its namespace's own thread); a namespace that cannot be read adds none.
     private func listEstablished(
         toward backend: Endpoint, transports: Set<TransportProtocol>, conntrack: Bool, tcpInfo: Bool, namespaces: NamespaceSelection?
     ) async -> [PurgeReport] {
+        await listEstablished(toward: [backend], transports: transports, conntrack: conntrack, tcpInfo: tcpInfo, namespaces: namespaces)
+    }
+
+    private func listEstablished(
+        toward backends: [Endpoint], transports: Set<TransportProtocol>, conntrack: Bool, tcpInfo: Bool, namespaces: NamespaceSelection?
+    ) async -> [PurgeReport] {
         let matcher = DestinationMatcher(
-            destinations: [Destination(address: backend.address, port: backend.port)], transports: transports,
+            destinations: backends.map { Destination(address: $0.address, port: $0.port) }, transports: transports,
             states: SocketStates([.established]))
         var sparing = Purger.Options(sockets: true, conntrack: conntrack)
         sparing.sparingOwnSockets = true

@@ -23,8 +23,10 @@ from lab.peer.upstream import GOODBYE
 class _ClientStream:
     """One stream of the client: reconnects whenever its connection ends."""
 
-    def __init__(self, index: int, kind: str, host: str, port: int, path: str) -> None:
+    def __init__(self, index: int, kind: str, host: str, port: int, path: str, send_every: float = 0.0) -> None:
         self.index, self.kind, self.host, self.port, self.path = index, kind, host, port, path
+        self.send_every = send_every          # L4: write a line toward the upstream this often (0: never)
+        self.next_send: float | None = None
         self.sock: socket.socket | None = None
         self.connections: list[dict] = []
         self.buffer = b""
@@ -49,9 +51,9 @@ def run_client(specs: Sequence[tuple[str, str, int, int, str]]) -> None:
     destroyed under nginx, or reset, reaches the client as a plain FIN: "eof" with clean False."""
     selector = selectors.DefaultSelector()
     streams: list[_ClientStream] = []
-    for kind, host, port, count, path in specs:
+    for kind, host, port, count, path, *rest in specs:
         for _ in range(count):
-            streams.append(_ClientStream(len(streams), kind, host, port, path))
+            streams.append(_ClientStream(len(streams), kind, host, port, path, float(rest[0]) if rest else 0.0))
     os.set_blocking(sys.stdin.fileno(), False)
     selector.register(sys.stdin.fileno(), selectors.EVENT_READ, None)
     command_buffer = b""
@@ -83,6 +85,7 @@ def run_client(specs: Sequence[tuple[str, str, int, int, str]]) -> None:
         # Reconnect at once after a stream that flowed (like a watch re-established on EOF); back off
         # a little after one that never got data, so an unreachable nginx is not hammered.
         stream.reconnect_at = now if connection["data"] else now + 0.05
+        stream.next_send = None
 
     def lines_of(stream: _ClientStream, now: float, payload: bytes) -> None:
         for line in payload.split(b"\n"):
@@ -147,6 +150,7 @@ def run_client(specs: Sequence[tuple[str, str, int, int, str]]) -> None:
     while True:
         now = time.monotonic()
         waits = [s.reconnect_at for s in streams if s.reconnect_at is not None]
+        waits += [s.next_send for s in streams if s.next_send is not None]
         timeout = max(0.0, min(waits) - now) if waits else 1.0
         for key, events in selector.select(timeout=min(timeout, 1.0)):
             now = time.monotonic()
@@ -172,6 +176,9 @@ def run_client(specs: Sequence[tuple[str, str, int, int, str]]) -> None:
                     end(stream, now, errno.errorcode.get(code, str(code)))
                     continue
                 stream.current["connected"] = now
+                if stream.send_every > 0:
+                    # Spread over the interval, so some stream always has data in flight.
+                    stream.next_send = now + stream.send_every * ((stream.index * 0.618) % 1.0)
                 if stream.kind == "l7":
                     request = f"GET {stream.path} HTTP/1.1\r\nHost: apiserver\r\nUser-Agent: incident-lab\r\n\r\n"
                     try:
@@ -198,6 +205,14 @@ def run_client(specs: Sequence[tuple[str, str, int, int, str]]) -> None:
         for stream in streams:
             if stream.reconnect_at is not None and stream.reconnect_at <= now:
                 start(stream, now)
+            elif stream.next_send is not None and stream.next_send <= now and stream.sock is not None:
+                stream.next_send = max(stream.next_send + stream.send_every, now)
+                try:
+                    stream.sock.send(b"ping\n")
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError as error:
+                    end(stream, now, errno.errorcode.get(error.errno, str(error.errno)))
 
 
 def main(role: str, args: list[str]) -> int:

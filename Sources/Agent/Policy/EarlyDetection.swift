@@ -1,0 +1,208 @@
+import NetworkAddress
+
+/// Probes a backend at once when the kernel shows it dying, instead of waiting out `interval x fall`.
+/// A pure state machine beside `ReapPolicy`: observations and probe results in, probes out. It never
+/// ends a connection and never decides a state: its probes go to the policy like any other, so a
+/// backend is `dead` by the same rule as always (failed probes, nothing answering, no sign of life
+/// on its own connections), only sooner.
+///
+/// The signal: sockets toward one backend retransmit (data unacknowledged past an RTO, the
+/// retransmit timer running) while the sockets toward the pool's other backends do not. When every
+/// backend's sockets retransmit, the fault is nearer to us (our link, our NIC): no signal. A pool
+/// with one backend has nothing to compare with: no signal either.
+public struct EarlyDetection: Sendable {
+    public typealias Instant = ContinuousClock.Instant
+
+    public enum Signal: String, Sendable, CaseIterable {
+        /// Its connections retransmit while the pool's others are acknowledged.
+        case retransmits
+    }
+
+    /// One look at a pool's established connections.
+    public struct Observation: Sendable, Equatable {
+        public var pool: String
+        /// Per backend: its connections, and how many of them are retransmitting.
+        public var connections: [Endpoint: Int]
+        public var retransmitting: [Endpoint: Int]
+        public var at: Instant
+
+        public init(pool: String, connections: [Endpoint: Int], retransmitting: [Endpoint: Int], at: Instant) {
+            self.pool = pool
+            self.connections = connections
+            self.retransmitting = retransmitting
+            self.at = at
+        }
+    }
+
+    public enum Event: Sendable {
+        case observed(Observation)
+        case probed(BackendKey, success: Bool, at: Instant)
+        case state(BackendKey, BackendState, at: Instant)
+        case tick(Instant)
+    }
+
+    public enum Verdict: String, Sendable {
+        /// The policy found it dead.
+        case dead
+        /// A probe succeeded: it lives (a loss burst, a slow peer).
+        case falseAlarm = "false_alarm"
+        /// The early probes ran out without a verdict (it answers, but not well): the schedule goes on.
+        case undecided
+    }
+
+    public enum Action: Sendable, Equatable {
+        /// Probe the backend now with this timeout; the result goes to the policy and back here.
+        case probe(BackendKey, timeout: Duration, signal: Signal)
+        /// A signal made the backend a suspect (logged, counted).
+        case suspected(BackendKey, Signal, detail: String)
+        case cleared(BackendKey, Signal, verdict: Verdict, after: Duration)
+    }
+
+    /// The knobs of one pool the rules read.
+    public struct PoolRules: Sendable, Equatable {
+        public var name: String
+        public var backends: [Endpoint]
+        public var fall: Int
+        public var probeTimeout: Duration
+
+        public init(name: String, backends: [Endpoint], fall: Int, probeTimeout: Duration) {
+            self.name = name
+            self.backends = backends
+            self.fall = fall
+            self.probeTimeout = probeTimeout
+        }
+
+        public init(_ pool: PoolConfiguration) {
+            self.init(name: pool.name, backends: pool.backends, fall: pool.fall, probeTimeout: pool.probe.timeout)
+        }
+
+        /// An early probe's timeout: the pool's, but at most `earlyTimeoutCap`. A live backend's
+        /// kernel answers a SYN within a round trip, and the signal already says its connections went
+        /// unacknowledged for an RTO, so waiting a whole configured timeout only delays the verdict.
+        var earlyTimeout: Duration { min(probeTimeout, EarlyDetection.earlyTimeoutCap) }
+    }
+
+    public static let earlyTimeoutCap: Duration = .milliseconds(200)
+    /// Early probes start this far apart (not one after another's end): `fall` of them decide in
+    /// about one early timeout.
+    public static let earlySpacing: Duration = .milliseconds(10)
+    /// How long after its last early probe's timeout a suspect waits for the policy's verdict (the
+    /// evidence dump and the state change come after the probe results).
+    public static let verdictGrace: Duration = .seconds(1)
+    /// After a false alarm the backend's signals are ignored this long: a lossy path must not turn
+    /// into a probe storm.
+    public static let quietAfterFalseAlarm: Duration = .seconds(10)
+
+    struct Suspicion: Sendable {
+        var signal: Signal
+        var since: Instant
+        /// When each early probe still to send is due.
+        var due: [Instant]
+        /// When the last early probe's result is expected at the latest.
+        var decideBy: Instant
+    }
+
+    public private(set) var pools: [PoolRules] = []
+    private var states: [BackendKey: BackendState] = [:]
+    private var suspects: [BackendKey: Suspicion] = [:]
+    private var quietUntil: [BackendKey: Instant] = [:]
+    /// How each backend's last death was detected, for its reap's audit line.
+    public private(set) var detections: [BackendKey: (signal: Signal, since: Instant)] = [:]
+
+    public init(pools: [PoolRules] = []) {
+        self.pools = pools
+    }
+
+    public mutating func apply(_ pools: [PoolRules]) {
+        self.pools = pools
+        let keys = Set(pools.flatMap { pool in pool.backends.map { BackendKey(pool: pool.name, backend: $0) } })
+        states = states.filter { keys.contains($0.key) }
+        suspects = suspects.filter { keys.contains($0.key) }
+        quietUntil = quietUntil.filter { keys.contains($0.key) }
+        detections = detections.filter { keys.contains($0.key) }
+    }
+
+    public mutating func handle(_ event: Event) -> [Action] {
+        switch event {
+        case .observed(let observation): return observed(observation)
+        case .probed(let key, let success, let at): return probed(key, success: success, at: at)
+        case .state(let key, let state, let at): return changed(key, to: state, at: at)
+        case .tick(let now): return tick(now)
+        }
+    }
+
+    public var nextDeadline: Instant? {
+        suspects.values.compactMap { $0.due.first ?? $0.decideBy }.min()
+    }
+
+    private mutating func observed(_ observation: Observation) -> [Action] {
+        guard let pool = pools.first(where: { $0.name == observation.pool }) else { return [] }
+        var actions: [Action] = []
+        for backend in pool.backends {
+            let retransmitting = observation.retransmitting[backend] ?? 0
+            guard retransmitting > 0 else { continue }
+            let others = pool.backends.filter { $0 != backend && (observation.connections[$0] ?? 0) > 0 }
+            // The others must have connections to compare with, and none of them may retransmit.
+            guard !others.isEmpty, others.allSatisfy({ (observation.retransmitting[$0] ?? 0) == 0 }) else { continue }
+            let key = BackendKey(pool: pool.name, backend: backend)
+            let detail =
+                "\(retransmitting) of \(observation.connections[backend] ?? retransmitting) connections retransmitting, "
+                + "none of \(others.reduce(0) { $0 + (observation.connections[$1] ?? 0) }) to \(others.count) others"
+            actions += suspect(key, .retransmits, pool: pool, detail: detail, at: observation.at)
+        }
+        return actions
+    }
+
+    private mutating func suspect(_ key: BackendKey, _ signal: Signal, pool: PoolRules, detail: String, at now: Instant) -> [Action] {
+        // Only a backend believed up: an unhealthy one is probed anyway, a dead one is being reaped.
+        guard states[key] == .up, suspects[key] == nil, quietUntil[key].map({ now >= $0 }) ?? true else { return [] }
+        let due = (0..<pool.fall).map { now + Self.earlySpacing * $0 }
+        suspects[key] = Suspicion(
+            signal: signal, since: now, due: due, decideBy: due.last! + pool.earlyTimeout + Self.verdictGrace)
+        return [.suspected(key, signal, detail: detail)] + tick(now)
+    }
+
+    private mutating func probed(_ key: BackendKey, success: Bool, at now: Instant) -> [Action] {
+        guard success, let suspicion = suspects[key] else { return [] }
+        suspects[key] = nil
+        quietUntil[key] = now + Self.quietAfterFalseAlarm
+        return [.cleared(key, suspicion.signal, verdict: .falseAlarm, after: now - suspicion.since)]
+    }
+
+    private mutating func changed(_ key: BackendKey, to state: BackendState, at now: Instant) -> [Action] {
+        states[key] = state
+        guard let suspicion = suspects[key] else {
+            if state == .up { detections[key] = nil }
+            return []
+        }
+        switch state {
+        case .dead:
+            suspects[key] = nil
+            detections[key] = (suspicion.signal, suspicion.since)
+            return [.cleared(key, suspicion.signal, verdict: .dead, after: now - suspicion.since)]
+        case .up:
+            suspects[key] = nil
+            return [.cleared(key, suspicion.signal, verdict: .falseAlarm, after: now - suspicion.since)]
+        case .unhealthy, .unknown:
+            return []
+        }
+    }
+
+    private mutating func tick(_ now: Instant) -> [Action] {
+        var actions: [Action] = []
+        for (key, var suspicion) in suspects.sorted(by: { $0.key.description < $1.key.description }) {
+            guard let pool = pools.first(where: { $0.name == key.pool }) else { continue }
+            while let first = suspicion.due.first, first <= now {
+                suspicion.due.removeFirst()
+                actions.append(.probe(key, timeout: pool.earlyTimeout, signal: suspicion.signal))
+            }
+            if suspicion.due.isEmpty, now >= suspicion.decideBy {
+                suspects[key] = nil
+                actions.append(.cleared(key, suspicion.signal, verdict: .undecided, after: now - suspicion.since))
+            } else {
+                suspects[key] = suspicion
+            }
+        }
+        return actions
+    }
+}

@@ -1,0 +1,114 @@
+import NetworkAddress
+import Testing
+
+@testable import Agent
+
+/// Early detection both ways: a backend whose connections retransmit while its peers' are
+/// acknowledged is probed at once; a local fault, a lone backend, a backend not up, a false alarm
+/// and a lossy path never turn into more than the probes the rules allow.
+@Suite struct EarlyDetectionTests {
+    let a = Endpoint(address: .v4(0x0A00_0001), port: 6443)
+    let b = Endpoint(address: .v4(0x0A00_0002), port: 6443)
+    let c = Endpoint(address: .v4(0x0A00_0003), port: 6443)
+    let start = ContinuousClock.now
+
+    func detector(fall: Int = 3, timeout: Duration = .seconds(1), backends: [Endpoint]? = nil) -> EarlyDetection {
+        var detection = EarlyDetection(
+            pools: [.init(name: "api", backends: backends ?? [a, b, c], fall: fall, probeTimeout: timeout)])
+        for backend in backends ?? [a, b, c] { _ = detection.handle(.state(BackendKey(pool: "api", backend: backend), .up, at: start)) }
+        return detection
+    }
+
+    func key(_ backend: Endpoint) -> BackendKey { BackendKey(pool: "api", backend: backend) }
+
+    func observation(_ retransmitting: [Endpoint: Int], connections: [Endpoint: Int]? = nil, after: Duration = .zero)
+        -> EarlyDetection.Event
+    {
+        .observed(
+            .init(
+                pool: "api", connections: connections ?? [a: 10, b: 10, c: 10], retransmitting: retransmitting, at: start + after))
+    }
+
+    func probes(_ actions: [EarlyDetection.Action]) -> [BackendKey] {
+        actions.compactMap { if case .probe(let key, _, _) = $0 { key } else { nil } }
+    }
+
+    @Test func aBackendRetransmittingAloneIsProbedAtOnceThenFallTimesInAboutOneTimeout() {
+        var detection = detector()
+        let first = detection.handle(observation([c: 4]))
+        #expect(first.first.map { if case .suspected(key(c), .retransmits, _) = $0 { true } else { false } } == true)
+        #expect(first.contains(.probe(key(c), timeout: .milliseconds(200), signal: .retransmits)))
+        #expect(detection.nextDeadline == start + .milliseconds(10))
+        #expect(probes(detection.handle(.tick(start + .milliseconds(10)))) == [key(c)])
+        #expect(probes(detection.handle(.tick(start + .milliseconds(20)))) == [key(c)])
+        #expect(probes(detection.handle(.tick(start + .milliseconds(30)))) == [], "fall probes, no more")
+        // The policy found it dead: the verdict, and how it was detected, for the reap's audit line.
+        let verdict = detection.handle(.state(key(c), .dead, at: start + .milliseconds(320)))
+        #expect(verdict == [.cleared(key(c), .retransmits, verdict: .dead, after: .milliseconds(320))])
+        #expect(detection.detections[key(c)]?.signal == .retransmits)
+        #expect(detection.nextDeadline == nil)
+    }
+
+    @Test func theEarlyTimeoutIsThePoolsWhenShorter() {
+        var detection = detector(timeout: .milliseconds(100))
+        #expect(detection.handle(observation([c: 1])).contains(.probe(key(c), timeout: .milliseconds(100), signal: .retransmits)))
+    }
+
+    @Test func everyBackendRetransmittingIsOurFaultNotTheirs() {
+        var detection = detector()
+        #expect(detection.handle(observation([a: 2, b: 3, c: 4])).isEmpty)
+        #expect(detection.handle(observation([b: 1, c: 4])).isEmpty, "one peer retransmitting too: no signal")
+    }
+
+    @Test func nothingToCompareWithIsNoSignal() {
+        var detection = detector()
+        #expect(detection.handle(observation([c: 4], connections: [c: 10])).isEmpty, "no connections to the others")
+        var lone = detector(backends: [a])
+        #expect(lone.handle(.observed(.init(pool: "api", connections: [a: 5], retransmitting: [a: 5], at: start))).isEmpty)
+    }
+
+    @Test func onlyABackendBelievedUpIsSuspected() {
+        var detection = detector()
+        for state in [BackendState.unknown, .unhealthy, .dead] {
+            _ = detection.handle(.state(key(c), state, at: start))
+            #expect(detection.handle(observation([c: 4])).isEmpty, "\(state)")
+        }
+    }
+
+    @Test func aSuccessIsAFalseAlarmAndQuietsTheBackendForAWhile() {
+        var detection = detector()
+        _ = detection.handle(observation([c: 4]))
+        let cleared = detection.handle(.probed(key(c), success: true, at: start + .milliseconds(5)))
+        #expect(cleared == [.cleared(key(c), .retransmits, verdict: .falseAlarm, after: .milliseconds(5))])
+        #expect(probes(detection.handle(.tick(start + .milliseconds(60)))) == [], "no more early probes after a success")
+        #expect(detection.handle(observation([c: 4], after: .seconds(5))).isEmpty, "quiet after a false alarm")
+        #expect(!detection.handle(observation([c: 4], after: .seconds(11))).isEmpty, "heard again once the quiet is over")
+    }
+
+    @Test func aFailureDoesNotStopTheScheduleAndARepeatedSignalAddsNothing() {
+        var detection = detector()
+        _ = detection.handle(observation([c: 4]))
+        #expect(detection.handle(.probed(key(c), success: false, at: start + .milliseconds(10))).isEmpty)
+        #expect(detection.handle(observation([c: 9], after: .milliseconds(20))).isEmpty, "already a suspect")
+        #expect(probes(detection.handle(.tick(start + .milliseconds(10)))) == [key(c)])
+    }
+
+    @Test func noVerdictInTimeLeavesItToTheSchedule() {
+        var detection = detector()
+        _ = detection.handle(observation([c: 4]))
+        _ = detection.handle(.tick(start + .milliseconds(20)))
+        _ = detection.handle(.state(key(c), .unhealthy, at: start + .milliseconds(100)))
+        let decideBy = start + .milliseconds(20) + .milliseconds(200) + .seconds(1)
+        #expect(detection.nextDeadline == decideBy)
+        #expect(detection.handle(.tick(decideBy)) == [.cleared(key(c), .retransmits, verdict: .undecided, after: .milliseconds(1220))])
+        #expect(detection.nextDeadline == nil)
+    }
+
+    @Test func aReloadForgetsBackendsThatLeft() {
+        var detection = detector()
+        _ = detection.handle(observation([c: 4]))
+        detection.apply([.init(name: "api", backends: [a, b], fall: 3, probeTimeout: .seconds(1))])
+        #expect(detection.nextDeadline == nil)
+        #expect(detection.handle(.tick(start + .seconds(1))).isEmpty)
+    }
+}

@@ -1,0 +1,113 @@
+"""Early detection in the seed incident's lab, with nginx reaching its upstreams through a switch (a
+bridge in a namespace of its own), so a dead upstream's link going down leaves nginx's own link up.
+
+Probes run at interval 2s, timeout 1s, fall 3: probing alone needs about 6 s to call a backend dead.
+When the streams carry data toward the upstream (a line every 200 ms), nginx's connections to the
+dead one retransmit after one RTO while those to the others are acknowledged: the agent probes it at
+once and it is dead, by the same rule as always, within a second. With idle connections there is no
+such signal and recovery takes what probing takes; with every upstream alive and busy, nothing
+triggers an early probe."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from lab.agent import Agent, pool_yaml
+from lab.incident import UPSTREAM_NAMES, IncidentLab, start_agent
+
+STREAMS = 30
+DEAD = "up2"
+SLOW_PROBES = {"type": "tcp", "interval": "2s", "timeout": "1s", "rise": 2, "fall": 3}
+EARLY_BOUND = 1.0          # the issue's: every stalled stream flows again within this of the cut
+PROBING_ALONE = 2.0 * 3 + 1.0 + 2.0   # interval x fall, a timeout, and a pass and a reconnect
+
+
+@pytest.fixture
+def incident(lab):
+    incident = IncidentLab.build(lab, switch=True)
+    try:
+        yield incident
+    finally:
+        incident.close()
+
+
+def agent_for(incident: IncidentLab, binary: str, **pool) -> Agent:
+    config = incident.write_file("agent.yaml", pool_yaml([{
+        "name": "stream", "backends": incident.all_backends("l4"), "probe": SLOW_PROBES, **pool}]))
+    agent = start_agent(incident, binary, ["--config", config])
+    agent.wait_states({f"stream/{incident.backend(name)}": "up" for name in UPSTREAM_NAMES}, timeout=15)
+    return agent
+
+
+def describe(run, agent: Agent, incident: IncidentLab) -> str:
+    return (f"distribution {run.distribution}\nl4 {run.case('l4').summary()}\n{agent.log_text(40)}\n"
+            f"{incident.nginx_error_log(10)}")
+
+
+def test_streams_that_carry_data_flow_again_within_a_second_of_a_silent_death(incident, reaper_binary):
+    agent = agent_for(incident, reaper_binary)
+    client = incident.start_client(l4=STREAMS, send_every=0.2)
+    run = incident.run_incident(client, DEAD, window=3.0, agent=agent)
+    info = describe(run, agent, incident)
+    case = run.case("l4")
+    assert case.on_dead, info
+    recoveries = case.stalled_recoveries
+    assert all(r is not None for r in recoveries), info
+    dead = incident.backend(DEAD)
+    timeline = {line.msg: round(line.t - run.t_cut, 3) for line in reversed(agent.log())
+                if line.fields.get("backend") == dead and line.t >= run.t_cut}
+    print(f"\ntimeline after the cut (s, when read): {timeline}")
+    print(f"early detection: {len(recoveries)} stalled streams flowed again after p50 "
+          f"{sorted(recoveries)[len(recoveries) // 2]:.3f} s, max {max(recoveries):.3f} s (probing alone: ~6 s)")
+    assert max(recoveries) <= EARLY_BOUND, f"slowest stalled stream flowed again after {max(recoveries):.3f} s\n{info}"
+
+    dead = incident.backend(DEAD)
+    signal = agent.find("early signal: probing the backend at once", backend=dead)
+    assert len(signal) == 1 and signal[0].fields["signal"] == "retransmits", info
+    reap = agent.find("reaped", backend=dead, reason="dead")
+    assert len(reap) == 1, info
+    assert reap[0].fields["detected_by"] == "retransmits" and 0 < int(reap[0].fields["after_signal_ms"]) < 1000, reap[0].text
+    metrics = agent.metrics()
+    assert 3 <= metrics.value("conn_reaper_early_probes_total", backend=dead, signal="retransmits") <= 3, info
+    for name in UPSTREAM_NAMES:
+        if name != DEAD:
+            live = incident.backend(name)
+            assert agent.reaps(live) == [] and metrics.value("conn_reaper_early_probes_total", backend=live) == 0, info
+
+
+def test_idle_connections_recover_as_probing_alone_does_and_no_live_backend_is_reaped(incident, reaper_binary):
+    agent = agent_for(incident, reaper_binary)
+    client = incident.start_client(l4=STREAMS)        # the upstreams talk; nginx sends them nothing
+    run = incident.run_incident(client, DEAD, window=PROBING_ALONE + 1.0, agent=agent)
+    info = describe(run, agent, incident)
+    recoveries = run.case("l4").stalled_recoveries
+    assert recoveries and all(r is not None and r <= PROBING_ALONE for r in recoveries), info
+    print(f"\nidle: stalled streams flowed again after max {max(recoveries):.3f} s (probing alone: <= {PROBING_ALONE} s)")
+    reap = agent.find("reaped", backend=incident.backend(DEAD), reason="dead")
+    assert len(reap) == 1 and reap[0].fields["detected_by"] == "probes", info
+    for name in UPSTREAM_NAMES:
+        if name != DEAD:
+            assert agent.reaps(incident.backend(name)) == [], info
+
+
+def test_busy_live_backends_never_trigger_an_early_probe(incident, reaper_binary):
+    agent = agent_for(incident, reaper_binary)
+    client = incident.start_client(l4=STREAMS, send_every=0.2)
+    incident.wait_flowing(client)
+    started = time.monotonic()
+    time.sleep(60.0)
+    metrics = agent.metrics()
+    assert metrics.value("conn_reaper_early_probes_total") == 0, agent.log_text()
+    assert agent.find("early signal: probing the backend at once", since=started) == [], agent.log_text()
+    assert agent.reaps() == [] and set(agent.backend_states().values()) == {"up"}
+    assert client.status()["streams"] and all(s["age"] is not None and s["age"] < 0.3 for s in client.status()["streams"])
+
+
+def test_early_detection_can_be_turned_off(incident, reaper_binary):
+    agent = agent_for(incident, reaper_binary, early_detection=False)
+    client = incident.start_client(l4=STREAMS, send_every=0.2)
+    run = incident.run_incident(client, DEAD, window=3.0, agent=agent)
+    assert agent.find("early signal: probing the backend at once") == [], describe(run, agent, incident)
+    assert agent.metrics().value("conn_reaper_early_probes_total") == 0
