@@ -111,4 +111,18 @@ import Testing
         #expect(detection.nextDeadline == nil)
         #expect(detection.handle(.tick(start + .seconds(1))).isEmpty)
     }
+
+    /// The other half of "do no harm" for early probes: their verdict window is short, so the policy
+    /// counts a segment within a probe interval (at most half a second) as life, however short the window.
+    @Test func aSegmentInTheLastHalfSecondIsAlwaysLife() {
+        let now = ContinuousClock.now
+        let window = now - .milliseconds(200)
+        let recent = SegmentEvidence.recentEnoughCap
+        #expect(SegmentEvidence(at: now, sockets: 3, youngestSegmentAge: .milliseconds(300)).showsLife(after: window, recentEnough: recent))
+        #expect(!SegmentEvidence(at: now, sockets: 3, youngestSegmentAge: .milliseconds(300)).showsLife(after: window))
+        #expect(
+            !SegmentEvidence(at: now, sockets: 3, youngestSegmentAge: .milliseconds(700)).showsLife(after: window, recentEnough: recent))
+        #expect(SegmentEvidence(at: now, sockets: 3, youngestSegmentAge: .milliseconds(700)).showsLife(after: now - .seconds(2)))
+        #expect(!SegmentEvidence(at: now, sockets: 0, youngestSegmentAge: nil).showsLife(after: window, recentEnough: recent))
+    }
 }

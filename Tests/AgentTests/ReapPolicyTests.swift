@@ -116,6 +116,25 @@ import Conntrack
         #expect(reaps(actions).map(\.0) == [.dead])
     }
 
+    /// Early probes (a few ms apart) make the window short: a path silent for less than a probe
+    /// interval (capped at 500 ms) is no death, however short the window; a longer silence is.
+    @Test func aShortWindowStillNeedsSilenceOfAProbeInterval() {
+        for (age, alive) in [(300, true), (700, false)] {
+            var policy = upPolicy(
+                configuration {
+                    $0.interval = .seconds(2); $0.probe.timeout = .milliseconds(200)
+                })
+            _ = policy.handle(.probed(dead, Self.failed(.unreachable, after: 200), at: at(1200)))
+            _ = othersAnswer(&policy, at: 1205)
+            #expect(
+                policy.handle(.probed(dead, Self.failed(.unreachable, after: 200), at: at(1210))) == [.needEvidence(dead, since: at(1200))])
+            let evidence = SegmentEvidence(at: at(1215), sockets: 10, youngestSegmentAge: .milliseconds(Int64(age)))
+            let actions = policy.handle(.evidence(dead, evidence))
+            #expect(reaps(actions).isEmpty == alive, "last segment \(age) ms before the verdict")
+            #expect(policy.backends[dead]?.state == (alive ? .unhealthy : .dead))
+        }
+    }
+
     // MARK: - Unhealthy: the probe reached the process
 
     @Test func aProbeThatConnectedMeansUnhealthyNeverReapedBeforeTheDrainTimeout() {

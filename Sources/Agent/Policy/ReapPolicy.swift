@@ -91,6 +91,7 @@ public struct ReapPolicy: Sendable {
         public var reapOn: ReapOn
         public var drainTimeout: Duration
         public var probeTimeout: Duration
+        public var probeInterval: Duration
         public var segmentEvidence: Bool
         public var stuckScanEvery: Duration?
 
@@ -102,6 +103,7 @@ public struct ReapPolicy: Sendable {
             reapOn = pool.reapOn
             drainTimeout = pool.drainTimeout
             probeTimeout = pool.probe.timeout
+            probeInterval = pool.interval
             segmentEvidence = pool.hasSegmentEvidence
             stuckScanEvery = pool.stuckAfter > .zero && pool.protocols.contains(.tcp) ? Self.stuckPeriod(for: pool.stuckAfter) : nil
         }
@@ -293,7 +295,8 @@ public struct ReapPolicy: Sendable {
         guard record.state != .dead, record.health.consecutiveFailures >= pool.fall,
             record.answerless.count >= pool.fall, let since = record.answerless.first
         else { return [] }
-        if evidence.showsLife(after: since) {
+        // A segment within a probe interval is life even when early probes made the window short.
+        if evidence.showsLife(after: since, recentEnough: min(pool.probeInterval, SegmentEvidence.recentEnoughCap)) {
             var actions = transition(key, to: .unhealthy, at: evidence.at)
             actions += suppress(key, .aliveEvidence)
             return actions

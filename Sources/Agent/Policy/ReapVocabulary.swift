@@ -77,11 +77,17 @@ public struct SegmentEvidence: Sendable, Equatable {
         self.youngestSegmentAge = youngestSegmentAge
     }
 
-    /// A segment came after `instant`: the peer's stack answered since then.
-    public func showsLife(after instant: ContinuousClock.Instant) -> Bool {
+    /// A segment came after `instant`, or within `recentEnough` of the dump: the peer's stack answered.
+    /// The second half matters when the window is short: early probes decide within a fraction of a
+    /// second, and a path silent for less than a probe interval (a switch port flapping, a burst of
+    /// loss) must not make a live backend dead sooner than probing alone would.
+    public func showsLife(after instant: ContinuousClock.Instant, recentEnough: Duration = .zero) -> Bool {
         guard let age = youngestSegmentAge else { return false }
-        return at - age > instant
+        return at - age > instant || age < recentEnough
     }
+
+    /// The longest silence a probe interval asks for, whatever the interval.
+    public static let recentEnoughCap: Duration = .milliseconds(500)
 }
 
 /// One key for a backend of a pool.
