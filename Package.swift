@@ -6,7 +6,7 @@
 //   NetworkAddress                             IP addresses, prefixes, destinations (pure Swift)
 //   OS                                         the one syscall wrapper, errno errors, files, resolver, namespaces, capabilities
 //   Netlink                                    netlink sockets and messages: with OS, the only unsafe pointer code
-//   SockDiag, Conntrack                        the two kernel interfaces conn-reaper acts through
+//   SockDiag, Conntrack, Routing               the kernel interfaces conn-reaper acts through, and rtnetlink's news
 //   Reaper                                     decides what goes (matchers) apart from ending it (purge)
 //   Health                                     probes (tcp/http/https) and rise/fall state per backend
 //   Agent                                      config, pools, reaping policy, metrics, HTTP endpoints, services
@@ -66,6 +66,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .target(name: "Routing", dependencies: ["Netlink", "OS", "NetworkAddress"], swiftSettings: strict),
         .target(
             name: "Reaper", dependencies: ["SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress", "CBuildInfo"], swiftSettings: strict
         ),
@@ -83,7 +84,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Reaper", "Health", "Conntrack", "SockDiag", "OS", "NetworkAddress",
+                "Reaper", "Health", "Conntrack", "SockDiag", "Routing", "OS", "NetworkAddress",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -116,7 +117,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "NetlinkTests",
-            dependencies: ["Netlink", "SockDiag", "Conntrack", "OS", "NetworkAddress"],
+            dependencies: ["Netlink", "SockDiag", "Conntrack", "Routing", "OS", "NetworkAddress"],
             swiftSettings: strict),
     ]
 )

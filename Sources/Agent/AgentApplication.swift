@@ -43,6 +43,7 @@ public struct AgentApplication {
             workers,
             executor,
             HealthService(store: store, state: state, executor: executor, metrics: metrics, logger: logger),
+            LinkSignalService(state: state, executor: executor, logger: logger),
             ReloadService(
                 source: source, store: store, metrics: metrics, logger: logger, pollInterval: reloadPoll, logLevel: logLevel,
                 serviceManager: serviceManager),

@@ -11,8 +11,17 @@ import OS
 /// thread that created it, wherever it is used later.
 public final class NetlinkSocket {
     public enum Bus: Int32, Sendable {
+        case route = 0  // NETLINK_ROUTE
         case sockDiag = 4  // NETLINK_SOCK_DIAG
         case netfilter = 12  // NETLINK_NETFILTER
+
+        var layer: SystemCallError.Layer {
+            switch self {
+            case .route: .route
+            case .sockDiag: .sockDiag
+            case .netfilter: .conntrack
+            }
+        }
     }
 
     private let handle: OpaquePointer
@@ -27,7 +36,7 @@ public final class NetlinkSocket {
 
     /// `groups`: the multicast groups (as a bit mask) whose announcements this socket receives.
     public init(bus: Bus, groups: UInt32 = 0) throws(SystemCallError) {
-        let layer: SystemCallError.Layer = bus == .sockDiag ? .sockDiag : .conntrack
+        let layer = bus.layer
         guard let handle = mnl_socket_open2(bus.rawValue, Int32(SOCK_CLOEXEC.rawValue)) else {
             throw SystemCallError(call: "mnl_socket_open2", code: Glibc.errno, layer: layer)  // a pointer, not a count: not systemCall's
         }

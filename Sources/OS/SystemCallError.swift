@@ -7,6 +7,8 @@ public struct SystemCallError: Error, Equatable, Sendable, CustomStringConvertib
     public enum Layer: Sendable, Equatable {
         case sockDiag
         case conntrack
+        /// rtnetlink: links, neighbours, routes.
+        case route
         /// Files, namespaces, threads, capabilities: the OS itself.
         case system
     }

@@ -41,7 +41,7 @@ import Testing
         #expect(detection.nextDeadline == start + .milliseconds(10))
         #expect(probes(detection.handle(.tick(start + .milliseconds(10)))) == [key(c)])
         #expect(probes(detection.handle(.tick(start + .milliseconds(20)))) == [key(c)])
-        #expect(probes(detection.handle(.tick(start + .milliseconds(30)))) == [], "fall probes, no more")
+        #expect(probes(detection.handle(.tick(start + .milliseconds(30)))) == [], "fall probes at once")
         // The policy found it dead: the verdict, and how it was detected, for the reap's audit line.
         let verdict = detection.handle(.state(key(c), .dead, at: start + .milliseconds(320)))
         #expect(verdict == [.cleared(key(c), .retransmits, verdict: .dead, after: .milliseconds(320))])
@@ -98,9 +98,12 @@ import Testing
         _ = detection.handle(observation([c: 4]))
         _ = detection.handle(.tick(start + .milliseconds(20)))
         _ = detection.handle(.state(key(c), .unhealthy, at: start + .milliseconds(100)))
-        let decideBy = start + .milliseconds(20) + .milliseconds(200) + .seconds(1)
+        // Its connections still had a recent segment: one more probe once half a second of silence could be.
+        #expect(detection.nextDeadline == start + .milliseconds(550))
+        #expect(probes(detection.handle(.tick(start + .milliseconds(550)))) == [key(c)])
+        let decideBy = start + .milliseconds(550) + .milliseconds(200) + .seconds(1)
         #expect(detection.nextDeadline == decideBy)
-        #expect(detection.handle(.tick(decideBy)) == [.cleared(key(c), .retransmits, verdict: .undecided, after: .milliseconds(1220))])
+        #expect(detection.handle(.tick(decideBy)) == [.cleared(key(c), .retransmits, verdict: .undecided, after: .milliseconds(1750))])
         #expect(detection.nextDeadline == nil)
     }
 
@@ -124,5 +127,18 @@ import Testing
             !SegmentEvidence(at: now, sockets: 3, youngestSegmentAge: .milliseconds(700)).showsLife(after: window, recentEnough: recent))
         #expect(SegmentEvidence(at: now, sockets: 3, youngestSegmentAge: .milliseconds(700)).showsLife(after: now - .seconds(2)))
         #expect(!SegmentEvidence(at: now, sockets: 0, youngestSegmentAge: nil).showsLife(after: window, recentEnough: recent))
+    }
+
+    /// A neighbour or carrier signal names one backend: no peer comparison, the same early probes
+    /// and the same guards (only a backend up, once per suspicion).
+    @Test func aNeighbourOrCarrierSignalProbesThatBackendAlone() {
+        var detection = detector()
+        let actions = detection.handle(.signal(key(b), .neighbour, detail: "10.0.0.2 FAILED on eth0", at: start))
+        #expect(actions.contains(.probe(key(b), timeout: .milliseconds(200), signal: .neighbour)))
+        #expect(detection.handle(.signal(key(b), .carrier, detail: "eth0 down", at: start)).isEmpty, "already a suspect")
+        _ = detection.handle(.state(key(c), .dead, at: start))
+        #expect(detection.handle(.signal(key(c), .carrier, detail: "eth0 down", at: start)).isEmpty, "not up")
+        let other = BackendKey(pool: "api", backend: Endpoint(address: .v4(0x0A00_0009), port: 6443))
+        #expect(detection.handle(.signal(other, .carrier, detail: "", at: start)).isEmpty, "not in the pool")
     }
 }

@@ -70,7 +70,8 @@ def test_streams_that_carry_data_flow_again_within_a_second_of_a_silent_death(in
     assert len(reap) == 1, info
     assert reap[0].fields["detected_by"] == "retransmits" and 0 < int(reap[0].fields["after_signal_ms"]) < 1000, reap[0].text
     metrics = agent.metrics()
-    assert 3 <= metrics.value("conn_reaper_early_probes_total", backend=dead, signal="retransmits") <= 3, info
+    # fall probes at once, and one more half a second on only when the first verdict came too soon.
+    assert 3 <= metrics.value("conn_reaper_early_probes_total", backend=dead, signal="retransmits") <= 4, info
     for name in UPSTREAM_NAMES:
         if name != DEAD:
             live = incident.backend(name)
@@ -111,3 +112,49 @@ def test_early_detection_can_be_turned_off(incident, reaper_binary):
     run = incident.run_incident(client, DEAD, window=3.0, agent=agent)
     assert agent.find("early signal: probing the backend at once") == [], describe(run, agent, incident)
     assert agent.metrics().value("conn_reaper_early_probes_total") == 0
+
+
+def test_carrier_loss_on_the_only_interface_toward_a_backend_is_a_signal(lab, reaper_binary):
+    # Without the switch nginx reaches each upstream over a veth of its own: the dead upstream's end
+    # going down takes nginx's end's carrier with it. Idle streams: no retransmission to see.
+    incident = IncidentLab.build(lab)
+    try:
+        agent = agent_for(incident, reaper_binary)
+        client = incident.start_client(l4=STREAMS)
+        run = incident.run_incident(client, DEAD, window=2.0, agent=agent)
+        info = describe(run, agent, incident)
+        recoveries = run.case("l4").stalled_recoveries
+        assert recoveries and all(r is not None for r in recoveries), info
+        print(f"\ncarrier: stalled streams flowed again after max {max(recoveries):.3f} s (probing alone: ~6 s)")
+        assert max(recoveries) <= EARLY_BOUND, info
+        signal = agent.find("early signal: probing the backend at once", backend=incident.backend(DEAD))
+        assert [line.fields["signal"] for line in signal] == ["carrier"], info
+        assert "to-up2 lost its carrier" in signal[0].fields["detail"], signal[0].text
+        reap = agent.find("reaped", backend=incident.backend(DEAD), reason="dead")
+        assert len(reap) == 1 and reap[0].fields["detected_by"] == "carrier", info
+        for name in UPSTREAM_NAMES:
+            if name != DEAD:
+                assert agent.reaps(incident.backend(name)) == [], info
+    finally:
+        incident.close()
+
+
+def test_a_failed_neighbour_entry_is_a_signal(incident, reaper_binary):
+    # The kernel's defaults take 5-8 s to fail an entry (delay_first_probe_time 5 s, 3 probes 1 s
+    # apart); these timers, set in nginx's namespace only, make it about a second.
+    for name, value in (("base_reachable_time_ms", "500"), ("delay_first_probe_time", "1"),
+                        ("retrans_time_ms", "100"), ("ucast_solicit", "2"), ("mcast_solicit", "1")):
+        incident.nginx_ns.run(["sysctl", "-qw", f"net.ipv4.neigh.to-sw.{name}={value}"])
+    agent = agent_for(incident, reaper_binary)
+    client = incident.start_client(l4=STREAMS)      # idle toward the upstreams: no retransmissions
+    run = incident.run_incident(client, DEAD, window=PROBING_ALONE, agent=agent)
+    info = describe(run, agent, incident)
+    recoveries = run.case("l4").stalled_recoveries
+    assert recoveries and all(r is not None for r in recoveries), info
+    signal = agent.find("early signal: probing the backend at once", backend=incident.backend(DEAD))
+    assert signal and signal[0].fields["signal"] == "neighbour", info
+    print(f"\nneighbour: signal {signal[0].t - run.t_cut:.3f} s after the cut; stalled streams flowed again after "
+          f"max {max(recoveries):.3f} s (probing alone: ~6 s)")
+    assert max(recoveries) < 6.0, info
+    reap = agent.find("reaped", backend=incident.backend(DEAD), reason="dead")
+    assert len(reap) == 1 and reap[0].fields["detected_by"] == "neighbour", info

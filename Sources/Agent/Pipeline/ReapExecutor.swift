@@ -68,6 +68,12 @@ public final class ReapExecutor: Service, Sendable {
         setAlarm()
     }
 
+    /// A signal about one backend alone (its neighbour entry, its interface's carrier).
+    func earlySignal(_ key: BackendKey, _ signal: EarlyDetection.Signal, detail: String) {
+        perform(early: state.early(.signal(key, signal, detail: detail, at: .now)))
+        setAlarm()
+    }
+
     /// What the passive watch saw of a pool's connections.
     func observed(_ observation: EarlyDetection.Observation) {
         perform(early: state.early(.observed(observation)))
@@ -93,7 +99,10 @@ public final class ReapExecutor: Service, Sendable {
         while !Task.isCancelled {
             let configuration = state.configuration
             for pool in configuration.pools where pool.watchesRetransmissions && pool.backends.count > 1 {
-                let count = await kernel.retransmissions(of: pool, namespaces: configuration.namespaces(of: pool))
+                // Every namespace on the node, 20 times a second, would cost more than it saves.
+                let namespaces = configuration.namespaces(of: pool)
+                if case .all? = namespaces { continue }
+                let count = await kernel.retransmissions(of: pool, namespaces: namespaces)
                 observed(.init(pool: pool.name, connections: count.connections, retransmitting: count.retransmitting, at: .now))
             }
             try? await Task.sleep(for: watchCadence)

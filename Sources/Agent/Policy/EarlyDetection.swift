@@ -16,6 +16,10 @@ public struct EarlyDetection: Sendable {
     public enum Signal: String, Sendable, CaseIterable {
         /// Its connections retransmit while the pool's others are acknowledged.
         case retransmits
+        /// Its address's neighbour (ARP/NDP) entry failed: nothing on the link answers for it.
+        case neighbour
+        /// The only interface toward it lost its carrier.
+        case carrier
     }
 
     /// One look at a pool's established connections.
@@ -36,6 +40,8 @@ public struct EarlyDetection: Sendable {
 
     public enum Event: Sendable {
         case observed(Observation)
+        /// A signal about one backend alone (its neighbour entry, its interface's carrier).
+        case signal(BackendKey, Signal, detail: String, at: Instant)
         case probed(BackendKey, success: Bool, at: Instant)
         case state(BackendKey, BackendState, at: Instant)
         case tick(Instant)
@@ -125,6 +131,9 @@ public struct EarlyDetection: Sendable {
     public mutating func handle(_ event: Event) -> [Action] {
         switch event {
         case .observed(let observation): return observed(observation)
+        case .signal(let key, let signal, let detail, let at):
+            guard let pool = pools.first(where: { $0.name == key.pool }), pool.backends.contains(key.backend) else { return [] }
+            return suspect(key, signal, pool: pool, detail: detail, at: at)
         case .probed(let key, let success, let at): return probed(key, success: success, at: at)
         case .state(let key, let state, let at): return changed(key, to: state, at: at)
         case .tick(let now): return tick(now)
@@ -156,7 +165,9 @@ public struct EarlyDetection: Sendable {
     private mutating func suspect(_ key: BackendKey, _ signal: Signal, pool: PoolRules, detail: String, at now: Instant) -> [Action] {
         // Only a backend believed up: an unhealthy one is probed anyway, a dead one is being reaped.
         guard states[key] == .up, suspects[key] == nil, quietUntil[key].map({ now >= $0 }) ?? true else { return [] }
-        let due = (0..<pool.fall).map { now + Self.earlySpacing * $0 }
+        // `fall` probes at once, and one more when a probe interval's worth of silence (the most the
+        // policy asks before it believes a death) has passed, in case the first verdict came too soon.
+        let due = (0..<pool.fall).map { now + Self.earlySpacing * $0 } + [now + SegmentEvidence.recentEnoughCap + Self.earlySpacing * 5]
         suspects[key] = Suspicion(
             signal: signal, since: now, due: due, decideBy: due.last! + pool.earlyTimeout + Self.verdictGrace)
         return [.suspected(key, signal, detail: detail)] + tick(now)
