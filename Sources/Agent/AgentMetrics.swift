@@ -52,7 +52,7 @@ public final class AgentMetrics: Sendable {
         registry.makeCounter(
             descriptor: Self.name(
                 "sockets_destroyed", unit: "total",
-                help: "Sockets ended with SOCK_DESTROY, by reason (dead, still-dead, drain_timeout, unhealthy, stuck)."),
+                help: "Sockets ended with SOCK_DESTROY, by reason (dead, still-dead, drain_timeout, unhealthy, stuck, rebalance)."),
             labels: [("pool", pool), ("backend", backend), ("reason", reason.rawValue)])
     }
 
@@ -107,6 +107,21 @@ public final class AgentMetrics: Sendable {
             descriptor: Self.name(
                 "stuck_scan_duration", unit: "seconds", help: "Time one stuck-connection scan (dump with tcp_info, destroys) took."),
             labels: [("pool", pool)], buckets: Self.reapBuckets)
+    }
+
+    func backendConnections(pool: String, backend: String) -> Gauge {
+        registry.makeGauge(
+            descriptor: Self.name(
+                "backend_connections", unit: "",
+                help: "Established connections toward the backend as the agent's last census saw them (rebalancing pools)."),
+            labels: [("pool", pool), ("backend", backend)])
+    }
+
+    func rebalanceClosed(pool: String, backend: String) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.name(
+                "rebalance_closed", unit: "total", help: "Quiet connections ended on an over-share backend so they reconnect elsewhere."),
+            labels: [("pool", pool), ("backend", backend)])
     }
 
     func configReloads(result: String) -> Counter {

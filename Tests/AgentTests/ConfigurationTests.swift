@@ -83,6 +83,20 @@ import Testing
         ("netns: some\npools: []\n", "netns", "is not 'all' or a list"),
         ("netns: []\npools: []\n", "netns", "at least one namespace path"),
         ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    netns: [run/netns/x]\n", "pools[0].netns[0]", "not an absolute path"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance: sometimes\n", "pools[0].rebalance", "is not true or false"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance: [true]\n", "pools[0].rebalance", "expected a single value"),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance_tolerance: 0%\n", "pools[0].rebalance_tolerance",
+            "not a percentage from 1% to 100%"
+        ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance_tolerance: 101%\n", "pools[0].rebalance_tolerance",
+            "not a percentage from 1% to 100%"
+        ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance_tolerance: lots\n", "pools[0].rebalance_tolerance",
+            "not a percentage"
+        ),
     ])
     func errorsNameTheKey(yaml: String, key: String, message: String) {
         #expect {
@@ -90,6 +104,16 @@ import Testing
         } throws: { error in
             guard let error = error as? ConfigurationError else { return false }
             return error.key == key && error.description.contains(message) && error.description.hasPrefix("c.yaml")
+        }
+    }
+
+    @Test func readsRebalancingOffByDefaultAndItsTolerance() throws {
+        let plain = try YAMLConfigReader.configuration(yaml: "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n", file: "c.yaml")
+        #expect(plain.pools[0].rebalance == false && plain.pools[0].rebalanceTolerance == 20)
+        for (text, percent) in [("15%", 15.0), ("12.5%", 12.5), ("100%", 100.0), ("1", 1.0)] {
+            let yaml = "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance: true\n    rebalance_tolerance: \(text)\n"
+            let pool = try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml").pools[0]
+            #expect(pool.rebalance && pool.rebalanceTolerance == percent)
         }
     }
 

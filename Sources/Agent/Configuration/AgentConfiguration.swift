@@ -62,6 +62,10 @@ public struct PoolConfiguration: Sendable, Equatable {
     public var drainTimeout: Duration = .seconds(120)
     /// nil: the top-level `netns`, else the agent's own namespace.
     public var netns: NamespaceSelection?
+    /// Move a fair share of long-lived connections back to a backend that returns, paced.
+    public var rebalance = false
+    /// No rebalancing while every backend holds within this many percent of its fair share.
+    public var rebalanceTolerance: Double = 20
 
     public init(name: String, backends: [Endpoint]) {
         self.name = name

@@ -28,6 +28,15 @@ public enum ConfigValue {
         return value
     }
 
+    /// A percentage: `20%` or `20` (a fraction like `12.5%` too), within `range`.
+    public static func percent(_ text: String, in range: ClosedRange<Double>) throws(Failure) -> Double {
+        let number = text.hasSuffix("%") ? String(text.dropLast()) : text
+        guard let value = Double(number), value.isFinite, range.contains(value) else {
+            throw Failure("'\(text)' is not a percentage from \(Int(range.lowerBound))% to \(Int(range.upperBound))%")
+        }
+        return value
+    }
+
     public static func choice<T: RawRepresentable & CaseIterable>(_ text: String, of _: T.Type = T.self) throws(Failure) -> T
     where T.RawValue == String {
         guard let value = T(rawValue: text) else {

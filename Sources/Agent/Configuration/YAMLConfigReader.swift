@@ -36,7 +36,10 @@ public enum YAMLConfigReader {
     }
 
     static func pool(_ node: ConfigNode) throws(ConfigurationError) -> PoolConfiguration {
-        let keys = try node.mapping(allowed: ["name", "backends", "protocols", "stuck_after", "probe", "netns", "reap_on", "drain_timeout"])
+        let keys = try node.mapping(allowed: [
+            "name", "backends", "protocols", "stuck_after", "probe", "netns", "reap_on", "drain_timeout", "rebalance",
+            "rebalance_tolerance",
+        ])
         guard let name = keys["name"] else { throw node.error("name", "missing") }
         guard let backends = keys["backends"] else { throw node.error("backends", "missing") }
         var pool = PoolConfiguration(
@@ -51,6 +54,8 @@ public enum YAMLConfigReader {
         if let stuck = keys["stuck_after"] { pool.stuckAfter = try stuck.duration() }
         if let reapOn = keys["reap_on"] { pool.reapOn = try reapOn.choice(ReapOn.self) }
         if let drain = keys["drain_timeout"] { pool.drainTimeout = try drain.duration() }
+        if let rebalance = keys["rebalance"] { pool.rebalance = try rebalance.bool() }
+        if let tolerance = keys["rebalance_tolerance"] { pool.rebalanceTolerance = try tolerance.percent(in: 1...100) }
         if let probe = keys["probe"] { try read(probe: probe, into: &pool) }
         if let netns = keys["netns"] { pool.netns = try namespaces(netns) }
         return pool
@@ -149,6 +154,10 @@ struct ConfigNode {
 
     func int(in range: ClosedRange<Int>) throws(ConfigurationError) -> Int {
         try parsed { text throws(ConfigValue.Failure) in try ConfigValue.int(text, in: range) }
+    }
+
+    func percent(in range: ClosedRange<Double>) throws(ConfigurationError) -> Double {
+        try parsed { text throws(ConfigValue.Failure) in try ConfigValue.percent(text, in: range) }
     }
 
     func duration() throws(ConfigurationError) -> Duration {

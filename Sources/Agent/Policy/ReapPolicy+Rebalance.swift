@@ -1,0 +1,181 @@
+import NetworkAddress
+
+/// Paced rebalancing (pool option `rebalance`): after a backend returns, its fair share of the
+/// long-lived connections is moved back to it, one close at a time. A balancer only places new
+/// connections (nginx's least_conn), so a connection ended on an over-share backend reconnects to the
+/// emptiest one, the returned one.
+///
+/// The rules, and why:
+/// - Nothing moves until every backend of the pool has been `up` for the hold-down: a backend that
+///   flaps never stays up long enough to pull connections it would then drop again.
+/// - An episode starts only after a backend came up (armed), and only when the spread is outside the
+///   tolerance; it ends when every backend is within it, when a backend leaves `up`, or when each
+///   over-share backend gave up the excess it had when the episode began (a balancer that puts
+///   reconnects back where they were, a hash or sticky sessions, must not be churned forever).
+/// - Each close follows a fresh census and takes from the backend with the largest excess now (ties
+///   at random), never more than that excess, never a connection that carries data, the quietest
+///   first; at most 1% of the pool's connections a second, with jitter, and only with a token of
+///   the node's budget.
+/// - Each node acts on the connections it sees: nothing is coordinated, so the cluster-wide rate is
+///   the per-node rate times the nodes.
+extension ReapPolicy {
+    /// What a rebalancing episode did, for the log.
+    public enum RebalanceNews: Sendable, Equatable {
+        case started(counts: [Endpoint: Int], fairShare: Double)
+        case balanced(counts: [Endpoint: Int])
+        /// The closes the episode allowed are spent and the spread is still outside the tolerance.
+        case gaveUp(counts: [Endpoint: Int], closed: Int)
+        /// A backend left `up` mid-episode.
+        case interrupted(backend: Endpoint, closed: Int)
+    }
+
+    /// One pool's rebalancing, between events.
+    struct PoolRebalance: Sendable {
+        /// A backend came up since the last episode: look once the pool has settled.
+        var armed = false
+        var episode: Episode?
+        /// A census or a close is out: one step at a time.
+        var inFlight = false
+        var nextStep: Instant?
+        var nextCloseAllowed: Instant?
+    }
+
+    struct Episode: Sendable {
+        /// Each over-share backend's excess when the episode began: the most it gives up.
+        var allowance: [Endpoint: Int]
+        var closed: [Endpoint: Int] = [:]
+        var totalClosed: Int { closed.values.reduce(0, +) }
+
+        func mayTake(from backend: Endpoint) -> Bool { closed[backend, default: 0] < allowance[backend, default: 0] }
+    }
+
+    /// When every backend of the pool has been up for the hold-down; nil while one is not up.
+    func settledAt(_ pool: PoolRules, holdDown: Duration) -> Instant? {
+        var latest: Instant?
+        for backend in pool.backends {
+            guard let record = backends[BackendKey(pool: pool.name, backend: backend)], record.state == .up,
+                let since = record.stateSince
+            else { return nil }
+            latest = max(latest ?? since, since)
+        }
+        return latest.map { $0 + holdDown }
+    }
+
+    mutating func rebalanceTick(_ pool: PoolRules, now: Instant) -> [Action] {
+        guard pool.rebalance != nil, var state = rebalancing[pool.name], !state.inFlight, let due = state.nextStep, now >= due else {
+            return []
+        }
+        state.inFlight = true
+        state.nextStep = nil
+        rebalancing[pool.name] = state
+        return [.census(pool: pool.name)]
+    }
+
+    /// A backend of a rebalancing pool came up: once the pool settles, look at the spread.
+    mutating func rebalanceArm(_ key: BackendKey, at now: Instant) {
+        guard let pool = rules(of: key.pool), let settings = pool.rebalance, var state = rebalancing[key.pool] else { return }
+        state.armed = true
+        let look = settledAt(pool, holdDown: settings.holdDown) ?? now + settings.holdDown
+        if !state.inFlight { state.nextStep = min(state.nextStep ?? look, look) }
+        rebalancing[key.pool] = state
+    }
+
+    /// A backend left `up`: an episode in progress stops at once.
+    mutating func rebalanceInterrupt(_ key: BackendKey) -> [Action] {
+        guard let episode = rebalancing[key.pool]?.episode else { return [] }
+        rebalancing[key.pool]?.episode = nil
+        rebalancing[key.pool]?.armed = false
+        return [.rebalanceNews(pool: key.pool, .interrupted(backend: key.backend, closed: episode.totalClosed))]
+    }
+
+    mutating func censused(_ name: String, _ connections: [ConnectionSample], at now: Instant) -> [Action] {
+        guard let pool = rules(of: name), let settings = pool.rebalance, var state = rebalancing[name] else { return [] }
+        budget.refill(at: now)
+        state.inFlight = false
+        defer { rebalancing[name] = state }
+        guard let settled = settledAt(pool, holdDown: settings.holdDown), now >= settled else {
+            // Not every backend is up, or one came up lately: nothing moves yet (a flapping one never gets here).
+            state.nextStep =
+                settledAt(pool, holdDown: settings.holdDown).map { min($0, now + settings.censusEvery) } ?? now + settings.censusEvery
+            return []
+        }
+        let plan = RebalancePlan(backends: pool.backends, connections: connections, tolerancePercent: settings.tolerancePercent)
+        var actions: [Action] = []
+        if state.episode == nil {
+            guard state.armed, !plan.withinTolerance else {
+                state.armed = false
+                state.nextStep = now + settings.censusEvery
+                return []
+            }
+            state.armed = false
+            state.episode = Episode(allowance: Dictionary(uniqueKeysWithValues: plan.overShare.map { ($0, plan.excess(of: $0)) }))
+            actions.append(.rebalanceNews(pool: name, .started(counts: plan.counts, fairShare: plan.fairShare)))
+        }
+        guard var episode = state.episode else { return actions }
+        if plan.withinTolerance {
+            state.episode = nil
+            state.nextStep = now + settings.censusEvery
+            return actions + [.rebalanceNews(pool: name, .balanced(counts: plan.counts))]
+        }
+        let donors = plan.overShare.filter { episode.mayTake(from: $0) }
+        guard !donors.isEmpty else {
+            state.episode = nil
+            state.nextStep = now + settings.censusEvery
+            return actions + [.rebalanceNews(pool: name, .gaveUp(counts: plan.counts, closed: episode.totalClosed))]
+        }
+        if let allowed = state.nextCloseAllowed, now < allowed {
+            state.nextStep = allowed
+            return actions
+        }
+        let retry = now + .seconds(1)
+        guard budget.available() > 0 else {
+            state.nextStep = retry
+            return actions + suppress(pool: name, backend: nil, .budget)
+        }
+        // The largest excess first, ties at random; a backend whose every connection carries data now is passed over.
+        let ordered = donors.map { ($0, plan.excess(of: $0), UInt64.random(in: .min ... .max, using: &random)) }
+            .sorted { ($0.1, $0.2) > ($1.1, $1.2) }.map(\.0)
+        for backend in ordered {
+            guard let chosen = RebalancePlan.choose(on: backend, from: connections, random: &random) else { continue }
+            episode.closed[backend, default: 0] += 1
+            state.episode = episode
+            let perSecond = RebalancePlan.closesPerSecond(connections: plan.total, settings: settings)
+            state.nextCloseAllowed = now + jitteredInterval(perSecond: perSecond)
+            state.inFlight = true
+            return actions + [.rebalance(BackendKey(pool: name, backend: backend), chosen)]
+        }
+        state.nextStep = retry
+        return actions
+    }
+
+    /// A close came back (ended or not: a connection that began carrying data is left alone).
+    mutating func rebalanceClosed(_ outcome: ReapOutcome) {
+        guard var state = rebalancing[outcome.pool] else { return }
+        state.inFlight = false
+        if outcome.ended == 0, let backend = outcome.backend, let closed = state.episode?.closed[backend], closed > 0 {
+            state.episode?.closed[backend] = closed - 1
+        }
+        state.nextStep = max(state.nextCloseAllowed ?? outcome.at, outcome.at)
+        rebalancing[outcome.pool] = state
+    }
+
+    /// The mean interval for the rate, 25% either way at random: closes from many nodes do not fall
+    /// into step, and three never come within one second at the default rates.
+    mutating func jitteredInterval(perSecond: Double) -> Duration {
+        let mean = 1 / perSecond
+        return .seconds(mean * Double.random(in: 0.75...1.25, using: &random))
+    }
+
+    /// Pools that rebalance keep their state across a reload; others have none.
+    func carriedRebalancing(for pools: [PoolRules]) -> [String: PoolRebalance] {
+        var next: [String: PoolRebalance] = [:]
+        for pool in pools where pool.rebalance != nil {
+            next[pool.name] = rebalancing[pool.name] ?? PoolRebalance()
+        }
+        return next
+    }
+
+    var rebalanceDeadlines: [Instant] {
+        rebalancing.values.compactMap { $0.inFlight ? nil : $0.nextStep }
+    }
+}

@@ -1,0 +1,146 @@
+import NetworkAddress
+
+/// One established connection toward a backend as a census saw it (sock_diag with tcp_info): enough
+/// to name it for an exact destroy and to tell whether ending it would cut something in progress.
+public struct ConnectionSample: Sendable, Equatable {
+    public var backend: Endpoint
+    public var local: Endpoint
+    /// The kernel's socket cookie: a destroy then never hits a newer socket on the same 4-tuple.
+    public var cookie: UInt64
+    /// The namespace file it lives in; nil for the agent's own.
+    public var namespace: String?
+    public var unacked: UInt32
+    public var sendQueue: UInt32
+    public var receiveQueue: UInt32
+    public var sinceDataSent: Duration
+    public var sinceDataReceived: Duration
+
+    public init(
+        backend: Endpoint, local: Endpoint, cookie: UInt64, namespace: String? = nil, unacked: UInt32 = 0, sendQueue: UInt32 = 0,
+        receiveQueue: UInt32 = 0, sinceDataSent: Duration, sinceDataReceived: Duration
+    ) {
+        self.backend = backend
+        self.local = local
+        self.cookie = cookie
+        self.namespace = namespace
+        self.unacked = unacked
+        self.sendQueue = sendQueue
+        self.receiveQueue = receiveQueue
+        self.sinceDataSent = sinceDataSent
+        self.sinceDataReceived = sinceDataReceived
+    }
+
+    /// A request sent this recently may still wait for its answer: ending the connection would fail it.
+    /// (A stream that only receives, like a watch, resumes on a new connection; a cut request does not.)
+    public static let requestGrace: Duration = .seconds(2)
+
+    /// Ending it now would lose something: bytes unacknowledged or queued either way, or a request
+    /// whose answer may still be on its way. Such a connection is never ended to rebalance.
+    public var carriesData: Bool {
+        unacked > 0 || sendQueue > 0 || receiveQueue > 0 || sinceDataSent < Self.requestGrace
+    }
+
+    /// How long nothing moved either way: the quietest connections go first.
+    public var quietFor: Duration { min(sinceDataSent, sinceDataReceived) }
+}
+
+/// The arithmetic of one rebalancing step over a census of a pool whose backends are all up: each
+/// backend's fair share, whether the spread is within tolerance, who holds an excess, and which of
+/// its connections to end. Pure; `ReapPolicy` schedules it.
+public struct RebalancePlan: Sendable, Equatable {
+    public var counts: [Endpoint: Int]
+    /// Connections over backends: what each would hold if the pool were even.
+    public var fairShare: Double
+    /// How far from the fair share a backend may be: the tolerance, but never under one connection
+    /// (three backends and two connections cannot be spread closer than 1-1-0).
+    public var allowedDeviation: Double
+
+    public init(backends: [Endpoint], connections: [ConnectionSample], tolerancePercent: Double) {
+        var counts = Dictionary(uniqueKeysWithValues: backends.map { ($0, 0) })
+        for connection in connections where counts[connection.backend] != nil { counts[connection.backend]! += 1 }
+        self.counts = counts
+        let total = counts.values.reduce(0, +)
+        fairShare = backends.isEmpty ? 0 : Double(total) / Double(backends.count)
+        allowedDeviation = max(fairShare * tolerancePercent / 100, 1)
+    }
+
+    public var total: Int { counts.values.reduce(0, +) }
+
+    /// Every backend within the tolerance of its fair share: nothing to do.
+    public var withinTolerance: Bool {
+        counts.values.allSatisfy { abs(Double($0) - fairShare) <= allowedDeviation }
+    }
+
+    /// Connections a backend holds above its fair share (rounded up, so ending them all never takes
+    /// it below): the most a rebalance may take from it.
+    public func excess(of backend: Endpoint) -> Int {
+        max(0, (counts[backend] ?? 0) - Int(fairShare.rounded(.up)))
+    }
+
+    /// Backends holding more than their fair share, in a fixed order (a dictionary's varies by process:
+    /// a seeded policy must make the same picks every run).
+    public var overShare: [Endpoint] {
+        counts.keys.filter { excess(of: $0) > 0 }.sorted { $0.description < $1.description }
+    }
+
+    /// The connection to end on `backend`: never one that carries data; among the rest one of the
+    /// quietest quarter, picked at random so the same client is not always the one moved.
+    public static func choose(
+        on backend: Endpoint, from connections: [ConnectionSample], random: inout some RandomNumberGenerator
+    ) -> ConnectionSample? {
+        let quiet = connections.filter { $0.backend == backend && !$0.carriesData }.sorted { $0.quietFor > $1.quietFor }
+        guard !quiet.isEmpty else { return nil }
+        let quietest = quiet.prefix(max(1, quiet.count / 4))
+        return quietest.randomElement(using: &random)
+    }
+
+    /// Closes per second for a pool of `connections`: `sharePerSecond` of them (1%), at least
+    /// `floorPerSecond` so a small pool still converges, at most `ceilingPerSecond` (a few) so even a
+    /// large pool's reconnects stay a trickle next to its steady load.
+    public static func closesPerSecond(connections: Int, settings: RebalanceSettings) -> Double {
+        min(max(Double(connections) * settings.sharePerSecond, settings.floorPerSecond), settings.ceilingPerSecond)
+    }
+}
+
+/// A pool's rebalancing knobs, as the policy reads them.
+public struct RebalanceSettings: Sendable, Equatable {
+    public var tolerancePercent: Double
+    /// A backend must have been up this long before connections are moved to it: one that flaps
+    /// never stays up long enough to pull anything.
+    public var holdDown: Duration
+    public var sharePerSecond: Double
+    public var floorPerSecond: Double
+    public var ceilingPerSecond: Double
+    /// While nothing is to be moved, a census this often keeps the connections gauge current.
+    public var censusEvery: Duration
+
+    public init(
+        tolerancePercent: Double = 20, holdDown: Duration = .seconds(10), sharePerSecond: Double = 0.01,
+        floorPerSecond: Double = 0.2, ceilingPerSecond: Double = 5, censusEvery: Duration = .seconds(10)
+    ) {
+        self.tolerancePercent = tolerancePercent
+        self.holdDown = holdDown
+        self.sharePerSecond = sharePerSecond
+        self.floorPerSecond = floorPerSecond
+        self.ceilingPerSecond = ceilingPerSecond
+        self.censusEvery = censusEvery
+    }
+}
+
+/// A small seeded generator (SplitMix64): the policy stays a pure function of its events and its
+/// seed, so tests replay the same picks and jitter.
+public struct PolicyRandom: RandomNumberGenerator, Sendable {
+    private var state: UInt64
+
+    public init(seed: UInt64) {
+        state = seed
+    }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var mixed = state
+        mixed = (mixed ^ (mixed >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        mixed = (mixed ^ (mixed >> 27)) &* 0x94D0_49BB_1331_11EB
+        return mixed ^ (mixed >> 31)
+    }
+}
