@@ -97,6 +97,10 @@ import Testing
             "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance_tolerance: lots\n", "pools[0].rebalance_tolerance",
             "not a percentage"
         ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance_rate: 0\n", "pools[0].rebalance_rate",
+            "not a number above 0"
+        ),
     ])
     func errorsNameTheKey(yaml: String, key: String, message: String) {
         #expect {
@@ -113,8 +117,10 @@ import Testing
         for (text, percent) in [("15%", 15.0), ("12.5%", 12.5), ("100%", 100.0), ("1", 1.0)] {
             let yaml = "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance: true\n    rebalance_tolerance: \(text)\n"
             let pool = try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml").pools[0]
-            #expect(pool.rebalance && pool.rebalanceTolerance == percent)
+            #expect(pool.rebalance && pool.rebalanceTolerance == percent && pool.rebalanceRate == nil)
         }
+        let rated = "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance: on\n    rebalance_rate: 0.05\n"
+        #expect(try YAMLConfigReader.configuration(yaml: rated, file: "c.yaml").pools[0].rebalanceRate == 0.05)
     }
 
     @Test func readsNetworkNamespaces() throws {

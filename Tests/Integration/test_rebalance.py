@@ -16,6 +16,7 @@ Each test prints its figures (`-s` shows them) for the README.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -113,6 +114,13 @@ def most_in_one_second(times: list[float]) -> int:
     return max((sum(1 for u in times if t <= u < t + 1.0) for t in times), default=0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc (for the figure the test prints, not a benchmark)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fail_over(incident: IncidentLab, agent: Agent, client) -> float:
     """Cuts the returning upstream, waits for its reap and for every stream to flow from the others;
     returns the cut time."""
@@ -152,17 +160,18 @@ def test_a_returned_backend_gets_its_share_back_paced_and_talkers_are_never_ende
         wait_for(lambda: all(talkers.upstreams[i] for i in talkers.upstreams), 5, "every talker to get lines")
         assert not any(RETURNED in names for names in talkers.upstreams.values())
         incident.restore(RETURNED)
-        t_return = time.monotonic()
+        t_return, cpu_at_return = time.monotonic(), cpu_seconds(agent.process.pid)
         agent.wait_states({f"stream/{incident.backend(RETURNED)}": "up"}, timeout=10)
         figures = {}
         for mark in (10, 30, 60):
             time.sleep(max(0.0, t_return + mark - time.monotonic()))
             figures[mark] = streams_on(client)
         ends = ends_between(client, t_return, time.monotonic())
+        cpu = (cpu_seconds(agent.process.pid) - cpu_at_return) / (time.monotonic() - t_return)
         closes = rebalance_closes(agent)
         print(f"\nrebalance: streams per upstream at +10/+30/+60 s: {figures}; {len(closes)} closes, "
               f"{len(ends)} streams ended, at most {most_in_one_second(ends)} in one second; "
-              f"talkers ended: {len(talkers.ended)}; first close +{closes[0].t - t_return:.1f} s, "
+              f"talkers ended: {len(talkers.ended)}; agent CPU {cpu:.2%} of a core; first close +{closes[0].t - t_return:.1f} s, "
               f"last +{closes[-1].t - t_return:.1f} s" if closes else f"\nno closes: {figures}")
         assert figures[60][RETURNED] >= 24, f"{figures}\n{agent.log_text()}"
         assert most_in_one_second(ends) <= 3, ends
@@ -227,7 +236,8 @@ def test_bad_rebalance_values_exit_2_naming_the_key_and_touch_nothing(incident, 
     cases = [("pools[0].rebalance", {"rebalance": "sometimes"}), ("pools[0].rebalance", {"rebalance": 1}),
              ("pools[0].rebalance_tolerance", {"rebalance": True, "rebalance_tolerance": "0%"}),
              ("pools[0].rebalance_tolerance", {"rebalance": True, "rebalance_tolerance": "101%"}),
-             ("pools[0].rebalance_tolerance", {"rebalance": True, "rebalance_tolerance": "lots"})]
+             ("pools[0].rebalance_tolerance", {"rebalance": True, "rebalance_tolerance": "lots"}),
+             ("pools[0].rebalance_rate", {"rebalance": True, "rebalance_rate": 0})]
     for key, extra in cases:
         path = incident.write_file("bad.yaml", pool_yaml([{**good, **extra}]))
         result = incident.nginx_ns.run([reaper_binary, "run", "--config", path], check=False, timeout=20)

@@ -66,6 +66,8 @@ public struct PoolConfiguration: Sendable, Equatable {
     public var rebalance = false
     /// No rebalancing while every backend holds within this many percent of its fair share.
     public var rebalanceTolerance: Double = 20
+    /// Closes per second on this node while rebalancing; nil: 1% of the pool's connections (0.2 to 5).
+    public var rebalanceRate: Double?
 
     public init(name: String, backends: [Endpoint]) {
         self.name = name

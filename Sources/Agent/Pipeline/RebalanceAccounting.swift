@@ -62,10 +62,10 @@ extension ReapAccounting {
         case .balanced(let counts):
             logger.notice(
                 "rebalance done: every backend within the tolerance", metadata: ["pool": "\(pool)", "connections": "\(spread(counts))"])
-        case .gaveUp(let counts, let closed):
+        case .gaveUp(let counts, let closed, let moved):
             logger.warning(
-                "rebalance stopped: its closes are spent and the spread is still outside the tolerance (does the balancer pin clients?)",
-                metadata: ["pool": "\(pool)", "connections": "\(spread(counts))", "closed": "\(closed)"])
+                "rebalance stopped: its closes did not move connections to the emptier backends (does the balancer pin clients?)",
+                metadata: ["pool": "\(pool)", "connections": "\(spread(counts))", "closed": "\(closed)", "moved": "\(moved)"])
         case .interrupted(let backend, let closed):
             logger.notice(
                 "rebalance stopped: a backend is no longer up",

@@ -115,7 +115,9 @@ public struct ReapPolicy: Sendable {
             segmentEvidence = pool.hasSegmentEvidence
             stuckScanEvery = pool.stuckAfter > .zero && pool.protocols.contains(.tcp) ? Self.stuckPeriod(for: pool.stuckAfter) : nil
             // Only TCP has the tcp_info that tells a quiet connection from one carrying data.
-            rebalance = pool.rebalance && pool.protocols.contains(.tcp) ? RebalanceSettings(tolerancePercent: pool.rebalanceTolerance) : nil
+            rebalance =
+                pool.rebalance && pool.protocols.contains(.tcp)
+                ? RebalanceSettings(tolerancePercent: pool.rebalanceTolerance, fixedPerSecond: pool.rebalanceRate) : nil
         }
 
         /// Four scans per `stuck_after`: a blackholed connection is ended at most a quarter late.

@@ -94,11 +94,13 @@ public struct RebalancePlan: Sendable, Equatable {
         return quietest.randomElement(using: &random)
     }
 
-    /// Closes per second for a pool of `connections`: `sharePerSecond` of them (1%), at least
+    /// Closes per second for a pool of `connections`: the operator's `rebalance_rate` if set (a fleet
+    /// divides what its backends absorb by its nodes), else `sharePerSecond` of them (1%), at least
     /// `floorPerSecond` so a small pool still converges, at most `ceilingPerSecond` (a few) so even a
     /// large pool's reconnects stay a trickle next to its steady load.
     public static func closesPerSecond(connections: Int, settings: RebalanceSettings) -> Double {
-        min(max(Double(connections) * settings.sharePerSecond, settings.floorPerSecond), settings.ceilingPerSecond)
+        if let fixed = settings.fixedPerSecond { return fixed }
+        return min(max(Double(connections) * settings.sharePerSecond, settings.floorPerSecond), settings.ceilingPerSecond)
     }
 }
 
@@ -111,18 +113,21 @@ public struct RebalanceSettings: Sendable, Equatable {
     public var sharePerSecond: Double
     public var floorPerSecond: Double
     public var ceilingPerSecond: Double
+    /// Pool option `rebalance_rate`: this node's closes per second, whatever the pool's size.
+    public var fixedPerSecond: Double?
     /// While nothing is to be moved, a census this often keeps the connections gauge current.
     public var censusEvery: Duration
 
     public init(
         tolerancePercent: Double = 20, holdDown: Duration = .seconds(10), sharePerSecond: Double = 0.01,
-        floorPerSecond: Double = 0.2, ceilingPerSecond: Double = 5, censusEvery: Duration = .seconds(10)
+        floorPerSecond: Double = 0.2, ceilingPerSecond: Double = 5, fixedPerSecond: Double? = nil, censusEvery: Duration = .seconds(10)
     ) {
         self.tolerancePercent = tolerancePercent
         self.holdDown = holdDown
         self.sharePerSecond = sharePerSecond
         self.floorPerSecond = floorPerSecond
         self.ceilingPerSecond = ceilingPerSecond
+        self.fixedPerSecond = fixedPerSecond
         self.censusEvery = censusEvery
     }
 }

@@ -54,6 +54,10 @@ struct Run: AsyncParsableCommand {
         help: "With --rebalance: no action while every backend is within this of its fair share (default 20%; 1-100%).")
     var rebalanceTolerance: String?
     @Option(
+        name: .customLong("rebalance-rate"),
+        help: "With --rebalance: closes per second on this node (default: 1% of the pool's connections, 0.2 to 5).")
+    var rebalanceRate: String?
+    @Option(
         name: .customLong("netns"),
         help: ArgumentHelp(
             "Reap in this network namespace (/run/netns/NAME, /proc/PID/ns/net) instead of the agent's own, "
@@ -132,6 +136,11 @@ struct Run: AsyncParsableCommand {
         if let rebalanceTolerance {
             pool.rebalanceTolerance = try flag("--rebalance-tolerance") { () throws(ConfigValue.Failure) in
                 try ConfigValue.percent(rebalanceTolerance, in: 1...100)
+            }
+        }
+        if let rebalanceRate {
+            pool.rebalanceRate = try flag("--rebalance-rate") { () throws(ConfigValue.Failure) in
+                try ConfigValue.rate(rebalanceRate, maximum: 1000)
             }
         }
         pool.protocols = try flag("--protocols") { () throws(ConfigValue.Failure) in
