@@ -51,8 +51,7 @@ public struct RebalancePlan: Sendable, Equatable {
     public var counts: [Endpoint: Int]
     /// Connections over backends: what each would hold if the pool were even.
     public var fairShare: Double
-    /// How far from the fair share a backend may be: the tolerance, but never under one connection
-    /// (three backends and two connections cannot be spread closer than 1-1-0).
+    /// How far from the fair share a backend may be: the tolerance, in connections.
     public var allowedDeviation: Double
 
     public init(backends: [Endpoint], connections: [ConnectionSample], tolerancePercent: Double) {
@@ -61,20 +60,27 @@ public struct RebalancePlan: Sendable, Equatable {
         self.counts = counts
         let total = counts.values.reduce(0, +)
         fairShare = backends.isEmpty ? 0 : Double(total) / Double(backends.count)
-        allowedDeviation = max(fairShare * tolerancePercent / 100, 1)
+        allowedDeviation = fairShare * tolerancePercent / 100
     }
 
     public var total: Int { counts.values.reduce(0, +) }
 
-    /// Every backend within the tolerance of its fair share: nothing to do.
+    /// Every backend within the tolerance of its fair share, or no move can make the spread closer
+    /// (1-1-0 stays 1-1-0 whatever moves): nothing to do.
     public var withinTolerance: Bool {
-        counts.values.allSatisfy { abs(Double($0) - fairShare) <= allowedDeviation }
+        spread <= 1 || counts.values.allSatisfy { abs(Double($0) - fairShare) <= allowedDeviation }
     }
 
-    /// Connections a backend holds above its fair share (rounded up, so ending them all never takes
-    /// it below): the most a rebalance may take from it.
+    /// The most connections any backend holds minus the fewest.
+    public var spread: Int { (counts.values.max() ?? 0) - (counts.values.min() ?? 0) }
+
+    /// Connections a backend holds above its fair share (rounded up, so ending them never takes it
+    /// below), the most a rebalance may take from it; at least one while it holds two more than the
+    /// emptiest backend and more than its share (2-2-0 becomes 1-2-1: an integer spread can be no closer).
     public func excess(of backend: Endpoint) -> Int {
-        max(0, (counts[backend] ?? 0) - Int(fairShare.rounded(.up)))
+        let count = counts[backend] ?? 0
+        guard Double(count) > fairShare, count - (counts.values.min() ?? 0) >= 2 else { return 0 }
+        return max(1, count - Int(fairShare.rounded(.up)))
     }
 
     /// Backends holding more than their fair share, in a fixed order (a dictionary's varies by process:
