@@ -173,6 +173,8 @@ def test_a_returned_backend_gets_its_share_back_paced_and_talkers_are_never_ende
               f"{len(ends)} streams ended, at most {most_in_one_second(ends)} in one second; "
               f"talkers ended: {len(talkers.ended)}; agent CPU {cpu:.2%} of a core; first close +{closes[0].t - t_return:.1f} s, "
               f"last +{closes[-1].t - t_return:.1f} s" if closes else f"\nno closes: {figures}")
+        if closes:
+            print(f"an audit line: {closes[0].text}")
         assert figures[60][RETURNED] >= 24, f"{figures}\n{agent.log_text()}"
         assert most_in_one_second(ends) <= 3, ends
         assert not talkers.ended, f"a talker was ended: {talkers.ended}\n{agent.log_text()}"
