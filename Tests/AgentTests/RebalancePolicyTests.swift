@@ -172,6 +172,15 @@ import Testing
         }
     }
 
+    @Test func turnedOnByAReloadItLooksOnceAHoldDownLater() {
+        var policy = upPolicy(configuration(rebalance: false))
+        policy.apply(configuration(), at: at(100))
+        #expect(policy.nextDeadline == at(100) + Self.holdDown)
+        var counts = [45, 45, 0]
+        #expect(run(&policy, from: 100, for: 5, counts: &counts).isEmpty)
+        #expect(!run(&policy, from: 110, for: 5, counts: &counts).isEmpty)
+    }
+
     @Test func withoutTheOptionNoCensusAndNoClose() {
         var policy = upPolicy(configuration(rebalance: false))
         #expect(policy.nextDeadline == nil)

@@ -229,8 +229,8 @@ extension WorkerReapKernel {
         var options = Purger.Options(sockets: true, conntrack: false, dryRun: dryRun)
         options.sparingOwnSockets = true
         let chosen = options
-        let id = SocketID(source: connection.local, destination: connection.backend, cookie: connection.cookie)
-        let family = SocketFamily(connection.backend.address.family)
+        let id = SocketID(source: connection.local, destination: connection.remote, cookie: connection.cookie)
+        let family = SocketFamily(connection.remote.address.family)
         do {
             let report = try await worker.perform { purger in
                 purger.endSocket(exactly: id, family: family, transport: .tcp, options: chosen) { socket in
@@ -248,8 +248,11 @@ extension ConnectionSample {
     /// A dumped TCP socket as the rebalancing rules see it; nil without tcp_info (no reading, no move).
     init?(_ socket: DiagnosedSocket, namespace: String?) {
         guard socket.transport == .tcp, let info = socket.tcpInfo else { return nil }
+        // A dual-stack socket names an IPv4 backend as ::ffff:a.b.c.d: it counts for that backend.
+        let backend = socket.remote.address.unmappedIPv4.map { Endpoint(address: $0, port: socket.remote.port) } ?? socket.remote
         self.init(
-            backend: socket.remote, local: socket.local, cookie: socket.id.cookie, namespace: namespace, unacked: info.unacked,
+            backend: backend, local: socket.local, remote: socket.remote, cookie: socket.id.cookie, namespace: namespace,
+            unacked: info.unacked,
             sendQueue: socket.sendQueue, receiveQueue: socket.receiveQueue,
             sinceDataSent: .milliseconds(Int64(info.lastDataSentMilliseconds)),
             sinceDataReceived: .milliseconds(Int64(info.lastDataReceivedMilliseconds)))

@@ -193,11 +193,14 @@ extension ReapPolicy {
         return .seconds(mean * Double.random(in: 0.75...1.25, using: &random))
     }
 
-    /// Pools that rebalance keep their state across a reload; others have none.
-    func carriedRebalancing(for pools: [PoolRules]) -> [String: PoolRebalance] {
+    /// Pools that rebalance keep their state across a reload; others have none. A pool that starts
+    /// rebalancing (at start, or turned on by a reload) looks once a hold-down later: an imbalance
+    /// left from before the agent ran is a return it did not see.
+    func carriedRebalancing(for pools: [PoolRules], at now: Instant) -> [String: PoolRebalance] {
         var next: [String: PoolRebalance] = [:]
-        for pool in pools where pool.rebalance != nil {
-            next[pool.name] = rebalancing[pool.name] ?? PoolRebalance()
+        for pool in pools {
+            guard let settings = pool.rebalance else { continue }
+            next[pool.name] = rebalancing[pool.name] ?? PoolRebalance(armed: true, nextStep: now + settings.holdDown)
         }
         return next
     }

@@ -198,7 +198,7 @@ public struct ReapPolicy: Sendable {
             scans[pool.name] = nextStuckScan[pool.name] ?? now + every
         }
         nextStuckScan = scans
-        rebalancing = carriedRebalancing(for: pools)
+        rebalancing = carriedRebalancing(for: pools, at: now)
     }
 
     public func rules(of pool: String) -> PoolRules? { pools.first { $0.name == pool } }

@@ -5,6 +5,8 @@ import NetworkAddress
 public struct ConnectionSample: Sendable, Equatable {
     public var backend: Endpoint
     public var local: Endpoint
+    /// The peer as the socket names it: the backend, or its IPv4-mapped IPv6 form on a dual-stack socket.
+    public var remote: Endpoint
     /// The kernel's socket cookie: a destroy then never hits a newer socket on the same 4-tuple.
     public var cookie: UInt64
     /// The namespace file it lives in; nil for the agent's own.
@@ -16,11 +18,12 @@ public struct ConnectionSample: Sendable, Equatable {
     public var sinceDataReceived: Duration
 
     public init(
-        backend: Endpoint, local: Endpoint, cookie: UInt64, namespace: String? = nil, unacked: UInt32 = 0, sendQueue: UInt32 = 0,
-        receiveQueue: UInt32 = 0, sinceDataSent: Duration, sinceDataReceived: Duration
+        backend: Endpoint, local: Endpoint, remote: Endpoint? = nil, cookie: UInt64, namespace: String? = nil, unacked: UInt32 = 0,
+        sendQueue: UInt32 = 0, receiveQueue: UInt32 = 0, sinceDataSent: Duration, sinceDataReceived: Duration
     ) {
         self.backend = backend
         self.local = local
+        self.remote = remote ?? backend
         self.cookie = cookie
         self.namespace = namespace
         self.unacked = unacked
