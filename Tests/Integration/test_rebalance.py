@@ -249,5 +249,11 @@ def test_bad_rebalance_values_exit_2_naming_the_key_and_touch_nothing(incident, 
     for value in ("0%", "150", "half"):
         result = incident.nginx_ns.run([*base, "--rebalance-tolerance", value], check=False, timeout=20)
         assert result.returncode == 2 and "--rebalance-tolerance" in result.stderr, f"{value}: {result.stderr}"
+    # The good values start an agent that is ready and ends nothing (6 streams are within any tolerance).
+    agent = start_agent(incident, reaper_binary, [*backend_flags(incident.all_backends("l4")), *PROBE_FLAGS, "--rebalance",
+                                                  "--rebalance-tolerance", "15%", "--rebalance-rate", "0.5"])
+    agent.wait_states({f"default/{b}": "up" for b in incident.all_backends("l4")})
+    assert agent.stop() == 0, agent.log_text()
+    assert not rebalance_closes(agent)
     assert all(len(s.connections) == 1 for s in client.dump().streams)
     incident.wait_flowing(client, need_all_backends=False)
