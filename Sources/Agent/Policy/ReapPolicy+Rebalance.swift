@@ -187,7 +187,8 @@ extension ReapPolicy {
     }
 
     /// The mean interval for the rate, 25% either way at random: closes from many nodes do not fall
-    /// into step, and three never come within one second at the default rates.
+    /// into step, and up to 2 a second on average (pools of up to 200 connections) never more than 3
+    /// come within one second.
     mutating func jitteredInterval(perSecond: Double) -> Duration {
         let mean = 1 / perSecond
         return .seconds(mean * Double.random(in: 0.75...1.25, using: &random))
