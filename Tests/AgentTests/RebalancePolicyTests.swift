@@ -108,7 +108,7 @@ import Testing
 
     @Test func nothingBeforeTheHoldDownThenACensus() {
         var policy = upPolicy(configuration())
-        #expect(!censusAsked(policy.handle(.tick(at(5)))))
+        #expect(!censusAsked(policy.handle(.tick(at(9)))))
         #expect(policy.nextDeadline == t0 + Self.holdDown)
         #expect(censusAsked(policy.handle(.tick(t0 + Self.holdDown))))
     }
@@ -200,6 +200,21 @@ import Testing
                 if phase == 40 { _ = policy.handle(.probed(key(2), Self.ok, at: at(now))) }
             })
         #expect(done.isEmpty && counts == [45, 45, 0])
+    }
+
+    @Test func eachReturnWithinTenMinutesDoublesTheHoldDown() {
+        var policy = upPolicy(configuration())
+        for (failedAt, backAt) in [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0)] {
+            _ = down(&policy, 2, at: failedAt)
+            _ = policy.handle(.probed(key(2), Self.ok, at: at(backAt)))
+        }
+        // The third return: 10 s x 4 = 40 s after it came up at 6 s.
+        var counts = [45, 45, 0]
+        let done = run(&policy, from: 6, for: 60, counts: &counts)
+        #expect(!done.isEmpty && done[0].time >= 46 && done[0].time < 48)
+        let settings = RebalanceSettings()
+        #expect(settings.holdDown(afterReturns: 0) == .seconds(10) && settings.holdDown(afterReturns: 1) == .seconds(10))
+        #expect(settings.holdDown(afterReturns: 2) == .seconds(20) && settings.holdDown(afterReturns: 30) == .seconds(300))
     }
 
     @Test func neverEndsAConnectionCarryingData() {

@@ -34,7 +34,7 @@ PROBE = {"type": "http", "path": "/readyz", "port": L7_PORT, "expect_status": [2
          "timeout": "150ms", "rise": 2, "fall": 2}
 PROBE_FLAGS = ["--probe", "http", "--probe-port", str(L7_PORT), "--path", "/readyz", "--interval", "200ms",
                "--timeout", "150ms", "--rise", "2", "--fall", "2"]
-HOLD_DOWN = 10.0          # RebalanceSettings.holdDown
+HOLD_DOWN = 10.0          # RebalanceSettings.holdDown, for a first return
 
 
 @pytest.fixture

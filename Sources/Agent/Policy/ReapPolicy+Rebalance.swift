@@ -6,8 +6,9 @@ import NetworkAddress
 /// emptiest one, the returned one.
 ///
 /// The rules, and why:
-/// - Nothing moves until every backend of the pool has been `up` for the hold-down: a backend that
-///   flaps never stays up long enough to pull connections it would then drop again.
+/// - Nothing moves until every backend of the pool has been `up` for its hold-down (10 s, doubled for
+///   each further return within 10 minutes, at most 5 minutes): a backend that flaps never stays up
+///   long enough to pull connections it would then drop again, and a crash loop waits longer each time.
 /// - An episode starts only after a backend came up (armed), and only when the spread is outside the
 ///   tolerance; it ends when every backend is within it, when a backend leaves `up`, or when too many
 ///   closes did not bring the under-share backends a connection (a balancer that puts reconnects
@@ -70,16 +71,17 @@ extension ReapPolicy {
         func misses(_ plan: RebalancePlan) -> Int { max(0, totalClosed - moved(plan)) }
     }
 
-    /// When every backend of the pool has been up for the hold-down; nil while one is not up.
-    func settledAt(_ pool: PoolRules, holdDown: Duration) -> Instant? {
+    /// When every backend of the pool has been up for its hold-down; nil while one is not up.
+    func settledAt(_ pool: PoolRules, settings: RebalanceSettings) -> Instant? {
         var latest: Instant?
         for backend in pool.backends {
             guard let record = backends[BackendKey(pool: pool.name, backend: backend)], record.state == .up,
                 let since = record.stateSince
             else { return nil }
-            latest = max(latest ?? since, since)
+            let settled = since + settings.holdDown(afterReturns: record.returns.count)
+            latest = max(latest ?? settled, settled)
         }
-        return latest.map { $0 + holdDown }
+        return latest
     }
 
     mutating func rebalanceTick(_ pool: PoolRules, now: Instant) -> [Action] {
@@ -93,10 +95,14 @@ extension ReapPolicy {
     }
 
     /// A backend of a rebalancing pool came up: once the pool settles, look at the spread.
-    mutating func rebalanceArm(_ key: BackendKey, at now: Instant) {
+    mutating func rebalanceArm(_ key: BackendKey, from previous: BackendState, at now: Instant) {
         guard let pool = rules(of: key.pool), let settings = pool.rebalance, var state = rebalancing[key.pool] else { return }
+        if previous == .dead || previous == .unhealthy, var record = backends[key] {
+            record.returns = record.returns.filter { now - $0 < settings.flapWindow } + [now]
+            backends[key] = record
+        }
         state.armed = true
-        let look = settledAt(pool, holdDown: settings.holdDown) ?? now + settings.holdDown
+        let look = settledAt(pool, settings: settings) ?? now + settings.holdDown
         if !state.inFlight { state.nextStep = min(state.nextStep ?? look, look) }
         rebalancing[key.pool] = state
     }
@@ -114,10 +120,9 @@ extension ReapPolicy {
         budget.refill(at: now)
         state.inFlight = false
         defer { rebalancing[name] = state }
-        guard let settled = settledAt(pool, holdDown: settings.holdDown), now >= settled else {
+        guard let settled = settledAt(pool, settings: settings), now >= settled else {
             // Not every backend is up, or one came up lately: nothing moves yet (a flapping one never gets here).
-            state.nextStep =
-                settledAt(pool, holdDown: settings.holdDown).map { min($0, now + settings.censusEvery) } ?? now + settings.censusEvery
+            state.nextStep = settledAt(pool, settings: settings).map { min($0, now + settings.censusEvery) } ?? now + settings.censusEvery
             return []
         }
         let plan = RebalancePlan(backends: pool.backends, connections: connections, tolerancePercent: settings.tolerancePercent)

@@ -149,7 +149,7 @@ public struct ReapPolicy: Sendable {
     public static let survivorGrace: Duration = .milliseconds(50)
 
     public private(set) var pools: [PoolRules] = []
-    public private(set) var backends: [BackendKey: BackendRecord] = [:]
+    public internal(set) var backends: [BackendKey: BackendRecord] = [:]
     public internal(set) var budget: ReapBudget
     public private(set) var reapWhenAllDown: Bool
     /// Pools whose all-down guard holds now.
@@ -528,7 +528,7 @@ public struct ReapPolicy: Sendable {
                 key, from: previous, to: next, failure: next == .up ? nil : record.lastFailure,
                 detail: record.lastProbe?.detail ?? "")
         ]
-        if next == .up { rebalanceArm(key, at: now) } else if previous == .up { actions += rebalanceInterrupt(key) }
+        if next == .up { rebalanceArm(key, from: previous, at: now) } else if previous == .up { actions += rebalanceInterrupt(key) }
         if record.reaping != nil { actions += reapPass(key, pool: pool, now: now) }
         if record.reaping != nil, !wasReaping { actions.append(.watchNewFlows(key)) }
         if record.reaping == nil, wasReaping { actions.append(.unwatchNewFlows(key)) }
@@ -551,6 +551,8 @@ public struct BackendRecord: Sendable {
     /// When each of the last `fall` failures ended, while they all found nothing answering.
     public var answerless: [ContinuousClock.Instant] = []
     var evidencePending = false
+    /// When it came back up from dead or unhealthy lately: each return doubles its rebalancing hold-down.
+    var returns: [ContinuousClock.Instant] = []
     var reaping: Reaping?
     var drain: Drain?
 

@@ -117,8 +117,13 @@ public struct RebalancePlan: Sendable, Equatable {
 public struct RebalanceSettings: Sendable, Equatable {
     public var tolerancePercent: Double
     /// A backend must have been up this long before connections are moved to it: one that flaps
-    /// never stays up long enough to pull anything.
+    /// never stays up long enough to pull anything. 10 s is also nginx's default `fail_timeout`: its
+    /// connects to the backend failed while it was down, and for that long nginx places nothing
+    /// there, so earlier closes would only reconnect to the others. Doubled for each further return
+    /// within `flapWindow` (a crash loop's up times grow too), up to `maxHoldDown`.
     public var holdDown: Duration
+    public var flapWindow: Duration
+    public var maxHoldDown: Duration
     public var sharePerSecond: Double
     public var floorPerSecond: Double
     public var ceilingPerSecond: Double
@@ -128,16 +133,28 @@ public struct RebalanceSettings: Sendable, Equatable {
     public var censusEvery: Duration
 
     public init(
-        tolerancePercent: Double = 20, holdDown: Duration = .seconds(10), sharePerSecond: Double = 0.01,
+        tolerancePercent: Double = 20, holdDown: Duration = .seconds(10), flapWindow: Duration = .seconds(600),
+        maxHoldDown: Duration = .seconds(300), sharePerSecond: Double = 0.01,
         floorPerSecond: Double = 0.2, ceilingPerSecond: Double = 5, fixedPerSecond: Double? = nil, censusEvery: Duration = .seconds(10)
     ) {
         self.tolerancePercent = tolerancePercent
         self.holdDown = holdDown
+        self.flapWindow = flapWindow
+        self.maxHoldDown = maxHoldDown
         self.sharePerSecond = sharePerSecond
         self.floorPerSecond = floorPerSecond
         self.ceilingPerSecond = ceilingPerSecond
         self.fixedPerSecond = fixedPerSecond
         self.censusEvery = censusEvery
+    }
+}
+
+extension RebalanceSettings {
+    /// The hold-down of a backend that came back `returns` times within the flap window: the base for
+    /// the first return (or none, at start), doubled for each one more.
+    public func holdDown(afterReturns returns: Int) -> Duration {
+        let doublings = min(max(returns - 1, 0), 16)
+        return min(holdDown * (1 << doublings), maxHoldDown)
     }
 }
 
