@@ -137,16 +137,38 @@ import Testing
         #expect(one.map(\.time) == two.map(\.time) && one.map(\.from) == two.map(\.from))
     }
 
-    @Test func prefersTheQuietestConnections() {
+    @Test func prefersIdleConnectionsThenTheOnesThatSentNothingLongest() {
         var policy = upPolicy(configuration())
         _ = policy.handle(.tick(at(10)))
-        let connections = census([45, 45, 0])
+        // census(): every connection receives (the last within 0-440 ms), none sent for a minute, and
+        // the first 10 on backend 1 have been idle both ways for 5 to 14 s.
+        var connections = census([45, 45, 0])
+        for index in 0..<10 {
+            connections[index].sinceDataReceived = .seconds(5 + index)
+        }
         #expect(closes(policy.handle(.censused(pool: "api", connections, at: at(10)))).isEmpty)  // the episode starts
-        let chosen = closes(policy.handle(.censused(pool: "api", connections, at: at(12))))
-        #expect(chosen.count == 1)
-        let onItsBackend = connections.filter { $0.backend == chosen[0].0.backend }.map(\.quietFor).sorted(by: >)
-        // One of the quietest quarter (11 of 45).
-        #expect(chosen[0].1.quietFor >= onItsBackend[10])
+        for round in 0..<6 {
+            let chosen = closes(policy.handle(.censused(pool: "api", connections, at: at(12 + 2 * Double(round)))))
+            #expect(chosen.count == 1)
+            if chosen.first?.0.backend == backends[0] {
+                // One of the idle quarter of its 45 (the 11 idlest: the 10 idle ones and the next).
+                #expect(chosen[0].1.quietFor >= .seconds(5) || chosen[0].1.preference.0 == 0)
+            }
+            _ = policy.handle(
+                .reaped(
+                    .init(
+                        pool: "api", backend: chosen[0].0.backend, reason: .rebalance, ended: 1, leftByLimit: 0,
+                        at: at(12 + 2 * Double(round)))))
+        }
+        // Streams that keep receiving: the one that sent nothing for longest goes first.
+        let young = ConnectionSample(
+            backend: backends[0], local: Endpoint(address: .v4(1), port: 1), cookie: 1, sinceDataSent: .seconds(3),
+            sinceDataReceived: .milliseconds(20))
+        let old = ConnectionSample(
+            backend: backends[0], local: Endpoint(address: .v4(1), port: 2), cookie: 2, sinceDataSent: .seconds(3600),
+            sinceDataReceived: .milliseconds(40))
+        var random = PolicyRandom(seed: 3)
+        #expect(RebalancePlan.choose(on: backends[0], from: [young, old, young, young], random: &random) == old)
     }
 
     @Test func nothingWhileTheSpreadIsWithinTolerance() {

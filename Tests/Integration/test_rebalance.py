@@ -114,6 +114,19 @@ def most_in_one_second(times: list[float]) -> int:
     return max((sum(1 for u in times if t <= u < t + 1.0) for t in times), default=0)
 
 
+def nginx_workers(incident: IncidentLab) -> dict[str, dict[str, int]]:
+    """Upstream connections per nginx worker and upstream (``ss -p``, as root): each worker places
+    new connections by its own least_conn counts, which is what limits a rebalance."""
+    lines = incident.nginx_ns.run(["ss", "-Htnp", "state", "established"]).stdout.splitlines()
+    workers: dict[str, dict[str, int]] = {}
+    for name in UPSTREAM_NAMES:
+        for line in lines:
+            if f"{incident.address(name)}:{L4_PORT}" in line and "pid=" in line:
+                pid = line.split("pid=", 1)[1].split(",", 1)[0]
+                workers.setdefault(pid, dict.fromkeys(UPSTREAM_NAMES, 0))[name] += 1
+    return workers
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (for the figure the test prints, not a benchmark)."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -162,7 +175,7 @@ def test_a_returned_backend_gets_its_share_back_paced_and_talkers_are_never_ende
         incident.restore(RETURNED)
         t_return, cpu_at_return = time.monotonic(), cpu_seconds(agent.process.pid)
         agent.wait_states({f"stream/{incident.backend(RETURNED)}": "up"}, timeout=10)
-        figures = {}
+        figures, split_at_return = {}, nginx_workers(incident)
         for mark in (10, 30, 60):
             time.sleep(max(0.0, t_return + mark - time.monotonic()))
             figures[mark] = streams_on(client)
@@ -173,6 +186,7 @@ def test_a_returned_backend_gets_its_share_back_paced_and_talkers_are_never_ende
               f"{len(ends)} streams ended, at most {most_in_one_second(ends)} in one second; "
               f"talkers ended: {len(talkers.ended)}; agent CPU {cpu:.2%} of a core; first close +{closes[0].t - t_return:.1f} s, "
               f"last +{closes[-1].t - t_return:.1f} s" if closes else f"\nno closes: {figures}")
+        print(f"nginx workers' upstream connections at the return: {split_at_return}, at +60 s: {nginx_workers(incident)}")
         if closes:
             print(f"an audit line: {closes[0].text}")
         assert figures[60][RETURNED] >= 24, f"{figures}\n{agent.log_text()}"

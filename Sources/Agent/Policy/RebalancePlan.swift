@@ -43,8 +43,19 @@ public struct ConnectionSample: Sendable, Equatable {
         unacked > 0 || sendQueue > 0 || receiveQueue > 0 || sinceDataSent < Self.requestGrace
     }
 
-    /// How long nothing moved either way: the quietest connections go first.
+    /// How long nothing moved either way.
     public var quietFor: Duration { min(sinceDataSent, sinceDataReceived) }
+
+    /// Quiet both ways this long: idle, whatever kind of client it is.
+    public static let idleAfter: Duration = .seconds(1)
+
+    /// Which connections go first, the greatest first. Idle ones first, the longest idle first. Among
+    /// the rest (streams that keep receiving, like a watch) the one that sent nothing for longest:
+    /// the least likely to wait for an answer (for a proxy's upstream leg of a stream that sends
+    /// nothing, the oldest connection).
+    public var preference: (Int, Duration) {
+        quietFor >= Self.idleAfter ? (1, quietFor) : (0, sinceDataSent)
+    }
 }
 
 /// The arithmetic of one rebalancing step over a census of a pool whose backends are all up: each
@@ -93,11 +104,12 @@ public struct RebalancePlan: Sendable, Equatable {
     }
 
     /// The connection to end on `backend`: never one that carries data; among the rest one of the
-    /// quietest quarter, picked at random so the same client is not always the one moved.
+    /// preferred quarter (see `ConnectionSample.preference`), picked at random so the same client is
+    /// not always the one moved.
     public static func choose(
         on backend: Endpoint, from connections: [ConnectionSample], random: inout some RandomNumberGenerator
     ) -> ConnectionSample? {
-        let quiet = connections.filter { $0.backend == backend && !$0.carriesData }.sorted { $0.quietFor > $1.quietFor }
+        let quiet = connections.filter { $0.backend == backend && !$0.carriesData }.sorted { $0.preference > $1.preference }
         guard !quiet.isEmpty else { return nil }
         let quietest = quiet.prefix(max(1, quiet.count / 4))
         return quietest.randomElement(using: &random)
