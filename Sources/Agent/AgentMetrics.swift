@@ -75,7 +75,7 @@ public final class AgentMetrics: Sendable {
         registry.makeCounter(
             descriptor: Self.name(
                 "sockets_destroyed", unit: "total",
-                help: "Sockets ended with SOCK_DESTROY, by reason (dead, still-dead, drain_timeout, unhealthy, stuck)."),
+                help: "Sockets ended with SOCK_DESTROY, by reason (dead, still-dead, drain_timeout, unhealthy, stuck, rebalance)."),
             labels: [("pool", pool), ("backend", backend), ("reason", reason.rawValue)])
     }
 
@@ -138,6 +138,21 @@ public final class AgentMetrics: Sendable {
                 "early_probes", unit: "total",
                 help: "Probes sent at once because the kernel showed the backend failing, by signal (retransmits)."),
             labels: [("pool", pool), ("backend", backend), ("signal", signal)])
+    }
+
+    func backendConnections(pool: String, backend: String) -> Gauge {
+        registry.makeGauge(
+            descriptor: Self.name(
+                "backend_connections", unit: "",
+                help: "Established connections toward the backend as the agent's last census saw them (rebalancing pools)."),
+            labels: [("pool", pool), ("backend", backend)])
+    }
+
+    func rebalanceClosed(pool: String, backend: String) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.name(
+                "rebalance_closed", unit: "total", help: "Quiet connections ended on an over-share backend so they reconnect elsewhere."),
+            labels: [("pool", pool), ("backend", backend)])
     }
 
     func configReloads(result: String) -> Counter {

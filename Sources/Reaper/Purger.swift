@@ -268,6 +268,32 @@ public final class Purger {
         return report
     }
 
+    /// Ends the one socket `id` names (4-tuple and cookie) after a fresh look at it, tcp_info
+    /// included: only if it is still the same socket, still established, not this process's own, and
+    /// `stillWanted` agrees with what the kernel says of it now. A rebalance chose it from a census
+    /// that may be a moment old; data that began to flow since must save it.
+    public func endSocket(
+        exactly id: SocketID, family: SocketFamily, transport: TransportProtocol, options: Options,
+        stillWanted: (DiagnosedSocket) -> Bool
+    ) -> PurgeReport {
+        let started = Self.monotonicSeconds()
+        var report = PurgeReport()
+        report.stepErrors = openingErrors
+        if let socketDiagnostics {
+            do {
+                if let socket = try socketDiagnostics.socket(exactly: id, family: family, transport: transport, includeTCPInfo: true),
+                    socket.id.cookie == id.cookie, socket.state == .established,
+                    !(options.sparingOwnSockets && OwnSockets.inodes().contains(socket.inode)), stillWanted(socket)
+                {
+                    let outcome: PurgeReport.Outcome = options.dryRun ? .wouldEnd : .destroy(try socketDiagnostics.destroy([socket])[0])
+                    report.sockets.append(.init(socket: socket, outcome: outcome))
+                }
+            } catch { report.stepErrors.append(error) }
+        }
+        report.durationSeconds = Self.monotonicSeconds() - started
+        return report
+    }
+
     static func monotonicSeconds() -> Double {
         let since = ContinuousClock.now - epoch
         return Double(since.components.seconds) + Double(since.components.attoseconds) / 1e18

@@ -63,9 +63,12 @@ public struct InetDiagSocketRequest: NetlinkRequest, Equatable {
     public var family: SocketFamily
     public var transport: TransportProtocol
     public var id: SocketID
+    /// A get of a TCP socket asks for its tcp_info too (INET_DIAG_INFO).
+    public var includeTCPInfo: Bool
 
-    public init(_ operation: Operation, family: SocketFamily, transport: TransportProtocol, id: SocketID) {
+    public init(_ operation: Operation, family: SocketFamily, transport: TransportProtocol, id: SocketID, includeTCPInfo: Bool = false) {
         self.operation = operation
+        self.includeTCPInfo = includeTCPInfo && operation == .get && transport == .tcp
         self.family = family
         self.transport = transport
         // A get names the socket by its tuple alone: whichever socket holds it now is the answer.
@@ -78,7 +81,7 @@ public struct InetDiagSocketRequest: NetlinkRequest, Equatable {
     public var callName: String { operation == .get ? "SOCK_DIAG_BY_FAMILY" : "SOCK_DESTROY" }
 
     public func writePayload(into writer: inout NetlinkMessageWriter) {
-        writer.append([family.rawValue, transport.rawValue, 0, 0])
+        writer.append([family.rawValue, transport.rawValue, includeTCPInfo ? 1 << (2 - 1) : 0, 0])
         writer.append(hostOrder: UInt32.max)  // states: any, the id names the socket
         id.write(into: &writer)
     }

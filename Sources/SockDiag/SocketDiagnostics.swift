@@ -62,9 +62,11 @@ public final class SocketDiagnostics {
 
     /// The socket with exactly this 4-tuple (local, remote), if there is one: a hash lookup in the
     /// kernel, not a walk. Its cookie then names it for a destroy.
-    public func socket(exactly id: SocketID, family: SocketFamily, transport: TransportProtocol) throws(SystemCallError) -> DiagnosedSocket?
-    {
-        guard let message = try dumpSocket.fetch(InetDiagSocketRequest(.get, family: family, transport: transport, id: id)) else {
+    public func socket(
+        exactly id: SocketID, family: SocketFamily, transport: TransportProtocol, includeTCPInfo: Bool = false
+    ) throws(SystemCallError) -> DiagnosedSocket? {
+        let request = InetDiagSocketRequest(.get, family: family, transport: transport, id: id, includeTCPInfo: includeTCPInfo)
+        guard let message = try dumpSocket.fetch(request) else {
             return nil
         }
         return DiagnosedSocket(message: message, transport: transport)

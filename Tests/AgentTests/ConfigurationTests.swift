@@ -85,6 +85,24 @@ import Testing
         ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    netns: [run/netns/x]\n", "pools[0].netns[0]", "names no namespace"),
         ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    netns: [\"..\"]\n", "pools[0].netns[0]", "names no namespace"),
         ("log_level: loud\npools: []\n", "log_level", "is not one of trace, debug, info, notice, warning, error, critical"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance: sometimes\n", "pools[0].rebalance", "is not true or false"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance: [true]\n", "pools[0].rebalance", "expected a single value"),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance_tolerance: 0%\n", "pools[0].rebalance_tolerance",
+            "not a percentage from 1% to 100%"
+        ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance_tolerance: 101%\n", "pools[0].rebalance_tolerance",
+            "not a percentage from 1% to 100%"
+        ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance_tolerance: lots\n", "pools[0].rebalance_tolerance",
+            "not a percentage"
+        ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance_rate: 0\n", "pools[0].rebalance_rate",
+            "not a number above 0"
+        ),
     ])
     func errorsNameTheKey(yaml: String, key: String, message: String) {
         #expect {
@@ -99,6 +117,18 @@ import Testing
         let yaml = "log_level: debug\npools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n"
         #expect(try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml").logLevel == .debug)
         #expect(try YAMLConfigReader.configuration(yaml: valid, file: "c.yaml").logLevel == .info)
+    }
+
+    @Test func readsRebalancingOffByDefaultAndItsTolerance() throws {
+        let plain = try YAMLConfigReader.configuration(yaml: "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n", file: "c.yaml")
+        #expect(plain.pools[0].rebalance == false && plain.pools[0].rebalanceTolerance == 20)
+        for (text, percent) in [("15%", 15.0), ("12.5%", 12.5), ("100%", 100.0), ("1", 1.0)] {
+            let yaml = "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance: true\n    rebalance_tolerance: \(text)\n"
+            let pool = try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml").pools[0]
+            #expect(pool.rebalance && pool.rebalanceTolerance == percent && pool.rebalanceRate == nil)
+        }
+        let rated = "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance: on\n    rebalance_rate: 0.05\n"
+        #expect(try YAMLConfigReader.configuration(yaml: rated, file: "c.yaml").pools[0].rebalanceRate == 0.05)
     }
 
     @Test func readsNetworkNamespaces() throws {

@@ -17,10 +17,14 @@ import Testing
         let stuckLimits = Mutex<[Int]>([])
         let sockets: [DiagnosedSocket]
         let segmentAge: Duration?
+        /// What a census finds; the connections a rebalance asked to end.
+        let connections: [ConnectionSample]
+        let rebalanced = Mutex<[ConnectionSample]>([])
 
-        init(sockets: [DiagnosedSocket], segmentAge: Duration?) {
+        init(sockets: [DiagnosedSocket], segmentAge: Duration?, connections: [ConnectionSample] = []) {
             self.sockets = sockets
             self.segmentAge = segmentAge
+            self.connections = connections
         }
 
         func reap(_ request: KernelReapRequest) async -> [NamespaceReport] {
@@ -58,6 +62,18 @@ import Testing
         func unwatchNewFlows(_ key: BackendKey) async {}
 
         func endFlow(_ flow: AnnouncedFlow, dryRun: Bool) async -> [NamespaceReport] { [] }
+
+        func census(_ pool: PoolConfiguration, namespaces: NamespaceSelection?) async -> [ConnectionSample] { connections }
+
+        func endQuietConnection(_ connection: ConnectionSample, dryRun: Bool) async -> [NamespaceReport] {
+            rebalanced.withLock { $0.append(connection) }
+            var report = PurgeReport()
+            let socket = DiagnosedSocket(
+                family: .inet, transport: .tcp, state: .established,
+                id: SocketID(source: connection.local, destination: connection.backend, cookie: connection.cookie))
+            report.sockets = [.init(socket: socket, outcome: dryRun ? .wouldEnd : .ended)]
+            return [NamespaceReport(namespace: nil, report: report)]
+        }
     }
 
     static let backends = ["10.9.0.1:443", "10.9.0.2:443"].map { try! EndpointParsing.parse($0) }
@@ -152,5 +168,40 @@ import Testing
         #expect(exposition.contains(#"conn_reaper_sockets_destroyed_total{pool="web",backend="10.9.0.2:443",reason="stuck"}"#))
         let backend = try #require(state.status().pools.first?.backends.first { $0.address == "10.9.0.2:443" })
         #expect(backend.lastReap?.reason == "stuck")
+    }
+
+    @Test func aRebalanceCloseIsCountedPerBackendAndTheCensusFeedsTheGauge() async throws {
+        let quiet = (0..<3).map { number in
+            ConnectionSample(
+                backend: Self.backends[0], local: Endpoint(address: .v4(0x0A09_0064), port: UInt16(41000 + number)), cookie: UInt64(number),
+                sinceDataSent: .seconds(30), sinceDataReceived: .seconds(30))
+        }
+        let kernel = FakeKernel(sockets: [], segmentAge: nil, connections: quiet)
+        var configuration = Self.configuration()
+        configuration.pools[0].rebalance = true
+        configuration.pools[0].rebalanceRate = 5  // the first close within 200 ms, the next no sooner than 150 ms after
+        let state = AgentState(configuration: configuration)
+        let metrics = AgentMetrics()
+        let executor = ReapExecutor(state: state, kernel: kernel, metrics: metrics, logger: Logger(label: "test"))
+        let running = Task { try await executor.run() }
+        defer { running.cancel() }
+        // Both up more than a hold-down ago: the first tick takes a census, which finds 3-0.
+        let longAgo = ContinuousClock.now - .seconds(11)
+        for backend in Self.backends {
+            executor.submit(.probed(BackendKey(pool: "web", backend: backend), .succeeded(after: .zero, "ok"), at: longAgo))
+        }
+        executor.submit(.tick(.now))
+        // The fake kernel's census finds 3-0 whatever was closed: after 3 closes that moved nothing and
+        // one more, the episode gives up (a balancer pinning clients is not churned forever).
+        try await Self.waitFor("the episode to give up") { kernel.rebalanced.withLock { $0.count } == 4 }
+        try await Task.sleep(for: .milliseconds(500))
+        #expect(kernel.rebalanced.withLock { $0.count } == 4)
+        let exposition = metrics.exposition()
+        #expect(exposition.contains(#"conn_reaper_rebalance_closed_total{pool="web",backend="10.9.0.1:443"} 4"#))
+        #expect(exposition.contains(#"conn_reaper_backend_connections{pool="web",backend="10.9.0.1:443"} 3"#))
+        #expect(exposition.contains(#"conn_reaper_backend_connections{pool="web",backend="10.9.0.2:443"} 0"#))
+        #expect(exposition.contains(#"conn_reaper_sockets_destroyed_total{pool="web",backend="10.9.0.1:443",reason="rebalance"} 4"#))
+        let backend = try #require(state.status().pools.first?.backends.first { $0.address == "10.9.0.1:443" })
+        #expect(backend.lastReap?.reason == "rebalance")
     }
 }

@@ -32,6 +32,16 @@ import Testing
         #expect(Array(bytes[64..<72]) == [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])  // INET_DIAG_NOCOOKIE
     }
 
+    /// A rebalance looks its chosen socket up again, tcp_info included, to see it is still quiet.
+    @Test func getRequestCanAskForTCPInfoOnlyForTCP() {
+        let tcp = InetDiagSocketRequest(.get, family: .inet, transport: .tcp, id: target, includeTCPInfo: true).serialized(sequence: 8)
+        #expect(Array(tcp[16..<20]) == [2, 6, 2, 0])  // AF_INET, IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1)
+        let udp = InetDiagSocketRequest(.get, family: .inet, transport: .udp, id: target, includeTCPInfo: true).serialized(sequence: 8)
+        #expect(Array(udp[16..<20]) == [2, 17, 0, 0])
+        let destroy = InetDiagSocketRequest(.destroy, family: .inet, transport: .tcp, id: target, includeTCPInfo: true)
+        #expect(Array(destroy.serialized(sequence: 8)[16..<20]) == [2, 6, 0, 0])
+    }
+
     @Test func dumpRequestCarriesStatesExtensionPortAndBytecode() {
         let program = InetDiagBytecode.program(matchingAny: [try! Destination(parsing: "10.200.0.2:6443")])
         let request = InetDiagDumpRequest(

@@ -68,6 +68,12 @@ public struct PoolConfiguration: Sendable, Equatable {
     /// Probe a backend at once when its connections retransmit while the pool's others are
     /// acknowledged (`early_detection`, TCP pools; on by default).
     public var earlyDetection = true
+    /// Move a fair share of long-lived connections back to a backend that returns, paced.
+    public var rebalance = false
+    /// No rebalancing while every backend holds within this many percent of its fair share.
+    public var rebalanceTolerance: Double = 20
+    /// Closes per second on this node while rebalancing; nil: 1% of the pool's connections (1.5 to 5).
+    public var rebalanceRate: Double?
 
     public init(name: String, backends: [Endpoint]) {
         self.name = name

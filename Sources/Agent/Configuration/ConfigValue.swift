@@ -29,6 +29,23 @@ public enum ConfigValue {
         return value
     }
 
+    /// A percentage: `20%` or `20` (a fraction like `12.5%` too), within `range`.
+    public static func percent(_ text: String, in range: ClosedRange<Double>) throws(Failure) -> Double {
+        let number = text.hasSuffix("%") ? String(text.dropLast()) : text
+        guard let value = Double(number), value.isFinite, range.contains(value) else {
+            throw Failure("'\(text)' is not a percentage from \(Int(range.lowerBound))% to \(Int(range.upperBound))%")
+        }
+        return value
+    }
+
+    /// A positive rate, like `0.5` (per second), at most `maximum`.
+    public static func rate(_ text: String, maximum: Double) throws(Failure) -> Double {
+        guard let value = Double(text), value.isFinite, value > 0, value <= maximum else {
+            throw Failure("'\(text)' is not a number above 0 and at most \(Int(maximum)) (closes per second)")
+        }
+        return value
+    }
+
     public static func choice<T: RawRepresentable & CaseIterable>(_ text: String, of _: T.Type = T.self) throws(Failure) -> T
     where T.RawValue == String {
         guard let value = T(rawValue: text) else {

@@ -41,6 +41,7 @@ public enum YAMLConfigReader {
     static func pool(_ node: ConfigNode) throws(ConfigurationError) -> PoolConfiguration {
         let keys = try node.mapping(allowed: [
             "name", "backends", "protocols", "stuck_after", "probe", "netns", "reap_on", "drain_timeout", "early_detection",
+            "rebalance", "rebalance_tolerance", "rebalance_rate",
         ])
         guard let name = keys["name"] else { throw node.error("name", "missing") }
         guard let backends = keys["backends"] else { throw node.error("backends", "missing") }
@@ -57,6 +58,11 @@ public enum YAMLConfigReader {
         if let reapOn = keys["reap_on"] { pool.reapOn = try reapOn.choice(ReapOn.self) }
         if let drain = keys["drain_timeout"] { pool.drainTimeout = try drain.duration() }
         if let early = keys["early_detection"] { pool.earlyDetection = try early.bool() }
+        if let rebalance = keys["rebalance"] { pool.rebalance = try rebalance.bool() }
+        if let tolerance = keys["rebalance_tolerance"] { pool.rebalanceTolerance = try tolerance.percent(in: 1...100) }
+        if let rate = keys["rebalance_rate"] {
+            pool.rebalanceRate = try rate.parsed { text throws(ConfigValue.Failure) in try ConfigValue.rate(text, maximum: 1000) }
+        }
         if let probe = keys["probe"] { try read(probe: probe, into: &pool) }
         if let netns = keys["netns"] { pool.netns = try namespaces(netns) }
         return pool
@@ -157,6 +163,10 @@ struct ConfigNode {
         try parsed { text throws(ConfigValue.Failure) in try ConfigValue.int(text, in: range) }
     }
 
+    func percent(in range: ClosedRange<Double>) throws(ConfigurationError) -> Double {
+        try parsed { text throws(ConfigValue.Failure) in try ConfigValue.percent(text, in: range) }
+    }
+
     func duration() throws(ConfigurationError) -> Duration {
         try parsed { text throws(ConfigValue.Failure) in try ConfigValue.duration(text) }
     }
@@ -170,7 +180,7 @@ struct ConfigNode {
     }
 
     /// This scalar through one of ConfigValue's parsers, its failure placed at this node.
-    private func parsed<Value>(_ parse: (String) throws(ConfigValue.Failure) -> Value) throws(ConfigurationError) -> Value {
+    func parsed<Value>(_ parse: (String) throws(ConfigValue.Failure) -> Value) throws(ConfigurationError) -> Value {
         let text = try string()
         do { return try parse(text) } catch { throw self.error(error.message) }
     }

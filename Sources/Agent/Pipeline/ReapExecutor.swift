@@ -52,7 +52,7 @@ public final class ReapExecutor: Service, Sendable {
         let decided = state.handle(event)
         for action in decided {
             switch action {
-            case .changed, .suppressed, .guardReleased: tell(action)
+            case .changed, .suppressed, .guardReleased, .rebalanceNews: tell(action)
             default: continuation.yield(action)
             }
         }
@@ -117,6 +117,8 @@ public final class ReapExecutor: Service, Sendable {
             accounting.suppressed(pool: pool, backend: backend, reason: reason, log: log)
         case .guardReleased(let pool):
             accounting.logger.notice("a backend of the pool answers again: reaping resumes", metadata: ["pool": "\(pool)"])
+        case .rebalanceNews(let pool, let news):
+            accounting.rebalanceNews(pool: pool, news)
         default:
             break
         }
@@ -200,9 +202,10 @@ public final class ReapExecutor: Service, Sendable {
         init(_ action: ReapPolicy.Action) {
             switch action {
             case .needEvidence(let key, _), .reap(let key, _, _, _), .countConnections(let key), .watchNewFlows(let key),
-                .unwatchNewFlows(let key), .endFlow(let key, _, _), .changed(let key, _, _, _, _):
+                .unwatchNewFlows(let key), .endFlow(let key, _, _), .changed(let key, _, _, _, _), .rebalance(let key, _):
                 self = .backend(key)
-            case .scanStuck(let pool, _), .probeNow(let pool, _), .suppressed(let pool, _, _, _), .guardReleased(let pool):
+            case .scanStuck(let pool, _), .probeNow(let pool, _), .suppressed(let pool, _, _, _), .guardReleased(let pool),
+                .census(let pool), .rebalanceNews(let pool, _):
                 self = .pool(pool)
             }
         }
@@ -211,7 +214,7 @@ public final class ReapExecutor: Service, Sendable {
     func perform(_ action: ReapPolicy.Action) async {
         let configuration = state.configuration
         switch action {
-        case .changed, .suppressed, .guardReleased:
+        case .changed, .suppressed, .guardReleased, .rebalanceNews:
             tell(action)
         case .probeNow:
             break  // started by `run`
@@ -266,6 +269,15 @@ public final class ReapExecutor: Service, Sendable {
                 pool, limit: limit, dryRun: configuration.dryRun, namespaces: configuration.namespaces(of: pool))
             let tally = accounting.stuck(reports, pool: name, dryRun: configuration.dryRun)
             submit(.reaped(.init(pool: name, backend: nil, reason: .stuck, ended: tally.ended, leftByLimit: tally.leftByLimit, at: .now)))
+        case .census(let name):
+            guard let pool = configuration.pools.first(where: { $0.name == name }) else { return }
+            let connections = await kernel.census(pool, namespaces: configuration.namespaces(of: pool))
+            accounting.census(pool, connections)
+            submit(.censused(pool: name, connections, at: .now))
+        case .rebalance(let key, let connection):
+            let reports = await kernel.endQuietConnection(connection, dryRun: configuration.dryRun)
+            let tally = accounting.rebalanced(reports, key: key, connection: connection, dryRun: configuration.dryRun)
+            submit(.reaped(.init(pool: key.pool, backend: key.backend, reason: .rebalance, ended: tally.ended, leftByLimit: 0, at: .now)))
         }
     }
 }

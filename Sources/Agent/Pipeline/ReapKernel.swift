@@ -23,6 +23,12 @@ public protocol ReapKernel: Sendable {
     func unwatchNewFlows(_ key: BackendKey) async
     /// Ends exactly the flow an announcement named (its socket by 4-tuple, then its entry).
     func endFlow(_ flow: AnnouncedFlow, dryRun: Bool) async -> [NamespaceReport]
+    /// Every established TCP connection toward the pool's backends (the agent's own left out), with
+    /// what tcp_info says of the data on it, in every namespace the pool works in.
+    func census(_ pool: PoolConfiguration, namespaces: NamespaceSelection?) async -> [ConnectionSample]
+    /// Ends the one connection a census named, if a fresh look finds it the same socket and still
+    /// carrying no data; otherwise leaves it (the report then lists nothing).
+    func endQuietConnection(_ connection: ConnectionSample, dryRun: Bool) async -> [NamespaceReport]
     /// The pool's established TCP connections per backend, and how many of them retransmit now
     /// (the retransmit timer runs and has fired at least once): what early detection reads.
     func retransmissions(of pool: PoolConfiguration, namespaces: NamespaceSelection?) async -> RetransmissionCount

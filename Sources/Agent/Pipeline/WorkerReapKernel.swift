@@ -219,6 +219,71 @@ public actor WorkerReapKernel: ReapKernel {
     }
 }
 
+extension WorkerReapKernel {
+    public func census(_ pool: PoolConfiguration, namespaces: NamespaceSelection?) async -> [ConnectionSample] {
+        let matcher = DestinationMatcher(
+            destinations: pool.backends.map { Destination(address: $0.address, port: $0.port) }, transports: [.tcp],
+            states: SocketStates([.established]))
+        var sparing = Purger.Options(sockets: true, conntrack: false)
+        sparing.sparingOwnSockets = true
+        let options = sparing
+        let backends = Set(pool.backends)
+        let workers = await workers.workers(for: namespaces)
+        return await withTaskGroup(of: [ConnectionSample].self) { dumps in
+            for (namespace, worker) in workers {
+                dumps.addTask {
+                    let report = try? await worker.perform { $0.list(matcher, includeTCPInfo: true, options: options) }
+                    return (report?.sockets ?? []).compactMap { ConnectionSample($0.socket, namespace: namespace) }
+                        .filter { backends.contains($0.backend) }
+                }
+            }
+            var connections: [ConnectionSample] = []
+            for await part in dumps { connections += part }
+            return connections
+        }
+    }
+
+    public func endQuietConnection(_ connection: ConnectionSample, dryRun: Bool) async -> [NamespaceReport] {
+        let worker: KernelWorker?
+        if let namespace = connection.namespace {
+            worker = await workers.workers(for: .paths([namespace])).first?.worker
+        } else {
+            worker = workers.own
+        }
+        guard let worker else { return [NamespaceReport(namespace: connection.namespace, failure: "namespace gone")] }
+        var options = Purger.Options(sockets: true, conntrack: false, dryRun: dryRun)
+        options.sparingOwnSockets = true
+        let chosen = options
+        let id = SocketID(source: connection.local, destination: connection.remote, cookie: connection.cookie)
+        let family = SocketFamily(connection.remote.address.family)
+        do {
+            let report = try await worker.perform { purger in
+                purger.endSocket(exactly: id, family: family, transport: .tcp, options: chosen) { socket in
+                    ConnectionSample(socket, namespace: connection.namespace).map { !$0.carriesData } ?? false
+                }
+            }
+            return [NamespaceReport(namespace: connection.namespace, report: report)]
+        } catch {
+            return [NamespaceReport(namespace: connection.namespace, failure: "\(error)")]
+        }
+    }
+}
+
+extension ConnectionSample {
+    /// A dumped TCP socket as the rebalancing rules see it; nil without tcp_info (no reading, no move).
+    init?(_ socket: DiagnosedSocket, namespace: String?) {
+        guard socket.transport == .tcp, let info = socket.tcpInfo else { return nil }
+        // A dual-stack socket names an IPv4 backend as ::ffff:a.b.c.d: it counts for that backend.
+        let backend = socket.remote.address.unmappedIPv4.map { Endpoint(address: $0, port: socket.remote.port) } ?? socket.remote
+        self.init(
+            backend: backend, local: socket.local, remote: socket.remote, cookie: socket.id.cookie, namespace: namespace,
+            unacked: info.unacked,
+            sendQueue: socket.sendQueue, receiveQueue: socket.receiveQueue,
+            sinceDataSent: .milliseconds(Int64(info.lastDataSentMilliseconds)),
+            sinceDataReceived: .milliseconds(Int64(info.lastDataReceivedMilliseconds)))
+    }
+}
+
 /// Whether conntrack tracks flows in the calling thread's network namespace: it does only once some
 /// rule uses it (NAT, `ct state`), which kube-proxy's do on a node. /proc/sys/net is the namespace
 /// of the thread that reads it.

@@ -38,6 +38,8 @@ public struct ReapPolicy: Sendable {
         case newFlow(BackendKey, AnnouncedFlow, at: Instant)
         /// Announcements were dropped (the queue overran): a full pass must look for what they named.
         case announcementsLost(BackendKey, at: Instant)
+        /// A rebalancing pool's established connections, every backend's, with their tcp_info.
+        case censused(pool: String, [ConnectionSample], at: Instant)
     }
 
     /// What one reap pass did, as far as the policy cares.
@@ -80,6 +82,12 @@ public struct ReapPolicy: Sendable {
         case unwatchNewFlows(BackendKey)
         /// End exactly the flow an announcement named.
         case endFlow(BackendKey, AnnouncedFlow, reason: ReapReason)
+        /// List the pool's established connections with tcp_info and answer with `.censused`.
+        case census(pool: String)
+        /// End this one connection to rebalance, unless it carries data by the time it is looked up
+        /// again (answer with `.reaped`, reason `rebalance`).
+        case rebalance(BackendKey, ConnectionSample)
+        case rebalanceNews(pool: String, RebalanceNews)
     }
 
     /// The knobs of one pool the rules read.
@@ -94,6 +102,8 @@ public struct ReapPolicy: Sendable {
         public var probeInterval: Duration
         public var segmentEvidence: Bool
         public var stuckScanEvery: Duration?
+        /// nil: the pool does not rebalance.
+        public var rebalance: RebalanceSettings?
 
         public init(_ pool: PoolConfiguration) {
             name = pool.name
@@ -106,6 +116,10 @@ public struct ReapPolicy: Sendable {
             probeInterval = pool.interval
             segmentEvidence = pool.hasSegmentEvidence
             stuckScanEvery = pool.stuckAfter > .zero && pool.protocols.contains(.tcp) ? Self.stuckPeriod(for: pool.stuckAfter) : nil
+            // Only TCP has the tcp_info that tells a quiet connection from one carrying data.
+            rebalance =
+                pool.rebalance && pool.protocols.contains(.tcp)
+                ? RebalanceSettings(tolerancePercent: pool.rebalanceTolerance, fixedPerSecond: pool.rebalanceRate) : nil
         }
 
         /// Four scans per `stuck_after`: a blackholed connection is ended at most a quarter late.
@@ -137,13 +151,16 @@ public struct ReapPolicy: Sendable {
     public static let survivorGrace: Duration = .milliseconds(50)
 
     public private(set) var pools: [PoolRules] = []
-    public private(set) var backends: [BackendKey: BackendRecord] = [:]
-    public private(set) var budget: ReapBudget
+    public internal(set) var backends: [BackendKey: BackendRecord] = [:]
+    public internal(set) var budget: ReapBudget
     public private(set) var reapWhenAllDown: Bool
     /// Pools whose all-down guard holds now.
     public private(set) var guarded: Set<String> = []
     private var nextStuckScan: [String: Instant] = [:]
     private var loggedSuppressions: Set<Suppression> = []
+    var rebalancing: [String: PoolRebalance] = [:]
+    /// Rebalancing's picks and jitter; seeded, so a test replays them.
+    var random: PolicyRandom
 
     struct Suppression: Hashable {
         var pool: String
@@ -151,8 +168,9 @@ public struct ReapPolicy: Sendable {
         var reason: SuppressReason
     }
 
-    public init(_ configuration: AgentConfiguration, at now: Instant = .now) {
+    public init(_ configuration: AgentConfiguration, at now: Instant = .now, seed: UInt64 = .random(in: .min ... .max)) {
         budget = ReapBudget(perSecond: configuration.maxSocketsPerSecond, burst: configuration.maxSocketsBurst)
+        random = PolicyRandom(seed: seed)
         reapWhenAllDown = configuration.reapWhenAllDown
         apply(configuration, at: now)
     }
@@ -182,6 +200,7 @@ public struct ReapPolicy: Sendable {
             scans[pool.name] = nextStuckScan[pool.name] ?? now + every
         }
         nextStuckScan = scans
+        rebalancing = carriedRebalancing(for: pools, at: now)
     }
 
     public func rules(of pool: String) -> PoolRules? { pools.first { $0.name == pool } }
@@ -204,6 +223,7 @@ public struct ReapPolicy: Sendable {
             backends[key]?.reaping?.lastFullPass = nil
             backends[key]?.reaping?.nextPass = at
             return tick(at)
+        case .censused(let pool, let connections, let at): return censused(pool, connections, at: at)
         }
     }
 
@@ -316,6 +336,10 @@ public struct ReapPolicy: Sendable {
     private mutating func reaped(_ outcome: ReapOutcome) -> [Action] {
         budget.refill(at: outcome.at)
         budget.spend(outcome.ended)
+        if outcome.reason == .rebalance {
+            rebalanceClosed(outcome)
+            return []
+        }
         var actions: [Action] = []
         if outcome.leftByLimit > 0, outcome.reason != .drainTimeout {
             actions += suppress(pool: outcome.pool, backend: outcome.backend, .budget)
@@ -353,13 +377,14 @@ public struct ReapPolicy: Sendable {
                     actions += suppress(pool: pool.name, backend: nil, .budget)
                 }
             }
+            actions += rebalanceTick(pool, now: now)
         }
         return actions
     }
 
     /// The earliest instant a tick has something to do; nil when nothing is scheduled.
     public var nextDeadline: Instant? {
-        var deadlines: [Instant] = Array(nextStuckScan.values)
+        var deadlines: [Instant] = Array(nextStuckScan.values) + rebalanceDeadlines
         for record in backends.values {
             if let reaping = record.reaping {
                 deadlines.append(reaping.awaitingSurvivorUntil ?? min(reaping.nextPass, reaping.followUps.first ?? reaping.nextPass))
@@ -471,7 +496,7 @@ public struct ReapPolicy: Sendable {
 
     /// Counted every time; logged once per episode (until the backend is up again, or for the
     /// budget, until a pass is no longer cut short).
-    private mutating func suppress(pool: String, backend: Endpoint?, _ reason: SuppressReason) -> [Action] {
+    mutating func suppress(pool: String, backend: Endpoint?, _ reason: SuppressReason) -> [Action] {
         let first = loggedSuppressions.insert(Suppression(pool: pool, backend: backend, reason: reason)).inserted
         return [.suppressed(pool: pool, backend: backend, reason: reason, log: first)]
     }
@@ -506,6 +531,7 @@ public struct ReapPolicy: Sendable {
                 key, from: previous, to: next, failure: next == .up ? nil : record.lastFailure,
                 detail: record.lastProbe?.detail ?? "")
         ]
+        if next == .up { rebalanceArm(key, from: previous, at: now) } else if previous == .up { actions += rebalanceInterrupt(key) }
         if record.reaping != nil { actions += reapPass(key, pool: pool, now: now) }
         if record.reaping != nil, !wasReaping { actions.append(.watchNewFlows(key)) }
         if record.reaping == nil, wasReaping { actions.append(.unwatchNewFlows(key)) }
@@ -528,6 +554,8 @@ public struct BackendRecord: Sendable {
     /// When each of the last `fall` failures ended, while they all found nothing answering.
     public var answerless: [ContinuousClock.Instant] = []
     var evidencePending = false
+    /// When it came back up from dead or unhealthy lately: each return doubles its rebalancing hold-down.
+    var returns: [ContinuousClock.Instant] = []
     var reaping: Reaping?
     var drain: Drain?
 

@@ -36,6 +36,8 @@ public enum ReapReason: String, Sendable, Codable, CaseIterable {
     case unhealthy
     /// The stuck detector condemned single connections.
     case stuck
+    /// A quiet connection on an over-share backend, ended so it reconnects to the emptiest one.
+    case rebalance
 }
 
 /// Why a reap that a probe verdict would have asked for was held back.

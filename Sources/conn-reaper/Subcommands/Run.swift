@@ -45,6 +45,18 @@ struct Run: AsyncParsableCommand {
         name: .customLong("drain-timeout"),
         help: "How long an unhealthy backend keeps its connections before they are closed, paced (0: forever).")
     var drainTimeout: String?
+    @Flag(
+        name: .customLong("rebalance"),
+        help: "When a backend returns, move its fair share of long-lived connections back to it, paced (off by default).")
+    var rebalance = false
+    @Option(
+        name: .customLong("rebalance-tolerance"),
+        help: "With --rebalance: no action while every backend is within this of its fair share (default 20%; 1-100%).")
+    var rebalanceTolerance: String?
+    @Option(
+        name: .customLong("rebalance-rate"),
+        help: "With --rebalance: closes per second on this node (default: 1% of the pool's connections, 1.5 to 5).")
+    var rebalanceRate: String?
     @Option(
         name: .customLong("netns"),
         help: ArgumentHelp(
@@ -138,6 +150,17 @@ struct Run: AsyncParsableCommand {
         if let reapOn { pool.reapOn = try flag("--reap-on") { () throws(ConfigValue.Failure) in try ConfigValue.choice(reapOn) } }
         if let drainTimeout {
             pool.drainTimeout = try flag("--drain-timeout") { () throws(ConfigValue.Failure) in try ConfigValue.duration(drainTimeout) }
+        }
+        pool.rebalance = rebalance
+        if let rebalanceTolerance {
+            pool.rebalanceTolerance = try flag("--rebalance-tolerance") { () throws(ConfigValue.Failure) in
+                try ConfigValue.percent(rebalanceTolerance, in: 1...100)
+            }
+        }
+        if let rebalanceRate {
+            pool.rebalanceRate = try flag("--rebalance-rate") { () throws(ConfigValue.Failure) in
+                try ConfigValue.rate(rebalanceRate, maximum: 1000)
+            }
         }
         pool.protocols = try flag("--protocols") { () throws(ConfigValue.Failure) in
             try ConfigValue.transports(protocols.split(separator: ",").map(String.init))
