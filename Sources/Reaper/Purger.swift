@@ -48,6 +48,24 @@ public final class Purger {
         openingErrors = errors
     }
 
+    /// The established TCP sockets toward `backends`, with tcp_info: one walk of the table, no
+    /// report kept. Empty when sock_diag is not open or the dump fails.
+    public func establishedSockets(toward backends: [Endpoint]) -> [DiagnosedSocket] {
+        guard let socketDiagnostics else { return [] }
+        let query = SocketQuery(
+            destinations: backends.map { Destination(address: $0.address, port: $0.port) }, transports: [.tcp],
+            states: SocketStates([.established]), includeTCPInfo: true)
+        return (try? socketDiagnostics.sockets(matching: query).sockets) ?? []
+    }
+
+    /// Each socket looked up again by its exact 4-tuple (a hash lookup, no walk); nil where it is gone.
+    public func lookUp(_ sockets: [DiagnosedSocket]) -> [DiagnosedSocket?] {
+        guard let socketDiagnostics else { return sockets.map { _ in nil } }
+        return sockets.map { socket in
+            (try? socketDiagnostics.socket(exactly: socket.id, family: socket.family, transport: socket.transport)) ?? nil
+        }
+    }
+
     public func list(_ matcher: DestinationMatcher, includeTCPInfo: Bool = true, options: Options) -> PurgeReport {
         run(matcher, includeTCPInfo: includeTCPInfo, options: options, acting: false)
     }

@@ -20,6 +20,7 @@ from lab.incident import UPSTREAM_NAMES, IncidentLab, start_agent
 STREAMS = 30
 DEAD = "up2"
 SLOW_PROBES = {"type": "tcp", "interval": "2s", "timeout": "1s", "rise": 2, "fall": 3}
+SENTINEL_REFRESH = 5.0    # WorkerReapKernel.sentinelRefresh
 EARLY_BOUND = 1.0          # the issue's: every stalled stream flows again within this of the cut
 PROBING_ALONE = 2.0 * 3 + 1.0 + 2.0   # interval x fall, a timeout, and a pass and a reconnect
 
@@ -49,7 +50,9 @@ def describe(run, agent: Agent, incident: IncidentLab) -> str:
 def test_streams_that_carry_data_flow_again_within_a_second_of_a_silent_death(incident, reaper_binary):
     agent = agent_for(incident, reaper_binary)
     client = incident.start_client(l4=STREAMS, send_every=0.2)
-    run = incident.run_incident(client, DEAD, window=3.0, agent=agent)
+    # The watch looks up a few connections per backend, picked by a dump every 5 s: like a node's
+    # real connections, these exist for a while before the death.
+    run = incident.run_incident(client, DEAD, window=3.0, agent=agent, settle=SENTINEL_REFRESH + 1.0)
     info = describe(run, agent, incident)
     case = run.case("l4")
     assert case.on_dead, info
