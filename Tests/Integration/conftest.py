@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab import netns
+from lab.incident import IncidentLab
 from lab.topology import Reaper, Topology
 
 sys.dont_write_bytecode = True
@@ -136,3 +137,27 @@ def lab(kernel_env):
 def topo(lab) -> Topology:
     """Client and server namespaces with echo servers; see lab/topology.py."""
     return Topology.build(lab)
+
+
+@pytest.fixture
+def build_incident(lab):
+    """Builds the seed incident's lab (IncidentLab.build's options: switch, shutdown_delay, ...); its
+    processes and temp dir go after the test, before the lab's namespaces."""
+    built = []
+
+    def build(**options) -> IncidentLab:
+        incident = IncidentLab.build(lab, **options)
+        built.append(incident)
+        return incident
+
+    try:
+        yield build
+    finally:
+        for incident in built:
+            incident.close()
+
+
+@pytest.fixture
+def incident(build_incident) -> IncidentLab:
+    """The nginx lab as lab/incident.py builds it by default."""
+    return build_incident()

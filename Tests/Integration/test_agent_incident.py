@@ -12,8 +12,6 @@ from __future__ import annotations
 import signal
 import time
 
-import pytest
-
 from lab.agent import Agent, backend_flags, pool_yaml
 from lab.analysis import IncidentRun
 from lab.incident import (L4_PORT, NGINX_HTTP_UPSTREAM, NGINX_STREAM_UPSTREAM, UPSTREAM_NAMES, IncidentLab, assert_reaped,
@@ -28,14 +26,6 @@ FAST_FLAGS = ["--probe", "tcp", "--interval", "200ms", "--timeout", "150ms", "--
 DEAD = "up2"
 
 
-@pytest.fixture
-def incident(lab):
-    """The nginx lab; its processes and temp dir go first, then the lab's namespaces."""
-    built = IncidentLab.build(lab)
-    try:
-        yield built
-    finally:
-        built.close()
 
 
 def two_pool_config(incident: IncidentLab, **top) -> str:

@@ -26,12 +26,8 @@ PROBING_ALONE = 2.0 * 3 + 1.0 + 2.0   # interval x fall, a timeout, and a pass a
 
 
 @pytest.fixture
-def incident(lab):
-    incident = IncidentLab.build(lab, switch=True)
-    try:
-        yield incident
-    finally:
-        incident.close()
+def incident(build_incident):
+    return build_incident(switch=True)
 
 
 def agent_for(incident: IncidentLab, binary: str, **pool) -> Agent:
@@ -117,29 +113,26 @@ def test_early_detection_can_be_turned_off(incident, reaper_binary):
     assert agent.metrics().value("conn_reaper_early_probes_total") == 0
 
 
-def test_carrier_loss_on_the_only_interface_toward_a_backend_is_a_signal(lab, reaper_binary):
+def test_carrier_loss_on_the_only_interface_toward_a_backend_is_a_signal(build_incident, reaper_binary):
     # Without the switch nginx reaches each upstream over a veth of its own: the dead upstream's end
     # going down takes nginx's end's carrier with it. Idle streams: no retransmission to see.
-    incident = IncidentLab.build(lab)
-    try:
-        agent = agent_for(incident, reaper_binary)
-        client = incident.start_client(l4=STREAMS)
-        run = incident.run_incident(client, DEAD, window=2.0, agent=agent)
-        info = describe(run, agent, incident)
-        recoveries = run.case("l4").stalled_recoveries
-        assert recoveries and all(r is not None for r in recoveries), info
-        print(f"\ncarrier: stalled streams flowed again after max {max(recoveries):.3f} s (probing alone: ~6 s)")
-        assert max(recoveries) <= EARLY_BOUND, info
-        signal = agent.find("early signal: probing the backend at once", backend=incident.backend(DEAD))
-        assert [line.fields["signal"] for line in signal] == ["carrier"], info
-        assert "to-up2 lost its carrier" in signal[0].fields["detail"], signal[0].text
-        reap = agent.find("reaped", backend=incident.backend(DEAD), reason="dead")
-        assert len(reap) == 1 and reap[0].fields["detected_by"] == "carrier", info
-        for name in UPSTREAM_NAMES:
-            if name != DEAD:
-                assert agent.reaps(incident.backend(name)) == [], info
-    finally:
-        incident.close()
+    incident = build_incident()
+    agent = agent_for(incident, reaper_binary)
+    client = incident.start_client(l4=STREAMS)
+    run = incident.run_incident(client, DEAD, window=2.0, agent=agent)
+    info = describe(run, agent, incident)
+    recoveries = run.case("l4").stalled_recoveries
+    assert recoveries and all(r is not None for r in recoveries), info
+    print(f"\ncarrier: stalled streams flowed again after max {max(recoveries):.3f} s (probing alone: ~6 s)")
+    assert max(recoveries) <= EARLY_BOUND, info
+    signal = agent.find("early signal: probing the backend at once", backend=incident.backend(DEAD))
+    assert [line.fields["signal"] for line in signal] == ["carrier"], info
+    assert "to-up2 lost its carrier" in signal[0].fields["detail"], signal[0].text
+    reap = agent.find("reaped", backend=incident.backend(DEAD), reason="dead")
+    assert len(reap) == 1 and reap[0].fields["detected_by"] == "carrier", info
+    for name in UPSTREAM_NAMES:
+        if name != DEAD:
+            assert agent.reaps(incident.backend(name)) == [], info
 
 
 def test_a_failed_neighbour_entry_is_a_signal(incident, reaper_binary):

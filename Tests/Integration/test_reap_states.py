@@ -38,12 +38,8 @@ STATES = ("unknown", "up", "unhealthy", "dead")
 
 
 @pytest.fixture
-def incident(lab):
-    built = IncidentLab.build(lab, shutdown_delay=SHUTDOWN_DELAY)
-    try:
-        yield built
-    finally:
-        built.close()
+def incident(build_incident):
+    return build_incident(shutdown_delay=SHUTDOWN_DELAY)
 
 
 def config(incident: IncidentLab, kinds=KINDS, **pool_keys) -> str:
@@ -394,7 +390,7 @@ def test_reap_on_unhealthy_reaps_a_graceful_shutdown_at_once(incident, reaper_bi
                 assert not connection["clean"], info
     assert untouched(dump, t_term, set(UPSTREAM_NAMES) - {SICK}) == [], info
     connections = sum(len(s.connections_started_between(t_term, ending)) for s in dump.streams)
-    print(f"\nreap_on: unhealthy: first reaps " + ", ".join(f"{p} +{firsts[p].t - t_term:.3f}s "
+    print("\nreap_on: unhealthy: first reaps " + ", ".join(f"{p} +{firsts[p].t - t_term:.3f}s "
                                                       f"({firsts[p].fields['sockets']} sockets)" for p, _ in KINDS)
           + f" after SIGTERM; {connections} new client connections during the {SHUTDOWN_DELAY:g}s delay")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
 
 from lab.agent import Agent, backend_flags, pool_yaml
 from lab.incident import L4_PORT, L7_PORT, UPSTREAM_NAMES, IncidentLab, start_agent
@@ -35,13 +34,6 @@ PROBE_FLAGS = ["--probe", "http", "--probe-port", str(L7_PORT), "--path", "/read
 HOLD_DOWN = 10.0          # RebalanceSettings.holdDown, for a first return
 
 
-@pytest.fixture
-def incident(lab):
-    built = IncidentLab.build(lab)
-    try:
-        yield built
-    finally:
-        built.close()
 
 
 def agent_config(incident: IncidentLab, **pool_keys) -> str:

@@ -173,10 +173,10 @@ def validate_object(report: Report, doc: dict, where: str) -> None:
         report.check(not errors, f"{where}: {object_name(doc)} matches the minimal {doc['kind']} schema "
                                  "(a CRD: not in the Kubernetes schemas)", detail)
         return
-    for version in KUBERNETES_VERSIONS:
-        what = f"{where}: {object_name(doc)} validates strictly against Kubernetes {version}"
+    for kubernetes in KUBERNETES_VERSIONS:
+        what = f"{where}: {object_name(doc)} validates strictly against Kubernetes {kubernetes}"
         try:
-            utils.validate(doc, version, strict=True)
+            utils.validate(doc, kubernetes, strict=True)
         except utils.ValidationError as error:
             report.fail(what, f"{'.'.join(map(str, error.path))}: {error.message}")
         except utils.SchemaNotFoundError as error:
