@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import OS
@@ -32,5 +33,24 @@ import Testing
         #expect(statistics.residentBytes > 1_000_000)
         #expect(statistics.startTime > now - 86_400 && statistics.startTime <= now + 1)
         #expect(statistics.openFileDescriptors >= 3 && statistics.openFileDescriptors < statistics.maxFileDescriptors)
+    }
+}
+
+/// Reading a configuration file: what is wrong is named, and a file too large is refused unread.
+@Suite struct FileReadTests {
+    @Test func aDirectoryATooLargeFileAndAMissingOneAreNamed() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("read-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("c.yaml")
+        try "pools: []\n".write(to: file, atomically: true, encoding: .utf8)
+        #expect(FileStatus.read(file.path) == .success("pools: []\n"))
+        #expect(FileStatus.read(file.path, limit: 4) == .failure(.tooLarge(bytes: 10, limit: 4)))
+        #expect(FileStatus.read(directory.path) == .failure(.directory))
+        guard case .failure(.cannotOpen(let reason)) = FileStatus.read(directory.appendingPathComponent("none").path) else {
+            Issue.record("a missing file must fail")
+            return
+        }
+        #expect(reason.contains("No such file"))
     }
 }

@@ -45,10 +45,18 @@ public enum ConfigOrigin: Sendable {
     /// Backends from nginx's upstream blocks; the rest from `settings`.
     case nginx(path: String, upstreams: [String], settings: AgentConfiguration, pool: PoolConfiguration)
 
+    /// The reason a file read gave nothing, asked of the file system again to name it.
+    static func whyUnreadable(_ path: String) -> String {
+        if case .failure(let failure) = FileStatus.read(path) { return failure.description }
+        return "cannot be read"
+    }
+
     public func load(readFile: (String) -> String? = FileStatus.readText) throws(ConfigurationError) -> AgentConfiguration {
         switch self {
         case .yaml(let path):
-            guard let text = readFile(path) else { throw ConfigurationError(key: "", "cannot read the configuration file", file: path) }
+            guard let text = readFile(path) else {
+                throw ConfigurationError(key: "", "the configuration file \(Self.whyUnreadable(path))", file: path)
+            }
             let configuration = try YAMLConfigReader.configuration(yaml: text, file: path)
             try Self.checkTLS(configuration, file: path)
             return configuration

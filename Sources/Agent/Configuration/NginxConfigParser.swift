@@ -30,7 +30,9 @@ public enum NginxConfigParser {
         _ path: String, baseDirectory: String, readFile: (String) -> String?, visited: inout [String]
     ) throws(ConfigurationError) -> [NginxDirective] {
         guard visited.count < 256 else { throw ConfigurationError(key: "include", "more than 256 files: an include loop?", file: path) }
-        guard let text = readFile(path) else { throw ConfigurationError(key: "", "cannot read nginx configuration", file: path) }
+        guard let text = readFile(path) else {
+            throw ConfigurationError(key: "", "the nginx configuration \(ConfigOrigin.whyUnreadable(path))", file: path)
+        }
         visited.append(path)
         var tokens = try tokenize(text, file: path)[...]
         let tree = try block(&tokens, file: path, closing: false)
