@@ -75,7 +75,9 @@ def test_with_agent_every_stalled_stream_flows_again_within_0_8s(incident, reape
         for stream in case.streams:
             gap = stream.longest_gap(run.t_cut, run.t_end)
             if stream in case.on_dead:
-                assert gap > 0.25, f"{kind} stream {stream.index} on {DEAD} never stalled ({gap:.3f}s)\n{info}"
+                # Three of its upstream's line intervals (50 ms): early detection (the carrier of nginx's
+                # veth to the dead upstream) can make the whole stall as short as 0.2 s.
+                assert gap > 0.15, f"{kind} stream {stream.index} on {DEAD} never stalled ({gap:.3f}s)\n{info}"
             else:
                 assert gap < 0.25, f"{kind} stream {stream.index} on a live upstream stalled {gap:.3f}s\n{info}"
                 assert not stream.ended_between(run.t_cut, run.t_end), f"live {kind} stream was cut\n{info}"
@@ -115,7 +117,11 @@ def test_with_agent_every_stalled_stream_flows_again_within_0_8s(incident, reape
         assert flows == [], f"{[f.line for f in flows]}\n{info}"
 
     assert agent.find(level="error") == [], info
-    assert agent.metrics().value("conn_reaper_reaps_suppressed_total") == 0, info
+    # Nothing held back, but for early detection's first verdict on the dead upstream: its carrier went at
+    # the cut, so its connections' last segment may be younger than a probe interval then (alive evidence).
+    suppressed = agent.metrics().matching("conn_reaper_reaps_suppressed_total")
+    assert all(labels["reason"] == "alive_evidence" for labels, value in suppressed if value > 0), info
+    assert agent.metrics().value("conn_reaper_reaps_suppressed_total") <= 2, info
     states = agent.backend_states()
     assert states == {f"{pool}/{incident.backend(name, kind)}": ("dead" if name == DEAD else "up")
                       for pool, kind in (("stream", "l4"), ("http", "l7")) for name in UPSTREAM_NAMES}
