@@ -11,4 +11,10 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     public var description: String {
         address.family == .v6 ? "[\(address)]:\(port)" : "\(address):\(port)"
     }
+
+    /// The same end with an IPv4-mapped address (`::ffff:a.b.c.d`, a dual-stack socket's name for an
+    /// IPv4 peer) as plain IPv4: how a backend, or a conntrack entry, names it.
+    public var unmapped: Endpoint {
+        address.unmappedIPv4.map { Endpoint(address: $0, port: port) } ?? self
+    }
 }

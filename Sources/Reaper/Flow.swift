@@ -9,11 +9,8 @@ struct Flow: Hashable, Sendable {
     var destination: Endpoint
 
     init(_ socket: DiagnosedSocket) {
-        func plain(_ endpoint: Endpoint) -> Endpoint {
-            Endpoint(address: endpoint.address.unmappedIPv4 ?? endpoint.address, port: endpoint.port)
-        }
-        source = plain(socket.local)
-        destination = plain(socket.remote)
+        source = socket.local.unmapped
+        destination = socket.remote.unmapped
     }
 
     init(_ entry: ConntrackEntry) {

@@ -98,14 +98,17 @@ public final class ReapExecutor: Service, Sendable {
     private func watchRetransmissions() async {
         while !Task.isCancelled {
             let configuration = state.configuration
+            var watched = false
             for pool in configuration.pools where pool.watchesRetransmissions && pool.backends.count > 1 {
                 // Every namespace on the node, 20 times a second, would cost more than it saves.
                 let namespaces = configuration.namespaces(of: pool)
                 if case .all? = namespaces { continue }
+                watched = true
                 let count = await kernel.retransmissions(of: pool, namespaces: namespaces)
                 observed(.init(pool: pool.name, connections: count.connections, retransmitting: count.retransmitting, at: .now))
             }
-            try? await Task.sleep(for: watchCadence)
+            // With nothing to watch, look again for a reload's pools once a second, not twenty times.
+            try? await Task.sleep(for: watched ? watchCadence : .seconds(1))
         }
     }
 

@@ -138,7 +138,7 @@ public actor WorkerReapKernel: ReapKernel {
             var still: [DiagnosedSocket] = []
             for case let socket? in looked {
                 still.append(socket)
-                let backend = Self.backend(of: socket)
+                let backend = socket.remote.unmapped
                 count.connections[backend, default: 0] += 1
                 if socket.timer == DiagnosedSocket.retransmitTimer, socket.retransmitsOnTimer > 0 {
                     count.retransmitting[backend, default: 0] += 1
@@ -166,18 +166,13 @@ public actor WorkerReapKernel: ReapKernel {
         let backends = pool.backends
         for worker in await workers.workers(for: namespaces).map(\.worker) {
             guard let sockets = try? await worker.perform({ $0.establishedSockets(toward: backends) }) else { continue }
-            let chosen = Dictionary(grouping: sockets, by: Self.backend(of:)).values.flatMap { group in
+            let chosen = Dictionary(grouping: sockets, by: { $0.remote.unmapped }).values.flatMap { group in
                 group.sorted { ($0.tcpInfo?.lastDataSentMilliseconds ?? .max) < ($1.tcpInfo?.lastDataSentMilliseconds ?? .max) }
                     .prefix(Self.sentinelsPerBackend)
             }
             picked.sockets.append((worker, Array(chosen)))
         }
         return picked
-    }
-
-    /// A dual-stack socket names an IPv4 backend as ::ffff:a.b.c.d.
-    static func backend(of socket: DiagnosedSocket) -> Endpoint {
-        Endpoint(address: socket.remote.address.unmappedIPv4 ?? socket.remote.address, port: socket.remote.port)
     }
 
     /// The backend's established sockets, the agent's own left out, listed in every namespace side by
@@ -311,9 +306,8 @@ extension ConnectionSample {
     init?(_ socket: DiagnosedSocket, namespace: String?) {
         guard socket.transport == .tcp, let info = socket.tcpInfo else { return nil }
         // A dual-stack socket names an IPv4 backend as ::ffff:a.b.c.d: it counts for that backend.
-        let backend = socket.remote.address.unmappedIPv4.map { Endpoint(address: $0, port: socket.remote.port) } ?? socket.remote
         self.init(
-            backend: backend, local: socket.local, remote: socket.remote, cookie: socket.id.cookie, namespace: namespace,
+            backend: socket.remote.unmapped, local: socket.local, remote: socket.remote, cookie: socket.id.cookie, namespace: namespace,
             unacked: info.unacked,
             sendQueue: socket.sendQueue, receiveQueue: socket.receiveQueue,
             sinceDataSent: .milliseconds(Int64(info.lastDataSentMilliseconds)),
