@@ -1,6 +1,7 @@
 import Netlink
 import NetworkAddress
 import OS
+import Synchronization
 
 /// The conntrack table of one network namespace, through ctnetlink (needs CAP_NET_ADMIN even to read).
 public final class ConntrackTable {
@@ -84,5 +85,62 @@ public final class ConntrackTable {
         let acknowledgements = try deleteSocket.exchangeAcknowledged(requests, batchSize: batchSize)
         for (position, acknowledgement) in zip(positions, acknowledgements) { results[position] = acknowledgement }
         return results
+    }
+
+    // MARK: - Filtered flush
+
+    /// Whether the kernel deletes by filter (Linux 6.12+), learnt once per process: by `probeFlush`
+    /// or by the first flush it refused. nil: not known yet.
+    public static let flushSupported = Mutex<Bool?>(nil)
+
+    /// The flushes that delete what `destinations` name in the kernel: for each IPv4 host
+    /// destination, per transport, its original-destination and its reply-source side. Other
+    /// destinations (prefixes, any address, IPv6) get none: their entries are deleted one by one.
+    public static func flushes(for destinations: [Destination], transports: Set<TransportProtocol>) -> [ConntrackFlushRequest] {
+        var requests: [ConntrackFlushRequest] = []
+        for destination in destinations where isFlushable(destination) {
+            let address = destination.prefix!.address
+            for transport in TransportProtocol.allCases where transports.contains(transport) {
+                for filter in [
+                    ConntrackFilter.originalDestination(address, port: destination.port, transport),
+                    .replySource(address, port: destination.port, transport),
+                ] {
+                    if let request = try? ConntrackFlushRequest(filter) { requests.append(request) }
+                }
+            }
+        }
+        return requests
+    }
+
+    public static func isFlushable(_ destination: Destination) -> Bool {
+        destination.prefix.map { $0.isSingleHost && $0.address.family == .v4 } ?? false
+    }
+
+    /// Sends the flushes; each acknowledgement says whether the kernel did it. A refusal (EINVAL,
+    /// EOPNOTSUPP: a kernel without the feature) deletes nothing and is remembered for the process.
+    public func flush(_ requests: [ConntrackFlushRequest]) throws(SystemCallError) -> [Acknowledgement] {
+        guard !requests.isEmpty else { return [] }
+        let acknowledgements = try deleteSocket.exchangeAcknowledged(requests, batchSize: requests.count)
+        if acknowledgements.contains(where: Self.isRefusal) {
+            Self.flushSupported.withLock { $0 = false }
+        } else if acknowledgements.contains(.done) {
+            Self.flushSupported.withLock { $0 = $0 ?? true }
+        }
+        return acknowledgements
+    }
+
+    static func isRefusal(_ acknowledgement: Acknowledgement) -> Bool {
+        acknowledgement == .failed(.invalidArgument) || acknowledgement == .failed(.notSupported)
+    }
+
+    /// Flushes a tuple that cannot exist (reply source 0.0.0.0, port 0): an ack means the kernel
+    /// deletes by filter. Costs one walk of the table.
+    @discardableResult
+    public func probeFlush() throws(SystemCallError) -> Bool {
+        if let known = Self.flushSupported.withLock({ $0 }) { return known }
+        let nowhere = try! ConntrackFlushRequest(.replySource(.v4(0), port: 0, .tcp))
+        let supported = try flush([nowhere]) == [.done]
+        Self.flushSupported.withLock { $0 = supported }
+        return supported
     }
 }

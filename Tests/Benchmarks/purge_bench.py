@@ -72,6 +72,8 @@ def reaper_tools(binary, dest, breakdown):
     ]
     if breakdown:
         tools += [
+            Tool(f"conn-reaper purge --conntrack-flush never {dest} (entry-by-entry deletes)",
+                 [[binary, "purge", "--conntrack-flush", "never", dest]], True, True, "reaper"),
             Tool(f"conn-reaper purge --no-conntrack {dest} (sockets only)",
                  [[binary, "purge", "--no-conntrack", dest]], True, False, "reaper"),
             Tool(f"conn-reaper purge --no-sockets {dest} (conntrack only)",
