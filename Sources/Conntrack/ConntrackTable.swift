@@ -6,6 +6,9 @@ import Synchronization
 /// The conntrack table of one network namespace, through ctnetlink (needs CAP_NET_ADMIN even to read).
 public final class ConntrackTable {
     private let dumpSocket: NetlinkSocket
+    /// The reply-source dumps run beside the original-destination ones: each walks the whole
+    /// conntrack hash of the host (every namespace's entries, every bucket), matches or not.
+    private let dumpSocket2: NetlinkSocket
     private let deleteSocket: NetlinkSocket
 
     /// Up to this many single-address destinations are filtered in the kernel, two dumps each;
@@ -14,8 +17,10 @@ public final class ConntrackTable {
 
     public init() throws(SystemCallError) {
         dumpSocket = try NetlinkSocket(bus: .netfilter)
+        dumpSocket2 = try NetlinkSocket(bus: .netfilter)
         deleteSocket = try NetlinkSocket(bus: .netfilter)
         try dumpSocket.setReceiveTimeout(milliseconds: 10_000)
+        try dumpSocket2.setReceiveTimeout(milliseconds: 10_000)
         try deleteSocket.setReceiveTimeout(milliseconds: 10_000)
         try deleteSocket.setReceiveBufferSize(16 << 20)
         try? deleteSocket.capAcknowledgements()
@@ -54,13 +59,34 @@ public final class ConntrackTable {
         return requests
     }
 
+    /// `sideBySide`: the reply-source dumps on a second thread, so one purge waits for one walk of
+    /// the table, not two. Not for a walk over every namespace, whose purges already keep both
+    /// cores busy: there a thread per namespace costs more than it saves.
     public func entries(
-        for destinations: [Destination], transports: Set<TransportProtocol>
+        for destinations: [Destination], transports: Set<TransportProtocol>, sideBySide: Bool = false
     ) throws(SystemCallError) -> Dump {
+        let requests = Self.requests(for: destinations, transports: transports)
+        let replySide = requests.filter { if case .replySource? = $0.filter { true } else { false } }
+        guard sideBySide, !replySide.isEmpty, replySide.count < requests.count else { return try Self.dump(requests, on: dumpSocket) }
+        let socket2 = dumpSocket2
+        let background = BackgroundWork { () throws(SystemCallError) -> Dump in try Self.dump(replySide, on: socket2) }
+        let first = Result { () throws(SystemCallError) -> Dump in
+            try Self.dump(requests.filter { !replySide.contains($0) }, on: dumpSocket)
+        }
+        let second = try background.wait()
+        var dump = try first.get()
+        // A direct flow's entry is in both halves (its reply source is its original destination).
+        var seen = Set(dump.entries.map(\.identity))
+        dump.entries += second.entries.filter { seen.insert($0.identity).inserted }
+        dump.interrupted = dump.interrupted || second.interrupted
+        return dump
+    }
+
+    private static func dump(_ requests: [ConntrackDumpRequest], on socket: NetlinkSocket) throws(SystemCallError) -> Dump {
         var dump = Dump()
         var seen = Set<ConntrackEntry.Identity>()
-        for request in Self.requests(for: destinations, transports: transports) {
-            let outcome = try dumpSocket.dump(request) { message in
+        for request in requests {
+            let outcome = try socket.dump(request) { message in
                 guard message.type == ConntrackMessageType.new, let entry = ConntrackCodec.entry(from: message),
                     seen.insert(entry.identity).inserted
                 else { return }

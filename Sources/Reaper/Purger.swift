@@ -24,6 +24,8 @@ public final class Purger {
         public var conntrackOnlyAfterSockets = false
         /// When entries toward a dead destination are deleted by the kernel's filtered flush.
         public var conntrackFlush: ConntrackFlushMode = .auto
+        /// Both directions' conntrack dumps at once (see `ConntrackTable.entries`): for a purge in one namespace.
+        public var conntrackDumpsSideBySide = false
 
         public init(sockets: Bool = true, conntrack: Bool = true, dryRun: Bool = false) {
             self.sockets = sockets
@@ -94,7 +96,8 @@ public final class Purger {
         var prefetched: BackgroundWork<ConntrackTable.Dump>?
         if options.conntrack, options.sockets, matcher.stuck == nil, !options.conntrackOnlyAfterSockets, let conntrackTable {
             prefetched = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
-                try conntrackTable.entries(for: matcher.destinations, transports: matcher.transports)
+                try conntrackTable.entries(
+                    for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide)
             }
         }
         if options.sockets, let socketDiagnostics {
@@ -228,7 +231,8 @@ public final class Purger {
             if round == 0, let prefetched {
                 dump = prefetched
             } else {
-                dump = try table.entries(for: matcher.destinations, transports: matcher.transports)
+                dump = try table.entries(
+                    for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide)
             }
             // A stuck rule condemns single sockets: only their own entries go, not the backend's others.
             let stuckFlows = matcher.stuck == nil ? nil : Set(report.sockets.map { Flow($0.socket) })

@@ -22,6 +22,7 @@ struct Purge: ParsableCommand {
         let options = {
             var options = Purger.Options(sockets: !selection.noSockets, conntrack: !selection.noConntrack, dryRun: dryRun)
             options.conntrackFlush = conntrackFlush
+            options.conntrackDumpsSideBySide = selection.netns.isEmpty
             return options
         }()
         let matcher = try selection.matcher()
