@@ -75,4 +75,14 @@ import Testing
         noAddress[0] = UInt8(noAddress.count)
         #expect(!ConntrackFlushRequest.isNarrow((noAddress + flags)[...], filter: filter), "no CTA_TUPLE_IP")
     }
+
+    /// A kernel before 6.12 answers a filtered flush with EINVAL or EOPNOTSUPP, deleting nothing: the
+    /// purge then deletes entry by entry. EPERM or a lost ack is not a refusal of the feature.
+    @Test func onlyEINVALAndEOPNOTSUPPMeanTheKernelLacksTheFlush() {
+        #expect(ConntrackTable.isRefusal(.failed(.invalidArgument)))
+        #expect(ConntrackTable.isRefusal(.failed(.notSupported)))
+        #expect(!ConntrackTable.isRefusal(.failed(.notPermitted)))
+        #expect(!ConntrackTable.isRefusal(.unconfirmed))
+        #expect(!ConntrackTable.isRefusal(.done))
+    }
 }
