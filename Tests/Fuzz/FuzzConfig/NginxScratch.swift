@@ -1,0 +1,39 @@
+import Agent
+import NetworkAddress
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// nginx.conf and the files it may include, in a scratch folder made once. The input is split at
+/// each `\n#---\n` into the main file and up to three others; the files on disk exist for the
+/// include globs to find, their contents come from memory so each run writes nothing.
+final class NginxScratch: @unchecked Sendable {
+    static let shared = NginxScratch()
+
+    let directory: String
+    let includedNames = ["conf.d/a.conf", "conf.d/b.conf", "stream.conf"]
+
+    init() {
+        var template = Array("/tmp/conn-reaper-fuzz-nginx.XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { fatalError("mkdtemp: \(errno)") }
+        directory = String(cString: made)
+        mkdir("\(directory)/conf.d", 0o755)
+        for name in ["nginx.conf"] + includedNames {
+            let file = fopen("\(directory)/\(name)", "w")
+            fclose(file)
+        }
+    }
+
+    func parse(_ bytes: [UInt8]) {
+        let parts = String(decoding: bytes, as: UTF8.self).split(separator: "\n#---\n", omittingEmptySubsequences: false)
+        var files = ["\(directory)/nginx.conf": String(parts[0])]
+        for (name, text) in zip(includedNames, parts.dropFirst()) { files["\(directory)/\(name)"] = String(text) }
+        guard let directives = try? NginxConfigParser.parse(path: "\(directory)/nginx.conf", readFile: { files[$0] }) else { return }
+        // Names resolve without DNS: `backend-N` to N addresses, anything else to none.
+        _ = try? NginxUpstreams.upstreams(in: directives) { host in
+            guard host.hasPrefix("backend-"), let count = Int(host.dropFirst(8)), (0...4).contains(count) else { return [] }
+            return (0..<count).map { .v4(0x0A00_0001 + UInt32($0)) }
+        }
+    }
+}
