@@ -49,7 +49,8 @@ public struct NetlinkMessages: Sequence, Sendable {
             let message = NetlinkMessage(
                 type: type, flags: flags, sequence: sequence, portID: portID,
                 raw: datagram[offset..<(offset + length)])
-            offset += NetlinkAlignment.align(length)
+            // The last message's padding may be missing: the cursor stops at the end, never past it.
+            offset = Swift.min(offset + NetlinkAlignment.align(length), datagram.count)
             return message
         }
     }
