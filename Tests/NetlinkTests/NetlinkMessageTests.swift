@@ -44,6 +44,16 @@ import Testing
         #expect(Array(NetlinkAttributes(bytes[4...])).isEmpty)
     }
 
+    /// Found by the datagram fuzz target: an error of Int32.min has no positive errno, and
+    /// negating it trapped (arithmetic overflow).
+    @Test func anErrorOfInt32MinReadsWithoutTrapping() {
+        var writer = NetlinkMessageWriter(type: 2, flags: 0, sequence: 1)  // NLMSG_ERROR
+        writer.append(hostOrder: Int32.min)
+        writer.append([UInt8](repeating: 0, count: 16))
+        let message = Array(NetlinkMessages(datagram: writer.finish()))[0]
+        #expect(message.errorCode != 0)
+    }
+
     @Test func doneCarriesTheDumpsErrorAndInterruptedFlag() {
         var writer = NetlinkMessageWriter(type: 3, flags: 0x12, sequence: 4)  // NLMSG_DONE, MULTI|DUMP_INTR
         writer.append(hostOrder: Int32(-16))
