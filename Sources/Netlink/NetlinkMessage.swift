@@ -21,7 +21,8 @@ public struct NetlinkMessage: Sendable {
     /// For NLMSG_ERROR and NLMSG_DONE: the errno the kernel reported, 0 for a plain ack.
     public var errorCode: Int32? {
         guard isError || isDone else { return nil }
-        return ByteReader(payload).hostOrder(Int32.self, at: 0).map { -$0 } ?? 0
+        // Wrapping: -Int32.min does not exist, and a nonsense error must still read as one, not trap.
+        return ByteReader(payload).hostOrder(Int32.self, at: 0).map { 0 &- $0 } ?? 0
     }
 }
 
