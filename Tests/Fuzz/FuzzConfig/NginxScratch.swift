@@ -26,7 +26,9 @@ final class NginxScratch: @unchecked Sendable {
     }
 
     func parse(_ bytes: [UInt8]) {
-        let parts = String(decoding: bytes, as: UTF8.self).split(separator: "\n#---\n", omittingEmptySubsequences: false)
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard Self.staysInScratch(text) else { return }
+        let parts = text.split(separator: "\n#---\n", omittingEmptySubsequences: false)
         var files = ["\(directory)/nginx.conf": String(parts[0])]
         for (name, text) in zip(includedNames, parts.dropFirst()) { files["\(directory)/\(name)"] = String(text) }
         guard let directives = try? NginxConfigParser.parse(path: "\(directory)/nginx.conf", readFile: { files[$0] }) else { return }
@@ -35,5 +37,20 @@ final class NginxScratch: @unchecked Sendable {
             guard host.hasPrefix("backend-"), let count = Int(host.dropFirst(8)), (0...4).contains(count) else { return [] }
             return (0..<count).map { .v4(0x0A00_0001 + UInt32($0)) }
         }
+    }
+
+    /// Includes may only name files in the scratch folder: a path that starts with `/` or climbs
+    /// with `..` would glob and read the machine's own files (a `/proc/*/*` glob alone takes seconds).
+    static func staysInScratch(_ text: String) -> Bool {
+        var previous: Unicode.Scalar = " "
+        for scalar in text.unicodeScalars {
+            if scalar == "/",
+                !(previous.properties.isAlphabetic || ("0"..."9").contains(previous) || "._-*?".unicodeScalars.contains(previous))
+            {
+                return false
+            }
+            previous = scalar
+        }
+        return !text.contains("..")
     }
 }
