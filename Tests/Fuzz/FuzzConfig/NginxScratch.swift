@@ -12,18 +12,29 @@ final class NginxScratch: @unchecked Sendable {
     static let shared = NginxScratch()
 
     let directory: String
-    let includedNames = ["conf.d/a.conf", "conf.d/b.conf", "stream.conf"]
+    var includedNames: ArraySlice<String> { Self.fileNames.dropFirst() }
 
     init() {
         var template = Array("/tmp/conn-reaper-fuzz-nginx.XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { fatalError("mkdtemp: \(errno)") }
         directory = String(cString: made)
         mkdir("\(directory)/conf.d", 0o755)
-        for name in ["nginx.conf"] + includedNames {
+        for name in Self.fileNames {
             let file = fopen("\(directory)/\(name)", "w")
             fclose(file)
         }
+        Self.made = directory
+        // libFuzzer ends with exit(): the folder goes with the process (a crash leaves it for inspection).
+        atexit {
+            guard let directory = NginxScratch.made else { return }
+            for name in NginxScratch.fileNames { unlink("\(directory)/\(name)") }
+            rmdir("\(directory)/conf.d")
+            rmdir(directory)
+        }
     }
+
+    static let fileNames = ["nginx.conf", "conf.d/a.conf", "conf.d/b.conf", "stream.conf"]
+    nonisolated(unsafe) static var made: String?
 
     func parse(_ bytes: [UInt8]) {
         let text = String(decoding: bytes, as: UTF8.self)
