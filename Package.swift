@@ -105,6 +105,14 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // libFuzzer targets (Tests/Fuzz, `make fuzz`): FUZZ_TARGET picks one; the everyday build replays files.
+        .target(name: "FuzzHarness", path: "Tests/Fuzz/FuzzHarness", swiftSettings: strict),
+        .executableTarget(
+            name: "FuzzNetlink", dependencies: ["FuzzHarness", "Netlink", "SockDiag", "Conntrack", "Routing", "NetworkAddress"],
+            path: "Tests/Fuzz/FuzzNetlink", swiftSettings: strict),
+        .executableTarget(
+            name: "FuzzConfig", dependencies: ["FuzzHarness", "Agent", "NetworkAddress"], path: "Tests/Fuzz/FuzzConfig",
+            swiftSettings: strict),
         .testTarget(name: "NetworkAddressTests", dependencies: ["NetworkAddress"], swiftSettings: strict),
         .testTarget(
             name: "AgentTests",

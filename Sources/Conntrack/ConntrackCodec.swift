@@ -10,7 +10,9 @@ import OS
 public enum ConntrackCodec {
     /// Parses an IPCTNL_MSG_CT_NEW reply (what a dump sends); nil for anything else or unsupported L4.
     public static func entry(from message: NetlinkMessage) -> ConntrackEntry? {
-        guard let conntrack = nfct_new() else { return nil }
+        guard message.payload.count >= 4, ConntrackAttributeCheck.accepts(NetlinkAttributes(message.payload.dropFirst(4))),
+            let conntrack = nfct_new()
+        else { return nil }
         defer { nfct_destroy(conntrack) }
         let parsed = message.raw.withUnsafeBytes { raw -> Int32 in
             guard let header = raw.baseAddress?.assumingMemoryBound(to: nlmsghdr.self) else { return -1 }

@@ -26,7 +26,7 @@ public struct NetlinkAttributes: Sequence, Sendable {
                 let rawType = reader.hostOrder(UInt16.self, at: 2),
                 let value = reader.slice(at: 4, count: length - 4)
             else { return nil }
-            offset += NetlinkAlignment.align(length)
+            offset = Swift.min(offset + NetlinkAlignment.align(length), bytes.endIndex)  // an unpadded last attribute ends the walk
             return NetlinkAttribute(type: rawType & 0x3FFF, value: value)
         }
     }

@@ -21,7 +21,8 @@ public struct NetlinkMessage: Sendable {
     /// For NLMSG_ERROR and NLMSG_DONE: the errno the kernel reported, 0 for a plain ack.
     public var errorCode: Int32? {
         guard isError || isDone else { return nil }
-        return ByteReader(payload).hostOrder(Int32.self, at: 0).map { -$0 } ?? 0
+        // Wrapping: -Int32.min does not exist, and a nonsense error must still read as one, not trap.
+        return ByteReader(payload).hostOrder(Int32.self, at: 0).map { 0 &- $0 } ?? 0
     }
 }
 
@@ -49,7 +50,8 @@ public struct NetlinkMessages: Sequence, Sendable {
             let message = NetlinkMessage(
                 type: type, flags: flags, sequence: sequence, portID: portID,
                 raw: datagram[offset..<(offset + length)])
-            offset += NetlinkAlignment.align(length)
+            // The last message's padding may be missing: the cursor stops at the end, never past it.
+            offset = Swift.min(offset + NetlinkAlignment.align(length), datagram.count)
             return message
         }
     }

@@ -55,7 +55,7 @@ extension Destination {
                 guard rest.hasPrefix(":") else { throw fail("expected ':PORT' after ']'") }
                 portPart = rest.dropFirst()
             }
-        } else if text.hasPrefix(":") {
+        } else if text.hasPrefix(":"), !text.dropFirst().contains(":") {  // ":PORT", not "::1"
             addressPart = ""
             portPart = text.dropFirst()
         } else if text.filter({ $0 == ":" }).count == 1 {

@@ -181,6 +181,23 @@ import Testing
         #expect(DurationParsing.parse(text) == nil)
     }
 
+    /// Found by the values fuzz target: a duration past Int64 nanoseconds (about 292 years)
+    /// trapped in the conversion, so `interval: 33333333333333s` ended the agent at load or reload.
+    @Test func refusesADurationTooLongToHold() throws {
+        #expect(DurationParsing.parse("33333333333333s") == nil)
+        #expect(DurationParsing.parse("1e300h") == nil)
+        #expect(DurationParsing.parse("292y") == nil)
+        #expect(DurationParsing.parse("9000000000s") != nil)
+        #expect {
+            try DurationParsing.parseChecked("-33333333333333s")
+        } throws: { ($0 as? DurationParsing.Failure)?.message == "'-33333333333333s' is negative: write 0 or a positive duration" }
+        #expect {
+            try DurationParsing.parseChecked("33333333333333s")
+        } throws: { ($0 as? DurationParsing.Failure)?.message == "'33333333333333s' is too long (at most 292 years)" }
+        let yaml = "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { interval: 33333333333333s }\n"
+        #expect(throws: ConfigurationError.self) { try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml") }
+    }
+
     @Test func formats() {
         #expect(DurationParsing.format(.seconds(2)) == "2s")
         #expect(DurationParsing.format(.milliseconds(150)) == "150ms")

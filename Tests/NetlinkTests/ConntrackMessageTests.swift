@@ -66,6 +66,36 @@ import Testing
         #expect(parsed.id == 0xDEAD_BEEF)
     }
 
+    func newMessage(_ attributes: [UInt8], header: [UInt8] = [2, 0, 0, 0]) -> NetlinkMessage {
+        var writer = NetlinkMessageWriter(type: 0x100, flags: 2, sequence: 1)  // IPCTNL_MSG_CT_NEW, MULTI
+        writer.append(header)  // nfgenmsg: AF_INET
+        writer.append(attributes)
+        return Array(NetlinkMessages(datagram: writer.finish()))[0]
+    }
+
+    /// Found by the conntrack fuzz target: libnetfilter_conntrack 1.0.9 ends the whole process
+    /// (exit 1, "kernel ABI is broken") on an attribute of the wrong size. Such a message is
+    /// refused before the library sees it; a well-formed one still parses.
+    @Test(arguments: [
+        [7, 0, 12, 0, 1, 2, 3, 0] as [UInt8],  // CTA_ID of 3 bytes
+        [8, 0, 18, 0, 0, 0, 0, 7],  // CTA_ZONE of 4 bytes
+        [16, 0, 1, 0x80, 12, 0, 1, 0x80, 6, 0, 1, 0, 10, 0, 0, 0],  // CTA_TUPLE_ORIG{IP{V4_SRC of 2 bytes}}
+        [16, 0, 4, 0x80, 12, 0, 1, 0x80, 7, 0, 4, 0, 1, 2, 3, 0],  // CTA_PROTOINFO{TCP{FLAGS_ORIGINAL of 3 bytes}}
+        [6, 0, 20, 0x80, 0, 0, 0, 0],  // CTA_TIMESTAMP nested, 2 bytes inside
+        [12, 0, 1, 0x80, 8, 0, 3, 0, 0, 0, 0, 0],  // CTA_TUPLE_ORIG{CTA_TUPLE_ZONE of 4 bytes}
+        [12, 0, 24, 0x80, 6, 0, 1, 0, 0, 0, 0, 0],  // CTA_SYNPROXY{ISN of 2 bytes}
+    ])
+    func aMalformedAttributeIsRefusedNotFatal(malformed: [UInt8]) throws {
+        let wellFormed = try ConntrackCodec.deleteAttributes(for: natted)
+        #expect(ConntrackCodec.entry(from: newMessage(wellFormed))?.original == natted.original)
+        #expect(ConntrackCodec.entry(from: newMessage(wellFormed + malformed)) == nil)
+    }
+
+    /// A message shorter than nfgenmsg made the library's payload length wrap around.
+    @Test func aMessageWithoutItsNetfilterHeaderIsRefused() {
+        #expect(ConntrackCodec.entry(from: newMessage([], header: [2, 0])) == nil)
+    }
+
     @Test func requestsAreKernelFilteredForFewExactDestinationsOnly() throws {
         let exact = ConntrackTable.requests(for: [try Destination(parsing: "10.0.0.5:6443")], transports: [.tcp, .udp])
         #expect(exact.count == 4)

@@ -24,6 +24,36 @@ import Testing
         #expect(Array(NetlinkMessages(datagram: [1, 0, 0])).isEmpty)
     }
 
+    /// Found by the datagram fuzz target: a last message whose length is not a multiple of 4 and
+    /// is not padded moved the cursor past the end, and the next read trapped.
+    @Test func endsAtAnUnpaddedLastMessage() {
+        var datagram = errorMessage(sequence: 1, errno: 0)
+        datagram.append(0x63)
+        datagram.replaceSubrange(0..<4, with: [UInt8(datagram.count), 0, 0, 0])
+        let messages = Array(NetlinkMessages(datagram: datagram))
+        #expect(messages.map(\.sequence) == [1])
+        #expect(messages.first?.raw.count == 37)
+    }
+
+    /// The same for attributes: an unpadded last attribute (a truncated string, say) ends the walk.
+    @Test func endsAtAnUnpaddedLastAttribute() {
+        let bytes: [UInt8] = [8, 0, 1, 0, 1, 2, 3, 4, 5, 0, 2, 0, 0x41]
+        let attributes = Array(NetlinkAttributes(bytes[...]))
+        #expect(attributes.map(\.type) == [1, 2])
+        #expect(Array(attributes[1].value) == [0x41])
+        #expect(Array(NetlinkAttributes(bytes[4...])).isEmpty)
+    }
+
+    /// Found by the datagram fuzz target: an error of Int32.min has no positive errno, and
+    /// negating it trapped (arithmetic overflow).
+    @Test func anErrorOfInt32MinReadsWithoutTrapping() {
+        var writer = NetlinkMessageWriter(type: 2, flags: 0, sequence: 1)  // NLMSG_ERROR
+        writer.append(hostOrder: Int32.min)
+        writer.append([UInt8](repeating: 0, count: 16))
+        let message = Array(NetlinkMessages(datagram: writer.finish()))[0]
+        #expect(message.errorCode != 0)
+    }
+
     @Test func doneCarriesTheDumpsErrorAndInterruptedFlag() {
         var writer = NetlinkMessageWriter(type: 3, flags: 0x12, sequence: 4)  // NLMSG_DONE, MULTI|DUMP_INTR
         writer.append(hostOrder: Int32(-16))

@@ -13,6 +13,11 @@ import Testing
         ("fd00:0:0:0:0:0:0:3", "fd00::3"),
         (":6443", ":6443"),
         ("  10.1.2.3:80 ", "10.1.2.3:80"),
+        // Found by the values fuzz target: an IPv6 address that starts with "::" read as ":PORT".
+        ("::1", "::1"),
+        ("0::/60", "::/60"),
+        ("::/0", "::/0"),
+        ("::ffff:10.0.0.1", "::ffff:10.0.0.1"),
     ])
     func parsesAndPrints(input: String, expected: String) throws {
         #expect(try Destination(parsing: input).description == expected)
