@@ -138,6 +138,7 @@ public final class Purger {
             // in between is in the dump but no longer in the table (its socket lingers as it closes).
             let ownBefore = options.sparingOwnSockets ? OwnSockets.inodes() : []
             let dump = try diagnostics.sockets(matching: query)
+            report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "SOCK_DIAG_BY_FAMILY")
             if let rule = matcher.stuck, round == 0 {
                 report.stuckSuspects = Set(
                     dump.sockets.filter { matcher.isTowardDestinations($0) && rule.isSuspicious($0) }.map(\.id.cookie))
@@ -161,6 +162,7 @@ public final class Purger {
                 let outcome = PurgeReport.Outcome.destroy(ack)
                 if outcome == .unconfirmed {
                     retry = true
+                    report.note(1, NetlinkTrouble(operation: "SOCK_DESTROY", condition: "ENOBUFS"))
                     continue
                 }
                 if outcome.error == nil { ended.insert(socket.id.cookie) }
@@ -220,6 +222,7 @@ public final class Purger {
             } else {
                 dump = try table.entries(for: matcher.destinations, transports: matcher.transports)
             }
+            report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "IPCTNL_MSG_CT_GET")
             // A stuck rule condemns single sockets: only their own entries go, not the backend's others.
             let stuckFlows = matcher.stuck == nil ? nil : Set(report.sockets.map { Flow($0.socket) })
             let targets = dump.entries.compactMap { entry in
@@ -235,6 +238,7 @@ public final class Purger {
                 let outcome = PurgeReport.Outcome.delete(ack)
                 if outcome == .unconfirmed {
                     retry = true
+                    report.note(1, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
                     continue
                 }
                 if outcome.error == nil { deleted.insert(entry.identity) }
