@@ -242,7 +242,7 @@ public final class ReapExecutor: Service, Sendable {
                 .reaped(
                     .init(
                         pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
-                        leftByLimit: tally.leftByLimit, at: .now)))
+                        leftByLimit: tally.leftByLimit, at: .now, scope: scope)))
         case .watchNewFlows(let key):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
             let announced = await kernel.watchNewFlows(
