@@ -74,10 +74,11 @@ class DeadBackendLab:
         target = endpoint(address or self.dead, port)
         return len(self.client.run(["ss", "-Htn", "state", "established", "dst", target]).stdout.splitlines())
 
-    def tracked(self, address: str | None = None, port: int = PORT) -> int:
-        """ESTABLISHED conntrack entries in the client namespace whose original destination is ADDRESS:PORT."""
+    def tracked(self, address: str | None = None, port: int = PORT, state: str | None = "ESTABLISHED") -> int:
+        """Conntrack entries (ESTABLISHED ones, or in any ``state=None``) in the client namespace whose
+        original destination is ADDRESS:PORT. A destroyed socket's RST moves its entry to CLOSE."""
         result = self.client.run(["conntrack", "-L", "-p", "tcp", "-d", address or self.dead, "--dport", str(port),
-                                  "--state", "ESTABLISHED"], check=False)
+                                  *(["--state", state] if state else [])], check=False)
         return len([line for line in result.stdout.splitlines() if "src=" in line])
 
     def decoys_answer(self) -> list[str]:

@@ -45,7 +45,8 @@ extension ReapAccounting {
         guard let report = part.report else {
             let error = part.error
             let errno = error.map(Self.errnoName) ?? "unknown"
-            let operation = error?.call ?? "namespace"
+            // `setns(/run/netns/x)`: the path goes in the log line, not in a label.
+            let operation = error.map { String($0.call.prefix { $0 != "(" }) } ?? "namespace"
             metrics.netlinkErrors(layer: "system", operation: operation, errno: errno).increment()
             if let count = troubleLog.shouldLog("namespace \(namespace) \(operation) \(errno)", count: 1) {
                 var metadata = base

@@ -216,6 +216,7 @@ struct ReapAccounting: Sendable {
         case .resourceBusy: "EBUSY"
         case .resourceTemporarilyUnavailable: "EAGAIN"
         case .noSuchProcess: "ESRCH"
+        case .permissionDenied: "EACCES"
         default: "errno_\(error.errno.rawValue)"
         }
     }
