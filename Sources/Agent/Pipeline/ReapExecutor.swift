@@ -183,7 +183,8 @@ public final class ReapExecutor: Service, Sendable {
                     if lanes[lane] == nil {
                         let (queue, continuation) = AsyncStream.makeStream(of: ReapPolicy.Action.self)
                         lanes[lane] = continuation
-                        group.addTask { for await queued in queue { await self.perform(queued) } }
+                        // Ahead of the status endpoint's handlers in the task pool: a scrape storm must not delay a reap.
+                        group.addTask(priority: .high) { for await queued in queue { await self.perform(queued) } }
                     }
                     lanes[lane]?.yield(action)
                 }
