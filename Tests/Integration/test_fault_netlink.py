@@ -30,8 +30,9 @@ import threading
 import time
 
 from lab.agent import Agent, pool_yaml
-from lab.faults import DeadBackendLab
-from lab.netns import in_netns, wait_for
+from lab.faults import PORT, DeadBackendLab
+from lab.netns import delete_namespace, in_netns, wait_for
+from lab.traffic import BulkPeer
 
 LISTEN = ("127.0.0.1", 19748)
 NETLINK_SOCK_DIAG = 4
@@ -151,9 +152,8 @@ def namespace_path(namespace) -> str:
 
 def test_a_namespace_vanishing_mid_reap_is_named_and_the_others_are_still_reaped(fault_lab, reaper_binary, tmp_path):
     topology, other = two_client_namespaces(fault_lab)
-    from lab.traffic import BulkPeer
     other_bulk = BulkPeer(other, "bulk-client", 2)
-    assert other_bulk.call("connect", dst=topology.dead, port=topology_port(), n=1500)["connected"] == 1500
+    assert other_bulk.call("connect", dst=topology.dead, port=PORT, n=1500)["connected"] == 1500
     topology.connect(1500, 50)
     # B first: its connections are the ones being reaped when it goes.
     config = agent_config(tmp_path, topology, max_sockets_per_second=300, max_sockets_burst=300,
@@ -164,7 +164,6 @@ def test_a_namespace_vanishing_mid_reap_is_named_and_the_others_are_still_reaped
     first = agent.wait_line(lambda l: l.msg == "reaped" and l.fields.get("netns") == namespace_path(other), 15)
     assert first is not None, agent.describe()
     gone_path = namespace_path(other)
-    from lab.netns import delete_namespace
     delete_namespace(other.name)
     vanished = time.monotonic()
     # Between `ip netns delete`'s unmount and its unlink the file is an empty mode-0 file: EACCES for
@@ -184,11 +183,6 @@ def test_a_namespace_vanishing_mid_reap_is_named_and_the_others_are_still_reaped
     assert topology.decoys_answer() == ["ok"] * len(topology.decoy_ids)
     assert agent.get("/healthz")[0] == 200
     assert agent.stop() == 0, agent.describe()
-
-
-def topology_port() -> int:
-    from lab.faults import PORT
-    return PORT
 
 
 def test_eperm_after_a_reload_that_needs_a_shed_capability_is_named_and_the_own_namespace_still_reaped(
