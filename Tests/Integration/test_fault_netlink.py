@@ -129,6 +129,8 @@ def test_enobufs_on_dumps_and_acks_is_ridden_out_and_counted(fault_lab, reaper_b
     assert flood.refused > 0, "the flood never filled a queue"
     assert any(errno == "ENOBUFS" and value > 0 for (_, errno), value in errors.items()), (errors, agent.log_text())
     assert warnings, agent.log_text()
+    # Every connection accounted for: a destroy whose ack was lost counts once its socket is gone.
+    assert metrics.value("conn_reaper_sockets_destroyed_total", backend=topology.backend) == 3000, metrics.text
     check = topology.bulk_check()
     assert check[topology.backend] == {"alive": 0, "ended": {"ECONNABORTED": 3000}}, check
     assert check[topology.live_backend] == {"alive": 100, "ended": {}}, check
