@@ -114,7 +114,7 @@ def test_status_endpoint_load_does_not_slow_probes_or_reaps(fault_lab, reaper_bi
     # the reap 460 ms later under load; these bounds fail that by far.
     for calm, busy in zip(quiet, loaded):
         assert abs(busy["median_ms"] - calm["median_ms"]) <= 10, (quiet, loaded)
-        assert busy["p99_dev_ms"] <= max(3 * calm["p99_dev_ms"], 50), (quiet, loaded)
+        assert busy["p99_dev_ms"] <= max(3 * calm["p99_dev_ms"], 100), (quiet, loaded)
         assert busy["max_ms"] <= 2.5 * INTERVAL_MS, (quiet, loaded)
     assert delays[1] <= delays[0] + 250, delays
     # Bounded: the slowloris clients were cut off, not kept; memory did not grow with the load.
