@@ -150,6 +150,14 @@ public final class AgentMetrics: Sendable {
             labels: [("pool", pool), ("backend", backend), ("signal", signal)])
     }
 
+    func returnProbes(pool: String, backend: String) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.name(
+                "return_probes", unit: "total",
+                help: "Probes of a backend found dead by early detection, sent every 250 ms for 5 s to see it answer again."),
+            labels: [("pool", pool), ("backend", backend)])
+    }
+
     func backendConnections(pool: String, backend: String) -> Gauge {
         registry.makeGauge(
             descriptor: Self.name(

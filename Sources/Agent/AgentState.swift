@@ -87,6 +87,10 @@ public final class AgentState: Sendable {
         storage.withLock { storage in [storage.policy.nextDeadline, storage.early.nextDeadline].compactMap { $0 }.min() }
     }
 
+    public func stillEnds(_ key: BackendKey) -> Bool {
+        storage.withLock { $0.policy.stillEnds(key) }
+    }
+
     public func state(of key: BackendKey) -> BackendState {
         storage.withLock { $0.policy.backends[key]?.state ?? .unknown }
     }

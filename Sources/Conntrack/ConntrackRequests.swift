@@ -62,20 +62,46 @@ public struct ConntrackDumpRequest: NetlinkRequest, Equatable {
     public func writePayload(into writer: inout NetlinkMessageWriter) {
         writeNetfilterHeader(family: family, into: &writer)
         guard let filter else { return }
-        let (tuple, address, port, transport, isSource): (UInt16, IPAddress, UInt16?, TransportProtocol, Bool) =
-            switch filter {
-            case .originalDestination(let a, let p, let t): (ConntrackAttribute.tupleOriginal, a, p, t, false)
-            case .replySource(let a, let p, let t): (ConntrackAttribute.tupleReply, a, p, t, true)
-            }
         // Kernel 6.18's ctnetlink compares IPv6 filter addresses inverted (`!ipv6_addr_cmp`): an
         // IPv6 address filter returns every entry except the one asked for. IPv6 dumps are
         // therefore narrowed by protocol and port only; the caller's user-space check does the rest.
-        let filtersAddress = address.family == .v4
+        filter.write(into: &writer, withAddress: filter.address.family == .v4)
+    }
+}
+
+extension ConntrackFilter {
+    var address: IPAddress {
+        switch self {
+        case .originalDestination(let address, _, _), .replySource(let address, _, _): address
+        }
+    }
+
+    /// The flag word naming what the filter compares (nf_internals.h's CTA_FILTER_FLAG bits).
+    func flags(withAddress: Bool) -> UInt32 {
+        let (port, isSource): (UInt16?, Bool) =
+            switch self {
+            case .originalDestination(_, let port, _): (port, false)
+            case .replySource(_, let port, _): (port, true)
+            }
+        var flags = Self.flagProtoNumber
+        if withAddress { flags |= isSource ? Self.flagIPSource : Self.flagIPDestination }
+        if port != nil { flags |= isSource ? Self.flagProtoSourcePort : Self.flagProtoDestinationPort }
+        return flags
+    }
+
+    /// The partial tuple the filter compares and CTA_FILTER's two flag words.
+    func write(into writer: inout NetlinkMessageWriter, withAddress: Bool) {
+        let (tuple, address, port, transport, isSource): (UInt16, IPAddress, UInt16?, TransportProtocol, Bool) =
+            switch self {
+            case .originalDestination(let a, let p, let t): (ConntrackAttribute.tupleOriginal, a, p, t, false)
+            case .replySource(let a, let p, let t): (ConntrackAttribute.tupleReply, a, p, t, true)
+            }
         writer.appendNested(type: tuple) { tupleWriter in
-            if filtersAddress {
+            if withAddress {
                 tupleWriter.appendNested(type: ConntrackAttribute.tupleIP) { ip in
-                    // CTA_IP_V4_SRC 1, CTA_IP_V4_DST 2
-                    ip.appendAttribute(type: isSource ? 1 : 2, value: address.networkBytes)
+                    // CTA_IP_V4_SRC 1, CTA_IP_V4_DST 2 (CTA_IP_V6_SRC 3, CTA_IP_V6_DST 4)
+                    let v4 = address.family == .v4
+                    ip.appendAttribute(type: isSource ? (v4 ? 1 : 3) : (v4 ? 2 : 4), value: address.networkBytes)
                 }
             }
             tupleWriter.appendNested(type: ConntrackAttribute.tupleProto) { proto in
@@ -87,9 +113,7 @@ public struct ConntrackDumpRequest: NetlinkRequest, Equatable {
                 }
             }
         }
-        var flags = ConntrackFilter.flagProtoNumber
-        if filtersAddress { flags |= isSource ? ConntrackFilter.flagIPSource : ConntrackFilter.flagIPDestination }
-        if port != nil { flags |= isSource ? ConntrackFilter.flagProtoSourcePort : ConntrackFilter.flagProtoDestinationPort }
+        let flags = self.flags(withAddress: withAddress)
         writer.appendNested(type: ConntrackAttribute.filter) { filterWriter in
             filterWriter.appendAttribute(type: ConntrackAttribute.filterOriginalFlags, value: (isSource ? 0 : flags).hostOrderBytes)
             filterWriter.appendAttribute(type: ConntrackAttribute.filterReplyFlags, value: (isSource ? flags : 0).hostOrderBytes)

@@ -1,10 +1,14 @@
 import Netlink
 import NetworkAddress
 import OS
+import Synchronization
 
 /// The conntrack table of one network namespace, through ctnetlink (needs CAP_NET_ADMIN even to read).
 public final class ConntrackTable {
     private let dumpSocket: NetlinkSocket
+    /// The reply-source dumps run beside the original-destination ones: each walks the whole
+    /// conntrack hash of the host (every namespace's entries, every bucket), matches or not.
+    private let dumpSocket2: NetlinkSocket
     private let deleteSocket: NetlinkSocket
 
     /// Up to this many single-address destinations are filtered in the kernel, two dumps each;
@@ -13,8 +17,10 @@ public final class ConntrackTable {
 
     public init() throws(SystemCallError) {
         dumpSocket = try NetlinkSocket(bus: .netfilter)
+        dumpSocket2 = try NetlinkSocket(bus: .netfilter)
         deleteSocket = try NetlinkSocket(bus: .netfilter)
         try dumpSocket.setReceiveTimeout(milliseconds: 10_000)
+        try dumpSocket2.setReceiveTimeout(milliseconds: 10_000)
         try deleteSocket.setReceiveTimeout(milliseconds: 10_000)
         try deleteSocket.setReceiveBufferSize(16 << 20)
         try? deleteSocket.capAcknowledgements()
@@ -55,13 +61,34 @@ public final class ConntrackTable {
         return requests
     }
 
+    /// `sideBySide`: the reply-source dumps on a second thread, so one purge waits for one walk of
+    /// the table, not two. Not for a walk over every namespace, whose purges already keep both
+    /// cores busy: there a thread per namespace costs more than it saves.
     public func entries(
-        for destinations: [Destination], transports: Set<TransportProtocol>
+        for destinations: [Destination], transports: Set<TransportProtocol>, sideBySide: Bool = false
     ) throws(SystemCallError) -> Dump {
+        let requests = Self.requests(for: destinations, transports: transports)
+        let replySide = requests.filter { if case .replySource? = $0.filter { true } else { false } }
+        guard sideBySide, !replySide.isEmpty, replySide.count < requests.count else { return try Self.dump(requests, on: dumpSocket) }
+        let socket2 = dumpSocket2
+        let background = BackgroundWork { () throws(SystemCallError) -> Dump in try Self.dump(replySide, on: socket2) }
+        let first = Result { () throws(SystemCallError) -> Dump in
+            try Self.dump(requests.filter { !replySide.contains($0) }, on: dumpSocket)
+        }
+        let second = try background.wait()
+        var dump = try first.get()
+        // A direct flow's entry is in both halves (its reply source is its original destination).
+        var seen = Set(dump.entries.map(\.identity))
+        dump.entries += second.entries.filter { seen.insert($0.identity).inserted }
+        dump.interrupted = dump.interrupted || second.interrupted
+        return dump
+    }
+
+    private static func dump(_ requests: [ConntrackDumpRequest], on socket: NetlinkSocket) throws(SystemCallError) -> Dump {
         var dump = Dump()
         var seen = Set<ConntrackEntry.Identity>()
-        for request in Self.requests(for: destinations, transports: transports) {
-            let outcome = try dumpSocket.dump(request) { message in
+        for request in requests {
+            let outcome = try socket.dump(request) { message in
                 guard message.type == ConntrackMessageType.new, let entry = ConntrackCodec.entry(from: message),
                     seen.insert(entry.identity).inserted
                 else { return }
@@ -88,5 +115,62 @@ public final class ConntrackTable {
         let acknowledgements = try deleteSocket.exchangeAcknowledged(requests, batchSize: batchSize)
         for (position, acknowledgement) in zip(positions, acknowledgements) { results[position] = acknowledgement }
         return results
+    }
+
+    // MARK: - Filtered flush
+
+    /// Whether the kernel deletes by filter (Linux 6.12+), learnt once per process: by `probeFlush`
+    /// or by the first flush it refused. nil: not known yet.
+    public static let flushSupported = Mutex<Bool?>(nil)
+
+    /// The flushes that delete what `destinations` name in the kernel: for each IPv4 host
+    /// destination, per transport, its original-destination and its reply-source side. Other
+    /// destinations (prefixes, any address, IPv6) get none: their entries are deleted one by one.
+    public static func flushes(for destinations: [Destination], transports: Set<TransportProtocol>) -> [ConntrackFlushRequest] {
+        var requests: [ConntrackFlushRequest] = []
+        for destination in destinations where isFlushable(destination) {
+            let address = destination.prefix!.address
+            for transport in TransportProtocol.allCases where transports.contains(transport) {
+                for filter in [
+                    ConntrackFilter.originalDestination(address, port: destination.port, transport),
+                    .replySource(address, port: destination.port, transport),
+                ] {
+                    if let request = try? ConntrackFlushRequest(filter) { requests.append(request) }
+                }
+            }
+        }
+        return requests
+    }
+
+    public static func isFlushable(_ destination: Destination) -> Bool {
+        destination.prefix.map { $0.isSingleHost && $0.address.family == .v4 } ?? false
+    }
+
+    /// Sends the flushes; each acknowledgement says whether the kernel did it. A refusal (EINVAL,
+    /// EOPNOTSUPP: a kernel without the feature) deletes nothing and is remembered for the process.
+    public func flush(_ requests: [ConntrackFlushRequest]) throws(SystemCallError) -> [Acknowledgement] {
+        guard !requests.isEmpty else { return [] }
+        let acknowledgements = try deleteSocket.exchangeAcknowledged(requests, batchSize: requests.count)
+        if acknowledgements.contains(where: Self.isRefusal) {
+            Self.flushSupported.withLock { $0 = false }
+        } else if acknowledgements.contains(.done) {
+            Self.flushSupported.withLock { $0 = $0 ?? true }
+        }
+        return acknowledgements
+    }
+
+    static func isRefusal(_ acknowledgement: Acknowledgement) -> Bool {
+        acknowledgement == .failed(.invalidArgument) || acknowledgement == .failed(.notSupported)
+    }
+
+    /// Flushes a tuple that cannot exist (reply source 0.0.0.0, port 0): an ack means the kernel
+    /// deletes by filter. Costs one walk of the table.
+    @discardableResult
+    public func probeFlush() throws(SystemCallError) -> Bool {
+        if let known = Self.flushSupported.withLock({ $0 }) { return known }
+        let nowhere = try! ConntrackFlushRequest(.replySource(.v4(0), port: 0, .tcp))
+        let supported = try flush([nowhere]) == [.done]
+        Self.flushSupported.withLock { $0 = supported }
+        return supported
     }
 }

@@ -23,6 +23,7 @@ public struct HostCheck: Sendable {
     public init() {
         findings.append(contentsOf: Self.checkSockets())
         findings.append(Self.checkConntrack())
+        if let flush = Self.checkConntrackFlush() { findings.append(flush) }
         findings.append(contentsOf: Self.checkCapabilities())
     }
 
@@ -110,6 +111,17 @@ public struct HostCheck: Sendable {
         } catch {
             return Finding(name: name, verdict: .warning, detail: error.description)
         }
+    }
+
+    /// Probed once per process here (the agent runs this check at start): a purge then knows
+    /// whether to flush or to delete entry by entry. nil where conntrack cannot be used at all.
+    static func checkConntrackFlush() -> Finding? {
+        guard let table = try? ConntrackTable(), let supported = try? table.probeFlush() else { return nil }
+        return Finding(
+            name: "conntrack filtered flush", verdict: .ok,
+            detail: supported
+                ? "supported (Linux 6.12+): many entries toward one IPv4 destination go in one request"
+                : "not supported by this kernel (before 6.12): entries are deleted one by one")
     }
 
     static func checkCapabilities() -> [Finding] {

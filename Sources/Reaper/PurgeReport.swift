@@ -37,6 +37,8 @@ public struct PurgeReport: Sendable {
         public var matchedBy: DestinationMatcher.ConntrackMatch
         public var outcome: Outcome
         public var namespace: String?
+        /// Deleted by a filtered flush, which names no entry: listed from the dump made before it.
+        public var byFlush = false
     }
 
     public var sockets: [SocketResult] = []
@@ -45,6 +47,8 @@ public struct PurgeReport: Sendable {
     public var stepErrors: [SystemCallError] = []
     /// Dumps repeated because acks were lost or the kernel flagged a dump inconsistent.
     public var extraRounds = 0
+    /// Filtered flushes the kernel carried out (each deletes every entry one side of a destination names).
+    public var conntrackFlushes = 0
     /// Matching sockets not destroyed because of `Purger.Options.socketLimit`.
     public var socketsLeftByLimit = 0
     /// Trouble with the kernel interfaces that the purge rode out (a dump begun again, an ack lost),
@@ -66,6 +70,7 @@ public struct PurgeReport: Sendable {
         }
         stepErrors += other.stepErrors
         extraRounds += other.extraRounds
+        conntrackFlushes += other.conntrackFlushes
         socketsLeftByLimit += other.socketsLeftByLimit
         stuckSuspects.formUnion(other.stuckSuspects)
         troubles.merge(other.troubles, uniquingKeysWith: +)

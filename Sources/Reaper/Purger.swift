@@ -22,6 +22,10 @@ public final class Purger {
         /// mostly finds nothing, and a dump of a busy node's table costs more than the socket walk.
         /// NAT'd flows, which only conntrack can name, wait for a pass without it.
         public var conntrackOnlyAfterSockets = false
+        /// When entries toward a dead destination are deleted by the kernel's filtered flush.
+        public var conntrackFlush: ConntrackFlushMode = .auto
+        /// Both directions' conntrack dumps at once (see `ConntrackTable.entries`): for a purge in one namespace.
+        public var conntrackDumpsSideBySide = false
 
         public init(sockets: Bool = true, conntrack: Bool = true, dryRun: Bool = false) {
             self.sockets = sockets
@@ -29,6 +33,14 @@ public final class Purger {
             self.dryRun = dryRun
         }
     }
+
+    /// `auto`: a flush where the dump found at least `flushFrom` entries it would delete (one walk of
+    /// the table costs about what a few hundred exact deletes do) and the kernel takes it.
+    public enum ConntrackFlushMode: String, Sendable, CaseIterable {
+        case auto, never, always
+    }
+
+    static let flushFrom = 256
 
     private let socketDiagnostics: SocketDiagnostics?
     private let conntrackTable: ConntrackTable?
@@ -84,7 +96,8 @@ public final class Purger {
         var prefetched: BackgroundWork<ConntrackTable.Dump>?
         if options.conntrack, options.sockets, matcher.stuck == nil, !options.conntrackOnlyAfterSockets, let conntrackTable {
             prefetched = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
-                try conntrackTable.entries(for: matcher.destinations, transports: matcher.transports)
+                try conntrackTable.entries(
+                    for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide)
             }
         }
         if options.sockets, let socketDiagnostics {
@@ -229,7 +242,8 @@ public final class Purger {
             if round == 0, let prefetched {
                 dump = prefetched
             } else {
-                dump = try table.entries(for: matcher.destinations, transports: matcher.transports)
+                dump = try table.entries(
+                    for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide)
             }
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "IPCTNL_MSG_CT_GET")
             // A stuck rule condemns single sockets: only their own entries go, not the backend's others.
@@ -241,9 +255,14 @@ public final class Purger {
                 report.conntrack += targets.map { .init(entry: $0.0, matchedBy: $0.1, outcome: idle) }
                 return
             }
-            let acks = try table.delete(targets.map(\.0))
+            var remaining = targets
+            if round == 0 {
+                remaining = try flush(targets, matcher: matcher, options: options, in: table, report: &report)
+                for result in report.conntrack where result.byFlush { deleted.insert(result.entry.identity) }
+            }
+            let acks = try table.delete(remaining.map(\.0))
             var retry = dump.interrupted
-            for ((entry, matchedBy), ack) in zip(targets, acks) {
+            for ((entry, matchedBy), ack) in zip(remaining, acks) {
                 let outcome = PurgeReport.Outcome.delete(ack)
                 if outcome == .unconfirmed {
                     retry = true
@@ -256,6 +275,38 @@ public final class Purger {
             guard retry, round < options.maximumExtraRounds else { return }
             report.extraRounds += 1
         }
+    }
+
+    /// Deletes in the kernel, by filtered flushes, the targets a flush can name (IPv4 hosts) when the
+    /// mode and their number say so; returns the targets left for exact deletes (all of them when
+    /// the kernel refuses the flush). A flush also deletes what appeared since the dump, toward the
+    /// same dead destination: the report counts what the dump saw.
+    private func flush(
+        _ targets: [(ConntrackEntry, DestinationMatcher.ConntrackMatch)], matcher: DestinationMatcher, options: Options,
+        in table: ConntrackTable, report: inout PurgeReport
+    ) throws(SystemCallError) -> [(ConntrackEntry, DestinationMatcher.ConntrackMatch)] {
+        guard matcher.stuck == nil, options.conntrackFlush != .never, ConntrackTable.flushSupported.withLock({ $0 }) != false else {
+            return targets
+        }
+        let flushable = matcher.destinations.filter(ConntrackTable.isFlushable)
+        let covered = targets.filter { entry, _ in
+            flushable.contains { destination in
+                destination.matches(address: entry.original.destination.address, port: entry.original.destination.port)
+                    || destination.matches(address: entry.reply.source.address, port: entry.reply.source.port)
+            }
+        }
+        guard options.conntrackFlush == .always || covered.count >= Self.flushFrom else { return targets }
+        let requests = ConntrackTable.flushes(for: flushable, transports: matcher.transports)
+        let acknowledgements = try table.flush(requests)
+        guard !acknowledgements.contains(where: { $0 != .done }) else {
+            // Refused (an older kernel) or failed: nothing is known deleted; exact deletes do it all.
+            report.conntrackFlushes += acknowledgements.count { $0 == .done }
+            return targets
+        }
+        report.conntrackFlushes += requests.count
+        report.conntrack += covered.map { .init(entry: $0.0, matchedBy: $0.1, outcome: .ended, byFlush: true) }
+        let flushed = Set(covered.map(\.0.identity))
+        return targets.filter { !flushed.contains($0.0.identity) }
     }
 
     /// Ends one flow a conntrack announcement named: its local socket found by exact 4-tuple (a hash

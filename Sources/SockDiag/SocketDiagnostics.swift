@@ -2,13 +2,19 @@ import Netlink
 import NetworkAddress
 import OS
 
-/// The sock_diag interface of one network namespace: dumps on one netlink socket, destroys on a
-/// second, so a destroy never has to wait behind a dump's replies.
+/// The sock_diag interface of one network namespace: dumps on one netlink socket, destroys on
+/// others, so a destroy never has to wait behind a dump's replies.
 public final class SocketDiagnostics {
     private let dumpSocket: NetlinkSocket
     /// IPv6 dumps run beside IPv4 ones: each walks the whole socket table of the host.
     private let dumpSocket6: NetlinkSocket
     private let destroySocket: NetlinkSocket
+    /// A large destroy is split in two, the second half on its own thread and socket: the kernel
+    /// aborts each socket (and sends its RST) in the sender's context, so two senders use two cores.
+    private let destroySocket2: NetlinkSocket
+
+    /// Below this many sockets a second thread costs more than it saves.
+    static let splitDestroyThreshold = 512
 
     /// Room for the acks of a full destroy batch: each queued ack costs about 1 KiB of truesize.
     static let destroyReceiveBuffer: Int32 = 16 << 20
@@ -17,11 +23,14 @@ public final class SocketDiagnostics {
         dumpSocket = try NetlinkSocket(bus: .sockDiag)
         dumpSocket6 = try NetlinkSocket(bus: .sockDiag)
         destroySocket = try NetlinkSocket(bus: .sockDiag)
+        destroySocket2 = try NetlinkSocket(bus: .sockDiag)
         try dumpSocket.setReceiveTimeout(milliseconds: 10_000)
         try dumpSocket6.setReceiveTimeout(milliseconds: 10_000)
-        try destroySocket.setReceiveTimeout(milliseconds: 10_000)
-        try destroySocket.setReceiveBufferSize(Self.destroyReceiveBuffer)
-        try? destroySocket.capAcknowledgements()
+        for socket in [destroySocket, destroySocket2] {
+            try socket.setReceiveTimeout(milliseconds: 10_000)
+            try socket.setReceiveBufferSize(Self.destroyReceiveBuffer)
+            try? socket.capAcknowledgements()
+        }
     }
 
     public struct Dump: Sendable {
@@ -82,7 +91,21 @@ public final class SocketDiagnostics {
     /// SOCK_DESTROY for each socket, batched. ENOENT means already gone (closed meanwhile, or the
     /// cookie names an older socket on the same tuple): the caller counts it apart from a destroy.
     public func destroy(_ sockets: [DiagnosedSocket], batchSize: Int = 1024) throws(SystemCallError) -> [Acknowledgement] {
-        try destroySocket.exchangeAcknowledged(sockets.map(\.destroyRequest), batchSize: batchSize)
+        guard sockets.count >= Self.splitDestroyThreshold else {
+            return try destroySocket.exchangeAcknowledged(sockets.map(\.destroyRequest), batchSize: batchSize)
+        }
+        let half = sockets.count / 2
+        let second = Array(sockets[half...].map(\.destroyRequest))
+        let socket2 = destroySocket2
+        let background = BackgroundWork { () throws(SystemCallError) -> [Acknowledgement] in
+            try socket2.exchangeAcknowledged(second, batchSize: batchSize)
+        }
+        // Wait for the second half even when the first fails: its thread uses the socket.
+        let first = Result { () throws(SystemCallError) -> [Acknowledgement] in
+            try destroySocket.exchangeAcknowledged(sockets[..<half].map(\.destroyRequest), batchSize: batchSize)
+        }
+        let rest = try background.wait()
+        return try first.get() + rest
     }
 
     /// Destroys a tuple that cannot exist: ENOENT means the kernel can destroy sockets, EOPNOTSUPP

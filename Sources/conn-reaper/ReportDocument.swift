@@ -21,6 +21,7 @@ enum ReportDocument {
                     ("sockets_destroyed", .integer(Int64(report.socketsEnded))),
                     ("conntrack_matched", .integer(Int64(report.conntrack.count))),
                     ("conntrack_deleted", .integer(Int64(report.conntrackDeleted))),
+                    ("conntrack_flushes", .integer(Int64(report.conntrackFlushes))),
                     ("errors", .integer(Int64(errors.count))),
                 ])
             ),
@@ -86,6 +87,8 @@ enum ReportDocument {
             ("mark", .unsigned(UInt64(entry.mark))),
             ("timeout", .optional(entry.timeoutSeconds)),
             ("matched", .string(result.matchedBy.rawValue)),
+            // "flush": deleted by a filtered flush (which names no entry): listed from the dump before it.
+            ("deleted_by", .optional(result.outcome == .ended ? (result.byFlush ? "flush" : "exact") : nil)),
             ("result", .string(name(result.outcome, ended: "deleted"))),
             ("error", .optional(result.outcome.error?.description)),
             ("netns", .optional(result.namespace)),

@@ -29,6 +29,9 @@ struct ReportPrinter {
             + "\(report.conntrack.count { counted($0.outcome) }) conntrack entries, \(errors.count) errors, "
             + String(format: "%.1f ms", report.durationSeconds * 1000)
         if report.allErrors.contains(where: \.meansConntrackAbsent) { summary += " (conntrack not available here: skipped)" }
+        if report.conntrackFlushes > 0 {
+            summary += " (conntrack: \(report.conntrackFlushes) filtered flushes in the kernel; entries counted from the dump before them)"
+        }
         standardError(summary)
         let hints = Set(errors.map { error in error.hint.map { "\(error.call): \($0)" } ?? error.description })
         for hint in hints.sorted() { standardError("error: \(hint)") }
@@ -68,7 +71,9 @@ struct ReportPrinter {
                         "\(entry.original.source) -> \(entry.original.destination)",
                         "\(entry.reply.source) -> \(entry.reply.destination)",
                         String(entry.zone), result.matchedBy.rawValue,
-                        listing ? (entry.timeoutSeconds.map { "\($0)s" } ?? "-") : Self.describe(result.outcome),
+                        listing
+                            ? (entry.timeoutSeconds.map { "\($0)s" } ?? "-")
+                            : Self.describe(result.outcome) + (result.byFlush ? " (filtered flush)" : ""),
                     ])
             }
             print(Self.table(rows))

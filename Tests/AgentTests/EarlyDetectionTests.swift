@@ -44,9 +44,59 @@ import Testing
         #expect(probes(detection.handle(.tick(start + .milliseconds(30)))) == [], "fall probes at once")
         // The policy found it dead: the verdict, and how it was detected, for the reap's audit line.
         let verdict = detection.handle(.state(key(c), .dead, at: start + .milliseconds(320)))
-        #expect(verdict == [.cleared(key(c), .retransmits, verdict: .dead, after: .milliseconds(320))])
+        #expect(
+            verdict == [
+                .cleared(key(c), .retransmits, verdict: .dead, after: .milliseconds(320)),
+                .probeForReturn(key(c), timeout: .milliseconds(200)),
+            ])
         #expect(detection.detections[key(c)]?.signal == .retransmits)
+        #expect(detection.nextDeadline == start + .milliseconds(570), "watching for its return")
+    }
+
+    /// An outage just long enough to look like a death: once the backend answers, one probe away.
+    @Test func anEarlyDeathIsWatchedForItsReturnAFewSecondsThenLeftToTheSchedule() {
+        var detection = detector()
+        _ = detection.handle(observation([c: 4]))
+        let dead = start + .milliseconds(300)
+        let verdict = detection.handle(.state(key(c), .dead, at: dead))
+        var sent: [Duration] = verdict.contains(.probeForReturn(key(c), timeout: .milliseconds(200))) ? [.zero] : []
+        var now = dead
+        while let next = detection.nextDeadline, next < dead + .seconds(10) {
+            now = next
+            let actions = detection.handle(.tick(now))
+            #expect(probes(actions).isEmpty, "not early probes: counted apart")
+            if actions.contains(.probeForReturn(key(c), timeout: .milliseconds(200))) { sent.append(now - dead) }
+        }
+        #expect(sent.count == 20, "at once, then every 250 ms for 5 s: \(sent)")
+        #expect(sent.first == .zero)
+        #expect(sent.dropFirst().first == .milliseconds(250))
+        #expect(sent.last == .milliseconds(4750))
         #expect(detection.nextDeadline == nil)
+    }
+
+    @Test func itsFirstAnswerAfterAnEarlyDeathEndsTheWatchAndQuietsItsSignals() {
+        var detection = detector()
+        _ = detection.handle(observation([c: 4]))
+        _ = detection.handle(.state(key(c), .dead, at: start + .milliseconds(300)))
+        _ = detection.handle(.tick(start + .milliseconds(550)))
+        #expect(detection.handle(.probed(key(c), success: false, at: start + .milliseconds(560))).isEmpty)
+        let answered = detection.handle(.probed(key(c), success: true, at: start + .milliseconds(800)))
+        #expect(answered == [.answeredAgain(key(c), .retransmits, after: .milliseconds(800))])
+        #expect(detection.nextDeadline == nil)
+        _ = detection.handle(.state(key(c), .up, at: start + .seconds(2)))
+        #expect(detection.handle(observation([c: 4], after: .seconds(3))).isEmpty, "quiet after answering again")
+        #expect(!detection.handle(observation([c: 4], after: .seconds(11))).isEmpty)
+    }
+
+    @Test func aDeathByTheScheduleOrALeftDeathIsNotWatched() {
+        var detection = detector()
+        _ = detection.handle(.state(key(c), .dead, at: start))
+        #expect(detection.nextDeadline == nil, "dead by regular probes: the outage was long")
+        _ = detection.handle(observation([a: 4]))
+        _ = detection.handle(.state(key(a), .dead, at: start + .milliseconds(300)))
+        #expect(detection.nextDeadline != nil)
+        _ = detection.handle(.state(key(a), .unhealthy, at: start + .milliseconds(400)))
+        #expect(detection.nextDeadline == nil, "no longer dead: nothing to watch for")
     }
 
     @Test func theEarlyTimeoutIsThePoolsWhenShorter() {

@@ -244,7 +244,9 @@ import Conntrack
 
     @Test func aBackendAnsweringAgainIsNotReapedAndStopsBeingReapedWhenUp() {
         var policy = deadPolicy()
+        #expect(policy.stillEnds(dead))
         _ = policy.handle(.probed(dead, Self.ok, at: at(600)))  // rise 2: not up yet
+        #expect(!policy.stillEnds(dead), "single-flow ends already decided are dropped when carried out")
         for ms in stride(from: 600, through: 790, by: 10) { #expect(reaps(policy.handle(.tick(at(ms)))).isEmpty) }
         let up = policy.handle(.probed(dead, Self.ok, at: at(800)))
         #expect(up == [.changed(dead, from: .dead, to: .up, failure: nil, detail: "connected"), .unwatchNewFlows(dead)])

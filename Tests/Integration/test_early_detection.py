@@ -77,6 +77,49 @@ def test_streams_that_carry_data_flow_again_within_a_second_of_a_silent_death(in
             assert agent.reaps(live) == [] and metrics.value("conn_reaper_early_probes_total", backend=live) == 0, info
 
 
+@pytest.mark.parametrize("outage", [0.3, 0.8])
+def test_a_live_backends_short_outage_costs_at_most_its_streams_and_never_its_reconnects(incident, reaper_binary, outage):
+    """The living side: a 0.3 s outage looks like nothing; one of 0.8 s looks like a death for as long as
+    early detection takes (its streams may be ended: the price of the 1 s bound), but once it answers
+    again, within one return probe (250 ms), nginx's reconnects to it are left alone."""
+    agent = agent_for(incident, reaper_binary)
+    client = incident.start_client(l4=STREAMS, send_every=0.2)
+    incident.wait_flowing(client)
+    time.sleep(SENTINEL_REFRESH + 1.0)
+    target = incident.backend(DEAD)
+    start, end = incident.blackout(DEAD, outage)
+    time.sleep(4.0)
+    info = f"{agent.log_text(40)}\n{incident.nginx_error_log(10)}"
+    reaps = agent.reaps(target, since=start)
+    ended = [int(line.fields["sockets"]) for line in reaps]
+    print(f"\n{outage} s outage: reaps {[(line.fields['reason'], line.fields['sockets'], round(line.t - start, 3)) for line in reaps]}")
+    for name in UPSTREAM_NAMES:
+        if name != DEAD:
+            assert agent.reaps(incident.backend(name)) == [], info
+    if outage < 0.5:
+        assert ended == [], info
+    else:
+        answered = agent.wait_line(lambda line: line.msg.startswith("answers again after an early dead verdict")
+                                   and line.fields.get("backend") == target, timeout=1.0, since=start)
+        dead = agent.find("reaped", backend=target, reason="dead", since=start)
+        if dead:
+            assert answered is not None, f"found dead early, never seen answering again\n{info}"
+            # Probed at the verdict, then every 250 ms: seen answering within one return probe of
+            # the later of the verdict and the outage's end (plus what reading the log takes).
+            bound = max(dead[0].t, end) + 0.25 + 0.1
+            assert answered.t <= bound, f"answered again {answered.t - end:.3f} s after the outage\n{info}"
+            late = [line for line in reaps if line.t > answered.t + 0.05]
+            assert late == [], f"reaped after it answered again: {[line.text for line in late]}"
+            still = [line for line in reaps if line.fields["reason"] == "still-dead"]
+            assert sum(int(line.fields["sockets"]) for line in still) <= 10, info
+        assert sum(ended) <= STREAMS, info
+    # Everything flows again, the outage's backend included.
+    streams = client.status()["streams"]
+    assert streams and all(s["age"] is not None and s["age"] < 0.5 for s in streams), streams
+    if not agent.find("reaped", backend=target, reason="dead", since=start):
+        assert agent.backend_states()[f"stream/{target}"] == "up", agent.backend_states()
+
+
 def test_idle_connections_recover_as_probing_alone_does_and_no_live_backend_is_reaped(incident, reaper_binary):
     agent = agent_for(incident, reaper_binary)
     client = incident.start_client(l4=STREAMS)        # the upstreams talk; nginx sends them nothing

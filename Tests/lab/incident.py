@@ -279,6 +279,18 @@ class IncidentLab:
     def restore(self, name: str) -> None:
         self.upstream_ns[name].ip("link", "set", "to-ngx", "up")
 
+    def blackout(self, name: str, seconds: float) -> tuple[float, float]:
+        """Upstream ``name`` drops every packet for ``seconds``, then is whole again (its processes and
+        sockets never notice): a live backend's short outage. Returns (start, end) in time.monotonic()."""
+        namespace = self.upstream_ns[name]
+        start = time.monotonic()
+        for chain in ("INPUT", "OUTPUT"):
+            namespace.iptables("-I", chain, "-j", "DROP")
+        time.sleep(max(0.0, seconds - (time.monotonic() - start)))
+        for chain in ("INPUT", "OUTPUT"):
+            namespace.iptables("-D", chain, "-j", "DROP")
+        return start, time.monotonic()
+
     # -- upstream behaviours (see serve_upstream) ------------------------------------------
 
     def wait_upstream_event(self, name: str, key: str, timeout: float = 10.0, after: float | None = None) -> float:

@@ -87,6 +87,19 @@ struct ReapAccounting: Sendable {
             ])
     }
 
+    func returnProbe(_ key: BackendKey) {
+        metrics.returnProbes(pool: key.pool, backend: key.backend.description).increment()
+    }
+
+    func answeredAgain(_ key: BackendKey, signal: EarlyDetection.Signal, after: Duration) {
+        logger.notice(
+            "answers again after an early dead verdict: its reaping is held",
+            metadata: [
+                "pool": "\(key.pool)", "backend": "\(key.backend)", "signal": "\(signal.rawValue)",
+                "after_signal_ms": .stringConvertible(Int(after.seconds * 1000)),
+            ])
+    }
+
     func evidence(_ key: BackendKey, _ evidence: SegmentEvidence, since: ContinuousClock.Instant) {
         logger.debug(
             "evidence from the backend's own connections",

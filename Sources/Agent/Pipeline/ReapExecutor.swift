@@ -90,6 +90,11 @@ public final class ReapExecutor: Service, Sendable {
                 accounting.suspected(key, signal: signal, detail: detail)
             case .cleared(let key, let signal, let verdict, let after):
                 accounting.cleared(key, signal: signal, verdict: verdict, after: after)
+            case .probeForReturn(let key, let timeout):
+                accounting.returnProbe(key)
+                earlyProbesContinuation.yield((key, timeout))
+            case .answeredAgain(let key, let signal, let after):
+                accounting.answeredAgain(key, signal: signal, after: after)
             }
         }
     }
@@ -260,6 +265,7 @@ public final class ReapExecutor: Service, Sendable {
         case .unwatchNewFlows(let key):
             await kernel.unwatchNewFlows(key)
         case .endFlow(let key, let flow, let reason):
+            guard state.stillEnds(key) else { return }
             let reports = await kernel.endFlow(flow, dryRun: configuration.dryRun)
             let tally = accounting.reaped(reports, key: key, reason: reason, dryRun: configuration.dryRun)
             submit(

@@ -22,6 +22,7 @@ public actor WorkerReapKernel: ReapKernel {
     public func reap(_ request: KernelReapRequest) async -> [NamespaceReport] {
         var options = Purger.Options(dryRun: request.dryRun)
         options.sparingOwnSockets = true
+        options.conntrackDumpsSideBySide = request.namespaces == nil
         switch request.scope {
         case .full: break
         case .newConnects: options.conntrackOnlyAfterSockets = true

@@ -62,6 +62,11 @@ public struct EarlyDetection: Sendable {
         /// A signal made the backend a suspect (logged, counted).
         case suspected(BackendKey, Signal, detail: String)
         case cleared(BackendKey, Signal, verdict: Verdict, after: Duration)
+        /// A backend found dead early answered a probe again this long after its signal: the policy
+        /// holds its reaps from here, and its signals are ignored for `quietAfterFalseAlarm`.
+        case answeredAgain(BackendKey, Signal, after: Duration)
+        /// Probe a backend found dead early, to see it answer again (counted apart from early probes).
+        case probeForReturn(BackendKey, timeout: Duration)
     }
 
     /// The knobs of one pool the rules read.
@@ -98,6 +103,12 @@ public struct EarlyDetection: Sendable {
     /// After a false alarm the backend's signals are ignored this long: a lossy path must not turn
     /// into a probe storm.
     public static let quietAfterFalseAlarm: Duration = .seconds(10)
+    /// After an early dead verdict the backend is probed at once, then this often for `returnWatchLength`. An
+    /// outage just long enough to look like a death (0.6-1 s) must not cost the connections a
+    /// balancer makes once it is back: the regular probes of a dead backend would notice that only
+    /// after an interval or more, and every new connection until then would be reaped as still dead.
+    public static let returnProbeEvery: Duration = .milliseconds(250)
+    public static let returnWatchLength: Duration = .seconds(5)
 
     struct Suspicion: Sendable {
         var signal: Signal
@@ -108,7 +119,15 @@ public struct EarlyDetection: Sendable {
         var decideBy: Instant
     }
 
+    struct ReturnWatch: Sendable {
+        var signal: Signal
+        var since: Instant
+        var due: Instant
+        var until: Instant
+    }
+
     public private(set) var pools: [PoolRules] = []
+    private var returnWatches: [BackendKey: ReturnWatch] = [:]
     private var states: [BackendKey: BackendState] = [:]
     private var suspects: [BackendKey: Suspicion] = [:]
     private var quietUntil: [BackendKey: Instant] = [:]
@@ -125,6 +144,7 @@ public struct EarlyDetection: Sendable {
         states = states.filter { keys.contains($0.key) }
         suspects = suspects.filter { keys.contains($0.key) }
         quietUntil = quietUntil.filter { keys.contains($0.key) }
+        returnWatches = returnWatches.filter { keys.contains($0.key) }
         detections = detections.filter { keys.contains($0.key) }
     }
 
@@ -141,7 +161,7 @@ public struct EarlyDetection: Sendable {
     }
 
     public var nextDeadline: Instant? {
-        suspects.values.compactMap { $0.due.first ?? $0.decideBy }.min()
+        (suspects.values.map { $0.due.first ?? $0.decideBy } + returnWatches.values.map(\.due)).min()
     }
 
     private mutating func observed(_ observation: Observation) -> [Action] {
@@ -174,7 +194,12 @@ public struct EarlyDetection: Sendable {
     }
 
     private mutating func probed(_ key: BackendKey, success: Bool, at now: Instant) -> [Action] {
-        guard success, let suspicion = suspects[key] else { return [] }
+        guard success else { return [] }
+        if let watch = returnWatches.removeValue(forKey: key) {
+            quietUntil[key] = now + Self.quietAfterFalseAlarm
+            return [.answeredAgain(key, watch.signal, after: now - watch.since)]
+        }
+        guard let suspicion = suspects[key] else { return [] }
         suspects[key] = nil
         quietUntil[key] = now + Self.quietAfterFalseAlarm
         return [.cleared(key, suspicion.signal, verdict: .falseAlarm, after: now - suspicion.since)]
@@ -182,6 +207,7 @@ public struct EarlyDetection: Sendable {
 
     private mutating func changed(_ key: BackendKey, to state: BackendState, at now: Instant) -> [Action] {
         states[key] = state
+        if state != .dead { returnWatches[key] = nil }
         guard let suspicion = suspects[key] else {
             if state == .up { detections[key] = nil }
             return []
@@ -190,7 +216,14 @@ public struct EarlyDetection: Sendable {
         case .dead:
             suspects[key] = nil
             detections[key] = (suspicion.signal, suspicion.since)
-            return [.cleared(key, suspicion.signal, verdict: .dead, after: now - suspicion.since)]
+            // The first at once: the verdict can come after a short outage already ended, and a
+            // balancer's reconnects would be reaped until the backend is seen answering.
+            returnWatches[key] = ReturnWatch(
+                signal: suspicion.signal, since: suspicion.since, due: now + Self.returnProbeEvery, until: now + Self.returnWatchLength)
+            return [
+                .cleared(key, suspicion.signal, verdict: .dead, after: now - suspicion.since),
+                .probeForReturn(key, timeout: pools.first { $0.name == key.pool }.map(\.earlyTimeout) ?? Self.earlyTimeoutCap),
+            ]
         case .up:
             suspects[key] = nil
             return [.cleared(key, suspicion.signal, verdict: .falseAlarm, after: now - suspicion.since)]
@@ -213,6 +246,15 @@ public struct EarlyDetection: Sendable {
             } else {
                 suspects[key] = suspicion
             }
+        }
+        for (key, var watch) in returnWatches.sorted(by: { $0.key.description < $1.key.description }) where watch.due <= now {
+            guard now < watch.until, let pool = pools.first(where: { $0.name == key.pool }) else {
+                returnWatches[key] = nil
+                continue
+            }
+            actions.append(.probeForReturn(key, timeout: pool.earlyTimeout))
+            watch.due = watch.due + Self.returnProbeEvery > now ? watch.due + Self.returnProbeEvery : now + Self.returnProbeEvery
+            returnWatches[key] = watch
         }
         return actions
     }

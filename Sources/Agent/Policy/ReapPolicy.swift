@@ -254,6 +254,13 @@ public struct ReapPolicy: Sendable {
         case budget
     }
 
+    /// Whether a reaped backend's connections may still be ended now, asked again when a decided
+    /// single-flow end is carried out: in a reconnect storm many wait in line, and the backend may
+    /// have answered a probe meanwhile.
+    public func stillEnds(_ key: BackendKey) -> Bool {
+        backends[key]?.reaping != nil && backends[key]?.failingSince != nil
+    }
+
     private func hold(_ key: BackendKey, pool: PoolRules) -> Hold? {
         if backends[key]?.failingSince == nil { return .recovering }
         if !reapWhenAllDown, survivor(besides: key, pool: pool) == nil { return .noSurvivor }

@@ -11,11 +11,25 @@ struct Purge: ParsableCommand {
     @Flag(name: .customLong("dry-run"), help: "Show what would be ended; change nothing.")
     var dryRun = false
 
+    @Option(
+        name: .customLong("conntrack-flush"),
+        help: ArgumentHelp(
+            "Delete conntrack entries toward IPv4 hosts with the kernel's filtered flush (Linux 6.12+): auto (from 256 entries), never, always.",
+            valueName: "when"))
+    var conntrackFlush: Purger.ConntrackFlushMode = .auto
+
     func run() throws {
-        let options = Purger.Options(sockets: !selection.noSockets, conntrack: !selection.noConntrack, dryRun: dryRun)
+        let options = {
+            var options = Purger.Options(sockets: !selection.noSockets, conntrack: !selection.noConntrack, dryRun: dryRun)
+            options.conntrackFlush = conntrackFlush
+            options.conntrackDumpsSideBySide = selection.netns.isEmpty
+            return options
+        }()
         let matcher = try selection.matcher()
         let report = selection.report { $0.purge(matcher, options: options) }
         try ReportPrinter(mode: .purge, format: selection.output, destinations: selection.destinations)
             .emit(report, dryRun: dryRun)
     }
 }
+
+extension Purger.ConntrackFlushMode: ExpressibleByArgument {}

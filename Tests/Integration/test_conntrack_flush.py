@@ -1,0 +1,118 @@
+"""The filtered conntrack flush (Linux 6.12+): the kernel deletes by filter what a purge names, and
+nothing else. The table gets real flows and injected entries (`conntrack -I`) of every kind a flush
+could wrongly hit: other ports, other addresses, other zones, other protocols, IPv6, the target as a
+source, NAT'd flows to a live backend. A purge with the flush must leave exactly the table a purge
+with exact deletes leaves."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from lab.netns import endpoint
+from lab.topology import CLIENT4, CLIENT6, OTHER4, OTHER6, TARGET4, TARGET6, TCP_PORT
+
+ABORTED = "ECONNABORTED"
+VIP_DEAD, VIP_LIVE = "10.231.0.100", "10.231.0.101"
+COPIES = 4   # injected entries per kind, each on its own source port
+
+
+def inject(namespace, source, destination, sport, dport, proto="tcp", reply_source=None, reply_port=None, zone=None):
+    argv = ["conntrack", "-I", "-p", proto, "-s", source, "-d", destination, "--sport", sport, "--dport", dport, "-t", "600"]
+    if proto == "tcp":
+        argv += ["--state", "ESTABLISHED"]
+    if reply_source:
+        argv += ["-r", reply_source, "-q", source, "--reply-port-src", reply_port, "--reply-port-dst", sport]
+    if zone is not None:
+        argv += ["-w", zone]
+    namespace.run([str(a) for a in argv])
+
+
+# kind: (source, destination, dport, proto, reply source, reply port, zone, toward the dead TARGET4:TCP_PORT)
+KINDS = {
+    "direct": (CLIENT4, TARGET4, TCP_PORT, "tcp", None, None, None, True),
+    "direct in zone 7": (CLIENT4, TARGET4, TCP_PORT, "tcp", None, None, 7, True),
+    "NAT'd to it": (CLIENT4, VIP_DEAD, TCP_PORT, "tcp", TARGET4, TCP_PORT, None, True),
+    "other port": (CLIENT4, TARGET4, TCP_PORT + 5, "tcp", None, None, None, False),
+    "other address": (CLIENT4, OTHER4, TCP_PORT, "tcp", None, None, None, False),
+    "other address in zone 7": (CLIENT4, OTHER4, TCP_PORT, "tcp", None, None, 7, False),
+    "other protocol": (CLIENT4, TARGET4, TCP_PORT, "udp", None, None, None, False),
+    "NAT'd to a live backend": (CLIENT4, VIP_LIVE, TCP_PORT, "tcp", OTHER4, TCP_PORT, None, False),
+    "NAT'd to it on another port": (CLIENT4, VIP_DEAD, TCP_PORT + 6, "tcp", TARGET4, TCP_PORT + 6, None, False),
+    "the target as the source": (TARGET4, CLIENT4, TCP_PORT, "tcp", None, None, None, False),
+    "ipv6 same port": (CLIENT6, TARGET6, TCP_PORT, "tcp", None, None, None, False),
+    "ipv6 other address": (CLIENT6, OTHER6, TCP_PORT, "tcp", None, None, None, False),
+}
+
+ZONE = re.compile(r"\bzone=(\d+)")
+
+
+def table(namespace) -> set[tuple]:
+    """Every entry as (family, proto, original, reply, zone): what a purge may change."""
+    return {(f.family, f.proto, repr(f.original), repr(f.reply), (ZONE.search(f.line) or [None, "0"])[1])
+            for f in namespace.conntrack_flows()}
+
+
+def build_table(topo) -> tuple[set[tuple], set[tuple]]:
+    """Injects COPIES entries of every kind; returns (toward the dead backend, everything else)."""
+    before = table(topo.client)
+    for index, (kind, (source, destination, dport, proto, reply, reply_port, zone, _)) in enumerate(KINDS.items()):
+        for copy in range(COPIES):
+            inject(topo.client, source, destination, 20000 + index * 100 + copy, dport, proto, reply, reply_port, zone)
+    now = table(topo.client)
+    injected = now - before
+    assert len(injected) == len(KINDS) * COPIES, injected
+    assert len({e for e in injected if _toward_dead(e)}) == 3 * COPIES, injected
+    dead = {e for e in now if _toward_dead(e)}   # with a real flow's entry, if any
+    return dead, now - dead
+
+
+def _toward_dead(entry: tuple) -> bool:
+    family, proto, original, reply, _ = entry
+    return proto == "tcp" and (f"dst='{TARGET4}'" in original and f"dport={TCP_PORT})" in original
+                               or f"src='{TARGET4}'" in reply and f"sport={TCP_PORT}," in reply)
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_a_purge_deletes_exactly_the_entries_toward_the_dead_backend(topo, reaper, mode):
+    client = topo.client_peer
+    target = client.connect_one(TARGET4, TCP_PORT)
+    decoys = [client.connect_one(OTHER4, TCP_PORT), client.connect_one(TARGET4, TCP_PORT + 1)]
+    assert client.probe([target] + decoys) == ["ok"] * 3
+    dead, living = build_table(topo)
+    assert len(dead) == 3 * COPIES + 1, "and the real flow's entry"
+
+    document = reaper.ok_json(topo.client, "purge", "--conntrack-flush", mode, endpoint(TARGET4, TCP_PORT))
+
+    after = table(topo.client)
+    assert after & dead == set(), f"left toward the dead backend: {after & dead}"
+    assert living <= after, f"deleted though not toward it: {living - after}"
+    counts = document["counts"]
+    assert counts["conntrack_flushes"] == (2 if mode == "always" else 0), counts
+    assert counts["conntrack_deleted"] == len(dead), (counts, document["conntrack"])
+    assert {e["deleted_by"] for e in document["conntrack"]} == {"flush" if mode == "always" else "exact"}
+    assert client.probe([target]) == [ABORTED]
+    assert client.probe(decoys) == ["ok", "ok"]
+
+
+def test_an_ipv6_destination_is_never_flushed(topo, reaper):
+    # 6.18 compares IPv6 filter addresses inverted: a flush for TARGET6 would delete the others'.
+    dead, living = build_table(topo)
+    toward6 = {e for e in table(topo.client) if e[0] == "ipv6" and f"dst='{TARGET6}'" in e[2]}
+    assert len(toward6) == COPIES
+
+    document = reaper.ok_json(topo.client, "purge", "--conntrack-flush", "always", endpoint(TARGET6, TCP_PORT))
+
+    assert document["counts"]["conntrack_flushes"] == 0
+    assert document["counts"]["conntrack_deleted"] == COPIES
+    after = table(topo.client)
+    assert after & toward6 == set()
+    assert (living | dead) - toward6 <= after
+
+
+def test_auto_flushes_only_many_entries(topo, reaper):
+    # A walk of the whole table costs what a few hundred exact deletes do: a few entries go one by one.
+    build_table(topo)
+    document = reaper.ok_json(topo.client, "purge", endpoint(TARGET4, TCP_PORT))
+    assert document["counts"]["conntrack_flushes"] == 0 and document["counts"]["conntrack_deleted"] == 3 * COPIES
