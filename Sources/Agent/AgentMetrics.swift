@@ -92,6 +92,16 @@ public final class AgentMetrics: Sendable {
             labels: [("errno", errno)])
     }
 
+    func netlinkErrors(layer: String, operation: String, errno: String) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.name(
+                "netlink_errors", unit: "total",
+                help:
+                    "Trouble with sock_diag, ctnetlink or entering a namespace, by layer, request and errno (ENOBUFS: replies or acks lost to a full queue, the step redone; NLM_F_DUMP_INTR: a torn dump redone)."
+            ),
+            labels: [("layer", layer), ("operation", operation), ("errno", errno)])
+    }
+
     func reapsSuppressed(pool: String, reason: SuppressReason) -> Counter {
         registry.makeCounter(
             descriptor: Self.name(

@@ -30,6 +30,8 @@ public final class ConntrackTable {
         /// Candidates: kernels before 5.8 ignore the filter, so callers re-check every entry.
         public var entries: [ConntrackEntry] = []
         public var interrupted = false
+        public var restarts = 0
+        public var redone = 0
     }
 
     /// The dumps that can hold an entry whose original destination or reply source is in `destinations`.
@@ -93,6 +95,8 @@ public final class ConntrackTable {
                 dump.entries.append(entry)
             }
             dump.interrupted = dump.interrupted || outcome.interrupted
+            dump.restarts += outcome.restarts
+            dump.redone += outcome.redone
         }
         return dump
     }

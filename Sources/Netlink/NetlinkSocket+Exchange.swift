@@ -4,8 +4,18 @@ import OS
 
 /// How a dump ended.
 public struct DumpOutcome: Sendable, Equatable {
-    /// NLM_F_DUMP_INTR was seen: the table changed under the dump, entries may be missing.
+    /// NLM_F_DUMP_INTR was seen on the last run too: the table kept changing, entries may be missing.
     public var interrupted = false
+    /// Runs begun again because the receive queue overflowed (ENOBUFS): what the run sent was lost.
+    public var restarts = 0
+    /// Runs repeated because the kernel flagged them interrupted (NLM_F_DUMP_INTR).
+    public var redone = 0
+
+    public init(interrupted: Bool = false, restarts: Int = 0, redone: Int = 0) {
+        self.interrupted = interrupted
+        self.restarts = restarts
+        self.redone = redone
+    }
 }
 
 /// The kernel's answer to one acknowledged request.
@@ -16,26 +26,79 @@ public enum Acknowledgement: Sendable, Equatable {
     case unconfirmed
 }
 
+/// The replies of one dump run, datagram by datagram: which messages are its entries, whether it
+/// ended, with what errno, and whether the kernel flagged it interrupted. No socket: a test feeds it bytes.
+public struct DumpReplies: Sendable {
+    public let sequence: UInt32
+    public private(set) var finished = false
+    public private(set) var interrupted = false
+    /// The errno the dump ended with (NLMSG_DONE or NLMSG_ERROR), 0 when it ended well.
+    public private(set) var errorCode: Int32 = 0
+
+    public init(sequence: UInt32) {
+        self.sequence = sequence
+    }
+
+    /// Hands this run's entries to `body`; messages of other requests (an earlier run's) are skipped.
+    public mutating func take(_ messages: NetlinkMessages, _ body: (NetlinkMessage) -> Void) {
+        for message in messages where message.sequence == sequence && !finished {
+            if message.isDumpInterrupted { interrupted = true }
+            if message.isDone || message.isError {
+                let code = message.errorCode ?? 0
+                // A plain ack (NLMSG_ERROR 0) is not the end: NLMSG_DONE is.
+                if code != 0 || message.isDone {
+                    errorCode = code
+                    finished = true
+                }
+                continue
+            }
+            body(message)
+        }
+    }
+}
+
 extension NetlinkSocket {
-    /// Sends a dump request and hands every reply message to `body` until NLMSG_DONE.
+    /// Runs are restarted at most this many times after ENOBUFS, and redone at most this many times
+    /// after NLM_F_DUMP_INTR; then the dump fails (ENOBUFS) or is returned flagged interrupted.
+    public static let dumpRestartLimit = 3
+    public static let dumpRedoLimit = 2
+
+    /// Sends a dump request and hands every reply message to `body` until NLMSG_DONE. A run whose
+    /// replies overflowed the receive queue (ENOBUFS) is begun again, and one the kernel flagged
+    /// interrupted is repeated, so `body` may see an entry more than once: callers deduplicate
+    /// (the entries a torn run did return are real; a repeat adds the ones it missed).
     @discardableResult
     public func dump(
         _ request: some NetlinkRequest, _ body: (NetlinkMessage) -> Void
     ) throws(SystemCallError) -> DumpOutcome {
-        let sequence = nextSequence()
-        try send(request.serialized(sequence: sequence, portID: portID))
         var outcome = DumpOutcome()
         while true {
-            for message in try receive() where message.sequence == sequence {
-                if message.isDumpInterrupted { outcome.interrupted = true }
-                if message.isDone || message.isError {
-                    let code = message.errorCode ?? 0
-                    if code != 0 { throw SystemCallError(call: request.callName, code: code, layer: layer) }
-                    if message.isDone { return outcome }
-                    continue
-                }
-                body(message)
+            let sequence = nextSequence()
+            try send(request.serialized(sequence: sequence, portID: portID))
+            var replies = DumpReplies(sequence: sequence)
+            do throws(SystemCallError) {
+                while !replies.finished { replies.take(try receive(), body) }
+                if replies.errorCode != 0 { throw SystemCallError(call: request.callName, code: replies.errorCode, layer: layer) }
+            } catch  where error.errno == .noBufferSpace && outcome.restarts < Self.dumpRestartLimit {
+                outcome.restarts += 1
+                drain(dump: sequence)
+                continue
             }
+            if replies.interrupted, outcome.redone < Self.dumpRedoLimit {
+                outcome.redone += 1
+                continue
+            }
+            outcome.interrupted = replies.interrupted
+            return outcome
+        }
+    }
+
+    /// Reads what is left of an overrun run, so the kernel has no dump running on this socket
+    /// (it refuses a second one with EBUSY): until its end arrives, or nothing comes for 100 ms.
+    private func drain(dump sequence: UInt32) {
+        while (try? waitReadable(milliseconds: 100)) == true {
+            guard let messages = try? receive() else { continue }
+            if messages.contains(where: { $0.sequence == sequence && ($0.isDone || $0.isError) }) { return }
         }
     }
 

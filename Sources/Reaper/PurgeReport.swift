@@ -51,6 +51,9 @@ public struct PurgeReport: Sendable {
     public var conntrackFlushes = 0
     /// Matching sockets not destroyed because of `Purger.Options.socketLimit`.
     public var socketsLeftByLimit = 0
+    /// Trouble with the kernel interfaces that the purge rode out (a dump begun again, an ack lost),
+    /// counted by what and why; failures are in `stepErrors` and the items' outcomes instead.
+    public var troubles: [NetlinkTrouble: Int] = [:]
     /// With a stuck rule: cookies of the sockets found suspicious on this scan, for the next one.
     public var stuckSuspects: Set<UInt64> = []
     public var durationSeconds: Double = 0
@@ -70,6 +73,7 @@ public struct PurgeReport: Sendable {
         conntrackFlushes += other.conntrackFlushes
         socketsLeftByLimit += other.socketsLeftByLimit
         stuckSuspects.formUnion(other.stuckSuspects)
+        troubles.merge(other.troubles, uniquingKeysWith: +)
         durationSeconds += other.durationSeconds
     }
 
@@ -78,6 +82,30 @@ public struct PurgeReport: Sendable {
 
     public var allErrors: [SystemCallError] {
         stepErrors + sockets.compactMap(\.outcome.error) + conntrack.compactMap(\.outcome.error)
+    }
+}
+
+/// One kind of netlink trouble: the request (`SOCK_DESTROY`, `IPCTNL_MSG_CT_GET`, ...) and what went
+/// wrong (`ENOBUFS`: replies or acks lost to a full receive queue; `NLM_F_DUMP_INTR`: a dump the
+/// kernel flagged torn).
+public struct NetlinkTrouble: Hashable, Sendable {
+    public var operation: String
+    public var condition: String
+
+    public init(operation: String, condition: String) {
+        self.operation = operation
+        self.condition = condition
+    }
+}
+
+extension PurgeReport {
+    mutating func note(dumpRestarts restarts: Int, redone: Int, operation: String) {
+        note(restarts, NetlinkTrouble(operation: operation, condition: "ENOBUFS"))
+        note(redone, NetlinkTrouble(operation: operation, condition: "NLM_F_DUMP_INTR"))
+    }
+
+    mutating func note(_ count: Int, _ trouble: NetlinkTrouble) {
+        if count > 0 { troubles[trouble, default: 0] += count }
     }
 }
 

@@ -146,11 +146,20 @@ public final class Purger {
         var query = matcher.socketQuery
         query.includeTCPInfo = query.includeTCPInfo || includeTCPInfo
         var ended = Set<UInt64>()
+        var unconfirmed: [UInt64: DiagnosedSocket] = [:]
         for round in 0...options.maximumExtraRounds {
             // The agent's own sockets as they were before the dump and after it: a probe that closed
             // in between is in the dump but no longer in the table (its socket lingers as it closes).
             let ownBefore = options.sparingOwnSockets ? OwnSockets.inodes() : []
             let dump = try diagnostics.sockets(matching: query)
+            report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "SOCK_DIAG_BY_FAMILY")
+            // A destroy whose ack was lost took effect if its socket is gone now: it counts as ended.
+            let present = unconfirmed.isEmpty ? [] : Set(dump.sockets.map(\.id.cookie))
+            for (cookie, socket) in unconfirmed where !present.contains(cookie) {
+                ended.insert(cookie)
+                report.sockets.append(.init(socket: socket, outcome: .ended))
+            }
+            unconfirmed = [:]
             if let rule = matcher.stuck, round == 0 {
                 report.stuckSuspects = Set(
                     dump.sockets.filter { matcher.isTowardDestinations($0) && rule.isSuspicious($0) }.map(\.id.cookie))
@@ -174,6 +183,8 @@ public final class Purger {
                 let outcome = PurgeReport.Outcome.destroy(ack)
                 if outcome == .unconfirmed {
                     retry = true
+                    unconfirmed[socket.id.cookie] = socket
+                    report.note(1, NetlinkTrouble(operation: "SOCK_DESTROY", condition: "ENOBUFS"))
                     continue
                 }
                 if outcome.error == nil { ended.insert(socket.id.cookie) }
@@ -234,6 +245,7 @@ public final class Purger {
                 dump = try table.entries(
                     for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide)
             }
+            report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "IPCTNL_MSG_CT_GET")
             // A stuck rule condemns single sockets: only their own entries go, not the backend's others.
             let stuckFlows = matcher.stuck == nil ? nil : Set(report.sockets.map { Flow($0.socket) })
             let targets = dump.entries.compactMap { entry in
@@ -254,6 +266,7 @@ public final class Purger {
                 let outcome = PurgeReport.Outcome.delete(ack)
                 if outcome == .unconfirmed {
                     retry = true
+                    report.note(1, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
                     continue
                 }
                 if outcome.error == nil { deleted.insert(entry.identity) }

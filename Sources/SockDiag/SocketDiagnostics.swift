@@ -37,6 +37,9 @@ public final class SocketDiagnostics {
         public var sockets: [DiagnosedSocket] = []
         /// The kernel flagged a part of the dump as inconsistent: a socket may be missing.
         public var interrupted = false
+        /// Runs begun again after ENOBUFS, and repeated after NLM_F_DUMP_INTR (see NetlinkSocket.dump).
+        public var restarts = 0
+        public var redone = 0
     }
 
     /// Every socket the kernel's filter lets through for `query`. Callers re-check matches.
@@ -51,6 +54,8 @@ public final class SocketDiagnostics {
         let other = try background.wait()
         dump.sockets += other.sockets  // one socket has one family: the two parts cannot overlap
         dump.interrupted = dump.interrupted || other.interrupted
+        dump.restarts += other.restarts
+        dump.redone += other.redone
         return dump
     }
 
@@ -65,6 +70,8 @@ public final class SocketDiagnostics {
                 dump.sockets.append(socket)
             }
             dump.interrupted = dump.interrupted || outcome.interrupted
+            dump.restarts += outcome.restarts
+            dump.redone += outcome.redone
         }
         return dump
     }

@@ -350,6 +350,41 @@ import Conntrack
         #expect((50...56).contains(refilled.1), "\(refilled.1)")
     }
 
+    @Test func socketsTheBudgetLeftAreReapedByFullPassesAtTheDeadCadenceThoughConntrackAnnounces() {
+        var policy = deadPolicy(
+            configuration(top: {
+                $0.maxSocketsPerSecond = 300; $0.maxSocketsBurst = 300
+            }))
+        _ = policy.handle(.watching(dead, announced: true))
+        _ = policy.handle(
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .dead, ended: 300, leftByLimit: 2_700, at: at(505), scope: .full)))
+        // The follow-ups queued behind the first reap walked SYN_SENT sockets only: they found none, and
+        // that says nothing of the established ones left.
+        _ = policy.handle(
+            .reaped(
+                .init(pool: "api", backend: dead.backend, reason: .stillDead, ended: 0, leftByLimit: 0, at: at(506), scope: .newConnects)))
+        // Established sockets left behind: no SYN_SENT walk and no announcement would find them, and
+        // waiting for the minute's full pass would leave them hanging; full passes as the budget refills.
+        var passes: [(Int, ReapScope)] = []
+        for ms in stride(from: 510, through: 2_000, by: 10) {
+            for pass in reaps(policy.handle(.tick(at(ms)))) {
+                passes.append((ms, pass.2))
+                _ = policy.handle(
+                    .reaped(
+                        .init(
+                            pool: "api", backend: dead.backend, reason: .stillDead, ended: pass.1, leftByLimit: 100, at: at(ms),
+                            scope: pass.2)))
+            }
+        }
+        #expect(passes.count >= 8, "\(passes)")
+        #expect(passes.allSatisfy { $0.1 == .full })
+        // Once a pass left nothing, the announced rhythm (5 s) is back.
+        _ = policy.handle(
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .stillDead, ended: 10, leftByLimit: 0, at: at(2_005), scope: .full)))
+        let later = (201...450).flatMap { reaps(policy.handle(.tick(at($0 * 10)))) }
+        #expect(later.count <= 1, "\(later)")
+    }
+
     @Test func stuckScansComeOnTheirPeriodWithTheBudgetAsLimit() {
         var policy = upPolicy(configuration { $0.stuckAfter = .seconds(2) })
         #expect(policy.nextDeadline == at(500))  // scheduled from the start: a quarter of stuck_after

@@ -30,6 +30,8 @@ sys.dont_write_bytecode = True
 UNDER_CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parents[2]
 RUN_PREFIX = netns.default_prefix()
+#: The fault tests' own namespaces (Tests/Integration/test_fault_*.py): ``crfault-<pid>-``.
+FAULT_STEM = "crfault"
 
 
 def unavailable(reason: str) -> None:
@@ -55,7 +57,7 @@ def pytest_sessionstart(session):
 
 def pytest_sessionfinish(session, exitstatus):
     if os.geteuid() == 0 and netns.tool("ip"):
-        left = netns.cleanup_namespaces(RUN_PREFIX)
+        left = netns.cleanup_namespaces(RUN_PREFIX) + netns.cleanup_namespaces(netns.default_prefix(FAULT_STEM))
         if left:
             sys.stderr.write(f"\nconftest: removed leftover namespaces {left}\n")
 
@@ -127,6 +129,17 @@ def reaper(reaper_binary) -> Reaper:
 def lab(kernel_env):
     """A Lab whose namespaces and processes are removed after the test, pass or fail."""
     lab = netns.Lab(RUN_PREFIX)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture
+def fault_lab(kernel_env):
+    """A Lab for the fault tests, its namespaces named ``crfault-<pid>-...``; stale ones of dead runs go first."""
+    netns.reap_stale_namespaces(FAULT_STEM)
+    lab = netns.Lab(netns.default_prefix(FAULT_STEM))
     try:
         yield lab
     finally:

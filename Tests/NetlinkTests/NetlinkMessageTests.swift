@@ -63,6 +63,53 @@ import Testing
         #expect(message.errorCode == 16)
     }
 
+    func entry(sequence: UInt32, flags: UInt16 = 0x2) -> [UInt8] {
+        var writer = NetlinkMessageWriter(type: 20, flags: flags, sequence: sequence)  // SOCK_DIAG_BY_FAMILY, MULTI
+        writer.append([UInt8](repeating: 0, count: 8))
+        return writer.finish()
+    }
+
+    func done(sequence: UInt32, flags: UInt16 = 0x2, errno: Int32 = 0) -> [UInt8] {
+        var writer = NetlinkMessageWriter(type: 3, flags: flags, sequence: sequence)
+        writer.append(hostOrder: -errno)
+        return writer.finish()
+    }
+
+    @Test func aDumpRunTakesOnlyItsOwnEntriesUntilDone() {
+        var replies = DumpReplies(sequence: 7)
+        var seen: [UInt32] = []
+        // An overrun earlier run (sequence 6) still delivering: its entries are not this run's.
+        replies.take(NetlinkMessages(datagram: entry(sequence: 6) + entry(sequence: 7) + entry(sequence: 7))) { seen.append($0.sequence) }
+        #expect(!replies.finished)
+        replies.take(NetlinkMessages(datagram: done(sequence: 6) + entry(sequence: 7) + done(sequence: 7) + entry(sequence: 7))) {
+            seen.append($0.sequence)
+        }
+        #expect(seen == [7, 7, 7])
+        #expect(replies.finished && replies.errorCode == 0 && !replies.interrupted)
+    }
+
+    @Test func aDumpRunFlaggedInterruptedAnywhereIsInterrupted() {
+        var replies = DumpReplies(sequence: 1)
+        var count = 0
+        // NLM_F_DUMP_INTR (0x10) on one entry in the middle, as the kernel sets it once the table changed.
+        let datagram = entry(sequence: 1) + entry(sequence: 1, flags: 0x12) + entry(sequence: 1) + done(sequence: 1)
+        replies.take(NetlinkMessages(datagram: datagram)) { _ in count += 1 }
+        #expect(count == 3)
+        #expect(replies.finished && replies.interrupted)
+    }
+
+    @Test func aDumpRunEndsWithTheErrnoItsDoneOrErrorCarries() {
+        var replies = DumpReplies(sequence: 2)
+        replies.take(NetlinkMessages(datagram: done(sequence: 2, errno: 105))) { _ in }  // ENOBUFS
+        #expect(replies.finished && replies.errorCode == 105)
+        var refused = DumpReplies(sequence: 3)
+        refused.take(NetlinkMessages(datagram: errorMessage(sequence: 3, errno: 1))) { _ in }  // EPERM
+        #expect(refused.finished && refused.errorCode == 1)
+        var acked = DumpReplies(sequence: 4)
+        acked.take(NetlinkMessages(datagram: errorMessage(sequence: 4, errno: 0))) { _ in }  // a plain ack ends nothing
+        #expect(!acked.finished)
+    }
+
     @Test func writesNestedAttributesWithLengthsAndAlignment() {
         var writer = NetlinkMessageWriter(type: 1, flags: 0, sequence: 0)
         writer.appendNested(type: 1) { nested in

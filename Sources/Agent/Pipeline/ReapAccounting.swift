@@ -12,6 +12,7 @@ struct ReapAccounting: Sendable {
     let state: AgentState
     let metrics: AgentMetrics
     let logger: Logger
+    let troubleLog = NetlinkTroubleLog()
 
     static let dryRunSample = 8
     static let allDownMessage = Logger.Message(
@@ -113,6 +114,7 @@ struct ReapAccounting: Sendable {
     func reaped(_ reports: [NamespaceReport], key: BackendKey, reason: ReapReason, dryRun: Bool) -> Tally {
         var tally = Tally()
         for part in reports {
+            netlinkTrouble(part, key: key)
             guard let report = part.report else {
                 logger.error(
                     "reap could not run",
@@ -223,6 +225,11 @@ struct ReapAccounting: Sendable {
         case .noBufferSpace: "ENOBUFS"
         case .noSuchFileOrDirectory: "ENOENT"
         case .invalidArgument: "EINVAL"
+        case .protocolNotSupported: "EPROTONOSUPPORT"
+        case .resourceBusy: "EBUSY"
+        case .resourceTemporarilyUnavailable: "EAGAIN"
+        case .noSuchProcess: "ESRCH"
+        case .permissionDenied: "EACCES"
         default: "errno_\(error.errno.rawValue)"
         }
     }

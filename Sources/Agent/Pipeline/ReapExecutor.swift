@@ -188,7 +188,8 @@ public final class ReapExecutor: Service, Sendable {
                     if lanes[lane] == nil {
                         let (queue, continuation) = AsyncStream.makeStream(of: ReapPolicy.Action.self)
                         lanes[lane] = continuation
-                        group.addTask { for await queued in queue { await self.perform(queued) } }
+                        // Ahead of the status endpoint's handlers in the task pool: a scrape storm must not delay a reap.
+                        group.addTask(priority: .high) { for await queued in queue { await self.perform(queued) } }
                     }
                     lanes[lane]?.yield(action)
                 }
@@ -247,7 +248,7 @@ public final class ReapExecutor: Service, Sendable {
                 .reaped(
                     .init(
                         pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
-                        leftByLimit: tally.leftByLimit, at: .now)))
+                        leftByLimit: tally.leftByLimit, at: .now, scope: scope)))
         case .watchNewFlows(let key):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
             let announced = await kernel.watchNewFlows(

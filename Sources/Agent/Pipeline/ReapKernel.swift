@@ -1,4 +1,5 @@
 import NetworkAddress
+import OS
 import Reaper
 
 /// The seam between the reap pipeline and the kernel: what the executor asks of sock_diag and
@@ -82,14 +83,17 @@ public struct NamespaceReport: Sendable {
     public var namespace: String?
     public var report: PurgeReport?
     public var failure: String?
+    /// The system call that failed, when one did (entering the namespace, opening its sockets).
+    public var error: SystemCallError?
 
     public init(namespace: String?, report: PurgeReport) {
         self.namespace = namespace
         self.report = report
     }
 
-    public init(namespace: String?, failure: String) {
+    public init(namespace: String?, failure: String, error: SystemCallError? = nil) {
         self.namespace = namespace
         self.failure = failure
+        self.error = error
     }
 }

@@ -31,7 +31,15 @@ public actor WorkerReapKernel: ReapKernel {
         let matchers = Self.matchers(for: request)
         var remaining = request.limit
         var reports: [NamespaceReport] = []
-        for (namespace, worker) in await workers.workers(for: request.namespaces, refresh: request.refreshNamespaces) {
+        let found = await workers.workers(for: request.namespaces, refresh: request.refreshNamespaces)
+        if case .paths(let paths)? = request.namespaces {
+            // A named namespace whose file is gone is skipped until it is back, but said each pass.
+            for path in paths where !found.contains(where: { $0.namespace == path }) {
+                let error = SystemCallError(call: "open(netns)", errno: .noSuchFileOrDirectory)
+                reports.append(NamespaceReport(namespace: path, failure: "namespace gone: \(error)", error: error))
+            }
+        }
+        for (namespace, worker) in found {
             guard remaining > 0 else { break }
             do {
                 var merged = PurgeReport()
@@ -46,7 +54,7 @@ public actor WorkerReapKernel: ReapKernel {
                 reports.append(NamespaceReport(namespace: namespace, report: merged))
             } catch {
                 if namespace != nil { await workers.drop(worker) }  // vanished, or not enterable: a fresh worker next time
-                reports.append(NamespaceReport(namespace: namespace, failure: "\(error)"))
+                reports.append(NamespaceReport(namespace: namespace, failure: "\(error)", error: error as? SystemCallError))
             }
         }
         return reports

@@ -52,14 +52,19 @@ public struct ReapPolicy: Sendable {
         /// Matching sockets the pass's limit left for later.
         public var leftByLimit: Int
         public var at: Instant
+        /// What the pass looked at; nil for what is not a pass over one backend (a flow, a stuck scan).
+        public var scope: ReapScope?
 
-        public init(pool: String, backend: Endpoint?, reason: ReapReason, ended: Int, leftByLimit: Int, at: Instant) {
+        public init(
+            pool: String, backend: Endpoint?, reason: ReapReason, ended: Int, leftByLimit: Int, at: Instant, scope: ReapScope? = nil
+        ) {
             self.pool = pool
             self.backend = backend
             self.reason = reason
             self.ended = ended
             self.leftByLimit = leftByLimit
             self.at = at
+            self.scope = scope
         }
     }
 
@@ -347,6 +352,20 @@ public struct ReapPolicy: Sendable {
             rebalanceClosed(outcome)
             return []
         }
+        if let backend = outcome.backend, [.dead, .stillDead, .unhealthy].contains(outcome.reason) {
+            let key = BackendKey(pool: outcome.pool, backend: backend)
+            // Only a full pass that left nothing says none is left: a SYN_SENT walk queued behind
+            // the first reap looks at connecting sockets only.
+            if outcome.leftByLimit > 0 {
+                backends[key]?.reaping?.unfinished = true
+            } else if outcome.scope == .full {
+                backends[key]?.reaping?.unfinished = false
+            }
+            // A pass set the next one by the cadence it had before it knew some were left behind.
+            if outcome.leftByLimit > 0, let next = backends[key]?.reaping?.nextPass, next > outcome.at + Self.deadCadence {
+                backends[key]?.reaping?.nextPass = outcome.at + Self.deadCadence
+            }
+        }
         var actions: [Action] = []
         if outcome.leftByLimit > 0, outcome.reason != .drainTimeout {
             actions += suppress(pool: outcome.pool, backend: outcome.backend, .budget)
@@ -415,8 +434,10 @@ public struct ReapPolicy: Sendable {
         if reaping.nextPass <= now {
             // Start to start; a pass that came late sets the rhythm from now.
             let early = now - reaping.since < Self.firstMinute
+            // Sockets the budget left behind are established ones: no announcement or SYN_SENT walk
+            // finds them, so full passes come at the dead cadence until none is left.
             let cadence =
-                reaping.announced
+                reaping.announced && !reaping.unfinished
                 ? (early ? Self.announcedCadence : Self.announcedCadenceLater) : (early ? Self.deadCadence : Self.deadCadenceLater)
             reaping.nextPass = reaping.nextPass + cadence > now ? reaping.nextPass + cadence : now + cadence
         }
@@ -440,7 +461,7 @@ public struct ReapPolicy: Sendable {
         let limit = budget.available()
         guard limit > 0 else { return actions + suppress(key, .budget) }
         let fullEvery = reaping.announced ? Self.fullPassEveryAnnounced : Self.fullPassEvery
-        let full = reaping.passes == 0 || reaping.lastFullPass.map { now - $0 >= fullEvery } ?? true
+        let full = reaping.passes == 0 || reaping.unfinished || reaping.lastFullPass.map { now - $0 >= fullEvery } ?? true
         let reason: ReapReason = reaping.reason == .unhealthy ? .unhealthy : (reaping.passes == 0 ? .dead : .stillDead)
         backends[key]?.reaping?.passes += 1
         if full { backends[key]?.reaping?.lastFullPass = now }
@@ -583,6 +604,8 @@ struct Reaping: Sendable {
     var awaitingSurvivorUntil: ContinuousClock.Instant?
     /// Conntrack announces its new flows in every namespace the pool reaps.
     var announced = false
+    /// The last pass left sockets for later (the reconnect-storm budget): the next ones are full passes.
+    var unfinished = false
 
     init(reason: ReapReason, since: ContinuousClock.Instant) {
         self.reason = reason

@@ -9,6 +9,7 @@ protocol of ``protocol.py`` (lab.traffic drives them from the test process):
 - ``streams SPECS``: long-lived client streams that reconnect and record every line (streams.py).
 - ``talker``: a backend that writes its name to every connection (talker.py), and ``vip-client``:
   reconnecting TCP streams and a UDP query loop toward virtual IPs, reporting events (vip_client.py).
+- ``http-load``: a thousand concurrent HTTP clients and slowloris ones against one endpoint (http_load.py).
 - ``heartbeat``: one connection that sends a beat and waits for its echo, plus an idle and a busy one
   (heartbeat.py).
 """
@@ -28,6 +29,7 @@ ROLES = {
     "talker": "talker",
     "vip-client": "vip_client",
     "heartbeat": "heartbeat",
+    "http-load": "http_load",
 }
 
 
