@@ -51,6 +51,8 @@ public struct PurgeReport: Sendable {
     public var conntrackFlushes = 0
     /// Matching sockets not destroyed because of `Purger.Options.socketLimit`.
     public var socketsLeftByLimit = 0
+    /// Their flows: their conntrack entries stay until they go, so their RST is still reverse-NATed.
+    var flowsLeftByLimit: Set<Flow> = []
     /// Trouble with the kernel interfaces that the purge rode out (a dump begun again, an ack lost),
     /// counted by what and why; failures are in `stepErrors` and the items' outcomes instead.
     public var troubles: [NetlinkTrouble: Int] = [:]

@@ -171,6 +171,7 @@ public final class Purger {
             }
             if let limit = options.socketLimit, targets.count > limit - ended.count {
                 report.socketsLeftByLimit = targets.count - max(0, limit - ended.count)
+                report.flowsLeftByLimit.formUnion(targets.dropFirst(max(0, limit - ended.count)).map(Flow.init))
                 targets = Array(targets.prefix(max(0, limit - ended.count)))
             }
             guard acting else {
@@ -219,6 +220,7 @@ public final class Purger {
             let room = max(0, limit - report.sockets.count)
             if targets.count > room {
                 report.socketsLeftByLimit += targets.count - room
+                report.flowsLeftByLimit.formUnion(targets.dropFirst(room).map(Flow.init))
                 targets = Array(targets.prefix(room))
             }
         }
@@ -250,7 +252,10 @@ public final class Purger {
             let stuckFlows = matcher.stuck == nil ? nil : Set(report.sockets.map { Flow($0.socket) })
             let targets = dump.entries.compactMap { entry in
                 matcher.match(entry).map { (entry, $0) }
-            }.filter { !deleted.contains($0.0.identity) && (stuckFlows?.contains(Flow($0.0)) ?? true) }
+            }.filter {
+                !deleted.contains($0.0.identity) && (stuckFlows?.contains(Flow($0.0)) ?? true)
+                    && !report.flowsLeftByLimit.contains(Flow($0.0))
+            }
             guard acting else {
                 report.conntrack += targets.map { .init(entry: $0.0, matchedBy: $0.1, outcome: idle) }
                 return
@@ -285,7 +290,10 @@ public final class Purger {
         _ targets: [(ConntrackEntry, DestinationMatcher.ConntrackMatch)], matcher: DestinationMatcher, options: Options,
         in table: ConntrackTable, report: inout PurgeReport
     ) throws(SystemCallError) -> [(ConntrackEntry, DestinationMatcher.ConntrackMatch)] {
-        guard matcher.stuck == nil, options.conntrackFlush != .never, ConntrackTable.flushSupported.withLock({ $0 }) != false else {
+        // A flush would also take the entries of the sockets a limit left for a later pass.
+        guard matcher.stuck == nil, report.flowsLeftByLimit.isEmpty, options.conntrackFlush != .never,
+            ConntrackTable.flushSupported.withLock({ $0 }) != false
+        else {
             return targets
         }
         let flushable = matcher.destinations.filter(ConntrackTable.isFlushable)
