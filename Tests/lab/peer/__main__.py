@@ -11,6 +11,8 @@ protocol of ``protocol.py`` (lab.traffic drives them from the test process):
   reconnecting TCP streams and a UDP query loop toward virtual IPs, reporting events (vip_client.py).
 - ``heartbeat``: one connection that sends a beat and waits for its echo, plus an idle and a busy one
   (heartbeat.py).
+- ``churn``: a steady stream of connections toward many targets, each held until it ends, every end
+  counted by how (churn.py, for the soak).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ROLES = {
     "talker": "talker",
     "vip-client": "vip_client",
     "heartbeat": "heartbeat",
+    "churn": "churn",
 }
 
 
