@@ -65,10 +65,20 @@ class Flapper(threading.Thread):
             with self.lock:
                 self.holds[backend] -= 1
 
-    def pick_up(self, among: list[str]) -> str | None:
+    @contextlib.contextmanager
+    def hold_one_up(self, among: list[str]):
+        """Picks a backend that is up and holds it (None when all are down), in one step."""
         with self.lock:
             candidates = [b for b in among if b not in self.down]
-        return self.random.choice(candidates) if candidates else None
+            backend = self.random.choice(candidates) if candidates else None
+            if backend:
+                self.holds[backend] = self.holds.get(backend, 0) + 1
+        try:
+            yield backend
+        finally:
+            if backend:
+                with self.lock:
+                    self.holds[backend] -= 1
 
     def _bring_up(self, backend: str) -> None:
         mode, _ = self.down[backend]
@@ -135,15 +145,15 @@ class NamespaceChurn(threading.Thread):
         namespace.add_route("10.242.3.0/24", via=f"10.242.{subnet}.2")
         entry = {"namespace": namespace, "until": time.monotonic() + self.random.uniform(4, 12)}
         if self.random.random() < 2 / 3:
-            backend = self.flapper.pick_up(self.backends)
-            if backend:
-                holder = namespace.peer()
-                with self.flapper.held(backend):
+            holder = namespace.peer()
+            with self.flapper.hold_one_up(self.backends) as backend:
+                if backend:
                     try:
                         entry["socket"] = holder.connect_one(backend, self.port, timeout=5)
                         entry.update(holder=holder, backend=backend)
                     except PeerError as error:
-                        self._count(backend, f"connect:{str(error).split(': ')[1].split(':')[0]}")
+                        errno = str(error).split(": ")[1].split(":")[0]
+                        self._count(backend, f"connect:{'timeout' if errno == '0' else errno}")
         self.alive.append(entry)
 
     def _agent_sees_up(self, backend: str) -> bool:

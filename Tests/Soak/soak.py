@@ -295,6 +295,7 @@ def finish(agent, churn, log, sampler, flapper, namespaces, reloader, configs, p
         "final_live": {how: sum(c.get(how, 0) for c in final["final"].values())
                        for how in {h for c in final["final"].values() for h in c}},
         "stale_longest_s": round(sampler.stale_longest, 1), "messages": log.messages,
+        "core_threads_first": sampler.core_names[0], "core_threads_last": sampler.core_names[-1],
     }
     report = render(sampler, found, figures, failures)
     out(report)
@@ -316,7 +317,9 @@ def render(sampler, found, figures, failures) -> str:
              f"at the end: {figures['final_live']}",
              f"namespaces made: {figures['namespaces_made']}; backend switches: {figures['switches']}; "
              f"reloads sent: {figures['reloads_sent']}; suppressed reaps: {figures['suppressed']}; "
-             f"longest a worker outlived its namespace: {figures['stale_longest_s']} s", "",
+             f"longest a worker outlived its namespace: {figures['stale_longest_s']} s",
+             f"threads outside namespace workers, by name: first sample {figures['core_threads_first']}, "
+             f"last {figures['core_threads_last']}", "",
              "verdict: " + ("PASS" if not failures else "FAIL\n- " + "\n- ".join(failures))]
     return "\n".join(lines)
 
