@@ -8,7 +8,7 @@ Makefile put Tests/ on the path).
 - ``incident``: the seed incident: real nginx between streaming clients and three upstreams.
 - ``peer``: the one traffic peer program (``python3 -m lab.peer ROLE``), every role speaking the
   JSON-lines protocol of ``peer/protocol.py``; ``traffic`` drives it (``Peer``, ``StreamClient``,
-  ``BulkPeer``, ``PeerProcess`` for any role's events).
+  ``BulkPeer``, ``ChurnPeer``, ``PeerProcess`` for any role's events).
 - ``agent``: the one agent driver (``Agent``: log lines, endpoints, states, lifetime) and ``pool_yaml``.
 - ``metrics``: the one logfmt and Prometheus text parser.
 - ``analysis``: what the stream client recorded, per stream and per incident run.

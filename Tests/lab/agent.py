@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import re
 import subprocess
 import threading
@@ -81,6 +82,11 @@ class Agent:
     def log(self) -> list[LogLine]:
         with self._lock:
             return list(self.lines)
+
+    def tail(self, start: int) -> list[LogLine]:
+        """The lines from index ``start`` on: a long run's reader takes only what is new."""
+        with self._lock:
+            return self.lines[start:]
 
     def log_text(self, last: int | None = 60) -> str:
         lines = self.log()
@@ -223,3 +229,20 @@ def pool_yaml(pools: Sequence[dict], listen: tuple[str, int] = AGENT_LISTEN, **t
 
 def backend_flags(backends) -> list[str]:
     return [arg for backend in backends for arg in ("--backend", backend)]
+
+
+def rewrite_unnoticed(path: str, text: str) -> str:
+    """Replaces a file's content keeping inode, size and mtime, the stamp the agent's file watcher
+    compares, so only a SIGHUP can make the agent read it. ``text`` is padded with spaces to the old
+    size (it must not be longer)."""
+    info = os.stat(path)
+    data = text.encode()
+    if len(data) > info.st_size:
+        raise ValueError(f"new content of {path} is longer than the old ({len(data)} > {info.st_size})")
+    data = data.rstrip(b"\n") + b" " * (info.st_size - len(data)) + b"\n" if len(data) < info.st_size else data
+    with open(path, "r+b") as handle:     # no truncation: the size never changes
+        handle.write(data)
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (info.st_ino, info.st_size, info.st_mtime_ns)
+    return path

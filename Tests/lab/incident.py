@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lab.agent import Agent
+from lab.agent import Agent, rewrite_unnoticed
 from lab.analysis import IncidentRun
 from lab.netns import can_connect, in_netns, pid_alive, stop_child, tool, wait_for
 from lab.peer.upstream import HTTP_PORT, TCP_PORT
@@ -389,21 +389,9 @@ class IncidentLab:
         return path
 
     def rewrite_unnoticed(self, name: str, text: str) -> str:
-        """Replaces a file's content keeping inode, size and mtime, the stamp the agent's file watcher
-        compares, so only a SIGHUP can make the agent read it. ``text`` is padded with spaces to the
-        old size (it must not be longer)."""
-        path = os.path.join(self.dir, name)
-        info = os.stat(path)
-        data = text.encode()
-        if len(data) > info.st_size:
-            raise ValueError(f"new content of {name} is longer than the old ({len(data)} > {info.st_size})")
-        data = data.rstrip(b"\n") + b" " * (info.st_size - len(data)) + b"\n" if len(data) < info.st_size else data
-        with open(path, "r+b") as handle:     # no truncation: the size never changes
-            handle.write(data)
-        os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns))
-        after = os.stat(path)
-        assert (after.st_ino, after.st_size, after.st_mtime_ns) == (info.st_ino, info.st_size, info.st_mtime_ns)
-        return path
+        """Replaces a file's content keeping the stamp the agent's file watcher compares (see
+        lab.agent.rewrite_unnoticed), so only a SIGHUP can make the agent read it."""
+        return rewrite_unnoticed(os.path.join(self.dir, name), text)
 
     def nginx_upstream_sockets(self, name: str, kind: str = "l4", state: str = "established") -> list[str]:
         """TCP sockets of the nginx namespace toward an upstream in ``state`` (an ``ss`` state or

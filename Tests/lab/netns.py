@@ -26,7 +26,7 @@ end), and ``reap_stale_namespaces()`` for namespaces of runs whose process is go
 
 Main API:
 
-- ``Lab(prefix=None)``: ``namespace(role)``, ``link(a, b, addrs_a, addrs_b)``, ``close()``.
+- ``Lab(prefix=None)``: ``namespace(role)``, ``link(a, b, addrs_a, addrs_b)``, ``remove(namespace)``, ``close()``.
 - ``Namespace``: ``run(argv)``, ``popen(argv)``, ``ip(...)``, ``iptables(...)``/``ip6tables(...)``,
   ``add_route(...)``, ``enable_conntrack()``, ``dnat(...)``, ``conntrack_flows(...)``, ``peer()``,
   ``pids()``.
@@ -468,6 +468,13 @@ class Lab:
                 namespace.add_address(dev, cidr)
             namespace.ip("link", "set", dev, "up")
         return link
+
+    def remove(self, namespace: Namespace) -> None:
+        """Stops what runs in one namespace of the lab and deletes it now (its links go with it)."""
+        namespace.stop_processes()
+        delete_namespace(namespace.name)
+        self.namespaces.remove(namespace)
+        self.links = [link for link in self.links if namespace not in (link.a, link.b)]
 
     def close(self) -> None:
         """Stops every process started through the lab, then deletes its namespaces. Idempotent."""

@@ -241,3 +241,22 @@ class StreamClient(PeerProcess):
     def dump(self):
         from lab.analysis import StreamDump
         return StreamDump.parse(self.request("dump", answer_timeout=60))
+
+
+class ChurnPeer(PeerProcess):
+    """The ``churn`` role (lab/peer/churn.py): a stream of connections toward many targets, each held
+    until it ends, every end counted by target and by how it ended."""
+
+    def __init__(self, namespace) -> None:
+        super().__init__(namespace, "churn", start_new_session=True)
+
+    def start(self, targets: Sequence[str], port: int, rate: float, seed: int | None = None) -> None:
+        self.request("start", targets=list(targets), port=port, rate=rate, seed=seed)
+
+    def tally(self) -> dict:
+        return self.request("tally")
+
+    def finish(self, settle: float = 10.0) -> dict:
+        """Stops the stream, lets pending connects end (at most ``settle`` s), looks at every held
+        connection once more and closes them all: the final tally, with ``final`` per target."""
+        return self.request("finish", answer_timeout=settle + 60, settle=settle)

@@ -12,6 +12,8 @@ protocol of ``protocol.py`` (lab.traffic drives them from the test process):
 - ``http-load``: a thousand concurrent HTTP clients and slowloris ones against one endpoint (http_load.py).
 - ``heartbeat``: one connection that sends a beat and waits for its echo, plus an idle and a busy one
   (heartbeat.py).
+- ``churn``: a steady stream of connections toward many targets, each held until it ends, every end
+  counted by how (churn.py, for the soak).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ ROLES = {
     "vip-client": "vip_client",
     "heartbeat": "heartbeat",
     "http-load": "http_load",
+    "churn": "churn",
 }
 
 
