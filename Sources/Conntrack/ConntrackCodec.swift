@@ -22,6 +22,22 @@ public enum ConntrackCodec {
         return entry(from: conntrack)
     }
 
+    /// Whether an entry's reply source is its original destination (no DNAT between them), read from
+    /// the two tuples alone: the reply-source dump of that destination holds such an entry too, so
+    /// the original-destination dump need not parse it again.
+    static func repliedByItsDestination(_ message: NetlinkMessage) -> Bool {
+        guard message.payload.count >= 4 else { return false }
+        let attributes = NetlinkAttributes(message.payload.dropFirst(4))
+        guard let original = attributes[ConntrackAttribute.tupleOriginal], let reply = attributes[ConntrackAttribute.tupleReply],
+            let originalIP = original.nested[ConntrackAttribute.tupleIP], let replyIP = reply.nested[ConntrackAttribute.tupleIP],
+            // CTA_IP_V4_DST 2 or CTA_IP_V6_DST 4; CTA_IP_V4_SRC 1 or CTA_IP_V6_SRC 3.
+            let destination = originalIP.nested[2] ?? originalIP.nested[4], let replier = replyIP.nested[1] ?? replyIP.nested[3],
+            let port = original.nested[ConntrackAttribute.tupleProto]?.nested[ConntrackAttribute.protoDestinationPort],
+            let replierPort = reply.nested[ConntrackAttribute.tupleProto]?.nested[ConntrackAttribute.protoSourcePort]
+        else { return false }
+        return destination.value.elementsEqual(replier.value) && port.value.elementsEqual(replierPort.value)
+    }
+
     /// The attributes of an IPCTNL_MSG_CT_DELETE that names `entry`: original tuple, zone, id.
     /// Throws rather than return less: a CT_DELETE without a tuple is a flush of the whole table.
     public static func deleteAttributes(for entry: ConntrackEntry) throws(SystemCallError) -> [UInt8] {

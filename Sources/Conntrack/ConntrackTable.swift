@@ -88,8 +88,12 @@ public final class ConntrackTable {
         var dump = Dump()
         var seen = Set<ConntrackEntry.Identity>()
         for request in requests {
+            // A direct flow's entry comes again in its destination's reply-source dump: parsed once, there.
+            let skipDirect = if case .originalDestination? = request.filter { true } else { false }
             let outcome = try socket.dump(request) { message in
-                guard message.type == ConntrackMessageType.new, let entry = ConntrackCodec.entry(from: message),
+                guard message.type == ConntrackMessageType.new,
+                    !(skipDirect && ConntrackCodec.repliedByItsDestination(message)),
+                    let entry = ConntrackCodec.entry(from: message),
                     seen.insert(entry.identity).inserted
                 else { return }
                 dump.entries.append(entry)
