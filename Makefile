@@ -82,6 +82,7 @@ bench: release
 	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/failover_bench.py
 	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/dead_cost_bench.py
 	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/early_watch_bench.py
+	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/probe_bench.py
 
 # The seed incident without and with the agent in throwaway namespaces (root): prints a before/after
 # table, writes demo-timeline.svg, removes everything it made.
