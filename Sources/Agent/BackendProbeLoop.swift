@@ -52,8 +52,7 @@ final class EngineProbeLoop: ProbeLoop {
 /// one probe a second cheap.
 final class BackendProbeLoop: ProbeLoop {
     let loop: any EventLoop
-    let prober: Prober
-    let backend: Endpoint
+    let session: ProbeSession
     let interval: Duration
     let onResult: @Sendable (ProbeResult) -> Void
     private let scheduled = Mutex<Scheduled<Void>?>(nil)
@@ -63,8 +62,7 @@ final class BackendProbeLoop: ProbeLoop {
 
     init(loop: any EventLoop, prober: Prober, backend: Endpoint, interval: Duration, onResult: @escaping @Sendable (ProbeResult) -> Void) {
         self.loop = loop
-        self.prober = prober
-        self.backend = backend
+        self.session = ProbeSession(prober: prober, backend: backend, loop: loop)
         self.interval = interval
         self.onResult = onResult
         self.jitter = Mutex(PolicyRandom(seed: .random(in: .min ... .max)))
@@ -79,6 +77,7 @@ final class BackendProbeLoop: ProbeLoop {
     func stop() {
         stopped.store(true, ordering: .relaxed)
         scheduled.withLock { $0?.cancel() }
+        session.close()
     }
 
     private func schedule(after delay: Duration) {
@@ -89,12 +88,12 @@ final class BackendProbeLoop: ProbeLoop {
 
     /// One probe now, outside the schedule, recorded like any other (with its own timeout, if given).
     func probeNow(timeout: Duration?) async {
-        _ = try? await prober.probe(backend, on: loop, timeout: timeout).map { [onResult] in onResult($0) }.get()
+        _ = try? await session.probe(timeout: timeout).map { [onResult] in onResult($0) }.get()
     }
 
     private func probeOnce() {
         let started = ContinuousClock.now
-        prober.probe(backend, on: loop).whenSuccess { [self] result in
+        session.probe().whenSuccess { [self] result in
             guard !stopped.load(ordering: .relaxed) else { return }
             onResult(result)
             // Start to start, with ±10 % jitter so probes do not drift into lockstep.
@@ -106,6 +105,6 @@ final class BackendProbeLoop: ProbeLoop {
 }
 
 extension ProbeSpec {
-    /// tcp and http probes run on the agent's TCPProbeEngine.
-    var runsOnEngine: Bool { kind == .tcp || kind == .http }
+    /// tcp probes, and http ones on fresh connections, run on the agent's TCPProbeEngine.
+    var runsOnEngine: Bool { kind == .tcp || (kind == .http && !reuse) }
 }
