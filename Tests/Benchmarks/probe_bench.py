@@ -214,13 +214,15 @@ class HAProxyProber:
 def measure(prober, lab, window):
     """One window: the prober's CPU (% of one core) and RSS (MB), nginx's CPU, and the probes it made
     (the agent's own count; None for HAProxy)."""
-    probes_before = prober.probes() if hasattr(prober, "probes") else None
+    counting = hasattr(prober, "probes")
+    probes_before, counted_from = (prober.probes(), time.monotonic()) if counting else (None, None)
     before, nginx_before, started = cpu_seconds(prober.pid), lab.nginx_cpu(), time.monotonic()
     time.sleep(window)
     elapsed = time.monotonic() - started
     cpu = 100 * (cpu_seconds(prober.pid) - before) / elapsed
     nginx = 100 * (lab.nginx_cpu() - nginx_before) / elapsed
-    probes = (prober.probes() - probes_before) / elapsed if probes_before is not None else None
+    # The count's own span: reading /metrics of 1,000 backends takes a while on each side.
+    probes = (prober.probes() - probes_before) / (time.monotonic() - counted_from) if counting else None
     rss = rss_mb(prober.pid)
     if not prober.all_up():
         raise RuntimeError(f"{prober.name}: not every backend is up after the window: the run is void")
@@ -353,6 +355,8 @@ def main():
     benchlab.remove_stale_workdirs(f"{STEM}-")
     workdir = tempfile.mkdtemp(prefix=f"{STEM}-{os.getpid()}-")
     os.chmod(workdir, 0o755)
+    # A copy: a rebuild in the tree during the run must not change what is measured.
+    binary = shutil.copy(args.binary, os.path.join(workdir, "conn-reaper"))
     load = os.getloadavg()[0]
     lab = None
     try:
@@ -361,11 +365,11 @@ def main():
               f"{busy:.0f}% of a core; HAProxy {subprocess.run(['haproxy', '-v'], capture_output=True, text=True).stdout.split()[2]}")
         ok = True
         if "versus" not in skip:
-            ok &= versus_haproxy(lab, args.binary, args.kinds.split(","), args.backends, args.rounds, args.window, args.warmup)
+            ok &= versus_haproxy(lab, binary, args.kinds.split(","), args.backends, args.rounds, args.window, args.warmup)
         if "scaling" not in skip:
-            ok &= scaling(lab, args.binary, "tcp", sizes, args.rounds, args.window, args.warmup)
+            ok &= scaling(lab, binary, "tcp", sizes, args.rounds, args.window, args.warmup)
         if "fleet" not in skip:
-            fleet(lab, args.binary, args.backends, args.rounds, args.window, args.warmup, args.reconnect_every)
+            fleet(lab, binary, args.backends, args.rounds, args.window, args.warmup, args.reconnect_every)
         print(f"\nLoad average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         if lab is not None:
