@@ -21,6 +21,7 @@ final class EngineProbeLoop: ProbeLoop {
     let timeout: Duration
     let onResult: @Sendable (ProbeResult) -> Void
     private let id = Mutex<Int?>(nil)
+    private let stopped = Atomic<Bool>(false)
 
     init(engine: TCPProbeEngine, prober: Prober, backend: Endpoint, interval: Duration, onResult: @escaping @Sendable (ProbeResult) -> Void)
     {
@@ -34,16 +35,23 @@ final class EngineProbeLoop: ProbeLoop {
     }
 
     func start() {
-        let added = engine.add(target: target, check: check, interval: interval, timeout: timeout, onResult: onResult)
+        // Until `stop`: a probe in flight when its generation ends tells the policy nothing.
+        let added = engine.add(target: target, check: check, interval: interval, timeout: timeout) { [self] result in
+            guard !stopped.load(ordering: .relaxed) else { return }
+            onResult(result)
+        }
         id.withLock { $0 = added }
     }
 
     func stop() {
+        stopped.store(true, ordering: .relaxed)
         if let added = id.withLock({ $0 }) { engine.remove(added) }
     }
 
     func probeNow(timeout: Duration?) async {
-        onResult(await engine.probe(target, check: check, timeout: timeout ?? self.timeout))
+        let result = await engine.probe(target, check: check, timeout: timeout ?? self.timeout)
+        guard !stopped.load(ordering: .relaxed) else { return }
+        onResult(result)
     }
 }
 
