@@ -32,7 +32,9 @@ public struct HealthService: Service {
         self.logger = logger
         self.group = group
         do {
-            tcpEngine = try TCPProbeEngine()
+            tcpEngine = try TCPProbeEngine { [logger] error in
+                logger.critical("tcp and http probes stopped: their thread's loop failed", metadata: ["error": "\(error)"])
+            }
         } catch {
             logger.warning("tcp probes run on the event loops: their own thread did not start", metadata: ["error": "\(error)"])
             tcpEngine = nil

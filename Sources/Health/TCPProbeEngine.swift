@@ -56,7 +56,9 @@ public final class TCPProbeEngine: Sendable {
     private let thread: NamespaceThread
     private let nextID = Atomic<Int>(0)
 
-    public init() throws(SystemCallError) {
+    /// `onFailure` hears it if the thread's loop ever fails (its epoll instance could not be made):
+    /// from then on no probe runs here.
+    public init(onFailure: @escaping @Sendable (SystemCallError) -> Void) throws(SystemCallError) {
         wakeup = try PollerWakeup()
         do throws(SystemCallError) {
             thread = try NamespaceThread(entering: nil)
@@ -65,14 +67,28 @@ public final class TCPProbeEngine: Sendable {
             throw error
         }
         let (mailbox, wakeup) = (self.mailbox, self.wakeup)
-        thread.start { () throws(SystemCallError) in
-            try EngineLoop(wakeup: wakeup).run {
-                mailbox.inbox.withLock { inbox in
-                    defer { inbox.commands.removeAll(keepingCapacity: true) }
-                    return (inbox.commands, inbox.stopping)
+        thread.start {
+            do throws(SystemCallError) {
+                try EngineLoop(wakeup: wakeup).run {
+                    mailbox.inbox.withLock { inbox in
+                        defer { inbox.commands.removeAll(keepingCapacity: true) }
+                        return (inbox.commands, inbox.stopping)
+                    }
                 }
+            } catch {
+                onFailure(error)
             }
-            wakeup.close()
+            // Under the lock that every wake takes, and once stopping: no wake can hit a closed
+            // (or reused) descriptor.
+            let dropped = mailbox.inbox.withLock { inbox in
+                inbox.stopping = true
+                wakeup.close()
+                defer { inbox.commands.removeAll() }
+                return inbox.commands
+            }
+            for case .once(_, _, _, let completion) in dropped {
+                completion(ProbeResult(failure: .unreachable, duration: .zero, detail: "prober stopped"))
+            }
         }
     }
 
@@ -97,8 +113,10 @@ public final class TCPProbeEngine: Sendable {
 
     /// Ends the thread; probes in flight are closed, their results dropped.
     public func shutdown() {
-        mailbox.inbox.withLock { $0.stopping = true }
-        wakeup.wake()
+        mailbox.inbox.withLock { inbox in
+            if !inbox.stopping { wakeup.wake() }
+            inbox.stopping = true
+        }
         thread.stop()
     }
 
@@ -106,11 +124,10 @@ public final class TCPProbeEngine: Sendable {
         let accepted = mailbox.inbox.withLock { inbox in
             guard !inbox.stopping else { return false }
             inbox.commands.append(command)
+            wakeup.wake()
             return true
         }
-        if accepted {
-            wakeup.wake()
-        } else if case .once(_, _, _, let completion) = command {
+        if !accepted, case .once(_, _, _, let completion) = command {
             completion(ProbeResult(failure: .unreachable, duration: .zero, detail: "prober stopped"))
         }
     }
@@ -152,7 +169,13 @@ private final class EngineLoop {
         while true {
             let (commands, stopping) = receive()
             if stopping {
-                for probe in inFlight.values { ProbeSocket.abort(probe.descriptor) }
+                // Whoever awaits a probe of its own gets an answer; scheduled ones just end.
+                let stopped = ProbeResult(failure: .unreachable, duration: .zero, detail: "prober stopped")
+                for probe in inFlight.values {
+                    ProbeSocket.abort(probe.descriptor)
+                    if probe.periodic == nil { probe.completion(stopped) }
+                }
+                for case .once(_, _, _, let completion) in commands { completion(stopped) }
                 return
             }
             for command in commands { apply(command) }
