@@ -101,6 +101,7 @@ bench: release
 	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/failover_bench.py
 	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/dead_cost_bench.py
 	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/early_watch_bench.py
+	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/probe_bench.py
 
 # The soak (README, Reliability): the agent for SOAK_MINUTES under flapping backends, a SIGHUP every
 # second, namespaces coming and going and a stream of connections; exits non-zero on growth or an

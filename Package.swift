@@ -73,7 +73,7 @@ let package = Package(
         .target(
             name: "Health",
             dependencies: [
-                "NetworkAddress",
+                "NetworkAddress", "OS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

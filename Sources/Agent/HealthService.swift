@@ -6,8 +6,9 @@ import NetworkAddress
 import ServiceLifecycle
 import Synchronization
 
-/// Probes every backend of every pool and hands each result to the reap pipeline. Probing runs on
-/// event loops (see BackendProbeLoop). Follows configuration reloads: the old generation's loops
+/// Probes every backend of every pool and hands each result to the reap pipeline. tcp probes and
+/// fresh-connection http ones run on the TCPProbeEngine's thread, https ones and http ones with
+/// `probe.reuse` on event loops (see BackendProbeLoop). Follows configuration reloads: the old generation's loops
 /// stop, a new one starts, states carry over; each generation is a child task of `run`.
 public struct HealthService: Service {
     let store: ConfigStore
@@ -16,6 +17,9 @@ public struct HealthService: Service {
     let metrics: AgentMetrics
     let logger: Logger
     let group: any EventLoopGroup
+    /// tcp probes and fresh-connection http ones run here; nil if its thread could not start (then
+    /// they run on the event loops).
+    let tcpEngine: TCPProbeEngine?
 
     public init(
         store: ConfigStore, state: AgentState, executor: ReapExecutor, metrics: AgentMetrics, logger: Logger,
@@ -27,9 +31,18 @@ public struct HealthService: Service {
         self.metrics = metrics
         self.logger = logger
         self.group = group
+        do {
+            tcpEngine = try TCPProbeEngine { [logger] error in
+                logger.critical("tcp and http probes stopped: their thread's loop failed", metadata: ["error": "\(error)"])
+            }
+        } catch {
+            logger.warning("tcp probes run on the event loops: their own thread did not start", metadata: ["error": "\(error)"])
+            tcpEngine = nil
+        }
     }
 
     public func run() async throws {
+        defer { tcpEngine?.shutdown() }
         let updates = store.updates()
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { generations in
@@ -63,14 +76,14 @@ public struct HealthService: Service {
     }
 
     /// The probe loops of one configuration.
-    func start(_ configuration: AgentConfiguration, number: Int) -> [BackendProbeLoop] {
+    func start(_ configuration: AgentConfiguration, number: Int) -> [any ProbeLoop] {
         logger.info(
             "watching backends",
             metadata: [
                 "pools": "\(configuration.pools.count)", "backends": "\(configuration.pools.reduce(0) { $0 + $1.backends.count })",
                 "generation": "\(number)", "dry_run": "\(configuration.dryRun)",
             ])
-        var loops: [BackendProbeLoop] = []
+        var loops: [any ProbeLoop] = []
         var probers: [String: ReapExecutor.PoolProber] = [:]
         for pool in configuration.pools {
             let prober: Prober
@@ -78,11 +91,15 @@ public struct HealthService: Service {
                 logger.error("pool skipped: its probe cannot be built", metadata: ["pool": "\(pool.name)", "error": "\(error)"])
                 continue
             }
-            var poolLoops: [Endpoint: BackendProbeLoop] = [:]
+            var poolLoops: [Endpoint: any ProbeLoop] = [:]
             for backend in pool.backends {
-                let loop = BackendProbeLoop(
-                    loop: group.next(), prober: prober, backend: backend, interval: pool.interval,
-                    onResult: recorder(pool: pool, backend: backend))
+                let onResult = recorder(pool: pool, backend: backend)
+                let loop: any ProbeLoop =
+                    if pool.probe.runsOnEngine, let tcpEngine {
+                        EngineProbeLoop(engine: tcpEngine, prober: prober, backend: backend, interval: pool.interval, onResult: onResult)
+                    } else {
+                        BackendProbeLoop(loop: group.next(), prober: prober, backend: backend, interval: pool.interval, onResult: onResult)
+                    }
                 loops.append(loop)
                 poolLoops[backend] = loop
             }

@@ -33,10 +33,17 @@ public struct ProbeSpec: Sendable, Equatable {
     public var expectStatus: Set<Int>
     public var timeout: Duration
     public var tls: TLS
+    /// http/https: one kept-alive connection per backend, a request per probe on it (see ConnectionReuse).
+    public var reuse: Bool
+    /// With `reuse`: a fresh connection at least every this many probes.
+    public var reconnectEvery: Int
+
+    public static let defaultReconnectEvery = 10
 
     public init(
         kind: Kind = .tcp, port: UInt16? = nil, path: String = "/", expectStatus: Set<Int> = [200],
-        timeout: Duration = .milliseconds(500), tls: TLS = TLS()
+        timeout: Duration = .milliseconds(500), tls: TLS = TLS(), reuse: Bool = false,
+        reconnectEvery: Int = ProbeSpec.defaultReconnectEvery
     ) {
         self.kind = kind
         self.port = port
@@ -44,6 +51,8 @@ public struct ProbeSpec: Sendable, Equatable {
         self.expectStatus = expectStatus
         self.timeout = timeout
         self.tls = tls
+        self.reuse = reuse
+        self.reconnectEvery = reconnectEvery
     }
 }
 

@@ -21,9 +21,7 @@ public final class Prober: Sendable {
     /// `timeout` replaces the spec's for this one probe (an early probe's shorter one).
     public func probe(_ backend: Endpoint, on loop: any EventLoop, timeout override: Duration? = nil) -> EventLoopFuture<ProbeResult> {
         let started = NIODeadline.now()
-        let limit = override ?? spec.timeout
-        let timeout = TimeAmount.nanoseconds(
-            Int64(limit.components.seconds) * 1_000_000_000 + limit.components.attoseconds / 1_000_000_000)
+        let timeout = Self.timeAmount(override ?? spec.timeout)
         @Sendable func result(_ failure: ProbeFailure?, _ detail: String) -> ProbeResult {
             let elapsed = NIODeadline.now() - started
             return ProbeResult(failure: failure, duration: .nanoseconds(elapsed.nanoseconds), detail: detail)
@@ -48,6 +46,39 @@ public final class Prober: Sendable {
             outcome = exchange(with: target, at: address, bootstrap: bootstrap, deadline: started + timeout, on: loop)
         }
         return outcome.map { result($0.0, $0.1) }.recover { result(Self.classify($0), Self.describe($0)) }
+    }
+
+    static func timeAmount(_ duration: Duration) -> TimeAmount {
+        .nanoseconds(Int64(duration.components.seconds) * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
+    }
+
+    /// A connection for `probe.reuse`: TLS if https, HTTP/1.1 without `Connection: close`, and a
+    /// handler that runs one request at a time on it (see ProbeSession).
+    func openKept(_ backend: Endpoint, on loop: any EventLoop, deadline: NIODeadline) -> EventLoopFuture<NIOLoopBound<KeptConnection>> {
+        let target = Endpoint(address: backend.address, port: spec.port ?? backend.port)
+        let address: SocketAddress
+        do { address = try SocketAddress(ipAddress: target.address.description, port: Int(target.port)) } catch {
+            return loop.makeFailedFuture(error)
+        }
+        var headers = HTTPHeaders()
+        headers.add(name: "Host", value: spec.tls.serverName ?? target.description)
+        headers.add(name: "User-Agent", value: "conn-reaper")
+        let request = HTTPRequestHead(version: .http1_1, method: .GET, uri: spec.path, headers: headers)
+        let tlsContext = self.tlsContext
+        let serverName = spec.tls.serverName
+        let left = deadline - .now()
+        return ClientBootstrap(group: loop).connectTimeout(max(left, .milliseconds(1))).channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                if let tlsContext {
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tlsContext, serverHostname: serverName))
+                }
+                try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                try channel.pipeline.syncOperations.addHandler(KeptHTTPHandler())
+            }
+        }.connect(to: address).flatMapThrowing { channel in
+            let handler = try channel.pipeline.syncOperations.handler(type: KeptHTTPHandler.self)
+            return NIOLoopBound(KeptConnection(channel: channel, handler: handler, request: request), eventLoop: loop)
+        }
     }
 
     /// The same probe, awaited: for one-off use and tests.

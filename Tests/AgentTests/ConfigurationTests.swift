@@ -103,6 +103,22 @@ import Testing
             "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance_rate: 0\n", "pools[0].rebalance_rate",
             "not a number above 0"
         ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: tcp, reuse: true }\n", "pools[0].probe.reuse",
+            "only for http and https probes"
+        ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: http, reuse: often }\n", "pools[0].probe.reuse",
+            "is not true or false"
+        ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: http, reconnect_every: 5 }\n",
+            "pools[0].probe.reconnect_every", "only used with reuse: true"
+        ),
+        (
+            "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: http, reuse: true, reconnect_every: 0 }\n",
+            "pools[0].probe.reconnect_every", "not a whole number from 1 to 10000"
+        ),
     ])
     func errorsNameTheKey(yaml: String, key: String, message: String) {
         #expect {
@@ -111,6 +127,16 @@ import Testing
             guard let error = error as? ConfigurationError else { return false }
             return error.key == key && error.description.contains(message) && error.description.hasPrefix("c.yaml")
         }
+    }
+
+    @Test func readsProbeReuseAndItsReconnectEvery() throws {
+        let plain = try YAMLConfigReader.configuration(yaml: valid, file: "c.yaml").pools[0].probe
+        #expect(!plain.reuse && plain.reconnectEvery == ProbeSpec.defaultReconnectEvery)
+        let yaml = "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    probe: { type: https, reuse: true, reconnect_every: 20 }\n"
+        let probe = try YAMLConfigReader.configuration(yaml: yaml, file: "c.yaml").pools[0].probe
+        #expect(probe.reuse && probe.reconnectEvery == 20)
+        let defaulted = yaml.replacing(", reconnect_every: 20", with: "")
+        #expect(try YAMLConfigReader.configuration(yaml: defaulted, file: "c.yaml").pools[0].probe.reconnectEvery == 10)
     }
 
     @Test func readsTheLogLevel() throws {

@@ -5,7 +5,8 @@ which case they FAIL: under CI every kernel test must run, and any skip is turne
 
 Cleanup: each test's namespaces belong to a Lab that is closed in the fixture's finally (processes
 stopped, namespaces deleted); the session also deletes any leftover `crt-<pid>-*` namespace of this
-run at its end, and stale ones of runs whose process died, at its start.
+run at its end, and stale ones of runs whose process died, at its start. LAB_NETNS_STEM replaces
+`crt` (runs that share a machine each keep to their own names).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ sys.dont_write_bytecode = True
 
 UNDER_CI = os.environ.get("CI") == "true"
 REPO = Path(__file__).resolve().parents[2]
-RUN_PREFIX = netns.default_prefix()
+STEM = os.environ.get("LAB_NETNS_STEM") or netns.DEFAULT_STEM
+RUN_PREFIX = netns.default_prefix(STEM)
 #: The fault tests' own namespaces (Tests/Integration/test_fault_*.py): ``crfault-<pid>-``.
 FAULT_STEM = "crfault"
 
@@ -80,7 +82,7 @@ def kernel_env():
     for name in ("ip", "iptables", "ip6tables", "conntrack"):
         if netns.tool(name) is None:
             unavailable(f"'{name}' is not installed (make deps installs it)")
-    netns.reap_stale_namespaces()
+    netns.reap_stale_namespaces(STEM)
     probe = f"{RUN_PREFIX}probe"
     result = subprocess.run([netns.tool("ip"), "netns", "add", probe], capture_output=True, text=True)
     if result.returncode != 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 SERVER = textwrap.dedent("""
-    import http.server, ssl, sys
+    import http.server, socket, ssl, sys
     mode, port = sys.argv[1], int(sys.argv[2])
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -24,7 +24,9 @@ SERVER = textwrap.dedent("""
             self.send_response(code); self.send_header("Content-Length", "2"); self.end_headers()
             self.wfile.write(b"ok")
         def log_message(self, *args): pass
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if mode == "http6" else socket.AF_INET
+    server = Server(("::1" if mode == "http6" else "127.0.0.1", port), Handler)
     if mode == "https":
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(sys.argv[3], sys.argv[4])
@@ -148,6 +150,23 @@ def test_probe_of_a_silent_peer_fails_within_its_timeout(lab, reaper_binary, tmp
     backend = backend_state(namespace, 9747, "unhealthy")
     assert backend.get("state") == "unhealthy" and backend["last_failure"] == "unhealthy", backend
     assert backend["last_probe_seconds"] < 0.3, backend
+
+
+@pytest.mark.parametrize("probe,backend,expected,detail", [
+    ({"type": "tcp"}, "[::1]:8080", "up", "connected"),
+    ({"type": "tcp"}, "[::1]:8081", "dead", "connect: connection refused"),
+    ({"type": "http", "path": "/readyz"}, "[::1]:8080", "up", "HTTP 200"),
+    ({"type": "http", "path": "/other"}, "[::1]:8080", "unhealthy", "HTTP 500"),
+])
+def test_probes_over_ipv6(probe, backend, expected, detail, lab, reaper_binary, tmp_path):
+    """tcp and http probes run on the agent's own probe thread: an IPv6 backend as well as IPv4."""
+    namespace = lab.namespace("v6")
+    start_server(namespace, tmp_path, "http6", 8080, None)
+    run_agent(namespace, reaper_binary, tmp_path, probe, backend, 9747)
+    state = backend_state(namespace, 9747, expected)
+    assert state.get("state") == expected and state["last_probe"] == detail, state
+    if expected != "up":
+        assert state["last_failure"] == ("refused" if expected == "dead" else "unhealthy"), state
 
 
 def test_tcp_probe_on_another_port(lab, reaper_binary, tmp_path):

@@ -31,6 +31,10 @@ public enum ConfigurationValidator {
             guard !pool.probe.expectStatus.isEmpty else {
                 throw ConfigurationError(key: "\(key).probe.expect_status", "name at least one status", file: file)
             }
+            if pool.probe.reuse && pool.probe.kind == .tcp {
+                throw ConfigurationError(
+                    key: "\(key).probe.reuse", "only for http and https probes: a tcp probe's connection is all it tests", file: file)
+            }
             let tls = pool.probe.tls
             for (name, path) in [("ca_file", tls.caFile), ("cert_file", tls.certificateFile), ("key_file", tls.keyFile)] {
                 guard let path else { continue }

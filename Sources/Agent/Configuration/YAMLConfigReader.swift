@@ -86,7 +86,9 @@ public enum YAMLConfigReader {
     }
 
     static func read(probe node: ConfigNode, into pool: inout PoolConfiguration) throws(ConfigurationError) {
-        let keys = try node.mapping(allowed: ["type", "port", "path", "expect_status", "interval", "timeout", "rise", "fall", "tls"])
+        let keys = try node.mapping(allowed: [
+            "type", "port", "path", "expect_status", "interval", "timeout", "rise", "fall", "tls", "reuse", "reconnect_every",
+        ])
         if let type = keys["type"] { pool.probe.kind = try type.choice(ProbeSpec.Kind.self) }
         if let port = keys["port"] { pool.probe.port = UInt16(try port.int(in: 1...65535)) }
         if let path = keys["path"] { pool.probe.path = try path.string() }
@@ -97,6 +99,11 @@ public enum YAMLConfigReader {
         if let timeout = keys["timeout"] { pool.probe.timeout = try timeout.duration() }
         if let rise = keys["rise"] { pool.rise = try rise.int(in: 1...100) }
         if let fall = keys["fall"] { pool.fall = try fall.int(in: 1...100) }
+        if let reuse = keys["reuse"] { pool.probe.reuse = try reuse.bool() }
+        if let every = keys["reconnect_every"] {
+            pool.probe.reconnectEvery = try every.int(in: 1...10_000)
+            guard pool.probe.reuse else { throw every.error("only used with reuse: true") }
+        }
         if let tls = keys["tls"] {
             let tlsKeys = try tls.mapping(allowed: ["ca_file", "cert_file", "key_file", "server_name", "insecure_skip_verify"])
             pool.probe.tls = ProbeSpec.TLS(

@@ -15,6 +15,10 @@ static const int c_reaper_sol_netlink = 270;          // SOL_NETLINK
 static const int c_reaper_netlink_cap_ack = 10;       // NETLINK_CAP_ACK
 static const int c_reaper_netlink_get_strict_chk = 12; // NETLINK_GET_STRICT_CHK
 
+// The tcp probes' own loop: epoll and an eventfd to wake it.
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+
 // Capabilities: capget/capset are raw syscalls (glibc has no wrapper, and `syscall` is variadic).
 #include <linux/capability.h>
 #include <sys/prctl.h>

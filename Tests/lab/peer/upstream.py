@@ -23,7 +23,8 @@ GOODBYE = "bye"                         # an upstream's last line on a TCP strea
 def serve_upstream(name: str, tcp_port: int, http_port: int, interval: float, shutdown_delay: float = 3.0) -> None:
     """The upstream server: streams ``NAME SEQ`` lines on TCP and as chunked HTTP; one thread.
 
-    ``GET /healthz`` and ``GET /readyz`` answer 200 ``ok``. Signals change its behaviour; each change is
+    ``GET /healthz`` and ``GET /readyz`` answer 200 ``ok``, on a kept-alive connection when an HTTP/1.1
+    client does not ask to close (the agent's ``probe.reuse``). Signals change its behaviour; each change is
     announced on stdout as an event (protocol.py):
 
     - SIGTERM: kube-apiserver's graceful shutdown (``draining``). For ``shutdown_delay`` seconds /readyz
@@ -146,6 +147,16 @@ def serve_upstream(name: str, tcp_port: int, http_port: int, interval: float, sh
             status, body = "200 OK", b"ok\n"
         else:
             status, body = "404 Not Found", b"no\n"
+        head = state["buffer"].split(b"\r\n\r\n", 1)[0].lower()
+        if head.split(b"\r\n", 1)[0].endswith(b"http/1.1") and b"connection: close" not in head:
+            # A keep-alive client (the agent's `probe.reuse`): answer and wait for its next request.
+            try:
+                conn.send(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body, socket.MSG_DONTWAIT)
+            except OSError:
+                close(conn)
+                return
+            state["kind"], state["buffer"] = "http-request", b""
+            return
         finish(conn, f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
 
     def on_request(conn: socket.socket, state: dict) -> None:
