@@ -158,6 +158,24 @@ public final class AgentMetrics: Sendable {
             labels: [("pool", pool), ("backend", backend)])
     }
 
+    func conntrackEntries() -> Gauge {
+        registry.makeGauge(
+            descriptor: Self.name(
+                "conntrack_entries", unit: "", help: "Conntrack entries in the agent's own namespace (nf_conntrack_count)."))
+    }
+
+    func conntrackLimit() -> Gauge {
+        registry.makeGauge(
+            descriptor: Self.name("conntrack_entries_limit", unit: "", help: "The conntrack table's limit (nf_conntrack_max)."))
+    }
+
+    func conntrackFull() -> Gauge {
+        registry.makeGauge(
+            descriptor: Self.name(
+                "conntrack_table_full", unit: "",
+                help: "1 while the conntrack table holds 95% of its limit or more (until below 90%): new flows are being dropped."))
+    }
+
     func backendConnections(pool: String, backend: String) -> Gauge {
         registry.makeGauge(
             descriptor: Self.name(

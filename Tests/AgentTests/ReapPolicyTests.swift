@@ -263,6 +263,22 @@ import Conntrack
                 reply: .init(source: dead.backend, destination: client)), namespace: nil)
     }
 
+    /// A full conntrack table drops new flows here: nothing answering says nothing about the backend.
+    @Test func aFullConntrackTableMakesNoBackendDeadAndItsDrainingRestoresTheRule() {
+        var policy = upPolicy(configuration())
+        _ = policy.handle(.conntrackTable(full: true))
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
+        _ = othersAnswer(&policy, at: 310)
+        let second = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
+        #expect(second.contains(.suppressed(pool: "api", backend: dead.backend, reason: .conntrackFull, log: true)))
+        #expect(!second.contains { if case .needEvidence = $0 { true } else { false } })
+        #expect(policy.backends[dead]?.state == .unhealthy)
+        #expect(reaps(policy.handle(.tick(at(2_000)))).isEmpty)
+        _ = policy.handle(.conntrackTable(full: false))
+        let drained = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(2_100)))
+        #expect(drained.contains { if case .needEvidence = $0 { true } else { false } }, "the rule again: \(drained)")
+    }
+
     @Test func becomingDeadWatchesNewFlowsAndEachIsEndedAsItComes() {
         var policy = upPolicy(configuration())
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))

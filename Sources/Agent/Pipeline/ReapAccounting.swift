@@ -65,6 +65,9 @@ struct ReapAccounting: Sendable {
             logger.notice("reap suppressed: nothing answers probes, but its connections still receive segments", metadata: metadata)
         case .budget:
             logger.warning("reap suppressed: the reconnect-storm budget is spent for now (max_sockets_per_second)", metadata: metadata)
+        case .conntrackFull:
+            logger.warning(
+                "not dead: nothing answers its probes, but the conntrack table here is full and drops new flows", metadata: metadata)
         }
     }
 

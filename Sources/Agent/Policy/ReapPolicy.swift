@@ -40,6 +40,8 @@ public struct ReapPolicy: Sendable {
         case announcementsLost(BackendKey, at: Instant)
         /// A rebalancing pool's established connections, every backend's, with their tcp_info.
         case censused(pool: String, [ConnectionSample], at: Instant)
+        /// The local conntrack table filled (new flows dropped here) or drained.
+        case conntrackTable(full: Bool)
     }
 
     /// What one reap pass did, as far as the policy cares.
@@ -161,6 +163,8 @@ public struct ReapPolicy: Sendable {
     public private(set) var reapWhenAllDown: Bool
     /// Pools whose all-down guard holds now.
     public private(set) var guarded: Set<String> = []
+    /// While the local conntrack table is full no failed probe makes a backend dead (see SuppressReason).
+    public private(set) var conntrackFull = false
     /// The backends being kept reaped or drained: all a success may release and all that set the
     /// next deadline. Kept apart so neither walks every backend on every probe: 1,000 backends probed
     /// once a second made that a million record copies a second.
@@ -234,6 +238,9 @@ public struct ReapPolicy: Sendable {
             backends[key]?.reaping?.nextPass = at
             return tick(at)
         case .censused(let pool, let connections, let at): return censused(pool, connections, at: at)
+        case .conntrackTable(let full):
+            conntrackFull = full
+            return []
         }
     }
 
@@ -308,6 +315,11 @@ public struct ReapPolicy: Sendable {
     /// `fall` or more failures in a row: unhealthy, or a candidate for dead.
     private mutating func failing(_ key: BackendKey, pool: PoolRules, at: Instant) -> [Action] {
         guard let record = backends[key], record.state != .dead else { return [] }
+        if conntrackFull {
+            var actions = transition(key, to: .unhealthy, at: at)
+            actions += suppress(key, .conntrackFull)
+            return actions
+        }
         let nothingAnswered = record.answerless.count >= pool.fall
         if pool.reapOn == .unhealthy {
             // The behaviour from before states: failed probes alone reap.
@@ -332,6 +344,11 @@ public struct ReapPolicy: Sendable {
         guard record.state != .dead, record.health.consecutiveFailures >= pool.fall,
             record.answerless.count >= pool.fall, let since = record.answerless.first
         else { return [] }
+        if conntrackFull {
+            var actions = transition(key, to: .unhealthy, at: evidence.at)
+            actions += suppress(key, .conntrackFull)
+            return actions
+        }
         // A segment within a probe interval is life even when early probes made the window short.
         if evidence.showsLife(after: since, recentEnough: min(pool.probeInterval, SegmentEvidence.recentEnoughCap)) {
             var actions = transition(key, to: .unhealthy, at: evidence.at)

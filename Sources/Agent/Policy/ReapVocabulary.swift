@@ -50,6 +50,9 @@ public enum SuppressReason: String, Sendable, CaseIterable {
     case allBackendsDown = "all_backends_down"
     /// The reconnect-storm budget is spent for now.
     case budget
+    /// The local conntrack table is full: the kernel drops new flows here, so a probe that found
+    /// nothing answering says nothing about the backend.
+    case conntrackFull = "conntrack_table_full"
 }
 
 /// Which of a backend's sockets a reap pass looks at.

@@ -1,0 +1,65 @@
+import Logging
+import OS
+import ServiceLifecycle
+
+/// Reads how many conntrack entries the agent's own namespace holds against the limit, four times a
+/// second (two small procfs reads): gauges, a log line when the table fills and when it drains (see `ConntrackFill`), and
+/// the news to the policy, which then lets no failed probe make a backend dead.
+/// Where conntrack is not loaded the files do not exist and the watch ends at once.
+public struct ConntrackTableWatch: Service {
+    let executor: ReapExecutor
+    let metrics: AgentMetrics
+    let logger: Logger
+    let interval: Duration
+
+    static let countFile = "/proc/sys/net/netfilter/nf_conntrack_count"
+    static let limitFile = "/proc/sys/net/netfilter/nf_conntrack_max"
+
+    public init(executor: ReapExecutor, metrics: AgentMetrics, logger: Logger, interval: Duration = .milliseconds(250)) {
+        self.executor = executor
+        self.metrics = metrics
+        self.logger = logger
+        self.interval = interval
+    }
+
+    /// Whether the table holds `ConntrackFill.fullShare` of its limit right now.
+    static func isFullNow() -> Bool {
+        guard let (entries, limit) = reading(), limit > 0 else { return false }
+        return Double(entries) >= Double(limit) * ConntrackFill.fullShare
+    }
+
+    static func reading() -> (entries: Int, limit: Int)? {
+        func number(_ path: String) -> Int? {
+            FileStatus.readText(path).flatMap { Int($0.filter(\.isNumber)) }
+        }
+        guard let entries = number(countFile), let limit = number(limitFile) else { return nil }
+        return (entries, limit)
+    }
+
+    public func run() async throws {
+        guard Self.reading() != nil else { return }
+        await cancelWhenGracefulShutdown {
+            var fill = ConntrackFill()
+            while !Task.isCancelled {
+                if let (entries, limit) = Self.reading() {
+                    metrics.conntrackEntries().set(to: Double(entries))
+                    metrics.conntrackLimit().set(to: Double(limit))
+                    switch fill.observe(entries: entries, limit: limit) {
+                    case .becameFull(let entries, let limit)?:
+                        logger.error(
+                            "conntrack table full: the kernel drops new flows, so failed probes make no backend dead until it drains",
+                            metadata: ["entries": "\(entries)", "limit": "\(limit)", "sysctl": "net.netfilter.nf_conntrack_max"])
+                    case .noLongerFull(let entries, let limit)?:
+                        logger.notice("conntrack table no longer full", metadata: ["entries": "\(entries)", "limit": "\(limit)"])
+                    case nil:
+                        break
+                    }
+                    metrics.conntrackFull().set(to: fill.full ? 1 : 0)
+                    // Every look, not only on a change: the evidence step may have said full first.
+                    executor.submit(.conntrackTable(full: fill.full))
+                }
+                try? await Task.sleep(for: interval)
+            }
+        }
+    }
+}
