@@ -22,6 +22,7 @@ import tempfile
 import time
 
 from lab.traffic import Peer
+from lab.bench import rss_mb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,12 +41,6 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of the full line)
 
 
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main():

@@ -49,6 +49,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 from lab import bench as benchlab
+from lab.bench import process_cpu_seconds, rss_mb
 from lab.agent import Agent, pool_yaml
 from lab.netns import NamedNamespace, wait_for
 from lab.traffic import BulkPeer
@@ -92,22 +93,8 @@ def set_pdeathsig():
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
-def process_cpu_seconds(pid):
-    """utime + stime of every thread of pid."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def split(total, parts):

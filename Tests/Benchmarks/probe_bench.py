@@ -31,6 +31,7 @@ import tempfile
 import time
 
 from lab import bench as benchlab
+from lab.bench import process_cpu_seconds as cpu_seconds, rss_mb
 from lab.agent import Agent, pool_yaml
 from lab.bench import log
 from lab.netns import Lab, reap_stale_namespaces, stop_child, wait_for
@@ -90,18 +91,8 @@ def backend_address(index):
     return f"10.240.{1 + index // 250}.{1 + index % 250}"
 
 
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class ProbeLab:

@@ -260,6 +260,25 @@ def install_signal_handlers():
 # Machine state, shared by the benchmarks
 
 
+def process_cpu_seconds(pid):
+    """utime + stime of every thread of pid, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid):
+    """Resident set size in MiB; NaN once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def busy_cpu_seconds():
     """Busy CPU time of the whole machine (all cores) from /proc/stat."""
     with open("/proc/stat") as f:
