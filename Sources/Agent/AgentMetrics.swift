@@ -154,7 +154,7 @@ public final class AgentMetrics: Sendable {
         registry.makeCounter(
             descriptor: Self.name(
                 "return_probes", unit: "total",
-                help: "Probes of a backend found dead by early detection, sent every 250 ms for 5 s to see it answer again."),
+                help: "Probes of a backend found dead by early detection, sent at once and every 100 ms for 5 s to see it answer again."),
             labels: [("pool", pool), ("backend", backend)])
     }
 

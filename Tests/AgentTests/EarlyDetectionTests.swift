@@ -50,7 +50,7 @@ import Testing
                 .probeForReturn(key(c), timeout: .milliseconds(200)),
             ])
         #expect(detection.detections[key(c)]?.signal == .retransmits)
-        #expect(detection.nextDeadline == start + .milliseconds(570), "watching for its return")
+        #expect(detection.nextDeadline == start + .milliseconds(420), "watching for its return")
     }
 
     /// An outage just long enough to look like a death: once the backend answers, one probe away.
@@ -67,10 +67,10 @@ import Testing
             #expect(probes(actions).isEmpty, "not early probes: counted apart")
             if actions.contains(.probeForReturn(key(c), timeout: .milliseconds(200))) { sent.append(now - dead) }
         }
-        #expect(sent.count == 20, "at once, then every 250 ms for 5 s: \(sent)")
+        #expect(sent.count == 50, "at once, then every 100 ms for 5 s: \(sent)")
         #expect(sent.first == .zero)
-        #expect(sent.dropFirst().first == .milliseconds(250))
-        #expect(sent.last == .milliseconds(4750))
+        #expect(sent.dropFirst().first == .milliseconds(100))
+        #expect(sent.last == .milliseconds(4900))
         #expect(detection.nextDeadline == nil)
     }
 
@@ -78,7 +78,7 @@ import Testing
         var detection = detector()
         _ = detection.handle(observation([c: 4]))
         _ = detection.handle(.state(key(c), .dead, at: start + .milliseconds(300)))
-        _ = detection.handle(.tick(start + .milliseconds(550)))
+        _ = detection.handle(.tick(start + .milliseconds(400)))
         #expect(detection.handle(.probed(key(c), success: false, at: start + .milliseconds(560))).isEmpty)
         let answered = detection.handle(.probed(key(c), success: true, at: start + .milliseconds(800)))
         #expect(answered == [.answeredAgain(key(c), .retransmits, after: .milliseconds(800))])

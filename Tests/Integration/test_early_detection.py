@@ -104,14 +104,17 @@ def test_a_live_backends_short_outage_costs_at_most_its_streams_and_never_its_re
         dead = agent.find("reaped", backend=target, reason="dead", since=start)
         if dead:
             assert answered is not None, f"found dead early, never seen answering again\n{info}"
-            # Probed at the verdict, then every 250 ms: seen answering within one return probe of
+            # Probed at the verdict, then every 100 ms: seen answering within one return probe of
             # the later of the verdict and the outage's end (plus what reading the log takes).
-            bound = max(dead[0].t, end) + 0.25 + 0.1
+            bound = max(dead[0].t, end) + 0.1 + 0.1
             assert answered.t <= bound, f"answered again {answered.t - end:.3f} s after the outage\n{info}"
             late = [line for line in reaps if line.t > answered.t + 0.05]
             assert late == [], f"reaped after it answered again: {[line.text for line in late]}"
-            still = [line for line in reaps if line.fields["reason"] == "still-dead"]
-            assert sum(int(line.fields["sockets"]) for line in still) <= 10, info
+            # Reconnects ended while it was already back but not yet seen answering: nginx reconnects
+            # about once a millisecond, so at most a return probe's period of them.
+            back = sum(int(line.fields["sockets"]) for line in reaps if line.fields["reason"] == "still-dead" and line.t > end)
+            print(f"reconnects ended after the outage's end, before it was seen answering: {back}")
+            assert back <= 150, info
         assert sum(ended) <= STREAMS, info
     # Everything flows again, the outage's backend included.
     streams = client.status()["streams"]

@@ -107,7 +107,9 @@ public struct EarlyDetection: Sendable {
     /// outage just long enough to look like a death (0.6-1 s) must not cost the connections a
     /// balancer makes once it is back: the regular probes of a dead backend would notice that only
     /// after an interval or more, and every new connection until then would be reaped as still dead.
-    public static let returnProbeEvery: Duration = .milliseconds(250)
+    /// 100 ms: the first probe, at the verdict, may still fall into the outage, and a balancer
+    /// reconnects about once a millisecond meanwhile (each one aborted until the backend is seen).
+    public static let returnProbeEvery: Duration = .milliseconds(100)
     public static let returnWatchLength: Duration = .seconds(5)
 
     struct Suspicion: Sendable {
