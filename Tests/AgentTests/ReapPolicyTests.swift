@@ -253,6 +253,21 @@ import Conntrack
         #expect(policy.nextDeadline == nil)
     }
 
+    @Test func aFailureOfAProbeBegunBeforeTheLastSuccessIsOldNewsAndResumesNothing() {
+        var policy = deadPolicy()
+        _ = policy.handle(.probed(dead, Self.ok, at: at(600)))  // a return probe: it answers again
+        // A regular probe sent at 560, in the outage, times out at 710: older than the answer at 600.
+        #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(710))).isEmpty)
+        #expect(!policy.stillEnds(dead))
+        for ms in stride(from: 600, through: 2_000, by: 10) { #expect(reaps(policy.handle(.tick(at(ms)))).isEmpty) }
+        // Failures begun after the answer are news: fall of them and it is reaped again.
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(2_200)))
+        #expect(policy.stillEnds(dead))
+        _ = othersAnswer(&policy, at: 2_205)
+        let resumed = stride(from: 2_210, through: 2_400, by: 10).flatMap { reaps(policy.handle(.tick(at($0)))) }
+        #expect(!resumed.isEmpty && resumed.allSatisfy { $0.0 == .stillDead }, "\(resumed)")
+    }
+
     // MARK: - New flows conntrack announces
 
     func flow(_ port: UInt16) -> AnnouncedFlow {

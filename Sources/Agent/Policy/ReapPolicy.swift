@@ -281,6 +281,10 @@ public struct ReapPolicy: Sendable {
 
     private mutating func probed(_ key: BackendKey, _ result: ProbeResult, at: Instant) -> [Action] {
         guard var record = backends[key], let pool = rules(of: key.pool) else { return [] }
+        // Probes overlap (regular, early and return probes): a failure of one begun before the last
+        // success is older news than that success. Counted, it would make an answering backend fail
+        // again and resume its reaping (a SYN lost in an outage times out after the outage ended).
+        if !result.success, let lastSuccess = record.lastSuccess, at - result.duration < lastSuccess { return [] }
         var actions: [Action] = []
         let verdict = record.health.record(success: result.success)
         record.lastProbe = result
