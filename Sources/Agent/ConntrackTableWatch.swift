@@ -24,8 +24,8 @@ public struct ConntrackTableWatch: Service {
 
     /// Whether the table holds `ConntrackFill.fullShare` of its limit right now.
     static func isFullNow() -> Bool {
-        guard let (entries, limit) = reading(), limit > 0 else { return false }
-        return Double(entries) >= Double(limit) * ConntrackFill.fullShare
+        guard let (entries, limit) = reading() else { return false }
+        return ConntrackFill.isFull(entries: entries, limit: limit)
     }
 
     static func reading() -> (entries: Int, limit: Int)? {

@@ -15,4 +15,11 @@ import Testing
         #expect(!fill.full)
         #expect(fill.observe(entries: 10, limit: 0) == nil, "no limit read: nothing to judge")
     }
+
+    /// The look at a verdict has no history: the full share alone, the same threshold.
+    @Test func aLookWithoutHistoryUsesTheSameShare() {
+        #expect(ConntrackFill.isFull(entries: 950, limit: 1000))
+        #expect(!ConntrackFill.isFull(entries: 949, limit: 1000))
+        #expect(!ConntrackFill.isFull(entries: 10, limit: 0))
+    }
 }

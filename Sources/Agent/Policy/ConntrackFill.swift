@@ -18,10 +18,15 @@ public struct ConntrackFill: Sendable, Equatable {
 
     public init() {}
 
+    /// Whether `entries` reach the full share of `limit`, with no memory of before.
+    public static func isFull(entries: Int, limit: Int) -> Bool {
+        limit > 0 && Double(entries) >= Double(limit) * fullShare
+    }
+
     public mutating func observe(entries: Int, limit: Int) -> Change? {
         guard limit > 0 else { return nil }
         let share = Double(entries) / Double(limit)
-        if !full, share >= Self.fullShare {
+        if !full, Self.isFull(entries: entries, limit: limit) {
             full = true
             return .becameFull(entries: entries, limit: limit)
         }
