@@ -13,6 +13,7 @@ enum ConntrackMessageType {
 enum ConntrackAttribute {
     static let tupleOriginal: UInt16 = 1  // CTA_TUPLE_ORIG
     static let tupleReply: UInt16 = 2  // CTA_TUPLE_REPLY
+    static let status: UInt16 = 3  // CTA_STATUS
     static let id: UInt16 = 12  // CTA_ID
     static let filter: UInt16 = 25  // CTA_FILTER, kernel 5.8+
     static let tupleIP: UInt16 = 1  // CTA_TUPLE_IP
@@ -22,6 +23,12 @@ enum ConntrackAttribute {
     static let protoDestinationPort: UInt16 = 3  // CTA_PROTO_DST_PORT
     static let filterOriginalFlags: UInt16 = 1  // CTA_FILTER_ORIG_FLAGS
     static let filterReplyFlags: UInt16 = 2  // CTA_FILTER_REPLY_FLAGS
+}
+
+/// ip_conntrack_status bits (include/uapi/linux/netfilter/nf_conntrack_common.h).
+enum ConntrackStatus {
+    /// IPS_DST_NAT: the reply tuple's source is a translated destination, not the original one.
+    static let destinationNAT: UInt32 = 1 << 5
 }
 
 /// The struct nfgenmsg every ctnetlink message starts with.
@@ -49,10 +56,16 @@ public enum ConntrackFilter: Sendable, Equatable {
 public struct ConntrackDumpRequest: NetlinkRequest, Equatable {
     public var family: IPAddress.Family
     public var filter: ConntrackFilter?
+    /// Only entries a DNAT sent elsewhere (CTA_STATUS IPS_DST_NAT, Linux 5.15+; older kernels
+    /// ignore it and send every match). An original-destination dump beside a reply-source one
+    /// wants only these: an untranslated entry's reply source is its original destination, so the
+    /// other dump has it, and building its message twice was a third of the kernel's dump time.
+    public var translatedOnly: Bool
 
-    public init(family: IPAddress.Family, filter: ConntrackFilter? = nil) {
+    public init(family: IPAddress.Family, filter: ConntrackFilter? = nil, translatedOnly: Bool = false) {
         self.family = family
         self.filter = filter
+        self.translatedOnly = translatedOnly
     }
 
     public var messageType: UInt16 { ConntrackMessageType.get }
@@ -66,6 +79,8 @@ public struct ConntrackDumpRequest: NetlinkRequest, Equatable {
         // IPv6 address filter returns every entry except the one asked for. IPv6 dumps are
         // therefore narrowed by protocol and port only; the caller's user-space check does the rest.
         filter.write(into: &writer, withAddress: filter.address.family == .v4)
+        // Without CTA_STATUS_MASK the kernel masks with the value: entries with the bit set.
+        if translatedOnly { writer.appendAttribute(type: ConntrackAttribute.status, networkOrder: ConntrackStatus.destinationNAT) }
     }
 }
 

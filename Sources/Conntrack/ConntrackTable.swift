@@ -52,7 +52,8 @@ public final class ConntrackTable {
             for transport in TransportProtocol.allCases where transports.contains(transport) {
                 requests.append(
                     ConntrackDumpRequest(
-                        family: address.family, filter: .originalDestination(address, port: destination.port, transport)))
+                        family: address.family, filter: .originalDestination(address, port: destination.port, transport),
+                        translatedOnly: true))
                 requests.append(
                     ConntrackDumpRequest(
                         family: address.family, filter: .replySource(address, port: destination.port, transport)))
@@ -88,7 +89,8 @@ public final class ConntrackTable {
         var dump = Dump()
         var seen = Set<ConntrackEntry.Identity>()
         for request in requests {
-            // A direct flow's entry comes again in its destination's reply-source dump: parsed once, there.
+            // A direct flow's entry comes again in its destination's reply-source dump: parsed once,
+            // there (a kernel before 5.15 sends it here too, whatever `translatedOnly` asked).
             let skipDirect = if case .originalDestination? = request.filter { true } else { false }
             let outcome = try socket.dump(request) { message in
                 guard message.type == ConntrackMessageType.new,
@@ -127,18 +129,27 @@ public final class ConntrackTable {
     /// or by the first flush it refused. nil: not known yet.
     public static let flushSupported = Mutex<Bool?>(nil)
 
+    /// Which side of an entry a flush compares with the destination.
+    public enum FlushSide: Sendable, Hashable, CaseIterable {
+        case originalDestination, replySource
+    }
+
     /// The flushes that delete what `destinations` name in the kernel: for each IPv4 host
-    /// destination, per transport, its original-destination and its reply-source side. Other
-    /// destinations (prefixes, any address, IPv6) get none: their entries are deleted one by one.
-    public static func flushes(for destinations: [Destination], transports: Set<TransportProtocol>) -> [ConntrackFlushRequest] {
+    /// destination, per transport, one per side asked. Other destinations (prefixes, any address,
+    /// IPv6) get none: their entries are deleted one by one.
+    public static func flushes(
+        for destinations: [Destination], transports: Set<TransportProtocol>, sides: Set<FlushSide> = Set(FlushSide.allCases)
+    ) -> [ConntrackFlushRequest] {
         var requests: [ConntrackFlushRequest] = []
         for destination in destinations where isFlushable(destination) {
             let address = destination.prefix!.address
             for transport in TransportProtocol.allCases where transports.contains(transport) {
-                for filter in [
-                    ConntrackFilter.originalDestination(address, port: destination.port, transport),
-                    .replySource(address, port: destination.port, transport),
-                ] {
+                for side in FlushSide.allCases where sides.contains(side) {
+                    let filter: ConntrackFilter =
+                        switch side {
+                        case .originalDestination: .originalDestination(address, port: destination.port, transport)
+                        case .replySource: .replySource(address, port: destination.port, transport)
+                        }
                     if let request = try? ConntrackFlushRequest(filter) { requests.append(request) }
                 }
             }

@@ -286,6 +286,10 @@ public final class Purger {
     /// mode and their number say so; returns the targets left for exact deletes (all of them when
     /// the kernel refuses the flush). A flush also deletes what appeared since the dump, toward the
     /// same dead destination: the report counts what the dump saw.
+    ///
+    /// Each side is flushed on its own count (every flush walks the host's whole table): an
+    /// original-destination flush takes the direct flows and those dialled to a translated address;
+    /// a reply-source flush only adds the flows a DNAT sent to the destination, often none.
     private func flush(
         _ targets: [(ConntrackEntry, DestinationMatcher.ConntrackMatch)], matcher: DestinationMatcher, options: Options,
         in table: ConntrackTable, report: inout PurgeReport
@@ -297,14 +301,15 @@ public final class Purger {
             return targets
         }
         let flushable = matcher.destinations.filter(ConntrackTable.isFlushable)
-        let covered = targets.filter { entry, _ in
-            flushable.contains { destination in
-                destination.matches(address: entry.original.destination.address, port: entry.original.destination.port)
-                    || destination.matches(address: entry.reply.source.address, port: entry.reply.source.port)
-            }
-        }
-        guard options.conntrackFlush == .always || covered.count >= Self.flushFrom else { return targets }
-        let requests = ConntrackTable.flushes(for: flushable, transports: matcher.transports)
+        func named(_ endpoint: Endpoint) -> Bool { flushable.contains { $0.matches(address: endpoint.address, port: endpoint.port) } }
+        let dialled = targets.filter { named($0.0.original.destination) }
+        let translatedHere = targets.filter { !named($0.0.original.destination) && named($0.0.reply.source) }
+        let always = options.conntrackFlush == .always
+        let sides = Set<ConntrackTable.FlushSide>(
+            (always || dialled.count >= Self.flushFrom ? [.originalDestination] : [])
+                + (always || translatedHere.count >= Self.flushFrom ? [.replySource] : []))
+        guard !sides.isEmpty else { return targets }
+        let requests = ConntrackTable.flushes(for: flushable, transports: matcher.transports, sides: sides)
         let acknowledgements = try table.flush(requests)
         guard !acknowledgements.contains(where: { $0 != .done }) else {
             // Refused (an older kernel) or failed: nothing is known deleted; exact deletes do it all.
@@ -312,6 +317,7 @@ public final class Purger {
             return targets
         }
         report.conntrackFlushes += requests.count
+        let covered = (sides.contains(.originalDestination) ? dialled : []) + (sides.contains(.replySource) ? translatedHere : [])
         report.conntrack += covered.map { .init(entry: $0.0, matchedBy: $0.1, outcome: .ended, byFlush: true) }
         let flushed = Set(covered.map(\.0.identity))
         return targets.filter { !flushed.contains($0.0.identity) }

@@ -116,3 +116,26 @@ def test_auto_flushes_only_many_entries(topo, reaper):
     build_table(topo)
     document = reaper.ok_json(topo.client, "purge", endpoint(TARGET4, TCP_PORT))
     assert document["counts"]["conntrack_flushes"] == 0 and document["counts"]["conntrack_deleted"] == 3 * COPIES
+
+
+def test_auto_flushes_the_side_with_many_entries_and_deletes_the_few_others_one_by_one(topo, reaper):
+    # 300 flows dialled straight to the backend: one original-destination flush; the few a DNAT sent
+    # to it (a VIP's) are not worth a second walk of the table and go one by one.
+    dead, living = build_table(topo)
+    for sport in range(30000, 30300):
+        inject(topo.client, CLIENT4, TARGET4, sport, TCP_PORT)
+    dead |= {e for e in table(topo.client) if _toward_dead(e)}
+    assert len(dead) == 3 * COPIES + 300
+
+    document = reaper.ok_json(topo.client, "purge", endpoint(TARGET4, TCP_PORT))
+
+    after = table(topo.client)
+    assert after & dead == set(), f"left toward the dead backend: {after & dead}"
+    assert living <= after, f"deleted though not toward it: {living - after}"
+    counts = document["counts"]
+    assert counts["conntrack_flushes"] == 1 and counts["conntrack_deleted"] == len(dead), counts
+    by = {}
+    for entry in document["conntrack"]:
+        by.setdefault(entry["deleted_by"], []).append(entry)
+    assert len(by["flush"]) == 2 * COPIES + 300 and len(by["exact"]) == COPIES, {k: len(v) for k, v in by.items()}
+    assert all(e["original"]["dst"].startswith(VIP_DEAD) for e in by["exact"]), by["exact"]

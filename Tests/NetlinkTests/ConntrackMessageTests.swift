@@ -41,6 +41,21 @@ import Testing
         #expect(Array(attributes[0].nested[1]?.nested[2]?.value ?? []) == [10, 0, 0, 5])  // V4_DST
     }
 
+    /// Beside a reply-source dump, an original-destination dump asks only for translated entries:
+    /// CTA_STATUS IPS_DST_NAT (0x20, big-endian) after CTA_FILTER; the mask defaults to the value.
+    @Test func anOriginalDestinationDumpOfTranslatedEntriesOnlyCarriesTheStatusBit() throws {
+        let filter = ConntrackFilter.originalDestination(IPAddress("10.0.0.5")!, port: 6443, .tcp)
+        let plain = Array(NetlinkAttributes(ConntrackDumpRequest(family: .v4, filter: filter).serialized(sequence: 3)[20...]))
+        #expect(plain.map(\.type) == [1, 25])
+        let bytes = ConntrackDumpRequest(family: .v4, filter: filter, translatedOnly: true).serialized(sequence: 3)
+        let attributes = Array(NetlinkAttributes(bytes[20...]))
+        #expect(attributes.map(\.type) == [1, 25, 3])
+        #expect(Array(attributes[2].value) == [0, 0, 0, 0x20])
+        let requests = ConntrackTable.requests(for: [try Destination(parsing: "10.0.0.5:6443")], transports: [.tcp])
+        #expect(requests == [ConntrackDumpRequest(family: .v4, filter: filter, translatedOnly: true),
+                             ConntrackDumpRequest(family: .v4, filter: .replySource(IPAddress("10.0.0.5")!, port: 6443, .tcp))])
+    }
+
     /// 6.18 inverts the IPv6 address comparison in CTA_FILTER: an IPv6 filter names no address.
     @Test func ipv6FiltersNarrowByProtocolAndPortOnly() {
         let request = ConntrackDumpRequest(family: .v6, filter: .replySource(IPAddress("fd00::5")!, port: 6443, .tcp))
