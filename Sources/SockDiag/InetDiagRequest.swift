@@ -9,9 +9,13 @@ public enum SocketFamily: UInt8, Sendable, CaseIterable {
     public init(_ family: IPAddress.Family) { self = family == .v4 ? .inet : .inet6 }
 }
 
-/// SOCK_DIAG_BY_FAMILY dump: `struct inet_diag_req_v2` plus an optional filter program.
+/// SOCK_DIAG_BY_FAMILY dump: `struct inet_diag_req_v2` plus an optional filter program. Without a
+/// family, TCPDIAG_GETSOCK's `struct inet_diag_req` instead: the kernel reads it as AF_UNSPEC and
+/// returns both families from one walk of the socket hash, where a dump per family walks it twice
+/// (the hash is shared; each walk skips the other family's sockets one by one). TCP only.
 public struct InetDiagDumpRequest: NetlinkRequest, Equatable {
-    public var family: SocketFamily
+    /// nil: both families in one walk.
+    public var family: SocketFamily?
     public var transport: TransportProtocol
     public var states: SocketStates
     public var includeTCPInfo: Bool
@@ -21,9 +25,10 @@ public struct InetDiagDumpRequest: NetlinkRequest, Equatable {
     public var bytecode: [UInt8]
 
     public init(
-        family: SocketFamily, transport: TransportProtocol, states: SocketStates,
+        family: SocketFamily?, transport: TransportProtocol, states: SocketStates,
         includeTCPInfo: Bool = false, destinationPort: UInt16 = 0, bytecode: [UInt8] = []
     ) {
+        precondition(family != nil || transport == .tcp, "one walk for both families is TCPDIAG_GETSOCK: TCP only")
         self.family = family
         self.transport = transport
         self.states = states
@@ -32,19 +37,27 @@ public struct InetDiagDumpRequest: NetlinkRequest, Equatable {
         self.bytecode = bytecode
     }
 
-    public var messageType: UInt16 { 20 }  // SOCK_DIAG_BY_FAMILY
+    public var messageType: UInt16 { family == nil ? 18 : 20 }  // TCPDIAG_GETSOCK, SOCK_DIAG_BY_FAMILY
     public var flags: UInt16 { 0x1 | 0x300 }  // NLM_F_REQUEST | NLM_F_DUMP
-    public var callName: String { "SOCK_DIAG_BY_FAMILY" }
+    public var callName: String { family == nil ? "TCPDIAG_GETSOCK" : "SOCK_DIAG_BY_FAMILY" }
 
     public func writePayload(into writer: inout NetlinkMessageWriter) {
-        writer.append([family.rawValue, transport.rawValue, includeTCPInfo && transport == .tcp ? 1 << (2 - 1) : 0, 0])
-        writer.append(hostOrder: states.mask)
-        let anyAddress: IPAddress = family == .inet ? .v4(0) : .v6(high: 0, low: 0)
-        SocketID(
+        let extensions: UInt8 = includeTCPInfo && transport == .tcp ? 1 << (2 - 1) : 0  // INET_DIAG_INFO
+        let anyAddress: IPAddress = family == .inet6 ? .v6(high: 0, low: 0) : .v4(0)
+        let id = SocketID(
             source: Endpoint(address: anyAddress, port: 0),
             destination: Endpoint(address: anyAddress, port: destinationPort),
-            cookie: SocketID.noCookie
-        ).write(into: &writer)
+            cookie: SocketID.noCookie)
+        if let family {
+            writer.append([family.rawValue, transport.rawValue, extensions, 0])
+            writer.append(hostOrder: states.mask)
+            id.write(into: &writer)
+        } else {
+            writer.append([0, 0, 0, extensions])  // idiag_family (read as AF_UNSPEC), src_len, dst_len, ext
+            id.write(into: &writer)
+            writer.append(hostOrder: states.mask)
+            writer.append(hostOrder: UInt32(0))  // idiag_dbs
+        }
         if !bytecode.isEmpty {
             writer.appendAttribute(type: 1, value: bytecode)  // INET_DIAG_REQ_BYTECODE
         }

@@ -1,12 +1,14 @@
 import Netlink
 import NetworkAddress
 import OS
+import Synchronization
 
 /// The sock_diag interface of one network namespace: dumps on one netlink socket, destroys on
 /// others, so a destroy never has to wait behind a dump's replies.
 public final class SocketDiagnostics {
     private let dumpSocket: NetlinkSocket
-    /// IPv6 dumps run beside IPv4 ones: each walks the whole socket table of the host.
+    /// Where a dump per family is needed (UDP), IPv6 dumps run beside IPv4 ones: each walks the
+    /// whole socket table of the host.
     private let dumpSocket6: NetlinkSocket
     private let destroySocket: NetlinkSocket
     /// A large destroy is split in two, the second half on its own thread and socket: the kernel
@@ -44,7 +46,20 @@ public final class SocketDiagnostics {
 
     /// Every socket the kernel's filter lets through for `query`. Callers re-check matches.
     public func sockets(matching query: SocketQuery) throws(SystemCallError) -> Dump {
-        let requests = query.requests
+        let oneWalk = Self.oneWalkForBothFamilies.withLock { $0 } != false
+        do {
+            return try dump(query.requests(oneWalk: oneWalk))
+        } catch where oneWalk && [.notSupported, .invalidArgument].contains(error.errno) && query.transports.contains(.tcp) {
+            // A kernel without the old TCPDIAG_GETSOCK (never seen): a walk per family from now on.
+            Self.oneWalkForBothFamilies.withLock { $0 = false }
+            return try dump(query.requests(oneWalk: false))
+        }
+    }
+
+    /// Whether the kernel takes TCPDIAG_GETSOCK: unknown (tried) until one is refused.
+    static let oneWalkForBothFamilies = Mutex<Bool?>(nil)
+
+    private func dump(_ requests: [InetDiagDumpRequest]) throws(SystemCallError) -> Dump {
         let ipv6 = requests.filter { $0.family == .inet6 }
         let ipv4 = requests.filter { $0.family == .inet }
         guard !ipv4.isEmpty, !ipv6.isEmpty else { return try Self.dump(requests, on: dumpSocket) }

@@ -56,14 +56,25 @@ import Testing
 
     @Test func dumpRequestsCoverBothFamiliesForIPv4AndUseThePortShortcut() {
         let query = SocketQuery(destinations: [destination("10.0.0.1:6443"), destination("10.0.0.2:6443")], transports: [.tcp, .udp])
-        let requests = query.requests
+        let requests = query.requests(oneWalk: false)
         #expect(requests.count == 4)
         #expect(Set(requests.map(\.family)) == [.inet, .inet6])
         #expect(requests.allSatisfy { $0.destinationPort == 6443 } == true)
-        let v6Only = SocketQuery(destinations: [destination("[fd00::1]:1"), destination("[fd00::2]:2")]).requests
+        let v6Only = SocketQuery(destinations: [destination("[fd00::1]:1"), destination("[fd00::2]:2")]).requests(oneWalk: false)
         #expect(v6Only.map(\.family) == [.inet6])
         #expect(v6Only[0].destinationPort == 0)
-        #expect(SocketQuery(destinations: []).requests.isEmpty)
+        #expect(SocketQuery(destinations: []).requests(oneWalk: true).isEmpty)
+    }
+
+    /// TCP's two families in one walk (TCPDIAG_GETSOCK); UDP has no such request: a dump per family.
+    @Test func oneWalkCoversTCPsTwoFamiliesWithOneProgram() {
+        let destinations = [destination("10.0.0.1:6443"), destination("[fd00::1]:6443")]
+        let requests = SocketQuery(destinations: destinations, transports: [.tcp, .udp]).requests(oneWalk: true)
+        #expect(requests.map(\.family) == [nil, .inet, .inet6])
+        #expect(requests[0].transport == .tcp && requests[0].messageType == 18)
+        #expect(requests[0].bytecode == InetDiagBytecode.program(matchingAny: destinations))
+        #expect(requests[1...].allSatisfy { $0.transport == .udp && $0.messageType == 20 })
+        #expect(requests[1].bytecode == InetDiagBytecode.program(matchingAny: [destinations[0]]))
     }
 
     @Test func listenAndTimeWaitAreNeverAskedFor() {

@@ -57,6 +57,22 @@ import Testing
         #expect(Array(bytes[76...]) == program)
     }
 
+    /// TCPDIAG_GETSOCK: struct inet_diag_req (family byte ignored, ext fourth, states after the id).
+    @Test func oneWalkRequestIsTheOldInetDiagReq() {
+        let program = InetDiagBytecode.program(matchingAny: [try! Destination(parsing: "10.200.0.2:6443")])
+        let request = InetDiagDumpRequest(
+            family: nil, transport: .tcp, states: .reapByDefault, includeTCPInfo: true, destinationPort: 6443, bytecode: program)
+        let bytes = request.serialized(sequence: 1)
+        #expect(bytes.count == 16 + 60 + 4 + 16)
+        #expect(Array(bytes[4..<8]) == [18, 0, 0x01, 0x03])  // TCPDIAG_GETSOCK, REQUEST|DUMP
+        #expect(Array(bytes[16..<20]) == [0, 0, 0, 2])  // AF_UNSPEC, src_len, dst_len, INET_DIAG_INFO
+        #expect(Array(bytes[20..<24]) == [0, 0, 0x19, 0x2B])  // dport shortcut
+        #expect(Array(bytes[60..<68]) == [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF])  // no cookie
+        #expect(Array(bytes[68..<76]) == [6, 0, 0, 0, 0, 0, 0, 0])  // states 0x6, idiag_dbs
+        #expect(Array(bytes[76..<80]) == [20, 0, 1, 0])  // INET_DIAG_REQ_BYTECODE
+        #expect(Array(bytes[80...]) == program)
+    }
+
     @Test func udpDumpAsksForNoTCPInfo() {
         let request = InetDiagDumpRequest(family: .inet, transport: .udp, states: .reapByDefault, includeTCPInfo: true)
         #expect(request.serialized(sequence: 1)[18] == 0)
