@@ -60,14 +60,16 @@ public final class SocketDiagnostics {
     static let oneWalkForBothFamilies = Mutex<Bool?>(nil)
 
     private func dump(_ requests: [InetDiagDumpRequest]) throws(SystemCallError) -> Dump {
+        // IPv6 per-family dumps on the second thread; everything else (IPv4 ones, TCP's one walk for
+        // both families) on the first. No socket can be in both: another family or another transport.
         let ipv6 = requests.filter { $0.family == .inet6 }
-        let ipv4 = requests.filter { $0.family == .inet }
+        let ipv4 = requests.filter { $0.family != .inet6 }
         guard !ipv4.isEmpty, !ipv6.isEmpty else { return try Self.dump(requests, on: dumpSocket) }
         let socket6 = dumpSocket6
         let background = BackgroundWork { () throws(SystemCallError) -> Dump in try Self.dump(ipv6, on: socket6) }
         var dump = try Self.dump(ipv4, on: dumpSocket)
         let other = try background.wait()
-        dump.sockets += other.sockets  // one socket has one family: the two parts cannot overlap
+        dump.sockets += other.sockets
         dump.interrupted = dump.interrupted || other.interrupted
         dump.restarts += other.restarts
         dump.redone += other.redone
