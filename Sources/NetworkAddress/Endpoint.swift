@@ -9,7 +9,10 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     }
 
     public var description: String {
-        address.family == .v6 ? "[\(address)]:\(port)" : "\(address):\(port)"
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(address.family == .v6 ? 48 : 21)
+        appendText(to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// The same end with an IPv4-mapped address (`::ffff:a.b.c.d`, a dual-stack socket's name for an

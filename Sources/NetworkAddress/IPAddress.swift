@@ -120,8 +120,11 @@ extension IPAddress: CustomStringConvertible {
     /// Dotted quad, or RFC 5952 text for IPv6 (longest zero run compressed, lower case).
     public var description: String {
         switch self {
-        case .v4(let value):
-            return "\(value >> 24).\(value >> 16 & 0xFF).\(value >> 8 & 0xFF).\(value & 0xFF)"
+        case .v4:
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(15)
+            appendText(to: &bytes)
+            return String(decoding: bytes, as: UTF8.self)
         case .v6(let high, let low):
             if let v4 = unmappedIPv4 { return "::ffff:\(v4)" }
             let groups =

@@ -68,6 +68,18 @@ def test_text_output_and_summary(topo, reaper):
     assert "ended 1 sockets" in result.stderr, result.describe()
     assert len(result.stderr.strip().splitlines()) == 1, result.describe()
     assert client.probe([target, decoy]) == [ABORTED, "ok"]
+    # Two ss-like tables, a blank line between: every cell starts under its column's title.
+    sockets, entries = result.stdout.rstrip("\n").split("\n\n")
+    for table, titles, row in ((sockets, ["Netid", "State", "Recv-Q", "Send-Q", "Local Address:Port", "Peer Address:Port", "Result"],
+                                ["tcp", "ESTAB", "0", "0", None, endpoint(TARGET4, TCP_PORT), "ended"]),
+                               (entries, ["Proto", "Original", "Reply", "Zone", "Matched", "Result"],
+                                ["tcp", None, None, "0", "original-destination", "ended"])):
+        header, line = table.splitlines()
+        starts = [header.index(title) for title in titles]
+        assert starts == sorted(starts) and header == header.rstrip() and line == line.rstrip(), table
+        cells = [line[a:b].rstrip() for a, b in zip(starts, starts[1:] + [len(line)])]
+        assert all(cell and " " not in cell.replace(" -> ", "") for cell in cells), (table, cells)
+        assert [want == got for want, got in zip(row, cells) if want is not None] == [True] * sum(w is not None for w in row), (table, cells)
 
 
 def test_purge_without_matches_exits_zero(topo, reaper):

@@ -14,7 +14,7 @@ struct Check: ParsableCommand {
         switch output {
         case .text:
             let rows = check.findings.map { finding in [finding.name, Self.label(finding.verdict), finding.detail] }
-            print(ReportPrinter.table([["Check", "Result", "Detail"]] + rows))
+            print(TextTable.text([["Check", "Result", "Detail"]] + rows))
             print(check.agentCanWork ? "\nverdict: conn-reaper can do its job here" : "\nverdict: conn-reaper cannot do its job here")
         case .json:
             print(Self.document(check).text)

@@ -30,7 +30,7 @@ struct Upstreams: ParsableCommand {
                     ]
                 }
             }
-            print(ReportPrinter.table([["Upstream", "Context", "Server", "Endpoints", "Flags"]] + rows))
+            print(TextTable.text([["Upstream", "Context", "Server", "Endpoints", "Flags"]] + rows))
         case .json:
             print(Self.document(upstreams).text)
         }
