@@ -10,7 +10,7 @@ public struct NetlinkAttribute: Sendable {
 
 /// The attributes that follow a fixed header; malformed trailing bytes end the sequence.
 public struct NetlinkAttributes: Sequence, Sendable {
-    let bytes: ArraySlice<UInt8>
+    public let bytes: ArraySlice<UInt8>
 
     public init(_ bytes: ArraySlice<UInt8>) {
         self.bytes = bytes
