@@ -49,7 +49,7 @@ public final class SocketDiagnostics {
         let oneWalk = Self.oneWalkForBothFamilies.withLock { $0 } != false
         do {
             return try dump(query.requests(oneWalk: oneWalk))
-        } catch where oneWalk && [.notSupported, .invalidArgument].contains(error.errno) && query.transports.contains(.tcp) {
+        } catch  where oneWalk && [.notSupported, .invalidArgument].contains(error.errno) && query.transports.contains(.tcp) {
             // A kernel without the old TCPDIAG_GETSOCK (never seen): a walk per family from now on.
             Self.oneWalkForBothFamilies.withLock { $0 = false }
             return try dump(query.requests(oneWalk: false))

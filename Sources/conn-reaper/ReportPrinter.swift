@@ -59,7 +59,8 @@ struct ReportPrinter {
                 table.add(socket.sendQueue)
                 table.add(socket.local)
                 table.add(socket.remote)
-                table.add((listing ? Self.info(socket) : Self.describe(result.outcome)) + (result.throughConntrack ? " (via conntrack)" : ""))
+                table.add(
+                    (listing ? Self.info(socket) : Self.describe(result.outcome)) + (result.throughConntrack ? " (via conntrack)" : ""))
             }
             table.render(into: &output)
         }

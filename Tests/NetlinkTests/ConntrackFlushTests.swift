@@ -48,7 +48,10 @@ import Testing
                 .originalDestination(IPAddress("10.0.0.6")!, port: nil, .tcp), .replySource(IPAddress("10.0.0.6")!, port: nil, .tcp),
             ])
         let dialled = ConntrackTable.flushes(for: destinations, transports: [.tcp], sides: [.originalDestination])
-        #expect(dialled.map(\.filter) == [.originalDestination(target, port: 6443, .tcp), .originalDestination(IPAddress("10.0.0.6")!, port: nil, .tcp)])
+        #expect(
+            dialled.map(\.filter) == [
+                .originalDestination(target, port: 6443, .tcp), .originalDestination(IPAddress("10.0.0.6")!, port: nil, .tcp),
+            ])
     }
 
     /// What the kernel would read as "flush everything" (both flag words 0, an empty CTA_FILTER), or

@@ -52,8 +52,11 @@ import Testing
         #expect(attributes.map(\.type) == [1, 25, 3])
         #expect(Array(attributes[2].value) == [0, 0, 0, 0x20])
         let requests = ConntrackTable.requests(for: [try Destination(parsing: "10.0.0.5:6443")], transports: [.tcp])
-        #expect(requests == [ConntrackDumpRequest(family: .v4, filter: filter, translatedOnly: true),
-                             ConntrackDumpRequest(family: .v4, filter: .replySource(IPAddress("10.0.0.5")!, port: 6443, .tcp))])
+        #expect(
+            requests == [
+                ConntrackDumpRequest(family: .v4, filter: filter, translatedOnly: true),
+                ConntrackDumpRequest(family: .v4, filter: .replySource(IPAddress("10.0.0.5")!, port: 6443, .tcp)),
+            ])
     }
 
     /// 6.18 inverts the IPv6 address comparison in CTA_FILTER: an IPv6 filter names no address.
