@@ -1,3 +1,5 @@
+import NetworkAddress
+
 /// A JSON value and its text, written directly: Foundation's JSONEncoder took a second for the
 /// 40,000 records of a 20,000-socket purge report. Keys print sorted, absent values as null.
 enum JSONValue {
@@ -25,8 +27,10 @@ enum JSONValue {
     private func write(into output: inout [UInt8], indent: Int) {
         switch self {
         case .string(let value): Self.writeString(value, into: &output)
-        case .integer(let value): output.append(contentsOf: String(value).utf8)
-        case .unsigned(let value): output.append(contentsOf: String(value).utf8)
+        case .integer(let value):
+            if value < 0 { output.append(UInt8(ascii: "-")) }
+            output.appendDecimal(value.magnitude)
+        case .unsigned(let value): output.appendDecimal(value)
         case .number(let value): output.append(contentsOf: (value.isFinite ? "\(value)" : "null").utf8)
         case .bool(let value): output.append(contentsOf: (value ? "true" : "false").utf8)
         case .null: output.append(contentsOf: "null".utf8)
