@@ -7,7 +7,9 @@ Scenarios
   targets   N target connections to A:P among N decoys (A:P+1 and B:P), all ESTABLISHED and
             conntrack-tracked in the client namespace. Targets are re-created before every timed
             run; each run is verified afterwards (targets gone from ss and conntrack, decoys intact),
-            a run that fails verification is void and reported.
+            a run that fails verification is void and reported. Twice: with the backend live (each
+            RST is delivered to its server socket here, on the purging process's CPU time) and dead
+            (what reaches it is dropped on arrival, as toward a remote backend that died).
   nomatch   U unrelated established connections (decoys on five destinations); time a purge of an
             address no socket uses (X:P). Verified: nothing was ended.
 
@@ -38,6 +40,7 @@ import time
 
 from lab import bench as benchlab
 from lab.bench import log
+from lab.traffic import broadcast
 
 A, B, C = "10.232.0.2", "10.232.0.3", "10.232.0.4"
 NOWHERE = "10.232.0.9"  # in the lab subnet, assigned to no interface, used by no socket
@@ -131,6 +134,7 @@ class Bench:
         self.notes = []
         self.other_cpu = 0.0  # CPU seconds not charged to the timed tool, summed over timed runs
         self.timed_wall = 0.0
+        self.decoys = {}  # "ip:port" -> connections, set up once for the targets scenarios
 
     # -- timed execution -----------------------------------------------------------------------
     def execute(self, run, expect_matches):
@@ -251,19 +255,26 @@ class Bench:
         log(f"  {total} decoys in {elapsed:.1f} s ({total / elapsed:.0f}/s)")
 
     # -- scenario 1 --------------------------------------------------------------------------------
-    def scenario_targets(self):
+    def scenario_targets(self, dead):
+        """`dead`: the backend's host is gone when the purge runs: what reaches it is dropped where it
+        arrives (raw PREROUTING in the server namespace), so the RSTs cost their sending and no more,
+        as toward a remote backend that died. Live: each RST is delivered to a server socket on this
+        machine, and that work (a softirq, a wakeup) is charged to the purging process."""
         args = self.args
         port, n = args.port, args.targets
         target_key = f"{A}:{port}"
-        decoy_dests = [(A, port + 1), (B, port)]
-        shares = split(args.decoys, len(decoy_dests))
-        self.decoys = {f"{ip}:{p}": share for (ip, p), share in zip(decoy_dests, shares)}
-        self.add_decoys([(ip, p, share) for (ip, p), share in zip(decoy_dests, shares)])
+        if not self.decoys:
+            decoy_dests = [(A, port + 1), (B, port)]
+            shares = split(args.decoys, len(decoy_dests))
+            self.decoys = {f"{ip}:{p}": share for (ip, p), share in zip(decoy_dests, shares)}
+            self.add_decoys([(ip, p, share) for (ip, p), share in zip(decoy_dests, shares)])
         tools = [anchor_tool(A, port)] + reaper_tools(args.binary, target_key, args.breakdown)
-        scenario = f"{n:,} targets among {n + args.decoys:,} sockets"
+        scenario = (f"{n:,} targets among {n + args.decoys:,} sockets, backend "
+                    + ("dead (its packets dropped on arrival)" if dead else "live (RSTs reach its sockets)"))
         runs = self.results.setdefault(scenario, [])
         setup_seconds = []
         self.ensure_clean(target_key)
+        drop = ["PREROUTING", "-t", "raw", "-d", A, "-p", "tcp", "--dport", str(port), "-j", "DROP"]
         for round_index in range(args.rounds):
             for offset in range(len(tools)):
                 tool = tools[(round_index + offset) % len(tools)]  # rotate the order every round
@@ -273,15 +284,23 @@ class Bench:
                 expected = args.decoys + n
                 if before != expected:
                     run.problems.append(f"before the run conntrack held {before} entries, expected {expected}")
-                self.execute(run, expect_matches=n)
-                self.verify_targets(run, target_key, n)
+                if dead:
+                    benchlab.run(["iptables", "-I"] + drop, ns=self.lab.server_ns)
+                try:
+                    self.execute(run, expect_matches=n)
+                finally:
+                    if dead:
+                        benchlab.run(["iptables", "-D"] + drop, ns=self.lab.server_ns)
+                self.verify_targets(run, target_key, n, dead=dead)
                 runs.append(run)
                 self.progress(scenario, run, args.rounds)
+                if dead:
+                    broadcast(self.lab.servers, "abort", key=target_key)  # their RSTs were dropped
                 self.ensure_clean(target_key)
         self.notes.append(f"{scenario}: re-creating {n:,} targets took {statistics.median(setup_seconds):.2f} s "
                           f"(median of {len(setup_seconds)})")
 
-    def verify_targets(self, run, target_key, n):
+    def verify_targets(self, run, target_key, n, dead=False):
         tool = run.tool
         ip, port = target_key.rsplit(":", 1)
         if run.counts is not None:
@@ -297,7 +316,7 @@ class Bench:
                 run.problems.append(f"{left} target sockets still ESTABLISHED (ss)")
             if client_live.get(target_key, 0):
                 run.problems.append(f"{client_live[target_key]} target sockets still healthy in the client holders")
-            if server_live.get(target_key, 0):
+            if server_live.get(target_key, 0) and not dead:
                 run.problems.append(f"{server_live[target_key]} server ends of targets got no RST")
         elif left != n:
             run.problems.append(f"{left} target sockets ESTABLISHED, expected {n} (conntrack-only run)")
@@ -535,6 +554,9 @@ def parse_args():
     parser.add_argument("--nomatch-rounds", type=int, default=11, help="rounds of the no-match scenario (11)")
     parser.add_argument("--port", type=int, default=7000, help="target port P; decoys use P+1, P+2 (7000)")
     parser.add_argument("--only", choices=["targets", "nomatch"], help="run one scenario")
+    parser.add_argument("--backend", choices=["live", "dead", "both"], default="both",
+                        help="targets scenario: the backend alive (its sockets get the RSTs), dead (what reaches it "
+                             "is dropped), or both (default)")
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                         help="skip the --no-conntrack / --no-sockets rows")
     parser.add_argument("--binary", default=os.environ.get("CONN_REAPER") or os.path.join(REPO, ".build/release/conn-reaper"),
@@ -596,7 +618,8 @@ def main():
                      ["conntrack", "-D", "-d", NOWHERE, "-p", "tcp", "--dport", str(port)]):
             lab.client_run(argv)
         if scenario1:
-            bench.scenario_targets()
+            for dead in {"live": [False], "dead": [True], "both": [False, True]}[args.backend]:
+                bench.scenario_targets(dead)
         if scenario2:
             bench.scenario_nomatch()
         table, goals, problems = render(bench, args, started, busy_before)
