@@ -311,6 +311,8 @@ public final class Purger {
         guard !sides.isEmpty else { return targets }
         let requests = ConntrackTable.flushes(for: flushable, transports: matcher.transports, sides: sides)
         let acknowledgements = try table.flush(requests)
+        // A lost ack says nothing of what the kernel did: the exact deletes below settle it.
+        report.note(acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
         guard !acknowledgements.contains(where: { $0 != .done }) else {
             // Refused (an older kernel) or failed: nothing is known deleted; exact deletes do it all.
             report.conntrackFlushes += acknowledgements.count { $0 == .done }

@@ -3,7 +3,9 @@
 all up, nothing to reap. Measures the agent's CPU (utime+stime from /proc over a window, as a share
 of one core) and its resident memory, medians over rounds.
 
-Goals (from the issue): under 1% of a core and under 40 MB RSS with 200 backends at 1 s.
+Goal: under 40 MB RSS with 200 backends at 1 s. The CPU goal (at most 1.5x HAProxy's for the same
+checks, the performance issue's; it replaced an older "under 1% of a core") is probe_bench.py's, which
+runs HAProxy beside the agent; here the CPU is shown against a bare C prober.
 
 Anchor: probe_floor.c, compiled here, does only what any TCP prober must (a non-blocking connect, a
 poll and an RST close per probe) against the same listeners in the same run. Over loopback the kernel
@@ -26,7 +28,6 @@ from lab.bench import rss_mb
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-GOAL_CPU_PERCENT = 1.0
 GOAL_RSS_MB = 40.0
 FIRST_PORT = 21000
 
@@ -93,8 +94,8 @@ def main():
         print(f"\n### Agent steady state: {args.backends} backends probed every 1 s ({args.rounds} rounds of {args.window:.0f} s)\n")
         print("| measure | median | min | max | goal | verdict |")
         print("|---|---|---|---|---|---|")
-        print(f"| CPU, % of one core | {cpu_median:.2f} | {min(cpu):.2f} | {max(cpu):.2f} | < {GOAL_CPU_PERCENT:.0f} | "
-              f"{'PASS' if cpu_median < GOAL_CPU_PERCENT else 'MISS'} |")
+        print(f"| CPU, % of one core | {cpu_median:.2f} | {min(cpu):.2f} | {max(cpu):.2f} | "
+              f"<= 1.5x HAProxy: see probe_bench.py | |")
         print(f"| anchor: bare C prober, % of one core | {floor_median:.2f} | {min(floor):.2f} | {max(floor):.2f} | | "
               f"agent = {cpu_median / floor_median:.1f}x the floor |")
         print(f"| RSS, MB | {rss_median:.1f} | {min(rss):.1f} | {max(rss):.1f} | < {GOAL_RSS_MB:.0f} | "
