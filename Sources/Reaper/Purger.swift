@@ -250,11 +250,12 @@ public final class Purger {
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "IPCTNL_MSG_CT_GET")
             // A stuck rule condemns single sockets: only their own entries go, not the backend's others.
             let stuckFlows = matcher.stuck == nil ? nil : Set(report.sockets.map { Flow($0.socket) })
+            let leftByLimit = report.flowsLeftByLimit
             let targets = dump.entries.compactMap { entry in
                 matcher.match(entry).map { (entry, $0) }
             }.filter {
-                !deleted.contains($0.0.identity) && (stuckFlows?.contains(Flow($0.0)) ?? true)
-                    && !report.flowsLeftByLimit.contains(Flow($0.0))
+                (deleted.isEmpty || !deleted.contains($0.0.identity)) && (stuckFlows?.contains(Flow($0.0)) ?? true)
+                    && (leftByLimit.isEmpty || !leftByLimit.contains(Flow($0.0)))
             }
             guard acting else {
                 report.conntrack += targets.map { .init(entry: $0.0, matchedBy: $0.1, outcome: idle) }
@@ -263,7 +264,6 @@ public final class Purger {
             var remaining = targets
             if round == 0 {
                 remaining = try flush(targets, matcher: matcher, options: options, in: table, report: &report)
-                for result in report.conntrack where result.byFlush { deleted.insert(result.entry.identity) }
             }
             let acks = try table.delete(remaining.map(\.0))
             var retry = dump.interrupted
@@ -274,11 +274,13 @@ public final class Purger {
                     report.note(1, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
                     continue
                 }
-                if outcome.error == nil { deleted.insert(entry.identity) }
                 report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
             }
             guard retry, round < options.maximumExtraRounds else { return }
             report.extraRounds += 1
+            // The next round's dump still holds what this run deleted a moment ago, or what had
+            // already gone (its delete said ENOENT): neither is a target again.
+            deleted = Set(report.conntrack.filter { $0.outcome.error == nil }.map(\.entry.identity))
         }
     }
 
@@ -302,12 +304,12 @@ public final class Purger {
         }
         let flushable = matcher.destinations.filter(ConntrackTable.isFlushable)
         func named(_ endpoint: Endpoint) -> Bool { flushable.contains { $0.matches(address: endpoint.address, port: endpoint.port) } }
-        let dialled = targets.filter { named($0.0.original.destination) }
-        let translatedHere = targets.filter { !named($0.0.original.destination) && named($0.0.reply.source) }
+        let dialled = targets.count { named($0.0.original.destination) }
+        let translatedHere = targets.count { !named($0.0.original.destination) && named($0.0.reply.source) }
         let always = options.conntrackFlush == .always
         let sides = Set<ConntrackTable.FlushSide>(
-            (always || dialled.count >= Self.flushFrom ? [.originalDestination] : [])
-                + (always || translatedHere.count >= Self.flushFrom ? [.replySource] : []))
+            (always || dialled >= Self.flushFrom ? [.originalDestination] : [])
+                + (always || translatedHere >= Self.flushFrom ? [.replySource] : []))
         guard !sides.isEmpty else { return targets }
         let requests = ConntrackTable.flushes(for: flushable, transports: matcher.transports, sides: sides)
         let acknowledgements = try table.flush(requests)
@@ -319,10 +321,18 @@ public final class Purger {
             return targets
         }
         report.conntrackFlushes += requests.count
-        let covered = (sides.contains(.originalDestination) ? dialled : []) + (sides.contains(.replySource) ? translatedHere : [])
-        report.conntrack += covered.map { .init(entry: $0.0, matchedBy: $0.1, outcome: .ended, byFlush: true) }
-        let flushed = Set(covered.map(\.0.identity))
-        return targets.filter { !flushed.contains($0.0.identity) }
+        var remaining: [(ConntrackEntry, DestinationMatcher.ConntrackMatch)] = []
+        report.conntrack.reserveCapacity(report.conntrack.count + targets.count)
+        for (entry, matchedBy) in targets {
+            let isDialled = named(entry.original.destination)
+            let flushed = sides.contains(isDialled ? .originalDestination : .replySource) && (isDialled || named(entry.reply.source))
+            if flushed {
+                report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .ended, byFlush: true))
+            } else {
+                remaining.append((entry, matchedBy))
+            }
+        }
+        return remaining
     }
 
     /// Ends one flow a conntrack announcement named: its local socket found by exact 4-tuple (a hash
