@@ -120,30 +120,43 @@ extension NetlinkSocket {
 
     /// Sends `requests` (each asking for an ack) in batches of `batchSize` per sendto and collects
     /// every ack. One failure does not stop the rest; acks lost to a full queue come back as `.unconfirmed`.
+    ///
+    /// `quietSuccess`: only a batch's last request asks for an ack. The kernel answers a failure
+    /// whatever the flags say, handles a batch in order inside sendto, and queues its answers in
+    /// order, so once the last request's ack is read, a request with no answer before it succeeded.
+    /// A batch whose answers overflowed the queue (ENOBUFS) leaves its unanswered requests
+    /// `.unconfirmed`, as with an ack each. Spares the kernel an ack per success and us reading it.
     public func exchangeAcknowledged(
-        _ requests: [some NetlinkRequest], batchSize: Int = 1024
+        _ requests: [some NetlinkRequest], batchSize: Int = 1024, quietSuccess: Bool = false
     ) throws(SystemCallError) -> [Acknowledgement] {
         var results = [Acknowledgement](repeating: .unconfirmed, count: requests.count)
         var start = 0
         while start < requests.count {
             let end = min(start + batchSize, requests.count)
             var sequenceToIndex: [UInt32: Int] = [:]
+            sequenceToIndex.reserveCapacity(end - start)
             var buffer: [UInt8] = []
             buffer.reserveCapacity((end - start) * 96)
+            var fence: UInt32 = 0
             for index in start..<end {
                 let sequence = nextSequence()
                 sequenceToIndex[sequence] = index
+                let messageStart = buffer.count
                 requests[index].append(to: &buffer, sequence: sequence, portID: portID)
+                if quietSuccess, index < end - 1 { buffer[messageStart + 6] &= ~UInt8(0x4) }  // nlmsg_flags: no NLM_F_ACK
+                fence = sequence
             }
             try send(buffer)
-            try collectAcknowledgements(into: &results, awaiting: &sequenceToIndex)
+            try collectAcknowledgements(into: &results, awaiting: &sequenceToIndex, fence: quietSuccess ? fence : nil)
             start = end
         }
         return results
     }
 
+    /// Reads answers until every request of the batch has one, or, with a `fence`, until the fence's
+    /// ack: what is still unanswered then succeeded quietly, unless answers were lost meanwhile.
     private func collectAcknowledgements(
-        into results: inout [Acknowledgement], awaiting pending: inout [UInt32: Int]
+        into results: inout [Acknowledgement], awaiting pending: inout [UInt32: Int], fence: UInt32?
     ) throws(SystemCallError) {
         var lostSome = false
         while !pending.isEmpty {
@@ -159,6 +172,10 @@ extension NetlinkSocket {
                 guard let index = pending.removeValue(forKey: message.sequence) else { continue }
                 let code = message.errorCode ?? 0
                 results[index] = code == 0 ? .done : .failed(Errno(rawValue: code))
+                if message.sequence == fence {
+                    if !lostSome { for quiet in pending.values { results[quiet] = .done } }
+                    return
+                }
             }
         }
     }

@@ -109,17 +109,17 @@ public final class SocketDiagnostics {
     /// cookie names an older socket on the same tuple): the caller counts it apart from a destroy.
     public func destroy(_ sockets: [DiagnosedSocket], batchSize: Int = 1024) throws(SystemCallError) -> [Acknowledgement] {
         guard sockets.count >= Self.splitDestroyThreshold else {
-            return try destroySocket.exchangeAcknowledged(sockets.map(\.destroyRequest), batchSize: batchSize)
+            return try destroySocket.exchangeAcknowledged(sockets.map(\.destroyRequest), batchSize: batchSize, quietSuccess: true)
         }
         let half = sockets.count / 2
         let second = Array(sockets[half...].map(\.destroyRequest))
         let socket2 = destroySocket2
         let background = BackgroundWork { () throws(SystemCallError) -> [Acknowledgement] in
-            try socket2.exchangeAcknowledged(second, batchSize: batchSize)
+            try socket2.exchangeAcknowledged(second, batchSize: batchSize, quietSuccess: true)
         }
         // Wait for the second half even when the first fails: its thread uses the socket.
         let first = Result { () throws(SystemCallError) -> [Acknowledgement] in
-            try destroySocket.exchangeAcknowledged(sockets[..<half].map(\.destroyRequest), batchSize: batchSize)
+            try destroySocket.exchangeAcknowledged(sockets[..<half].map(\.destroyRequest), batchSize: batchSize, quietSuccess: true)
         }
         let rest = try background.wait()
         return try first.get() + rest

@@ -69,7 +69,7 @@ class Tool:
         self.part_names = part_names or []
 
 
-def reaper_tools(binary, dest, breakdown):
+def reaper_tools(binary, dest, breakdown, baseline=None):
     tools = [
         Tool(f"conn-reaper purge {dest}", [[binary, "purge", dest]], True, True, "reaper"),
         Tool(f"conn-reaper purge -o json {dest}", [[binary, "purge", "-o", "json", dest]], True, True, "reaper-json"),
@@ -83,6 +83,9 @@ def reaper_tools(binary, dest, breakdown):
             Tool(f"conn-reaper purge --no-sockets {dest} (conntrack only)",
                  [[binary, "purge", "--no-sockets", dest]], False, True, "reaper"),
         ]
+    if baseline:
+        # An A/B in one lab: the host's drift between two runs is larger than most changes.
+        tools.append(Tool(f"baseline {os.path.basename(baseline)}: purge {dest}", [[baseline, "purge", dest]], True, True, "reaper"))
     return tools
 
 
@@ -268,7 +271,7 @@ class Bench:
             shares = split(args.decoys, len(decoy_dests))
             self.decoys = {f"{ip}:{p}": share for (ip, p), share in zip(decoy_dests, shares)}
             self.add_decoys([(ip, p, share) for (ip, p), share in zip(decoy_dests, shares)])
-        tools = [anchor_tool(A, port)] + reaper_tools(args.binary, target_key, args.breakdown)
+        tools = [anchor_tool(A, port)] + reaper_tools(args.binary, target_key, args.breakdown, args.baseline)
         scenario = (f"{n:,} targets among {n + args.decoys:,} sockets, backend "
                     + ("dead (its packets dropped on arrival)" if dead else "live (RSTs reach its sockets)"))
         runs = self.results.setdefault(scenario, [])
@@ -365,7 +368,7 @@ class Bench:
             self.decoys[key] = self.decoys.get(key, 0) + add
         total = sum(self.decoys.values())
         dest = f"{NOWHERE}:{port}"
-        tools = [anchor_tool(NOWHERE, port)] + reaper_tools(args.binary, dest, args.breakdown)
+        tools = [anchor_tool(NOWHERE, port)] + reaper_tools(args.binary, dest, args.breakdown, args.baseline)
         tools.append(Tool("conn-reaper --version (process start only)", [[args.binary, "--version"]],
                           False, False, "startup"))
         scenario = f"no match, {total:,} unrelated sockets"
@@ -567,10 +570,16 @@ def parse_args():
                              "the peers are remote)")
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                         help="before starting, wait up to SECONDS for the machine to go quiet (other work < 25%% of one core)")
+    parser.add_argument("--baseline", metavar="BINARY",
+                        help="also time this conn-reaper binary's text purge in every round (an A/B in one lab)")
     parser.add_argument("--raw", help="also write every run as JSON to this file")
     parser.add_argument("--fail-on-miss", action="store_true", help="exit 3 when a goal is missed")
     args = parser.parse_args()
     args.binary = os.path.abspath(args.binary)
+    if args.baseline:
+        args.baseline = os.path.abspath(args.baseline)
+        if not os.access(args.baseline, os.X_OK):
+            parser.error(f"--baseline {args.baseline}: not an executable file")
     for name in ("targets", "rounds", "nomatch_rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -602,6 +611,10 @@ def main():
     pinned = os.path.join(workdir, "conn-reaper")
     shutil.copy2(args.binary, pinned)
     args.binary = pinned
+    if args.baseline:
+        pinned_baseline = os.path.join(workdir, "baseline-" + os.path.basename(args.baseline))
+        shutil.copy2(args.baseline, pinned_baseline)
+        args.baseline = pinned_baseline
     lab = benchlab.Lab(SERVER_IPS, servers=servers, private_server_hash=not args.shared_hash)
     status = 0
     try:
