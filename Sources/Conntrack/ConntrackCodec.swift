@@ -23,8 +23,8 @@ public enum ConntrackCodec {
     }
 
     /// Whether an entry's reply source is its original destination (no DNAT between them), read from
-    /// the two tuples alone: the reply-source dump of that destination holds such an entry too, so
-    /// the original-destination dump need not parse it again.
+    /// the two tuples alone, before the entry is parsed: a dump that wants translated entries only
+    /// skips it (the reply-source dump or a flush has it).
     static func repliedByItsDestination(_ message: NetlinkMessage) -> Bool {
         guard message.payload.count >= 4 else { return false }
         let attributes = NetlinkAttributes(message.payload.dropFirst(4))

@@ -7,6 +7,7 @@ enum ConntrackMessageType {
     static let new: UInt16 = 0x100  // IPCTNL_MSG_CT_NEW: what a dump replies with
     static let get: UInt16 = 0x101  // IPCTNL_MSG_CT_GET
     static let delete: UInt16 = 0x102  // IPCTNL_MSG_CT_DELETE
+    static let statistics: UInt16 = 0x105  // IPCTNL_MSG_CT_GET_STATS
 }
 
 /// Attribute numbers from include/uapi/linux/netfilter/nfnetlink_conntrack.h.
@@ -29,6 +30,26 @@ enum ConntrackAttribute {
 enum ConntrackStatus {
     /// IPS_DST_NAT: the reply tuple's source is a translated destination, not the original one.
     static let destinationNAT: UInt32 = 1 << 5
+}
+
+/// CTA_STATS_* of an IPCTNL_MSG_CT_GET_STATS answer.
+enum ConntrackStatisticsAttribute {
+    static let entries: UInt16 = 1  // CTA_STATS_GLOBAL_ENTRIES: this namespace's, big-endian u32
+}
+
+/// IPCTNL_MSG_CT_GET_STATS: how many entries the namespace's table holds (a counter the kernel
+/// keeps, no walk).
+public struct ConntrackStatisticsRequest: NetlinkRequest, Equatable {
+    public init() {}
+
+    public var messageType: UInt16 { ConntrackMessageType.statistics }
+    public var flags: UInt16 { 0x1 }  // NLM_F_REQUEST
+    public var callName: String { "IPCTNL_MSG_CT_GET_STATS" }
+
+    public func writePayload(into writer: inout NetlinkMessageWriter) {
+        writer.append([0, 0])  // nfgen_family AF_UNSPEC, version NFNETLINK_V0
+        writer.append(networkOrder: UInt16(0))  // res_id
+    }
 }
 
 /// The struct nfgenmsg every ctnetlink message starts with.

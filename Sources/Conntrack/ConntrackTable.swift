@@ -10,6 +10,8 @@ public final class ConntrackTable {
     /// conntrack hash of the host (every namespace's entries, every bucket), matches or not.
     private let dumpSocket2: NetlinkSocket
     private let deleteSocket: NetlinkSocket
+    /// The direct flows' dump that may run beside the others (`directFlowEntries`).
+    private let directDumpSocket: NetlinkSocket
 
     /// Up to this many single-address destinations are filtered in the kernel, two dumps each;
     /// beyond it one unfiltered dump per family is cheaper.
@@ -19,8 +21,8 @@ public final class ConntrackTable {
         dumpSocket = try NetlinkSocket(bus: .netfilter)
         dumpSocket2 = try NetlinkSocket(bus: .netfilter)
         deleteSocket = try NetlinkSocket(bus: .netfilter)
-        try dumpSocket.setReceiveTimeout(milliseconds: 10_000)
-        try dumpSocket2.setReceiveTimeout(milliseconds: 10_000)
+        directDumpSocket = try NetlinkSocket(bus: .netfilter)
+        for socket in [dumpSocket, dumpSocket2, directDumpSocket] { try socket.setReceiveTimeout(milliseconds: 10_000) }
         try deleteSocket.setReceiveTimeout(milliseconds: 10_000)
         try deleteSocket.setReceiveBufferSize(16 << 20)
         try? deleteSocket.capAcknowledgements()
@@ -32,11 +34,25 @@ public final class ConntrackTable {
         public var interrupted = false
         public var restarts = 0
         public var redone = 0
+
+        /// Both dumps' entries, each once; either run's troubles.
+        public func merged(with other: Dump) -> Dump {
+            var merged = self
+            var seen = Set(entries.map(\.identity))
+            merged.entries += other.entries.filter { seen.insert($0.identity).inserted }
+            merged.interrupted = interrupted || other.interrupted
+            merged.restarts += other.restarts
+            merged.redone += other.redone
+            return merged
+        }
     }
 
     /// The dumps that can hold an entry whose original destination or reply source is in `destinations`.
+    /// Without `directFlows`, only the entries a DNAT translated (a purge that flushes the direct
+    /// ones unlisted); a destination the kernel cannot filter on still gets every entry.
     public static func requests(
-        for destinations: [Destination], transports: Set<TransportProtocol>
+        for destinations: [Destination], transports: Set<TransportProtocol>, directFlows: Bool = true,
+        statusNamesTranslations: Bool = true
     ) -> [ConntrackDumpRequest] {
         guard !destinations.isEmpty, !transports.isEmpty else { return [] }
         let exact = destinations.allSatisfy { $0.prefix?.isSingleHost == true }
@@ -53,10 +69,11 @@ public final class ConntrackTable {
                 requests.append(
                     ConntrackDumpRequest(
                         family: address.family, filter: .originalDestination(address, port: destination.port, transport),
-                        translatedOnly: true))
+                        translatedOnly: statusNamesTranslations))
                 requests.append(
                     ConntrackDumpRequest(
-                        family: address.family, filter: .replySource(address, port: destination.port, transport)))
+                        family: address.family, filter: .replySource(address, port: destination.port, transport),
+                        translatedOnly: !directFlows && statusNamesTranslations))
             }
         }
         return requests
@@ -66,15 +83,18 @@ public final class ConntrackTable {
     /// the table, not two. Not for a walk over every namespace, whose purges already keep both
     /// cores busy: there a thread per namespace costs more than it saves.
     public func entries(
-        for destinations: [Destination], transports: Set<TransportProtocol>, sideBySide: Bool = false
+        for destinations: [Destination], transports: Set<TransportProtocol>, sideBySide: Bool = false, directFlows: Bool = true
     ) throws(SystemCallError) -> Dump {
-        let requests = Self.requests(for: destinations, transports: transports)
+        let requests = Self.requests(
+            for: destinations, transports: transports, directFlows: directFlows, statusNamesTranslations: Self.statusNamesTranslations())
         let replySide = requests.filter { if case .replySource? = $0.filter { true } else { false } }
-        guard sideBySide, !replySide.isEmpty, replySide.count < requests.count else { return try Self.dump(requests, on: dumpSocket) }
+        guard sideBySide, !replySide.isEmpty, replySide.count < requests.count else {
+            return try Self.dump(requests, on: dumpSocket, directFlows: directFlows)
+        }
         let socket2 = dumpSocket2
-        let background = BackgroundWork { () throws(SystemCallError) -> Dump in try Self.dump(replySide, on: socket2) }
+        let background = BackgroundWork { () throws(SystemCallError) -> Dump in try Self.dump(replySide, on: socket2, directFlows: directFlows) }
         let first = Result { () throws(SystemCallError) -> Dump in
-            try Self.dump(requests.filter { !replySide.contains($0) }, on: dumpSocket)
+            try Self.dump(requests.filter { !replySide.contains($0) }, on: dumpSocket, directFlows: directFlows)
         }
         let second = try background.wait()
         var dump = try first.get()
@@ -85,13 +105,36 @@ public final class ConntrackTable {
         return dump
     }
 
-    private static func dump(_ requests: [ConntrackDumpRequest], on socket: NetlinkSocket) throws(SystemCallError) -> Dump {
+    /// The entries of the direct flows toward `destinations` (and of the flows a DNAT sent there):
+    /// the reply-source dumps without the status filter, on a socket of their own, so this may run
+    /// while `entries` does.
+    public func directFlowEntries(for destinations: [Destination], transports: Set<TransportProtocol>) throws(SystemCallError) -> Dump {
+        let requests = Self.requests(for: destinations, transports: transports).filter {
+            if case .replySource? = $0.filter { true } else { false }
+        }
+        return try Self.dump(requests, on: directDumpSocket, directFlows: true)
+    }
+
+    /// IPVS with `net.ipv4.vs.conntrack = 1` (kube-proxy's IPVS mode sets it) rewrites an entry's
+    /// reply tuple without IPS_DST_NAT: there the status cannot tell a translated entry from a
+    /// direct one, and the dumps compare tuples in user space instead. Read in the calling thread's
+    /// namespace.
+    static func statusNamesTranslations() -> Bool {
+        guard let setting = FileStatus.readText("/proc/sys/net/ipv4/vs/conntrack") else { return true }  // no IPVS here
+        return setting.first == "0"
+    }
+
+    /// Without `directFlows`, entries whose reply source is their original destination are skipped.
+    private static func dump(
+        _ requests: [ConntrackDumpRequest], on socket: NetlinkSocket, directFlows: Bool
+    ) throws(SystemCallError) -> Dump {
         var dump = Dump()
         var seen = Set<ConntrackEntry.Identity>()
         for request in requests {
-            // A direct flow's entry comes again in its destination's reply-source dump: parsed once,
-            // there (a kernel before 5.15 sends it here too, whatever `translatedOnly` asked).
-            let skipDirect = if case .originalDestination? = request.filter { true } else { false }
+            // An original-destination dump never needs a direct entry: the reply-source dump (or a
+            // flush) has it. A kernel before 5.15 ignores CTA_STATUS and sends them anyway.
+            let originalSide = if case .originalDestination? = request.filter { true } else { false }
+            let skipDirect = originalSide || (!directFlows && request.filter != nil)
             let outcome = try socket.dump(request) { message in
                 guard message.type == ConntrackMessageType.new,
                     !(skipDirect && ConntrackCodec.repliedByItsDestination(message)),
@@ -105,6 +148,13 @@ public final class ConntrackTable {
             dump.redone += outcome.redone
         }
         return dump
+    }
+
+    /// How many entries the namespace's table holds now; nil when the kernel does not say.
+    public func entryCount() throws(SystemCallError) -> Int? {
+        guard let message = try dumpSocket.fetch(ConntrackStatisticsRequest()), message.payload.count >= 4 else { return nil }
+        let attributes = NetlinkAttributes(message.payload.dropFirst(4))
+        return attributes[ConntrackStatisticsAttribute.entries]?.reader.networkOrder(UInt32.self, at: 0).map(Int.init)
     }
 
     /// Deletes each entry, batched. ENOENT means already gone (timed out or deleted meanwhile).
@@ -159,6 +209,12 @@ public final class ConntrackTable {
 
     public static func isFlushable(_ destination: Destination) -> Bool {
         destination.prefix.map { $0.isSingleHost && $0.address.family == .v4 } ?? false
+    }
+
+    /// Whether a flush can take every direct flow toward `destinations` while the dumps name only
+    /// the translated ones: each is a flushable host, and few enough to be filtered in the kernel.
+    public static func flushesDirectFlows(of destinations: [Destination]) -> Bool {
+        !destinations.isEmpty && destinations.count <= kernelFilteredDestinationLimit && destinations.allSatisfy(isFlushable)
     }
 
     /// Sends the flushes; each acknowledgement says whether the kernel did it. A refusal (EINVAL,

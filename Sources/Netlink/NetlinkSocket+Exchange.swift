@@ -147,36 +147,58 @@ extension NetlinkSocket {
                 fence = sequence
             }
             try send(buffer)
-            try collectAcknowledgements(into: &results, awaiting: &sequenceToIndex, fence: quietSuccess ? fence : nil)
+            var answers = BatchAnswers(pending: sequenceToIndex, fence: quietSuccess ? fence : nil)
+            try collectAcknowledgements(into: &results, awaiting: &answers)
             start = end
         }
         return results
     }
 
-    /// Reads answers until every request of the batch has one, or, with a `fence`, until the fence's
-    /// ack: what is still unanswered then succeeded quietly, unless answers were lost meanwhile.
-    private func collectAcknowledgements(
-        into results: inout [Acknowledgement], awaiting pending: inout [UInt32: Int], fence: UInt32?
-    ) throws(SystemCallError) {
-        var lostSome = false
-        while !pending.isEmpty {
+    private func collectAcknowledgements(into results: inout [Acknowledgement], awaiting answers: inout BatchAnswers) throws(SystemCallError) {
+        while !answers.settled {
             let messages: NetlinkMessages
             do {
-                if lostSome, try !waitReadable(milliseconds: 50) { return }
+                if answers.lostSome, try !waitReadable(milliseconds: 50) { return }
                 messages = try receive()
             } catch  where error.errno == .noBufferSpace {
-                lostSome = true
+                answers.noteLoss()
                 continue
             }
-            for message in messages where message.isError {
-                guard let index = pending.removeValue(forKey: message.sequence) else { continue }
-                let code = message.errorCode ?? 0
-                results[index] = code == 0 ? .done : .failed(Errno(rawValue: code))
-                if message.sequence == fence {
-                    if !lostSome { for quiet in pending.values { results[quiet] = .done } }
-                    return
-                }
+            answers.take(messages, into: &results)
+        }
+    }
+}
+
+/// The answers to one batch of acknowledged requests, datagram by datagram. Without a fence every
+/// request answers; with one (the batch's last request, the only one asking for an ack) the fence's
+/// answer settles the batch: the kernel answered every failure before it, so the unanswered
+/// succeeded, unless answers were lost (ENOBUFS) meanwhile. No socket: a test feeds it bytes.
+public struct BatchAnswers: Sendable {
+    /// Sequence number -> the request's index in the results.
+    public private(set) var pending: [UInt32: Int]
+    public let fence: UInt32?
+    public private(set) var settled = false
+    public private(set) var lostSome = false
+
+    public init(pending: [UInt32: Int], fence: UInt32? = nil) {
+        self.pending = pending
+        self.fence = fence
+        settled = pending.isEmpty
+    }
+
+    /// The receive queue overflowed: some answers are gone, the unanswered stay `.unconfirmed`.
+    public mutating func noteLoss() { lostSome = true }
+
+    public mutating func take(_ messages: NetlinkMessages, into results: inout [Acknowledgement]) {
+        for message in messages where message.isError && !settled {
+            guard let index = pending.removeValue(forKey: message.sequence) else { continue }
+            let code = message.errorCode ?? 0
+            results[index] = code == 0 ? .done : .failed(Errno(rawValue: code))
+            if message.sequence == fence {
+                if !lostSome { for quiet in pending.values { results[quiet] = .done } }
+                settled = true
             }
         }
+        if pending.isEmpty { settled = true }
     }
 }

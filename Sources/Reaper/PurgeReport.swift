@@ -49,6 +49,9 @@ public struct PurgeReport: Sendable {
     public var extraRounds = 0
     /// Filtered flushes the kernel carried out (each deletes every entry one side of a destination names).
     public var conntrackFlushes = 0
+    /// Entries a flush deleted that no dump listed (direct flows of a large purge), counted by the
+    /// table's size before and after: what else came or went meanwhile moves it too.
+    public var conntrackFlushedUnlisted = 0
     /// Matching sockets not destroyed because of `Purger.Options.socketLimit`.
     public var socketsLeftByLimit = 0
     /// Their flows: their conntrack entries stay until they go, so their RST is still reverse-NATed.
@@ -73,6 +76,7 @@ public struct PurgeReport: Sendable {
         stepErrors += other.stepErrors
         extraRounds += other.extraRounds
         conntrackFlushes += other.conntrackFlushes
+        conntrackFlushedUnlisted += other.conntrackFlushedUnlisted
         socketsLeftByLimit += other.socketsLeftByLimit
         stuckSuspects.formUnion(other.stuckSuspects)
         troubles.merge(other.troubles, uniquingKeysWith: +)
@@ -80,7 +84,8 @@ public struct PurgeReport: Sendable {
     }
 
     public var socketsEnded: Int { sockets.count { $0.outcome == .ended } }
-    public var conntrackDeleted: Int { conntrack.count { $0.outcome == .ended } }
+    /// Listed entries deleted, and those a flush took unlisted.
+    public var conntrackDeleted: Int { conntrack.count { $0.outcome == .ended } + conntrackFlushedUnlisted }
 
     public var allErrors: [SystemCallError] {
         stepErrors + sockets.compactMap(\.outcome.error) + conntrack.compactMap(\.outcome.error)

@@ -34,8 +34,11 @@ public final class Purger {
         }
     }
 
-    /// `auto`: a flush where the dump found at least `flushFrom` entries it would delete (one walk of
-    /// the table costs about what a few hundred exact deletes do) and the kernel takes it.
+    /// `auto`: a flush where at least `flushFrom` entries would go (one walk of the table costs about
+    /// what a few hundred exact deletes do) and the kernel takes it. The direct flows toward an IPv4
+    /// host are counted by their sockets: from `flushFrom` ended, their entries are flushed without
+    /// a dump listing them first (the kernel built a message per entry, a third of a large purge's
+    /// CPU), and counted by the table's size before and after.
     public enum ConntrackFlushMode: String, Sendable, CaseIterable {
         case auto, never, always
     }
@@ -94,17 +97,32 @@ public final class Purger {
         // The conntrack dump does not wait for the sockets: only the deletes must come after the
         // destroys. (A stuck scan needs entries only once it condemned a socket: no prefetch.)
         var prefetched: BackgroundWork<ConntrackTable.Dump>?
+        // Until the sockets are counted, the prefetch asks only for translated entries where the
+        // direct ones may go by an unlisted flush; a dump of those starts beside the destroys otherwise.
+        let directFlowsMayGoUnlisted = acting && options.conntrackFlush != .never && options.socketLimit == nil
+            && ConntrackTable.flushesDirectFlows(of: matcher.destinations) && ConntrackTable.flushSupported.withLock({ $0 }) != false
+        var directFlows: BackgroundWork<ConntrackTable.Dump>?
+        var flushDirectFlowsUnlisted = false
         if options.conntrack, options.sockets, matcher.stuck == nil, !options.conntrackOnlyAfterSockets, let conntrackTable {
             prefetched = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
                 try conntrackTable.entries(
-                    for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide)
+                    for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide,
+                    directFlows: !directFlowsMayGoUnlisted)
             }
         }
         if options.sockets, let socketDiagnostics {
             do {
                 try endSockets(
                     matcher, includeTCPInfo: includeTCPInfo, options: options, acting: acting,
-                    idle: idle, in: socketDiagnostics, report: &report)
+                    idle: idle, in: socketDiagnostics, report: &report
+                ) { direct in
+                    guard prefetched != nil, directFlowsMayGoUnlisted, let conntrackTable else { return }
+                    flushDirectFlowsUnlisted = options.conntrackFlush == .always || direct >= Self.flushFrom
+                    guard !flushDirectFlowsUnlisted else { return }
+                    directFlows = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
+                        try conntrackTable.directFlowEntries(for: matcher.destinations, transports: matcher.transports)
+                    }
+                }
             } catch { report.stepErrors.append(error) }
         }
         // The entries' first dump: it names the sockets a NAT hid (their remote is a VIP), which go
@@ -112,9 +130,20 @@ public final class Purger {
         var firstDump: ConntrackTable.Dump?
         var conntrackFailed = false
         if let prefetched {
-            do { firstDump = try prefetched.wait() } catch {
+            do throws(SystemCallError) {
+                firstDump = try prefetched.wait()
+                if directFlowsMayGoUnlisted, !flushDirectFlowsUnlisted {
+                    // Few direct flows (or the sockets' walk failed): their entries are listed.
+                    let direct =
+                        if let directFlows { try directFlows.wait() } else {
+                            try conntrackTable!.directFlowEntries(for: matcher.destinations, transports: matcher.transports)
+                        }
+                    firstDump = direct.merged(with: firstDump!)
+                }
+            } catch {
                 report.stepErrors.append(error)
                 conntrackFailed = true
+                _ = try? directFlows?.wait()  // its thread uses the table's socket
             }
         }
         if let firstDump, let socketDiagnostics {
@@ -132,16 +161,18 @@ public final class Purger {
             do {
                 try deleteEntries(
                     matcher, options: options, acting: acting, idle: idle, in: conntrackTable,
-                    first: firstDump, report: &report)
+                    first: firstDump, flushingDirectFlowsUnlisted: flushDirectFlowsUnlisted, report: &report)
             } catch { report.stepErrors.append(error) }
         }
         report.durationSeconds = Self.monotonicSeconds() - started
         return report
     }
 
+    /// `beforeDestroying`: told, once, how many sockets the first round will destroy.
     private func endSockets(
         _ matcher: DestinationMatcher, includeTCPInfo: Bool, options: Options, acting: Bool,
-        idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics, report: inout PurgeReport
+        idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics, report: inout PurgeReport,
+        beforeDestroying: (Int) -> Void = { _ in }
     ) throws(SystemCallError) {
         var query = matcher.socketQuery
         query.includeTCPInfo = query.includeTCPInfo || includeTCPInfo
@@ -178,6 +209,7 @@ public final class Purger {
                 report.sockets += targets.map { .init(socket: $0, outcome: idle) }
                 return
             }
+            if round == 0 { beforeDestroying(targets.count) }
             let acks = try diagnostics.destroy(targets)
             var retry = dump.interrupted
             for (socket, ack) in zip(targets, acks) {
@@ -236,16 +268,25 @@ public final class Purger {
 
     private func deleteEntries(
         _ matcher: DestinationMatcher, options: Options, acting: Bool, idle: PurgeReport.Outcome,
-        in table: ConntrackTable, first prefetched: ConntrackTable.Dump?, report: inout PurgeReport
+        in table: ConntrackTable, first prefetched: ConntrackTable.Dump?, flushingDirectFlowsUnlisted: Bool,
+        report: inout PurgeReport
     ) throws(SystemCallError) {
         var deleted = Set<ConntrackEntry.Identity>()
         for round in 0...options.maximumExtraRounds {
-            let dump: ConntrackTable.Dump
+            var dump: ConntrackTable.Dump
             if round == 0, let prefetched {
                 dump = prefetched
             } else {
                 dump = try table.entries(
                     for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide)
+            }
+            var originalSideFlushed = false
+            if round == 0, flushingDirectFlowsUnlisted {
+                originalSideFlushed = try flushDirectFlows(matcher, listed: dump, in: table, report: &report)
+                // Refused (an older kernel) or failed: the direct entries were never listed; list them now.
+                if !originalSideFlushed {
+                    dump = try table.entries(for: matcher.destinations, transports: matcher.transports).merged(with: dump)
+                }
             }
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "IPCTNL_MSG_CT_GET")
             // A stuck rule condemns single sockets: only their own entries go, not the backend's others.
@@ -263,7 +304,8 @@ public final class Purger {
             }
             var remaining = targets
             if round == 0 {
-                remaining = try flush(targets, matcher: matcher, options: options, in: table, report: &report)
+                remaining = try flush(
+                    targets, matcher: matcher, options: options, originalSideFlushed: originalSideFlushed, in: table, report: &report)
             }
             let acks = try table.delete(remaining.map(\.0))
             var retry = dump.interrupted
@@ -284,6 +326,32 @@ public final class Purger {
         }
     }
 
+    /// Flushes the original-destination side of every destination before any dump listed its direct
+    /// flows; true when the kernel did. What it took is counted by the table's size before and after,
+    /// less the translated entries the dump listed on that side (the report names those).
+    private func flushDirectFlows(
+        _ matcher: DestinationMatcher, listed: ConntrackTable.Dump, in table: ConntrackTable, report: inout PurgeReport
+    ) throws(SystemCallError) -> Bool {
+        let requests = ConntrackTable.flushes(for: matcher.destinations, transports: matcher.transports, sides: [.originalDestination])
+        let before = try? table.entryCount()
+        let acknowledgements = try table.flush(requests)
+        report.note(acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
+        report.conntrackFlushes += acknowledgements.count { $0 == .done }
+        guard !acknowledgements.contains(where: { $0 != .done }) else { return false }
+        if let before, let after = try? table.entryCount() {
+            let named = Self.flushNamer(matcher)
+            let listedThere = listed.entries.count { named($0.original.destination) && matcher.match($0) != nil }
+            report.conntrackFlushedUnlisted += max(0, before - after - listedThere)
+        }
+        return true
+    }
+
+    /// Whether a flush of `matcher`'s destinations names an endpoint.
+    private static func flushNamer(_ matcher: DestinationMatcher) -> (Endpoint) -> Bool {
+        let flushable = matcher.destinations.filter(ConntrackTable.isFlushable)
+        return { endpoint in flushable.contains { $0.matches(address: endpoint.address, port: endpoint.port) } }
+    }
+
     /// Deletes in the kernel, by filtered flushes, the targets a flush can name (IPv4 hosts) when the
     /// mode and their number say so; returns the targets left for exact deletes (all of them when
     /// the kernel refuses the flush). A flush also deletes what appeared since the dump, toward the
@@ -292,9 +360,10 @@ public final class Purger {
     /// Each side is flushed on its own count (every flush walks the host's whole table): an
     /// original-destination flush takes the direct flows and those dialled to a translated address;
     /// a reply-source flush only adds the flows a DNAT sent to the destination, often none.
+    /// `originalSideFlushed`: that flush already ran, before the dump's direct flows were listed.
     private func flush(
         _ targets: [(ConntrackEntry, DestinationMatcher.ConntrackMatch)], matcher: DestinationMatcher, options: Options,
-        in table: ConntrackTable, report: inout PurgeReport
+        originalSideFlushed: Bool, in table: ConntrackTable, report: inout PurgeReport
     ) throws(SystemCallError) -> [(ConntrackEntry, DestinationMatcher.ConntrackMatch)] {
         // A flush would also take the entries of the sockets a limit left for a later pass.
         guard matcher.stuck == nil, report.flowsLeftByLimit.isEmpty, options.conntrackFlush != .never,
@@ -302,31 +371,33 @@ public final class Purger {
         else {
             return targets
         }
-        let flushable = matcher.destinations.filter(ConntrackTable.isFlushable)
-        func named(_ endpoint: Endpoint) -> Bool { flushable.contains { $0.matches(address: endpoint.address, port: endpoint.port) } }
-        let dialled = targets.count { named($0.0.original.destination) }
-        let translatedHere = targets.count { !named($0.0.original.destination) && named($0.0.reply.source) }
-        let always = options.conntrackFlush == .always
-        let sides = Set<ConntrackTable.FlushSide>(
-            (always || dialled >= Self.flushFrom ? [.originalDestination] : [])
-                + (always || translatedHere >= Self.flushFrom ? [.replySource] : []))
-        guard !sides.isEmpty else { return targets }
-        let requests = ConntrackTable.flushes(for: flushable, transports: matcher.transports, sides: sides)
-        let acknowledgements = try table.flush(requests)
-        // A lost ack says nothing of what the kernel did: the exact deletes below settle it.
-        report.note(acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
-        guard !acknowledgements.contains(where: { $0 != .done }) else {
-            // Refused (an older kernel) or failed: nothing is known deleted; exact deletes do it all.
-            report.conntrackFlushes += acknowledgements.count { $0 == .done }
-            return targets
+        let named = Self.flushNamer(matcher)
+        var dialled = 0
+        var translatedHere = 0
+        for (entry, _) in targets {
+            if named(entry.original.destination) { dialled += 1 } else if named(entry.reply.source) { translatedHere += 1 }
         }
-        report.conntrackFlushes += requests.count
+        let always = options.conntrackFlush == .always
+        var sides = Set<ConntrackTable.FlushSide>()
+        if !originalSideFlushed, always || dialled >= Self.flushFrom { sides.insert(.originalDestination) }
+        if always || translatedHere >= Self.flushFrom { sides.insert(.replySource) }
+        var flushed: Set<ConntrackTable.FlushSide> = originalSideFlushed ? [.originalDestination] : []
+        if !sides.isEmpty {
+            let requests = ConntrackTable.flushes(
+                for: matcher.destinations.filter(ConntrackTable.isFlushable), transports: matcher.transports, sides: sides)
+            let acknowledgements = try table.flush(requests)
+            // A lost ack says nothing of what the kernel did: the exact deletes below settle it.
+            report.note(acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
+            report.conntrackFlushes += acknowledgements.count { $0 == .done }
+            // Refused (an older kernel) or failed: nothing is known deleted; exact deletes do it.
+            if !acknowledgements.contains(where: { $0 != .done }) { flushed.formUnion(sides) }
+        }
+        guard !flushed.isEmpty else { return targets }
         var remaining: [(ConntrackEntry, DestinationMatcher.ConntrackMatch)] = []
         report.conntrack.reserveCapacity(report.conntrack.count + targets.count)
         for (entry, matchedBy) in targets {
             let isDialled = named(entry.original.destination)
-            let flushed = sides.contains(isDialled ? .originalDestination : .replySource) && (isDialled || named(entry.reply.source))
-            if flushed {
+            if flushed.contains(isDialled ? .originalDestination : .replySource) && (isDialled || named(entry.reply.source)) {
                 report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .ended, byFlush: true))
             } else {
                 remaining.append((entry, matchedBy))

@@ -22,6 +22,7 @@ enum ReportDocument {
                     ("conntrack_matched", .integer(Int64(report.conntrack.count))),
                     ("conntrack_deleted", .integer(Int64(report.conntrackDeleted))),
                     ("conntrack_flushes", .integer(Int64(report.conntrackFlushes))),
+                    ("conntrack_flushed_unlisted", .integer(Int64(report.conntrackFlushedUnlisted))),
                     ("errors", .integer(Int64(errors.count))),
                 ])
             ),

@@ -28,11 +28,16 @@ struct ReportPrinter {
         let counted: (PurgeReport.Outcome) -> Bool = { $0 != .unconfirmed && $0 != .alreadyGone && $0.error == nil }
         var summary =
             "conn-reaper \(mode.rawValue): \(verb) \(report.sockets.count { counted($0.outcome) }) sockets, "
-            + "\(report.conntrack.count { counted($0.outcome) }) conntrack entries, \(errors.count) errors, "
+            + "\(report.conntrack.count { counted($0.outcome) } + report.conntrackFlushedUnlisted) conntrack entries, \(errors.count) errors, "
             + String(format: "%.1f ms", report.durationSeconds * 1000)
         if report.allErrors.contains(where: \.meansConntrackAbsent) { summary += " (conntrack not available here: skipped)" }
         if report.conntrackFlushes > 0 {
-            summary += " (conntrack: \(report.conntrackFlushes) filtered flushes in the kernel; entries counted from the dump before them)"
+            let flushes = report.conntrackFlushes == 1 ? "1 filtered flush" : "\(report.conntrackFlushes) filtered flushes"
+            summary +=
+                report.conntrackFlushedUnlisted > 0
+                ? " (conntrack: \(flushes) in the kernel; \(report.conntrackFlushedUnlisted) entries of direct flows deleted unlisted, "
+                    + "counted by the table's size before and after)"
+                : " (conntrack: \(flushes) in the kernel; entries counted from the dump before them)"
         }
         standardError(summary)
         let hints = Set(errors.map { error in error.hint.map { "\(error.call): \($0)" } ?? error.description })

@@ -23,7 +23,9 @@ def inject(namespace, source, destination, sport, dport, proto="tcp", reply_sour
     if proto == "tcp":
         argv += ["--state", "ESTABLISHED"]
     if reply_source:
-        argv += ["-r", reply_source, "-q", source, "--reply-port-src", reply_port, "--reply-port-dst", sport]
+        # The kernel's NAT computes the reply tuple and sets IPS_DST_NAT, as for a DNAT rule's flows
+        # (a reply tuple given outright would carry no NAT status).
+        argv += ["--dst-nat", f"{reply_source}:{reply_port}"]
     if zone is not None:
         argv += ["-w", zone]
     namespace.run([str(a) for a in argv])
@@ -139,3 +141,31 @@ def test_auto_flushes_the_side_with_many_entries_and_deletes_the_few_others_one_
         by.setdefault(entry["deleted_by"], []).append(entry)
     assert len(by["flush"]) == 2 * COPIES + 300 and len(by["exact"]) == COPIES, {k: len(v) for k, v in by.items()}
     assert all(e["original"]["dst"].startswith(VIP_DEAD) for e in by["exact"]), by["exact"]
+
+
+def test_many_ended_sockets_flush_their_direct_entries_unlisted_and_the_translated_are_listed(topo, reaper):
+    # From 256 sockets ended toward an IPv4 host, its direct flows' entries go by one flush no dump
+    # listed first (the kernel builds no message per entry); the few a DNAT sent to it are still
+    # listed and deleted one by one. The unlisted are counted by the table's size. Every decoy stays.
+    client = topo.client_peer
+    targets = client.connect(TARGET4, TCP_PORT, count=300)
+    decoys = [client.connect_one(OTHER4, TCP_PORT), client.connect_one(TARGET4, TCP_PORT + 1)]
+    assert client.probe(targets + decoys, timeout=5) == ["ok"] * 302
+    dead, living = build_table(topo)
+    assert len(dead) == 3 * COPIES + 300
+
+    document = reaper.ok_json(topo.client, "purge", endpoint(TARGET4, TCP_PORT))
+
+    after = table(topo.client)
+    assert after & dead == set(), f"left toward the dead backend: {after & dead}"
+    assert living <= after, f"deleted though not toward it: {living - after}"
+    counts = document["counts"]
+    assert counts["sockets_destroyed"] == 300 and counts["conntrack_flushes"] == 1, counts
+    assert counts["conntrack_flushed_unlisted"] == 2 * COPIES + 300, counts
+    assert counts["conntrack_deleted"] == len(dead), counts
+    listed = document["conntrack"]
+    assert len(listed) == COPIES and all(e["original"]["dst"].startswith(VIP_DEAD) and e["deleted_by"] == "exact"
+                                         for e in listed), listed
+    results = client.probe(targets, timeout=5)
+    assert results.count(ABORTED) == 300, {r: results.count(r) for r in set(results)}
+    assert client.probe(decoys) == ["ok", "ok"]

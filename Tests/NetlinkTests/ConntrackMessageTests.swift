@@ -59,6 +59,29 @@ import Testing
             ])
     }
 
+    /// A purge that flushes the direct flows unlisted asks both sides for translated entries only;
+    /// where the status cannot tell (IPVS rewrites reply tuples without IPS_DST_NAT) neither side does.
+    @Test func withoutDirectFlowsBothSidesAskForTranslatedEntriesUnlessTheStatusCannotTell() throws {
+        let destination = [try Destination(parsing: "10.0.0.5:6443")]
+        let original = ConntrackFilter.originalDestination(IPAddress("10.0.0.5")!, port: 6443, .tcp)
+        let reply = ConntrackFilter.replySource(IPAddress("10.0.0.5")!, port: 6443, .tcp)
+        #expect(
+            ConntrackTable.requests(for: destination, transports: [.tcp], directFlows: false) == [
+                ConntrackDumpRequest(family: .v4, filter: original, translatedOnly: true),
+                ConntrackDumpRequest(family: .v4, filter: reply, translatedOnly: true),
+            ])
+        #expect(
+            ConntrackTable.requests(for: destination, transports: [.tcp], directFlows: false, statusNamesTranslations: false) == [
+                ConntrackDumpRequest(family: .v4, filter: original), ConntrackDumpRequest(family: .v4, filter: reply),
+            ])
+    }
+
+    /// IPCTNL_MSG_CT_GET_STATS (0x105), NLM_F_REQUEST alone, an nfgenmsg of AF_UNSPEC.
+    @Test func theTableSizeRequestBytes() {
+        let bytes = ConntrackStatisticsRequest().serialized(sequence: 9)
+        #expect(bytes == [20, 0, 0, 0, 0x05, 0x01, 0x01, 0x00, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    }
+
     /// 6.18 inverts the IPv6 address comparison in CTA_FILTER: an IPv6 filter names no address.
     @Test func ipv6FiltersNarrowByProtocolAndPortOnly() {
         let request = ConntrackDumpRequest(family: .v6, filter: .replySource(IPAddress("fd00::5")!, port: 6443, .tcp))

@@ -110,6 +110,38 @@ import Testing
         #expect(!acked.finished)
     }
 
+    @Test func aQuietBatchIsSettledByItsFenceAndWhatDidNotFailBeforeItSucceeded() {
+        // Requests 10-13 at indexes 0-3; only 13 asked for an ack. 11 failed (ENOENT), and an
+        // unrelated message (sequence 99) is no request of this batch.
+        var answers = BatchAnswers(pending: [10: 0, 11: 1, 12: 2, 13: 3], fence: 13)
+        var results = [Acknowledgement](repeating: .unconfirmed, count: 4)
+        answers.take(NetlinkMessages(datagram: errorMessage(sequence: 11, errno: 2) + errorMessage(sequence: 99, errno: 0)), into: &results)
+        #expect(!answers.settled)
+        #expect(results == [.unconfirmed, .failed(.noSuchFileOrDirectory), .unconfirmed, .unconfirmed])
+        answers.take(NetlinkMessages(datagram: errorMessage(sequence: 13, errno: 0)), into: &results)
+        #expect(answers.settled)
+        #expect(results == [.done, .failed(.noSuchFileOrDirectory), .done, .done])
+    }
+
+    @Test func aQuietBatchThatLostAnswersConfirmsOnlyWhatAnswered() {
+        // ENOBUFS before the fence: a failure may have been dropped, so silence proves nothing.
+        var answers = BatchAnswers(pending: [1: 0, 2: 1, 3: 2], fence: 3)
+        var results = [Acknowledgement](repeating: .unconfirmed, count: 3)
+        answers.noteLoss()
+        answers.take(NetlinkMessages(datagram: errorMessage(sequence: 2, errno: 1) + errorMessage(sequence: 3, errno: 0)), into: &results)
+        #expect(answers.settled)
+        #expect(results == [.unconfirmed, .failed(.notPermitted), .done])
+    }
+
+    @Test func aBatchWithoutFenceWaitsForEveryAnswer() {
+        var answers = BatchAnswers(pending: [5: 0, 6: 1])
+        var results = [Acknowledgement](repeating: .unconfirmed, count: 2)
+        answers.take(NetlinkMessages(datagram: errorMessage(sequence: 6, errno: 0)), into: &results)
+        #expect(!answers.settled && results == [.unconfirmed, .done])
+        answers.take(NetlinkMessages(datagram: errorMessage(sequence: 5, errno: 0)), into: &results)
+        #expect(answers.settled && results == [.done, .done])
+    }
+
     @Test func writesNestedAttributesWithLengthsAndAlignment() {
         var writer = NetlinkMessageWriter(type: 1, flags: 0, sequence: 0)
         writer.appendNested(type: 1) { nested in

@@ -14,7 +14,7 @@ struct Purge: ParsableCommand {
     @Option(
         name: .customLong("conntrack-flush"),
         help: ArgumentHelp(
-            "Delete conntrack entries toward IPv4 hosts with the kernel's filtered flush (Linux 6.12+): auto (from 256 entries), never, always.",
+            "Delete conntrack entries toward IPv4 hosts with the kernel's filtered flush (Linux 6.12+): auto (from 256 entries, or from 256 sockets ended toward a host: then its direct flows' entries are counted, not listed), never (every entry listed and deleted exactly), always.",
             valueName: "when"))
     var conntrackFlush: Purger.ConntrackFlushMode = .auto
 
