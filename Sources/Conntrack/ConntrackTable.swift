@@ -92,7 +92,9 @@ public final class ConntrackTable {
             return try Self.dump(requests, on: dumpSocket, directFlows: directFlows)
         }
         let socket2 = dumpSocket2
-        let background = BackgroundWork { () throws(SystemCallError) -> Dump in try Self.dump(replySide, on: socket2, directFlows: directFlows) }
+        let background = BackgroundWork { () throws(SystemCallError) -> Dump in
+            try Self.dump(replySide, on: socket2, directFlows: directFlows)
+        }
         let first = Result { () throws(SystemCallError) -> Dump in
             try Self.dump(requests.filter { !replySide.contains($0) }, on: dumpSocket, directFlows: directFlows)
         }

@@ -154,7 +154,9 @@ extension NetlinkSocket {
         return results
     }
 
-    private func collectAcknowledgements(into results: inout [Acknowledgement], awaiting answers: inout BatchAnswers) throws(SystemCallError) {
+    private func collectAcknowledgements(into results: inout [Acknowledgement], awaiting answers: inout BatchAnswers)
+        throws(SystemCallError)
+    {
         while !answers.settled {
             let messages: NetlinkMessages
             do {

@@ -99,7 +99,8 @@ public final class Purger {
         var prefetched: BackgroundWork<ConntrackTable.Dump>?
         // Until the sockets are counted, the prefetch asks only for translated entries where the
         // direct ones may go by an unlisted flush; a dump of those starts beside the destroys otherwise.
-        let directFlowsMayGoUnlisted = acting && options.conntrackFlush != .never && options.socketLimit == nil
+        let directFlowsMayGoUnlisted =
+            acting && options.conntrackFlush != .never && options.socketLimit == nil
             && ConntrackTable.flushesDirectFlows(of: matcher.destinations) && ConntrackTable.flushSupported.withLock({ $0 }) != false
         var directFlows: BackgroundWork<ConntrackTable.Dump>?
         var flushDirectFlowsUnlisted = false
@@ -387,7 +388,8 @@ public final class Purger {
                 for: matcher.destinations.filter(ConntrackTable.isFlushable), transports: matcher.transports, sides: sides)
             let acknowledgements = try table.flush(requests)
             // A lost ack says nothing of what the kernel did: the exact deletes below settle it.
-            report.note(acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
+            report.note(
+                acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
             report.conntrackFlushes += acknowledgements.count { $0 == .done }
             // Refused (an older kernel) or failed: nothing is known deleted; exact deletes do it.
             if !acknowledgements.contains(where: { $0 != .done }) { flushed.formUnion(sides) }
