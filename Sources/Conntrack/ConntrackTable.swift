@@ -10,8 +10,6 @@ public final class ConntrackTable {
     /// conntrack hash of the host (every namespace's entries, every bucket), matches or not.
     private let dumpSocket2: NetlinkSocket
     private let deleteSocket: NetlinkSocket
-    /// The direct flows' dump that may run beside the others (`directFlowEntries`).
-    private let directDumpSocket: NetlinkSocket
 
     /// Up to this many single-address destinations are filtered in the kernel, two dumps each;
     /// beyond it one unfiltered dump per family is cheaper.
@@ -21,9 +19,7 @@ public final class ConntrackTable {
         dumpSocket = try NetlinkSocket(bus: .netfilter)
         dumpSocket2 = try NetlinkSocket(bus: .netfilter)
         deleteSocket = try NetlinkSocket(bus: .netfilter)
-        directDumpSocket = try NetlinkSocket(bus: .netfilter)
-        for socket in [dumpSocket, dumpSocket2, directDumpSocket] { try socket.setReceiveTimeout(milliseconds: 10_000) }
-        try deleteSocket.setReceiveTimeout(milliseconds: 10_000)
+        for socket in [dumpSocket, dumpSocket2, deleteSocket] { try socket.setReceiveTimeout(milliseconds: 10_000) }
         try deleteSocket.setReceiveBufferSize(16 << 20)
         try? deleteSocket.capAcknowledgements()
     }
@@ -82,39 +78,39 @@ public final class ConntrackTable {
     /// `sideBySide`: the reply-source dumps on a second thread, so one purge waits for one walk of
     /// the table, not two. Not for a walk over every namespace, whose purges already keep both
     /// cores busy: there a thread per namespace costs more than it saves.
+    ///
+    /// `directFlows` is asked once, when the first reply-source dump is due (it may wait for the
+    /// caller's socket count): false leaves the direct flows' entries out (a flush takes them).
     public func entries(
-        for destinations: [Destination], transports: Set<TransportProtocol>, sideBySide: Bool = false, directFlows: Bool = true
+        for destinations: [Destination], transports: Set<TransportProtocol>, sideBySide: Bool = false,
+        directFlows: @escaping @Sendable () -> Bool = { true }
     ) throws(SystemCallError) -> Dump {
-        let requests = Self.requests(
-            for: destinations, transports: transports, directFlows: directFlows, statusNamesTranslations: Self.statusNamesTranslations())
-        let replySide = requests.filter { if case .replySource? = $0.filter { true } else { false } }
-        guard sideBySide, !replySide.isEmpty, replySide.count < requests.count else {
-            return try Self.dump(requests, on: dumpSocket, directFlows: directFlows)
+        let status = Self.statusNamesTranslations()
+        let choices = zip(
+            Self.requests(for: destinations, transports: transports, statusNamesTranslations: status),
+            Self.requests(for: destinations, transports: transports, directFlows: false, statusNamesTranslations: status)
+        ).map { DumpChoice(listing: $0, translatedOnly: $1) }
+        let replySide = choices.filter(\.isReplySide)
+        guard sideBySide, !replySide.isEmpty, replySide.count < choices.count else {
+            return try Self.dump(choices, on: dumpSocket, directFlows: directFlows)
         }
         let socket2 = dumpSocket2
         let background = BackgroundWork { () throws(SystemCallError) -> Dump in
             try Self.dump(replySide, on: socket2, directFlows: directFlows)
         }
         let first = Result { () throws(SystemCallError) -> Dump in
-            try Self.dump(requests.filter { !replySide.contains($0) }, on: dumpSocket, directFlows: directFlows)
+            try Self.dump(choices.filter { !$0.isReplySide }, on: dumpSocket, directFlows: directFlows)
         }
         let second = try background.wait()
-        var dump = try first.get()
         // A direct flow's entry is in both halves (its reply source is its original destination).
-        var seen = Set(dump.entries.map(\.identity))
-        dump.entries += second.entries.filter { seen.insert($0.identity).inserted }
-        dump.interrupted = dump.interrupted || second.interrupted
-        return dump
+        return try first.get().merged(with: second)
     }
 
-    /// The entries of the direct flows toward `destinations` (and of the flows a DNAT sent there):
-    /// the reply-source dumps without the status filter, on a socket of their own, so this may run
-    /// while `entries` does.
-    public func directFlowEntries(for destinations: [Destination], transports: Set<TransportProtocol>) throws(SystemCallError) -> Dump {
-        let requests = Self.requests(for: destinations, transports: transports).filter {
-            if case .replySource? = $0.filter { true } else { false }
-        }
-        return try Self.dump(requests, on: directDumpSocket, directFlows: true)
+    /// One dump as it lists every entry, and as it asks for translated ones only.
+    private struct DumpChoice {
+        let listing: ConntrackDumpRequest
+        let translatedOnly: ConntrackDumpRequest
+        var isReplySide: Bool { if case .replySource? = listing.filter { true } else { false } }
     }
 
     /// IPVS with `net.ipv4.vs.conntrack = 1` (kube-proxy's IPVS mode sets it) rewrites an entry's
@@ -126,17 +122,22 @@ public final class ConntrackTable {
         return setting.first == "0"
     }
 
-    /// Without `directFlows`, entries whose reply source is their original destination are skipped.
     private static func dump(
-        _ requests: [ConntrackDumpRequest], on socket: NetlinkSocket, directFlows: Bool
+        _ choices: [DumpChoice], on socket: NetlinkSocket, directFlows: () -> Bool
     ) throws(SystemCallError) -> Dump {
         var dump = Dump()
         var seen = Set<ConntrackEntry.Identity>()
-        for request in requests {
+        var listingDirect: Bool?
+        for choice in choices {
             // An original-destination dump never needs a direct entry: the reply-source dump (or a
             // flush) has it. A kernel before 5.15 ignores CTA_STATUS and sends them anyway.
-            let originalSide = if case .originalDestination? = request.filter { true } else { false }
-            let skipDirect = originalSide || (!directFlows && request.filter != nil)
+            var request = choice.listing
+            var skipDirect = !choice.isReplySide && request.filter != nil
+            if choice.isReplySide {
+                let wanted = listingDirect ?? directFlows()
+                listingDirect = wanted
+                if !wanted { (request, skipDirect) = (choice.translatedOnly, true) }
+            }
             let outcome = try socket.dump(request) { message in
                 guard message.type == ConntrackMessageType.new,
                     !(skipDirect && ConntrackCodec.repliedByItsDestination(message)),

@@ -160,7 +160,10 @@ extension NetlinkSocket {
         while !answers.settled {
             let messages: NetlinkMessages
             do {
-                if answers.lostSome, try !waitReadable(milliseconds: 50) { return }
+                // The kernel answers a batch inside sendto: what is not queued by now was dropped. A
+                // drop is reported (ENOBUFS) only once while the queue stays congested (netlink_overrun),
+                // so a silent one must not hold a reap pass in recv until SO_RCVTIMEO.
+                if try !waitReadable(milliseconds: answers.lostSome ? 50 : 200) { return }
                 messages = try receive()
             } catch  where error.errno == .noBufferSpace {
                 answers.noteLoss()

@@ -97,18 +97,18 @@ public final class Purger {
         // The conntrack dump does not wait for the sockets: only the deletes must come after the
         // destroys. (A stuck scan needs entries only once it condemned a socket: no prefetch.)
         var prefetched: BackgroundWork<ConntrackTable.Dump>?
-        // Until the sockets are counted, the prefetch asks only for translated entries where the
-        // direct ones may go by an unlisted flush; a dump of those starts beside the destroys otherwise.
+        // Whether the dumps list the direct flows, or a flush takes them unlisted: known once the
+        // sockets are counted, which the reply-source dump waits for (the other side need not).
         let directFlowsMayGoUnlisted =
             acting && options.conntrackFlush != .never && options.socketLimit == nil
             && ConntrackTable.flushesDirectFlows(of: matcher.destinations) && ConntrackTable.flushSupported.withLock({ $0 }) != false
-        var directFlows: BackgroundWork<ConntrackTable.Dump>?
-        var flushDirectFlowsUnlisted = false
+        let listingDirectFlows = OneShot<Bool>()
+        if !directFlowsMayGoUnlisted { listingDirectFlows.settle(true) }
         if options.conntrack, options.sockets, matcher.stuck == nil, !options.conntrackOnlyAfterSockets, let conntrackTable {
             prefetched = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
                 try conntrackTable.entries(
                     for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide,
-                    directFlows: !directFlowsMayGoUnlisted)
+                    directFlows: { listingDirectFlows.wait() })
             }
         }
         if options.sockets, let socketDiagnostics {
@@ -117,34 +117,20 @@ public final class Purger {
                     matcher, includeTCPInfo: includeTCPInfo, options: options, acting: acting,
                     idle: idle, in: socketDiagnostics, report: &report
                 ) { direct in
-                    guard prefetched != nil, directFlowsMayGoUnlisted, let conntrackTable else { return }
-                    flushDirectFlowsUnlisted = options.conntrackFlush == .always || direct >= Self.flushFrom
-                    guard !flushDirectFlowsUnlisted else { return }
-                    directFlows = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
-                        try conntrackTable.directFlowEntries(for: matcher.destinations, transports: matcher.transports)
-                    }
+                    listingDirectFlows.settle(options.conntrackFlush != .always && direct < Self.flushFrom)
                 }
             } catch { report.stepErrors.append(error) }
         }
+        listingDirectFlows.settle(true)  // the sockets' walk failed or was not made: nothing counted them
+        let flushDirectFlowsUnlisted = prefetched != nil && !listingDirectFlows.wait()
         // The entries' first dump: it names the sockets a NAT hid (their remote is a VIP), which go
         // before the entries do, like the direct ones.
         var firstDump: ConntrackTable.Dump?
         var conntrackFailed = false
         if let prefetched {
-            do throws(SystemCallError) {
-                firstDump = try prefetched.wait()
-                if directFlowsMayGoUnlisted, !flushDirectFlowsUnlisted {
-                    // Few direct flows (or the sockets' walk failed): their entries are listed.
-                    let direct =
-                        if let directFlows { try directFlows.wait() } else {
-                            try conntrackTable!.directFlowEntries(for: matcher.destinations, transports: matcher.transports)
-                        }
-                    firstDump = direct.merged(with: firstDump!)
-                }
-            } catch {
+            do { firstDump = try prefetched.wait() } catch {
                 report.stepErrors.append(error)
                 conntrackFailed = true
-                _ = try? directFlows?.wait()  // its thread uses the table's socket
             }
         }
         if let firstDump, let socketDiagnostics {

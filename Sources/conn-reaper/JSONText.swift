@@ -48,7 +48,9 @@ enum JSONValue {
             guard !members.isEmpty else { output.append(contentsOf: "{}".utf8); return }
             output.append(contentsOf: "{\n".utf8)
             // Byte order: the keys are ASCII, and Unicode-aware String comparison cost more than the writing.
-            let sorted = members.sorted { $0.0.utf8.lexicographicallyPrecedes($1.0.utf8) }
+            // Objects built in key order (a report's thousands of rows) skip the sort: a third of the cost.
+            let precedes = { (a: (String, JSONValue), b: (String, JSONValue)) in a.0.utf8.lexicographicallyPrecedes(b.0.utf8) }
+            let sorted = zip(members, members.dropFirst()).allSatisfy(precedes) ? members : members.sorted(by: precedes)
             for (index, (key, value)) in sorted.enumerated() {
                 output.append(contentsOf: repeatElement(UInt8(ascii: " "), count: indent + 2))
                 Self.writeString(key, into: &output)

@@ -38,61 +38,63 @@ enum ReportDocument {
         ])
     }
 
+    // Row objects list their keys in byte order, as they are printed: the writer then need not sort.
+
     static func socket(_ result: PurgeReport.SocketResult) -> JSONValue {
         let socket = result.socket
         return .object([
-            ("proto", .string(socket.transport.description)),
-            ("family", .string(socket.family == .inet ? "inet" : "inet6")),
-            ("state", .string(socket.state.filterName)),
-            ("local", .string(socket.local.description)),
-            ("remote", .string(socket.remote.description)),
             ("cookie", .string(String(socket.id.cookie))),
+            ("error", .optional(result.outcome.error?.description)),
+            ("family", .string(socket.family == .inet ? "inet" : "inet6")),
+            ("local", .string(socket.local.description)),
+            ("netns", .optional(result.namespace)),
+            ("proto", .string(socket.transport.description)),
             ("recv_q", .unsigned(UInt64(socket.receiveQueue))),
-            ("send_q", .unsigned(UInt64(socket.sendQueue))),
-            ("timer", .unsigned(UInt64(socket.timer))),
+            ("remote", .string(socket.remote.description)),
+            ("result", .string(name(result.outcome))),
             ("retrans", .unsigned(UInt64(socket.retransmitsOnTimer))),
+            ("send_q", .unsigned(UInt64(socket.sendQueue))),
+            ("state", .string(socket.state.filterName)),
             (
                 "tcp_info",
                 socket.tcpInfo.map { info in
                     .object([
-                        ("unacked", .unsigned(UInt64(info.unacked))),
-                        ("retransmits", .unsigned(UInt64(info.retransmits))),
                         ("backoff", .unsigned(UInt64(info.backoff))),
                         ("last_ack_recv_ms", .unsigned(UInt64(info.lastAckReceivedMilliseconds))),
                         ("last_data_sent_ms", .unsigned(UInt64(info.lastDataSentMilliseconds))),
+                        ("retransmits", .unsigned(UInt64(info.retransmits))),
                         ("rtt_us", .unsigned(UInt64(info.rttMicroseconds))),
                         ("total_retrans", .unsigned(UInt64(info.totalRetransmits))),
+                        ("unacked", .unsigned(UInt64(info.unacked))),
                     ])
                 } ?? .null
             ),
-            ("result", .string(name(result.outcome))),
-            ("error", .optional(result.outcome.error?.description)),
             // Found through a conntrack entry (a NAT'd flow), not by its own remote address.
             ("through_conntrack", .bool(result.throughConntrack)),
-            ("netns", .optional(result.namespace)),
+            ("timer", .unsigned(UInt64(socket.timer))),
         ])
     }
 
     static func conntrackEntry(_ result: PurgeReport.ConntrackResult) -> JSONValue {
         let entry = result.entry
         func tuple(_ tuple: ConntrackEntry.Tuple) -> JSONValue {
-            .object([("src", .string(tuple.source.description)), ("dst", .string(tuple.destination.description))])
+            .object([("dst", .string(tuple.destination.description)), ("src", .string(tuple.source.description))])
         }
         return .object([
-            ("proto", .string(entry.transport.description)),
-            ("family", .string(entry.family == .v4 ? "ipv4" : "ipv6")),
-            ("original", tuple(entry.original)),
-            ("reply", tuple(entry.reply)),
-            ("zone", .unsigned(UInt64(entry.zone))),
-            ("id", .optional(entry.id)),
-            ("mark", .unsigned(UInt64(entry.mark))),
-            ("timeout", .optional(entry.timeoutSeconds)),
-            ("matched", .string(result.matchedBy.rawValue)),
             // "flush": deleted by a filtered flush (which names no entry): listed from the dump before it.
             ("deleted_by", .optional(result.outcome == .ended ? (result.byFlush ? "flush" : "exact") : nil)),
-            ("result", .string(name(result.outcome, ended: "deleted"))),
             ("error", .optional(result.outcome.error?.description)),
+            ("family", .string(entry.family == .v4 ? "ipv4" : "ipv6")),
+            ("id", .optional(entry.id)),
+            ("mark", .unsigned(UInt64(entry.mark))),
+            ("matched", .string(result.matchedBy.rawValue)),
             ("netns", .optional(result.namespace)),
+            ("original", tuple(entry.original)),
+            ("proto", .string(entry.transport.description)),
+            ("reply", tuple(entry.reply)),
+            ("result", .string(name(result.outcome, ended: "deleted"))),
+            ("timeout", .optional(entry.timeoutSeconds)),
+            ("zone", .unsigned(UInt64(entry.zone))),
         ])
     }
 
