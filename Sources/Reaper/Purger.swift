@@ -104,6 +104,7 @@ public final class Purger {
             && ConntrackTable.flushesDirectFlows(of: matcher.destinations) && ConntrackTable.flushSupported.withLock({ $0 }) != false
         let listingDirectFlows = OneShot<Bool>()
         if !directFlowsMayGoUnlisted { listingDirectFlows.settle(true) }
+        if options.conntrackFlush == .always { listingDirectFlows.settle(false) }
         if options.conntrack, options.sockets, matcher.stuck == nil, !options.conntrackOnlyAfterSockets, let conntrackTable {
             prefetched = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
                 try conntrackTable.entries(
@@ -113,9 +114,12 @@ public final class Purger {
         }
         if options.sockets, let socketDiagnostics {
             do {
+                // A large purge is known as soon as its dump passes `flushFrom` sockets: the
+                // reply-source dump need not wait for the rest of the walk.
+                let large = SocketDiagnostics.CountSignal(count: Self.flushFrom) { listingDirectFlows.settle(false) }
                 try endSockets(
                     matcher, includeTCPInfo: includeTCPInfo, options: options, acting: acting,
-                    idle: idle, in: socketDiagnostics, report: &report
+                    idle: idle, in: socketDiagnostics, report: &report, signal: directFlowsMayGoUnlisted ? large : nil
                 ) { direct in
                     listingDirectFlows.settle(options.conntrackFlush != .always && direct < Self.flushFrom)
                 }
@@ -159,7 +163,7 @@ public final class Purger {
     private func endSockets(
         _ matcher: DestinationMatcher, includeTCPInfo: Bool, options: Options, acting: Bool,
         idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics, report: inout PurgeReport,
-        beforeDestroying: (Int) -> Void = { _ in }
+        signal: SocketDiagnostics.CountSignal? = nil, beforeDestroying: (Int) -> Void = { _ in }
     ) throws(SystemCallError) {
         var query = matcher.socketQuery
         query.includeTCPInfo = query.includeTCPInfo || includeTCPInfo
@@ -169,7 +173,7 @@ public final class Purger {
             // The agent's own sockets as they were before the dump and after it: a probe that closed
             // in between is in the dump but no longer in the table (its socket lingers as it closes).
             let ownBefore = options.sparingOwnSockets ? OwnSockets.inodes() : []
-            let dump = try diagnostics.sockets(matching: query)
+            let dump = try diagnostics.sockets(matching: query, signal: round == 0 ? signal : nil)
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "SOCK_DIAG_BY_FAMILY")
             // A destroy whose ack was lost took effect if its socket is gone now: it counts as ended.
             let present = unconfirmed.isEmpty ? [] : Set(dump.sockets.map(\.id.cookie))

@@ -44,30 +44,42 @@ public final class SocketDiagnostics {
         public var redone = 0
     }
 
+    /// Tells, mid-dump, that a dump part has passed `count` sockets: what waits on a large purge
+    /// can start before the walk ends.
+    public struct CountSignal: Sendable {
+        public let count: Int
+        public let reached: @Sendable () -> Void
+
+        public init(count: Int, reached: @escaping @Sendable () -> Void) {
+            self.count = count
+            self.reached = reached
+        }
+    }
+
     /// Every socket the kernel's filter lets through for `query`. Callers re-check matches.
-    public func sockets(matching query: SocketQuery) throws(SystemCallError) -> Dump {
+    public func sockets(matching query: SocketQuery, signal: CountSignal? = nil) throws(SystemCallError) -> Dump {
         let oneWalk = Self.oneWalkForBothFamilies.withLock { $0 } != false
         do {
-            return try dump(query.requests(oneWalk: oneWalk))
+            return try dump(query.requests(oneWalk: oneWalk), signal: signal)
         } catch  where oneWalk && [.notSupported, .invalidArgument].contains(error.errno) && query.transports.contains(.tcp) {
             // A kernel without the old TCPDIAG_GETSOCK (never seen): a walk per family from now on.
             Self.oneWalkForBothFamilies.withLock { $0 = false }
-            return try dump(query.requests(oneWalk: false))
+            return try dump(query.requests(oneWalk: false), signal: signal)
         }
     }
 
     /// Whether the kernel takes TCPDIAG_GETSOCK: unknown (tried) until one is refused.
     static let oneWalkForBothFamilies = Mutex<Bool?>(nil)
 
-    private func dump(_ requests: [InetDiagDumpRequest]) throws(SystemCallError) -> Dump {
+    private func dump(_ requests: [InetDiagDumpRequest], signal: CountSignal?) throws(SystemCallError) -> Dump {
         // IPv6 per-family dumps on the second thread; everything else (IPv4 ones, TCP's one walk for
         // both families) on the first. No socket can be in both: another family or another transport.
         let ipv6 = requests.filter { $0.family == .inet6 }
         let ipv4 = requests.filter { $0.family != .inet6 }
-        guard !ipv4.isEmpty, !ipv6.isEmpty else { return try Self.dump(requests, on: dumpSocket) }
+        guard !ipv4.isEmpty, !ipv6.isEmpty else { return try Self.dump(requests, on: dumpSocket, signal: signal) }
         let socket6 = dumpSocket6
-        let background = BackgroundWork { () throws(SystemCallError) -> Dump in try Self.dump(ipv6, on: socket6) }
-        var dump = try Self.dump(ipv4, on: dumpSocket)
+        let background = BackgroundWork { () throws(SystemCallError) -> Dump in try Self.dump(ipv6, on: socket6, signal: signal) }
+        var dump = try Self.dump(ipv4, on: dumpSocket, signal: signal)
         let other = try background.wait()
         dump.sockets += other.sockets
         dump.interrupted = dump.interrupted || other.interrupted
@@ -76,7 +88,9 @@ public final class SocketDiagnostics {
         return dump
     }
 
-    private static func dump(_ requests: [InetDiagDumpRequest], on socket: NetlinkSocket) throws(SystemCallError) -> Dump {
+    private static func dump(
+        _ requests: [InetDiagDumpRequest], on socket: NetlinkSocket, signal: CountSignal? = nil
+    ) throws(SystemCallError) -> Dump {
         var dump = Dump()
         var seen = Set<UInt64>()
         for request in requests {
@@ -85,6 +99,7 @@ public final class SocketDiagnostics {
                     seen.insert(socket.id.cookie).inserted
                 else { return }
                 dump.sockets.append(socket)
+                if dump.sockets.count == signal?.count { signal?.reached() }
             }
             dump.interrupted = dump.interrupted || outcome.interrupted
             dump.restarts += outcome.restarts
