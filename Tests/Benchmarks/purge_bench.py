@@ -508,6 +508,13 @@ def render(bench, args, started, busy_before):
                 start = next((r for r in rows if r["kind"] == "startup"), None)
                 walks = [next((r for r in rows if r.get("name", "").endswith(suffix)), None)
                          for suffix in ("(sockets only)", "(conntrack only)")]
+                if own and all(w and w["own"] for w in walks):
+                    socket_walk, conntrack_walk = (statistics.median(w["own"]) for w in walks)
+                    goals.append(
+                        f"  - The floor in this run: one walk of the socket table (the sockets-only purge's own duration) "
+                        f"{socket_walk:.1f} ms, one of the conntrack table (the conntrack-only purge's) {conntrack_walk:.1f} ms; "
+                        f"a pass that must look at both takes at least {max(socket_walk, conntrack_walk):.1f} ms here"
+                        + (" (the goal is below it)" if max(socket_walk, conntrack_walk) >= GOAL_AGENT_NOMATCH_MS else ""))
                 if start and all(w and w["own"] for w in walks) and reaper.get("median"):
                     bound = start["median"] + sum(statistics.median(w["own"]) for w in walks) / 1000
                     goals.append(
