@@ -120,6 +120,15 @@ def test_auto_flushes_only_many_entries(topo, reaper):
     assert document["counts"]["conntrack_flushes"] == 0 and document["counts"]["conntrack_deleted"] == 3 * COPIES
 
 
+def purge_exactly_the_dead(topo, reaper, dead: set[tuple], living: set[tuple]) -> dict:
+    """A default purge of the dead backend; every entry toward it gone, every other one kept."""
+    document = reaper.ok_json(topo.client, "purge", endpoint(TARGET4, TCP_PORT))
+    after = table(topo.client)
+    assert after & dead == set(), f"left toward the dead backend: {after & dead}"
+    assert living <= after, f"deleted though not toward it: {living - after}"
+    return document
+
+
 def test_auto_flushes_the_side_with_many_entries_and_deletes_the_few_others_one_by_one(topo, reaper):
     # 300 flows dialled straight to the backend: one original-destination flush; the few a DNAT sent
     # to it (a VIP's) are not worth a second walk of the table and go one by one.
@@ -129,11 +138,7 @@ def test_auto_flushes_the_side_with_many_entries_and_deletes_the_few_others_one_
     dead |= {e for e in table(topo.client) if _toward_dead(e)}
     assert len(dead) == 3 * COPIES + 300
 
-    document = reaper.ok_json(topo.client, "purge", endpoint(TARGET4, TCP_PORT))
-
-    after = table(topo.client)
-    assert after & dead == set(), f"left toward the dead backend: {after & dead}"
-    assert living <= after, f"deleted though not toward it: {living - after}"
+    document = purge_exactly_the_dead(topo, reaper, dead, living)
     counts = document["counts"]
     assert counts["conntrack_flushes"] == 1 and counts["conntrack_deleted"] == len(dead), counts
     by = {}
@@ -154,11 +159,7 @@ def test_many_ended_sockets_flush_their_direct_entries_unlisted_and_the_translat
     dead, living = build_table(topo)
     assert len(dead) == 3 * COPIES + 300
 
-    document = reaper.ok_json(topo.client, "purge", endpoint(TARGET4, TCP_PORT))
-
-    after = table(topo.client)
-    assert after & dead == set(), f"left toward the dead backend: {after & dead}"
-    assert living <= after, f"deleted though not toward it: {living - after}"
+    document = purge_exactly_the_dead(topo, reaper, dead, living)
     counts = document["counts"]
     assert counts["sockets_destroyed"] == 300 and counts["conntrack_flushes"] == 1, counts
     assert counts["conntrack_flushed_unlisted"] == 2 * COPIES + 300, counts
