@@ -65,9 +65,25 @@ public enum ProbeFailure: String, Sendable, Codable, CaseIterable {
     /// TCP connected, then TLS failed, the HTTP status was not the expected one, or no answer came
     /// in time: something is there and it is not well (draining, overloaded, wedged).
     case unhealthy
+    /// The prober itself could not try: no local port left toward the backend, no file descriptor,
+    /// no buffer, a local rule. Says nothing about the backend: no verdict comes of it.
+    case local
 
     /// Nothing answered on the port: the failures that can mean dead.
-    public var nothingAnswered: Bool { self != .unhealthy }
+    public var nothingAnswered: Bool { self == .refused || self == .unreachable }
+
+    /// What a failed connect's errno says.
+    public init(connectErrno code: Int32?) {
+        switch code {
+        case 111?: self = .refused  // ECONNREFUSED
+        case let code? where Self.localErrnos.contains(code): self = .local
+        default: self = .unreachable
+        }
+    }
+
+    /// EPERM, EACCES (a local rule), ENFILE, EMFILE, EADDRINUSE, EADDRNOTAVAIL (local ports
+    /// exhausted), ENOBUFS, ENOMEM: the prober's own trouble, never the backend's.
+    public static let localErrnos: Set<Int32> = [1, 13, 23, 24, 98, 99, 105, 12]
 }
 
 /// What one probe saw.

@@ -138,10 +138,7 @@ public final class Prober: Sendable {
     /// from unreachable, and a connect that ran out of time is unreachable (no SYN-ACK came).
     static func classify(_ error: any Error) -> ProbeFailure {
         if error is AfterConnect { return .unhealthy }
-        switch connectErrno(error) {
-        case 111?: return .refused  // ECONNREFUSED
-        default: return .unreachable
-        }
+        return ProbeFailure(connectErrno: connectErrno(error))
     }
 
     static func connectErrno(_ error: any Error) -> Int32? {
@@ -178,6 +175,12 @@ public final class Prober: Sendable {
         case 101: "network unreachable"
         case 104: "connection reset"
         case 110: "timed out"
+        case 99: "no local address or port left (EADDRNOTAVAIL)"
+        case 24: "too many open files (EMFILE)"
+        case 23: "too many open files in the system (ENFILE)"
+        case 105: "no buffer space (ENOBUFS)"
+        case 1: "operation not permitted (EPERM)"
+        case 13: "permission denied (EACCES)"
         default: "errno \(code)"
         }
     }

@@ -333,7 +333,7 @@ private final class EngineLoop {
     private static func result(_ error: SystemCallError, since started: ContinuousClock.Instant) -> ProbeResult {
         let code = error.errno.rawValue
         return ProbeResult(
-            failure: code == 111 ? .refused : .unreachable, duration: .now - started, detail: "connect: \(Prober.strerror(code))")
+            failure: ProbeFailure(connectErrno: code), duration: .now - started, detail: "connect: \(Prober.strerror(code))")
     }
 
     private func jitter(in range: Range<Double>) -> Double {

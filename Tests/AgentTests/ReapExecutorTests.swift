@@ -163,6 +163,10 @@ import Testing
         let executor = ReapExecutor(state: state, kernel: kernel, metrics: metrics, logger: Logger(label: "test"))
         let running = Task { try await executor.run() }
         defer { running.cancel() }
+        // Only where a backend answers now: a stuck connection's client has somewhere to reconnect.
+        for backend in Self.backends {
+            executor.submit(.probed(BackendKey(pool: "web", backend: backend), .succeeded(after: .zero, "connected"), at: .now))
+        }
         executor.submit(.tick(.now))
         try await Self.waitFor("two stuck scans") { kernel.stuckLimits.withLock { $0.count >= 2 } }
         let limits = kernel.stuckLimits.withLock { $0 }

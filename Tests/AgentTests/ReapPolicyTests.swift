@@ -117,9 +117,10 @@ import Conntrack
     }
 
     /// Early probes (a few ms apart) make the window short: a path silent for less than a probe
-    /// interval (capped at 500 ms) is no death, however short the window; a longer silence is.
-    @Test func aShortWindowStillNeedsSilenceOfAProbeInterval() {
-        for (age, alive) in [(300, true), (700, false)] {
+    /// interval (capped at 500 ms) is no death, however short the window; a longer silence is, once
+    /// it reaches the outage floor (`min_outage`, 1 s, shorter than `(fall - 1) x interval` here).
+    @Test func aShortWindowStillNeedsSilenceOfAProbeIntervalAndTheOutageFloor() {
+        for (age, verdict) in [(300, BackendState.unhealthy), (700, .up), (1_100, .dead)] {
             var policy = upPolicy(
                 configuration {
                     $0.interval = .seconds(2); $0.probe.timeout = .milliseconds(200)
@@ -130,9 +131,32 @@ import Conntrack
                 policy.handle(.probed(dead, Self.failed(.unreachable, after: 200), at: at(1210))) == [.needEvidence(dead, since: at(1200))])
             let evidence = SegmentEvidence(at: at(1215), sockets: 10, youngestSegmentAge: .milliseconds(Int64(age)))
             let actions = policy.handle(.evidence(dead, evidence))
-            #expect(reaps(actions).isEmpty == alive, "last segment \(age) ms before the verdict")
-            #expect(policy.backends[dead]?.state == (alive ? .unhealthy : .dead))
+            #expect(reaps(actions).isEmpty == (verdict != .dead), "last segment \(age) ms before the verdict")
+            #expect(policy.backends[dead]?.state == verdict, "last segment \(age) ms before the verdict")
+            guard verdict == .up else { continue }
+            // Silent 700 ms: held, and looked at again when a second of silence is reached.
+            #expect(suppressions(actions) == [.shortOutage])
+            let lastSegment = 1215 - age
+            #expect(policy.nextDeadline == at(lastSegment + 1000))
+            #expect(policy.handle(.tick(at(lastSegment + 999))).isEmpty)
+            #expect(policy.handle(.tick(at(lastSegment + 1000))) == [.needEvidence(dead, since: at(1200))])
+            let still = SegmentEvidence(at: at(lastSegment + 1005), sockets: 10, youngestSegmentAge: .milliseconds(1005))
+            #expect(reaps(policy.handle(.evidence(dead, still))).map(\.0) == [.dead])
         }
+    }
+
+    /// A pause shorter than the floor ends nothing: the segments come back before it is reached.
+    @Test func aPauseShorterThanMinOutageEndsNothing() {
+        var policy = upPolicy(configuration { $0.interval = .seconds(2); $0.probe.timeout = .milliseconds(200) })
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable, after: 200), at: at(1200)))
+        _ = othersAnswer(&policy, at: 1205)
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable, after: 200), at: at(1210)))
+        _ = policy.handle(.evidence(dead, SegmentEvidence(at: at(1215), sockets: 10, youngestSegmentAge: .milliseconds(600))))
+        #expect(policy.handle(.tick(at(1615))) == [.needEvidence(dead, since: at(1200))])
+        // The pause ended at 1500: its streams received again.
+        let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(1620), sockets: 10, youngestSegmentAge: .milliseconds(20))))
+        #expect(reaps(actions).isEmpty)
+        #expect(policy.backends[dead]?.state == .unhealthy)
     }
 
     // MARK: - Unhealthy: the probe reached the process
@@ -174,7 +198,7 @@ import Conntrack
         let first = policy.handle(.counted(dead, connections: 25, at: at(2_510)))
         #expect(reaps(first).map { [$0.0.rawValue, "\($0.1)", $0.2.rawValue] } == [["drain_timeout", "3", "established"]])
         _ = policy.handle(
-            .reaped(.init(pool: "api", backend: dead.backend, reason: .drainTimeout, ended: 3, leftByLimit: 22, at: at(2_515))))
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .drainTimeout, ended: 3, leftByLimit: 22, at: at(2_515), granted: 3)))
         #expect(reaps(policy.handle(.tick(at(3_000)))).isEmpty)  // a second apart, start to start
         #expect(reaps(policy.handle(.tick(at(3_510)))).map(\.1) == [3])
         // A backend that turns dead meanwhile is reaped at once, whole.
@@ -200,6 +224,7 @@ import Conntrack
         for ms in stride(from: 1_700, through: 6_000, by: 20) { #expect(policy.handle(.tick(at(ms))).isEmpty) }
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(6_100)))
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(6_300)))  // unhealthy again at 6,300
+        _ = othersAnswer(&policy, at: 8_000)  // survivors: they answer now
         #expect(policy.handle(.tick(at(8_280))).isEmpty)
         #expect(policy.handle(.tick(at(8_300))) == [.countConnections(dead)])
     }
@@ -260,12 +285,16 @@ import Conntrack
         #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(710))).isEmpty)
         #expect(!policy.stillEnds(dead))
         for ms in stride(from: 600, through: 2_000, by: 10) { #expect(reaps(policy.handle(.tick(at(ms)))).isEmpty) }
-        // Failures begun after the answer are news: fall of them and it is reaped again.
+        // Recovery wins: one lost probe after the answer resumes nothing.
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(2_200)))
-        #expect(policy.stillEnds(dead))
         _ = othersAnswer(&policy, at: 2_205)
-        let resumed = stride(from: 2_210, through: 2_400, by: 10).flatMap { reaps(policy.handle(.tick(at($0)))) }
-        #expect(!resumed.isEmpty && resumed.allSatisfy { $0.0 == .stillDead }, "\(resumed)")
+        #expect(!policy.stillEnds(dead))
+        #expect(stride(from: 2_210, through: 2_390, by: 10).flatMap { reaps(policy.handle(.tick(at($0)))) }.isEmpty)
+        // Fall failures begun after the answer, and no sign of life: a verdict again, and the reaping resumes.
+        #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(2_400))) == [.needEvidence(dead, since: at(2_200))])
+        let again = policy.handle(.evidence(dead, SegmentEvidence(at: at(2_405), sockets: 0, youngestSegmentAge: nil)))
+        #expect(reaps(again).map(\.0) == [.stillDead])
+        #expect(policy.stillEnds(dead))
     }
 
     // MARK: - New flows conntrack announces
@@ -302,6 +331,8 @@ import Conntrack
         let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(500), sockets: 0, youngestSegmentAge: nil)))
         #expect(actions.last == .watchNewFlows(dead))
         _ = policy.handle(.watching(dead, announced: true))
+        _ = policy.handle(
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .dead, ended: 4, leftByLimit: 0, at: at(504), scope: .full, granted: 5_000)))
         #expect(policy.handle(.newFlow(dead, flow(41000), at: at(505))) == [.endFlow(dead, flow(41000), reason: .stillDead)])
         // Announced: walks are a safety net, 5 s apart in the first minute.
         var passes: [Int] = []
@@ -360,25 +391,27 @@ import Conntrack
 
     // MARK: - The reconnect-storm budget
 
-    @Test func everyPassDrawsFromOneBudget() throws {
+    /// The budget is a cap: a pass reserves its limit when it is decided, and what it did not end
+    /// comes back with its outcome. Passes side by side never take more than the bucket held.
+    @Test func everyPassReservesFromOneBudgetBeforeItActs() throws {
         var policy = deadPolicy(
             configuration(top: {
                 $0.maxSocketsPerSecond = 100; $0.maxSocketsBurst = 300
             }))
-        #expect(policy.budget.available() == 300)
-        _ = policy.handle(.reaped(.init(pool: "api", backend: dead.backend, reason: .dead, ended: 300, leftByLimit: 200, at: at(505))))
+        // The first reap took the whole burst when it was decided, before any socket was ended.
         #expect(policy.budget.available() == 0)
-        // The follow-up at 520 finds about 1 token: it asks for that many, no more.
+        // The follow-up at 520 finds what 20 ms refilled: it asks for that many, no more.
         let next = try #require(reaps(policy.handle(.tick(at(520)))).first)
         #expect(next.1 <= 2)
-        // Passes side by side can overdraw (each was allowed what the bucket held): the debt is paid first.
-        _ = policy.handle(.reaped(.init(pool: "api", backend: dead.backend, reason: .stillDead, ended: 50, leftByLimit: 199, at: at(521))))
-        let held = policy.handle(.tick(at(550)))
-        #expect(held == [.suppressed(pool: "api", backend: dead.backend, reason: .budget, log: false)])  // logged at 505 already
-        #expect(suppressions(policy.handle(.tick(at(650)))) == [.budget])
-        // A second later about 50 tokens are back (100 a second, less the debt).
-        let refilled = try #require(reaps(policy.handle(.tick(at(1_550)))).first)
-        #expect((50...56).contains(refilled.1), "\(refilled.1)")
+        #expect(policy.budget.available() == 0)
+        // The first pass ended 120 of its 300: the rest comes back.
+        _ = policy.handle(
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .dead, ended: 120, leftByLimit: 0, at: at(560), granted: 300)))
+        #expect((180...186).contains(policy.budget.available()), "\(policy.budget.available())")
+        _ = policy.handle(
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .stillDead, ended: 0, leftByLimit: 0, at: at(561), granted: next.1)))
+        let refilled = try #require(reaps(policy.handle(.tick(at(650)))).first)
+        #expect((180...200).contains(refilled.1), "\(refilled.1)")
     }
 
     @Test func socketsTheBudgetLeftAreReapedByFullPassesAtTheDeadCadenceThoughConntrackAnnounces() {
@@ -388,12 +421,12 @@ import Conntrack
             }))
         _ = policy.handle(.watching(dead, announced: true))
         _ = policy.handle(
-            .reaped(.init(pool: "api", backend: dead.backend, reason: .dead, ended: 300, leftByLimit: 2_700, at: at(505), scope: .full)))
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .dead, ended: 300, leftByLimit: 2_700, at: at(505), scope: .full, granted: 300)))
         // The follow-ups queued behind the first reap walked SYN_SENT sockets only: they found none, and
         // that says nothing of the established ones left.
         _ = policy.handle(
             .reaped(
-                .init(pool: "api", backend: dead.backend, reason: .stillDead, ended: 0, leftByLimit: 0, at: at(506), scope: .newConnects)))
+                .init(pool: "api", backend: dead.backend, reason: .stillDead, ended: 0, leftByLimit: 0, at: at(506), scope: .newConnects, granted: 0)))
         // Established sockets left behind: no SYN_SENT walk and no announcement would find them, and
         // waiting for the minute's full pass would leave them hanging; full passes as the budget refills.
         var passes: [(Int, ReapScope)] = []
@@ -404,14 +437,14 @@ import Conntrack
                     .reaped(
                         .init(
                             pool: "api", backend: dead.backend, reason: .stillDead, ended: pass.1, leftByLimit: 100, at: at(ms),
-                            scope: pass.2)))
+                            scope: pass.2, granted: pass.1)))
             }
         }
         #expect(passes.count >= 8, "\(passes)")
         #expect(passes.allSatisfy { $0.1 == .full })
         // Once a pass left nothing, the announced rhythm (5 s) is back.
         _ = policy.handle(
-            .reaped(.init(pool: "api", backend: dead.backend, reason: .stillDead, ended: 10, leftByLimit: 0, at: at(2_005), scope: .full)))
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .stillDead, ended: 10, leftByLimit: 0, at: at(2_005), scope: .full, granted: 10)))
         let later = (201...450).flatMap { reaps(policy.handle(.tick(at($0 * 10)))) }
         #expect(later.count <= 1, "\(later)")
     }
@@ -421,9 +454,10 @@ import Conntrack
         #expect(policy.nextDeadline == at(500))  // scheduled from the start: a quarter of stuck_after
         #expect(policy.handle(.tick(at(490))).isEmpty)
         #expect(policy.handle(.tick(at(500))) == [.scanStuck(pool: "api", limit: 5_000)])
-        _ = policy.handle(.reaped(.init(pool: "api", backend: nil, reason: .stuck, ended: 4_990, leftByLimit: 0, at: at(510))))
+        _ = policy.handle(.reaped(.init(pool: "api", backend: nil, reason: .stuck, ended: 4_990, leftByLimit: 0, at: at(510), granted: 5_000)))
         // 10 tokens left, plus 490 ms at 500 a second.
-        #expect(policy.handle(.tick(at(1_000))) == [.scanStuck(pool: "api", limit: 255)])
+        // 10 tokens came back with the outcome, plus 500 a second from 500 on: reserved, not paid after.
+        #expect(policy.handle(.tick(at(1_000))) == [.scanStuck(pool: "api", limit: 260)])
     }
 
     // MARK: - Options and special cases

@@ -98,7 +98,7 @@ import Testing
                     if let target = reconnect(from) { counts[target] += 1 }
                     done.append((now, from))
                     pending += policy.handle(
-                        .reaped(.init(pool: "api", backend: key.backend, reason: .rebalance, ended: 1, leftByLimit: 0, at: at(now))))
+                        .reaped(.init(pool: "api", backend: key.backend, reason: .rebalance, ended: 1, leftByLimit: 0, at: at(now), granted: 1)))
                 }
             }
             now += 0.05
@@ -159,7 +159,7 @@ import Testing
                 .reaped(
                     .init(
                         pool: "api", backend: chosen[0].0.backend, reason: .rebalance, ended: 1, leftByLimit: 0,
-                        at: at(12 + 2 * Double(round)))))
+                        at: at(12 + 2 * Double(round)), granted: 1)))
         }
         // Streams that keep receiving: the one that sent nothing for longest goes first.
         let young = ConnectionSample(

@@ -74,6 +74,11 @@ public struct PoolConfiguration: Sendable, Equatable {
     public var rebalanceTolerance: Double = 20
     /// Closes per second on this node while rebalancing; nil: 1% of the pool's connections (1.5 to 5).
     public var rebalanceRate: Double?
+    /// The longest silence a live backend may have without a connection of it ended (`min_outage`):
+    /// a bond or switch failover, a VM paused for live migration, which TCP recovers by itself. A
+    /// dead verdict needs at least this much silence since the backend's last sign of life, or
+    /// `(fall - 1) x interval` when that is shorter (probing alone never waits longer than it did).
+    public var minOutage: Duration = .seconds(1)
 
     public init(name: String, backends: [Endpoint]) {
         self.name = name
@@ -83,6 +88,13 @@ public struct PoolConfiguration: Sendable, Equatable {
     /// TCP connections carry ACKs that tell a live peer from a dead one; a UDP-only pool has none,
     /// so its states come from the probes' failure classes alone.
     public var hasSegmentEvidence: Bool { protocols.contains(.tcp) }
+
+    /// The probe asks a port other than the service's: a refusal there says the health endpoint is
+    /// gone, not that the service is (the host's own stack answered).
+    public var probesAnotherPort: Bool { backends.contains { backend in probe.port.map { $0 != backend.port } ?? false } }
+
+    /// The silence a dead verdict needs (see `minOutage`).
+    public var outageFloor: Duration { min(minOutage, interval * max(0, fall - 1)) }
 
     /// Whether the passive watch looks at this pool's connections (it reads TCP retransmissions).
     public var watchesRetransmissions: Bool { earlyDetection && protocols.contains(.tcp) }

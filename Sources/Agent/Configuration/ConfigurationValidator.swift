@@ -3,6 +3,8 @@ import OS
 
 /// Rules that span keys: unique names, timeouts within intervals, readable TLS files.
 public enum ConfigurationValidator {
+    public static let minimumStuckAfter: Duration = .seconds(2)
+
     public static func validate(_ configuration: AgentConfiguration, file: String?) throws(ConfigurationError) {
         guard !configuration.pools.isEmpty else { throw ConfigurationError(key: "pools", "name at least one pool", file: file) }
         var names = Set<String>()
@@ -24,6 +26,16 @@ public enum ConfigurationValidator {
                 throw ConfigurationError(
                     key: "\(key).probe.timeout", "must be above 0 and at most the interval (\(DurationParsing.format(pool.interval)))",
                     file: file)
+            }
+            // A live path that loses a few segments in a row retransmits after 0.2, 0.6 and 1.4 s:
+            // below 2 s the stuck detector would condemn connections that TCP is about to recover.
+            guard pool.stuckAfter == .zero || pool.stuckAfter >= Self.minimumStuckAfter else {
+                throw ConfigurationError(
+                    key: "\(key).stuck_after", "must be 0 (off) or at least \(DurationParsing.format(Self.minimumStuckAfter))",
+                    file: file)
+            }
+            guard pool.minOutage <= .seconds(60) else {
+                throw ConfigurationError(key: "\(key).min_outage", "must be at most 60s", file: file)
             }
             guard pool.probe.path.hasPrefix("/") else {
                 throw ConfigurationError(key: "\(key).probe.path", "'\(pool.probe.path)' must start with /", file: file)

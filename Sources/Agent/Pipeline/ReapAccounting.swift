@@ -68,6 +68,18 @@ struct ReapAccounting: Sendable {
         case .conntrackFull:
             logger.warning(
                 "not dead: nothing answers its probes, but the conntrack table here is full and drops new flows", metadata: metadata)
+        case .proberFault:
+            logger.warning(
+                "probe failed here, not at the backend (local ports, file descriptors, buffers or a local rule): no verdict",
+                metadata: metadata)
+        case .evidenceMissing:
+            logger.warning(
+                "not dead: nothing answers its probes, but its connections could not all be read (a namespace or a dump failed)",
+                metadata: metadata)
+        case .sharedBackend:
+            logger.notice("reap held: another pool holding this backend does not find it dead (or has no survivor)", metadata: metadata)
+        case .shortOutage:
+            logger.notice("not dead yet: silent for less than min_outage; TCP recovers a pause that short by itself", metadata: metadata)
         }
     }
 

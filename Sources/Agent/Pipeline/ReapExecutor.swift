@@ -245,12 +245,21 @@ public final class ReapExecutor: Service, Sendable {
             let request = KernelReapRequest(
                 backend: key.backend, transports: pool.protocols, scope: scope, limit: limit, dryRun: configuration.dryRun,
                 namespaces: configuration.namespaces(of: pool), refreshNamespaces: reason == .dead)
+            // A pass decided before the backend answered (or a reload removed it) is stale: dropped.
+            guard reason == .drainTimeout || state.stillEnds(key) else {
+                submit(
+                    .reaped(
+                        .init(
+                            pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: .now, scope: scope,
+                            granted: limit, ran: false)))
+                return
+            }
             let tally = accounting.reaped(await kernel.reap(request), key: key, reason: reason, dryRun: configuration.dryRun)
             submit(
                 .reaped(
                     .init(
                         pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
-                        leftByLimit: tally.leftByLimit, at: .now, scope: scope)))
+                        leftByLimit: tally.leftByLimit, at: .now, scope: scope, granted: limit)))
         case .watchNewFlows(let key):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
             let announced = await kernel.watchNewFlows(
@@ -267,20 +276,27 @@ public final class ReapExecutor: Service, Sendable {
         case .unwatchNewFlows(let key):
             await kernel.unwatchNewFlows(key)
         case .endFlow(let key, let flow, let reason):
-            guard state.stillEnds(key) else { return }
+            guard state.stillEnds(key) else {
+                submit(
+                    .reaped(
+                        .init(pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: .now, granted: 1, ran: false)))
+                return
+            }
             let reports = await kernel.endFlow(flow, dryRun: configuration.dryRun)
             let tally = accounting.reaped(reports, key: key, reason: reason, dryRun: configuration.dryRun)
             submit(
                 .reaped(
                     .init(
                         pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
-                        leftByLimit: tally.leftByLimit, at: .now)))
+                        leftByLimit: tally.leftByLimit, at: .now, granted: 1)))
         case .scanStuck(let name, let limit):
             guard let pool = configuration.pools.first(where: { $0.name == name }) else { return }
             let reports = await kernel.scanStuck(
                 pool, limit: limit, dryRun: configuration.dryRun, namespaces: configuration.namespaces(of: pool))
             let tally = accounting.stuck(reports, pool: name, dryRun: configuration.dryRun)
-            submit(.reaped(.init(pool: name, backend: nil, reason: .stuck, ended: tally.ended, leftByLimit: tally.leftByLimit, at: .now)))
+            submit(
+                .reaped(
+                    .init(pool: name, backend: nil, reason: .stuck, ended: tally.ended, leftByLimit: tally.leftByLimit, at: .now, granted: limit)))
         case .census(let name):
             guard let pool = configuration.pools.first(where: { $0.name == name }) else { return }
             let connections = await kernel.census(pool, namespaces: configuration.namespaces(of: pool))
@@ -289,7 +305,8 @@ public final class ReapExecutor: Service, Sendable {
         case .rebalance(let key, let connection):
             let reports = await kernel.endQuietConnection(connection, dryRun: configuration.dryRun)
             let tally = accounting.rebalanced(reports, key: key, connection: connection, dryRun: configuration.dryRun)
-            submit(.reaped(.init(pool: key.pool, backend: key.backend, reason: .rebalance, ended: tally.ended, leftByLimit: 0, at: .now)))
+            submit(
+                .reaped(.init(pool: key.pool, backend: key.backend, reason: .rebalance, ended: tally.ended, leftByLimit: 0, at: .now, granted: 1)))
         }
     }
 }

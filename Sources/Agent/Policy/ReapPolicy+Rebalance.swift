@@ -160,6 +160,11 @@ extension ReapPolicy {
             return actions
         }
         let retry = now + .seconds(1)
+        // Every backend answers now: a probe failed since the census is a reason to wait.
+        guard pool.backends.allSatisfy({ answersNow(BackendKey(pool: name, backend: $0)) }) else {
+            state.nextStep = retry
+            return actions
+        }
         guard budget.available() > 0 else {
             state.nextStep = retry
             return actions + suppress(pool: name, backend: nil, .budget)
@@ -174,6 +179,7 @@ extension ReapPolicy {
             let perSecond = RebalancePlan.closesPerSecond(connections: plan.total, settings: settings)
             state.nextCloseAllowed = now + jitteredInterval(perSecond: perSecond)
             state.inFlight = true
+            budget.spend(1)
             return actions + [.rebalance(BackendKey(pool: name, backend: backend), chosen)]
         }
         state.nextStep = retry

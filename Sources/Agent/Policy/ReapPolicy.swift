@@ -56,10 +56,17 @@ public struct ReapPolicy: Sendable {
         public var at: Instant
         /// What the pass looked at; nil for what is not a pass over one backend (a flow, a stuck scan).
         public var scope: ReapScope?
+        /// What the decision reserved of the budget (the action's limit, 1 for a flow or a close);
+        /// what it did not end goes back.
+        public var granted: Int
+        /// False: the executor dropped it unrun, its decision stale (the backend answered meanwhile).
+        public var ran: Bool
 
         public init(
-            pool: String, backend: Endpoint?, reason: ReapReason, ended: Int, leftByLimit: Int, at: Instant, scope: ReapScope? = nil
+            pool: String, backend: Endpoint?, reason: ReapReason, ended: Int, leftByLimit: Int, at: Instant, scope: ReapScope? = nil,
+            granted: Int, ran: Bool = true
         ) {
+            self.ran = ran
             self.pool = pool
             self.backend = backend
             self.reason = reason
@@ -67,6 +74,7 @@ public struct ReapPolicy: Sendable {
             self.leftByLimit = leftByLimit
             self.at = at
             self.scope = scope
+            self.granted = granted
         }
     }
 
@@ -111,6 +119,10 @@ public struct ReapPolicy: Sendable {
         public var stuckScanEvery: Duration?
         /// nil: the pool does not rebalance.
         public var rebalance: RebalanceSettings?
+        /// The silence since the last sign of life a dead verdict needs (`PoolConfiguration.outageFloor`).
+        public var outageFloor: Duration
+        /// A refusal on the health port is the host's stack answering: not a death.
+        public var probesAnotherPort: Bool
 
         public init(_ pool: PoolConfiguration) {
             name = pool.name
@@ -122,6 +134,8 @@ public struct ReapPolicy: Sendable {
             probeTimeout = pool.probe.timeout
             probeInterval = pool.interval
             segmentEvidence = pool.hasSegmentEvidence
+            outageFloor = pool.outageFloor
+            probesAnotherPort = pool.probesAnotherPort
             stuckScanEvery = pool.stuckAfter > .zero && pool.protocols.contains(.tcp) ? Self.stuckPeriod(for: pool.stuckAfter) : nil
             // Only TCP has the tcp_info that tells a quiet connection from one carrying data.
             rebalance =
@@ -170,6 +184,8 @@ public struct ReapPolicy: Sendable {
     /// once a second made that a million record copies a second.
     private var attended: Set<BackendKey> = []
     private var nextStuckScan: [String: Instant] = [:]
+    /// Backends that looked dead before `min_outage` of silence: when to look at their connections again.
+    private var verdictRechecks: [BackendKey: Instant] = [:]
     private var loggedSuppressions: Set<Suppression> = []
     var rebalancing: [String: PoolRebalance] = [:]
     /// Rebalancing's picks and jitter; seeded, so a test replays them.
@@ -206,6 +222,7 @@ public struct ReapPolicy: Sendable {
             }
         }
         backends = next
+        verdictRechecks = verdictRechecks.filter { next[$0.key] != nil }
         attended = Set(next.compactMap { key, record in record.reaping != nil || record.drain != nil ? key : nil })
         guarded = guarded.intersection(pools.map(\.name))
         var scans: [String: Instant] = [:]
@@ -250,8 +267,11 @@ public struct ReapPolicy: Sendable {
         switch hold(key, pool: pool) {
         case .recovering?: return []
         case .noSurvivor?: return holdForGuard(key)
-        case .budget?: return suppress(key, .budget)
-        case nil: return [.endFlow(key, flow, reason: reaping.reason == .unhealthy ? .unhealthy : .stillDead)]
+        case .sharedBackend?: return suppress(key, .sharedBackend)
+        case .budget?: return reaping.passesOut > 0 ? [] : suppress(key, .budget)
+        case nil:
+            budget.spend(1)
+            return [.endFlow(key, flow, reason: reaping.reason == .unhealthy ? .unhealthy : .stillDead)]
         }
     }
 
@@ -260,8 +280,10 @@ public struct ReapPolicy: Sendable {
     private enum Hold {
         /// It answers probes again (rise not reached yet): its new connections are likely good ones.
         case recovering
-        /// No other backend of the pool answered since it began failing: the all-down guard.
+        /// No other backend of the pool answers now: the all-down guard.
         case noSurvivor
+        /// Another pool holding the same backend does not find it dead, or has no survivor itself.
+        case sharedBackend
         /// The reconnect-storm budget is spent for now.
         case budget
     }
@@ -270,14 +292,43 @@ public struct ReapPolicy: Sendable {
     /// single-flow end is carried out: in a reconnect storm many wait in line, and the backend may
     /// have answered a probe meanwhile.
     public func stillEnds(_ key: BackendKey) -> Bool {
-        backends[key]?.reaping != nil && backends[key]?.failingSince != nil
+        guard backends[key]?.reaping != nil, let pool = rules(of: key.pool) else { return false }
+        return verdictHold(key, pool: pool) == nil
     }
 
     private func hold(_ key: BackendKey, pool: PoolRules) -> Hold? {
-        if backends[key]?.failingSince == nil { return .recovering }
-        if !reapWhenAllDown, survivor(besides: key, pool: pool) == nil { return .noSurvivor }
-        return budget.available() > 0 ? nil : .budget
+        verdictHold(key, pool: pool) ?? (budget.available() > 0 ? nil : .budget)
     }
+
+    /// The holds that come of evidence, not of the budget.
+    private func verdictHold(_ key: BackendKey, pool: PoolRules) -> Hold? {
+        guard let record = backends[key], record.failingSince != nil, record.reaping?.answered == nil else { return .recovering }
+        if !reapWhenAllDown, survivor(besides: key, pool: pool) == nil { return .noSurvivor }
+        // One endpoint, one verdict: its sockets are the same whichever pool ends them.
+        for other in pools where other.name != key.pool && other.backends.contains(key.backend) {
+            let otherKey = BackendKey(pool: other.name, backend: key.backend)
+            guard let record = backends[otherKey], record.reaping != nil, record.failingSince != nil, record.reaping?.answered == nil,
+                reapWhenAllDown || survivor(besides: otherKey, pool: other) != nil
+            else { return .sharedBackend }
+        }
+        return nil
+    }
+
+    /// Whether a live backend's connections may be closed (drain_timeout): another backend of the
+    /// pool answers now, and every other pool holding it finds it failing too and has a survivor.
+    private func closeHold(_ key: BackendKey, pool: PoolRules) -> Hold? {
+        if survivor(besides: key, pool: pool) == nil { return .noSurvivor }
+        for other in pools where other.name != key.pool && other.backends.contains(key.backend) {
+            let otherKey = BackendKey(pool: other.name, backend: key.backend)
+            guard let state = backends[otherKey]?.state, state == .unhealthy || state == .dead,
+                survivor(besides: otherKey, pool: other) != nil
+            else { return .sharedBackend }
+        }
+        return nil
+    }
+
+    /// Its latest probe succeeded.
+    func answersNow(_ key: BackendKey) -> Bool { backends[key]?.lastProbe?.success ?? false }
 
     private mutating func probed(_ key: BackendKey, _ result: ProbeResult, at: Instant) -> [Action] {
         guard var record = backends[key], let pool = rules(of: key.pool) else { return [] }
@@ -285,6 +336,14 @@ public struct ReapPolicy: Sendable {
         // success is older news than that success. Counted, it would make an answering backend fail
         // again and resume its reaping (a SYN lost in an outage times out after the outage ended).
         if !result.success, let lastSuccess = record.lastSuccess, at - result.duration < lastSuccess { return [] }
+        // The prober's own trouble says nothing of the backend: no count toward rise or fall.
+        if result.failure == .local { return suppress(key, .proberFault) }
+        var result = result
+        if result.failure == .refused, pool.probesAnotherPort {
+            // The host's stack answered on the health port: the health endpoint is gone, not the host.
+            result.failure = .unhealthy
+            result.detail += " (health port)"
+        }
         var actions: [Action] = []
         let verdict = record.health.record(success: result.success)
         record.lastProbe = result
@@ -300,13 +359,20 @@ public struct ReapPolicy: Sendable {
                 record.answerless = []
             }
             backends[key] = record
-            if record.health.consecutiveFailures >= pool.fall {
+            if record.state == .dead, failure == .unhealthy {
+                // The probe reached the process: something is there, whatever came before.
+                actions += transition(key, to: .unhealthy, at: at)
+                actions += suppress(key, .unhealthyNotDead)
+            } else if record.health.consecutiveFailures >= pool.fall {
                 actions += failing(key, pool: pool, at: at)
             }
         } else {
             record.lastSuccess = at
             record.failingSince = nil
             record.answerless = []
+            // Recovery wins: nothing more is ended until fresh evidence says dead again.
+            if record.reaping != nil, record.reaping?.answered == nil { record.reaping?.answered = at }
+            verdictRechecks[key] = nil
             backends[key] = record
             if verdict == .up || (record.state == .unknown && record.health.state == .up) {
                 actions += transition(key, to: .up, at: at)
@@ -318,7 +384,9 @@ public struct ReapPolicy: Sendable {
 
     /// `fall` or more failures in a row: unhealthy, or a candidate for dead.
     private mutating func failing(_ key: BackendKey, pool: PoolRules, at: Instant) -> [Action] {
-        guard let record = backends[key], record.state != .dead else { return [] }
+        // A dead backend stays dead; one that answered since needs a verdict again.
+        guard let record = backends[key], record.state != .dead || record.reaping?.answered != nil else { return [] }
+        guard verdictRechecks[key] == nil else { return [] }
         if conntrackFull {
             var actions = transition(key, to: .unhealthy, at: at)
             actions += suppress(key, .conntrackFull)
@@ -334,7 +402,7 @@ public struct ReapPolicy: Sendable {
             actions += suppress(key, .unhealthyNotDead)
             return actions
         }
-        guard pool.segmentEvidence else { return transition(key, to: .dead, at: at) }
+        guard pool.segmentEvidence else { return dead(key, pool: pool, lastLife: nil, at: at) }
         guard !record.evidencePending, let since = record.answerless.first else { return [] }
         backends[key]?.evidencePending = true
         return [.needEvidence(key, since: since)]
@@ -345,7 +413,7 @@ public struct ReapPolicy: Sendable {
         record.evidencePending = false
         backends[key] = record
         // A probe may have succeeded, or reached the process, while the dump ran.
-        guard record.state != .dead, record.health.consecutiveFailures >= pool.fall,
+        guard record.state != .dead || record.reaping?.answered != nil, record.health.consecutiveFailures >= pool.fall,
             record.answerless.count >= pool.fall, let since = record.answerless.first
         else { return [] }
         if conntrackFull {
@@ -359,7 +427,28 @@ public struct ReapPolicy: Sendable {
             actions += suppress(key, .aliveEvidence)
             return actions
         }
-        return transition(key, to: .dead, at: evidence.at)
+        guard evidence.complete else { return suppress(key, .evidenceMissing) }
+        return dead(key, pool: pool, lastLife: evidence.lastSegment, at: evidence.at)
+    }
+
+    /// Nothing answers and nothing shows life: dead, once the silence since its last sign of life
+    /// (a segment on its connections, an answered probe, else its first failed probe) reaches the
+    /// pool's outage floor. A shorter one is looked at again when the floor is reached.
+    private mutating func dead(_ key: BackendKey, pool: PoolRules, lastLife segment: Instant?, at now: Instant) -> [Action] {
+        guard let record = backends[key] else { return [] }
+        let signs = [segment, record.lastSuccess].compactMap { $0 }
+        if let lastLife = signs.max() ?? record.failingSince, now - lastLife < pool.outageFloor {
+            verdictRechecks[key] = lastLife + pool.outageFloor
+            return suppress(key, .shortOutage)
+        }
+        verdictRechecks[key] = nil
+        if record.state == .dead {
+            // It answered, then fell silent again: the reaping resumes.
+            backends[key]?.reaping?.answered = nil
+            backends[key]?.reaping?.nextPass = now
+            return reapPass(key, pool: pool, now: now)
+        }
+        return transition(key, to: .dead, at: now)
     }
 
     private mutating func counted(_ key: BackendKey, _ connections: Int, at: Instant) -> [Action] {
@@ -373,13 +462,16 @@ public struct ReapPolicy: Sendable {
 
     private mutating func reaped(_ outcome: ReapOutcome) -> [Action] {
         budget.refill(at: outcome.at)
-        budget.spend(outcome.ended)
+        // Reserved when decided; what the pass did not end goes back (more than granted: debt).
+        budget.spend(outcome.ended - outcome.granted)
         if outcome.reason == .rebalance {
             rebalanceClosed(outcome)
             return []
         }
         if let backend = outcome.backend, [.dead, .stillDead, .unhealthy].contains(outcome.reason) {
             let key = BackendKey(pool: outcome.pool, backend: backend)
+            if outcome.scope != nil, let out = backends[key]?.reaping?.passesOut, out > 0 { backends[key]?.reaping?.passesOut = out - 1 }
+            guard outcome.ran else { return [] }
             // Only a full pass that left nothing says none is left: a SYN_SENT walk queued behind
             // the first reap looks at connecting sockets only.
             if outcome.leftByLimit > 0 {
@@ -410,6 +502,13 @@ public struct ReapPolicy: Sendable {
     private mutating func tick(_ now: Instant) -> [Action] {
         budget.refill(at: now)
         var actions: [Action] = []
+        for (key, due) in verdictRechecks.sorted(by: { $0.key.description < $1.key.description }) where due <= now {
+            verdictRechecks[key] = nil
+            guard let record = backends[key], let pool = rules(of: key.pool), record.failingSince != nil,
+                record.health.consecutiveFailures >= pool.fall
+            else { continue }
+            actions += failing(key, pool: pool, at: now)
+        }
         for pool in pools {
             for backend in pool.backends {
                 let key = BackendKey(pool: pool.name, backend: backend)
@@ -417,13 +516,17 @@ public struct ReapPolicy: Sendable {
                 if record.reaping != nil {
                     actions += reapPass(key, pool: pool, now: now)
                 } else if record.drain != nil {
-                    actions += drainPass(key, now: now)
+                    actions += drainPass(key, pool: pool, now: now)
                 }
             }
             if let every = pool.stuckScanEvery, let due = nextStuckScan[pool.name], now >= due {
                 nextStuckScan[pool.name] = now + every
                 let limit = budget.available()
-                if limit > 0 {
+                if !pool.backends.contains(where: { answersNow(BackendKey(pool: pool.name, backend: $0)) }) {
+                    // A stuck connection's client reconnects: only where some backend answers now.
+                    actions += suppress(pool: pool.name, backend: nil, .allBackendsDown)
+                } else if limit > 0 {
+                    budget.spend(limit)
                     actions.append(.scanStuck(pool: pool.name, limit: limit))
                 } else {
                     actions += suppress(pool: pool.name, backend: nil, .budget)
@@ -436,7 +539,7 @@ public struct ReapPolicy: Sendable {
 
     /// The earliest instant a tick has something to do; nil when nothing is scheduled.
     public var nextDeadline: Instant? {
-        var deadlines: [Instant] = Array(nextStuckScan.values) + rebalanceDeadlines
+        var deadlines: [Instant] = Array(nextStuckScan.values) + rebalanceDeadlines + Array(verdictRechecks.values)
         for key in attended {
             guard let record = backends[key] else { continue }
             if let reaping = record.reaping {
@@ -451,6 +554,7 @@ public struct ReapPolicy: Sendable {
 
     private mutating func reapPass(_ key: BackendKey, pool: PoolRules, now: Instant) -> [Action] {
         guard var reaping = backends[key]?.reaping else { return [] }
+        budget.refill(at: now)
         if let until = reaping.awaitingSurvivorUntil {
             guard now >= until else { return [] }
             reaping.awaitingSurvivorUntil = nil
@@ -480,13 +584,18 @@ public struct ReapPolicy: Sendable {
                 return [.probeNow(pool: key.pool, backends: pool.backends.filter { $0 != key.backend })]
             }
             return holdForGuard(key)
+        case .sharedBackend?:
+            return suppress(key, .sharedBackend)
         case .budget?, nil:
             break
         }
         var actions: [Action] = []
         if guarded.remove(key.pool) != nil { actions.append(.guardReleased(pool: key.pool)) }
         let limit = budget.available()
-        guard limit > 0 else { return actions + suppress(key, .budget) }
+        // Its own pass still out holds the budget: the pass, or the next one, finds what this one would.
+        guard limit > 0 else { return reaping.passesOut > 0 ? actions : actions + suppress(key, .budget) }
+        budget.spend(limit)
+        backends[key]?.reaping?.passesOut += 1
         let fullEvery = reaping.announced ? Self.fullPassEveryAnnounced : Self.fullPassEvery
         let full = reaping.passes == 0 || reaping.unfinished || reaping.lastFullPass.map { now - $0 >= fullEvery } ?? true
         let reason: ReapReason = reaping.reason == .unhealthy ? .unhealthy : (reaping.passes == 0 ? .dead : .stillDead)
@@ -501,9 +610,23 @@ public struct ReapPolicy: Sendable {
         return [.suppressed(pool: key.pool, backend: key.backend, reason: .allBackendsDown, log: first)]
     }
 
-    private mutating func drainPass(_ key: BackendKey, now: Instant) -> [Action] {
+    private mutating func drainPass(_ key: BackendKey, pool: PoolRules, now: Instant) -> [Action] {
         guard var drain = backends[key]?.drain, !drain.counting else { return [] }
         guard now >= drain.startsAt else { return [] }
+        budget.refill(at: now)
+        switch closeHold(key, pool: pool) {
+        case .noSurvivor?:
+            // The sole survivor is never drained, whatever its probes say: its clients would come straight back.
+            (drain.startsAt, drain.nextPass) = (now + .seconds(1), now + .seconds(1))
+            backends[key]?.drain = drain
+            return holdForGuard(key)
+        case .sharedBackend?:
+            (drain.startsAt, drain.nextPass) = (now + .seconds(1), now + .seconds(1))
+            backends[key]?.drain = drain
+            return suppress(key, .sharedBackend)
+        default:
+            break
+        }
         guard let perSecond = drain.perSecond else {
             drain.counting = true
             backends[key]?.drain = drain
@@ -514,17 +637,21 @@ public struct ReapPolicy: Sendable {
         backends[key]?.drain = drain
         let limit = min(perSecond, budget.available())
         guard limit > 0 else { return suppress(key, .budget) }
+        budget.spend(limit)
         return [.reap(key, reason: .drainTimeout, limit: limit, scope: .established)]
     }
 
     // MARK: - Rules shared by the paths
 
-    /// Another backend of the pool answered a probe after this one began failing: the fault is the
-    /// backend's, not the prober's or the network's, and clients have somewhere to go.
+    /// Another backend of the pool answers now (its latest probe succeeded): the fault is the
+    /// backend's, not the prober's or the network's, and clients have somewhere to go. "Answered
+    /// once since this one began failing" is not enough: a prober-side fault that reaches the
+    /// backends a few hundred ms apart would leave each looking like the other's survivor.
     func survivor(besides key: BackendKey, pool: PoolRules) -> Endpoint? {
-        let since = backends[key]?.failingSince ?? .now
+        let since = backends[key].flatMap { $0.failingSince ?? $0.stateSince }
         return pool.backends.first { other in
-            other != key.backend && (backends[BackendKey(pool: key.pool, backend: other)]?.lastSuccess.map { $0 > since } ?? false)
+            let otherKey = BackendKey(pool: key.pool, backend: other)
+            return other != key.backend && answersNow(otherKey) && (since.map { backends[otherKey]?.lastSuccess ?? $0 > $0 } ?? true)
         }
     }
 
@@ -567,6 +694,7 @@ public struct ReapPolicy: Sendable {
         record.stateSince = now
         record.drain = nil
         record.evidencePending = false
+        verdictRechecks[key] = nil
         switch next {
         case .up, .unknown:
             record.reaping = nil
@@ -637,6 +765,10 @@ struct Reaping: Sendable {
     var announced = false
     /// The last pass left sockets for later (the reconnect-storm budget): the next ones are full passes.
     var unfinished = false
+    /// It answered a probe since it was found dead: nothing is ended until a new verdict.
+    var answered: ContinuousClock.Instant?
+    /// Its passes decided and not yet come back.
+    var passesOut = 0
 
     init(reason: ReapReason, since: ContinuousClock.Instant) {
         self.reason = reason

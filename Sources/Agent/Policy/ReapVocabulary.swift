@@ -53,6 +53,15 @@ public enum SuppressReason: String, Sendable, CaseIterable {
     /// The local conntrack table is full: the kernel drops new flows here, so a probe that found
     /// nothing answering says nothing about the backend.
     case conntrackFull = "conntrack_table_full"
+    /// The probe failed on this host (EADDRNOTAVAIL, EMFILE, ENOBUFS, EPERM): it says nothing of the backend.
+    case proberFault = "prober_fault"
+    /// Nothing answers probes, but the look at its connections failed or was cut short: missing
+    /// evidence of life is no evidence of death.
+    case evidenceMissing = "evidence_missing"
+    /// The backend is in another pool too, which does not find it dead (or has no survivor).
+    case sharedBackend = "shared_backend"
+    /// Nothing answers, but for less than `min_outage` since its last sign of life: it may only have paused.
+    case shortOutage = "short_outage"
 }
 
 /// Which of a backend's sockets a reap pass looks at.
@@ -76,11 +85,18 @@ public struct SegmentEvidence: Sendable, Equatable {
     /// reading (no sockets, or no tcp_info).
     public var youngestSegmentAge: Duration?
 
-    public init(at: ContinuousClock.Instant, sockets: Int, youngestSegmentAge: Duration?) {
+    /// Every namespace was read and every dump ran to its end: the absence of a segment means something.
+    public var complete: Bool
+
+    public init(at: ContinuousClock.Instant, sockets: Int, youngestSegmentAge: Duration?, complete: Bool = true) {
         self.at = at
         self.sockets = sockets
         self.youngestSegmentAge = youngestSegmentAge
+        self.complete = complete
     }
+
+    /// When the newest segment arrived, if any socket had one.
+    public var lastSegment: ContinuousClock.Instant? { youngestSegmentAge.map { at - $0 } }
 
     /// A segment came after `instant`, or within `recentEnough` of the dump: the peer's stack answered.
     /// The second half matters when the window is short: early probes decide within a fraction of a
