@@ -114,6 +114,12 @@ let package = Package(
         .executableTarget(
             name: "FuzzConfig", dependencies: ["FuzzHarness", "Agent", "NetworkAddress"], path: "Tests/Fuzz/FuzzConfig",
             swiftSettings: strict),
+        // The deterministic simulation (Tests/Simulation): the agent's decisions against a fake world.
+        .target(
+            name: "Simulation", dependencies: ["Agent", "Health", "NetworkAddress"], path: "Tests/Simulation/Simulation",
+            swiftSettings: strict),
+        .executableTarget(name: "Simulate", dependencies: ["Simulation"], path: "Tests/Simulation/Simulate", swiftSettings: strict),
+        .testTarget(name: "SimulationTests", dependencies: ["Simulation"], swiftSettings: strict),
         .testTarget(name: "NetworkAddressTests", dependencies: ["NetworkAddress"], swiftSettings: strict),
         .testTarget(
             name: "AgentTests",

@@ -56,16 +56,23 @@ public final class ReapExecutor: Service, Sendable {
             default: continuation.yield(action)
             }
         }
-        // Early detection hears the same probe results and state changes, and the same clock.
+        for event in Self.earlyEvents(after: event, decided: decided, at: .now) { perform(early: state.early(event)) }
+        setAlarm()
+    }
+
+    /// Early detection hears the same probe results and state changes, and the same clock: what it
+    /// is told after the policy handled `event` (the simulator routes events through this too).
+    public static func earlyEvents(
+        after event: ReapPolicy.Event, decided: [ReapPolicy.Action], at now: ContinuousClock.Instant
+    ) -> [EarlyDetection.Event] {
         var early: [EarlyDetection.Event] = []
         switch event {
         case .probed(let key, let result, let at): early.append(.probed(key, success: result.success, at: at))
         case .tick(let now): early.append(.tick(now))
         default: break
         }
-        for case .changed(let key, _, let to, _, _) in decided { early.append(.state(key, to, at: .now)) }
-        for event in early { perform(early: state.early(event)) }
-        setAlarm()
+        for case .changed(let key, _, let to, _, _) in decided { early.append(.state(key, to, at: now)) }
+        return early
     }
 
     /// A signal about one backend alone (its neighbour entry, its interface's carrier).

@@ -112,14 +112,16 @@ public actor WorkerReapKernel: ReapKernel {
         -> SegmentEvidence
     {
         // NAT'd flows count too: conntrack names the sockets a VIP hides.
-        let reports = await listEstablished(toward: backend, transports: [.tcp], conntrack: true, tcpInfo: true, namespaces: namespaces)
+        let (reports, complete) = await listEstablishedChecked(
+            toward: backend, transports: [.tcp], conntrack: true, tcpInfo: true, namespaces: namespaces)
         let sockets = reports.flatMap(\.sockets)
         // A receive-only socket (a watch through a proxy) gets data and sends nothing, so its last ACK
         // can be minutes old while the peer is alive: either kind of segment counts.
         let youngest = sockets.compactMap { $0.socket.tcpInfo.map { min($0.lastAckReceivedMilliseconds, $0.lastDataReceivedMilliseconds) } }
             .min()
         // Taken after the dumps: a segment's time is then never placed earlier than it came.
-        return SegmentEvidence(at: .now, sockets: sockets.count, youngestSegmentAge: youngest.map { .milliseconds(Int64($0)) })
+        return SegmentEvidence(
+            at: .now, sockets: sockets.count, youngestSegmentAge: youngest.map { .milliseconds(Int64($0)) }, complete: complete)
     }
 
     /// The connections a paced close can end: established, direct (a drain pass looks at no conntrack).
@@ -189,6 +191,15 @@ public actor WorkerReapKernel: ReapKernel {
     private func listEstablished(
         toward backend: Endpoint, transports: Set<TransportProtocol>, conntrack: Bool, tcpInfo: Bool, namespaces: NamespaceSelection?
     ) async -> [PurgeReport] {
+        await listEstablishedChecked(toward: backend, transports: transports, conntrack: conntrack, tcpInfo: tcpInfo, namespaces: namespaces)
+            .reports
+    }
+
+    /// The reports, and whether they are the whole picture: every namespace named was read and every
+    /// dump ran to its end (missing evidence of life is no evidence of death).
+    private func listEstablishedChecked(
+        toward backend: Endpoint, transports: Set<TransportProtocol>, conntrack: Bool, tcpInfo: Bool, namespaces: NamespaceSelection?
+    ) async -> (reports: [PurgeReport], complete: Bool) {
         let matcher = DestinationMatcher(
             destinations: [Destination(address: backend.address, port: backend.port)], transports: transports,
             states: SocketStates([.established]))
@@ -196,14 +207,21 @@ public actor WorkerReapKernel: ReapKernel {
         sparing.sparingOwnSockets = true
         let options = sparing
         let workers = await workers.workers(for: namespaces).map(\.worker)
-        return await withTaskGroup(of: PurgeReport?.self) { dumps in
+        var complete = true
+        if case .paths(let paths)? = namespaces, workers.count < paths.count { complete = false }
+        let reports = await withTaskGroup(of: PurgeReport?.self) { dumps in
             for worker in workers {
                 dumps.addTask { try? await worker.perform { $0.list(matcher, includeTCPInfo: tcpInfo, options: options) } }
             }
-            var reports: [PurgeReport] = []
-            for await report in dumps { if let report { reports.append(report) } }
+            var reports: [PurgeReport?] = []
+            for await report in dumps { reports.append(report) }
             return reports
         }
+        // A dump begun again after ENOBUFS ran to its end (a trouble ridden out); a failed step did not.
+        if reports.contains(where: { $0 == nil || !($0?.stepErrors.isEmpty ?? true) }) {
+            complete = false
+        }
+        return (reports.compactMap { $0 }, complete)
     }
 
     public func watchNewFlows(

@@ -328,7 +328,7 @@ public struct ReapPolicy: Sendable {
     }
 
     /// Its latest probe succeeded.
-    func answersNow(_ key: BackendKey) -> Bool { backends[key]?.lastProbe?.success ?? false }
+    func answersNow(_ key: BackendKey) -> Bool { backends[key].map { $0.lastProbe?.success == true && !$0.proberFault } ?? false }
 
     private mutating func probed(_ key: BackendKey, _ result: ProbeResult, at: Instant) -> [Action] {
         guard var record = backends[key], let pool = rules(of: key.pool) else { return [] }
@@ -337,7 +337,12 @@ public struct ReapPolicy: Sendable {
         // again and resume its reaping (a SYN lost in an outage times out after the outage ended).
         if !result.success, let lastSuccess = record.lastSuccess, at - result.duration < lastSuccess { return [] }
         // The prober's own trouble says nothing of the backend: no count toward rise or fall.
-        if result.failure == .local { return suppress(key, .proberFault) }
+        if result.failure == .local {
+            // Nor does it say the backend answers: it is no survivor until a probe gets through again.
+            backends[key]?.proberFault = true
+            return suppress(key, .proberFault)
+        }
+        record.proberFault = false
         var result = result
         if result.failure == .refused, pool.probesAnotherPort {
             // The host's stack answered on the health port: the health endpoint is gone, not the host.
@@ -468,10 +473,19 @@ public struct ReapPolicy: Sendable {
             rebalanceClosed(outcome)
             return []
         }
+        var dueAgain: BackendKey?
         if let backend = outcome.backend, [.dead, .stillDead, .unhealthy].contains(outcome.reason) {
             let key = BackendKey(pool: outcome.pool, backend: backend)
-            if outcome.scope != nil, let out = backends[key]?.reaping?.passesOut, out > 0 { backends[key]?.reaping?.passesOut = out - 1 }
-            guard outcome.ran else { return [] }
+            if outcome.scope != nil, let out = backends[key]?.reaping?.passesOut, out > 0 {
+                backends[key]?.reaping?.passesOut = out - 1
+                if out == 1, backends[key]?.reaping?.waiting == true {
+                    // A pass came due while this one ran: it runs now.
+                    backends[key]?.reaping?.waiting = false
+                    backends[key]?.reaping?.nextPass = outcome.at
+                    dueAgain = key
+                }
+            }
+            guard outcome.ran else { return dueAgain.flatMap { key in rules(of: key.pool).map { reapPass(key, pool: $0, now: outcome.at) } } ?? [] }
             // Only a full pass that left nothing says none is left: a SYN_SENT walk queued behind
             // the first reap looks at connecting sockets only.
             if outcome.leftByLimit > 0 {
@@ -494,6 +508,7 @@ public struct ReapPolicy: Sendable {
             // Nothing left beyond this pass: count again next time, so late arrivals get their own pace.
             backends[BackendKey(pool: outcome.pool, backend: backend)]?.drain?.perSecond = nil
         }
+        if let key = dueAgain, let pool = rules(of: key.pool) { actions += reapPass(key, pool: pool, now: outcome.at) }
         return actions
     }
 
@@ -591,9 +606,15 @@ public struct ReapPolicy: Sendable {
         }
         var actions: [Action] = []
         if guarded.remove(key.pool) != nil { actions.append(.guardReleased(pool: key.pool)) }
+        // Never a second pass while one is out: passes slower than the cadence would pile up behind
+        // it and run late, after the backend answered, all their budget taken at once. It runs when
+        // the one out comes back.
+        if reaping.passesOut > 0 {
+            backends[key]?.reaping?.waiting = true
+            return actions
+        }
         let limit = budget.available()
-        // Its own pass still out holds the budget: the pass, or the next one, finds what this one would.
-        guard limit > 0 else { return reaping.passesOut > 0 ? actions : actions + suppress(key, .budget) }
+        guard limit > 0 else { return actions + suppress(key, .budget) }
         budget.spend(limit)
         backends[key]?.reaping?.passesOut += 1
         let fullEvery = reaping.announced ? Self.fullPassEveryAnnounced : Self.fullPassEvery
@@ -741,6 +762,8 @@ public struct BackendRecord: Sendable {
     /// When each of the last `fall` failures ended, while they all found nothing answering.
     public var answerless: [ContinuousClock.Instant] = []
     var evidencePending = false
+    /// Its latest probe failed on this host (`ProbeFailure.local`): nothing is known of it now.
+    var proberFault = false
     /// When it came back up from dead or unhealthy lately: each return doubles its rebalancing hold-down.
     var returns: [ContinuousClock.Instant] = []
     var reaping: Reaping?
@@ -767,8 +790,10 @@ struct Reaping: Sendable {
     var unfinished = false
     /// It answered a probe since it was found dead: nothing is ended until a new verdict.
     var answered: ContinuousClock.Instant?
-    /// Its passes decided and not yet come back.
+    /// Its passes decided and not yet come back (at most one).
     var passesOut = 0
+    /// A pass came due while one was out.
+    var waiting = false
 
     init(reason: ReapReason, since: ContinuousClock.Instant) {
         self.reason = reason

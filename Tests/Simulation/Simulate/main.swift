@@ -1,0 +1,18 @@
+import Foundation
+import Simulation
+
+// `make sim`: SIM_WORLDS worlds from SIM_SEED (or a time-based start); exits 1 with the shrunk trace
+// of the first world that breaks an invariant.
+let environment = ProcessInfo.processInfo.environment
+let count = environment["SIM_WORLDS"].flatMap { Int($0) } ?? 100_000
+let first = environment["SIM_SEED"].flatMap { UInt64($0) } ?? UInt64(Date().timeIntervalSince1970)
+let started = Date()
+let result = Explorer.explore(from: first, count: count)
+let seconds = Date().timeIntervalSince(started)
+print(
+    "simulated \(result.worlds) worlds from seed \(first) in \(String(format: "%.1f", seconds)) s: \(result.ends) connections ended, "
+        + "\(result.failure == nil ? 0 : 1) violations")
+if let failure = result.failure {
+    print(failure.report)
+    exit(1)
+}

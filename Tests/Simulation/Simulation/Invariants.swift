@@ -1,0 +1,89 @@
+import Agent
+import NetworkAddress
+
+/// The rules every run must keep, checked as each connection is ended and at each liveness deadline.
+extension Simulator {
+    /// The silence a dead verdict needs in the pools holding the backend (the shortest of them).
+    func floor(of backend: Int) -> Int {
+        world.configuration.pools.filter { $0.backends.contains(world.backends[backend]) }
+            .map { Int($0.outageFloor.seconds * 1000) }.min() ?? 0
+    }
+
+    func fail(_ message: String) {
+        guard violation == nil else { return }
+        violation = "\(now) ms: \(message)"
+        trace.append("VIOLATION \(violation!)")
+    }
+
+    func check(_ end: End, connection: Connection, key: BackendKey) {
+        let backend = end.backend
+        let start = end.passStarted
+        // 1. The guard, on every path: each pool holding the backend has another that answers now.
+        for pool in world.configuration.pools where pool.backends.contains(world.backends[backend]) {
+            let answering = pool.backends.contains { other in
+                other != world.backends[backend] && latestProbe[BackendKey(pool: pool.name, backend: other)] == true
+            }
+            if !answering { fail("ended a connection to backend \(backend) (\(end.reason.rawValue)) while no other backend of \(pool.name) answers") }
+        }
+        // 2. Recovery wins: after it answered, no pass that starts ends anything (drains aside: those belong to unhealthy).
+        if end.reason != .drainTimeout, let last = lastDelivered[backend], last.success, last.at <= start {
+            fail("ended a connection to backend \(backend) (\(end.reason.rawValue)) after it answered at \(last.at) ms")
+        }
+        // 3. The living keep their streams: a stream that flows is ended only by a drain, or right
+        //    after a long silence before anyone has seen the backend answer again.
+        if end.reason != .drainTimeout, connection.streaming, start - connection.opened >= 300 {
+            if conditions[backend].flows {
+                let returning = (silenceWasLong[backend] ?? false) && !(answeredSinceReturn[backend] ?? true)
+                if !returning { fail("ended a flowing stream to backend \(backend) (\(conditions[backend].rawValue), \(end.reason.rawValue))") }
+            } else if conditions[backend] == .paused, now - conditionSince[backend] < floor(of: backend) - 250 {
+                fail("ended a stream to backend \(backend) \(now - conditionSince[backend]) ms into a pause (floor \(floor(of: backend)) ms)")
+            }
+        }
+        // 4. The budget is a cap across every path together, burst included: counted when granted
+        //    (a pass that waits in its backend's lane behind a slow dump ends its share later).
+        let configuration = world.configuration
+        let recent = ends.filter { end.decided - $0.decided <= 10_000 && $0.decided <= end.decided }
+        for since in Set(recent.map(\.decided)) {
+            let window = end.decided - since
+            let count = recent.filter { $0.decided >= since }.count + 1
+            let allowed = Double(configuration.maxSocketsBurst) + Double(configuration.maxSocketsPerSecond) * Double(window) / 1000 + 1
+            if Double(count) > allowed {
+                let detail = recent.filter { $0.decided >= since }.map { "\($0.backend)@\($0.decided)/\($0.passStarted)" }
+                fail("\(count) granted within \(window) ms: more than the budget allows (\(Int(allowed))): \(detail)")
+                break
+            }
+        }
+    }
+
+    /// How long a silent death may take to end every connection it had: probing, the floor, a slow
+    /// pass, and what the budget paces.
+    func livenessBound(of backend: Int) -> Int {
+        let pools = world.configuration.pools.filter { $0.backends.contains(world.backends[backend]) }
+        let probing = pools.map { Int(($0.interval * ($0.fall + 1) + $0.probe.timeout).seconds * 1000) }.max() ?? 0
+        let minOutage = pools.map { Int($0.minOutage.seconds * 1000) }.max() ?? 0
+        let total = connections.count + 30
+        let paced = total > world.configuration.maxSocketsBurst ? 1000 * total / max(1, world.configuration.maxSocketsPerSecond) : 0
+        return probing + minOutage + 1_000 + paced
+    }
+
+    /// Liveness: every connection a silent death left behind is ended within the bound, where the
+    /// rules let it be (a survivor throughout in every pool holding it, no fault of the prober's own).
+    func checkLiveness(of backend: Int, deadSince: Int) {
+        guard conditions[backend] == .dead, conditionSince[backend] == deadSince else { return }
+        let quiet = world.happenings.allSatisfy { happening in
+            switch happening {
+            case .becomes(let at, let other, _): return other == backend || at < deadSince - 10_000 || at > now
+            case .proberFault(let at, let lasting), .probePathFault(let at, let lasting, _), .unreadable(let at, let lasting):
+                return at + lasting < deadSince - 10_000 || at > now
+            case .reload: return true
+            }
+        }
+        guard quiet else { return }
+        for pool in world.configuration.pools where pool.backends.contains(world.backends[backend]) {
+            let survivor = pool.backends.contains { $0 != world.backends[backend] && conditions[index(of: $0)] == .alive }
+            guard survivor else { return }
+        }
+        let left = connections.filter { $0.backend == backend && $0.opened < deadSince }
+        if !left.isEmpty { fail("\(left.count) connections to backend \(backend), dead since \(deadSince) ms, still open") }
+    }
+}
