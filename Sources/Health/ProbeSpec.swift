@@ -106,3 +106,17 @@ public struct ProbeResult: Sendable, Equatable {
         ProbeResult(failure: nil, duration: duration, detail: detail)
     }
 }
+
+extension ProbeResult {
+    /// A refusal on a health port other than the service's, with what a connect to the service
+    /// port found: the host's stack answered either way, so when the service port takes the
+    /// connection the health endpoint is gone, not the service (unhealthy, not a death). Dead needs
+    /// the service port refusing or silent too.
+    public func withServicePort(_ service: ProbeResult) -> ProbeResult {
+        guard failure == .refused else { return self }
+        if service.success {
+            return ProbeResult(failure: .unhealthy, duration: duration, detail: "\(detail); the service port answers")
+        }
+        return ProbeResult(failure: .refused, duration: duration, detail: "\(detail); the service port: \(service.detail)")
+    }
+}

@@ -98,7 +98,9 @@ import Testing
                     if let target = reconnect(from) { counts[target] += 1 }
                     done.append((now, from))
                     pending += policy.handle(
-                        .reaped(.init(pool: "api", backend: key.backend, reason: .rebalance, ended: 1, leftByLimit: 0, at: at(now), granted: 1)))
+                        .reaped(
+                            .init(pool: "api", backend: key.backend, reason: .rebalance, ended: 1, leftByLimit: 0, at: at(now), granted: 1))
+                    )
                 }
             }
             now += 0.05

@@ -89,10 +89,6 @@ public struct PoolConfiguration: Sendable, Equatable {
     /// so its states come from the probes' failure classes alone.
     public var hasSegmentEvidence: Bool { protocols.contains(.tcp) }
 
-    /// The probe asks a port other than the service's: a refusal there says the health endpoint is
-    /// gone, not that the service is (the host's own stack answered).
-    public var probesAnotherPort: Bool { backends.contains { backend in probe.port.map { $0 != backend.port } ?? false } }
-
     /// The silence a dead verdict needs (see `minOutage`).
     public var outageFloor: Duration { min(minOutage, interval * max(0, fall - 1)) }
 

@@ -286,7 +286,9 @@ public final class ReapExecutor: Service, Sendable {
             guard state.stillEnds(key) else {
                 submit(
                     .reaped(
-                        .init(pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: .now, granted: 1, ran: false)))
+                        .init(
+                            pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: .now, granted: 1, ran: false
+                        )))
                 return
             }
             let reports = await kernel.endFlow(flow, dryRun: configuration.dryRun)
@@ -303,7 +305,9 @@ public final class ReapExecutor: Service, Sendable {
             let tally = accounting.stuck(reports, pool: name, dryRun: configuration.dryRun)
             submit(
                 .reaped(
-                    .init(pool: name, backend: nil, reason: .stuck, ended: tally.ended, leftByLimit: tally.leftByLimit, at: .now, granted: limit)))
+                    .init(
+                        pool: name, backend: nil, reason: .stuck, ended: tally.ended, leftByLimit: tally.leftByLimit, at: .now,
+                        granted: limit)))
         case .census(let name):
             guard let pool = configuration.pools.first(where: { $0.name == name }) else { return }
             let connections = await kernel.census(pool, namespaces: configuration.namespaces(of: pool))
@@ -313,7 +317,10 @@ public final class ReapExecutor: Service, Sendable {
             let reports = await kernel.endQuietConnection(connection, dryRun: configuration.dryRun)
             let tally = accounting.rebalanced(reports, key: key, connection: connection, dryRun: configuration.dryRun)
             submit(
-                .reaped(.init(pool: key.pool, backend: key.backend, reason: .rebalance, ended: tally.ended, leftByLimit: 0, at: .now, granted: 1)))
+                .reaped(
+                    .init(
+                        pool: key.pool, backend: key.backend, reason: .rebalance, ended: tally.ended, leftByLimit: 0, at: .now, granted: 1))
+            )
         }
     }
 }

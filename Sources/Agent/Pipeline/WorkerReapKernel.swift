@@ -191,8 +191,10 @@ public actor WorkerReapKernel: ReapKernel {
     private func listEstablished(
         toward backend: Endpoint, transports: Set<TransportProtocol>, conntrack: Bool, tcpInfo: Bool, namespaces: NamespaceSelection?
     ) async -> [PurgeReport] {
-        await listEstablishedChecked(toward: backend, transports: transports, conntrack: conntrack, tcpInfo: tcpInfo, namespaces: namespaces)
-            .reports
+        await listEstablishedChecked(
+            toward: backend, transports: transports, conntrack: conntrack, tcpInfo: tcpInfo, namespaces: namespaces
+        )
+        .reports
     }
 
     /// The reports, and whether they are the whole picture: every namespace named was read and every

@@ -121,8 +121,6 @@ public struct ReapPolicy: Sendable {
         public var rebalance: RebalanceSettings?
         /// The silence since the last sign of life a dead verdict needs (`PoolConfiguration.outageFloor`).
         public var outageFloor: Duration
-        /// A refusal on the health port is the host's stack answering: not a death.
-        public var probesAnotherPort: Bool
 
         public init(_ pool: PoolConfiguration) {
             name = pool.name
@@ -135,7 +133,6 @@ public struct ReapPolicy: Sendable {
             probeInterval = pool.interval
             segmentEvidence = pool.hasSegmentEvidence
             outageFloor = pool.outageFloor
-            probesAnotherPort = pool.probesAnotherPort
             stuckScanEvery = pool.stuckAfter > .zero && pool.protocols.contains(.tcp) ? Self.stuckPeriod(for: pool.stuckAfter) : nil
             // Only TCP has the tcp_info that tells a quiet connection from one carrying data.
             rebalance =
@@ -343,12 +340,6 @@ public struct ReapPolicy: Sendable {
             return suppress(key, .proberFault)
         }
         record.proberFault = false
-        var result = result
-        if result.failure == .refused, pool.probesAnotherPort {
-            // The host's stack answered on the health port: the health endpoint is gone, not the host.
-            result.failure = .unhealthy
-            result.detail += " (health port)"
-        }
         var actions: [Action] = []
         let verdict = record.health.record(success: result.success)
         record.lastProbe = result
@@ -485,7 +476,9 @@ public struct ReapPolicy: Sendable {
                     dueAgain = key
                 }
             }
-            guard outcome.ran else { return dueAgain.flatMap { key in rules(of: key.pool).map { reapPass(key, pool: $0, now: outcome.at) } } ?? [] }
+            guard outcome.ran else {
+                return dueAgain.flatMap { key in rules(of: key.pool).map { reapPass(key, pool: $0, now: outcome.at) } } ?? []
+            }
             // Only a full pass that left nothing says none is left: a SYN_SENT walk queued behind
             // the first reap looks at connecting sockets only.
             if outcome.leftByLimit > 0 {

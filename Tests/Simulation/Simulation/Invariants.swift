@@ -23,7 +23,9 @@ extension Simulator {
             let answering = pool.backends.contains { other in
                 other != world.backends[backend] && latestProbe[BackendKey(pool: pool.name, backend: other)] == true
             }
-            if !answering { fail("ended a connection to backend \(backend) (\(end.reason.rawValue)) while no other backend of \(pool.name) answers") }
+            if !answering {
+                fail("ended a connection to backend \(backend) (\(end.reason.rawValue)) while no other backend of \(pool.name) answers")
+            }
         }
         // 2. Recovery wins: after it answered, no pass that starts ends anything (drains aside: those belong to unhealthy).
         if end.reason != .drainTimeout, let last = lastDelivered[backend], last.success, last.at <= start {
@@ -34,9 +36,13 @@ extension Simulator {
         if end.reason != .drainTimeout, connection.streaming, start - connection.opened >= 300 {
             if conditions[backend].flows {
                 let returning = (silenceWasLong[backend] ?? false) && !(answeredSinceReturn[backend] ?? true)
-                if !returning { fail("ended a flowing stream to backend \(backend) (\(conditions[backend].rawValue), \(end.reason.rawValue))") }
+                if !returning {
+                    fail("ended a flowing stream to backend \(backend) (\(conditions[backend].rawValue), \(end.reason.rawValue))")
+                }
             } else if conditions[backend] == .paused, now - conditionSince[backend] < floor(of: backend) - 250 {
-                fail("ended a stream to backend \(backend) \(now - conditionSince[backend]) ms into a pause (floor \(floor(of: backend)) ms)")
+                fail(
+                    "ended a stream to backend \(backend) \(now - conditionSince[backend]) ms into a pause (floor \(floor(of: backend)) ms)"
+                )
             }
         }
         // 4. The budget is a cap across every path together, burst included: counted when granted

@@ -22,7 +22,9 @@ public final class Simulator {
         public var decided: Int
         public var backend: Int
         public var reason: ReapReason
-        public var description: String { "\(at) ms: ended a connection to backend \(backend) (\(reason.rawValue), pass from \(passStarted) ms)" }
+        public var description: String {
+            "\(at) ms: ended a connection to backend \(backend) (\(reason.rawValue), pass from \(passStarted) ms)"
+        }
     }
 
     enum Job {
@@ -101,9 +103,12 @@ public final class Simulator {
         for happening in world.happenings { schedule(happening.at, .world(happening)) }
         for (poolIndex, members) in world.poolMembers.enumerated() {
             let interval = Int(world.configuration.pools[poolIndex].interval.seconds * 1000)
-            for backend in members { schedule(random.int(in: 0..<interval), .probe(key: key(poolIndex, backend), backend: backend, timeout: nil, scheduled: true)) }
+            for backend in members {
+                schedule(
+                    random.int(in: 0..<interval), .probe(key: key(poolIndex, backend), backend: backend, timeout: nil, scheduled: true))
+            }
         }
-        schedule(50, .watch)
+        if world.configuration.pools.contains(where: { $0.watchesRetransmissions && $0.backends.count > 1 }) { schedule(50, .watch) }
         while violation == nil {
             guard let item = queue.pop() else { break }
             guard item.at <= world.horizon else { break }
@@ -154,7 +159,9 @@ public final class Simulator {
                 silenceWasLong[backend] = conditions[backend] == .dead || now - conditionSince[backend] >= floor(of: backend)
                 answeredSinceReturn[backend] = false
             }
-            if condition == .dead, conditions[backend] != .dead { schedule(now + livenessBound(of: backend), .liveness(backend: backend, since: now)) }
+            if condition == .dead, conditions[backend] != .dead {
+                schedule(now + livenessBound(of: backend), .liveness(backend: backend, since: now))
+            }
             conditions[backend] = condition
             conditionSince[backend] = now
         case .proberFault(_, let lasting): proberFaultUntil = now + lasting
@@ -186,8 +193,10 @@ public final class Simulator {
             case .dead, .paused: result = failed(.unreachable, after: limit)
             case .draining: result = failed(.unhealthy, after: 2)
             case .overloaded: result = failed(.unhealthy, after: limit)
-            case .lossy: result = random.chance(1.0 / 3) ? failed(.unreachable, after: limit) : .succeeded(after: .milliseconds(1), "connected")
-            case .healthPortGone: result = pool.probe.port == nil ? .succeeded(after: .milliseconds(1), "connected") : failed(.refused, after: 1)
+            case .lossy:
+                result = random.chance(1.0 / 3) ? failed(.unreachable, after: limit) : .succeeded(after: .milliseconds(1), "connected")
+            case .healthPortGone:
+                result = pool.probe.port == nil ? .succeeded(after: .milliseconds(1), "connected") : failed(.refused, after: 1)
             }
         }
         schedule(now + Int(result.duration.seconds * 1000), .probed(key, result))
@@ -276,7 +285,9 @@ public final class Simulator {
     func enqueue(_ action: ReapPolicy.Action) {
         if case .probeNow(let pool, let backends) = action {
             for endpoint in backends {
-                schedule(now, .probe(key: BackendKey(pool: pool, backend: endpoint), backend: index(of: endpoint), timeout: nil, scheduled: false))
+                schedule(
+                    now,
+                    .probe(key: BackendKey(pool: pool, backend: endpoint), backend: index(of: endpoint), timeout: nil, scheduled: false))
             }
             return
         }
@@ -339,7 +350,8 @@ public final class Simulator {
         case .scanStuck(let pool, let limit):
             schedule(finish, .done(lane: lane))
             deliver(
-                at: finish, .reaped(.init(pool: pool, backend: nil, reason: .stuck, ended: 0, leftByLimit: 0, at: instant(finish), granted: limit)))
+                at: finish,
+                .reaped(.init(pool: pool, backend: nil, reason: .stuck, ended: 0, leftByLimit: 0, at: instant(finish), granted: limit)))
         default:
             schedule(now, .done(lane: lane))
         }
@@ -357,43 +369,58 @@ public final class Simulator {
         trace.append(record.description)
         // The balancer reconnects to a backend whose path flows, if any (least connections).
         let flowing = world.poolMembers.flatMap { $0 }.filter { conditions[$0].flows }
-        if let target = flowing.min(by: { a, b in connections.filter { $0.backend == a }.count < connections.filter { $0.backend == b }.count }) {
+        if let target = flowing.min(by: { a, b in
+            connections.filter { $0.backend == a }.count < connections.filter { $0.backend == b }.count
+        }) {
             open(toward: target, streaming: connection.streaming)
         }
     }
 }
 
-/// A binary heap of jobs by time, then by the order they were scheduled in (so a seed replays exactly).
+/// A binary heap of jobs by time, then by the order they were scheduled in (so a seed replays
+/// exactly). The heap moves small keys; the jobs, large enums, stay where they were put.
 struct JobQueue<Job> {
-    private var items: [(at: Int, order: Int, job: Job)] = []
+    private var keys: [(at: Int, order: Int, slot: Int)] = []
+    private var jobs: [Job?] = []
+    private var free: [Int] = []
 
-    private func before(_ a: Int, _ b: Int) -> Bool { (items[a].at, items[a].order) < (items[b].at, items[b].order) }
+    private func before(_ a: Int, _ b: Int) -> Bool { (keys[a].at, keys[a].order) < (keys[b].at, keys[b].order) }
 
     mutating func push(at: Int, order: Int, _ job: Job) {
-        items.append((at, order, job))
-        var child = items.count - 1
+        let slot: Int
+        if let reused = free.popLast() {
+            slot = reused
+            jobs[slot] = job
+        } else {
+            slot = jobs.count
+            jobs.append(job)
+        }
+        keys.append((at, order, slot))
+        var child = keys.count - 1
         while child > 0 {
             let parent = (child - 1) / 2
             guard before(child, parent) else { break }
-            items.swapAt(child, parent)
+            keys.swapAt(child, parent)
             child = parent
         }
     }
 
     mutating func pop() -> (at: Int, order: Int, job: Job)? {
-        guard !items.isEmpty else { return nil }
-        items.swapAt(0, items.count - 1)
-        let first = items.removeLast()
+        guard !keys.isEmpty else { return nil }
+        keys.swapAt(0, keys.count - 1)
+        let first = keys.removeLast()
         var parent = 0
         while true {
             let left = 2 * parent + 1, right = left + 1
             var smallest = parent
-            if left < items.count, before(left, smallest) { smallest = left }
-            if right < items.count, before(right, smallest) { smallest = right }
+            if left < keys.count, before(left, smallest) { smallest = left }
+            if right < keys.count, before(right, smallest) { smallest = right }
             guard smallest != parent else { break }
-            items.swapAt(parent, smallest)
+            keys.swapAt(parent, smallest)
             parent = smallest
         }
-        return first
+        let job = jobs[first.slot].take()!
+        free.append(first.slot)
+        return (first.at, first.order, job)
     }
 }

@@ -116,7 +116,8 @@ public struct World: Sendable {
                     let lasting = random.chance(0.6) ? random.int(in: 50...max(50, short)) : floor + random.int(in: 600...5_000)
                     happenings.append(.becomes(at: at + lasting, backend: backend, random.chance(0.7) ? .alive : .lossy))
                 } else if random.chance(0.5) {
-                    happenings.append(.becomes(at: at + random.int(in: 500...15_000), backend: backend, random.chance(0.7) ? .alive : .lossy))
+                    happenings.append(
+                        .becomes(at: at + random.int(in: 500...15_000), backend: backend, random.chance(0.7) ? .alive : .lossy))
                 }
             case 6: happenings.append(.proberFault(at: at, lasting: random.int(in: 100...8_000)))
             case 7: happenings.append(.probePathFault(at: at, lasting: random.int(in: 500...8_000), stagger: random.int(in: 0...600)))
