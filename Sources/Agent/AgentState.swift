@@ -91,6 +91,10 @@ public final class AgentState: Sendable {
         storage.withLock { $0.policy.stillEnds(key) }
     }
 
+    public func stillRuns(_ key: BackendKey, reason: ReapReason) -> Bool {
+        storage.withLock { $0.policy.stillRuns(key, reason: reason) }
+    }
+
     public func state(of key: BackendKey) -> BackendState {
         storage.withLock { $0.policy.backends[key]?.state ?? .unknown }
     }

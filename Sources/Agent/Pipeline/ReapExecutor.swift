@@ -253,7 +253,7 @@ public final class ReapExecutor: Service, Sendable {
                 backend: key.backend, transports: pool.protocols, scope: scope, limit: limit, dryRun: configuration.dryRun,
                 namespaces: configuration.namespaces(of: pool), refreshNamespaces: reason == .dead)
             // A pass decided before the backend answered (or a reload removed it) is stale: dropped.
-            guard reason == .drainTimeout || state.stillEnds(key) else {
+            guard state.stillRuns(key, reason: reason) else {
                 submit(
                     .reaped(
                         .init(

@@ -293,6 +293,16 @@ public struct ReapPolicy: Sendable {
         return verdictHold(key, pool: pool) == nil
     }
 
+    /// Whether a pass decided earlier may still run when its turn comes: a stale one (the backend
+    /// answered, a reload removed it, the survivor it counted on stopped answering) is dropped.
+    public func stillRuns(_ key: BackendKey, reason: ReapReason) -> Bool {
+        guard reason == .drainTimeout else { return stillEnds(key) }
+        guard let record = backends[key], record.state == .unhealthy, record.drain != nil, let pool = rules(of: key.pool) else {
+            return false
+        }
+        return closeHold(key, pool: pool) == nil
+    }
+
     private func hold(_ key: BackendKey, pool: PoolRules) -> Hold? {
         verdictHold(key, pool: pool) ?? (budget.available() > 0 ? nil : .budget)
     }

@@ -159,7 +159,9 @@ public final class Simulator {
                 silenceWasLong[backend] = conditions[backend] == .dead || now - conditionSince[backend] >= floor(of: backend)
                 answeredSinceReturn[backend] = false
             }
-            if condition == .dead, conditions[backend] != .dead {
+            // Liveness is owed for a death out of a settled life: a backend already judged dead (lossy and
+            // idle, say) is reaped again by its full passes, every 10 s.
+            if condition == .dead, conditions[backend] == .alive, now - conditionSince[backend] >= 10_000 {
                 schedule(now + livenessBound(of: backend), .liveness(backend: backend, since: now))
             }
             conditions[backend] = condition
@@ -324,7 +326,7 @@ public final class Simulator {
             schedule(finish, .done(lane: lane))
             deliver(at: finish, .counted(key, connections: count, at: instant(finish)))
         case .reap(let key, let reason, let limit, let scope):
-            guard reason == .drainTimeout || state.stillEnds(key) else {
+            guard state.stillRuns(key, reason: reason) else {
                 schedule(now, .done(lane: lane))
                 submit(
                     .reaped(
