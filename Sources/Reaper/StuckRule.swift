@@ -21,11 +21,18 @@ public struct StuckRule: Sendable, Equatable {
         self.previouslySuspected = previouslySuspected
     }
 
+    /// idiag_timer of a socket whose peer's window is shut (ICSK_TIME_PROBE0).
+    public static let zeroWindowProbeTimer: UInt8 = 4
+
     public func isSuspicious(_ socket: DiagnosedSocket) -> Bool {
         guard socket.transport == .tcp, socket.state == .established, let info = socket.tcpInfo else { return false }
         // A drop beyond the host leaves segments in flight (unacked); a local drop leaves them
         // queued and never sent (Send-Q). Both are data waiting.
         let dataWaiting = info.unacked > 0 || socket.sendQueue > 0
+        // A closed window: the peer is slow to read, not gone, while it acknowledges every window
+        // probe (the kernel zeroes the unanswered-probe count on each ACK). Its last ACK can be as
+        // old as the probe interval, which backs off to two minutes, however long the window stays shut.
+        if socket.timer == Self.zeroWindowProbeTimer, info.unacked == 0, info.probes == 0 { return false }
         return dataWaiting && info.lastAckReceivedMilliseconds >= afterMilliseconds
     }
 

@@ -3,20 +3,42 @@ import Reaper
 import SockDiag
 import Testing
 
+@testable import Agent
+
 @Suite struct StuckRuleTests {
     let rule = StuckRule(afterMilliseconds: 3000)
 
     func socket(
         state: SocketState = .established, sendQueue: UInt32 = 0, unacked: UInt32 = 0, lastAck: UInt32 = 0,
-        retransmits: UInt8 = 0, backoff: UInt8 = 0, cookie: UInt64 = 1
+        retransmits: UInt8 = 0, backoff: UInt8 = 0, cookie: UInt64 = 1, timer: UInt8 = 0, probes: UInt8 = 0
     ) -> DiagnosedSocket {
         DiagnosedSocket(
             family: .inet, transport: .tcp, state: state,
             id: SocketID(
                 source: Endpoint(address: .v4(0x0A00_0001), port: 40000),
                 destination: Endpoint(address: .v4(0x0A00_0002), port: 443), cookie: cookie),
-            sendQueue: sendQueue,
-            tcpInfo: TCPInfo(retransmits: retransmits, backoff: backoff, unacked: unacked, lastAckReceivedMilliseconds: lastAck))
+            timer: timer, sendQueue: sendQueue,
+            tcpInfo: TCPInfo(
+                retransmits: retransmits, probes: probes, backoff: backoff, unacked: unacked, lastAckReceivedMilliseconds: lastAck))
+    }
+
+    /// A peer that shuts its window and acknowledges every window probe is alive, however long the
+    /// window stays shut (the probes back off to two minutes, and the last ACK ages with them).
+    @Test func aClosedWindowWhosePeerAnswersItsProbesIsAlive() {
+        let answered = socket(sendQueue: 65_000, lastAck: 45_000, backoff: 6, cookie: 9, timer: 4, probes: 0)
+        #expect(!rule.isSuspicious(answered))
+        #expect(!StuckRule(afterMilliseconds: 3000, previouslySuspected: [9]).condemns(answered))
+        // The other way: window probes go unanswered: the peer is gone.
+        let unanswered = socket(sendQueue: 65_000, lastAck: 45_000, backoff: 6, cookie: 9, timer: 4, probes: 3)
+        #expect(rule.condemns(unanswered))
+    }
+
+    @Test func everyBackendStuckAtOnceIsALocalFault() {
+        let a = Endpoint(address: .v4(0x0A00_0001), port: 443), b = Endpoint(address: .v4(0x0A00_0002), port: 443)
+        #expect(StuckVerdict.localFault(condemnedToward: [a, b], pool: [a, b]))
+        #expect(!StuckVerdict.localFault(condemnedToward: [a], pool: [a, b]))
+        // One backend alone (incident 3: a balancer lost one flow's state) says nothing of where the fault is.
+        #expect(!StuckVerdict.localFault(condemnedToward: [a], pool: [a]))
     }
 
     /// A drop beyond the host: segments in flight, retransmitting (kernel-notes.md, ~14 s in).

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from lab.agent import Agent
+from lab.netns import wait_for
 from lab.traffic import PeerProcess
 
 SERVER, CLIENT, PORT = "10.234.0.2", "10.234.0.1", 7000
@@ -95,3 +96,63 @@ def test_one_shot_list_and_purge_with_stuck(setup, reaper_binary):
     failure = events.wait_event(lambda e: e["event"] == "failed", 3)
     assert failure and failure["error"] == "ECONNABORTED", events.events[-3:]
     assert socket_alive(client, connected["idle"]) and socket_alive(client, connected["busy"])
+
+
+SINK = """
+import socket, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.bind(("0.0.0.0", 7001)); s.listen(1)
+c, _ = s.accept()
+time.sleep(600)   # never reads: the window shuts, and the kernel still answers every window probe
+"""
+FILLER = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 7001))
+c.setblocking(False)
+sent = 0
+deadline = time.monotonic() + 5
+while time.monotonic() < deadline:
+    try:
+        sent += c.send(b"x" * 65536)
+    except BlockingIOError:
+        time.sleep(0.05)
+print(sent, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_shut_window_whose_peer_answers_its_probes_is_never_stuck_and_one_that_stops_answering_is(setup, reaper_binary):
+    """The stuck rule's living side: a peer that stops reading shuts its window, and the sender's kernel
+    probes it with backoff (0.2 s doubling toward 2 min), so the last ACK ages past stuck_after while
+    the peer answers every probe. Never condemned. Once the peer stops answering (its ACKs dropped),
+    the unanswered probes condemn it."""
+    client, _ = setup
+    server = next(ns for ns in client.lab.namespaces if ns.role == "server")
+    server.popen(["python3", "-c", SINK])
+    time.sleep(0.3)
+    client.popen(["python3", "-c", FILLER, SERVER])
+    target = f"{SERVER}:7001"
+
+    def listed() -> list:
+        out = client.run([reaper_binary, "list", "--stuck", "2s", target, "-o", "json"]).stdout
+        return json.loads(out)["sockets"]
+
+    def persist_timer() -> bool:
+        return "persist" in client.run(["ss", "-Htno", "state", "established", "dst", target]).stdout
+
+    wait_for(persist_timer, 8, "the sender probing a shut window")
+    aged = []
+    deadline = time.monotonic() + 14
+    while time.monotonic() < deadline:
+        assert listed() == [], "a shut window whose peer answers its probes was taken for stuck"
+        aged.append(json.loads(client.run([reaper_binary, "list", target, "-o", "json"]).stdout)["sockets"][0]["tcp_info"]
+                    ["last_ack_recv_ms"])
+        time.sleep(0.5)
+    assert max(aged) >= 2000, f"the last ACK never aged past stuck_after: {aged}"
+    # The other way: the peer's ACKs are dropped; the window probes go unanswered.
+    server.iptables("-I", "OUTPUT", "-p", "tcp", "--sport", "7001", "-j", "DROP")
+    condemned = wait_for(listed, 20, "the unanswered shut window to be condemned", interval=0.5)
+    assert condemned[0]["tcp_info"]["last_ack_recv_ms"] >= 2000, condemned
+    print(f"\nshut window answered: oldest ACK {max(aged)} ms, never stuck; unanswered: condemned")

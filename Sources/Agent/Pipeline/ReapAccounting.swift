@@ -78,6 +78,9 @@ struct ReapAccounting: Sendable {
                 metadata: metadata)
         case .sharedBackend:
             logger.notice("reap held: another pool holding this backend does not find it dead (or has no survivor)", metadata: metadata)
+        case .localFault:
+            logger.warning(
+                "stuck connections toward every backend of the pool at once: a fault on this side, nothing ended", metadata: metadata)
         case .shortOutage:
             logger.notice("not dead yet: silent for less than min_outage; TCP recovers a pause that short by itself", metadata: metadata)
         }

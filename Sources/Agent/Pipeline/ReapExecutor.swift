@@ -302,6 +302,7 @@ public final class ReapExecutor: Service, Sendable {
             guard let pool = configuration.pools.first(where: { $0.name == name }) else { return }
             let reports = await kernel.scanStuck(
                 pool, limit: limit, dryRun: configuration.dryRun, namespaces: configuration.namespaces(of: pool))
+            if reports.contains(where: \.localFault) { submit(.stuckLocalFault(pool: name)) }
             let tally = accounting.stuck(reports, pool: name, dryRun: configuration.dryRun)
             submit(
                 .reaped(

@@ -85,6 +85,8 @@ public struct NamespaceReport: Sendable {
     public var failure: String?
     /// The system call that failed, when one did (entering the namespace, opening its sockets).
     public var error: SystemCallError?
+    /// A stuck scan found every backend of the pool stuck at once and ended nothing (`StuckVerdict`).
+    public var localFault = false
 
     public init(namespace: String?, report: PurgeReport) {
         self.namespace = namespace

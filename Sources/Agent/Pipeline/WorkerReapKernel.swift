@@ -87,11 +87,37 @@ public actor WorkerReapKernel: ReapKernel {
         let destinations = pool.backends.map { Destination(address: $0.address, port: $0.port) }
         var remaining = limit
         var reports: [NamespaceReport] = []
-        for (namespace, worker) in await workers.workers(for: namespaces) {
-            let key = namespace ?? ""
-            let matcher = DestinationMatcher(
+        let selected = await workers.workers(for: namespaces)
+        func matcher(_ key: String) -> DestinationMatcher {
+            DestinationMatcher(
                 destinations: destinations, transports: [.tcp],
                 stuck: StuckRule(afterMilliseconds: afterMilliseconds, previouslySuspected: stuckSuspects[pool.name]?[key] ?? []))
+        }
+        // Look first: what every backend shows at once is a local fault, and nothing is ended.
+        var condemned = Set<Endpoint>()
+        var looked: [String: Set<UInt64>] = [:]
+        for (namespace, worker) in selected {
+            let key = namespace ?? ""
+            let rule = matcher(key)
+            var listing = Purger.Options(sockets: true, conntrack: false)
+            listing.sparingOwnSockets = true
+            let options = listing
+            guard let report = try? await worker.perform({ $0.list(rule, includeTCPInfo: true, options: options) }) else { continue }
+            looked[key] = report.stuckSuspects
+            for item in report.sockets { condemned.insert(item.socket.remote.unmapped) }
+        }
+        if condemned.isEmpty || StuckVerdict.localFault(condemnedToward: condemned, pool: pool.backends) {
+            for (key, suspects) in looked { stuckSuspects[pool.name, default: [:]][key] = suspects }
+            if !condemned.isEmpty {
+                var held = NamespaceReport(namespace: nil, report: PurgeReport())
+                held.localFault = true
+                reports.append(held)
+            }
+            return reports
+        }
+        for (namespace, worker) in selected {
+            let key = namespace ?? ""
+            let matcher = matcher(key)
             var limited = Purger.Options(dryRun: dryRun)
             limited.sparingOwnSockets = true
             limited.socketLimit = max(0, remaining)

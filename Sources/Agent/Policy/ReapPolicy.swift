@@ -42,6 +42,8 @@ public struct ReapPolicy: Sendable {
         case censused(pool: String, [ConnectionSample], at: Instant)
         /// The local conntrack table filled (new flows dropped here) or drained.
         case conntrackTable(full: Bool)
+        /// A stuck scan found every backend of the pool stuck at once and ended nothing.
+        case stuckLocalFault(pool: String)
     }
 
     /// What one reap pass did, as far as the policy cares.
@@ -255,6 +257,8 @@ public struct ReapPolicy: Sendable {
         case .conntrackTable(let full):
             conntrackFull = full
             return []
+        case .stuckLocalFault(let pool):
+            return suppress(pool: pool, backend: nil, .localFault)
         }
     }
 

@@ -62,6 +62,8 @@ public enum SuppressReason: String, Sendable, CaseIterable {
     case sharedBackend = "shared_backend"
     /// Nothing answers, but for less than `min_outage` since its last sign of life: it may only have paused.
     case shortOutage = "short_outage"
+    /// Every backend of the pool has a stuck connection at once: the fault is local, nothing is ended.
+    case localFault = "local_fault"
 }
 
 /// Which of a backend's sockets a reap pass looks at.
