@@ -2,8 +2,8 @@
 real kernel (the living kept, the dead still reaped).
 
 The lab: the agent's namespace ``node`` (10.243.0.1, where the agent runs, probes and reaps, and
-where the clients' connections live) and ``srv`` (backends X 10.243.0.2 and Y 10.243.0.3, an echo
-server on the service port 21080 of each, health listeners on 21081). tcp probes at interval 200ms,
+where the clients' connections live) and ``srv`` (backends X 10.243.0.2, Y 10.243.0.3 and Z
+10.243.0.4, an echo server on the service port 21080 of each, health listeners on 21081). tcp probes at interval 200ms,
 timeout 150ms, rise 2, fall 2. The clients' connections to X are idle on purpose: an idle connection
 gives the agent no sign of life, so the verdict comes from the probes alone and a wrong one ends them
 (the owner's next recv: ECONNABORTED). Kept means they still round-trip a byte afterwards.
@@ -18,8 +18,10 @@ gives the agent no sign of life, so the verdict comes from the probes alone and 
    ``drain_timeout: 0s`` its connections stay. Other way: the service port refuses (RST) or drops
    new SYNs too: dead, reaped.
 3. One endpoint, one verdict: X in pool a = {X, Y} and pool b = {X} (or {X, Z}, Z already dead).
-   X blackholed: pool b has no survivor, so nothing of X is ended (``shared_backend`` counted in a, ``all_backends_down`` in b);
-   its connections work again when the blackhole lifts. Other way: b = {X, Y} too: X is reaped.
+   X blackholed: pool b has no survivor, so nothing of X is ended, neither its connections nor a
+   new connect toward it (``shared_backend`` counted in a, ``all_backends_down`` in b); its
+   connections work again when the blackhole lifts. Other way: b = {X, Y} too: X is reaped, and a
+   new connect toward it is aborted.
 """
 
 from __future__ import annotations
