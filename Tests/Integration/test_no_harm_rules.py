@@ -386,3 +386,34 @@ def test_a_shared_backend_is_reaped_when_every_pool_has_a_survivor(world, tmp_pa
     assert_nothing_of(agent, YP, metrics)
     assert w.client.probe(on_y) == ["ok"], text
     print(f"\nX dead in a and b, both with Y: its 3 connections aborted {t_aborted - t_cut:.2f}s after the cut")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1 and 2 together (fails on main at 4bf3835: a product bug, see the commit message)
+
+
+def test_a_refused_health_port_with_no_local_port_toward_the_service_port_makes_no_dead_verdict(world, tmp_path):
+    """X's health port refuses, and the node's ports toward X's service port are exhausted (where the
+    clients' connections go, the likely place to run out): the service-port check's connect fails here
+    with EADDRNOTAVAIL. That is the prober's fault, neither a refusal nor silence of the service port:
+    no dead verdict, the connections holding the ports kept."""
+    w = world(health=True)
+    agent = w.start_agent(tmp_path, health_pool(drain_timeout="0s"))
+    w.port_range(*NARROW)
+    held = w.hold_ports(X, PORT, 2)
+    assert w.connect_errno(X, PORT) == errno.EADDRNOTAVAIL, "the node still has a port toward X's service port"
+    assert w.connect_errno(X, HEALTH) == 0, "the node has no port toward X's health port either"
+
+    w.health_x.stop()
+    seen = states_during(agent, [f"svc/{XP}"], HOLD)
+    metrics = agent.metrics()
+    states = w.client.state(held)
+    text = info(agent)
+
+    assert "dead" not in seen[f"svc/{XP}"], f"{seen}\n{text}"
+    assert lines(agent, "backend dead", backend=XP) == [], text
+    assert_nothing_of(agent, XP, metrics)
+    assert states == ["ok", "ok"], f"{states}\n{text}"
+    assert w.client.probe(held) == ["ok", "ok"], text
+    print(f"\nhealth port refused, no local port toward the service port: {seen}, prober_fault "
+          f"{metrics.value(SUPPRESSED, pool='svc', reason='prober_fault'):g}, 0 reaped")
