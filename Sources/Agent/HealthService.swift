@@ -132,12 +132,12 @@ public struct HealthService: Service {
         let duration = metrics.probeDuration(pool: pool.name, backend: label)
         let successes = metrics.probes(pool: pool.name, backend: label, result: "success")
         let failures = metrics.probes(pool: pool.name, backend: label, result: "failure")
-        // A refused health port says nothing of the service port: ask it before the policy hears of it.
+        // A health port that refuses or stays silent says nothing of the service port: ask it first.
         let servicePort: Endpoint? = pool.probe.port.flatMap { $0 == backend.port ? nil : backend }
         let engine = tcpEngine
         let timeout = pool.probe.timeout
         return { [executor, logger] result in
-            if let servicePort, let engine, result.failure == .refused {
+            if let servicePort, let engine, result.failure?.nothingAnswered == true {
                 Task {
                     let service = await engine.probe(servicePort, check: .connect, timeout: timeout)
                     executor.submit(.probed(key, result.withServicePort(service), at: .now))

@@ -108,15 +108,18 @@ public struct ProbeResult: Sendable, Equatable {
 }
 
 extension ProbeResult {
-    /// A refusal on a health port other than the service's, with what a connect to the service
-    /// port found: the host's stack answered either way, so when the service port takes the
-    /// connection the health endpoint is gone, not the service (unhealthy, not a death). Dead needs
-    /// the service port refusing or silent too.
+    /// A health port other than the service's that found nothing answering, with what a connect to
+    /// the service port found: when the service port takes the connection the health endpoint is
+    /// gone or filtered, not the service (unhealthy, not a death). Dead needs the service port
+    /// refusing or silent too; a connect that failed here (`local`) says nothing either way.
     public func withServicePort(_ service: ProbeResult) -> ProbeResult {
-        guard failure == .refused else { return self }
+        guard let failure, failure.nothingAnswered else { return self }
         if service.success {
             return ProbeResult(failure: .unhealthy, duration: duration, detail: "\(detail); the service port answers")
         }
-        return ProbeResult(failure: .refused, duration: duration, detail: "\(detail); the service port: \(service.detail)")
+        if service.failure == .local {
+            return ProbeResult(failure: .local, duration: duration, detail: "\(detail); the service port: \(service.detail)")
+        }
+        return ProbeResult(failure: failure, duration: duration, detail: "\(detail); the service port: \(service.detail)")
     }
 }

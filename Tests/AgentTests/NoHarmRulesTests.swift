@@ -173,6 +173,12 @@ import Testing
         // Nor is a backend whose latest probe failed here a survivor for another.
         #expect(!policy.answersNow(key(1)))
         #expect(policy.answersNow(key(0)))
+        // A probe gets through: the next fault is a new episode, logged again.
+        _ = policy.handle(.probed(key(1), Self.ok, at: at(3_200)))
+        #expect(
+            policy.handle(.probed(key(1), Self.failed(.local, after: 0), at: at(3_400))) == [
+                .suppressed(pool: "api", backend: backends[1], reason: .proberFault, log: true)
+            ])
     }
 
     @Test func localErrnosAreTheProbersOwn() {
@@ -186,12 +192,15 @@ import Testing
         #expect(!ProbeFailure.local.nothingAnswered)
     }
 
-    @Test func aRefusedHealthPortIsAGoneEndpointWhileTheServicePortAnswers() {
-        let refused = Self.failed(.refused, after: 1)
-        #expect(refused.withServicePort(Self.ok).failure == .unhealthy)
-        #expect(refused.withServicePort(Self.failed(.refused, after: 1)).failure == .refused)
-        #expect(refused.withServicePort(Self.failed(.unreachable)).failure == .refused)
-        #expect(Self.failed(.unreachable).withServicePort(Self.ok).failure == .unreachable)
+    @Test func aHealthPortFindingNothingIsAGoneEndpointWhileTheServicePortAnswers() {
+        for health in [Self.failed(.refused, after: 1), Self.failed(.unreachable)] {
+            #expect(health.withServicePort(Self.ok).failure == .unhealthy)
+            #expect(health.withServicePort(Self.failed(.refused, after: 1)).failure == health.failure)
+            #expect(health.withServicePort(Self.failed(.unreachable)).failure == health.failure)
+            // Local ports exhausted toward the service port: no verdict, not a refusal.
+            #expect(health.withServicePort(Self.failed(.local, after: 0)).failure == .local)
+        }
+        #expect(Self.failed(.unhealthy).withServicePort(Self.failed(.refused)).failure == .unhealthy)
     }
 
     // MARK: - One endpoint, one verdict

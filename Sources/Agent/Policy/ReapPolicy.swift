@@ -353,7 +353,11 @@ public struct ReapPolicy: Sendable {
             backends[key]?.proberFault = true
             return suppress(key, .proberFault)
         }
-        record.proberFault = false
+        if record.proberFault {
+            // A probe got through: the next fault here is a new episode, logged again.
+            record.proberFault = false
+            loggedSuppressions.remove(Suppression(pool: key.pool, backend: key.backend, reason: .proberFault))
+        }
         var actions: [Action] = []
         let verdict = record.health.record(success: result.success)
         record.lastProbe = result
