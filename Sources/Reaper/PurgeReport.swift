@@ -45,6 +45,9 @@ public struct PurgeReport: Sendable {
     public var conntrack: [ConntrackResult] = []
     /// Failures of a whole step (a dump refused, a layer unavailable), as opposed to one item's.
     public var stepErrors: [SystemCallError] = []
+    /// The socket table could not be opened or walked to its end: what it lists is not all there is.
+    /// (A conntrack failure leaves the socket walk whole: only NAT'd flows go unnamed.)
+    public var socketWalkFailed = false
     /// Dumps repeated because acks were lost or the kernel flagged a dump inconsistent.
     public var extraRounds = 0
     /// Filtered flushes the kernel carried out (each deletes every entry one side of a destination names).
@@ -74,6 +77,7 @@ public struct PurgeReport: Sendable {
             var result = $0; result.namespace = namespace; return result
         }
         stepErrors += other.stepErrors
+        socketWalkFailed = socketWalkFailed || other.socketWalkFailed
         extraRounds += other.extraRounds
         conntrackFlushes += other.conntrackFlushes
         conntrackFlushedUnlisted += other.conntrackFlushedUnlisted

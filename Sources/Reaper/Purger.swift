@@ -93,6 +93,7 @@ public final class Purger {
         let started = Self.monotonicSeconds()
         var report = PurgeReport()
         report.stepErrors = openingErrors
+        report.socketWalkFailed = options.sockets && socketDiagnostics == nil
         let idle: PurgeReport.Outcome = acting ? .ended : (options.dryRun ? .wouldEnd : .listed)
         // The conntrack dump does not wait for the sockets: only the deletes must come after the
         // destroys. (A stuck scan needs entries only once it condemned a socket: no prefetch.)
@@ -123,7 +124,10 @@ public final class Purger {
                 ) { direct in
                     listingDirectFlows.settle(options.conntrackFlush != .always && direct < Self.flushFrom)
                 }
-            } catch { report.stepErrors.append(error) }
+            } catch {
+                report.stepErrors.append(error)
+                report.socketWalkFailed = true
+            }
         }
         listingDirectFlows.settle(true)  // the sockets' walk failed or was not made: nothing counted them
         let flushDirectFlowsUnlisted = prefetched != nil && !listingDirectFlows.wait()

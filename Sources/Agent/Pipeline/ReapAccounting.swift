@@ -119,6 +119,11 @@ struct ReapAccounting: Sendable {
     }
 
     func evidence(_ key: BackendKey, _ evidence: SegmentEvidence, since: ContinuousClock.Instant) {
+        for failure in evidence.unreadable {
+            logger.warning(
+                "namespace not read: no verdict from its connections",
+                metadata: ["pool": "\(key.pool)", "backend": "\(key.backend)", "error": "\(failure)"])
+        }
         logger.debug(
             "evidence from the backend's own connections",
             metadata: [

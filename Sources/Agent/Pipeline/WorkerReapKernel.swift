@@ -138,7 +138,7 @@ public actor WorkerReapKernel: ReapKernel {
         -> SegmentEvidence
     {
         // NAT'd flows count too: conntrack names the sockets a VIP hides.
-        let (reports, complete) = await listEstablishedChecked(
+        let (reports, complete, unreadable) = await listEstablishedChecked(
             toward: backend, transports: [.tcp], conntrack: true, tcpInfo: true, namespaces: namespaces)
         let sockets = reports.flatMap(\.sockets)
         // A receive-only socket (a watch through a proxy) gets data and sends nothing, so its last ACK
@@ -147,7 +147,8 @@ public actor WorkerReapKernel: ReapKernel {
             .min()
         // Taken after the dumps: a segment's time is then never placed earlier than it came.
         return SegmentEvidence(
-            at: .now, sockets: sockets.count, youngestSegmentAge: youngest.map { .milliseconds(Int64($0)) }, complete: complete)
+            at: .now, sockets: sockets.count, youngestSegmentAge: youngest.map { .milliseconds(Int64($0)) }, complete: complete,
+            unreadable: unreadable)
     }
 
     /// The connections a paced close can end: established, direct (a drain pass looks at no conntrack).
@@ -227,29 +228,43 @@ public actor WorkerReapKernel: ReapKernel {
     /// dump ran to its end (missing evidence of life is no evidence of death).
     private func listEstablishedChecked(
         toward backend: Endpoint, transports: Set<TransportProtocol>, conntrack: Bool, tcpInfo: Bool, namespaces: NamespaceSelection?
-    ) async -> (reports: [PurgeReport], complete: Bool) {
+    ) async -> (reports: [PurgeReport], complete: Bool, unreadable: [String]) {
         let matcher = DestinationMatcher(
             destinations: [Destination(address: backend.address, port: backend.port)], transports: transports,
             states: SocketStates([.established]))
         var sparing = Purger.Options(sockets: true, conntrack: conntrack)
         sparing.sparingOwnSockets = true
         let options = sparing
-        let workers = await workers.workers(for: namespaces).map(\.worker)
+        let selected = await workers.workers(for: namespaces)
         var complete = true
-        if case .paths(let paths)? = namespaces, workers.count < paths.count { complete = false }
-        let reports = await withTaskGroup(of: PurgeReport?.self) { dumps in
-            for worker in workers {
-                dumps.addTask { try? await worker.perform { $0.list(matcher, includeTCPInfo: tcpInfo, options: options) } }
+        var unreadable: [String] = []
+        if case .paths(let paths)? = namespaces, selected.count < paths.count {
+            complete = false
+            unreadable += paths.filter { path in !selected.contains { $0.namespace == path } }.map { "\($0): not a namespace now" }
+        }
+        let reports = await withTaskGroup(of: (report: PurgeReport?, failure: String?).self) { dumps in
+            for (namespace, worker) in selected {
+                dumps.addTask {
+                    do { return (try await worker.perform { $0.list(matcher, includeTCPInfo: tcpInfo, options: options) }, nil) } catch {
+                        // A namespace that vanished took its sockets with it; one that cannot be entered did not.
+                        return (nil, Self.vanished(error) ? nil : "\(namespace ?? "own"): \(error)")
+                    }
+                }
             }
-            var reports: [PurgeReport?] = []
+            var reports: [(report: PurgeReport?, failure: String?)] = []
             for await report in dumps { reports.append(report) }
             return reports
         }
-        // A dump begun again after ENOBUFS ran to its end (a trouble ridden out); a failed step did not.
-        if reports.contains(where: { $0 == nil || !($0?.stepErrors.isEmpty ?? true) }) {
-            complete = false
-        }
-        return (reports.compactMap { $0 }, complete)
+        unreadable += reports.compactMap(\.failure)
+        // A dump begun again after ENOBUFS ran to its end (a trouble ridden out); a failed socket walk did not.
+        if !unreadable.isEmpty || reports.contains(where: { $0.report?.socketWalkFailed == true }) { complete = false }
+        return (reports.compactMap(\.report), complete, unreadable)
+    }
+
+    /// The namespace is gone (its file removed, its worker stopped): nothing there to look at.
+    static func vanished(_ error: any Error) -> Bool {
+        guard let error = error as? SystemCallError else { return false }
+        return error == NamespaceThread.stoppedError || error.errno == .noSuchFileOrDirectory || error.errno == .invalidArgument
     }
 
     public func watchNewFlows(

@@ -123,8 +123,11 @@ public struct ReapPolicy: Sendable {
         public var rebalance: RebalanceSettings?
         /// The silence since the last sign of life a dead verdict needs (`PoolConfiguration.outageFloor`).
         public var outageFloor: Duration
+        /// Where its reaps act (nil: the agent's own namespace).
+        public var namespaces: NamespaceSelection?
 
-        public init(_ pool: PoolConfiguration) {
+        public init(_ pool: PoolConfiguration, namespaces: NamespaceSelection? = nil) {
+            self.namespaces = namespaces
             name = pool.name
             backends = pool.backends
             rise = pool.rise
@@ -140,6 +143,15 @@ public struct ReapPolicy: Sendable {
             rebalance =
                 pool.rebalance && pool.protocols.contains(.tcp)
                 ? RebalanceSettings(tolerancePercent: pool.rebalanceTolerance, fixedPerSecond: pool.rebalanceRate) : nil
+        }
+
+        /// Whether its reaps and the other pool's can end the same sockets: they share a namespace.
+        func sharesSockets(with other: PoolRules) -> Bool {
+            switch (namespaces, other.namespaces) {
+            case (nil, nil), (.all?, _), (_, .all?): return true
+            case (.paths(let mine)?, .paths(let theirs)?): return !Set(mine).isDisjoint(with: theirs)
+            default: return false
+            }
         }
 
         /// Four scans per `stuck_after`: a blackholed connection is ended at most a quarter late.
@@ -208,7 +220,7 @@ public struct ReapPolicy: Sendable {
     public mutating func apply(_ configuration: AgentConfiguration, at now: Instant = .now) {
         reapWhenAllDown = configuration.reapWhenAllDown
         budget.resize(perSecond: configuration.maxSocketsPerSecond, burst: configuration.maxSocketsBurst)
-        pools = configuration.pools.map(PoolRules.init)
+        pools = configuration.pools.map { PoolRules($0, namespaces: configuration.namespaces(of: $0)) }
         var next: [BackendKey: BackendRecord] = [:]
         for pool in pools {
             for backend in pool.backends {
@@ -316,7 +328,7 @@ public struct ReapPolicy: Sendable {
         guard let record = backends[key], record.failingSince != nil, record.reaping?.answered == nil else { return .recovering }
         if !reapWhenAllDown, survivor(besides: key, pool: pool) == nil { return .noSurvivor }
         // One endpoint, one verdict: its sockets are the same whichever pool ends them.
-        for other in pools where other.name != key.pool && other.backends.contains(key.backend) {
+        for other in pools where other.name != key.pool && other.backends.contains(key.backend) && other.sharesSockets(with: pool) {
             let otherKey = BackendKey(pool: other.name, backend: key.backend)
             guard let record = backends[otherKey], record.reaping != nil, record.failingSince != nil, record.reaping?.answered == nil,
                 reapWhenAllDown || survivor(besides: otherKey, pool: other) != nil
@@ -329,7 +341,7 @@ public struct ReapPolicy: Sendable {
     /// pool answers now, and every other pool holding it finds it failing too and has a survivor.
     private func closeHold(_ key: BackendKey, pool: PoolRules) -> Hold? {
         if survivor(besides: key, pool: pool) == nil { return .noSurvivor }
-        for other in pools where other.name != key.pool && other.backends.contains(key.backend) {
+        for other in pools where other.name != key.pool && other.backends.contains(key.backend) && other.sharesSockets(with: pool) {
             let otherKey = BackendKey(pool: other.name, backend: key.backend)
             guard let state = backends[otherKey]?.state, state == .unhealthy || state == .dead,
                 survivor(besides: otherKey, pool: other) != nil

@@ -89,12 +89,17 @@ public struct SegmentEvidence: Sendable, Equatable {
 
     /// Every namespace was read and every dump ran to its end: the absence of a segment means something.
     public var complete: Bool
+    /// What could not be read, for the log: a namespace and its error.
+    public var unreadable: [String]
 
-    public init(at: ContinuousClock.Instant, sockets: Int, youngestSegmentAge: Duration?, complete: Bool = true) {
+    public init(
+        at: ContinuousClock.Instant, sockets: Int, youngestSegmentAge: Duration?, complete: Bool = true, unreadable: [String] = []
+    ) {
         self.at = at
         self.sockets = sockets
         self.youngestSegmentAge = youngestSegmentAge
-        self.complete = complete
+        self.complete = complete && unreadable.isEmpty
+        self.unreadable = unreadable
     }
 
     /// When the newest segment arrived, if any socket had one.
