@@ -1,0 +1,452 @@
+"""No harm from what a probe cannot know, part 2: four more rules of the agent, each proved both ways
+against the real kernel (the living kept, the dead still reaped).
+
+The lab: the agent's namespace ``node`` (10.244.0.1: the agent runs, probes and reaps there, and there
+live the clients' connections unless a test says otherwise) and ``srv`` (backends A 10.244.0.2,
+B 10.244.0.3, C 10.244.0.4 on the service port 22080). Kept means a connection still carries data
+afterwards (a stream still flows, an echo still comes back); ended means its owner saw ECONNABORTED
+(SOCK_DESTROY), or the peer reconnected.
+
+1. Recovery wins on a lossy path: A found dead (blackholed) comes back with a third of the SYNs
+   toward it dropped (its probes and clients' connects); connections made after its first answer,
+   streams A writes to every 200 ms, are all kept for 10 s while its probes keep failing now and
+   then. Other way: it stays dead, and every new connect toward it is ended.
+2. Missing evidence is not evidence of death: a pool reaping two client namespaces, one of whose
+   namespace files is removed after start; A dies: no dead verdict (``evidence_missing``), nothing
+   ended. Other way: both readable, the same death is reaped in both.
+3. The stuck detector's local fault, the side that holds: only A's heartbeat connection blackholed
+   on this side while B's is acknowledged: that one ended, B's kept. (Both blackholed at once must
+   end nothing; on main the detector ends them: the tests are on branch noharm-repro-2.)
+4. A survivor answers now, the side that holds: only A's probes fail (a fault near the prober
+   dropping its SYNs toward A) while B and C answer: A reaped, B's and C's connections kept. (The
+   same fault reaching A, B +300 ms, C +600 ms must end nothing; main reaps A when the onset meets
+   the probes' phases: the tests are on branch noharm-repro-2.)
+
+Addresses 10.244.0.0/16, ports 22000-22999.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from lab.agent import Agent, pool_yaml
+from lab.netns import wait_for
+from lab.traffic import PeerProcess, StreamClient
+
+NODE, A, B, C = "10.244.0.1", "10.244.0.2", "10.244.0.3", "10.244.0.4"
+PORT = 22080
+AP, BP, CP = f"{A}:{PORT}", f"{B}:{PORT}", f"{C}:{PORT}"
+LISTEN = ("127.0.0.1", 22747)
+FAST = {"type": "tcp", "interval": "200ms", "timeout": "150ms", "rise": 2, "fall": 2}
+HOLD = 3.0
+SUPPRESSED = "conn_reaper_reaps_suppressed_total"
+
+#: A backend that writes ``NAME SEQ`` to every connection it accepts, every 200 ms (a watch stream).
+WRITER = r"""
+import socket, sys, threading, time
+def serve(address, name):
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((address, int(sys.argv[1]))); server.listen(512)
+    def write(conn):
+        seq = 0
+        try:
+            while True:
+                conn.sendall(f"{name} {seq}\n".encode()); seq += 1; time.sleep(0.2)
+        except OSError:
+            conn.close()
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=write, args=(conn,), daemon=True).start()
+for pair in sys.argv[2:]:
+    address, name = pair.split("=")
+    threading.Thread(target=serve, args=(address, name), daemon=True).start()
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+class World:
+    def __init__(self, lab, binary: str, echo: bool = True) -> None:
+        self.lab, self.binary = lab, binary
+        self.node, self.srv = lab.namespace("node"), lab.namespace("srv")
+        lab.link(self.node, self.srv, [f"{NODE}/24"], [f"{A}/24", f"{B}/24", f"{C}/24"])
+        if echo:
+            self.server = self.srv.peer()
+            for address in (A, B, C):
+                self.server.listen("tcp", address, PORT)
+        self.client = self.node.peer()
+        self.agent: Agent | None = None
+
+    def start_agent(self, tmp_path, pools: list[dict], **top) -> Agent:
+        path = tmp_path / "agent.yaml"
+        path.write_text(pool_yaml(pools, listen=LISTEN, **top))
+        self.agent = Agent(self.node, self.binary, ["--config", str(path)], listen=LISTEN)
+        self.agent.wait_ready()
+        self.agent.wait_states({f"{p['name']}/{b}": "up" for p in pools for b in p["backends"]})
+        return self.agent
+
+    def writers(self) -> None:
+        process = self.srv.popen(["python3", "-u", "-c", WRITER, str(PORT), f"{A}=A", f"{B}=B", f"{C}=C"],
+                                 stdout=subprocess.PIPE)
+        assert process.stdout.readline().strip() == b"ready"
+
+    def blackhole(self, address: str) -> list[list[str]]:
+        """Everything to and from ``address`` vanishes (a silent death); returns the rules."""
+        rules = [["INPUT", "-d", address, "-j", "DROP"], ["OUTPUT", "-s", address, "-j", "DROP"]]
+        for rule in rules:
+            self.srv.iptables("-I", *rule)
+        return rules
+
+
+@pytest.fixture
+def world(lab, reaper_binary):
+    return lambda **options: World(lab, reaper_binary, **options)
+
+
+def info(agent: Agent) -> str:
+    return agent.log_text(60)
+
+
+def lines(agent: Agent, prefix: str, since: float = 0.0, **fields) -> list:
+    return [line for line in agent.log() if line.t >= since and line.msg.startswith(prefix)
+            and all(line.fields.get(k) == v for k, v in fields.items())]
+
+
+def states_during(agent: Agent, keys: list[str], seconds: float) -> dict[str, set[str]]:
+    seen: dict[str, set[str]] = {key: set() for key in keys}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        states = agent.backend_states()
+        for key in keys:
+            seen[key].add(states.get(key))
+        time.sleep(0.1)
+    return seen
+
+
+def wait_aborted(peer, agent: Agent, ids: list[int], timeout: float = 5.0) -> None:
+    try:
+        wait_for(lambda: peer.state(ids) == ["ECONNABORTED"] * len(ids), timeout, f"ECONNABORTED on {ids}", interval=0.1)
+    except AssertionError as error:
+        raise AssertionError(f"{error}: now {peer.state(ids)}\n{info(agent)}") from None
+
+
+def destroyed(metrics, backend: str) -> float:
+    return metrics.value("conn_reaper_sockets_destroyed_total", backend=backend)
+
+
+def reaps_of(agent: Agent, backend: str, timeout: float = 2.0) -> list:
+    """The ``reaped`` lines of ``backend`` once the first is logged (it follows the destroys), and the
+    destroyed-sockets metric caught up with them."""
+    agent.wait_line(lambda l: l.msg == "reaped" and l.fields.get("backend") == backend, timeout)
+    reaps = agent.reaps(backend)
+    total = sum(int(r.fields.get("sockets", 0)) for r in reaps)
+    wait_for(lambda: destroyed(agent.metrics(), backend) >= total, timeout, f"the metrics to count {total} sockets")
+    return reaps
+
+
+def successes(agent: Agent, pool: str, backend: str) -> float:
+    return agent.metrics().value("conn_reaper_probes_total", pool=pool, backend=backend, result="success")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Recovery wins on a lossy path
+
+LOSS = ["INPUT", "-d", A, "-p", "tcp", "--syn", "-m", "statistic", "--mode", "random", "--probability", "0.33", "-j", "DROP"]
+STREAMS = 6
+WATCH = 10.0
+
+
+def ended(client: StreamClient, since: float = 0.0) -> list[dict]:
+    return [c for s in client.dump().streams for c in s.connections if c["end"] is not None and c["start"] >= since]
+
+
+def dead_and_reaped(w: World, tmp_path) -> tuple[Agent, StreamClient, float]:
+    """A and B serve streams; A is blackholed until it is dead and its streams were ended."""
+    w.writers()
+    agent = w.start_agent(tmp_path, [{"name": "api", "backends": [AP, BP], "probe": FAST}])
+    before = StreamClient(w.node, [("l4", A, PORT, 4, ""), ("l4", B, PORT, 2, "")])
+    wait_for(lambda: all(s["age"] is not None and s["age"] < 0.5 for s in before.status()["streams"]), 5,
+             "every stream flowing")
+    t_cut = time.monotonic()
+    w.blackhole(A)
+    agent.wait_states({f"api/{AP}": "dead"}, timeout=5)
+    wait_for(lambda: sum(c["why"] == "ECONNABORTED" for c in ended(before)) >= 4, 5, "A's 4 streams aborted")
+    return agent, before, t_cut
+
+
+def test_a_dead_backend_back_on_a_lossy_path_keeps_every_connection_made_after_its_first_answer(world, tmp_path):
+    """Recovery wins: once a dead backend answers a probe, nothing is ended until `fall` new failures
+    AND a new look at its connections say dead again. A comes back with a third of the SYNs toward it
+    lost (iptables statistic in its namespace: its probes fail one in three, two in a row every 2 s or
+    so at 200 ms, and clients' connects are delayed by SYN retransmits), but the streams made after its
+    first answer receive a line every 200 ms: none of them is ended over 10 s (nor a late connect), and
+    every one that flows keeps flowing."""
+    w = world(echo=False)
+    agent, before, t_cut = dead_and_reaped(w, tmp_path)
+    for rule in (["INPUT", "-d", A, "-j", "DROP"], ["OUTPUT", "-s", A, "-j", "DROP"]):
+        w.srv.iptables("-D", *rule)
+    w.srv.iptables("-I", *LOSS)                   # back, a third of the SYNs toward it lost (probes and clients')
+    answered = successes(agent, "api", AP)
+    t_back = time.monotonic()
+    wait_for(lambda: successes(agent, "api", AP) > answered, 5, "A's first answer after its return", interval=0.02)
+    t_answer, wall_answer = time.monotonic(), time.time()
+    after = StreamClient(w.node, [("l4", A, PORT, STREAMS, "")])
+    # Most streams flowing first (a client SYN lost here is sent again after 1, 3, 7 s: a stream may
+    # connect late, and the agent must leave its connect alone too).
+    wait_for(lambda: sum(s["backend"] == "A" for s in after.status()["streams"]) >= STREAMS - 2, 8,
+             "most streams to get a line")
+    before.stop()
+    t_watch = time.monotonic()
+    flowing = [i for i, s in enumerate(after.status()["streams"]) if s["backend"] == "A"]
+    failed_before = agent.metrics().value("conn_reaper_probes_total", pool="api", backend=AP, result="failure")
+    time.sleep(WATCH)
+    t_end = time.monotonic()
+    dump = after.dump()
+    metrics = agent.metrics()
+    failed = metrics.value("conn_reaper_probes_total", pool="api", backend=AP, result="failure") - failed_before
+    text = info(agent)
+
+    ends = [c for s in dump.streams for c in s.connections if c["end"] is not None]
+    assert ends == [], f"connections made after A's return were ended: {ends}\n{text}"
+    assert all(len(s.connections) == 1 for s in dump.streams), f"a stream reconnected\n{text}"
+    # The streams that flowed when the watch began flow still: a line in its last second, and at
+    # least 40 of the 50 A wrote each (the data path loses nothing).
+    gaps = [s.longest_gap(t_watch, t_end) for s in dump.streams]
+    counts = [s.lines_between(t_watch, t_end, "A") for s in dump.streams]
+    assert all(dump.streams[i].lines_between(t_end - 1.0, t_end, "A") >= 1 and counts[i] >= 40 for i in flowing), \
+        f"a stream stalled: flowing {flowing}, gaps {gaps}, lines {counts}\n{text}"
+    assert failed >= 3, f"only {failed:g} probes of A failed in {WATCH:g}s: the path was not lossy\n{text}"
+    late = [r for r in agent.reaps(AP) if r.reap_started_at > wall_answer]   # a pass begun before may end after
+    assert late == [], f"reaps of A after its first answer: {[r.text for r in late]}\n{text}"
+    destroyed_total = destroyed(metrics, AP)
+    print(f"\nA dead, back with 33% of SYNs lost: first answer {t_answer - t_back:.2f}s after; {failed:g} of its "
+          f"probes failed in {WATCH:g}s, {len(dump.streams)} streams made after it answered ({len(flowing)} flowing at "
+          f"the start): 0 ended, lines {counts}, longest gap {max(gaps[i] for i in flowing):.2f}s; alive_evidence {metrics.value(SUPPRESSED, pool='api', reason='alive_evidence'):g}, state now "
+          f"{agent.backend_states()[f'api/{AP}']}; sockets destroyed before its return: {destroyed_total:g}")
+
+
+def test_a_dead_backend_that_stays_dead_has_every_new_connect_ended(world, tmp_path):
+    """The other way: A stays blackholed. Its streams were ended when it was found dead, and every
+    reconnect their clients make toward it keeps being ended (ECONNABORTED on the connect), as does a
+    fresh connect, within the 150 ms still-dead cadence of its first minute."""
+    w = world(echo=False)
+    agent, before, t_cut = dead_and_reaped(w, tmp_path)
+    t_dead = time.monotonic()
+    time.sleep(3.0)
+    probe = w.node.peer()
+    outcome = probe.connect_outcome(A, PORT, timeout=2.0)
+    text = info(agent)
+    later = [c for c in ended(before, since=t_dead) if c["connected"] is None]
+    aborted = [c for c in later if c["why"] == "ECONNABORTED"]
+    assert outcome[0] == "ECONNABORTED" and outcome[1] < 0.5, f"a new connect toward A: {outcome}\n{text}"
+    assert len(aborted) >= 10 and len(aborted) >= len(later) - 4, \
+        f"{len(aborted)} of {len(later)} reconnects toward A aborted\n{text}"
+    assert [c for c in ended(before) if c["why"] == "ECONNABORTED" and c["data"] and c["data"][-1][1] == "B"] == [], text
+    assert agent.backend_states()[f"api/{AP}"] == "dead", text
+    print(f"\nA stays dead: {len(aborted)} reconnects toward it aborted in 3 s, a fresh connect aborted after "
+          f"{outcome[1]:.3f}s")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Missing evidence is not evidence of death
+
+
+class Clients:
+    """Two client namespaces c1 (10.244.1.1) and c2 (10.244.2.1), each linked to srv, each with 3 idle
+    connections to A and one to B; c2's namespace file also bind-mounted at ``path2``."""
+
+    def __init__(self, w: World, tmp_path) -> None:
+        self.peers, self.on_a, self.on_b, self.paths = [], [], [], []
+        for index in (1, 2):
+            ns = w.lab.namespace(f"c{index}")
+            w.lab.link(ns, w.srv, [f"10.244.{index}.1/24"], [f"10.244.{index}.254/24"])
+            ns.add_route("10.244.0.0/24", via=f"10.244.{index}.254")
+            peer = ns.peer()
+            self.peers.append(peer)
+            self.on_a.append(peer.connect(A, PORT, count=3))
+            self.on_b.append(peer.connect(B, PORT))
+            self.paths.append(f"/run/netns/{ns.name}")
+        self.mount = str(tmp_path / "c2.net")
+        open(self.mount, "w").close()
+        subprocess.run(["mount", "--bind", self.paths[1], self.mount], check=True)
+        self.mounted = True
+
+    def remove_mount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", self.mount], check=True)
+            self.mounted = False
+        if os.path.exists(self.mount):
+            os.unlink(self.mount)
+
+    def states(self) -> list[list[str]]:
+        return [peer.state(ids) for peer, ids in zip(self.peers, self.on_a)]
+
+
+@pytest.fixture
+def clients(world, tmp_path):
+    made = []
+
+    def build():
+        w = world()
+        c = Clients(w, tmp_path)
+        made.append(c)
+        return w, c
+    try:
+        yield build
+    finally:
+        for c in made:
+            c.remove_mount()
+
+
+def netns_pool(paths: list[str]) -> list[dict]:
+    return [{"name": "api", "backends": [AP, BP], "probe": FAST, "netns": "[" + ", ".join(paths) + "]"}]
+
+
+def test_a_death_seen_through_an_unreadable_namespace_is_no_verdict(clients, tmp_path):
+    """Missing evidence: the pool reaps c1 and c2, c2 through a bind-mounted file removed after start
+    (the namespace lives on, holding connections the agent can no longer look at). A dies with idle
+    connections from both: its probes say nothing answers, but the look at its connections is
+    incomplete, so no dead verdict is made (`evidence_missing`, one warning) and nothing is ended; the
+    connections work again once A comes back."""
+    w, c = clients()
+    agent = w.start_agent(tmp_path, netns_pool([c.paths[0], c.mount]))
+    c.remove_mount()
+    t_cut = time.monotonic()
+    rules = w.blackhole(A)
+    seen = states_during(agent, [f"api/{AP}", f"api/{BP}"], HOLD)
+    metrics = agent.metrics()
+    missing = metrics.value(SUPPRESSED, pool="api", reason="evidence_missing")
+    warned = lines(agent, "not dead: nothing answers its probes, but its connections could not all be read",
+                   backend=AP)
+    states = c.states()
+    text = info(agent)
+
+    assert "dead" not in seen[f"api/{AP}"], f"{seen}\n{text}"
+    assert lines(agent, "backend dead", backend=AP) == [], text
+    assert agent.reaps(AP) == [] and destroyed(metrics, AP) == 0, text
+    assert states == [["ok"] * 3, ["ok"] * 3], f"{states}\n{text}"
+    assert missing > 0, text
+    assert len(warned) == 1 and warned[0].fields.get("reason") == "evidence_missing", f"{[l.text for l in warned]}\n{text}"
+    assert metrics.value(SUPPRESSED, pool="api", reason="all_backends_down") == 0, text
+    for rule in rules:
+        w.srv.iptables("-D", *rule)
+    results = [peer.probe(ids + b, timeout=5) for peer, ids, b in zip(c.peers, c.on_a, c.on_b)]
+    assert results == [["ok"] * 4, ["ok"] * 4], f"{results}\n{info(agent)}"
+    assert agent.reaps(AP) == [], info(agent)
+    print(f"\nA blackholed {HOLD:g}s, c2's namespace file gone: states {seen[f'api/{AP}']}, evidence_missing "
+          f"{missing:g}, 0 of 6 connections ended, all answer after the return")
+
+
+def test_a_death_seen_through_two_readable_namespaces_is_reaped_in_both(clients, tmp_path):
+    """The other way: the same pool, both namespace files readable: A's death is a dead verdict, and its
+    idle connections in c1 and in c2 are ended (ECONNABORTED), B's kept."""
+    w, c = clients()
+    agent = w.start_agent(tmp_path, netns_pool([c.paths[0], c.mount]))
+    t_cut = time.monotonic()
+    w.blackhole(A)
+    for peer, ids in zip(c.peers, c.on_a):
+        wait_aborted(peer, agent, ids)
+    t_aborted = time.monotonic()
+    reaps = reaps_of(agent, AP)
+    metrics = agent.metrics()
+    text = info(agent)
+    assert lines(agent, "backend dead", backend=AP), text
+    assert sorted(r.fields.get("netns") for r in reaps if r.fields.get("reason") == "dead") == sorted(c.paths[0:1] + [c.mount]), text
+    assert metrics.value(SUPPRESSED, pool="api", reason="evidence_missing") == 0, text
+    assert destroyed(metrics, AP) >= 6, text
+    assert [peer.probe(b) for peer, b in zip(c.peers, c.on_b)] == [["ok"], ["ok"]], text
+    print(f"\nA blackholed, both namespaces readable: its 6 connections in c1 and c2 aborted "
+          f"{t_aborted - t_cut:.2f}s after the cut")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The stuck detector's local fault
+
+STUCK_PROBE = {"type": "tcp", "interval": "500ms", "timeout": "300ms"}
+
+
+def heartbeats(w: World) -> dict[str, tuple[PeerProcess, int]]:
+    out = {}
+    for name, address in (("A", A), ("B", B)):
+        events = PeerProcess(w.node, "heartbeat", address, PORT)
+        connected = events.wait_event("connected", 5)
+        assert connected and events.wait_event("echo", 5), f"no heartbeat to {name}: {events.stderr()}"
+        out[name] = (events, connected["port"])
+    return out
+
+
+def drop_ports(w: World, ports: list[int]) -> list[str]:
+    rule = ["OUTPUT", "-p", "tcp", "-m", "multiport", "--sports", ",".join(map(str, ports)), "-j", "DROP"]
+    w.node.iptables("-I", *rule)
+    return rule
+
+
+def stuck_agent(w: World, tmp_path) -> Agent:
+    return w.start_agent(tmp_path, [{"name": "api", "backends": [AP, BP], "stuck_after": "2s", "probe": STUCK_PROBE}])
+
+
+def test_a_heartbeat_to_one_backend_blackholed_is_ended_and_the_other_kept(world, tmp_path):
+    """The other way: only A's heartbeat connection is dropped. B's is acknowledged, so the fault is
+    A's path: A's connection is ended (ECONNABORTED, the client reconnects and is answered), B's kept."""
+    w = world()
+    agent = stuck_agent(w, tmp_path)
+    beats = heartbeats(w)
+    events_a, port_a = beats["A"]
+    t_drop = time.monotonic()
+    drop_ports(w, [port_a])
+    failure = events_a.wait_event("failed", 8, after=t_drop)
+    text = info(agent)
+    assert failure and failure["error"] == "ECONNABORTED", f"{failure}\n{text}"
+    recovered = events_a.wait_event(lambda e: e["event"] == "echo" and e["port"] != port_a, 5, after=t_drop)
+    assert recovered, f"{events_a.events[-3:]}\n{text}"
+    events_b, port_b = beats["B"]
+    assert events_b.events_named("failed") == [], text
+    assert events_b.wait_event(lambda e: e["event"] == "echo" and e["port"] == port_b, 2, after=time.monotonic())
+    metrics = agent.metrics()
+    assert metrics.value(SUPPRESSED, pool="api", reason="local_fault") == 0, text
+    audit = lines(agent, "stuck connection ended")
+    assert len(audit) == 1 and audit[0].fields.get("backend") == AP, f"{[l.text for l in audit]}\n{text}"
+    print(f"\nA's heartbeat dropped: ended {failure['t'] - t_drop:.2f}s after, answered again "
+          f"{recovered['t'] - t_drop:.2f}s after; B's kept")
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. A survivor answers now
+
+SLOW = {"type": "tcp", "interval": "1s", "timeout": "500ms", "rise": 2, "fall": 2}
+
+
+def syn_drop(w: World, address: str) -> list[str]:
+    """The agent's namespace drops its own SYNs toward ``address``: a fault near the prober."""
+    rule = ["OUTPUT", "-p", "tcp", "--syn", "-d", address, "-j", "DROP"]
+    w.node.iptables("-I", *rule)
+    return rule
+
+
+def idle_everywhere(w: World) -> dict[str, list[int]]:
+    return {address: w.client.connect(address, PORT, count=3) for address in (A, B, C)}
+
+
+def test_a_fault_on_one_backends_path_only_is_reaped(world, tmp_path):
+    """The other way: only A's probes fail (B and C keep answering): A is dead and its idle connections
+    are ended (ECONNABORTED), B's and C's kept."""
+    w = world()
+    agent = w.start_agent(tmp_path, [{"name": "api", "backends": [AP, BP, CP], "probe": SLOW}])
+    held = idle_everywhere(w)
+    t_fault = time.monotonic()
+    syn_drop(w, A)
+    wait_aborted(w.client, agent, held[A], timeout=6)
+    t_aborted = time.monotonic()
+    reaps = reaps_of(agent, AP)
+    metrics = agent.metrics()
+    text = info(agent)
+    assert reaps and reaps[0].fields.get("reason") == "dead", text
+    assert destroyed(metrics, BP) == 0 and destroyed(metrics, CP) == 0, text
+    assert w.client.probe(held[B] + held[C]) == ["ok"] * 6, text
+    assert metrics.value(SUPPRESSED, pool="api", reason="all_backends_down") == 0, text
+    print(f"\nonly A's probes dropped: its 3 idle connections aborted {t_aborted - t_fault:.2f}s after the fault")
