@@ -135,7 +135,7 @@ def start_virtiofsd(virtiofsd: str, socket: Path, source: Path, read_only: bool,
     if read_only:
         # This virtiofsd has no read-only switch: serve a read-only bind of the root in a private mount
         # namespace, so not even a guest that remounted rw could write to the host.
-        view = f"/run/crk-kernels-root-{os.getpid()}"
+        view = socket.parent / "root-view"   # removed with the sockets' folder
         script = (f"set -e; mkdir -p {view}; mount --bind {source} {view}; mount -o remount,bind,ro {view}; "
                   f"exec \"$@\" -o source={view}")
         argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "virtiofsd"] + argv
