@@ -129,3 +129,27 @@ image:
 
 clean:
 	rm -rf .build $(DIST_SCRATCH) $(FUZZ_SCRATCH)
+
+# The kernel matrix (Tests/kernels, KERNEL_SUPPORT.md): Debian 11's 5.10, 12's 6.1 and 13's 6.12 cloud
+# kernels from the Debian mirror (cached in .build/kernels), each booted under qemu (KVM where it runs a
+# stock kernel, TCG otherwise) with the host's root shared read-only by virtiofsd; KERNEL_TESTS run
+# inside with this tree's debug binary. One VM at a time, 2 vCPUs, niced. KERNELS=deb12 picks kernels.
+KERNELS_APT := qemu-system-x86 busybox-static kmod cpio xz-utils zstd gzip util-linux
+KERNEL_TESTS ?= Tests/Integration/test_purge_tcp.py Tests/Integration/test_conntrack.py \
+	Tests/Integration/test_conntrack_flush.py Tests/Integration/test_nat_udp_netns.py \
+	Tests/Integration/test_udp.py Tests/Integration/test_scale.py Tests/Integration/test_reap_states.py \
+	Tests/Integration/test_agent_incident.py Tests/Integration/test_agent_reaping.py Tests/Integration/test_cli.py
+KERNELS_RUN := $(PYTHON) Tests/kernels/run_kernels.py --binary $(abspath $(BIN_DEBUG))
+.PHONY: kernels kernels-deps kernels-ci
+kernels-deps: deps
+	@missing=""; for p in $(KERNELS_APT); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if ! [ -x /usr/lib/qemu/virtiofsd ] && ! [ -x /usr/libexec/virtiofsd ]; then missing="$$missing virtiofsd"; fi; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+kernels: kernels-deps build
+	$(KERNELS_RUN) $(KERNEL_TESTS)
