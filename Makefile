@@ -145,11 +145,13 @@ kernels-deps: deps
 	@missing=""; for p in $(KERNELS_APT); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
-	if ! [ -x /usr/lib/qemu/virtiofsd ] && ! [ -x /usr/libexec/virtiofsd ]; then missing="$$missing virtiofsd"; fi; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@# Debian 12's qemu ships virtiofsd itself; later releases have it as a package of its own.
+	@[ -x /usr/lib/qemu/virtiofsd ] || [ -x /usr/libexec/virtiofsd ] || \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends virtiofsd >/dev/null
 
 kernels: kernels-deps build
 	$(KERNELS_RUN) $(KERNEL_TESTS)
