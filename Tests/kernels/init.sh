@@ -37,7 +37,11 @@ KVER=$(uname -r)
 mkdir -p "/newroot/lib/modules/$KVER" "/newroot$OUT"
 mount --bind "/host$MODS" "/newroot/lib/modules/$KVER" || fail "modules"
 mount -t virtiofs out "/newroot$OUT" || fail "mount the results folder (virtiofs)"
-echo /sbin/modprobe >/proc/sys/kernel/modprobe
+# The kernel runs its module loader (request_module: veth, nf_conntrack_netlink, ...) in the initramfs'
+# root, not in the chroot: a wrapper there runs the host's kmod inside the chroot.
+printf '#!/bin/sh\nexec /bin/chroot /newroot /sbin/modprobe "$@"\n' >/bin/crk-modprobe
+chmod 755 /bin/crk-modprobe
+echo /bin/crk-modprobe >/proc/sys/kernel/modprobe
 ip link set lo up
 hostname crk-vm
 say "running $OUT/run.sh"

@@ -168,7 +168,7 @@ def write_run_script(out: Path, binary: Path, emulated: bool, pytest_args: list[
     lines = ["#!/bin/bash", "set -u"] + [f"export {k}={_quote(v)}" for k, v in env.items()]
     lines += [f"cd {_quote(str(REPO))}",
               "echo \"crk-vm: kernel $(uname -r), $(nproc) vCPUs, CONN_REAPER_EMULATED=$CONN_REAPER_EMULATED\"",
-              command or " ".join([_quote(sys.executable), "-m", "pytest", "-p", "no:cacheprovider", "-rs", "-v", "--tb=short",
+              command or " ".join([_quote(sys.executable), "-m", "pytest", "-p", "no:cacheprovider", "-rs", "-v", "--tb=short", "--color=no",
                         f"--junitxml={out}/junit.xml"] + [_quote(a) for a in pytest_args])]
     (out / "run.sh").write_text("\n".join(lines) + "\n")
 
