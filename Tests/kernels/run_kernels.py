@@ -282,8 +282,13 @@ def main() -> int:
                         help="seconds per VM")
     parser.add_argument("--label", default="kernel tests")
     parser.add_argument("--command", help="a shell command to run in the VM (in the repo) instead of pytest")
-    parser.add_argument("pytest_args", nargs="*", default=["Tests/Integration"])
+    parser.add_argument("--tests-from", help="a file of test node ids, one a line (# comments)")
+    parser.add_argument("pytest_args", nargs="*", default=[])
     args = parser.parse_args()
+    if args.tests_from:
+        args.pytest_args += [line.strip() for line in Path(args.tests_from).read_text().splitlines()
+                             if line.strip() and not line.lstrip().startswith("#")]
+    args.pytest_args = args.pytest_args or ["Tests/Integration"]
     if os.geteuid() != 0:
         sys.exit("kernels: needs root (virtiofsd, and the kernel tests inside the VM)")
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
