@@ -84,8 +84,8 @@ def test_with_agent_every_stalled_stream_flows_again_within_0_8s(incident, reape
                 assert not stream.ended_between(run.t_cut, run.t_end), f"live {kind} stream was cut\n{info}"
         # Every stream (stalled or not) has data from a live upstream within the bound.
         slowest = max(case.recovery.values(), key=lambda v: float("inf") if v is None else v)
-        assert slowest is not None and slowest <= RECOVERY_BOUND, (
-            f"{kind}: slowest stream flowed again {slowest}s after the cut (bound {RECOVERY_BOUND}s)\n{info}")
+        assert slowest is not None, f"{kind}: a stream never flowed again after the cut\n{info}"
+        kernel.speed_bound(slowest, RECOVERY_BOUND + 1e-9, f"{kind}: slowest stream flowing again after the cut")
         # At the end every stream flows, none from the dead upstream.
         assert run.stalled_at(run.t_end, kind) == [], info
         assert all(s.lines_between(run.t_end - 0.5, run.t_end, DEAD) == 0 for s in case.streams), info
