@@ -224,8 +224,9 @@ def check_recovered(events, cut, log, limit: float) -> float:
     tcp = [events.first("vip", i, "b2", after=cut) for i in range(STREAMS)]
     udp = events.first("udp", 0, "b2", after=cut)
     assert all(t is not None for t in tcp), f"streams that never reached backend 2: {tcp}\n{log}"
-    worst = max(max(t - cut for t in tcp), (udp or 1e9) - cut)
-    assert worst <= limit, f"recovered only {worst:.3f} s after the cut (limit {limit} s)\n{log}"
+    assert udp is not None, f"UDP never answered by backend 2\n{log}"
+    worst = max(max(t - cut for t in tcp), udp - cut)
+    kernel.speed_bound(worst, limit + 1e-9, "VIP TCP and UDP recovered after the cut (worst)")
     aborted = [e for e in events.errors("vip") if e["t"] >= cut]
     assert {e["err"] for e in aborted} == {"ECONNABORTED"}, aborted
     assert events.errors("decoy") == [], events.errors("decoy")
