@@ -109,11 +109,15 @@ def start_clients(client, tmp_path) -> VipEvents:
 
 
 def cut_backend1(client, b1, link) -> float:
-    """Backend 1 goes silent (its link down: no FIN, no RST) and the VIP is re-pointed at backend 2."""
-    b1.ip("link", "set", link.b_dev, "down")
-    cut = time.monotonic()
+    """The VIP is re-pointed at backend 2 and backend 1 goes silent (its link down: no FIN, no RST).
+
+    Re-pointed first: existing flows keep their NAT binding to b1 and stall until reaped, which is what
+    the tests watch. Cut first, a re-point slower than the agent's reap (seen under an emulated CPU: the
+    UDP flow's entry re-made by the old rule, reply src b1, after the reap) leaves new flows NAT'd to the
+    dead backend; that is the agent's still-dead path, not what these tests measure."""
     point_vip(client, B2)
-    return cut
+    b1.ip("link", "set", link.b_dev, "down")
+    return time.monotonic()
 
 
 def test_agent_recovers_vip_streams_and_udp_from_a_dead_natted_backend(lab, reaper_binary, tmp_path):
