@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import netns
+from lab import kernel, netns
 from lab.incident import IncidentLab
 from lab.topology import Reaper, Topology
 
@@ -62,6 +62,22 @@ def pytest_sessionfinish(session, exitstatus):
         left = netns.cleanup_namespaces(RUN_PREFIX) + netns.cleanup_namespaces(netns.default_prefix(FAULT_STEM))
         if left:
             sys.stderr.write(f"\nconftest: removed leftover namespaces {left}\n")
+
+
+def pytest_report_header(config):
+    return kernel.describe()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Which path each kernel-aware test expected, and the speed figures reported instead of asserted."""
+    if kernel.EXPECTED:
+        terminalreporter.write_sep("-", f"kernel paths expected on {kernel.RELEASE}")
+        for test, _, _, path in kernel.EXPECTED:
+            terminalreporter.write_line(f"{test}: {path}")
+    if kernel.REPORTED:
+        terminalreporter.write_sep("-", "speed bounds reported, not asserted (emulated CPU)")
+        for test, what, value, bound in kernel.REPORTED:
+            terminalreporter.write_line(f"{test}: {what} = {value:.3f} (bound on this host's CPU: {bound})")
 
 
 @pytest.hookimpl(wrapper=True)

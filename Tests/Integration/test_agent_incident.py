@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import time
 
+from lab import kernel
 from lab.agent import Agent, backend_flags, pool_yaml
 from lab.analysis import IncidentRun
 from lab.incident import (L4_PORT, NGINX_HTTP_UPSTREAM, NGINX_STREAM_UPSTREAM, UPSTREAM_NAMES, IncidentLab, assert_reaped,
@@ -79,12 +80,12 @@ def test_with_agent_every_stalled_stream_flows_again_within_0_8s(incident, reape
                 # veth to the dead upstream) can make the whole stall as short as 0.2 s.
                 assert gap > 0.15, f"{kind} stream {stream.index} on {DEAD} never stalled ({gap:.3f}s)\n{info}"
             else:
-                assert gap < 0.25, f"{kind} stream {stream.index} on a live upstream stalled {gap:.3f}s\n{info}"
+                kernel.speed_bound(gap, 0.25, f"{kind} stream {stream.index} on a live upstream: longest gap")
                 assert not stream.ended_between(run.t_cut, run.t_end), f"live {kind} stream was cut\n{info}"
         # Every stream (stalled or not) has data from a live upstream within the bound.
         slowest = max(case.recovery.values(), key=lambda v: float("inf") if v is None else v)
-        assert slowest is not None and slowest <= RECOVERY_BOUND, (
-            f"{kind}: slowest stream flowed again {slowest}s after the cut (bound {RECOVERY_BOUND}s)\n{info}")
+        assert slowest is not None, f"{kind}: a stream never flowed again after the cut\n{info}"
+        kernel.speed_bound(slowest, RECOVERY_BOUND + 1e-9, f"{kind}: slowest stream flowing again after the cut")
         # At the end every stream flows, none from the dead upstream.
         assert run.stalled_at(run.t_end, kind) == [], info
         assert all(s.lines_between(run.t_end - 0.5, run.t_end, DEAD) == 0 for s in case.streams), info
@@ -152,7 +153,7 @@ def test_without_agent_the_streams_stay_stalled_for_10s(incident):
         assert set(s.index for s in run.stalled_at(run.t_end, kind)) == set(s.index for s in case.on_dead), info
         for stream in case.streams:
             if stream not in case.on_dead:
-                assert stream.longest_gap(run.t_cut, run.t_end) < 0.3, info
+                kernel.speed_bound(stream.longest_gap(run.t_cut, run.t_end), 0.3, f"live stream {stream.index}: longest gap")
         # nginx still holds its established upstream sockets toward the dead upstream (incident 1's `ss`).
         established = incident.nginx_upstream_sockets(DEAD, kind)
         assert len(established) == len(case.on_dead), f"{established}\n{info}"

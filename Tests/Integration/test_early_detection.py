@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from lab import kernel
 from lab.agent import Agent, pool_yaml
 from lab.incident import UPSTREAM_NAMES, IncidentLab, start_agent
 
@@ -68,7 +69,8 @@ def test_streams_that_carry_data_flow_again_within_a_second_of_a_silent_death(in
     assert len(signal) == 1 and signal[0].fields["signal"] == "retransmits", info
     reap = agent.find("reaped", backend=dead, reason="dead")
     assert len(reap) == 1, info
-    assert reap[0].fields["detected_by"] == "retransmits" and 0 < int(reap[0].fields["after_signal_ms"]) < 1500, reap[0].text
+    assert reap[0].fields["detected_by"] == "retransmits" and 0 < int(reap[0].fields["after_signal_ms"]), reap[0].text
+    kernel.speed_bound(int(reap[0].fields["after_signal_ms"]), 1500, "reap after the early signal", "ms")
     metrics = agent.metrics()
     # fall probes at once, and one more half a second on only when the first verdict came too soon.
     assert 3 <= metrics.value("conn_reaper_early_probes_total", backend=dead, signal="retransmits") <= 4, info
@@ -121,7 +123,8 @@ def test_a_live_backends_short_outage_costs_at_most_its_streams_and_never_its_re
         assert sum(ended) <= STREAMS, info
     # Everything flows again, the outage's backend included.
     streams = client.status()["streams"]
-    assert streams and all(s["age"] is not None and s["age"] < 0.5 for s in streams), streams
+    assert streams and all(s["age"] is not None for s in streams), streams
+    kernel.speed_bound(max(s["age"] for s in streams), 0.5, "oldest stream's last data after the outage")
     if not agent.find("reaped", backend=target, reason="dead", since=start):
         assert agent.backend_states()[f"stream/{target}"] == "up", agent.backend_states()
 
@@ -151,7 +154,9 @@ def test_busy_live_backends_never_trigger_an_early_probe(incident, reaper_binary
     assert metrics.value("conn_reaper_early_probes_total") == 0, agent.log_text()
     assert agent.find("early signal: probing the backend at once", since=started) == [], agent.log_text()
     assert agent.reaps() == [] and set(agent.backend_states().values()) == {"up"}
-    assert client.status()["streams"] and all(s["age"] is not None and s["age"] < 0.3 for s in client.status()["streams"])
+    streams = client.status()["streams"]
+    assert streams and all(s["age"] is not None for s in streams), streams
+    kernel.speed_bound(max(s["age"] for s in streams), 0.3, "oldest stream's last data, no early probe")
 
 
 def test_early_detection_can_be_turned_off(incident, reaper_binary):
@@ -200,6 +205,6 @@ def test_a_failed_neighbour_entry_is_a_signal(incident, reaper_binary):
     assert signal and signal[0].fields["signal"] == "neighbour", info
     print(f"\nneighbour: signal {signal[0].t - run.t_cut:.3f} s after the cut; stalled streams flowed again after "
           f"max {max(recoveries):.3f} s (probing alone: ~6 s)")
-    assert max(recoveries) < 6.0, info
+    kernel.speed_bound(max(recoveries), 6.0, "stalled streams flowing again after a neighbour signal (worst)")
     reap = agent.find("reaped", backend=incident.backend(DEAD), reason="dead")
     assert len(reap) == 1 and reap[0].fields["detected_by"] == "neighbour", info

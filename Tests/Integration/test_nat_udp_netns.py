@@ -15,6 +15,7 @@ from __future__ import annotations
 import textwrap
 import time
 
+from lab import kernel
 from lab.agent import Agent
 from lab.netns import endpoint, wait_for
 from lab.topology import OTHER4, TARGET4, TCP_PORT, UDP_PORT
@@ -46,11 +47,16 @@ class VipEvents:
 
 
 def point_vip(client, backend: str) -> None:
-    """The VIP's rules, replaced as a whole (kube-proxy rewrites its chains the same way)."""
-    client.iptables("-t", "nat", "-F", "OUTPUT")
-    client.dnat(VIP, backend, 443, "tcp")
-    client.dnat(VIP, backend, 53, "udp")
-    client.dnat(DECOY_VIP, B2, 443, "tcp")
+    """The VIP's rules, replaced as a whole in one iptables-restore transaction, as kube-proxy does.
+
+    Not a flush and re-adds: between `-F OUTPUT` and the UDP rule's `-A` the VIP had no DNAT, and a
+    reap that deleted the UDP flow's entry in that gap (likelier under a slow emulated CPU, where each
+    iptables call takes a while) let the client's next datagram create an entry with no NAT, sent by
+    the VIPs' route to b2 unanswered and refreshed by every retry: UDP never reached backend 2."""
+    rules = [f"-A OUTPUT -d {VIP} -p tcp --dport 443 -j DNAT --to-destination {backend}:443",
+             f"-A OUTPUT -d {VIP} -p udp --dport 53 -j DNAT --to-destination {backend}:53",
+             f"-A OUTPUT -d {DECOY_VIP} -p tcp --dport 443 -j DNAT --to-destination {B2}:443"]
+    client.run(["iptables-restore", "-w", "--noflush"], input="\n".join(["*nat", "-F OUTPUT", *rules, "COMMIT", ""]))
 
 
 def build(lab, tmp_path):
@@ -103,11 +109,15 @@ def start_clients(client, tmp_path) -> VipEvents:
 
 
 def cut_backend1(client, b1, link) -> float:
-    """Backend 1 goes silent (its link down: no FIN, no RST) and the VIP is re-pointed at backend 2."""
-    b1.ip("link", "set", link.b_dev, "down")
-    cut = time.monotonic()
+    """The VIP is re-pointed at backend 2 and backend 1 goes silent (its link down: no FIN, no RST).
+
+    Re-pointed first: existing flows keep their NAT binding to b1 and stall until reaped, which is what
+    the tests watch. Cut first, a re-point slower than the agent's reap (seen under an emulated CPU: the
+    UDP flow's entry re-made by the old rule, reply src b1, after the reap) leaves new flows NAT'd to the
+    dead backend; that is the agent's still-dead path, not what these tests measure."""
     point_vip(client, B2)
-    return cut
+    b1.ip("link", "set", link.b_dev, "down")
+    return time.monotonic()
 
 
 def test_agent_recovers_vip_streams_and_udp_from_a_dead_natted_backend(lab, reaper_binary, tmp_path):
@@ -125,8 +135,10 @@ def test_agent_recovers_vip_streams_and_udp_from_a_dead_natted_backend(lab, reap
     worst = max(t - cut for t in tcp)
     print(f"\nVIP recovery with the agent: TCP worst {worst:.3f} s, median {sorted(t - cut for t in tcp)[STREAMS // 2]:.3f} s, "
           f"UDP {None if udp is None else round(udp - cut, 3)} s")
-    assert worst <= 1.0, f"TCP streams answered from backend 2 only {worst:.3f} s after the cut\n{log}"
-    assert udp is not None and udp - cut <= 1.0, f"UDP answered by backend 2 at {udp and udp - cut}\n{log}"
+    udp_entries = [f.line for f in client.conntrack_flows("ipv4", "udp")]
+    assert udp is not None, f"UDP never answered by backend 2; its entries now: {udp_entries}\n{log}"
+    kernel.speed_bound(worst, 1.0, "VIP TCP streams answered from backend 2 after the cut (worst)")
+    kernel.speed_bound(udp - cut, 1.0, "VIP UDP answered from backend 2 after the cut")
     # The streams were ended by the destroy (ECONNABORTED), not by a timeout of their own.
     aborted = [e for e in events.errors("vip") if e["t"] >= cut]
     assert {e["err"] for e in aborted} == {"ECONNABORTED"}, aborted
@@ -216,8 +228,9 @@ def check_recovered(events, cut, log, limit: float) -> float:
     tcp = [events.first("vip", i, "b2", after=cut) for i in range(STREAMS)]
     udp = events.first("udp", 0, "b2", after=cut)
     assert all(t is not None for t in tcp), f"streams that never reached backend 2: {tcp}\n{log}"
-    worst = max(max(t - cut for t in tcp), (udp or 1e9) - cut)
-    assert worst <= limit, f"recovered only {worst:.3f} s after the cut (limit {limit} s)\n{log}"
+    assert udp is not None, f"UDP never answered by backend 2\n{log}"
+    worst = max(max(t - cut for t in tcp), udp - cut)
+    kernel.speed_bound(worst, limit + 1e-9, "VIP TCP and UDP recovered after the cut (worst)")
     aborted = [e for e in events.errors("vip") if e["t"] >= cut]
     assert {e["err"] for e in aborted} == {"ECONNABORTED"}, aborted
     assert events.errors("decoy") == [], events.errors("decoy")

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from lab import kernel
 from lab.netns import endpoint
 from lab.topology import (BLACKHOLE_PORT, CLIENT4, FAR4, FAR6, OTHER4, OTHER6, OTHER_TCP_PORT, TARGET4, TARGET6,
                       TCP_PORT)
@@ -190,8 +191,9 @@ def test_syn_sent_connect_is_aborted(topo, reaper, family):
     assert [s["state"] for s in document["sockets"]] == ["syn-sent"]
     assert document["counts"]["sockets_destroyed"] == 1
     assert results == [ABORTED]
-    assert elapsed[0] is not None and elapsed[0] < 0.5, f"connect ended {elapsed[0]}s after purge returned"
-    assert waited < 5
+    assert elapsed[0] is not None, "connect never ended"
+    kernel.speed_bound(elapsed[0], 0.5, "a destroyed connect's end after purge returned")
+    kernel.speed_bound(waited, 5, "purge and the connect's end")
     assert client.connect_status([pending_decoy], timeout=0)[0] == ["pending"]
     assert client.probe([live_decoy]) == ["ok"]
 

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from lab import kernel
 from lab.agent import Agent, backend_flags, pool_yaml
 from lab.analysis import StreamDump, percentile
 from lab.incident import L7_PORT, UPSTREAM_NAMES, IncidentLab, assert_reaped, start_agent
@@ -161,7 +162,7 @@ def test_graceful_shutdown_cuts_no_stream_then_the_backend_is_dead(incident, rea
         for stream in dump.of_kind(kind):
             if stream.backend_at(t_term) == SICK:
                 gap = stream.longest_gap(t_term, ending)
-                assert gap < 0.25, f"{kind} stream {stream.index} stalled {gap:.3f}s during the delay\n{info}"
+                kernel.speed_bound(gap, 0.25, f"{kind} stream {stream.index}: longest gap during the delay")
         assert after[kind][SICK] == 0, info
     ended = ended_connections(dump, SICK)
     assert len(ended) >= sum(distribution[kind][SICK] for _, kind in KINDS), info
@@ -213,7 +214,7 @@ def assert_nothing_reaped(agent: Agent, incident: IncidentLab, client, since: fl
     for stream in dump.streams:
         assert len(stream.connections) == 1 and stream.connections[0]["end"] is None, f"stream {stream.index}\n{info}"
         gap = stream.longest_gap(since, dump.now)
-        assert gap < 0.25, f"{stream.kind} stream {stream.index} stalled {gap:.3f}s\n{info}"
+        kernel.speed_bound(gap, 0.25, f"{stream.kind} stream {stream.index}: longest gap")
     assert agent.find(level="error") == [], info
     return ", ".join(f"{p} {metrics.value('conn_reaper_reaps_suppressed_total', pool=p, reason=reason):g}"
                      for p, _ in KINDS)
@@ -376,7 +377,8 @@ def test_reap_on_unhealthy_reaps_a_graceful_shutdown_at_once(incident, reaper_bi
         backend = incident.backend(SICK, kind)
         first = firsts[pool]
         assert first.fields.get("reason") == "unhealthy", f"{first.text}\n{info}"
-        assert first.t - t_term < 1.5 and first.t < ending, f"first reap {first.t - t_term:.3f}s after SIGTERM\n{info}"
+        assert first.t < ending, f"first reap {first.t - t_term:.3f}s after SIGTERM, after the drain\n{info}"
+        kernel.speed_bound(first.t - t_term, 1.5, f"{pool}: first reap after SIGTERM")
         assert_reaped(first, distribution[kind][SICK], info)
         during = [r.fields.get("reason") for r in agent.reaps(backend) if r.t < ending]
         assert set(during) == {"unhealthy"}, info

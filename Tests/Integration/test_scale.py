@@ -1,10 +1,11 @@
 """Many sockets: every target destroyed, every decoy alive. At this size the destroys are split over two
-threads and the conntrack entries go by a filtered flush (Linux 6.12+)."""
+threads and the conntrack entries go by a filtered flush (Linux 6.12+; before it, by 600 exact deletes)."""
 
 from __future__ import annotations
 
 import time
 
+from lab import kernel
 from lab.netns import endpoint
 from lab.topology import OTHER4, OTHER_TCP_PORT, TARGET4, TARGET6, TCP_PORT
 
@@ -32,9 +33,15 @@ def test_600_targets_among_1200(topo, reaper):
     assert counts["sockets_matched"] == 600 and counts["sockets_destroyed"] == 600, counts
     assert {s["result"] for s in document["sockets"]} == {"destroyed"}
     assert len({s["cookie"] for s in document["sockets"]}) == 600
-    # Direct flows: one original-destination flush, its entries unlisted and counted by the table's size.
-    assert counts["conntrack_deleted"] == 600 and counts["conntrack_flushes"] == 1, counts
-    assert counts["conntrack_flushed_unlisted"] == 600 and document["conntrack"] == [], counts
+    assert counts["conntrack_deleted"] == 600, counts
+    if kernel.expect("filtered flush"):
+        # Direct flows: one original-destination flush, its entries unlisted and counted by the table's size.
+        assert counts["conntrack_flushes"] == 1, counts
+        assert counts["conntrack_flushed_unlisted"] == 600 and document["conntrack"] == [], counts
+    else:
+        assert counts["conntrack_flushes"] == 0 and counts["conntrack_flushed_unlisted"] == 0, counts
+        listed = document["conntrack"]
+        assert len(listed) == 600 and {e["deleted_by"] for e in listed} == {"exact"}, counts
     flows = topo.client.conntrack_flows("ipv4", "tcp")   # before the probes below re-create any
     assert [f for f in flows if f.original.dst == TARGET4 and f.original.dport == TCP_PORT] == []
     assert decoy_entries() == decoys_before
@@ -42,4 +49,4 @@ def test_600_targets_among_1200(topo, reaper):
     assert target_results.count(ABORTED) == 600, {r: target_results.count(r) for r in set(target_results)}
     decoy_results = client.probe(decoys, timeout=5)
     assert decoy_results.count("ok") == 600, {r: decoy_results.count(r) for r in set(decoy_results)}
-    assert took < 20, f"purge of 600 sockets took {took:.1f}s"
+    kernel.speed_bound(took, 20, "purge of 600 sockets")

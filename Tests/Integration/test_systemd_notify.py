@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from lab import kernel
 from lab.agent import Agent
 from lab.netns import wait_for
 
@@ -98,7 +99,7 @@ def test_ready_watchdog_reload_and_stopping_in_order(lab, reaper_binary, tmp_pat
         monotonic = int(reloading["MONOTONIC_USEC"]) / 1e6
         assert signalled - 0.05 <= monotonic <= reloading_at + 0.05, f"MONOTONIC_USEC {monotonic} vs SIGHUP at {signalled}"
         done_at, done = notify.first("READY", since=reloading_at)
-        assert done_at - signalled < 2.0, f"{label} reload: READY=1 {done_at - signalled:.2f} s after SIGHUP"
+        kernel.speed_bound(done_at - signalled, 2.0, f"{label} reload: READY=1 after SIGHUP")
         print(f"{label} reload: RELOADING=1 +{reloading_at - signalled:.3f} s, READY=1 +{done_at - signalled:.3f} s "
               f"({done.get('STATUS')})")
     assert agent.metrics().value("conn_reaper_config_last_reload_successful") == 0
