@@ -184,7 +184,7 @@ public final class Simulator {
         func failed(_ failure: ProbeFailure, after ms: Int) -> ProbeResult {
             ProbeResult(failure: failure, duration: .milliseconds(ms), detail: failure.rawValue)
         }
-        let result: ProbeResult
+        var result: ProbeResult
         if now < proberFaultUntil {
             result = failed(.local, after: 0)
         } else if let fault = pathFault, now >= fault.from + fault.stagger * backend, now < fault.until {
@@ -200,6 +200,16 @@ public final class Simulator {
             case .healthPortGone:
                 result = pool.probe.port == nil ? .succeeded(after: .milliseconds(1), "connected") : failed(.refused, after: 1)
             }
+        }
+        // As HealthService does: a health port that finds nothing answering asks the service port.
+        if pool.probe.port != nil, result.failure?.nothingAnswered == true {
+            let pathBroken = pathFault.map { now >= $0.from + $0.stagger * backend && now < $0.until } ?? false
+            let service: ProbeResult =
+                now < proberFaultUntil
+                ? failed(.local, after: 0)
+                : (conditions[backend].flows && !pathBroken
+                    ? .succeeded(after: .milliseconds(1), "connected") : failed(.unreachable, after: limit))
+            result = result.withServicePort(service)
         }
         schedule(now + Int(result.duration.seconds * 1000), .probed(key, result))
     }
