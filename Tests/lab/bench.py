@@ -99,7 +99,9 @@ class Lab:
                 run(["ip", "netns", "add", s])
         else:
             run(["ip", "netns", "add", s])
-        self.server_ehash = run(["sysctl", "-n", "net.ipv4.tcp_ehash_entries"], ns=s).stdout.strip()
+        # Before 6.1 there is no per-namespace TCP hash and no sysctl naming its size: shared ("-").
+        self.server_ehash = (run(["sysctl", "-n", "net.ipv4.tcp_ehash_entries"], ns=s, check=False).stdout.strip()
+                             or "-1 (no tcp_ehash_entries before 6.1: the host's hash)")
         # The veth pair is created inside the client namespace and its peer moved straight into the
         # server namespace: the host namespace never sees either end.
         run(["ip", "-n", c, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", s])
