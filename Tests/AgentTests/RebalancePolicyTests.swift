@@ -319,7 +319,7 @@ import Testing
         var policy = upPolicy(configuration(budget: 1))
         _ = policy.handle(.tick(at(10)))
         _ = policy.handle(.censused(pool: "api", census([45, 45, 0]), at: at(10)))
-        policy.budget.spend(3)
+        policy.budget.reserve(3)
         let actions = policy.handle(.censused(pool: "api", census([45, 45, 0]), at: at(12)))
         #expect(closes(actions).isEmpty)
         #expect(actions.contains { if case .suppressed(_, _, .budget, _) = $0 { true } else { false } })

@@ -248,7 +248,15 @@ public final class ReapExecutor: Service, Sendable {
                 toward: key.backend, transports: pool.protocols, namespaces: configuration.namespaces(of: pool))
             submit(.counted(key, connections: count, at: .now))
         case .reap(let key, let reason, let limit, let scope):
-            guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
+            guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else {
+                // A reload removed it: its reservation goes back all the same.
+                submit(
+                    .reaped(
+                        .init(
+                            pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: .now, granted: limit,
+                            ran: false)))
+                return
+            }
             let request = KernelReapRequest(
                 backend: key.backend, transports: pool.protocols, scope: scope, limit: limit, dryRun: configuration.dryRun,
                 namespaces: configuration.namespaces(of: pool), refreshNamespaces: reason == .dead)
@@ -299,7 +307,12 @@ public final class ReapExecutor: Service, Sendable {
                         pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
                         leftByLimit: tally.leftByLimit, at: .now, granted: 1)))
         case .scanStuck(let name, let limit):
-            guard let pool = configuration.pools.first(where: { $0.name == name }) else { return }
+            guard let pool = configuration.pools.first(where: { $0.name == name }) else {
+                submit(
+                    .reaped(.init(pool: name, backend: nil, reason: .stuck, ended: 0, leftByLimit: 0, at: .now, granted: limit, ran: false))
+                )
+                return
+            }
             let reports = await kernel.scanStuck(
                 pool, limit: limit, dryRun: configuration.dryRun, namespaces: configuration.namespaces(of: pool))
             if reports.contains(where: \.localFault) { submit(.stuckLocalFault(pool: name)) }

@@ -3,13 +3,16 @@
 ///
 /// A token bucket: `burst` tokens at most, refilled at `perSecond`. A dead backend's reap may take
 /// the whole bucket at once (its clients are already cut off; ending their sockets only tells them),
-/// while paced closes take a few a second. What a pass ends is paid after it ran, so a pass that
-/// ends fewer than it was allowed costs only what it ended; the bucket can go into debt by what
-/// passes running side by side took, and refills from there.
+/// while paced closes take a few a second. A pass reserves its limit when it is decided and settles
+/// when it comes back: what it did not end returns. The bucket refills only up to the burst less
+/// what is still reserved, so a reservation that comes back unused never lets more than the burst
+/// go within any moment (a cap, checked by the simulation over every window).
 public struct ReapBudget: Sendable, Equatable {
     public var perSecond: Int
     public var burst: Int
     public private(set) var tokens: Double
+    /// Reserved by passes decided and not yet come back.
+    public private(set) var reserved: Double = 0
     private var refilledAt: ContinuousClock.Instant?
 
     public init(perSecond: Int, burst: Int) {
@@ -21,7 +24,7 @@ public struct ReapBudget: Sendable, Equatable {
     /// Brings the bucket up to `now`.
     public mutating func refill(at now: ContinuousClock.Instant) {
         if let refilledAt, now > refilledAt {
-            tokens = min(Double(burst), tokens + (now - refilledAt).seconds * Double(perSecond))
+            tokens = max(tokens, min(Double(burst) - reserved, tokens + (now - refilledAt).seconds * Double(perSecond)))
         }
         refilledAt = max(refilledAt ?? now, now)
     }
@@ -29,15 +32,22 @@ public struct ReapBudget: Sendable, Equatable {
     /// How many sockets a pass may end now.
     public func available() -> Int { max(0, Int(tokens.rounded(.down))) }
 
-    /// Pays for sockets a pass ended.
-    public mutating func spend(_ sockets: Int) {
+    /// Sets aside what a pass decided now may end.
+    public mutating func reserve(_ sockets: Int) {
         tokens -= Double(sockets)
+        reserved += Double(sockets)
+    }
+
+    /// A pass came back: what it did not end returns; more than it was granted is debt.
+    public mutating func settle(granted: Int, ended: Int) {
+        reserved = max(0, reserved - Double(granted))
+        tokens += Double(granted - ended)
     }
 
     /// A new configuration's rate and burst; what was spent stays spent.
     public mutating func resize(perSecond: Int, burst: Int) {
         self.perSecond = perSecond
         self.burst = burst
-        tokens = min(tokens, Double(burst))
+        tokens = min(tokens, Double(burst) - reserved)
     }
 }

@@ -179,7 +179,7 @@ extension ReapPolicy {
             let perSecond = RebalancePlan.closesPerSecond(connections: plan.total, settings: settings)
             state.nextCloseAllowed = now + jitteredInterval(perSecond: perSecond)
             state.inFlight = true
-            budget.spend(1)
+            budget.reserve(1)
             return actions + [.rebalance(BackendKey(pool: name, backend: backend), chosen)]
         }
         state.nextStep = retry

@@ -283,7 +283,7 @@ public struct ReapPolicy: Sendable {
         case .sharedBackend?: return suppress(key, .sharedBackend)
         case .budget?: return reaping.passesOut > 0 ? [] : suppress(key, .budget)
         case nil:
-            budget.spend(1)
+            budget.reserve(1)
             return [.endFlow(key, flow, reason: reaping.reason == .unhealthy ? .unhealthy : .stillDead)]
         }
     }
@@ -489,7 +489,7 @@ public struct ReapPolicy: Sendable {
     private mutating func reaped(_ outcome: ReapOutcome) -> [Action] {
         budget.refill(at: outcome.at)
         // Reserved when decided; what the pass did not end goes back (more than granted: debt).
-        budget.spend(outcome.ended - outcome.granted)
+        budget.settle(granted: outcome.granted, ended: outcome.ended)
         if outcome.reason == .rebalance {
             rebalanceClosed(outcome)
             return []
@@ -564,7 +564,7 @@ public struct ReapPolicy: Sendable {
                     // A stuck connection's client reconnects: only where some backend answers now.
                     actions += suppress(pool: pool.name, backend: nil, .allBackendsDown)
                 } else if limit > 0 {
-                    budget.spend(limit)
+                    budget.reserve(limit)
                     actions.append(.scanStuck(pool: pool.name, limit: limit))
                 } else {
                     actions += suppress(pool: pool.name, backend: nil, .budget)
@@ -638,7 +638,7 @@ public struct ReapPolicy: Sendable {
         }
         let limit = budget.available()
         guard limit > 0 else { return actions + suppress(key, .budget) }
-        budget.spend(limit)
+        budget.reserve(limit)
         backends[key]?.reaping?.passesOut += 1
         let fullEvery = reaping.announced ? Self.fullPassEveryAnnounced : Self.fullPassEvery
         let full = reaping.passes == 0 || reaping.unfinished || reaping.lastFullPass.map { now - $0 >= fullEvery } ?? true
@@ -681,7 +681,7 @@ public struct ReapPolicy: Sendable {
         backends[key]?.drain = drain
         let limit = min(perSecond, budget.available())
         guard limit > 0 else { return suppress(key, .budget) }
-        budget.spend(limit)
+        budget.reserve(limit)
         return [.reap(key, reason: .drainTimeout, limit: limit, scope: .established)]
     }
 
