@@ -318,6 +318,8 @@ import Conntrack
         #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(2_400))) == [.needEvidence(dead, since: at(2_200))])
         let again = policy.handle(.evidence(dead, SegmentEvidence(at: at(2_405), sockets: 0, youngestSegmentAge: nil)))
         #expect(reaps(again).map(\.0) == [.stillDead])
+        // A full pass: connections made while it answered are established ones no SYN_SENT walk finds.
+        #expect(reaps(again).map(\.2) == [.full])
         #expect(policy.stillEnds(dead))
     }
 

@@ -15,9 +15,11 @@ srcs=$cache/apt/sources.list
 : >"$srcs"
 for spec in "$@"; do
 	suite=${spec#*:}
-	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main" >>"$srcs"
-	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite-updates main" >>"$srcs"
-	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $security $suite-security main" >>"$srcs"
+	{
+		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite main"
+		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror $suite-updates main"
+		echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $security $suite-security main"
+	} >>"$srcs"
 done
 cat >"$conf" <<CONF
 Dir::Etc::SourceList "$srcs";
@@ -51,14 +53,16 @@ for spec in "$@"; do
 	pkg=$(apt-cache show "linux-image-cloud-amd64=$meta_ver" | sed -n 's/^Depends: .*\(linux-image-[0-9][^ ,]*-cloud-amd64\(-unsigned\)\?\).*/\1/p' | head -1)
 	[ -n "$pkg" ] || { echo "cannot resolve the cloud kernel of $suite"; exit 1; }
 	echo "kernels: $name ($suite): $pkg"
-	rm -rf "$cache/$name" && mkdir -p "$cache/$name/root"
+	rm -rf "${cache:?}/${name:?}" && mkdir -p "$cache/$name/root"
 	(cd "$cache/debs" && apt-get -q download "$pkg" >/dev/null)
+	# shellcheck disable=SC2012 # Debian package file names: no spaces or newlines.
 	deb=$(ls -t "$cache/debs/${pkg}_"*.deb | head -1)
 	dpkg-deb -x "$deb" "$cache/$name/root"
 	# Debian 13 ships merged-/usr packages: modules under usr/lib/modules. Laid out as NAME/lib/modules/KVER
 	# with a modules.dep of its own (the package's postinst would run depmod), for modprobe -d NAME.
 	moddir=$cache/$name/root/lib/modules
 	[ -d "$moddir" ] || moddir=$cache/$name/root/usr/lib/modules
+	# shellcheck disable=SC2012 # kernel release names: no spaces or newlines.
 	kver=$(ls "$moddir" | head -1)
 	cp "$cache/$name/root/boot/vmlinuz-$kver" "$cache/$name/vmlinuz"
 	mkdir -p "$cache/$name/lib/modules"

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # PID 1 of a kernel-matrix VM (Tests/kernels/run_kernels.py packs it as /init with busybox-static and
 # the guest kernel's own modules). Mounts the host's root read-only over virtiofs under a tmpfs
 # overlay, links the guest kernel's modules into /lib/modules, runs the host-written run script in a
@@ -8,6 +9,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# shellcheck disable=SC2013 # the kernel command line is words, one line
 for arg in $(cat /proc/cmdline); do
 	case $arg in
 	crk.out=*) OUT=${arg#crk.out=} ;;
@@ -17,6 +19,7 @@ done
 say() { echo "crk-init: $*"; }
 fail() { say "FAILED: $*"; echo "CRK-EXIT=99"; sync; poweroff -f; }
 say "up on $(uname -r)"
+# shellcheck disable=SC2013 # one module file name a line, no spaces
 for ko in $(cat /modules.order); do
 	insmod "/modules/$ko" || fail "insmod $ko"
 done

@@ -469,8 +469,10 @@ public struct ReapPolicy: Sendable {
         }
         verdictRechecks[key] = nil
         if record.state == .dead {
-            // It answered, then fell silent again: the reaping resumes.
+            // It answered, then fell silent again: the reaping resumes with a full pass, since
+            // connections made while it answered are established ones no SYN_SENT walk finds.
             backends[key]?.reaping?.answered = nil
+            backends[key]?.reaping?.lastFullPass = nil
             backends[key]?.reaping?.nextPass = now
             return reapPass(key, pool: pool, now: now)
         }
