@@ -39,10 +39,9 @@ extension Simulator {
                 if !returning {
                     fail("ended a flowing stream to backend \(backend) (\(conditions[backend].rawValue), \(end.reason.rawValue))")
                 }
-            } else if conditions[backend] == .paused, now - conditionSince[backend] < floor(of: backend) - 250 {
-                fail(
-                    "ended a stream to backend \(backend) \(now - conditionSince[backend]) ms into a pause (floor \(floor(of: backend)) ms)"
-                )
+            } else if conditions[backend] == .paused, now - (silentSince[backend] ?? conditionSince[backend]) < floor(of: backend) - 250 {
+                let silent = now - (silentSince[backend] ?? conditionSince[backend])
+                fail("ended a stream to backend \(backend) \(silent) ms into a pause (floor \(floor(of: backend)) ms)")
             }
         }
         // 4. The budget is a cap across every path together, burst included: counted when granted

@@ -66,6 +66,8 @@ public final class Simulator {
     var busyLanes: Set<String> = []
     var tickAt: Int?
     var silenceWasLong: [Int: Bool] = [:]
+    /// When each backend's current silence began (a death that turns into a pause is one silence).
+    var silentSince: [Int: Int] = [:]
     var answeredSinceReturn: [Int: Bool] = [:]
     public internal(set) var ends: [End] = []
     public internal(set) var trace: [String] = []
@@ -156,7 +158,8 @@ public final class Simulator {
         case .becomes(_, let backend, let condition):
             if !conditions[backend].flows, condition.flows {
                 silentUntil[backend] = now
-                silenceWasLong[backend] = conditions[backend] == .dead || now - conditionSince[backend] >= floor(of: backend)
+                silenceWasLong[backend] =
+                    conditions[backend] == .dead || now - (silentSince[backend] ?? conditionSince[backend]) >= floor(of: backend)
                 answeredSinceReturn[backend] = false
             }
             // Liveness is owed for a death out of a settled life: a backend already judged dead (lossy and
@@ -164,6 +167,7 @@ public final class Simulator {
             if condition == .dead, conditions[backend] == .alive, now - conditionSince[backend] >= 10_000 {
                 schedule(now + livenessBound(of: backend), .liveness(backend: backend, since: now))
             }
+            if conditions[backend].flows, !condition.flows { silentSince[backend] = now }
             conditions[backend] = condition
             conditionSince[backend] = now
         case .proberFault(_, let lasting): proberFaultUntil = now + lasting
