@@ -132,19 +132,14 @@ public struct World: Sendable {
     }
 }
 
-/// SplitMix64: one seeded source for everything random in a world, so a seed replays exactly.
+/// One seeded source for everything random in a world (the policy's own SplitMix64), so a seed
+/// replays exactly.
 public struct SimRandom: Sendable {
-    private var state: UInt64
+    private var generator: PolicyRandom
 
-    public init(seed: UInt64) { state = seed }
+    public init(seed: UInt64) { generator = PolicyRandom(seed: seed) }
 
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    public mutating func next() -> UInt64 { generator.next() }
 
     public mutating func int(in range: ClosedRange<Int>) -> Int {
         range.lowerBound + Int(next() % UInt64(range.upperBound - range.lowerBound + 1))
