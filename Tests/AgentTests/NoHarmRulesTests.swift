@@ -144,6 +144,61 @@ import Testing
         #expect((71...300).flatMap { ends(policy.handle(.tick(at($0 * 10)))) }.isEmpty)
     }
 
+    /// Found dead at 505 while its peers answered, then every peer fails its probes (a fault on the
+    /// prober's side) and the guard holds the first pass.
+    func deadAndHeld(_ policy: inout ReapPolicy) {
+        _ = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(300)))
+        for other in [0, 2] { _ = policy.handle(.probed(key(other), Self.ok, at: at(310))) }
+        for other in [0, 2] { _ = policy.handle(.probed(key(other), Self.failed(.unreachable, after: 2), at: at(450))) }
+        _ = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(500)))
+        let found = policy.handle(.evidence(key(1), SegmentEvidence(at: at(505), sockets: 4, youngestSegmentAge: .seconds(1))))
+        #expect(policy.backends[key(1)]?.state == .dead && ends(found).isEmpty)
+        #expect((51...300).flatMap { ends(policy.handle(.tick(at($0 * 10)))) }.isEmpty)
+    }
+
+    /// Seeds 3011019, 4003532 and 4095245 of the simulation: a verdict made during a prober-side
+    /// fault (or a death the backend came back from) ran seconds later, after its streams flowed again.
+    @Test func aPassDecidedLongAfterTheLookThatFoundItSilentLooksAgainAndSparesStreamsThatFlow() {
+        var policy = upPolicy(configuration())
+        deadAndHeld(&policy)
+        // A peer answers at 3 s: the guard lets go, but the look is 2.5 s old.
+        let released = policy.handle(.probed(key(0), Self.ok, at: at(3_000)))
+        #expect(ends(released).isEmpty && released.contains(.needEvidence(key(1), since: at(505))), "\(released)")
+        // Its streams carried a segment 100 ms ago: it lives. Nothing is ended, now or later.
+        let looked = policy.handle(.evidence(key(1), SegmentEvidence(at: at(3_005), sockets: 4, youngestSegmentAge: .milliseconds(100))))
+        #expect(ends(looked).isEmpty && suppressions(looked).contains(.aliveEvidence), "\(looked)")
+        #expect(policy.backends[key(1)]?.state == .unhealthy)
+        #expect((301...1_500).flatMap { ends(policy.handle(.tick(at($0 * 10)))) }.isEmpty)
+    }
+
+    @Test func aPassDecidedLongAfterTheLookStillReapsWhenItsConnectionsStaySilent() {
+        var policy = upPolicy(configuration())
+        deadAndHeld(&policy)
+        _ = policy.handle(.probed(key(0), Self.ok, at: at(3_000)))
+        // The newest segment is the one from before the death: still dead, reaped at once.
+        let looked = policy.handle(.evidence(key(1), SegmentEvidence(at: at(3_005), sockets: 4, youngestSegmentAge: .milliseconds(3_500))))
+        #expect(ends(looked) == [.dead], "\(looked)")
+        _ = policy.handle(
+            .reaped(
+                .init(
+                    pool: "api", backend: backends[1], reason: .dead, ended: 4, leftByLimit: 0, at: at(3_005), scope: .full, granted: 5_000)
+            ))
+        // The look counts for that pass only: the periodic full pass 10 s on looks again.
+        var asked: [Int] = []
+        for ms in stride(from: 3_010, through: 14_000, by: 10) {
+            let actions = policy.handle(.tick(at(ms)))
+            for case .reap(let key, let reason, let limit, let scope) in actions {
+                _ = policy.handle(
+                    .reaped(
+                        .init(
+                            pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: at(ms), scope: scope,
+                            granted: limit)))
+            }
+            if actions.contains(where: { if case .needEvidence = $0 { true } else { false } }) { asked.append(ms) }
+        }
+        #expect(asked.count == 1 && (13_000...13_200).contains(asked[0]), "\(asked)")
+    }
+
     // MARK: - Missing evidence is no evidence of death
 
     @Test func anUnreadableLookAtItsConnectionsMakesNoOneDead() {

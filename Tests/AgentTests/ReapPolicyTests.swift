@@ -55,9 +55,19 @@ import Conntrack
         actions.compactMap { if case .reap(_, let reason, let limit, let scope) = $0 { (reason, limit, scope) } else { nil } }
     }
 
+    /// `actions` with every look asked for answered at `ms`: the connections are still silent (a
+    /// full pass decided after the look that made a backend dead looks again first).
+    func silentLooks(_ policy: inout ReapPolicy, _ actions: [Action], at ms: Int) -> [Action] {
+        var all = actions
+        for case .needEvidence(let key, _) in actions {
+            all += policy.handle(.evidence(key, SegmentEvidence(at: at(ms), sockets: 0, youngestSegmentAge: nil)))
+        }
+        return all
+    }
+
     /// A tick whose passes come back at once, having ended nothing: a backend never has two passes out.
     func tick(_ policy: inout ReapPolicy, _ ms: Int) -> [Action] {
-        let actions = policy.handle(.tick(at(ms)))
+        let actions = silentLooks(&policy, policy.handle(.tick(at(ms))), at: ms)
         for case .reap(let key, let reason, let limit, let scope) in actions {
             _ = policy.handle(
                 .reaped(
@@ -368,7 +378,7 @@ import Conntrack
         for ms in stride(from: 510, through: 12_000, by: 10) where !reaps(tick(&policy, ms)).isEmpty { passes.append(ms) }
         #expect(passes == [520, 550, 650, 5_650, 10_650])  // 650 was set before the watch answered
         // Announcements lost: a full pass at once.
-        #expect(reaps(policy.handle(.announcementsLost(dead, at: at(12_010)))).map(\.2) == [.full])
+        #expect(reaps(silentLooks(&policy, policy.handle(.announcementsLost(dead, at: at(12_010))), at: 12_010)).map(\.2) == [.full])
         // Answering again: its new flows are left alone.
         _ = policy.handle(.probed(dead, Self.ok, at: at(12_100)))
         #expect(policy.handle(.newFlow(dead, flow(41001), at: at(12_105))).isEmpty)
@@ -394,10 +404,13 @@ import Conntrack
         #expect(policy.guarded == ["api"])
         let again = (710...900).flatMap { policy.handle(.tick(at($0))) }
         #expect(again == [.suppressed(pool: "api", backend: dead.backend, reason: .allBackendsDown, log: false)])
-        // A peer answers: the guard lets go and the reap runs at once.
+        // A peer answers: the guard lets go; 450 ms after the look that found its connections silent,
+        // the reap looks again first, and runs at once when they still are.
         let released = policy.handle(.probed(BackendKey(pool: "api", backend: backends[0]), Self.ok, at: at(950)))
         #expect(released.contains(.guardReleased(pool: "api")))
-        #expect(reaps(released).map(\.0) == [.dead])
+        #expect(reaps(released).isEmpty && released.contains(.needEvidence(dead, since: at(500))), "\(released)")
+        let looked = policy.handle(.evidence(dead, SegmentEvidence(at: at(955), sockets: 3, youngestSegmentAge: .milliseconds(600))))
+        #expect(reaps(looked).map(\.0) == [.dead])
     }
 
     @Test func aSurvivorAnsweringWhileWaitingReleasesTheFirstReapAtOnce() {
@@ -437,9 +450,10 @@ import Conntrack
                 .init(
                     pool: "api", backend: dead.backend, reason: .dead, ended: 120, leftByLimit: 0, at: at(560), scope: .full, granted: 300))
         )
+        // It walks for new connects: it holds a second's refill, not the whole 180 left.
         let waited = try #require(reaps(back).first)
-        #expect(waited.0 == .stillDead && (180...190).contains(waited.1), "\(waited)")
-        #expect(policy.budget.available() == 0)
+        #expect(waited.0 == .stillDead && waited.1 == 100 && waited.2 == .newConnects, "\(waited)")
+        #expect(policy.budget.available() == 80)
     }
 
     @Test func socketsTheBudgetLeftAreReapedByFullPassesAtTheDeadCadenceThoughConntrackAnnounces() {
@@ -464,7 +478,7 @@ import Conntrack
         // waiting for the minute's full pass would leave them hanging; full passes as the budget refills.
         var passes: [(Int, ReapScope)] = []
         for ms in stride(from: 510, through: 2_000, by: 10) {
-            for pass in reaps(policy.handle(.tick(at(ms)))) {
+            for pass in reaps(silentLooks(&policy, policy.handle(.tick(at(ms))), at: ms)) {
                 passes.append((ms, pass.2))
                 _ = policy.handle(
                     .reaped(
@@ -496,6 +510,46 @@ import Conntrack
         // 10 tokens came back with the outcome, plus 500 a second from 510: nothing refills while the
         // whole burst is reserved, so an unused reservation never lets more than the burst go at once.
         #expect(policy.handle(.tick(at(1_000))) == [.scanStuck(pool: "api", limit: 255)])
+    }
+
+    /// Backend 3 found dead at 700 (its peers answered at 610, its evidence silent), with backend 2 reaped since 500.
+    func secondDeath(_ policy: inout ReapPolicy) -> [Action] {
+        let other = BackendKey(pool: "api", backend: backends[2])
+        _ = policy.handle(.probed(other, Self.failed(.unreachable), at: at(600)))
+        _ = policy.handle(.probed(BackendKey(pool: "api", backend: backends[0]), Self.ok, at: at(610)))
+        _ = policy.handle(.probed(other, Self.failed(.unreachable), at: at(700)))
+        return policy.handle(.evidence(other, SegmentEvidence(at: at(700), sockets: 0, youngestSegmentAge: nil)))
+    }
+
+    @Test func aDeadPassDecidedWhileAnotherHoldsTheBucketWaitsForItInsteadOfRunningShort() {
+        var policy = deadPolicy(firstPassOut: true)  // backend 2's first pass holds the whole burst
+        let second = BackendKey(pool: "api", backend: backends[2])
+        let decided = secondDeath(&policy)
+        #expect(reaps(decided).isEmpty, "\(decided)")
+        #expect(!suppressions(decided).contains(.budget), "waiting on a reservation is no spent budget: \(decided)")
+        // Backend 2's pass comes back having ended 10: backend 3's runs at once with the rest.
+        let back = silentLooks(
+            &policy,
+            policy.handle(
+                .reaped(
+                    .init(
+                        pool: "api", backend: dead.backend, reason: .dead, ended: 10, leftByLimit: 0, at: at(720), scope: .full,
+                        granted: 5_000))
+            ), at: 720)
+        let resumed = back.compactMap {
+            if case .reap(let key, let reason, let limit, let scope) = $0 { (key, reason, limit, scope) } else { nil }
+        }
+        #expect(resumed.count == 1 && resumed[0].0 == second && resumed[0].1 == .dead && resumed[0].3 == .full, "\(back)")
+        #expect(resumed.first?.2 ?? 0 >= 4_990, "\(resumed)")
+    }
+
+    @Test func aWalkForNewConnectsHoldsASecondsRefillSoADeathBesideItIsReapedWithTheRest() {
+        var policy = deadPolicy()
+        let walk = reaps(policy.handle(.tick(at(520))))  // backend 2's first follow-up, left out
+        #expect(walk.count == 1 && walk[0].0 == .stillDead && walk[0].2 == .newConnects && walk[0].1 == 500, "\(walk)")
+        let first = reaps(secondDeath(&policy))
+        #expect(first.count == 1 && first[0].0 == .dead && first[0].2 == .full, "\(first)")
+        #expect(first.first?.1 ?? 0 >= 4_500, "\(first)")
     }
 
     // MARK: - Options and special cases

@@ -177,6 +177,10 @@ public struct ReapPolicy: Sendable {
     /// with it; a NAT'd flow to it needs conntrack, which then announces it.
     public static let fullPassEvery: Duration = .seconds(10)
     public static let fullPassEveryAnnounced: Duration = .seconds(60)
+    /// A full pass decided later than this after the look that found the backend's connections
+    /// silent looks again first (a pass held by the guard, one the budget left for later, the
+    /// periodic one): the look and the pass are then one event, not seconds apart.
+    public static let evidenceFreshness: Duration = .milliseconds(10)
     /// Paced closes: at most a tenth of the connections a second.
     public static let pacedShare = 10
     /// How long the others' probes get to show a survivor before the all-down guard holds.
@@ -438,6 +442,9 @@ public struct ReapPolicy: Sendable {
         guard var record = backends[key], let pool = rules(of: key.pool) else { return [] }
         record.evidencePending = false
         backends[key] = record
+        if record.state == .dead, let reaping = record.reaping, reaping.answered == nil, let looked = reaping.lookedAt {
+            return lookedAgain(key, pool: pool, evidence, since: looked)
+        }
         // A probe may have succeeded, or reached the process, while the dump ran.
         guard record.state != .dead || record.reaping?.answered != nil, record.health.consecutiveFailures >= pool.fall,
             record.answerless.count >= pool.fall, let since = record.answerless.first
@@ -457,6 +464,20 @@ public struct ReapPolicy: Sendable {
         return dead(key, pool: pool, lastLife: evidence.lastSegment, at: evidence.at)
     }
 
+    /// A dead backend's connections looked at again before a pass that ends established ones.
+    private mutating func lookedAgain(_ key: BackendKey, pool: PoolRules, _ evidence: SegmentEvidence, since looked: Instant) -> [Action] {
+        if evidence.showsLife(after: looked) {
+            // Recovery wins: what the last look found silent carries segments again.
+            var actions = transition(key, to: .unhealthy, at: evidence.at)
+            actions += suppress(key, .aliveEvidence)
+            return actions
+        }
+        guard evidence.complete else { return suppress(key, .evidenceMissing) }
+        backends[key]?.reaping?.lookedAt = evidence.at
+        if let next = backends[key]?.reaping?.nextPass, next > evidence.at { backends[key]?.reaping?.nextPass = evidence.at }
+        return reapPass(key, pool: pool, now: evidence.at)
+    }
+
     /// Nothing answers and nothing shows life: dead, once the silence since its last sign of life
     /// (a segment on its connections, an answered probe, else its first failed probe) reaches the
     /// pool's outage floor. A shorter one is looked at again when the floor is reached.
@@ -474,6 +495,7 @@ public struct ReapPolicy: Sendable {
             backends[key]?.reaping?.answered = nil
             backends[key]?.reaping?.lastFullPass = nil
             backends[key]?.reaping?.nextPass = now
+            if pool.segmentEvidence { backends[key]?.reaping?.lookedAt = now }
             return reapPass(key, pool: pool, now: now)
         }
         return transition(key, to: .dead, at: now)
@@ -508,9 +530,7 @@ public struct ReapPolicy: Sendable {
                     dueAgain = key
                 }
             }
-            guard outcome.ran else {
-                return dueAgain.flatMap { key in rules(of: key.pool).map { reapPass(key, pool: $0, now: outcome.at) } } ?? []
-            }
+            guard outcome.ran else { return resumeWaiting(first: dueAgain, at: outcome.at) }
             // Only a full pass that left nothing says none is left: a SYN_SENT walk queued behind
             // the first reap looks at connecting sockets only.
             if outcome.leftByLimit > 0 {
@@ -533,7 +553,22 @@ public struct ReapPolicy: Sendable {
             // Nothing left beyond this pass: count again next time, so late arrivals get their own pace.
             backends[BackendKey(pool: outcome.pool, backend: backend)]?.drain?.perSecond = nil
         }
-        if let key = dueAgain, let pool = rules(of: key.pool) { actions += reapPass(key, pool: pool, now: outcome.at) }
+        return actions + resumeWaiting(first: dueAgain, at: outcome.at)
+    }
+
+    /// Passes that waited for a pass out (their own backend's, or others' holding the budget) run
+    /// once it came back, the backend whose pass returned first.
+    private mutating func resumeWaiting(first: BackendKey?, at now: Instant) -> [Action] {
+        var actions: [Action] = []
+        if let key = first, let pool = rules(of: key.pool) { actions += reapPass(key, pool: pool, now: now) }
+        for key in attended.sorted(by: { $0.description < $1.description }) where key != first {
+            guard let reaping = backends[key]?.reaping, reaping.waiting, reaping.passesOut == 0, let pool = rules(of: key.pool) else {
+                continue
+            }
+            backends[key]?.reaping?.waiting = false
+            backends[key]?.reaping?.nextPass = min(reaping.nextPass, now)
+            actions += reapPass(key, pool: pool, now: now)
+        }
         return actions
     }
 
@@ -638,12 +673,30 @@ public struct ReapPolicy: Sendable {
             backends[key]?.reaping?.waiting = true
             return actions
         }
-        let limit = budget.available()
+        let fullEvery = reaping.announced ? Self.fullPassEveryAnnounced : Self.fullPassEvery
+        let full = reaping.passes == 0 || reaping.unfinished || reaping.lastFullPass.map { now - $0 >= fullEvery } ?? true
+        if full, reaping.reason == .dead, let looked = reaping.lookedAt, now - looked > Self.evidenceFreshness {
+            // It ends established connections: ones that carried a segment since the last look
+            // found them silent say the backend lives (it came back, or a prober-side fault made it
+            // look dead), so a pass decided later than that look looks again first.
+            if backends[key]?.evidencePending == false {
+                backends[key]?.evidencePending = true
+                actions.append(.needEvidence(key, since: looked))
+            }
+            return actions
+        }
+        // A full pass may take the whole bucket; a walk for new connects ends the few still
+        // connecting, so it holds no more than a second's refill and other backends' passes run beside it.
+        let limit = full ? budget.available() : min(budget.available(), budget.perSecond)
+        if budget.reserved > Double(limit) {
+            // Other passes out hold more than this one would get: it runs when they come back,
+            // not short now with the rest left for a pass a cadence later.
+            backends[key]?.reaping?.waiting = true
+            return actions
+        }
         guard limit > 0 else { return actions + suppress(key, .budget) }
         budget.reserve(limit)
         backends[key]?.reaping?.passesOut += 1
-        let fullEvery = reaping.announced ? Self.fullPassEveryAnnounced : Self.fullPassEvery
-        let full = reaping.passes == 0 || reaping.unfinished || reaping.lastFullPass.map { now - $0 >= fullEvery } ?? true
         let reason: ReapReason = reaping.reason == .unhealthy ? .unhealthy : (reaping.passes == 0 ? .dead : .stillDead)
         backends[key]?.reaping?.passes += 1
         if full { backends[key]?.reaping?.lastFullPass = now }
@@ -756,6 +809,8 @@ public struct ReapPolicy: Sendable {
             let announced = record.reaping?.announced ?? false  // `reap_on: unhealthy` may have watched already
             record.reaping = Reaping(reason: .dead, since: now)
             record.reaping?.announced = announced
+            // Made dead by a look at its connections (`dead` runs at the evidence's instant).
+            if pool.segmentEvidence, pool.reapOn == .dead { record.reaping?.lookedAt = now }
         }
         backends[key] = record
         if record.reaping != nil || record.drain != nil { attended.insert(key) } else { attended.remove(key) }
@@ -815,9 +870,11 @@ struct Reaping: Sendable {
     var unfinished = false
     /// It answered a probe since it was found dead: nothing is ended until a new verdict.
     var answered: ContinuousClock.Instant?
+    /// When its connections were last looked at and found silent; a full pass decided later looks again.
+    var lookedAt: ContinuousClock.Instant?
     /// Its passes decided and not yet come back (at most one).
     var passesOut = 0
-    /// A pass came due while one was out.
+    /// A pass came due while one was out (its own, or others' holding the budget).
     var waiting = false
 
     init(reason: ReapReason, since: ContinuousClock.Instant) {
