@@ -119,6 +119,28 @@ import Testing
         }
     }
 
+    /// The kernel repro of a fault near the prober reaching X, then Z 600 ms later: at X's verdict
+    /// Z's latest probe succeeded, but was sent before X's last failed one, and Z's next is in
+    /// flight. X's first pass asks the peers now: when their answers fail too, nothing is ended.
+    @Test func aSurvivorAnsweredAProbeSentAfterTheDeadOnesLastFailure() {
+        for peersLive in [false, true] {
+            var policy = upPolicy(configuration())
+            _ = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(300)))  // sent at 150
+            for other in [0, 2] { _ = policy.handle(.probed(key(other), Self.ok, at: at(340))) }  // sent at 339
+            _ = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(500)))  // sent at 350
+            let found = policy.handle(.evidence(key(1), SegmentEvidence(at: at(505), sockets: 3, youngestSegmentAge: .seconds(5))))
+            #expect(ends(found).isEmpty && found.contains(.probeNow(pool: "api", backends: [backends[0], backends[2]])))
+            var later: [Action] = []
+            for other in [0, 2] {
+                // Live peers answer in a millisecond; faulted ones time out.
+                later += policy.handle(.probed(key(other), peersLive ? Self.ok : Self.failed(.unreachable), at: at(peersLive ? 507 : 655)))
+            }
+            later += (66...300).flatMap { policy.handle(.tick(at($0 * 10))) }
+            #expect(ends(found + later).contains(.dead) == peersLive, "peers live: \(peersLive)")
+            #expect(suppressions(later).contains(.allBackendsDown) == !peersLive, "peers live: \(peersLive)")
+        }
+    }
+
     @Test func stuckScansWaitForABackendThatAnswersNow() {
         var policy = upPolicy(configuration { $0.stuckAfter = .seconds(2) })
         for backend in 0..<3 { _ = policy.handle(.probed(key(backend), Self.failed(.unreachable), at: at(400))) }
@@ -133,7 +155,7 @@ import Testing
     @Test func aProbeThatReachesADeadBackendMakesItUnhealthyAndEndsTheReaping() {
         var policy = upPolicy(configuration())
         _ = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(300)))
-        for other in [0, 2] { _ = policy.handle(.probed(key(other), Self.ok, at: at(310))) }
+        for other in [0, 2] { _ = policy.handle(.probed(key(other), Self.ok, at: at(460))) }
         _ = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(500)))
         _ = policy.handle(.evidence(key(1), SegmentEvidence(at: at(505), sockets: 0, youngestSegmentAge: nil)))
         #expect(policy.backends[key(1)]?.state == .dead)
@@ -204,13 +226,14 @@ import Testing
     @Test func anUnreadableLookAtItsConnectionsMakesNoOneDead() {
         var policy = upPolicy(configuration())
         _ = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(300)))
-        for other in [0, 2] { _ = policy.handle(.probed(key(other), Self.ok, at: at(310))) }
+        for other in [0, 2] { _ = policy.handle(.probed(key(other), Self.ok, at: at(460))) }
         _ = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(500)))
         let held = policy.handle(.evidence(key(1), SegmentEvidence(at: at(505), sockets: 0, youngestSegmentAge: nil, complete: false)))
         #expect(ends(held).isEmpty && suppressions(held) == [.evidenceMissing])
         #expect(policy.backends[key(1)]?.state == .up)
         // The next failure looks again; a complete look that shows no life is a death.
         #expect(policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(700))) == [.needEvidence(key(1), since: at(500))])
+        for other in [0, 2] { _ = policy.handle(.probed(key(other), Self.ok, at: at(702))) }
         let dead = policy.handle(.evidence(key(1), SegmentEvidence(at: at(705), sockets: 0, youngestSegmentAge: nil)))
         #expect(ends(dead) == [.dead])
     }
@@ -275,7 +298,7 @@ import Testing
             }
             for pool in ["api", "other"] {
                 for other in [0, 2] where pool == "api" || (other == 2 && secondHasSurvivor) {
-                    _ = policy.handle(.probed(key(other, pool: pool), Self.ok, at: at(310)))
+                    _ = policy.handle(.probed(key(other, pool: pool), Self.ok, at: at(460)))
                 }
             }
             for pool in ["api", "other"] {

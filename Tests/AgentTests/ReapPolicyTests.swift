@@ -55,6 +55,16 @@ import Conntrack
         actions.compactMap { if case .reap(_, let reason, let limit, let scope) = $0 { (reason, limit, scope) } else { nil } }
     }
 
+    /// `actions` with every peer probe asked for answered at `ms` (in 1 ms): survivors. A dead
+    /// verdict's first pass asks the peers when none answered a probe sent after its last failure.
+    func peersAnswer(_ policy: inout ReapPolicy, _ actions: [Action], at ms: Int) -> [Action] {
+        var all = actions
+        for case .probeNow(let pool, let peers) in actions {
+            for peer in peers { all += policy.handle(.probed(BackendKey(pool: pool, backend: peer), Self.ok, at: at(ms))) }
+        }
+        return all
+    }
+
     /// `actions` with every look asked for answered at `ms`: the connections are still silent (a
     /// full pass decided after the look that made a backend dead looks again first).
     func silentLooks(_ policy: inout ReapPolicy, _ actions: [Action], at ms: Int) -> [Action] {
@@ -87,7 +97,7 @@ import Conntrack
     @Test func unreachableWithoutSignOfLifeIsDeadAndReapedAtOnce() throws {
         var policy = upPolicy(configuration())
         #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300))).isEmpty)
-        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = othersAnswer(&policy, at: 460)  // survivors: they answer probes sent after its last failure was
         let asked = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
         // The window for a sign of life opens when the first of the `fall` failures ended.
         #expect(asked == [.needEvidence(dead, since: at(300))])
@@ -103,16 +113,18 @@ import Conntrack
     @Test func refusedTooIsDeadWhenItsConnectionsAreSilent() {
         var policy = upPolicy(configuration())
         _ = policy.handle(.probed(dead, Self.failed(.refused, after: 1), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = othersAnswer(&policy, at: 460)  // survivors: they answer probes sent after its last failure was
         #expect(policy.handle(.probed(dead, Self.failed(.refused, after: 1), at: at(500))) == [.needEvidence(dead, since: at(300))])
         let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(505), sockets: 0, youngestSegmentAge: nil)))
-        #expect(reaps(actions).map(\.0) == [.dead])
+        // Refused in 1 ms: the peers answered before its last failure was sent, so they are asked now.
+        #expect(reaps(actions).isEmpty && actions.contains(.probeNow(pool: "api", backends: [backends[0], backends[2]])))
+        #expect(reaps(peersAnswer(&policy, actions, at: 507)).map(\.0) == [.dead])
     }
 
     @Test func aSegmentAfterTheWindowOpenedMeansAliveAndNothingIsReaped() {
         var policy = upPolicy(configuration())
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = othersAnswer(&policy, at: 460)  // survivors: they answer probes sent after its last failure was
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
         // A stream received data 50 ms before the dump at 510: at 460, inside the window.
         let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(510), sockets: 4, youngestSegmentAge: .milliseconds(50))))
@@ -123,7 +135,7 @@ import Conntrack
         // The next failure looks again, with the window slid forward: once the segments stop, it is dead.
         #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(700))) == [.needEvidence(dead, since: at(500))])
         let later = policy.handle(.evidence(dead, SegmentEvidence(at: at(710), sockets: 4, youngestSegmentAge: .milliseconds(250))))
-        #expect(reaps(later).map(\.0) == [.dead])
+        #expect(reaps(peersAnswer(&policy, later, at: 712)).map(\.0) == [.dead])
     }
 
     /// The trap: a probe sent just before the death fails by its timeout; data that arrived between
@@ -136,7 +148,7 @@ import Conntrack
         _ = policy.handle(.probed(dead, Self.failed(.unreachable, after: 150), at: at(600)))
         // Its last segment came at 270, after the first probe was sent, before it ended.
         let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(610), sockets: 3, youngestSegmentAge: .milliseconds(340))))
-        #expect(reaps(actions).map(\.0) == [.dead])
+        #expect(reaps(peersAnswer(&policy, actions, at: 612)).map(\.0) == [.dead])
     }
 
     /// Early probes (a few ms apart) make the window short: a path silent for less than a probe
@@ -190,7 +202,7 @@ import Conntrack
     @Test func aProbeThatConnectedMeansUnhealthyNeverReapedBeforeTheDrainTimeout() {
         var policy = upPolicy(configuration { $0.drainTimeout = .seconds(10) })
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy, after: 2), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = othersAnswer(&policy, at: 460)  // survivors: they answer probes sent after its last failure was
         let actions = policy.handle(.probed(dead, Self.failed(.unhealthy, after: 2), at: at(500)))
         #expect(actions.first == .changed(dead, from: .up, to: .unhealthy, failure: .unhealthy, detail: "unhealthy"))
         #expect(actions.contains(.suppressed(pool: "api", backend: dead.backend, reason: .unhealthyNotDead, log: true)))
@@ -207,7 +219,7 @@ import Conntrack
     @Test func aMixOfClassesIsUnhealthy() {
         var policy = upPolicy(configuration())
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = othersAnswer(&policy, at: 460)  // survivors: they answer probes sent after its last failure was
         let actions = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
         #expect(policy.backends[dead]?.state == .unhealthy)
         #expect(reaps(actions).isEmpty)
@@ -216,7 +228,7 @@ import Conntrack
     @Test func drainTimeoutClosesATenthASecond() {
         var policy = upPolicy(configuration { $0.drainTimeout = .seconds(2) })
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = othersAnswer(&policy, at: 460)  // survivors: they answer probes sent after its last failure was
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(500)))  // unhealthy at 500
         #expect(policy.handle(.tick(at(2_480))).isEmpty)
         #expect(policy.handle(.tick(at(2_500))) == [.countConnections(dead)])
@@ -231,7 +243,7 @@ import Conntrack
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(3_600)))
         #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(3_800))) == [.needEvidence(dead, since: at(3_600))])
         let turned = policy.handle(.evidence(dead, SegmentEvidence(at: at(3_810), sockets: 19, youngestSegmentAge: .seconds(3))))
-        #expect(reaps(turned).map(\.0) == [.dead])
+        #expect(reaps(peersAnswer(&policy, turned, at: 3_812)).map(\.0) == [.dead])
     }
 
     /// The drain timer belongs to one unhealthy episode: a backend well again before it runs out
@@ -239,7 +251,7 @@ import Conntrack
     @Test func recoveringBeforeTheDrainTimeoutClosesNothing() {
         var policy = upPolicy(configuration { $0.drainTimeout = .seconds(2) })
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)
+        _ = othersAnswer(&policy, at: 460)
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(500)))  // unhealthy at 500
         _ = policy.handle(.probed(dead, Self.ok, at: at(1_500)))
         #expect(
@@ -258,7 +270,7 @@ import Conntrack
     @Test func drainTimeoutZeroNeverCloses() {
         var policy = upPolicy(configuration { $0.drainTimeout = .zero })
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = othersAnswer(&policy, at: 460)  // survivors: they answer probes sent after its last failure was
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(500)))
         #expect(policy.nextDeadline == nil)
         #expect(policy.handle(.tick(at(600_000))).isEmpty)
@@ -270,7 +282,7 @@ import Conntrack
     func deadPolicy(_ configuration: AgentConfiguration? = nil, firstPassOut: Bool = false) -> ReapPolicy {
         var policy = upPolicy(configuration ?? self.configuration())
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = othersAnswer(&policy, at: 460)  // survivors: they answer probes sent after its last failure was
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
         let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(500), sockets: 0, youngestSegmentAge: nil)))
         if !firstPassOut, let first = reaps(actions).first {
@@ -321,10 +333,10 @@ import Conntrack
         for ms in stride(from: 600, through: 2_000, by: 10) { #expect(reaps(tick(&policy, ms)).isEmpty) }
         // Recovery wins: one lost probe after the answer resumes nothing.
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(2_200)))
-        _ = othersAnswer(&policy, at: 2_205)
         #expect(!policy.stillEnds(dead))
         #expect(stride(from: 2_210, through: 2_390, by: 10).flatMap { reaps(tick(&policy, $0)) }.isEmpty)
         // Fall failures begun after the answer, and no sign of life: a verdict again, and the reaping resumes.
+        _ = othersAnswer(&policy, at: 2_395)  // survivors: they answer probes sent after its last failure was
         #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(2_400))) == [.needEvidence(dead, since: at(2_200))])
         let again = policy.handle(.evidence(dead, SegmentEvidence(at: at(2_405), sockets: 0, youngestSegmentAge: nil)))
         #expect(reaps(again).map(\.0) == [.stillDead])
@@ -348,7 +360,7 @@ import Conntrack
         var policy = upPolicy(configuration())
         _ = policy.handle(.conntrackTable(full: true))
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)
+        _ = othersAnswer(&policy, at: 460)
         let second = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
         #expect(second.contains(.suppressed(pool: "api", backend: dead.backend, reason: .conntrackFull, log: true)))
         #expect(!second.contains { if case .needEvidence = $0 { true } else { false } })
@@ -362,7 +374,7 @@ import Conntrack
     @Test func becomingDeadWatchesNewFlowsAndEachIsEndedAsItComes() {
         var policy = upPolicy(configuration())
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)
+        _ = othersAnswer(&policy, at: 460)
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
         let actions = policy.handle(.evidence(dead, SegmentEvidence(at: at(500), sockets: 0, youngestSegmentAge: nil)))
         #expect(actions.last == .watchNewFlows(dead))
@@ -512,13 +524,13 @@ import Conntrack
         #expect(policy.handle(.tick(at(1_000))) == [.scanStuck(pool: "api", limit: 255)])
     }
 
-    /// Backend 3 found dead at 700 (its peers answered at 610, its evidence silent), with backend 2 reaped since 500.
+    /// Backend 3 found dead at 705 (backend 1 answered at 702, its evidence silent), with backend 2 reaped since 500.
     func secondDeath(_ policy: inout ReapPolicy) -> [Action] {
         let other = BackendKey(pool: "api", backend: backends[2])
-        _ = policy.handle(.probed(other, Self.failed(.unreachable), at: at(600)))
-        _ = policy.handle(.probed(BackendKey(pool: "api", backend: backends[0]), Self.ok, at: at(610)))
-        _ = policy.handle(.probed(other, Self.failed(.unreachable), at: at(700)))
-        return policy.handle(.evidence(other, SegmentEvidence(at: at(700), sockets: 0, youngestSegmentAge: nil)))
+        _ = policy.handle(.probed(other, Self.failed(.unreachable, after: 2), at: at(600)))
+        _ = policy.handle(.probed(other, Self.failed(.unreachable, after: 2), at: at(700)))
+        _ = policy.handle(.probed(BackendKey(pool: "api", backend: backends[0]), Self.ok, at: at(702)))
+        return policy.handle(.evidence(other, SegmentEvidence(at: at(705), sockets: 0, youngestSegmentAge: nil)))
     }
 
     @Test func aDeadPassDecidedWhileAnotherHoldsTheBucketWaitsForItInsteadOfRunningShort() {
@@ -557,7 +569,7 @@ import Conntrack
     @Test func reapOnUnhealthyRestoresTheOldBehaviour() {
         var policy = upPolicy(configuration { $0.reapOn = .unhealthy })
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = othersAnswer(&policy, at: 460)  // survivors: they answer probes sent after its last failure was
         let actions = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(500)))
         #expect(actions.first == .changed(dead, from: .up, to: .unhealthy, failure: .unhealthy, detail: "unhealthy"))
         let first = reaps(actions)
@@ -573,7 +585,7 @@ import Conntrack
     @Test func aUDPPoolHasNoSegmentsToAskSoTheClassDecides() {
         var policy = upPolicy(configuration { $0.protocols = [.udp] })
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = othersAnswer(&policy, at: 460)  // survivors: they answer probes sent after its last failure was
         let actions = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
         #expect(reaps(actions).map(\.0) == [.dead])
     }
@@ -603,7 +615,7 @@ import Conntrack
     @Test func evidenceThatArrivesAfterASuccessIsIgnored() {
         var policy = upPolicy(configuration())
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(300)))
-        _ = othersAnswer(&policy, at: 310)  // survivors: they answer after it began failing
+        _ = othersAnswer(&policy, at: 460)  // survivors: they answer probes sent after its last failure was
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(500)))
         _ = policy.handle(.probed(dead, Self.ok, at: at(505)))
         #expect(policy.handle(.evidence(dead, SegmentEvidence(at: at(510), sockets: 0, youngestSegmentAge: nil))).isEmpty)

@@ -382,6 +382,7 @@ public struct ReapPolicy: Sendable {
             record.lastFailure = failure
             record.lastFailureDetail = result.detail
             if record.failingSince == nil { record.failingSince = at - result.duration }
+            record.lastFailureBegan = at - result.duration
             if failure.nothingAnswered {
                 record.answerless.append(at)
                 if record.answerless.count > pool.fall { record.answerless.removeFirst(record.answerless.count - pool.fall) }
@@ -398,6 +399,7 @@ public struct ReapPolicy: Sendable {
             }
         } else {
             record.lastSuccess = at
+            record.lastSuccessBegan = at - result.duration
             record.failingSince = nil
             record.answerless = []
             // Recovery wins: nothing more is ended until fresh evidence says dead again.
@@ -494,6 +496,8 @@ public struct ReapPolicy: Sendable {
             // connections made while it answered are established ones no SYN_SENT walk finds.
             backends[key]?.reaping?.answered = nil
             backends[key]?.reaping?.lastFullPass = nil
+            backends[key]?.reaping?.verdictFailureBegan = record.lastFailureBegan
+            backends[key]?.reaping?.probedPeers = false
             backends[key]?.reaping?.nextPass = now
             if pool.segmentEvidence { backends[key]?.reaping?.lookedAt = now }
             return reapPass(key, pool: pool, now: now)
@@ -652,8 +656,8 @@ public struct ReapPolicy: Sendable {
         case .recovering?:
             return []
         case .noSurvivor?:
-            // Its first pass asks the peers once (a real survivor then costs one fast probe, not an interval).
-            if reaping.passes == 0, !reaping.probedPeers, pool.backends.count > 1 {
+            // A verdict asks the peers once (a real survivor then costs one fast probe, not an interval).
+            if !reaping.probedPeers, pool.backends.count > 1 {
                 backends[key]?.reaping?.probedPeers = true
                 backends[key]?.reaping?.awaitingSurvivorUntil = now + pool.probeTimeout + Self.survivorGrace
                 return [.probeNow(pool: key.pool, backends: pool.backends.filter { $0 != key.backend })]
@@ -742,15 +746,19 @@ public struct ReapPolicy: Sendable {
 
     // MARK: - Rules shared by the paths
 
-    /// Another backend of the pool answers now (its latest probe succeeded): the fault is the
-    /// backend's, not the prober's or the network's, and clients have somewhere to go. "Answered
-    /// once since this one began failing" is not enough: a prober-side fault that reaches the
-    /// backends a few hundred ms apart would leave each looking like the other's survivor.
+    /// Another backend of the pool answers now: its latest probe succeeded, and began after the
+    /// last failed probe that made this one dead (for a failing one not dead: after it began
+    /// failing). Then the fault is the backend's, not the prober's or the network's, and clients
+    /// have somewhere to go. An answer from before this one's last failure is not enough: a
+    /// prober-side fault that reaches the backends a few hundred ms apart leaves each looking like
+    /// the other's survivor until their next probes fail too; a dead verdict's first pass asks the
+    /// peers at once instead (one RTT when they live).
     func survivor(besides key: BackendKey, pool: PoolRules) -> Endpoint? {
-        let since = backends[key].flatMap { $0.failingSince ?? $0.stateSince }
+        let since = backends[key].flatMap { $0.reaping?.verdictFailureBegan ?? $0.failingSince ?? $0.stateSince }
         return pool.backends.first { other in
             let otherKey = BackendKey(pool: key.pool, backend: other)
-            return other != key.backend && answersNow(otherKey) && (since.map { backends[otherKey]?.lastSuccess ?? $0 > $0 } ?? true)
+            return other != key.backend && answersNow(otherKey)
+                && (since.map { backends[otherKey]?.lastSuccessBegan ?? $0 > $0 } ?? true)
         }
     }
 
@@ -809,6 +817,7 @@ public struct ReapPolicy: Sendable {
             let announced = record.reaping?.announced ?? false  // `reap_on: unhealthy` may have watched already
             record.reaping = Reaping(reason: .dead, since: now)
             record.reaping?.announced = announced
+            record.reaping?.verdictFailureBegan = record.lastFailureBegan
             // Made dead by a look at its connections (`dead` runs at the evidence's instant).
             if pool.segmentEvidence, pool.reapOn == .dead { record.reaping?.lookedAt = now }
         }
@@ -839,6 +848,10 @@ public struct BackendRecord: Sendable {
     /// When the current run of failed probes began (the first one's send time); nil after a success.
     public var failingSince: ContinuousClock.Instant?
     public var lastSuccess: ContinuousClock.Instant?
+    /// When the latest successful probe was sent (a survivor's answer must be newer than the dead one's failure).
+    public var lastSuccessBegan: ContinuousClock.Instant?
+    /// When the latest failed probe that counted was sent.
+    public var lastFailureBegan: ContinuousClock.Instant?
     /// When each of the last `fall` failures ended, while they all found nothing answering.
     public var answerless: [ContinuousClock.Instant] = []
     var evidencePending = false
@@ -870,6 +883,8 @@ struct Reaping: Sendable {
     var unfinished = false
     /// It answered a probe since it was found dead: nothing is ended until a new verdict.
     var answered: ContinuousClock.Instant?
+    /// When the last failed probe of its verdict was sent: a survivor answered a probe sent after it.
+    var verdictFailureBegan: ContinuousClock.Instant?
     /// When its connections were last looked at and found silent; a full pass decided later looks again.
     var lookedAt: ContinuousClock.Instant?
     /// Its passes decided and not yet come back (at most one).
