@@ -18,9 +18,10 @@ afterwards (a stream still flows, an echo still comes back); ended means its own
    on this side while B's is acknowledged: that one ended, B's kept. (Both blackholed at once must
    end nothing; on main the detector ends them: the tests are on branch noharm-repro-2.)
 4. A survivor answers now, the side that holds: only A's probes fail (a fault near the prober
-   dropping its SYNs toward A) while B and C answer: A reaped, B's and C's connections kept. (The
-   same fault reaching A, B +300 ms, C +600 ms must end nothing; main reaps A when the onset meets
-   the probes' phases: the tests are on branch noharm-repro-2.)
+   dropping its SYNs toward A) while B and C answer: A reaped, B's and C's connections kept. The
+   same fault reaching A, B +300 ms, C +600 ms ends nothing, also with its onset timed against the
+   probes' phases so that at the first verdict the last backend's latest probe had succeeded: a
+   survivor must answer a probe sent after the dead one's last failed probe.
 
 Addresses 10.244.0.0/16, ports 22000-22999.
 """
@@ -450,3 +451,113 @@ def test_a_fault_on_one_backends_path_only_is_reaped(world, tmp_path):
     assert w.client.probe(held[B] + held[C]) == ["ok"] * 6, text
     assert metrics.value(SUPPRESSED, pool="api", reason="all_backends_down") == 0, text
     print(f"\nonly A's probes dropped: its 3 idle connections aborted {t_aborted - t_fault:.2f}s after the fault")
+
+
+# ---------------------------------------------------------------------------------------------
+# A survivor answers now: a fault near the prober that reaches the backends a few hundred ms apart.
+
+
+def test_a_prober_fault_reaching_the_backends_300_ms_apart_ends_nothing(world, tmp_path):
+    """A survivor answers now: a fault near the prober reaches A, then B 300 ms later, then C 300 ms
+    later, while the clients' connections are idle (no evidence either way). Every backend fails
+    within 600 ms: no survivor answers now, nothing must be ended (`all_backends_down`), and every
+    connection answers once the fault lifts."""
+    w = world()
+    agent = w.start_agent(tmp_path, [{"name": "api", "backends": [AP, BP, CP], "probe": SLOW}])
+    held = idle_everywhere(w)
+    t_fault = time.monotonic()
+    rules = []
+    for address in (A, B, C):
+        rules.append(syn_drop(w, address))
+        time.sleep(0.3)
+    agent.wait_states({f"api/{b}": "dead" for b in (AP, BP, CP)}, timeout=8)
+    t_all = time.monotonic()
+    time.sleep(2.0)
+    metrics = agent.metrics()
+    states = {address: w.client.state(ids) for address, ids in held.items()}
+    text = info(agent)
+    dead_at = {l.fields.get("backend"): round(l.t - t_fault, 2) for l in lines(agent, "backend dead", t_fault)}
+
+    assert agent.reaps() == [], f"dead at {dead_at}\n{text}"
+    assert all(destroyed(metrics, b) == 0 for b in (AP, BP, CP)), text
+    assert states == {address: ["ok"] * 3 for address in (A, B, C)}, f"{states}\n{text}"
+    assert metrics.value(SUPPRESSED, pool="api", reason="all_backends_down") > 0, text
+    for rule in rules:
+        w.node.iptables("-D", *rule)
+    answers = w.client.probe([i for ids in held.values() for i in ids])
+    assert answers == ["ok"] * 9, f"{answers}\n{info(agent)}"
+    print(f"\nprober fault at A, B +0.3 s, C +0.6 s: dead at {dead_at} s after, 0 reaped, all 9 connections answer")
+
+
+def syn_counts(w: World) -> dict[str, int]:
+    out = w.srv.run(["iptables", "-w", "-L", "INPUT", "-v", "-x", "-n"]).stdout
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        target = next((p for p in parts if p in (A, B, C)), None)
+        if target and "flags:0x17/0x02" in line and "DROP" not in parts:
+            counts[target] = int(parts[0])
+    return counts
+
+
+def probe_times(w: World, addresses, seconds: float) -> dict[str, list[float]]:
+    """When the agent's probe SYNs reached each backend (counting rules in srv, polled every ~10 ms)."""
+    last = syn_counts(w)
+    seen: dict[str, list[float]] = {a: [] for a in addresses}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        now_counts = syn_counts(w)
+        for address in addresses:
+            if now_counts[address] != last[address]:
+                seen[address].append(time.monotonic())
+        last = now_counts
+    return seen
+
+
+def test_a_prober_fault_300_ms_apart_timed_against_the_probes_ends_nothing(world, tmp_path):
+    """A survivor answers now, at the worst phase: the same fault near the prober, first X, then Y
+    300 ms later, then Z 600 ms after X, with the order and the onset chosen from the probes' own
+    times (1 s +-10 %): X's next probe is the first to fail (about 0.1 s after the onset), and Z's
+    probe falls between X's failing one and Z's own fault. At X's verdict (two failures, about
+    1.6 s after the onset) Z's latest probe succeeded and began after X's failures did; Z's next one
+    is already in flight, unanswered for 0.4 s (its SYN is dropped). The fault is the prober's:
+    every backend fails within 600 ms. Nothing must be ended."""
+    w = world()
+    agent = w.start_agent(tmp_path, [{"name": "api", "backends": [AP, BP, CP], "probe": SLOW}])
+    held = idle_everywhere(w)
+    for address in (A, B, C):
+        w.srv.iptables("-I", "INPUT", "-d", address, "-p", "tcp", "--syn")      # counts, drops nothing
+    seen = probe_times(w, (A, B, C), 2.2)
+    last = {a: t[-1] for a, t in seen.items() if t}
+    assert len(last) == 3, f"probes seen: {seen}"
+    # X: the backend whose next probe is followed soonest (0.1-0.45 s) by another's: that one is Z.
+    order = None
+    for x in last:
+        for z in last:
+            if z != x and 0.1 <= (last[z] - last[x]) % 1.0 <= 0.45:
+                if order is None or (last[z] - last[x]) % 1.0 < (last[order[2]] - last[order[0]]) % 1.0:
+                    order = (x, next(a for a in last if a not in (x, z)), z)
+    assert order, f"no two probes 0.1-0.45 s apart: {last}"
+    x, y, z = order
+    # Onset 0.85 s after X's latest probe seen: its next (0.9-1.1 s) is its first to fail.
+    mark = probe_times(w, (x,), 1.2)[x]
+    assert mark, f"no probe of {x} in 1.2 s"
+    t_fault = mark[-1] + 0.85
+    time.sleep(max(0.0, t_fault - time.monotonic()))
+    rules = []
+    for address in (x, y, z):
+        rules.append(["OUTPUT", "-p", "tcp", "--syn", "-d", address, "-j", "DROP"])
+        w.node.iptables("-I", *rules[-1])
+        time.sleep(0.3)
+    time.sleep(4.0)
+    metrics = agent.metrics()
+    states = {address: w.client.state(ids) for address, ids in held.items()}
+    text = info(agent)
+    dead_at = {l.fields.get("backend"): round(l.t - t_fault, 2) for l in lines(agent, "backend dead", t_fault)}
+    gap = round((last[z] - last[x]) % 1.0, 3)
+    assert agent.reaps() == [], f"order {order}, Z's probe {gap}s after X's, dead at {dead_at}\n{text}"
+    assert states == {address: ["ok"] * 3 for address in (A, B, C)}, f"{states}\n{text}"
+    assert metrics.value(SUPPRESSED, pool="api", reason="all_backends_down") > 0, text
+    for rule in rules:
+        w.node.iptables("-D", *rule)
+    print(f"\nprober fault at {x}, {y} +0.3 s, {z} +0.6 s ({z}'s probe {gap}s after {x}'s): dead at {dead_at}, 0 reaped")
