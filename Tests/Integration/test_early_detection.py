@@ -208,3 +208,34 @@ def test_a_failed_neighbour_entry_is_a_signal(incident, reaper_binary):
     kernel.speed_bound(max(recoveries), 6.0, "stalled streams flowing again after a neighbour signal (worst)")
     reap = agent.find("reaped", backend=incident.backend(DEAD), reason="dead")
     assert len(reap) == 1 and reap[0].fields["detected_by"] == "neighbour", info
+
+
+@pytest.mark.parametrize("outage", [0.5, 0.9])
+def test_watches_of_a_live_backend_whose_link_flaps_shorter_than_min_outage_are_kept(build_incident, reaper_binary, outage):
+    """The traffic users have: watches, where the upstream writes and the client never does (nginx's
+    upstream sockets only acknowledge). The upstream's link goes down for ``outage`` s and comes back
+    (a bond or switch failover): the carrier signal probes it at once and its probes fail, but the
+    silence is shorter than min_outage (1 s). Nothing is ended: every stream keeps its one
+    connection and flows again on it."""
+    incident = build_incident()
+    agent = agent_for(incident, reaper_binary)
+    client = incident.start_client(l4=STREAMS)          # watches: nothing sent toward the upstreams
+    incident.wait_flowing(client)
+    before = [s["connections"] for s in client.status()["streams"]]
+    target = incident.backend(DEAD)
+    start, _ = incident.cut(DEAD)
+    time.sleep(max(0.0, start + outage - time.monotonic()))
+    incident.restore(DEAD)
+    end = time.monotonic()
+    time.sleep(4.0)
+    info = f"{agent.log_text(40)}\n{incident.nginx_error_log(10)}"
+    signal = agent.find("early signal: probing the backend at once", backend=target, since=start)
+    assert [line.fields["signal"] for line in signal][:1] == ["carrier"], f"the flap was never seen early\n{info}"
+    assert agent.reaps(since=start) == [], info
+    streams = client.status()["streams"]
+    after = [s["connections"] for s in streams]
+    assert after == before, f"streams reconnected: {before} -> {after}\n{info}"
+    kernel.speed_bound(max(s["age"] for s in streams), 0.5, "oldest stream's last line after the flap")
+    held = agent.metrics().value("conn_reaper_reaps_suppressed_total", pool="stream", reason="short_outage")
+    print(f"\nwatches, link down {outage} s (restored after {end - start:.3f} s): 0 ended, "
+          f"{len(before)} streams on their own connections, short_outage held {held:g} time(s)")

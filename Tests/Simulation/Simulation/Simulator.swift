@@ -158,8 +158,9 @@ public final class Simulator {
         case .becomes(_, let backend, let condition):
             if !conditions[backend].flows, condition.flows {
                 silentUntil[backend] = now
-                silenceWasLong[backend] =
-                    conditions[backend] == .dead || now - (silentSince[backend] ?? conditionSince[backend]) >= floor(of: backend)
+                // Long as the policy can measure it: from the last segment before it (lines come 200 ms apart).
+                let lastLife = lastSegment(backend) ?? silentSince[backend] ?? conditionSince[backend]
+                silenceWasLong[backend] = conditions[backend] == .dead || now - lastLife >= floor(of: backend)
                 answeredSinceReturn[backend] = false
             }
             // Liveness is owed for a death out of a settled life: a backend already judged dead (lossy and
@@ -225,7 +226,7 @@ public final class Simulator {
         var newest: Int?
         if !streams.isEmpty {
             // A line every 200 ms while the path flows; from the last flowing moment while it does not.
-            let flowingUntil = conditions[backend].flows ? now : conditionSince[backend]
+            let flowingUntil = conditions[backend].flows ? now : (silentSince[backend] ?? conditionSince[backend])
             let oldest = streams.map(\.opened).min()!
             if flowingUntil > oldest { newest = flowingUntil - (flowingUntil % 200) }
         }
