@@ -20,6 +20,16 @@ public struct Destination: Hashable, Sendable {
         return prefix?.contains(address) ?? true
     }
 
+    /// Wider than a /8 of IPv4 or a /32 of IPv6, or any address (`:PORT`): a purge toward it may end
+    /// most of a host's connections, so the CLI asks for `--force`.
+    public var isWide: Bool {
+        guard let prefix else { return true }
+        return prefix.length < (prefix.address.family == .v4 ? Self.widestIPv4 : Self.widestIPv6)
+    }
+
+    public static let widestIPv4 = 8
+    public static let widestIPv6 = 32
+
     /// Families of socket dump that can hold a match: an IPv4 destination also matches dual-stack
     /// AF_INET6 sockets, which appear only in the IPv6 dump.
     public var familiesToDump: Set<IPAddress.Family> {

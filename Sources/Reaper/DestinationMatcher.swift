@@ -22,8 +22,10 @@ public struct DestinationMatcher: Sendable {
     }
 
     /// Toward one of the destinations, by transport, state and address: before any stuck test.
+    /// A socket without a peer (an unconnected UDP socket: a DNS server's, whatever `--state close`
+    /// asks) is toward nothing: its remote is the any-address, port 0.
     public func isTowardDestinations(_ socket: DiagnosedSocket) -> Bool {
-        transports.contains(socket.transport) && states.contains(socket.state)
+        socket.remote.port != 0 && transports.contains(socket.transport) && states.contains(socket.state)
             && destinations.contains { $0.matches(address: socket.remote.address, port: socket.remote.port) }
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import stat
 from pathlib import Path
 
@@ -141,3 +142,70 @@ def test_version(lab, reaper):
     assert result.returncode == 0, result.describe()
     # The version, then the revision of a `make dist` build ("unknown" for a plain swift build).
     assert re.fullmatch(r"\d+\.\d+\.\d+ \(revision ([0-9a-f]{7,40}(-dirty)?|unknown)\)", result.stdout.strip()), result.describe()
+
+
+@pytest.mark.parametrize("wide", ["0.0.0.0/0", "10.0.0.0/7", f":{TCP_PORT}", "[::/0]:80", "[fd00::/31]:80"])
+def test_a_destination_wider_than_a_slash_8_needs_force_and_touches_nothing(topo, reaper, wide):
+    client = topo.client_peer
+    target = client.connect_one(TARGET4, TCP_PORT)
+    decoy = client.connect_one(OTHER4, TCP_PORT)
+    assert client.probe([target, decoy]) == ["ok", "ok"]
+
+    result = reaper.run(topo.client, "purge", endpoint(TARGET4, TCP_PORT), wide)
+
+    assert result.returncode == 64, result.describe()
+    assert f"destination '{wide}' is wider than a /8 (IPv4) or /32 (IPv6)" in result.stderr, result.describe()
+    assert "--force" in result.stderr, result.describe()
+    assert client.probe([target, decoy]) == ["ok", "ok"]
+    assert len([f for f in topo.client.conntrack_flows("ipv4", "tcp") if f.original.dst == TARGET4]) == 1
+
+
+def test_a_wide_destination_with_force_purges_and_a_dry_run_needs_no_force(topo, reaper):
+    client = topo.client_peer
+    target = client.connect_one(TARGET4, TCP_PORT)
+    decoy = client.connect_one(OTHER4, TCP_PORT)
+    looked = reaper.run(topo.client, "purge", "--dry-run", f":{TCP_PORT}")
+    assert looked.returncode == 0, looked.describe()
+    assert client.probe([target, decoy]) == ["ok", "ok"]
+
+    result = reaper.run(topo.client, "purge", "--force", f":{TCP_PORT}")
+
+    assert result.returncode == 0, result.describe()
+    assert client.probe([target, decoy]) == ["ECONNABORTED", "ECONNABORTED"]
+
+
+#: A DNS-like server: an unconnected UDP socket on 0.0.0.0, answering every datagram.
+UDP_SERVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(512)
+    s.sendto(data, peer)
+"""
+
+
+def udp_asks(namespace, port: int) -> str:
+    code = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)\n"
+            f"s.sendto(b'q', ('127.0.0.1', {port}))\n"
+            "try:\n    print(s.recvfrom(512)[0].decode())\nexcept OSError as e:\n    print(type(e).__name__)\n")
+    return namespace.run(["python3", "-c", code]).stdout.strip()
+
+
+def test_state_close_never_takes_an_unconnected_udp_socket(topo, reaper):
+    port = 25353
+    server = topo.client.popen(["python3", "-u", "-c", UDP_SERVER, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        assert udp_asks(topo.client, port) == "q"
+
+        result = reaper.run(topo.client, "purge", "--force", "--proto", "udp", "--state", "established,close",
+                            "-o", "json", "0.0.0.0/0", f":{port}")
+
+        assert result.returncode == 0, result.describe()
+        assert result.doc["sockets"] == [], result.doc["sockets"]
+        assert udp_asks(topo.client, port) == "q", "the server's unconnected socket must keep answering"
+    finally:
+        server.kill()
+        server.wait()

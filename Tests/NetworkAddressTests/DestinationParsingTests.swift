@@ -63,6 +63,17 @@ import Testing
     }
 }
 
+@Suite struct DestinationWidthTests {
+    /// The CLI asks for --force beyond these: a /8 of IPv4, a /32 of IPv6, and any address.
+    @Test(arguments: [
+        ("0.0.0.0/0", true), ("10.0.0.0/7", true), (":443", true), ("[::/0]:80", true), ("[fd00::/31]:80", true),
+        ("10.0.0.0/8", false), ("10.0.0.1", false), ("10.0.0.0/24:443", false), ("[fd00::/32]:80", false), ("fd00::1", false),
+    ])
+    func wideDestinations(text: String, wide: Bool) throws {
+        #expect(try Destination(parsing: text).isWide == wide)
+    }
+}
+
 @Suite struct IPAddressTests {
     @Test(arguments: [
         ("::", "::"), ("::1", "::1"), ("fd00::", "fd00::"), ("1:0:0:2:0:0:0:3", "1:0:0:2::3"),
