@@ -110,14 +110,25 @@ public final class SocketDiagnostics {
 
     /// The socket with exactly this 4-tuple (local, remote), if there is one: a hash lookup in the
     /// kernel, not a walk. Its cookie then names it for a destroy.
+    ///
+    /// UDP's lookup (udp_dump_one) reads the request as a datagram arriving: source the peer,
+    /// destination the local end ("src and dst are swapped for historical reasons"), and scores
+    /// wildcards, so the local-first order finds nothing, or a server's unconnected socket on the
+    /// peer's port. The request is turned around for UDP, and only a socket with exactly this
+    /// 4-tuple is returned.
     public func socket(
         exactly id: SocketID, family: SocketFamily, transport: TransportProtocol, includeTCPInfo: Bool = false
     ) throws(SystemCallError) -> DiagnosedSocket? {
-        let request = InetDiagSocketRequest(.get, family: family, transport: transport, id: id, includeTCPInfo: includeTCPInfo)
+        var asked = id
+        if transport == .udp { (asked.source, asked.destination) = (id.destination, id.source) }
+        let request = InetDiagSocketRequest(.get, family: family, transport: transport, id: asked, includeTCPInfo: includeTCPInfo)
         guard let message = try dumpSocket.fetch(request) else {
             return nil
         }
-        return DiagnosedSocket(message: message, transport: transport)
+        let found = DiagnosedSocket(message: message, transport: transport)
+        // A dual-stack socket answers an IPv4 lookup with its IPv4-mapped addresses.
+        guard let found, found.local.unmapped == id.source.unmapped, found.remote.unmapped == id.destination.unmapped else { return nil }
+        return found
     }
 
     /// SOCK_DESTROY for each socket, batched. ENOENT means already gone (closed meanwhile, or the

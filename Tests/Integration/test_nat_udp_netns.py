@@ -305,3 +305,70 @@ def test_purge_ends_udp_and_tcp_sockets_of_a_vip_natted_to_the_backend(topo, rea
     assert len([f for f in flows if f.reply.src == OTHER4]) == 2, flows
     assert client.probe(natted) == ["ECONNABORTED", "ECONNABORTED"]
     assert client.probe(spared) == ["ok", "ok"]
+
+
+#: A DNS-like server on this host: an unconnected UDP socket on 0.0.0.0:53, answering every datagram.
+LOCAL_DNS = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 53))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(512)
+    s.sendto(b"local", peer)
+"""
+
+#: A fresh connected UDP socket to the VIP: one query, then waits up to 3 s; prints how it ended.
+ONE_QUERY = r"""
+import errno, json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], 53))
+s.settimeout(0.05)
+start = time.monotonic()
+s.send(b"q")
+result = "no answer"
+while time.monotonic() - start < 3.0:
+    try:
+        result = "answer " + s.recv(512).decode()
+        break
+    except socket.timeout:
+        continue
+    except OSError as e:
+        result = errno.errorcode.get(e.errno, str(e.errno))
+        break
+print(json.dumps({"result": result, "after": round(time.monotonic() - start, 3), "port": s.getsockname()[1]}))
+"""
+
+
+def test_a_new_udp_flow_through_a_vip_still_pointing_at_a_dead_backend_is_ended_and_a_local_server_kept(lab, reaper_binary, tmp_path):
+    """The announced-flow path for UDP: the VIP's DNAT still points at backend 1 after its death (a
+    lagging kube-proxy). A new query on a fresh connected socket makes a conntrack entry toward it,
+    which conntrack announces; the agent looks the socket up by its 4-tuple (UDP's lookup reads it
+    turned around) and ends it: ECONNABORTED well before the next walk. A DNS server of this host's
+    own, an unconnected socket on 0.0.0.0:53 (the port the flow is sent to), keeps answering."""
+    import json
+    import subprocess
+
+    client, b1, link1 = build(lab, tmp_path)
+    server = client.popen(["python3", "-u", "-c", LOCAL_DNS], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        agent = start_agent(client, reaper_binary, agent_config(tmp_path))
+        wait_backends_up(agent)
+        b1.ip("link", "set", link1.b_dev, "down")     # dead; the VIP still points at it
+        agent.wait_states({f"dns/{B1}:53": "dead"}, timeout=5)
+        time.sleep(0.3)                               # past the first reap's follow-ups
+        asked = json.loads(client.run(["python3", "-c", ONE_QUERY, VIP], timeout=10).stdout)
+        log = agent.log_text(30)
+        assert asked["result"] == "ECONNABORTED", f"{asked}\n{log}"
+        kernel.speed_bound(asked["after"], 0.5, "a new UDP flow toward the dead backend ended")
+        local = client.run(["python3", "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                            "s.settimeout(1); s.sendto(b'q', ('127.0.0.1', 53)); print(s.recv(64).decode())"]).stdout.strip()
+        assert local == "local", f"the local server stopped answering: {local!r}\n{log}"
+        assert server.poll() is None, "the local server's socket was ended"
+        print(f"\nnew UDP flow to the VIP NAT'd to the dead backend: {asked['result']} after {asked['after']} s; "
+              f"the local 0.0.0.0:53 server answers")
+        agent.stop()
+    finally:
+        server.kill()
+        server.wait()
