@@ -45,14 +45,17 @@ public final class AgentState: Sendable {
     public var configuration: AgentConfiguration { storage.withLock { $0.configuration } }
 
     /// Takes a new configuration; backends that stay keep their state, so a reload is not a flap.
-    public func apply(_ configuration: AgentConfiguration) {
+    /// Returns what the policy leaves to undo (the new-flow watches of backends no longer reaped).
+    @discardableResult
+    public func apply(_ configuration: AgentConfiguration) -> [ReapPolicy.Action] {
         storage.withLock { storage in
             storage.configuration = configuration
-            storage.policy.apply(configuration)
+            let undo = storage.policy.apply(configuration)
             storage.early.apply(Self.earlyPools(configuration))
             let keys = Set(storage.policy.backends.keys)
             storage.lastReaps = storage.lastReaps.filter { keys.contains($0.key) }
             storage.firstRoundDone = storage.firstRoundDone && storage.allProbedOnce
+            return undo
         }
     }
 

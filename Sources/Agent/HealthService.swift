@@ -56,8 +56,7 @@ public struct HealthService: Service {
                         await generations.next()
                     }
                     number += 1
-                    state.apply(configuration)
-                    executor.publishStates()
+                    executor.apply(configuration)
                     let (superseded, continuation) = AsyncStream.makeStream(of: Void.self)
                     supersede = continuation
                     generations.addTask { [number] in await runGeneration(configuration, number: number, until: superseded) }

@@ -603,13 +603,26 @@ import Conntrack
 
     @Test func aReloadKeepsADeadBackendReaped() {
         var policy = deadPolicy()
-        policy.apply(configuration())
+        #expect(policy.apply(configuration()).isEmpty, "a dead backend that stays keeps its new-flow watch")
         #expect(policy.backends[dead]?.state == .dead)
         #expect(reaps(tick(&policy, 520)).map(\.0) == [.stillDead])
         var changed = configuration()
         changed.pools[0].fall = 3
-        policy.apply(changed)
+        // Starting over (its fall changed): no longer reaped, its watch ends.
+        #expect(policy.apply(changed) == [.unwatchNewFlows(dead)])
         #expect(policy.backends[dead]?.state == .unknown)
+    }
+
+    @Test func aReloadThatRemovesAReapedBackendEndsItsNewFlowWatch() {
+        var policy = deadPolicy()
+        var removed = configuration()
+        removed.pools[0].backends.removeAll { $0 == dead.backend }
+        #expect(policy.apply(removed) == [.unwatchNewFlows(dead)])
+        #expect(policy.backends[dead] == nil)
+        // The other way: removing a backend that is up leaves nothing to undo.
+        var fewer = removed
+        fewer.pools[0].backends.removeLast()
+        #expect(policy.apply(fewer).isEmpty)
     }
 
     @Test func evidenceThatArrivesAfterASuccessIsIgnored() {

@@ -158,6 +158,13 @@ public final class ReapExecutor: Service, Sendable {
         self.probers.withLock { $0 = probers }
     }
 
+    /// Takes a reloaded configuration: what it leaves to undo (a removed backend's new-flow watch)
+    /// is queued like any other action, and every backend's state is published again.
+    public func apply(_ configuration: AgentConfiguration) {
+        for action in state.apply(configuration) { continuation.yield(action) }
+        publishStates()
+    }
+
     /// Publishes every backend's state gauges, so a backend not probed yet reads `unknown`.
     public func publishStates() {
         for pool in state.configuration.pools {

@@ -220,8 +220,10 @@ public struct ReapPolicy: Sendable {
     }
 
     /// A reloaded configuration: backends that stay keep their state (a reload is no flap) unless
-    /// their rise or fall changed; a dead one stays reaped.
-    public mutating func apply(_ configuration: AgentConfiguration, at now: Instant = .now) {
+    /// their rise or fall changed; a dead one stays reaped. Returns what a backend that is no longer
+    /// reaped (removed, or starting over) leaves to undo: its new-flow watch.
+    @discardableResult
+    public mutating func apply(_ configuration: AgentConfiguration, at now: Instant = .now) -> [Action] {
         reapWhenAllDown = configuration.reapWhenAllDown
         budget.resize(perSecond: configuration.maxSocketsPerSecond, burst: configuration.maxSocketsBurst)
         pools = configuration.pools.map { PoolRules($0, namespaces: configuration.namespaces(of: $0)) }
@@ -236,6 +238,8 @@ public struct ReapPolicy: Sendable {
                 }
             }
         }
+        let unwatched = backends.filter { $0.value.reaping != nil && next[$0.key]?.reaping == nil }.keys
+            .sorted { $0.description < $1.description }
         backends = next
         verdictRechecks = verdictRechecks.filter { next[$0.key] != nil }
         attended = Set(next.compactMap { key, record in record.reaping != nil || record.drain != nil ? key : nil })
@@ -247,6 +251,7 @@ public struct ReapPolicy: Sendable {
         }
         nextStuckScan = scans
         rebalancing = carriedRebalancing(for: pools, at: now)
+        return unwatched.map { .unwatchNewFlows($0) }
     }
 
     public func rules(of pool: String) -> PoolRules? { pools.first { $0.name == pool } }
