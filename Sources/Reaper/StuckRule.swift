@@ -15,10 +15,15 @@ public struct StuckRule: Sendable, Equatable {
     public var afterMilliseconds: UInt32
     /// Sockets (by cookie) found suspicious on the previous scan.
     public var previouslySuspected: Set<UInt64>
+    /// When set, no socket outside it is condemned. The agent judges a scan's listing for the whole
+    /// pool first (a local fault, a connection held since one); the dump its purge makes next must not
+    /// end more than that judgement allowed, only less (a socket acknowledged in between is spared).
+    public var onlyAmong: Set<UInt64>?
 
-    public init(afterMilliseconds: UInt32, previouslySuspected: Set<UInt64> = []) {
+    public init(afterMilliseconds: UInt32, previouslySuspected: Set<UInt64> = [], onlyAmong: Set<UInt64>? = nil) {
         self.afterMilliseconds = afterMilliseconds
         self.previouslySuspected = previouslySuspected
+        self.onlyAmong = onlyAmong
     }
 
     /// idiag_timer of a socket whose peer's window is shut (ICSK_TIME_PROBE0).
@@ -37,7 +42,7 @@ public struct StuckRule: Sendable, Equatable {
     }
 
     public func condemns(_ socket: DiagnosedSocket) -> Bool {
-        guard isSuspicious(socket), let info = socket.tcpInfo else { return false }
+        guard isSuspicious(socket), let info = socket.tcpInfo, onlyAmong?.contains(socket.id.cookie) ?? true else { return false }
         return info.backoff > 0 || info.retransmits > 0 || previouslySuspected.contains(socket.id.cookie)
     }
 

@@ -33,12 +33,14 @@ import Testing
         #expect(rule.condemns(unanswered))
     }
 
-    @Test func everyBackendStuckAtOnceIsALocalFault() {
-        let a = Endpoint(address: .v4(0x0A00_0001), port: 443), b = Endpoint(address: .v4(0x0A00_0002), port: 443)
-        #expect(StuckVerdict.localFault(condemnedToward: [a, b], pool: [a, b]))
-        #expect(!StuckVerdict.localFault(condemnedToward: [a], pool: [a, b]))
-        // One backend alone (incident 3: a balancer lost one flow's state) says nothing of where the fault is.
-        #expect(!StuckVerdict.localFault(condemnedToward: [a], pool: [a]))
+    /// The agent's purge ends no more than the pool's judgement allowed (`StuckJudgement.endable`).
+    @Test func onlyTheSocketsAllowedAreCondemned() {
+        let stuck = socket(unacked: 1, lastAck: 4000, backoff: 2, cookie: 5)
+        #expect(StuckRule(afterMilliseconds: 3000, onlyAmong: [5]).condemns(stuck))
+        #expect(!StuckRule(afterMilliseconds: 3000, onlyAmong: [6]).condemns(stuck))
+        #expect(!StuckRule(afterMilliseconds: 3000, onlyAmong: []).condemns(stuck))
+        // Allowed is not condemned: acknowledged since the listing, it is spared.
+        #expect(!StuckRule(afterMilliseconds: 3000, onlyAmong: [5]).condemns(socket(unacked: 1, lastAck: 10, cookie: 5)))
     }
 
     /// A drop beyond the host: segments in flight, retransmitting (kernel-notes.md, ~14 s in).

@@ -14,9 +14,11 @@ afterwards (a stream still flows, an echo still comes back); ended means its own
 2. Missing evidence is not evidence of death: a pool reaping two client namespaces, one of whose
    namespace files is removed after start; A dies: no dead verdict (``evidence_missing``), nothing
    ended. Other way: both readable, the same death is reaped in both.
-3. The stuck detector's local fault, the side that holds: only A's heartbeat connection blackholed
-   on this side while B's is acknowledged: that one ended, B's kept. (Both blackholed at once must
-   end nothing; on main the detector ends them: the tests are on branch noharm-repro-2.)
+3. The stuck detector's local fault: the heartbeat connections to A and B blackholed on this side at
+   once end nothing for the 7 s it lasts (``local_fault`` counted, one warning), also when their last
+   ACKs were 0.6 s apart (more than a scan: each crosses stuck_after on its own scan), and nothing
+   once it lifts, though each recovers at its own next retransmission, seconds apart. Other way: only
+   A's blackholed while B's is acknowledged: A's ended, B's kept.
 4. A survivor answers now, the side that holds: only A's probes fail (a fault near the prober
    dropping its SYNs toward A) while B and C answer: A reaped, B's and C's connections kept. The
    same fault reaching A, B +300 ms, C +600 ms ends nothing, also with its onset timed against the
@@ -414,6 +416,133 @@ def test_a_heartbeat_to_one_backend_blackholed_is_ended_and_the_other_kept(world
     assert len(audit) == 1 and audit[0].fields.get("backend") == AP, f"{[l.text for l in audit]}\n{text}"
     print(f"\nA's heartbeat dropped: ended {failure['t'] - t_drop:.2f}s after, answered again "
           f"{recovered['t'] - t_drop:.2f}s after; B's kept")
+
+
+def socket_open(w: World, port: int) -> bool:
+    return f":{port} " in w.node.run(["ss", "-Htn", "state", "established", "sport", f"= :{port}"]).stdout + " "
+
+
+def blackhole_both_heartbeats(w: World, tmp_path, hold: float):
+    """Both heartbeat connections dropped on this side at once for ``hold`` seconds; the agent must
+    have held nothing but a local fault by then. Returns the agent, the heartbeats and the rule."""
+    agent = stuck_agent(w, tmp_path)
+    beats = heartbeats(w)
+    rule = drop_ports(w, [port for _, port in beats.values()])
+    time.sleep(hold)
+    metrics = agent.metrics()
+    faults = metrics.value(SUPPRESSED, pool="api", reason="local_fault")
+    warned = lines(agent, "stuck connections toward every backend of the pool at once", pool="api")
+    text = info(agent)
+    failures = {name: ev.events_named("failed") for name, (ev, _) in beats.items()}
+    assert lines(agent, "stuck connection ended") == [], text
+    assert failures == {"A": [], "B": []}, f"{failures}\n{text}"
+    assert all(socket_open(w, port) for _, port in beats.values()), f"{w.node.run(['ss', '-tn']).stdout}\n{text}"
+    assert destroyed(metrics, AP) == 0 and destroyed(metrics, BP) == 0, text
+    assert faults > 0, text
+    assert len(warned) == 1 and warned[0].fields.get("reason") == "local_fault", f"{[l.text for l in warned]}\n{text}"
+    return agent, beats, rule, faults
+
+
+def test_heartbeats_to_every_backend_blackholed_at_once_are_a_local_fault_and_nothing_is_ended(world, tmp_path):
+    """The heartbeat connections to both backends of the pool stop being acknowledged at the same
+    instant (one rule on this side drops both), while probes pass. Every backend stuck at once is a
+    fault here: for the 7 s it lasts (stuck_after 2s: 10 scans past the threshold) nothing is ended,
+    both connections stay established with their data queued (`local_fault` counted, one warning).
+    (Judged per scan on the condemned alone, about one run in five ended both, 0.5 s apart, each the
+    only stuck one of its scan, when the heartbeats' phases put their last ACKs a scan apart.)"""
+    w = world()
+    agent, beats, rule, faults = blackhole_both_heartbeats(w, tmp_path, 7.0)
+    print(f"\nheartbeats to A and B dropped 7 s at once: local_fault {faults:g}, 0 ended, both still established")
+
+
+#: Two heartbeats, to A at each second and to B 0.6 s later; prints each echo and each end as JSON.
+PHASED = r"""
+import errno, json, select, socket, sys, time
+port = int(sys.argv[3])
+socks = {"A": socket.create_connection((sys.argv[1], port)), "B": socket.create_connection((sys.argv[2], port))}
+print(json.dumps({n: s.getsockname()[1] for n, s in socks.items()}), flush=True)
+start = time.monotonic() + 0.2
+due = {"A": start, "B": start + 0.6}
+live = dict(socks)
+def say(**event):
+    print(json.dumps({"t": time.monotonic(), **event}), flush=True)
+while live:
+    now = time.monotonic()
+    for n, s in list(live.items()):
+        if now >= due[n]:
+            due[n] += 1.0
+            try:
+                s.send(b"hb\n")
+            except OSError as e:
+                say(ended=n, error=errno.errorcode.get(e.errno, str(e.errno))); live.pop(n)
+    ready, _, _ = select.select(list(live.values()), [], [], 0.01)
+    for s in ready:
+        n = next(k for k, v in live.items() if v is s)
+        try:
+            data = s.recv(100)
+        except OSError as e:
+            say(ended=n, error=errno.errorcode.get(e.errno, str(e.errno))); live.pop(n); continue
+        if not data:
+            say(ended=n, error="eof"); live.pop(n); continue
+        say(echo=n)
+"""
+
+
+class Phased:
+    def __init__(self, w: World) -> None:
+        import json
+        import threading
+        self.process = w.node.popen(["python3", "-u", "-c", PHASED, A, B, str(PORT)], stdout=subprocess.PIPE)
+        self.ports = json.loads(self.process.stdout.readline())
+        self.events: list[dict] = []
+        threading.Thread(target=lambda: [self.events.append(json.loads(l)) for l in self.process.stdout],
+                         daemon=True).start()
+
+
+def test_heartbeats_blackholed_at_once_whose_last_acks_are_0_6_s_apart_are_a_local_fault(world, tmp_path):
+    """The heartbeats to A and to B (one a second, B's 0.6 s after A's) stop being acknowledged at the
+    same instant, one rule on this side dropping both. Both have data waiting from then on, but each
+    crosses stuck_after from its own last ACK, and those are 0.6 s apart, more than a scan (500 ms):
+    A is condemned a scan before B. B's data has then waited past half of stuck_after, so B is in
+    trouble too: every backend at once, a local fault, and nothing is ended. (Judged on the condemned
+    alone, A was ended every run, B a scan later.)"""
+    w = world()
+    agent = stuck_agent(w, tmp_path)
+    beats = Phased(w)
+    wait_for(lambda: [e for e in beats.events if e.get("echo") == "B"], 5, "a heartbeat echo from B")
+    wait_for(lambda: beats.events[-1].get("echo") == "B" and time.monotonic() - beats.events[-1]["t"] > 0.05, 3,
+             "just after B's echo", interval=0.01)
+    t_drop = time.monotonic()
+    drop_ports(w, list(beats.ports.values()))
+    time.sleep(5.0)
+    ended_now = [e for e in beats.events if "ended" in e]
+    audit = [l.text for l in lines(agent, "stuck connection ended")]
+    text = info(agent)
+    assert ended_now == [] and audit == [], f"ended {[(e['ended'], e['error'], round(e['t'] - t_drop, 2)) for e in ended_now]}\n{text}"
+    faults = agent.metrics().value(SUPPRESSED, pool="api", reason="local_fault")
+    assert faults > 0, text
+    print(f"\nheartbeats 0.6 s apart dropped 5 s at once: local_fault {faults:g}, 0 of 2 ended")
+
+
+def test_a_lifted_local_fault_ends_nothing(world, tmp_path):
+    """When the drop on this side of both heartbeat connections lifts after 7 s, each recovers at its
+    own next retransmission (the kernel's backoff, seconds apart). The one still waiting is then the
+    pool's only stuck connection, but it was held by the fault and its own timer has not shown its
+    path broken since: it is not ended, and both answer again on their own connections. (Judged on
+    each scan alone, the one still waiting was ended 3 runs of 4.)"""
+    w = world()
+    agent, beats, rule, faults = blackhole_both_heartbeats(w, tmp_path, 7.0)
+    w.node.iptables("-D", *rule)
+    t_lift = time.monotonic()
+    answered = {}
+    for name, (events, port) in beats.items():
+        again = events.wait_event(lambda e: e["event"] == "failed" or (e["event"] == "echo" and e["port"] == port),
+                                  15, after=t_lift)
+        assert again and again["event"] == "echo", f"{name}'s heartbeat after the lift: {again}\n{info(agent)}"
+        answered[name] = again["t"] - t_lift
+    assert lines(agent, "stuck connection ended") == [], info(agent)
+    print(f"\nlocal fault lifted after 7 s (local_fault {faults:g}): 0 of 2 ended, answered again on their own "
+          f"connections {', '.join(f'{n} {t:.2f}s' for n, t in sorted(answered.items()))} after the lift")
 
 
 # ---------------------------------------------------------------------------------------------

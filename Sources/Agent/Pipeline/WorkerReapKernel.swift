@@ -8,8 +8,8 @@ import OS
 /// netlink sockets (see KernelWorker). Keeps the stuck detector's suspicions between scans.
 public actor WorkerReapKernel: ReapKernel {
     private let workers: KernelWorkers
-    /// Cookies found suspicious on the last scan, per pool and namespace ("" for the agent's own).
-    private var stuckSuspects: [String: [String: Set<UInt64>]] = [:]
+    /// What each pool's last stuck scan carried to the next (`StuckJudgement.Carried`).
+    private var stuckCarried: [String: StuckJudgement.Carried] = [:]
     /// New-flow announcements being read, per namespace ("" for the agent's own).
     private var watches: [String: NewFlowWatch] = [:]
     /// Per pool: the connections early detection looks up between its dumps.
@@ -85,46 +85,58 @@ public actor WorkerReapKernel: ReapKernel {
     public func scanStuck(_ pool: PoolConfiguration, limit: Int, dryRun: Bool, namespaces: NamespaceSelection?) async -> [NamespaceReport] {
         let afterMilliseconds = UInt32(min(pool.stuckAfter.seconds * 1000, Double(UInt32.max)))
         let destinations = pool.backends.map { Destination(address: $0.address, port: $0.port) }
+        let selected = await workers.workers(for: namespaces)
+        // Look first, at every established connection toward the pool (not only the condemned): the
+        // judgement weighs the whole pool, and connections in trouble that are not condemned yet.
+        let everyConnection = DestinationMatcher(destinations: destinations, transports: [.tcp], states: SocketStates([.established]))
+        var listing = Purger.Options(sockets: true, conntrack: false)
+        listing.sparingOwnSockets = true
+        let listingOptions = listing
+        var listed: [DiagnosedSocket] = []
+        var namespaceOf: [UInt64: String] = [:]
+        for (namespace, worker) in selected {
+            let report: PurgeReport
+            do {
+                report = try await worker.perform { $0.list(everyConnection, includeTCPInfo: true, options: listingOptions) }
+            } catch {
+                if namespace != nil { await workers.drop(worker) }  // vanished, or not enterable: a fresh worker next time
+                // Missing evidence: a namespace unread may hold what makes this a local fault. Nothing
+                // is judged, nothing carried is forgotten; the next scan looks again.
+                return [NamespaceReport(namespace: namespace, failure: "\(error)", error: error as? SystemCallError)]
+            }
+            guard !report.socketWalkFailed else {
+                return [NamespaceReport(namespace: namespace, failure: "socket dump failed: \(report.stepErrors)")]
+            }
+            for item in report.sockets {
+                listed.append(item.socket)
+                namespaceOf[item.socket.id.cookie] = namespace ?? ""
+            }
+        }
+        let carriedIn = stuckCarried[pool.name] ?? StuckJudgement.Carried()
+        let judgement = StuckJudgement(listed: listed, pool: pool.backends, stuckAfterMilliseconds: afterMilliseconds, carried: carriedIn)
+        stuckCarried[pool.name] = judgement.carried
+        if judgement.localFault {
+            var held = NamespaceReport(namespace: nil, report: PurgeReport())
+            held.localFault = true
+            return [held]
+        }
+        guard !judgement.endable.isEmpty else { return [] }
         var remaining = limit
         var reports: [NamespaceReport] = []
-        let selected = await workers.workers(for: namespaces)
-        func matcher(_ key: String) -> DestinationMatcher {
-            DestinationMatcher(
+        for (namespace, worker) in selected {
+            let endableHere = judgement.endable.filter { namespaceOf[$0] == namespace ?? "" }
+            guard !endableHere.isEmpty else { continue }
+            // The purge dumps again and ends only what the rule still condemns there, among what the
+            // judgement allowed: one acknowledged in between is spared.
+            let matcher = DestinationMatcher(
                 destinations: destinations, transports: [.tcp],
-                stuck: StuckRule(afterMilliseconds: afterMilliseconds, previouslySuspected: stuckSuspects[pool.name]?[key] ?? []))
-        }
-        // Look first: what every backend shows at once is a local fault, and nothing is ended.
-        var condemned = Set<Endpoint>()
-        var looked: [String: Set<UInt64>] = [:]
-        for (namespace, worker) in selected {
-            let key = namespace ?? ""
-            let rule = matcher(key)
-            var listing = Purger.Options(sockets: true, conntrack: false)
-            listing.sparingOwnSockets = true
-            let options = listing
-            guard let report = try? await worker.perform({ $0.list(rule, includeTCPInfo: true, options: options) }) else { continue }
-            looked[key] = report.stuckSuspects
-            for item in report.sockets { condemned.insert(item.socket.remote.unmapped) }
-        }
-        if condemned.isEmpty || StuckVerdict.localFault(condemnedToward: condemned, pool: pool.backends) {
-            for (key, suspects) in looked { stuckSuspects[pool.name, default: [:]][key] = suspects }
-            if !condemned.isEmpty {
-                var held = NamespaceReport(namespace: nil, report: PurgeReport())
-                held.localFault = true
-                reports.append(held)
-            }
-            return reports
-        }
-        for (namespace, worker) in selected {
-            let key = namespace ?? ""
-            let matcher = matcher(key)
+                stuck: StuckRule(afterMilliseconds: afterMilliseconds, previouslySuspected: carriedIn.suspects, onlyAmong: endableHere))
             var limited = Purger.Options(dryRun: dryRun)
             limited.sparingOwnSockets = true
             limited.socketLimit = max(0, remaining)
             let options = limited
             do {
                 let report = try await worker.perform { $0.purge(matcher, options: options) }
-                stuckSuspects[pool.name, default: [:]][key] = report.stuckSuspects
                 remaining -= report.sockets.count
                 reports.append(NamespaceReport(namespace: namespace, report: report))
             } catch {

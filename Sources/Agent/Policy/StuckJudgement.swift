@@ -1,0 +1,122 @@
+import NetworkAddress
+import Reaper
+import SockDiag
+
+/// Which of a stuck scan's condemned connections may be ended, judged on the whole pool and on what
+/// earlier scans saw. When every backend of a pool has a connection in trouble at once, the fault is
+/// nearer to us (our link, a local rule, our NIC), not at any backend, and the clients would reconnect
+/// into the same fault: nothing is ended. One backend alone says nothing either way (incident 3: a
+/// balancer lost one flow's state), and its stuck connections are ended.
+///
+/// Judging each scan alone by its condemned connections is not enough (issue #21):
+/// - Connections that a fault catches at the same instant cross `stuck_after` at different scans,
+///   as far apart as their last ACKs were (a heartbeat's phase), so each is the only condemned one of
+///   its scan. The fault is judged on connections *in trouble* instead: data waiting, with evidence
+///   it has waited, and no ACK for `troubleAfter`, a lower threshold than `stuck_after`.
+/// - Once the fault lifts, each connection recovers at its own next retransmission, seconds apart
+///   under the kernel's backoff; the one still waiting would be the pool's only stuck connection. So a
+///   connection in trouble during a local fault is held: not ended until its own timer fired
+///   `timerFiresToRelease` more times unanswered since the last scan that saw the fault, or it is
+///   acknowledged (then it is healthy, and the hold goes).
+///
+/// Pure: a scan's listing (every established connection toward the pool, with tcp_info) and what the
+/// previous scan carried in; which cookies may be ended and what to carry out. Socket cookies come
+/// from one counter for the whole host, so cookies from several namespaces never collide.
+public struct StuckJudgement: Sendable, Equatable {
+    /// What a scan hands the next. Bounded by the listing: a cookie no longer listed, or no longer in
+    /// trouble, is dropped.
+    public struct Carried: Sendable, Equatable {
+        /// Sockets with data waiting and no ACK for `troubleAfter` on the scan: on the next, the
+        /// evidence that their data has waited (`StuckRule.previouslySuspected`).
+        public var suspects: Set<UInt64> = []
+        /// Sockets in trouble during a local fault, as the last scan that saw the fault found them.
+        public var held: [UInt64: Hold] = [:]
+
+        public init(suspects: Set<UInt64> = [], held: [UInt64: Hold] = [:]) {
+            self.suspects = suspects
+            self.held = held
+        }
+    }
+
+    /// A connection in trouble during a local fault, as the last scan that saw the fault found it.
+    public struct Hold: Sendable, Equatable {
+        /// Its retransmission and window-probe timers' unanswered fires (tcpi_retransmits + tcpi_probes).
+        public var timerFires: Int
+        /// Its last ACK's age then: a younger one later means it was acknowledged since.
+        public var lastAckMilliseconds: UInt32
+
+        public init(timerFires: Int, lastAckMilliseconds: UInt32) {
+            self.timerFires = timerFires
+            self.lastAckMilliseconds = lastAckMilliseconds
+        }
+    }
+
+    /// Condemned by `StuckRule` at `stuck_after`, before the pool is weighed.
+    public let condemned: Set<UInt64>
+    /// What may be ended: the condemned, less every one while the fault is local, less those held.
+    public let endable: Set<UInt64>
+    /// Every backend of the pool had a connection in trouble at once.
+    public let everyBackendInTrouble: Bool
+    public let carried: Carried
+
+    /// A local fault held back condemned connections: what the agent reports (`local_fault`).
+    public var localFault: Bool { everyBackendInTrouble && !condemned.isEmpty }
+
+    /// The age of the last ACK from which data waiting counts toward a local fault: half of
+    /// `stuck_after`. Connections a fault catches at once have last ACKs as far apart as their writes'
+    /// phases; when the first crosses `stuck_after`, the others are at least `stuck_after` less that
+    /// spread, so half tolerates a spread of half `stuck_after` (1 s at the 2 s floor, two scans of
+    /// `stuck_after`/4; issue #21's heartbeats were 0.6 s apart, more than a scan). Not lower: a live
+    /// path that loses a few segments in a row goes unacknowledged for up to 1.4 s (retransmits at 0.2,
+    /// 0.6, 1.4 s), and counting those would hold a real one-path fault's connections longer.
+    public static func troubleAfter(stuckAfterMilliseconds after: UInt32) -> UInt32 { after / 2 }
+
+    /// Unanswered timer fires past the last local-fault scan that show a held connection's own path
+    /// still broken. Two, not one: the fault can lift up to a scan after the last scan that saw it, so
+    /// the first fire may still have gone into it; the second comes a doubled RTO later (at least 1.6 s
+    /// once data has waited `troubleAfter`, at least 1 s), past that scan.
+    public static let timerFiresToRelease = 2
+
+    public init(
+        listed sockets: [DiagnosedSocket], pool backends: [Endpoint], stuckAfterMilliseconds after: UInt32, carried previous: Carried
+    ) {
+        let stuck = StuckRule(afterMilliseconds: after, previouslySuspected: previous.suspects)
+        let trouble = StuckRule(afterMilliseconds: Self.troubleAfter(stuckAfterMilliseconds: after), previouslySuspected: previous.suspects)
+        let pool = Set(backends)
+        var suspects = Set<UInt64>(), troubled: [DiagnosedSocket] = [], troubledBackends = Set<Endpoint>(), condemned = Set<UInt64>()
+        for socket in sockets where pool.contains(socket.remote.unmapped) {
+            guard trouble.isSuspicious(socket) else { continue }
+            suspects.insert(socket.id.cookie)
+            // In trouble takes the same evidence that the data has waited as a condemnation does.
+            guard trouble.condemns(socket) else { continue }
+            troubled.append(socket)
+            troubledBackends.insert(socket.remote.unmapped)
+            if stuck.condemns(socket) { condemned.insert(socket.id.cookie) }
+        }
+        let everyBackend = pool.count >= 2 && pool.isSubset(of: troubledBackends)
+        var held: [UInt64: Hold] = [:]
+        if everyBackend {
+            for socket in troubled { held[socket.id.cookie] = Self.hold(socket) }
+        } else {
+            // Kept while still waiting: a held socket no longer suspicious was acknowledged (or went idle,
+            // or is gone), and is healthy or none of ours.
+            for socket in sockets where suspects.contains(socket.id.cookie) {
+                guard let recorded = previous.held[socket.id.cookie] else { continue }
+                let now = Self.hold(socket)
+                let acknowledgedSince = now.lastAckMilliseconds < recorded.lastAckMilliseconds || now.timerFires < recorded.timerFires
+                let stillBrokenAfterTheFault = now.timerFires >= recorded.timerFires + Self.timerFiresToRelease
+                if !acknowledgedSince, !stillBrokenAfterTheFault { held[socket.id.cookie] = recorded }
+            }
+        }
+        self.condemned = condemned
+        self.everyBackendInTrouble = everyBackend
+        self.endable = everyBackend ? [] : condemned.subtracting(held.keys)
+        self.carried = Carried(suspects: suspects, held: held)
+    }
+
+    static func hold(_ socket: DiagnosedSocket) -> Hold {
+        let info = socket.tcpInfo
+        return Hold(
+            timerFires: Int(info?.retransmits ?? 0) + Int(info?.probes ?? 0), lastAckMilliseconds: info?.lastAckReceivedMilliseconds ?? 0)
+    }
+}
