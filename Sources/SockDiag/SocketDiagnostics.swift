@@ -79,8 +79,11 @@ public final class SocketDiagnostics {
         guard !ipv4.isEmpty, !ipv6.isEmpty else { return try Self.dump(requests, on: dumpSocket, signal: signal) }
         let socket6 = dumpSocket6
         let background = BackgroundWork { () throws(SystemCallError) -> Dump in try Self.dump(ipv6, on: socket6, signal: signal) }
-        var dump = try Self.dump(ipv4, on: dumpSocket, signal: signal)
+        // Wait for the IPv6 half even when the IPv4 one fails: its thread uses dumpSocket6, and a
+        // retry would otherwise run a second thread on the same netlink socket.
+        let first = Result { () throws(SystemCallError) -> Dump in try Self.dump(ipv4, on: dumpSocket, signal: signal) }
         let other = try background.wait()
+        var dump = try first.get()
         dump.sockets += other.sockets
         dump.interrupted = dump.interrupted || other.interrupted
         dump.restarts += other.restarts

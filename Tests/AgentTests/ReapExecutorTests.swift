@@ -56,7 +56,7 @@ import Testing
 
         func watchNewFlows(
             _ key: BackendKey, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?,
-            announce: @escaping @Sendable (AnnouncedFlow) -> Void, lost: @escaping @Sendable () -> Void
+            announce: @escaping @Sendable (AnnouncedFlow) -> Void, lost: @escaping @Sendable (_ stopped: Bool) -> Void
         ) async -> Bool { false }
 
         func unwatchNewFlows(_ key: BackendKey) async {}

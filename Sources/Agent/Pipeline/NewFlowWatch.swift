@@ -1,6 +1,7 @@
 import Conntrack
 import Foundation
 import NetworkAddress
+import OS
 import Synchronization
 
 /// Conntrack's new-flow announcements in one network namespace, read on a thread of their own
@@ -11,12 +12,17 @@ final class NewFlowWatch: Sendable {
         var backend: Endpoint
         var transports: Set<TransportProtocol>
         var announce: @Sendable (AnnouncedFlow) -> Void
-        var lost: @Sendable () -> Void
+        /// Announcements went missing: `true` when the read failed and none will come from here.
+        var lost: @Sendable (_ stopped: Bool) -> Void
     }
 
     let namespace: String?
     private let watched = Mutex<[BackendKey: Watched]>([:])
     private let stopped = Atomic<Bool>(false)
+    private let readFailed = Atomic<Bool>(false)
+
+    /// Its read failed: it announces nothing more, and a new watch must subscribe again.
+    var failed: Bool { readFailed.load(ordering: .relaxed) }
 
     /// How long one read waits: the latency of noticing `stop`.
     static let readWait: Int32 = 200
@@ -42,20 +48,26 @@ final class NewFlowWatch: Sendable {
     private func read(_ flows: ConntrackNewFlows) {
         while !stopped.load(ordering: .relaxed) {
             // The watched set is read per flow, not once per wait: a backend watched meanwhile counts at once.
-            guard
-                let batch = try? flows.next(
+            let read = Result { () throws(SystemCallError) in
+                try flows.next(
                     waitingUpTo: Self.readWait,
                     wanted: { entry in
                         self.watched.withLock { $0.values.contains { Self.matches(entry, $0) } }
                     })
-            else { return }
+            }
             let current = watched.withLock { Array($0.values) }
+            guard case .success(let batch) = read else {
+                // Never silently: every watcher hears that its announcements stopped, and walks.
+                readFailed.store(true, ordering: .relaxed)
+                for watched in current { watched.lost(true) }
+                return
+            }
             for entry in batch.entries {
                 for watched in current where Self.matches(entry, watched) {
                     watched.announce(AnnouncedFlow(entry: entry, namespace: namespace))
                 }
             }
-            if batch.overrun { for watched in current { watched.lost() } }
+            if batch.overrun { for watched in current { watched.lost(false) } }
         }
     }
 

@@ -287,7 +287,16 @@ public final class ReapExecutor: Service, Sendable {
             let announced = await kernel.watchNewFlows(
                 key, transports: pool.protocols, namespaces: configuration.namespaces(of: pool),
                 announce: { [self] flow in submit(.newFlow(key, flow, at: .now)) },
-                lost: { [self] in submit(.announcementsLost(key, at: .now)) })
+                lost: { [self] stopped in
+                    if stopped {
+                        // Walks at the dead cadence from now on, until a watch is made again.
+                        accounting.logger.warning(
+                            "new-flow announcements stopped: walking instead",
+                            metadata: ["pool": "\(key.pool)", "backend": "\(key.backend)"])
+                        submit(.watching(key, announced: false))
+                    }
+                    submit(.announcementsLost(key, at: .now))
+                })
             accounting.logger.info(
                 "new flows toward the dead backend",
                 metadata: [

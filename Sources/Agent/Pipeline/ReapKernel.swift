@@ -15,11 +15,12 @@ public protocol ReapKernel: Sendable {
     /// How many established connections the backend has (for a paced close).
     func countConnections(toward backend: Endpoint, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?) async -> Int
     /// Subscribes to conntrack's announcements of new flows toward (or NAT'd to) the backend in each
-    /// of the namespaces; each one goes to `announce`, a lost batch to `lost`. True when every
-    /// namespace announces (its conntrack tracks flows), so walks can be a mere safety net.
+    /// of the namespaces; each one goes to `announce`, a lost batch to `lost(false)`, a read that
+    /// failed (the announcements stopped there) to `lost(true)`. True when every namespace announces
+    /// (its conntrack tracks flows), so walks can be a mere safety net.
     func watchNewFlows(
         _ key: BackendKey, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?,
-        announce: @escaping @Sendable (AnnouncedFlow) -> Void, lost: @escaping @Sendable () -> Void
+        announce: @escaping @Sendable (AnnouncedFlow) -> Void, lost: @escaping @Sendable (_ stopped: Bool) -> Void
     ) async -> Bool
     func unwatchNewFlows(_ key: BackendKey) async
     /// Ends exactly the flow an announcement named (its socket by 4-tuple, then its entry).

@@ -281,14 +281,15 @@ public actor WorkerReapKernel: ReapKernel {
 
     public func watchNewFlows(
         _ key: BackendKey, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?,
-        announce: @escaping @Sendable (AnnouncedFlow) -> Void, lost: @escaping @Sendable () -> Void
+        announce: @escaping @Sendable (AnnouncedFlow) -> Void, lost: @escaping @Sendable (_ stopped: Bool) -> Void
     ) async -> Bool {
         // Every namespace on the node would take a thread each: `all` keeps to walking.
         if case .all? = namespaces { return false }
         var announcedEverywhere = true
         for (namespace, worker) in await workers.workers(for: namespaces) {
             let label = namespace ?? ""
-            if watches[label] == nil {
+            // A watch whose read failed announces nothing more: subscribe again.
+            if watches[label]?.failed ?? true {
                 let made = try? await worker.perform { _ -> SubscriptionHandle? in
                     (try? ConntrackNewFlows()).map(SubscriptionHandle.init)
                 }
