@@ -6,10 +6,13 @@ public enum Explorer {
         /// The happenings left after shrinking, and the trace of that run.
         public var happenings: [String]
         public var trace: [String]
+        /// The world's knobs: budget, and per pool its probing, floor and options.
+        public var setting: String
 
         public var report: String {
             """
             seed \(seed): \(violation)
+            \(setting)
             shrunk to \(happenings.count) happenings:
             \(happenings.map { "  \($0)" }.joined(separator: "\n"))
             trace of the shrunk run (last 60 lines):
@@ -59,6 +62,7 @@ public enum Explorer {
                 index += 1
             }
         }
-        return Failure(seed: world.seed, violation: last, happenings: smallest.happenings.map(\.description), trace: trace)
+        return Failure(
+            seed: world.seed, violation: last, happenings: smallest.happenings.map(\.description), trace: trace, setting: world.setting)
     }
 }

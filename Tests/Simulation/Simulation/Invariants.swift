@@ -61,13 +61,17 @@ extension Simulator {
     }
 
     /// How long a silent death may take to end every connection it had: probing, the floor, a slow
-    /// pass, and what the budget paces.
+    /// pass, and what the budget paces. Paced, it takes a full pass per bucket at least a cadence
+    /// apart, each after a look at the connections (two lane jobs: up to 30 ms each, a few 400 ms).
     func livenessBound(of backend: Int) -> Int {
         let pools = world.configuration.pools.filter { $0.backends.contains(world.backends[backend]) }
         let probing = pools.map { Int(($0.interval * ($0.fall + 1) + $0.probe.timeout).seconds * 1000) }.max() ?? 0
         let minOutage = pools.map { Int($0.minOutage.seconds * 1000) }.max() ?? 0
         let total = connections.count + 30
-        let paced = total > world.configuration.maxSocketsBurst ? 1000 * total / max(1, world.configuration.maxSocketsPerSecond) : 0
+        let burst = max(1, world.configuration.maxSocketsBurst)
+        let cadence = Int(ReapPolicy.deadCadence.seconds * 1000)
+        let passes = (total + burst - 1) / burst
+        let paced = total > burst ? max(1000 * total / max(1, world.configuration.maxSocketsPerSecond), passes * (cadence + 60) + 800) : 0
         return probing + minOutage + 1_000 + paced
     }
 

@@ -132,6 +132,20 @@ public struct World: Sendable {
     }
 }
 
+extension World {
+    /// The knobs a failing world ran with, for its report.
+    public var setting: String {
+        let configuration = configuration
+        let pools = configuration.pools.map { pool in
+            "\(pool.name) \(pool.backends.count) backends, probes \(pool.interval) x \(pool.fall) (timeout \(pool.probe.timeout), rise \(pool.rise)), "
+                + "min_outage \(pool.minOutage), drain \(pool.drainTimeout), early \(pool.earlyDetection)"
+                + (pool.probe.port.map { ", health port \($0)" } ?? "")
+        }
+        return "budget \(configuration.maxSocketsBurst) burst, \(configuration.maxSocketsPerSecond)/s; connections \(connections), "
+            + "streaming \(streamingShare); " + pools.joined(separator: "; ")
+    }
+}
+
 /// One seeded source for everything random in a world (the policy's own SplitMix64), so a seed
 /// replays exactly.
 public struct SimRandom: Sendable {
