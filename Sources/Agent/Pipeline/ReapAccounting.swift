@@ -188,12 +188,28 @@ struct ReapAccounting: Sendable {
             }
             if let first = errors.first { metadata["error"] = "\(first.hint.map { "\(first): \($0)" } ?? first.description)" }
             logger.notice(dryRun ? "reap (dry run: nothing ended)" : "reaped", metadata: metadata)
+            if logger.logLevel <= .debug { auditEachSocket(report, key: key, reason: reason, namespace: part.namespace, dryRun: dryRun) }
             state.recordReap(
                 .init(
                     time: .now, reason: reason.rawValue, sockets: ended, conntrackEntries: deleted,
                     errors: errors.count, dryRun: dryRun), for: key)
         }
         return tally
+    }
+
+    /// `log_level: debug`: a line per socket a pass ended (or would end), so "why was this
+    /// connection ended?" is answered by its 4-tuple or cookie.
+    private func auditEachSocket(_ report: PurgeReport, key: BackendKey, reason: ReapReason, namespace: String?, dryRun: Bool) {
+        for result in report.sockets where dryRun || result.outcome == .ended {
+            var metadata: Logger.Metadata = [
+                "pool": "\(key.pool)", "backend": "\(key.backend)", "reason": "\(reason.rawValue)",
+                "local": "\(result.socket.local)", "remote": "\(result.socket.remote)",
+                "proto": "\(result.socket.transport == .tcp ? "tcp" : "udp")", "state": "\(result.socket.state)",
+                "cookie": .stringConvertible(result.socket.id.cookie), "via_conntrack": .stringConvertible(result.throughConntrack),
+            ]
+            if let namespace { metadata["netns"] = "\(namespace)" }
+            logger.debug(dryRun ? "socket would end" : "socket ended", metadata: metadata)
+        }
     }
 
     /// A stuck scan over a pool: one audit line per condemned connection, with its evidence.
