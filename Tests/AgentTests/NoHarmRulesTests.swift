@@ -209,13 +209,7 @@ import Testing
         var asked: [Int] = []
         for ms in stride(from: 3_010, through: 14_000, by: 10) {
             let actions = policy.handle(.tick(at(ms)))
-            for case .reap(let key, let reason, let limit, let scope) in actions {
-                _ = policy.handle(
-                    .reaped(
-                        .init(
-                            pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: at(ms), scope: scope,
-                            granted: limit)))
-            }
+            policy.passesReturn(actions, at: at(ms))
             if actions.contains(where: { if case .needEvidence = $0 { true } else { false } }) { asked.append(ms) }
         }
         #expect(asked.count == 1 && (13_000...13_200).contains(asked[0]), "\(asked)")

@@ -78,13 +78,7 @@ import Conntrack
     /// A tick whose passes come back at once, having ended nothing: a backend never has two passes out.
     func tick(_ policy: inout ReapPolicy, _ ms: Int) -> [Action] {
         let actions = silentLooks(&policy, policy.handle(.tick(at(ms))), at: ms)
-        for case .reap(let key, let reason, let limit, let scope) in actions {
-            _ = policy.handle(
-                .reaped(
-                    .init(
-                        pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: at(ms), scope: scope,
-                        granted: limit)))
-        }
+        policy.passesReturn(actions, at: at(ms))
         return actions
     }
 

@@ -337,8 +337,7 @@ public struct ReapPolicy: Sendable {
         guard let record = backends[key], record.failingSince != nil, record.reaping?.answered == nil else { return .recovering }
         if !reapWhenAllDown, survivor(besides: key, pool: pool) == nil { return .noSurvivor }
         // One endpoint, one verdict: its sockets are the same whichever pool ends them.
-        for other in pools where other.name != key.pool && other.backends.contains(key.backend) && other.sharesSockets(with: pool) {
-            let otherKey = BackendKey(pool: other.name, backend: key.backend)
+        for (other, otherKey) in otherPools(holding: key, pool: pool) {
             guard let record = backends[otherKey], record.reaping != nil, record.failingSince != nil, record.reaping?.answered == nil,
                 reapWhenAllDown || survivor(besides: otherKey, pool: other) != nil
             else { return .sharedBackend }
@@ -350,13 +349,18 @@ public struct ReapPolicy: Sendable {
     /// pool answers now, and every other pool holding it finds it failing too and has a survivor.
     private func closeHold(_ key: BackendKey, pool: PoolRules) -> Hold? {
         if survivor(besides: key, pool: pool) == nil { return .noSurvivor }
-        for other in pools where other.name != key.pool && other.backends.contains(key.backend) && other.sharesSockets(with: pool) {
-            let otherKey = BackendKey(pool: other.name, backend: key.backend)
+        for (other, otherKey) in otherPools(holding: key, pool: pool) {
             guard let state = backends[otherKey]?.state, state == .unhealthy || state == .dead,
                 survivor(besides: otherKey, pool: other) != nil
             else { return .sharedBackend }
         }
         return nil
+    }
+
+    /// The other pools that hold the same backend and reap the same sockets (their namespaces overlap).
+    private func otherPools(holding key: BackendKey, pool: PoolRules) -> [(PoolRules, BackendKey)] {
+        pools.filter { $0.name != key.pool && $0.backends.contains(key.backend) && $0.sharesSockets(with: pool) }
+            .map { ($0, BackendKey(pool: $0.name, backend: key.backend)) }
     }
 
     /// Its latest probe succeeded.
