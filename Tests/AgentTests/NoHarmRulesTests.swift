@@ -215,6 +215,21 @@ import Testing
         #expect(asked.count == 1 && (13_000...13_200).contains(asked[0]), "\(asked)")
     }
 
+    /// A look that cannot read everything (a named namespace gone) holds no pass back: the verdict
+    /// was made on a complete one, and the pass reaches only what the look could read.
+    @Test func anIncompleteLookBeforeAPassDecidesByWhatItRead() {
+        for lifeInWhatWasRead in [false, true] {
+            var policy = upPolicy(configuration())
+            deadAndHeld(&policy)
+            _ = policy.handle(.probed(key(0), Self.ok, at: at(3_000)))
+            let age: Duration = lifeInWhatWasRead ? .milliseconds(100) : .milliseconds(3_500)
+            let looked = policy.handle(
+                .evidence(
+                    key(1), SegmentEvidence(at: at(3_005), sockets: 4, youngestSegmentAge: age, complete: false, unreadable: ["gone"])))
+            #expect(ends(looked) == (lifeInWhatWasRead ? [] : [.dead]), "life in what was read: \(lifeInWhatWasRead)")
+        }
+    }
+
     // MARK: - Missing evidence is no evidence of death
 
     @Test func anUnreadableLookAtItsConnectionsMakesNoOneDead() {

@@ -240,6 +240,24 @@ import Conntrack
         #expect(reaps(peersAnswer(&policy, turned, at: 3_812)).map(\.0) == [.dead])
     }
 
+    /// A pass that left nothing counts again next time, so a late arrival gets its own pace: but
+    /// a second after the last close, not the moment the count comes back.
+    @Test func aLateArrivalIsClosedAtThePaceNotAtOnce() {
+        var policy = upPolicy(configuration { $0.drainTimeout = .seconds(2) })
+        _ = othersAnswer(&policy, at: 290)
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(500)))  // unhealthy at 500
+        #expect(policy.handle(.tick(at(2_500))) == [.countConnections(dead)])
+        let first = reaps(policy.handle(.counted(dead, connections: 1, at: at(2_510))))
+        #expect(first.map(\.1) == [1])
+        _ = policy.handle(
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .drainTimeout, ended: 1, leftByLimit: 0, at: at(2_512), granted: 1)))
+        // Nothing left: the next tick counts again, and finds one that arrived meanwhile.
+        #expect(policy.handle(.tick(at(2_520))) == [.countConnections(dead)])
+        #expect(reaps(policy.handle(.counted(dead, connections: 1, at: at(2_525)))).isEmpty, "not 15 ms after the last close")
+        #expect((253...360).flatMap { reaps(policy.handle(.tick(at($0 * 10)))) }.map(\.0) == [.drainTimeout])
+    }
+
     /// The drain timer belongs to one unhealthy episode: a backend well again before it runs out
     /// keeps every connection, and a later episode starts its own full timeout.
     @Test func recoveringBeforeTheDrainTimeoutClosesNothing() {

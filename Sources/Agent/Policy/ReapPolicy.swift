@@ -483,7 +483,8 @@ public struct ReapPolicy: Sendable {
             actions += suppress(key, .aliveEvidence)
             return actions
         }
-        guard evidence.complete else { return suppress(key, .evidenceMissing) }
+        // An incomplete look holds nothing back here: the verdict was made on a complete one, and a
+        // pass reaches only the namespaces a look can read (a named one gone, say, is skipped by both).
         backends[key]?.reaping?.lookedAt = evidence.at
         if let next = backends[key]?.reaping?.nextPass, next > evidence.at { backends[key]?.reaping?.nextPass = evidence.at }
         return reapPass(key, pool: pool, now: evidence.at)
@@ -518,7 +519,10 @@ public struct ReapPolicy: Sendable {
         guard var record = backends[key], record.state == .unhealthy, record.drain != nil else { return [] }
         record.drain?.counting = false
         record.drain?.perSecond = max(1, (connections + Self.pacedShare - 1) / Self.pacedShare)
-        record.drain?.nextPass = at
+        // Counted again after a pass that left nothing: the pace holds across the count (a second
+        // from the last close), so a late arrival is not closed a few ms after the one before.
+        let paceFrom = record.drain?.nextPass ?? at
+        record.drain?.nextPass = max(at, paceFrom)
         backends[key] = record
         return tick(at)
     }

@@ -7,7 +7,11 @@ let environment = ProcessInfo.processInfo.environment
 let count = environment["SIM_WORLDS"].flatMap { Int($0) } ?? 100_000
 let first = environment["SIM_SEED"].flatMap { UInt64($0) } ?? UInt64(Date().timeIntervalSince1970)
 let started = Date()
-let result = Explorer.explore(from: first, count: count)
+// A line on stderr every 50,000 worlds: a long run shows how far it got.
+let result = Explorer.explore(from: first, count: count, every: 50_000) { done in
+    let line = "\(done) worlds from seed \(first) clean after \(String(format: "%.0f", Date().timeIntervalSince(started))) s\n"
+    FileHandle.standardError.write(Data(line.utf8))
+}
 let seconds = Date().timeIntervalSince(started)
 print(
     "simulated \(result.worlds) worlds from seed \(first) in \(String(format: "%.1f", seconds)) s: \(result.ends) connections ended, "

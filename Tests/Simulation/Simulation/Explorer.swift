@@ -29,10 +29,14 @@ public enum Explorer {
         return simulator
     }
 
-    /// Worlds `first ..< first + count`; stops at the first failure, shrunk.
-    public static func explore(from first: UInt64, count: Int) -> (worlds: Int, ends: Int, failure: Failure?) {
+    /// Worlds `first ..< first + count`; stops at the first failure, shrunk. `progress` hears every
+    /// `every` worlds how many ran clean.
+    public static func explore(
+        from first: UInt64, count: Int, every: Int = 0, progress: (Int) -> Void = { _ in }
+    ) -> (worlds: Int, ends: Int, failure: Failure?) {
         var ends = 0
         for offset in 0..<count {
+            if every > 0, offset > 0, offset % every == 0 { progress(offset) }
             let seed = first &+ UInt64(offset)
             let world = World.generate(seed: seed)
             let simulator = run(world)
