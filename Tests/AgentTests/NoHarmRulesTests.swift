@@ -178,41 +178,45 @@ import Testing
         #expect((51...300).flatMap { ends(policy.handle(.tick(at($0 * 10)))) }.isEmpty)
     }
 
-    /// Seeds 3011019, 4003532 and 4095245 of the simulation: a verdict made during a prober-side
-    /// fault (or a death the backend came back from) ran seconds later, after its streams flowed again.
+    /// Found dead at 505 while its peers answered; its first pass came back; the periodic full pass
+    /// some 10 s on asks for a look first. Returns when it asked.
+    func deadUntilThePeriodicLook(_ policy: inout ReapPolicy) -> Int {
+        _ = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(300)))
+        for other in [0, 2] { _ = policy.handle(.probed(key(other), Self.ok, at: at(460))) }
+        _ = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(500)))
+        let found = policy.handle(.evidence(key(1), SegmentEvidence(at: at(505), sockets: 4, youngestSegmentAge: .seconds(1))))
+        #expect(ends(found) == [.dead])
+        policy.passesReturn(found, at: at(505))
+        for ms in stride(from: 510, through: 12_000, by: 10) {
+            let actions = policy.handle(.tick(at(ms)))
+            policy.passesReturn(actions, at: at(ms))
+            #expect(!ends(actions).contains(.dead))
+            if actions.contains(.needEvidence(key(1), since: at(505))) { return ms }
+        }
+        return -1
+    }
+
+    /// Seeds 3011019, 4003532 and 4095245 of the simulation: a pass decided long after the look
+    /// that found the connections silent ran after the backend's streams flowed again.
     @Test func aPassDecidedLongAfterTheLookThatFoundItSilentLooksAgainAndSparesStreamsThatFlow() {
         var policy = upPolicy(configuration())
-        deadAndHeld(&policy)
-        // A peer answers at 3 s: the guard lets go, but the look is 2.5 s old.
-        let released = policy.handle(.probed(key(0), Self.ok, at: at(3_000)))
-        #expect(ends(released).isEmpty && released.contains(.needEvidence(key(1), since: at(505))), "\(released)")
+        let asked = deadUntilThePeriodicLook(&policy)
+        #expect((10_400...10_700).contains(asked), "\(asked)")
         // Its streams carried a segment 100 ms ago: it lives. Nothing is ended, now or later.
-        let looked = policy.handle(.evidence(key(1), SegmentEvidence(at: at(3_005), sockets: 4, youngestSegmentAge: .milliseconds(100))))
+        let looked = policy.handle(
+            .evidence(key(1), SegmentEvidence(at: at(asked + 5), sockets: 4, youngestSegmentAge: .milliseconds(100))))
         #expect(ends(looked).isEmpty && suppressions(looked).contains(.aliveEvidence), "\(looked)")
         #expect(policy.backends[key(1)]?.state == .unhealthy)
-        #expect((301...1_500).flatMap { ends(policy.handle(.tick(at($0 * 10)))) }.isEmpty)
+        #expect((asked / 10 + 1...asked / 10 + 1_000).flatMap { ends(policy.handle(.tick(at($0 * 10)))) }.isEmpty)
     }
 
     @Test func aPassDecidedLongAfterTheLookStillReapsWhenItsConnectionsStaySilent() {
         var policy = upPolicy(configuration())
-        deadAndHeld(&policy)
-        _ = policy.handle(.probed(key(0), Self.ok, at: at(3_000)))
-        // The newest segment is the one from before the death: still dead, reaped at once.
-        let looked = policy.handle(.evidence(key(1), SegmentEvidence(at: at(3_005), sockets: 4, youngestSegmentAge: .milliseconds(3_500))))
-        #expect(ends(looked) == [.dead], "\(looked)")
-        _ = policy.handle(
-            .reaped(
-                .init(
-                    pool: "api", backend: backends[1], reason: .dead, ended: 4, leftByLimit: 0, at: at(3_005), scope: .full, granted: 5_000)
-            ))
-        // The look counts for that pass only: the periodic full pass 10 s on looks again.
-        var asked: [Int] = []
-        for ms in stride(from: 3_010, through: 14_000, by: 10) {
-            let actions = policy.handle(.tick(at(ms)))
-            policy.passesReturn(actions, at: at(ms))
-            if actions.contains(where: { if case .needEvidence = $0 { true } else { false } }) { asked.append(ms) }
-        }
-        #expect(asked.count == 1 && (13_000...13_200).contains(asked[0]), "\(asked)")
+        let asked = deadUntilThePeriodicLook(&policy)
+        // The newest segment is the one from before the death: still dead, the full pass runs at once.
+        let looked = policy.handle(
+            .evidence(key(1), SegmentEvidence(at: at(asked + 5), sockets: 4, youngestSegmentAge: .milliseconds(asked + 500))))
+        #expect(ends(looked) == [.stillDead], "\(looked)")
     }
 
     /// A look that cannot read everything (a named namespace gone) holds no pass back: the verdict
@@ -220,13 +224,43 @@ import Testing
     @Test func anIncompleteLookBeforeAPassDecidesByWhatItRead() {
         for lifeInWhatWasRead in [false, true] {
             var policy = upPolicy(configuration())
-            deadAndHeld(&policy)
-            _ = policy.handle(.probed(key(0), Self.ok, at: at(3_000)))
-            let age: Duration = lifeInWhatWasRead ? .milliseconds(100) : .milliseconds(3_500)
+            let asked = deadUntilThePeriodicLook(&policy)
+            let age: Duration = lifeInWhatWasRead ? .milliseconds(100) : .milliseconds(asked + 500)
             let looked = policy.handle(
                 .evidence(
-                    key(1), SegmentEvidence(at: at(3_005), sockets: 4, youngestSegmentAge: age, complete: false, unreadable: ["gone"])))
-            #expect(ends(looked) == (lifeInWhatWasRead ? [] : [.dead]), "life in what was read: \(lifeInWhatWasRead)")
+                    key(1), SegmentEvidence(at: at(asked + 5), sockets: 4, youngestSegmentAge: age, complete: false, unreadable: ["gone"])))
+            #expect(ends(looked) == (lifeInWhatWasRead ? [] : [.stillDead]), "life in what was read: \(lifeInWhatWasRead)")
+        }
+    }
+
+    /// The kernel test of a fault near the prober (test_no_harm_rules_2): when the fault lifts, the
+    /// first peer's answer releases the guard. A first pass it held longer than a probe interval was
+    /// decided while nothing else answered: its verdict is made again, and idle connections (no life
+    /// for a look to find) are kept when the backend answers its own next probe.
+    @Test func aVerdictTheGuardHeldLongerThanAProbeIntervalIsMadeAgain() {
+        for stillDead in [false, true] {
+            var policy = upPolicy(configuration())
+            deadAndHeld(&policy)
+            let released = policy.handle(.probed(key(0), Self.ok, at: at(3_000)))
+            #expect(released.contains(.guardReleased(pool: "api")) && ends(released).isEmpty, "\(released)")
+            #expect(!released.contains { if case .needEvidence = $0 { true } else { false } }, "\(released)")
+            #expect(!policy.stillEnds(key(1)))
+            if stillDead {
+                // Its own next probe fails after the fault lifted: the verdict is looked at again.
+                let failed = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(3_200)))
+                #expect(failed.contains { if case .needEvidence(key(1), _) = $0 { true } else { false } }, "\(failed)")
+                for other in [0, 2] { _ = policy.handle(.probed(key(other), Self.ok, at: at(3_202))) }
+                let looked = policy.handle(.evidence(key(1), SegmentEvidence(at: at(3_205), sockets: 4, youngestSegmentAge: .seconds(4))))
+                #expect(ends(looked) == [.dead], "its first reap: \(looked)")
+            } else {
+                // It answers its own next probes: nothing of it is ever ended.
+                var later: [Action] = []
+                for ms in stride(from: 3_010, through: 4_000, by: 10) {
+                    if ms == 3_200 || ms == 3_400 { later += policy.handle(.probed(key(1), Self.ok, at: at(ms))) }
+                    later += policy.handle(.tick(at(ms)))
+                }
+                #expect(ends(later).isEmpty && policy.backends[key(1)]?.state == .up, "\(later)")
+            }
         }
     }
 

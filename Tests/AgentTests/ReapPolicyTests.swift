@@ -428,13 +428,16 @@ import Conntrack
         #expect(policy.guarded == ["api"])
         let again = (710...900).flatMap { policy.handle(.tick(at($0))) }
         #expect(again == [.suppressed(pool: "api", backend: dead.backend, reason: .allBackendsDown, log: false)])
-        // A peer answers: the guard lets go; 450 ms after the look that found its connections silent,
-        // the reap looks again first, and runs at once when they still are.
+        // A peer answers: the guard lets go. It held the first pass 450 ms, longer than a probe
+        // interval: the verdict is made again (`fall` new failures and a look), not run now.
         let released = policy.handle(.probed(BackendKey(pool: "api", backend: backends[0]), Self.ok, at: at(950)))
         #expect(released.contains(.guardReleased(pool: "api")))
-        #expect(reaps(released).isEmpty && released.contains(.needEvidence(dead, since: at(500))), "\(released)")
-        let looked = policy.handle(.evidence(dead, SegmentEvidence(at: at(955), sockets: 3, youngestSegmentAge: .milliseconds(600))))
-        #expect(reaps(looked).map(\.0) == [.dead])
+        #expect(reaps(released).isEmpty, "\(released)")
+        // Its own next probe fails: a look, and with the peers answering, the reap.
+        #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(1_100))) == [.needEvidence(dead, since: at(500))])
+        _ = othersAnswer(&policy, at: 1_102)
+        let looked = policy.handle(.evidence(dead, SegmentEvidence(at: at(1_105), sockets: 3, youngestSegmentAge: .milliseconds(1_000))))
+        #expect(reaps(looked).map(\.0) == [.dead])  // its first reap
     }
 
     @Test func aSurvivorAnsweringWhileWaitingReleasesTheFirstReapAtOnce() {

@@ -290,7 +290,14 @@ public struct ReapPolicy: Sendable {
         case .recovering?: return []
         case .noSurvivor?: return holdForGuard(key)
         case .sharedBackend?: return suppress(key, .sharedBackend)
-        case .budget?: return reaping.passesOut > 0 ? [] : suppress(key, .budget)
+        case .budget?:
+            if reaping.passesOut > 0 { return [] }
+            if budget.reserved > 0 {
+                // Others' passes hold the bucket, nothing is spent: a walk finds this flow when they come back.
+                backends[key]?.reaping?.waiting = true
+                return []
+            }
+            return suppress(key, .budget)
         case nil:
             budget.reserve(1)
             return [.endFlow(key, flow, reason: reaping.reason == .unhealthy ? .unhealthy : .stillDead)]
@@ -788,6 +795,15 @@ public struct ReapPolicy: Sendable {
             guard let reaping = backends[otherKey]?.reaping,
                 reaping.awaitingSurvivorUntil != nil || (guarded.contains(key.pool) && reaping.passes == 0)
             else { continue }
+            if reaping.passes == 0, reaping.awaitingSurvivorUntil == nil, now - reaping.since > pool.probeInterval {
+                // The guard held its first pass longer than a probe interval: its verdict was made
+                // while nothing else answered, the prober's fault as likely as its own. It is made
+                // again (`fall` new failures and a new look) before anything of it is ended: idle
+                // connections show no life for a look to find.
+                backends[otherKey]?.reaping?.answered = now
+                if guarded.remove(key.pool) != nil { actions.append(.guardReleased(pool: key.pool)) }
+                continue
+            }
             backends[otherKey]?.reaping?.awaitingSurvivorUntil = nil
             backends[otherKey]?.reaping?.nextPass = now
             actions += reapPass(otherKey, pool: pool, now: now)
