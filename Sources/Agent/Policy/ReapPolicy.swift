@@ -798,8 +798,8 @@ public struct ReapPolicy: Sendable {
             if reaping.passes == 0, reaping.awaitingSurvivorUntil == nil, now - reaping.since > pool.probeInterval {
                 // The guard held its first pass longer than a probe interval: its verdict was made
                 // while nothing else answered, the prober's fault as likely as its own. It is made
-                // again (`fall` new failures and a new look) before anything of it is ended: idle
-                // connections show no life for a look to find.
+                // again (its own next failed probe and a new look; an answer keeps it) before
+                // anything of it is ended: idle connections show no life for a look to find.
                 backends[otherKey]?.reaping?.answered = now
                 if guarded.remove(key.pool) != nil { actions.append(.guardReleased(pool: key.pool)) }
                 continue
