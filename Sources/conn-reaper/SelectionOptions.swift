@@ -85,7 +85,7 @@ struct SelectionOptions: ParsableArguments {
             throw ValidationError("--stuck '\(stuck)' is not a duration above zero (write it like 500ms, 3s, 2m)")
         }
         guard transport != .udp else { throw ValidationError("--stuck judges TCP connections: it cannot go with --proto udp") }
-        return StuckRule(afterMilliseconds: UInt32(min(duration.seconds * 1000, Double(UInt32.max))))
+        return StuckRule(afterMilliseconds: UInt32(min(duration.seconds * 1000, Double(UInt32.max))), firedTimerIsEvidence: true)
     }
 
     /// Runs `act` with a purger of the current namespace, or of each `--netns` namespace in turn.

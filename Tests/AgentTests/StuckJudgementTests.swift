@@ -13,10 +13,24 @@ import Testing
     let pool = [a, b]
     let after: UInt32 = 2000
 
-    /// A connection toward `backend` dropped on this side: its bytes queued, the window-probe timer
-    /// firing unanswered (`fires` times), as the kernel shows a local OUTPUT DROP.
+    static let t0 = ContinuousClock.now
+
+    /// A connection toward `backend` whose segment went unanswered from its last ACK on: in flight,
+    /// retransmitted `fires` times (RTO 200 ms, doubling), so one look shows it has waited `lastAck`.
     func waiting(_ cookie: UInt64, toward backend: Endpoint, lastAck: UInt32, fires: UInt8) -> DiagnosedSocket {
-        socket(cookie, toward: backend, sendQueue: 6, lastAck: lastAck, probes: fires, backoff: fires, timer: 4)
+        let retransmitting = 200 * ((UInt32(1) << fires) - 1)
+        var socket = socket(cookie, toward: backend, sendQueue: 6, lastAck: lastAck, probes: 0, backoff: fires, timer: 1)
+        socket.tcpInfo?.unacked = 1
+        socket.tcpInfo?.retransmits = fires
+        socket.tcpInfo?.rtoMicroseconds = 200_000 << UInt32(fires)
+        socket.tcpInfo?.lastDataSentMilliseconds = lastAck > retransmitting ? lastAck - retransmitting : 0
+        return socket
+    }
+
+    /// A connection dropped on this side (a local OUTPUT DROP): its bytes queued, never sent, a timer
+    /// firing. One look cannot tell how long the data has waited.
+    func dropped(_ cookie: UInt64, toward backend: Endpoint, lastAck: UInt32, backoff: UInt8) -> DiagnosedSocket {
+        socket(cookie, toward: backend, sendQueue: 6, lastAck: lastAck, probes: 0, backoff: backoff, timer: 1)
     }
 
     /// Acknowledged a moment ago, nothing waiting.
@@ -34,8 +48,10 @@ import Testing
             tcpInfo: TCPInfo(probes: probes, backoff: backoff, lastAckReceivedMilliseconds: lastAck))
     }
 
-    func judge(_ sockets: [DiagnosedSocket], carried: StuckJudgement.Carried = .init(), pool: [Endpoint]? = nil) -> StuckJudgement {
-        StuckJudgement(listed: sockets, pool: pool ?? self.pool, stuckAfterMilliseconds: after, carried: carried)
+    func judge(
+        _ sockets: [DiagnosedSocket], carried: StuckJudgement.Carried = .init(), pool: [Endpoint]? = nil, at: Duration = .zero
+    ) -> StuckJudgement {
+        StuckJudgement(listed: sockets, pool: pool ?? self.pool, stuckAfterMilliseconds: after, carried: carried, at: Self.t0 + at)
     }
 
     // MARK: - Every backend in trouble at once, though only one is condemned
@@ -63,20 +79,67 @@ import Testing
         let judgement = judge([waiting(1, toward: Self.a, lastAck: 2100, fires: 2), waiting(2, toward: Self.b, lastAck: 900, fires: 2)])
         #expect(!judgement.everyBackendInTrouble)
         #expect(judgement.endable == [1])
-        #expect(judgement.carried.suspects == [1])
+        #expect(Set(judgement.carried.waitingSince.keys) == [1, 2])
     }
 
-    /// A write after a long idle shows an old ACK for one round trip: trouble only with evidence that
-    /// the data has waited (a timer fired, or the same suspicion on the scan before).
-    @Test func aFreshWriteAfterIdleTowardAnotherBackendIsTroubleOnlyOnTheNextScan() {
+    /// A write after a long idle shows an old ACK for one round trip: trouble only once a scan has
+    /// seen its data wait troubleAfter (1 s) with no ACK since.
+    @Test func aFreshWriteAfterIdleTowardAnotherBackendIsTroubleOnlyOnceSeenWaiting() {
         let justWrote = socket(2, toward: Self.b, sendQueue: 120, lastAck: 60_000, probes: 0, backoff: 0, timer: 1)
         let first = judge([waiting(1, toward: Self.a, lastAck: 2100, fires: 2), justWrote])
         #expect(!first.everyBackendInTrouble)
         #expect(first.endable == [1])
-        #expect(first.carried.suspects == [1, 2])
-        let second = judge([waiting(3, toward: Self.a, lastAck: 2100, fires: 2), justWrote], carried: first.carried)
+        var stillWaiting = justWrote
+        stillWaiting.tcpInfo?.lastAckReceivedMilliseconds = 60_999
+        let tooSoon = judge([waiting(3, toward: Self.a, lastAck: 3100, fires: 2), stillWaiting], carried: first.carried, at: .milliseconds(999))
+        #expect(!tooSoon.everyBackendInTrouble)
+        stillWaiting.tcpInfo?.lastAckReceivedMilliseconds = 61_000
+        let second = judge([waiting(3, toward: Self.a, lastAck: 3100, fires: 2), stillWaiting], carried: first.carried, at: .seconds(1))
         #expect(second.localFault)
         #expect(second.endable.isEmpty)
+    }
+
+    // MARK: - How long the data has waited
+
+    /// A connection that writes every 6 s: one lost segment (retransmitted once, 0.3 s into the loss)
+    /// shows a 6 s old ACK, but its data has waited 0.3 s: not stuck, on this scan or the next.
+    @Test func aSparseWritersLostSegmentIsNotStuckUntilItsDataWaitedStuckAfter() {
+        var lost = socket(1, toward: Self.a, sendQueue: 6, lastAck: 6_300, probes: 0, backoff: 1, timer: 1)
+        lost.tcpInfo?.unacked = 1
+        lost.tcpInfo?.retransmits = 1
+        lost.tcpInfo?.rtoMicroseconds = 400_000
+        lost.tcpInfo?.lastDataSentMilliseconds = 100
+        let first = judge([lost], pool: [Self.a])
+        #expect(first.condemned.isEmpty)
+        // Lost for good: 1.9 s in (retransmitted at 0.2, 0.6 and 1.4 s), not yet; 2.0 s in, stuck.
+        lost.tcpInfo?.lastAckReceivedMilliseconds = 7_900
+        lost.tcpInfo?.backoff = 3
+        lost.tcpInfo?.retransmits = 3
+        lost.tcpInfo?.rtoMicroseconds = 1_600_000
+        lost.tcpInfo?.lastDataSentMilliseconds = 500
+        #expect(judge([lost], carried: first.carried, pool: [Self.a], at: .milliseconds(1_600)).condemned.isEmpty)
+        lost.tcpInfo?.lastAckReceivedMilliseconds = 8_000
+        lost.tcpInfo?.lastDataSentMilliseconds = 600
+        #expect(judge([lost], carried: first.carried, pool: [Self.a], at: .milliseconds(1_700)).condemned == [1])
+    }
+
+    /// Bytes dropped on this side show no clock in one look; scans that see them waiting with no ACK
+    /// since measure it: condemned once seen waiting stuck_after, not on the first look.
+    @Test func aLocalDropIsStuckOnceScansHaveSeenItWaitStuckAfter() {
+        let first = judge([dropped(1, toward: Self.a, lastAck: 3_000, backoff: 3)], pool: [Self.a])
+        #expect(first.condemned.isEmpty)
+        let later = judge([dropped(1, toward: Self.a, lastAck: 5_000, backoff: 5)], carried: first.carried, pool: [Self.a], at: .seconds(2))
+        #expect(later.condemned == [1])
+        #expect(later.observedWaits == [1: 2_000])
+    }
+
+    /// An ACK between two scans ends the wait the first saw: data waiting on the second has waited
+    /// only since then.
+    @Test func anAckBetweenScansStartsTheWaitAfresh() {
+        let first = judge([dropped(1, toward: Self.a, lastAck: 3_000, backoff: 3)], pool: [Self.a])
+        let acknowledged = judge([dropped(1, toward: Self.a, lastAck: 1_500, backoff: 3)], carried: first.carried, pool: [Self.a], at: .seconds(2))
+        #expect(acknowledged.condemned.isEmpty)
+        #expect(acknowledged.observedWaits == [1: 0])
     }
 
     /// Idle connections with old ACKs (keepalive's business) say nothing of the path.
@@ -96,7 +159,7 @@ import Testing
         let elsewhere = Endpoint(address: .v4(0x0A00_0009), port: 443)
         let judgement = judge([waiting(1, toward: Self.a, lastAck: 2100, fires: 2), waiting(2, toward: elsewhere, lastAck: 1500, fires: 1)])
         #expect(judgement.endable == [1])
-        #expect(judgement.carried.suspects == [1])
+        #expect(Set(judgement.carried.waitingSince.keys) == [1])
     }
 
     // MARK: - After a local fault lifts
@@ -153,7 +216,7 @@ import Testing
     /// What is carried stays bounded by the listing: a connection gone is forgotten.
     @Test func whatIsCarriedIsOnlyWhatIsListed() {
         let carried = heldThroughAFault()
-        #expect(carried.suspects == [1, 2])
+        #expect(Set(carried.waitingSince.keys) == [1, 2])
         let gone = judge([healthy(1, toward: Self.a)], carried: carried)
         #expect(gone.carried == .init())
     }

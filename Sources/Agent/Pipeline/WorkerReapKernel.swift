@@ -113,7 +113,8 @@ public actor WorkerReapKernel: ReapKernel {
             }
         }
         let carriedIn = stuckCarried[pool.name] ?? StuckJudgement.Carried()
-        let judgement = StuckJudgement(listed: listed, pool: pool.backends, stuckAfterMilliseconds: afterMilliseconds, carried: carriedIn)
+        let judgement = StuckJudgement(
+            listed: listed, pool: pool.backends, stuckAfterMilliseconds: afterMilliseconds, carried: carriedIn, at: .now)
         stuckCarried[pool.name] = judgement.carried
         if judgement.localFault {
             var held = NamespaceReport(namespace: nil, report: PurgeReport())
@@ -130,7 +131,7 @@ public actor WorkerReapKernel: ReapKernel {
             // judgement allowed: one acknowledged in between is spared.
             let matcher = DestinationMatcher(
                 destinations: destinations, transports: [.tcp],
-                stuck: StuckRule(afterMilliseconds: afterMilliseconds, previouslySuspected: carriedIn.suspects, onlyAmong: endableHere))
+                stuck: StuckRule(afterMilliseconds: afterMilliseconds, observedWaits: judgement.observedWaits, onlyAmong: endableHere))
             var limited = Purger.Options(dryRun: dryRun)
             limited.sparingOwnSockets = true
             limited.socketLimit = max(0, remaining)

@@ -19,21 +19,26 @@ import SockDiag
 ///   `timerFiresToRelease` more times unanswered since the last scan that saw the fault, or it is
 ///   acknowledged (then it is healthy, and the hold goes).
 ///
-/// Pure: a scan's listing (every established connection toward the pool, with tcp_info) and what the
-/// previous scan carried in; which cookies may be ended and what to carry out. Socket cookies come
-/// from one counter for the whole host, so cookies from several namespaces never collide.
+/// How long data has waited is measured across scans too (`StuckRule`): a connection that writes
+/// once every few seconds shows an old last ACK the moment it writes, so one lost segment is no
+/// evidence; data seen waiting on an earlier scan, with no ACK since, has waited at least since then.
+///
+/// Pure: a scan's listing (every established connection toward the pool, with tcp_info), when it was
+/// taken, and what the previous scan carried in; which cookies may be ended and what to carry out.
+/// Socket cookies come from one counter for the whole host, so cookies from several namespaces never
+/// collide.
 public struct StuckJudgement: Sendable, Equatable {
     /// What a scan hands the next. Bounded by the listing: a cookie no longer listed, or no longer in
     /// trouble, is dropped.
     public struct Carried: Sendable, Equatable {
-        /// Sockets with data waiting and no ACK for `troubleAfter` on the scan: on the next, the
-        /// evidence that their data has waited (`StuckRule.previouslySuspected`).
-        public var suspects: Set<UInt64> = []
+        /// Sockets with data waiting (`StuckRule.isWaiting`): the scan that first saw it waiting with
+        /// no ACK since. On the next scan, the evidence of how long it has waited.
+        public var waitingSince: [UInt64: ContinuousClock.Instant] = [:]
         /// Sockets in trouble during a local fault, as the last scan that saw the fault found them.
         public var held: [UInt64: Hold] = [:]
 
-        public init(suspects: Set<UInt64> = [], held: [UInt64: Hold] = [:]) {
-            self.suspects = suspects
+        public init(waitingSince: [UInt64: ContinuousClock.Instant] = [:], held: [UInt64: Hold] = [:]) {
+            self.waitingSince = waitingSince
             self.held = held
         }
     }
@@ -51,6 +56,9 @@ public struct StuckJudgement: Sendable, Equatable {
         }
     }
 
+    /// How long each waiting socket's data has waited by this and earlier scans (ms): for the purge
+    /// that follows (`StuckRule.observedWaits`).
+    public let observedWaits: [UInt64: UInt32]
     /// Condemned by `StuckRule` at `stuck_after`, before the pool is weighed.
     public let condemned: Set<UInt64>
     /// What may be ended: the condemned, less every one while the fault is local, less those held.
@@ -78,16 +86,26 @@ public struct StuckJudgement: Sendable, Equatable {
     public static let timerFiresToRelease = 2
 
     public init(
-        listed sockets: [DiagnosedSocket], pool backends: [Endpoint], stuckAfterMilliseconds after: UInt32, carried previous: Carried
+        listed sockets: [DiagnosedSocket], pool backends: [Endpoint], stuckAfterMilliseconds after: UInt32, carried previous: Carried,
+        at now: ContinuousClock.Instant
     ) {
-        let stuck = StuckRule(afterMilliseconds: after, previouslySuspected: previous.suspects)
-        let trouble = StuckRule(afterMilliseconds: Self.troubleAfter(stuckAfterMilliseconds: after), previouslySuspected: previous.suspects)
         let pool = Set(backends)
+        var waitingSince: [UInt64: ContinuousClock.Instant] = [:], waits: [UInt64: UInt32] = [:]
+        for socket in sockets where pool.contains(socket.remote.unmapped) && StuckRule.isWaiting(socket) {
+            let cookie = socket.id.cookie
+            let lastAck = now - .milliseconds(socket.tcpInfo?.lastAckReceivedMilliseconds ?? 0)
+            // Still the same wait only while no ACK came since the scan that first saw it.
+            let since = previous.waitingSince[cookie].flatMap { $0 >= lastAck ? $0 : nil } ?? now
+            waitingSince[cookie] = since
+            waits[cookie] = UInt32(min((now - since) / .milliseconds(1), Double(UInt32.max)))
+        }
+        let stuck = StuckRule(afterMilliseconds: after, observedWaits: waits)
+        let trouble = StuckRule(afterMilliseconds: Self.troubleAfter(stuckAfterMilliseconds: after), observedWaits: waits)
         var suspects = Set<UInt64>(), troubled: [DiagnosedSocket] = [], troubledBackends = Set<Endpoint>(), condemned = Set<UInt64>()
         for socket in sockets where pool.contains(socket.remote.unmapped) {
             guard trouble.isSuspicious(socket) else { continue }
             suspects.insert(socket.id.cookie)
-            // In trouble takes the same evidence that the data has waited as a condemnation does.
+            // In trouble takes the same evidence that the data has waited (troubleAfter) as a condemnation does.
             guard trouble.condemns(socket) else { continue }
             troubled.append(socket)
             troubledBackends.insert(socket.remote.unmapped)
@@ -108,10 +126,11 @@ public struct StuckJudgement: Sendable, Equatable {
                 if !acknowledgedSince, !stillBrokenAfterTheFault { held[socket.id.cookie] = recorded }
             }
         }
+        self.observedWaits = waits
         self.condemned = condemned
         self.everyBackendInTrouble = everyBackend
         self.endable = everyBackend ? [] : condemned.subtracting(held.keys)
-        self.carried = Carried(suspects: suspects, held: held)
+        self.carried = Carried(waitingSince: waitingSince, held: held)
     }
 
     static func hold(_ socket: DiagnosedSocket) -> Hold {
