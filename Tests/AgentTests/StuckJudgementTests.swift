@@ -91,7 +91,8 @@ import Testing
         #expect(first.endable == [1])
         var stillWaiting = justWrote
         stillWaiting.tcpInfo?.lastAckReceivedMilliseconds = 60_999
-        let tooSoon = judge([waiting(3, toward: Self.a, lastAck: 3100, fires: 2), stillWaiting], carried: first.carried, at: .milliseconds(999))
+        let tooSoon = judge(
+            [waiting(3, toward: Self.a, lastAck: 3100, fires: 2), stillWaiting], carried: first.carried, at: .milliseconds(999))
         #expect(!tooSoon.everyBackendInTrouble)
         stillWaiting.tcpInfo?.lastAckReceivedMilliseconds = 61_000
         let second = judge([waiting(3, toward: Self.a, lastAck: 3100, fires: 2), stillWaiting], carried: first.carried, at: .seconds(1))
@@ -133,11 +134,29 @@ import Testing
         #expect(later.observedWaits == [1: 2_000])
     }
 
+    /// Trouble only holds, so it takes a fired timer as evidence: a sparse writer caught by the fault
+    /// counts at once, though it is not condemned (simulation seed 1,211); the other backend's
+    /// long-waiting connection is then held, not ended.
+    @Test func aSparseWriterJustCaughtCountsTowardALocalFault() {
+        var caught = socket(2, toward: Self.b, sendQueue: 6, lastAck: 6_300, probes: 0, backoff: 1, timer: 1)
+        caught.tcpInfo?.unacked = 1
+        caught.tcpInfo?.retransmits = 1
+        caught.tcpInfo?.rtoMicroseconds = 400_000
+        caught.tcpInfo?.lastDataSentMilliseconds = 100
+        let judgement = judge([waiting(1, toward: Self.a, lastAck: 6_700, fires: 5), caught])
+        #expect(judgement.condemned == [1])
+        #expect(judgement.localFault)
+        #expect(judgement.endable.isEmpty)
+        // The other way: without the fault on B's side, A's is ended.
+        #expect(judge([waiting(1, toward: Self.a, lastAck: 6_700, fires: 5), healthy(2, toward: Self.b)]).endable == [1])
+    }
+
     /// An ACK between two scans ends the wait the first saw: data waiting on the second has waited
     /// only since then.
     @Test func anAckBetweenScansStartsTheWaitAfresh() {
         let first = judge([dropped(1, toward: Self.a, lastAck: 3_000, backoff: 3)], pool: [Self.a])
-        let acknowledged = judge([dropped(1, toward: Self.a, lastAck: 1_500, backoff: 3)], carried: first.carried, pool: [Self.a], at: .seconds(2))
+        let acknowledged = judge(
+            [dropped(1, toward: Self.a, lastAck: 1_500, backoff: 3)], carried: first.carried, pool: [Self.a], at: .seconds(2))
         #expect(acknowledged.condemned.isEmpty)
         #expect(acknowledged.observedWaits == [1: 0])
     }
@@ -146,6 +165,34 @@ import Testing
     @Test func anIdleConnectionTowardAnotherBackendIsNoTrouble() {
         let idle = socket(2, toward: Self.b, sendQueue: 0, lastAck: 600_000, probes: 3, backoff: 0, timer: 2)
         #expect(judge([waiting(1, toward: Self.a, lastAck: 2100, fires: 2), idle]).endable == [1])
+    }
+
+    /// A backend that holds no connection (a dead one whose connections were reaped) shows nothing:
+    /// the two others in trouble at once are a local fault (simulation seed 265: a pool of four, one
+    /// dead, a fault on this side ended every connection of the three that answered).
+    @Test func aBackendHoldingNoConnectionDoesNotHideALocalFault() {
+        let dead = Endpoint(address: .v4(0x0A00_0004), port: 443)
+        let judgement = judge(
+            [waiting(1, toward: Self.a, lastAck: 2100, fires: 2), waiting(2, toward: Self.b, lastAck: 1500, fires: 1)],
+            pool: [Self.a, Self.b, dead])
+        #expect(judgement.localFault)
+        #expect(judgement.endable.isEmpty)
+        // The other way: the third holds a connection that is acknowledged: A's and B's paths.
+        let answered = judge(
+            [
+                waiting(1, toward: Self.a, lastAck: 2100, fires: 2), waiting(2, toward: Self.b, lastAck: 1500, fires: 1),
+                healthy(3, toward: dead),
+            ],
+            pool: [Self.a, Self.b, dead])
+        #expect(!answered.localFault)
+        #expect(answered.endable == [1])
+    }
+
+    /// One backend holding connections, whatever the pool's size, is never a local fault.
+    @Test func oneBackendHoldingConnectionsIsNeverALocalFault() {
+        let judgement = judge([waiting(1, toward: Self.a, lastAck: 2100, fires: 2), waiting(2, toward: Self.a, lastAck: 2100, fires: 2)])
+        #expect(!judgement.localFault)
+        #expect(judgement.endable == [1, 2])
     }
 
     /// One backend alone (incident 3: a balancer lost one flow's state) says nothing of where the fault is.
@@ -192,9 +239,20 @@ import Testing
     /// still broken, and it is ended.
     @Test func aHeldConnectionWhosePathStaysBrokenIsEndedAfterTwoMoreFires() {
         let carried = heldThroughAFault()
-        let twice = judge([healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 20_000, fires: 7)], carried: carried)
+        let twice = judge([healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 26_000, fires: 7)], carried: carried)
         #expect(twice.endable == [2])
         #expect(twice.carried.held.isEmpty)
+    }
+
+    /// A retransmission sent less than a round trip ago may still be answered: the second fire after
+    /// the fault, 21 ms before the scan, releases nothing yet (simulation seed 1,053).
+    @Test func aFireJustSentIsNotYetUnanswered() {
+        let carried = heldThroughAFault()
+        var justSent = waiting(2, toward: Self.b, lastAck: 26_000, fires: 7)
+        justSent.tcpInfo?.lastDataSentMilliseconds = 21
+        let soon = judge([healthy(1, toward: Self.a), justSent], carried: carried)
+        #expect(soon.endable.isEmpty)
+        #expect(soon.carried.held[2] != nil)
     }
 
     /// Acknowledged since the fault (a younger last ACK), then stuck again on its own path: the hold

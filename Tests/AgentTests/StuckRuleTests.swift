@@ -46,7 +46,9 @@ import Testing
         #expect(!StuckRule(afterMilliseconds: 3000, observedWaits: [5: 4000], onlyAmong: [6]).condemns(stuck))
         #expect(!StuckRule(afterMilliseconds: 3000, observedWaits: [5: 4000], onlyAmong: []).condemns(stuck))
         // Allowed is not condemned: acknowledged since the listing, it is spared.
-        #expect(!StuckRule(afterMilliseconds: 3000, observedWaits: [5: 4000], onlyAmong: [5]).condemns(socket(unacked: 1, lastAck: 10, cookie: 5)))
+        #expect(
+            !StuckRule(afterMilliseconds: 3000, observedWaits: [5: 4000], onlyAmong: [5]).condemns(
+                socket(unacked: 1, lastAck: 10, cookie: 5)))
     }
 
     /// A drop beyond the host: segments in flight, retransmitting (kernel-notes.md, ~14 s in). One

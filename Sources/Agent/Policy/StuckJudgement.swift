@@ -3,10 +3,11 @@ import Reaper
 import SockDiag
 
 /// Which of a stuck scan's condemned connections may be ended, judged on the whole pool and on what
-/// earlier scans saw. When every backend of a pool has a connection in trouble at once, the fault is
-/// nearer to us (our link, a local rule, our NIC), not at any backend, and the clients would reconnect
-/// into the same fault: nothing is ended. One backend alone says nothing either way (incident 3: a
-/// balancer lost one flow's state), and its stuck connections are ended.
+/// earlier scans saw. When every backend of a pool that holds connections (two or more) has one in
+/// trouble at once, the fault is nearer to us (our link, a local rule, our NIC), not at any backend,
+/// and the clients would reconnect into the same fault: nothing is ended. One backend alone says
+/// nothing either way (incident 3: a balancer lost one flow's state), and its stuck connections are
+/// ended. A backend that holds none (dead and reaped, or new) says nothing either.
 ///
 /// Judging each scan alone by its condemned connections is not enough (issue #21):
 /// - Connections that a fault catches at the same instant cross `stuck_after` at different scans,
@@ -63,7 +64,7 @@ public struct StuckJudgement: Sendable, Equatable {
     public let condemned: Set<UInt64>
     /// What may be ended: the condemned, less every one while the fault is local, less those held.
     public let endable: Set<UInt64>
-    /// Every backend of the pool had a connection in trouble at once.
+    /// Every backend of the pool that holds a connection (two or more) had one in trouble at once.
     public let everyBackendInTrouble: Bool
     public let carried: Carried
 
@@ -100,18 +101,26 @@ public struct StuckJudgement: Sendable, Equatable {
             waits[cookie] = UInt32(min((now - since) / .milliseconds(1), Double(UInt32.max)))
         }
         let stuck = StuckRule(afterMilliseconds: after, observedWaits: waits)
-        let trouble = StuckRule(afterMilliseconds: Self.troubleAfter(stuckAfterMilliseconds: after), observedWaits: waits)
+        // Trouble only holds, never ends: it takes the weaker evidence of a fired timer too, so that a
+        // connection that writes seldom counts the moment a fault catches its write, even when no scan
+        // has watched it wait yet (simulation seed 1,211: the first scan after a prober fault saw one
+        // backend's connections waiting for seconds, the other's sparse writer just caught, and ended
+        // the first's during a fault on this side).
+        let trouble = StuckRule(
+            afterMilliseconds: Self.troubleAfter(stuckAfterMilliseconds: after), observedWaits: waits, firedTimerIsEvidence: true)
         var suspects = Set<UInt64>(), troubled: [DiagnosedSocket] = [], troubledBackends = Set<Endpoint>(), condemned = Set<UInt64>()
         for socket in sockets where pool.contains(socket.remote.unmapped) {
             guard trouble.isSuspicious(socket) else { continue }
             suspects.insert(socket.id.cookie)
-            // In trouble takes the same evidence that the data has waited (troubleAfter) as a condemnation does.
             guard trouble.condemns(socket) else { continue }
             troubled.append(socket)
             troubledBackends.insert(socket.remote.unmapped)
             if stuck.condemns(socket) { condemned.insert(socket.id.cookie) }
         }
-        let everyBackend = pool.count >= 2 && pool.isSubset(of: troubledBackends)
+        // Every backend that holds a connection: one that holds none (a dead one whose connections
+        // were reaped, a new one) shows nothing either way, and must not hide a fault here from the rest.
+        let holding = Set(sockets.map(\.remote.unmapped)).intersection(pool)
+        let everyBackend = holding.count >= 2 && holding.isSubset(of: troubledBackends)
         var held: [UInt64: Hold] = [:]
         if everyBackend {
             for socket in troubled { held[socket.id.cookie] = Self.hold(socket) }
@@ -120,9 +129,12 @@ public struct StuckJudgement: Sendable, Equatable {
             // or is gone), and is healthy or none of ours.
             for socket in sockets where suspects.contains(socket.id.cookie) {
                 guard let recorded = previous.held[socket.id.cookie] else { continue }
-                let now = Self.hold(socket)
-                let acknowledgedSince = now.lastAckMilliseconds < recorded.lastAckMilliseconds || now.timerFires < recorded.timerFires
-                let stillBrokenAfterTheFault = now.timerFires >= recorded.timerFires + Self.timerFiresToRelease
+                let current = Self.hold(socket)
+                let acknowledgedSince =
+                    current.lastAckMilliseconds < recorded.lastAckMilliseconds || current.timerFires < recorded.timerFires
+                // A fire counts once its answer is overdue: the last went out an RTT ago or more.
+                let stillBrokenAfterTheFault =
+                    current.timerFires >= recorded.timerFires + Self.timerFiresToRelease && Self.lastFireUnanswered(socket)
                 if !acknowledgedSince, !stillBrokenAfterTheFault { held[socket.id.cookie] = recorded }
             }
         }
@@ -131,6 +143,14 @@ public struct StuckJudgement: Sendable, Equatable {
         self.everyBackendInTrouble = everyBackend
         self.endable = everyBackend ? [] : condemned.subtracting(held.keys)
         self.carried = Carried(waitingSince: waitingSince, held: held)
+    }
+
+    /// A retransmission's answer takes a round trip: one sent less than twice the smoothed RTT ago
+    /// (at least 200 ms, the kernel's minimum RTO) may still be answered (simulation seed 1,053: a
+    /// held connection retransmitted 21 ms before a scan, after the fault had lifted, was ended).
+    static func lastFireUnanswered(_ socket: DiagnosedSocket) -> Bool {
+        guard let info = socket.tcpInfo, info.unacked > 0 else { return true }
+        return info.lastDataSentMilliseconds >= max(200, 2 * info.rttMicroseconds / 1000)
     }
 
     static func hold(_ socket: DiagnosedSocket) -> Hold {

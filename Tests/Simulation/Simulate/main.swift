@@ -18,5 +18,7 @@ print(
         + "\(result.failure == nil ? 0 : 1) violations")
 if let failure = result.failure {
     print(failure.report)
+    // SIM_TRACE=all: the whole trace of the shrunk run, not only its last 60 lines.
+    if environment["SIM_TRACE"] == "all" { print(failure.trace.joined(separator: "\n")) }
     exit(1)
 }

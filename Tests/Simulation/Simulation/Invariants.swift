@@ -18,6 +18,13 @@ extension Simulator {
     func check(_ end: End, connection: Connection, key: BackendKey) {
         let backend = end.backend
         let start = end.passStarted
+        if end.reason == .stuck, let pool = world.configuration.pools.first(where: { $0.name == key.pool }) {
+            // A stuck connection's own backend answering is the point (incident 3): its guard is that
+            // some backend of the scanning pool answers, and the rest is the stuck rule's ground truth.
+            checkStuck(connection, pool: pool)
+            checkBudget(end)
+            return
+        }
         // 1. The guard, on every path: each pool holding the backend has another that answers now.
         for pool in world.configuration.pools where pool.backends.contains(world.backends[backend]) {
             let answering = pool.backends.contains { other in
@@ -44,8 +51,12 @@ extension Simulator {
                 fail("ended a stream to backend \(backend) \(silent) ms into a pause (floor \(floor(of: backend)) ms)")
             }
         }
-        // 4. The budget is a cap across every path together, burst included: counted when granted
-        //    (a pass that waits in its backend's lane behind a slow dump ends its share later).
+        checkBudget(end)
+    }
+
+    /// 4. The budget is a cap across every path together, burst included: counted when granted
+    ///    (a pass that waits in its backend's lane behind a slow dump ends its share later).
+    func checkBudget(_ end: End) {
         let configuration = world.configuration
         let recent = ends.filter { end.decided - $0.decided <= 10_000 && $0.decided <= end.decided }
         for since in Set(recent.map(\.decided)) {
@@ -82,9 +93,10 @@ extension Simulator {
         let quiet = world.happenings.allSatisfy { happening in
             switch happening {
             case .becomes(let at, let other, _): return other == backend || at < deadSince - 10_000 || at > now
-            case .proberFault(let at, let lasting), .probePathFault(let at, let lasting, _), .unreadable(let at, let lasting):
+            case .proberFault(let at, let lasting), .probePathFault(let at, let lasting, _), .unreadable(let at, let lasting),
+                .localFault(let at, let lasting):
                 return at + lasting < deadSince - 10_000 || at > now
-            case .reload: return true
+            case .reload, .blackhole: return true
             }
         }
         guard quiet else { return }

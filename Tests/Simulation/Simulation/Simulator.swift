@@ -12,6 +12,7 @@ public final class Simulator {
         var backend: Int
         var streaming: Bool
         var opened: Int
+        var wire: WireState
     }
 
     /// One connection ended, and why.
@@ -39,6 +40,7 @@ public final class Simulator {
         case liveness(backend: Int, since: Int)
         /// The look at a backend's connections ends: taken then, as WorkerReapKernel.evidence takes it after the dumps.
         case evidence(BackendKey)
+        case stuckLiveness(connection: Int, since: Int)
     }
 
     let world: World
@@ -69,6 +71,10 @@ public final class Simulator {
     /// When each backend's current silence began (a death that turns into a pause is one silence).
     var silentSince: [Int: Int] = [:]
     var answeredSinceReturn: [Int: Bool] = [:]
+    /// Per backend: when its path began or stopped carrying segments.
+    var flowHistory: [Int: [(at: Int, flows: Bool)]] = [:]
+    /// What each pool's last stuck scan carried to the next, as WorkerReapKernel keeps it.
+    var stuckCarried: [String: StuckJudgement.Carried] = [:]
     public internal(set) var ends: [End] = []
     public internal(set) var trace: [String] = []
     public internal(set) var violation: String?
@@ -96,7 +102,7 @@ public final class Simulator {
     }
 
     func open(toward backend: Int, streaming: Bool) {
-        connections.append(Connection(id: nextConnection, backend: backend, streaming: streaming, opened: now))
+        connections.append(Connection(id: nextConnection, backend: backend, streaming: streaming, opened: now, wire: newWire(opened: now)))
         nextConnection += 1
     }
 
@@ -147,6 +153,7 @@ public final class Simulator {
         case .deliver(let event): submit(event)
         case .evidence(let key): submit(.evidence(key, evidence(index(of: key.backend))))
         case .liveness(let backend, let since): checkLiveness(of: backend, deadSince: since)
+        case .stuckLiveness(let connection, let since): checkStuckLiveness(connection: connection, since: since)
         }
     }
 
@@ -169,12 +176,21 @@ public final class Simulator {
                 schedule(now + livenessBound(of: backend), .liveness(backend: backend, since: now))
             }
             if conditions[backend].flows, !condition.flows { silentSince[backend] = now }
+            if conditions[backend].flows != condition.flows { flowHistory[backend, default: []].append((now, condition.flows)) }
             conditions[backend] = condition
             conditionSince[backend] = now
         case .proberFault(_, let lasting): proberFaultUntil = now + lasting
         case .probePathFault(_, let lasting, let stagger): pathFault = (now, now + lasting, stagger)
         case .unreadable(_, let lasting): unreadableUntil = now + lasting
         case .reload: state.apply(world.configuration)
+        case .blackhole(_, let backend):
+            let candidates = connections.indices.filter { connections[$0].backend == backend && connections[$0].wire.blackholedAt == nil }
+            guard let index = candidates.first(where: { connections[$0].wire.writeEvery != nil }) ?? candidates.first else { return }
+            connections[index].wire.blackholedAt = now
+            if let every = connections[index].wire.writeEvery, let after = world.stuck.afterMilliseconds {
+                schedule(now + every + after + after / 2 + 1_500, .stuckLiveness(connection: connections[index].id, since: now))
+            }
+        case .localFault: break
         }
     }
 
@@ -365,10 +381,20 @@ public final class Simulator {
             schedule(finish, .done(lane: lane))
             deliver(at: finish, .watching(key, announced: false))
         case .scanStuck(let pool, let limit):
+            let scan = scanStuck(pool, limit: limit)
+            for connection in scan.ended {
+                end(
+                    connection, reason: .stuck, passStarted: now, decided: decided,
+                    key: BackendKey(pool: pool, backend: world.backends[connection.backend]))
+            }
             schedule(finish, .done(lane: lane))
+            if scan.localFault { deliver(at: finish, .stuckLocalFault(pool: pool)) }
             deliver(
                 at: finish,
-                .reaped(.init(pool: pool, backend: nil, reason: .stuck, ended: 0, leftByLimit: 0, at: instant(finish), granted: limit)))
+                .reaped(
+                    .init(
+                        pool: pool, backend: nil, reason: .stuck, ended: scan.ended.count, leftByLimit: scan.left, at: instant(finish),
+                        granted: limit)))
         default:
             schedule(now, .done(lane: lane))
         }

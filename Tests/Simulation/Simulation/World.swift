@@ -35,10 +35,17 @@ public enum Happening: Sendable, CustomStringConvertible {
     case unreadable(at: Int, lasting: Int)
     /// `systemctl reload` with the same configuration.
     case reload(at: Int)
+    /// One connection toward the backend loses its flow's state on the path (incident 3): nothing it
+    /// sends or is sent arrives again, while the backend answers probes and serves every other one.
+    case blackhole(at: Int, backend: Int)
+    /// A fault on this side drops every established connection's segments, both ways, while new
+    /// connections (the probes) get through: a local rule, a conntrack glitch, our NIC.
+    case localFault(at: Int, lasting: Int)
 
     public var at: Int {
         switch self {
-        case .becomes(let at, _, _), .proberFault(let at, _), .probePathFault(let at, _, _), .unreadable(let at, _), .reload(let at):
+        case .becomes(let at, _, _), .proberFault(let at, _), .probePathFault(let at, _, _), .unreadable(let at, _), .reload(let at),
+            .blackhole(let at, _), .localFault(let at, _):
             return at
         }
     }
@@ -50,6 +57,8 @@ public enum Happening: Sendable, CustomStringConvertible {
         case .probePathFault(let at, let lasting, let stagger): "\(at) ms: probe path fault for \(lasting) ms, \(stagger) ms apart"
         case .unreadable(let at, let lasting): "\(at) ms: connections unreadable for \(lasting) ms"
         case .reload(let at): "\(at) ms: reload"
+        case .blackhole(let at, let backend): "\(at) ms: a connection to backend \(backend) blackholed"
+        case .localFault(let at, let lasting): "\(at) ms: local fault on established connections for \(lasting) ms"
         }
     }
 }
@@ -66,6 +75,19 @@ public struct World: Sendable {
     public var streamingShare: Double
     public var happenings: [Happening]
     public var horizon: Int
+    /// The stuck detector's world: `stuck_after` (nil: off), and what the connections write.
+    public var stuck: StuckSetting
+
+    /// Connections that write (a request, a lease renewal) and wait for the answer, and peers that
+    /// stop reading (a shut window). Drawn from a stream of its own, so that the worlds drawn before
+    /// the stuck detector was modelled stay what they were.
+    public struct StuckSetting: Sendable {
+        public var afterMilliseconds: Int?
+        /// The share of connections that write, and how often each may (chosen per connection).
+        public var writerShare: Double
+        public var writePeriods: [Int]
+        public var zeroWindowShare: Double
+    }
 
     /// A random world from `seed`: 1 or 2 pools (the second may share a backend), 1 to 4 backends,
     /// probing from 200 ms x 2 to 2 s x 3, a small budget at times, and up to 6 happenings.
@@ -125,10 +147,30 @@ public struct World: Sendable {
             default: happenings.append(.reload(at: at))
             }
         }
+        let connections = backends.map { _ in random.int(in: 0...30) }
+        let streamingShare = random.pick([1.0, 0.7, 0.0])
+        var stuckRandom = SimRandom(seed: seed ^ 0x57C4_D37E)
+        var stuck = StuckSetting(afterMilliseconds: nil, writerShare: 0, writePeriods: [], zeroWindowShare: 0)
+        if stuckRandom.chance(0.5) {
+            let after = stuckRandom.pick([2_000, 3_000])
+            stuck = StuckSetting(
+                afterMilliseconds: after, writerShare: stuckRandom.pick([0.3, 1.0]),
+                writePeriods: stuckRandom.pick([[200], [1_000], [200, 6_000]]),
+                zeroWindowShare: stuckRandom.pick([0, 0.1]))
+            for index in configuration.pools.indices { configuration.pools[index].stuckAfter = .milliseconds(after) }
+            for _ in 0..<stuckRandom.int(in: 0...3) {
+                let at = stuckRandom.int(in: 1_000...40_000)
+                if stuckRandom.chance(0.5) {
+                    happenings.append(.blackhole(at: at, backend: stuckRandom.int(in: 0..<count)))
+                } else {
+                    happenings.append(.localFault(at: at, lasting: stuckRandom.pick([300, 1_500, 4_000, 9_000])))
+                }
+            }
+        }
         return World(
             seed: seed, configuration: configuration, backends: backends, poolMembers: members,
-            connections: backends.map { _ in random.int(in: 0...30) }, streamingShare: random.pick([1.0, 0.7, 0.0]),
-            happenings: happenings.sorted { $0.at < $1.at }, horizon: horizon)
+            connections: connections, streamingShare: streamingShare,
+            happenings: happenings.sorted { $0.at < $1.at }, horizon: horizon, stuck: stuck)
     }
 }
 
@@ -141,8 +183,12 @@ extension World {
                 + "min_outage \(pool.minOutage), drain \(pool.drainTimeout), early \(pool.earlyDetection)"
                 + (pool.probe.port.map { ", health port \($0)" } ?? "")
         }
+        let stuck =
+            self.stuck.afterMilliseconds.map {
+                "; stuck_after \($0) ms, writers \(self.stuck.writerShare) every \(self.stuck.writePeriods) ms, shut windows \(self.stuck.zeroWindowShare)"
+            } ?? ""
         return "budget \(configuration.maxSocketsBurst) burst, \(configuration.maxSocketsPerSecond)/s; connections \(connections), "
-            + "streaming \(streamingShare); " + pools.joined(separator: "; ")
+            + "streaming \(streamingShare); " + pools.joined(separator: "; ") + stuck
     }
 }
 

@@ -1,0 +1,264 @@
+import Agent
+import NetworkAddress
+import Reaper
+import SockDiag
+
+/// What the kernel would show of a connection to the stuck detector, and why: each connection's own
+/// TCP clock (writes, retransmissions at RTO 200 ms doubling, window probes), advanced lazily to the
+/// instant a scan looks, against the paths' history (backend silences, blackholes, local faults).
+struct WireState {
+    /// How often the client writes (nil: it only reads, or idles).
+    var writeEvery: Int?
+    var phase: Int
+    /// The peer stopped reading: the window is shut and the kernel probes it.
+    var zeroWindow: Bool
+    var roundTrip: Int
+    var blackholedAt: Int?
+
+    var advancedTo: Int
+    var lastAck: Int
+    /// The first unanswered transmission of the data now waiting.
+    var waitingSince: Int?
+    var lastSend: Int
+    var fires = 0
+    var nextFire = 0
+    var pendingAck: Int?
+    /// Why its latest transmission went unanswered, and the local fault it went into (by its start).
+    var cause: Cause?
+    var localFault: Int?
+    /// A scan that could see that local fault found this connection in trouble in it (by the fault's start).
+    var troubleSeenIn: Int?
+    var probesOut = 0
+
+    enum Cause: Equatable {
+        /// Its own path: a blackhole, or its backend silent.
+        case own
+        /// The fault on this side.
+        case local
+    }
+}
+
+extension Simulator {
+    func newWire(opened: Int) -> WireState {
+        let setting = world.stuck
+        var writeEvery: Int?
+        var zeroWindow = false
+        guard setting.afterMilliseconds != nil else {
+            return WireState(
+                writeEvery: nil, phase: 0, zeroWindow: false, roundTrip: 1, blackholedAt: nil, advancedTo: opened, lastAck: opened,
+                lastSend: opened, nextFire: opened + 200)
+        }
+        do {
+            if random.chance(setting.zeroWindowShare) {
+                zeroWindow = true
+            } else if random.chance(setting.writerShare) {
+                writeEvery = random.pick(setting.writePeriods)
+            }
+        }
+        let phase = random.int(in: 0..<(writeEvery ?? 200))
+        return WireState(
+            writeEvery: writeEvery, phase: phase, zeroWindow: zeroWindow, roundTrip: random.int(in: 1...40), blackholedAt: nil,
+            advancedTo: opened, lastAck: opened, lastSend: opened, nextFire: opened + 200)
+    }
+
+    func localFaultActive(at time: Int) -> (from: Int, until: Int)? {
+        for happening in world.happenings {
+            if case .localFault(let at, let lasting) = happening, time >= at, time < at + lasting { return (at, at + lasting) }
+        }
+        return nil
+    }
+
+    func backendFlows(_ backend: Int, at time: Int) -> Bool {
+        var flows = true
+        for change in flowHistory[backend] ?? [] where change.at <= time { flows = change.flows }
+        return flows
+    }
+
+    func pathBroken(_ connection: Connection, at time: Int) -> WireState.Cause? {
+        if let at = connection.wire.blackholedAt, at <= time { return .own }
+        if !backendFlows(connection.backend, at: time) { return .own }
+        return localFaultActive(at: time) == nil ? nil : .local
+    }
+
+    /// Runs the connection's TCP clock up to `time`.
+    func advance(_ index: Int, to time: Int) {
+        var connection = connections[index]
+        var wire = connection.wire
+        while true {
+            var next = Int.max
+            var kind = 0
+            if let ack = wire.pendingAck, ack < next { (next, kind) = (ack, 1) }
+            if wire.zeroWindow {
+                if wire.nextFire < next { (next, kind) = (wire.nextFire, 4) }
+            } else if wire.waitingSince != nil {
+                if wire.pendingAck == nil, wire.nextFire < next { (next, kind) = (wire.nextFire, 3) }
+            } else if let every = wire.writeEvery {
+                let start = connection.opened + wire.phase
+                let after = max(wire.advancedTo + 1, start)
+                let write = start + (after - start + every - 1) / every * every
+                if write < next { (next, kind) = (write, 2) }
+            }
+            guard next <= time else { break }
+            wire.advancedTo = next
+            let broken = pathBroken(connection, at: next)
+            switch kind {
+            case 1:
+                wire.lastAck = next
+                wire.pendingAck = nil
+                wire.probesOut = 0
+                if !wire.zeroWindow {
+                    (wire.waitingSince, wire.fires, wire.cause) = (nil, 0, nil)
+                }
+            case 2:
+                (wire.waitingSince, wire.fires, wire.lastSend, wire.nextFire) = (next, 0, next, next + 200)
+                if broken == nil {
+                    wire.pendingAck = next + wire.roundTrip
+                } else {
+                    (wire.cause, wire.localFault) = (broken, localFaultActive(at: next)?.from)
+                }
+            case 3:
+                wire.fires += 1
+                wire.lastSend = next
+                wire.nextFire = next + min(120_000, 200 << min(wire.fires, 10))
+                if broken == nil {
+                    wire.pendingAck = next + wire.roundTrip
+                } else {
+                    (wire.cause, wire.localFault) = (broken, localFaultActive(at: next)?.from)
+                }
+            default:
+                // A window probe; the interval doubles whether or not it is answered.
+                wire.fires += 1
+                wire.nextFire = next + min(120_000, 200 << min(wire.fires, 10))
+                if broken == nil {
+                    wire.pendingAck = next + wire.roundTrip
+                } else {
+                    wire.probesOut += 1
+                    (wire.cause, wire.localFault) = (broken, localFaultActive(at: next)?.from)
+                }
+            }
+        }
+        connection.wire = wire
+        connections[index] = connection
+    }
+
+    /// The newest segment the connection received: its ACKs, and a stream's lines (every 200 ms
+    /// while its path carries them).
+    func lastHeard(_ connection: Connection, at time: Int) -> Int {
+        var newest = connection.wire.lastAck
+        if connection.streaming {
+            var flowing = time
+            if pathBroken(connection, at: time) != nil {
+                var since = connection.wire.blackholedAt.map { min($0, time) } ?? time
+                if !backendFlows(connection.backend, at: time) { since = min(since, silentSince[connection.backend] ?? time) }
+                if let fault = localFaultActive(at: time) { since = min(since, fault.from) }
+                flowing = since
+            }
+            if flowing >= connection.opened { newest = max(newest, flowing - flowing % 200) }
+        }
+        return newest
+    }
+
+    /// The connection as a sock_diag dump with tcp_info would show it now.
+    func diagnosed(_ connection: Connection) -> DiagnosedSocket {
+        let wire = connection.wire
+        var info = TCPInfo(lastAckReceivedMilliseconds: UInt32(now - lastHeard(connection, at: now)))
+        var sendQueue: UInt32 = 0
+        var timer: UInt8 = 0
+        if wire.zeroWindow {
+            (sendQueue, timer) = (1_000, StuckRule.zeroWindowProbeTimer)
+            info.probes = UInt8(min(wire.probesOut, 255))
+            info.backoff = UInt8(min(wire.fires, 255))
+        } else if wire.waitingSince != nil {
+            timer = StuckRule.retransmitTimer
+            info.backoff = UInt8(min(wire.fires, 255))
+            info.retransmits = info.backoff
+            if wire.cause == .local && wire.pendingAck == nil {
+                // Dropped on this side: queued, never sent, no clock in one look.
+                sendQueue = 64
+            } else {
+                info.unacked = 1
+                info.rtoMicroseconds = UInt32(min(120_000, 200 << min(wire.fires, 10))) * 1000
+                info.lastDataSentMilliseconds = UInt32(now - wire.lastSend)
+            }
+        }
+        return DiagnosedSocket(
+            family: .inet, transport: .tcp, state: .established,
+            id: SocketID(
+                source: Endpoint(address: .v4(0x0A00_FF01), port: UInt16(20_000 + connection.id % 40_000)),
+                destination: world.backends[connection.backend], cookie: UInt64(connection.id + 1)),
+            timer: timer, sendQueue: sendQueue, tcpInfo: info)
+    }
+
+    /// A stuck scan, as WorkerReapKernel.scanStuck does it: the pool's listing judged whole, then the
+    /// purge's own look ends what the rule still condemns among what the judgement allowed.
+    func scanStuck(_ poolName: String, limit: Int) -> (ended: [Connection], left: Int, localFault: Bool) {
+        guard let pool = world.configuration.pools.first(where: { $0.name == poolName }) else { return ([], 0, false) }
+        let members = Set(pool.backends.map(index(of:)))
+        for index in connections.indices where members.contains(connections[index].backend) { advance(index, to: now) }
+        noteLocalFault(pool: pool)
+        let listed = connections.filter { members.contains($0.backend) }
+        let after = UInt32(pool.stuckAfter.seconds * 1000)
+        let judgement = StuckJudgement(
+            listed: listed.map(diagnosed), pool: pool.backends, stuckAfterMilliseconds: after, carried: stuckCarried[poolName] ?? .init(),
+            at: instant(now))
+        stuckCarried[poolName] = judgement.carried
+        guard !judgement.localFault, !judgement.endable.isEmpty else { return ([], 0, judgement.localFault) }
+        let rule = StuckRule(afterMilliseconds: after, observedWaits: judgement.observedWaits, onlyAmong: judgement.endable)
+        let condemned = listed.filter { rule.condemns(diagnosed($0)) }
+        return (Array(condemned.prefix(limit)), max(0, condemned.count - limit), false)
+    }
+
+    /// Ground truth for a stuck end: the connection's data really waited `stuck_after` (or its shut
+    /// window's peer stopped answering), and what left it unanswered is its own path, not a fault on
+    /// this side that the rule could see (every backend of the pool then had a writer caught by it).
+    func checkStuck(_ connection: Connection, pool: PoolConfiguration) {
+        let wire = connection.wire
+        let after = Int(pool.stuckAfter.seconds * 1000)
+        let backend = connection.backend
+        if !pool.backends.contains(where: { latestProbe[BackendKey(pool: pool.name, backend: $0)] == true }) {
+            fail("ended a stuck connection to backend \(backend) while no backend of \(pool.name) answers")
+        }
+        if wire.zeroWindow {
+            if wire.probesOut == 0 { fail("ended a shut window to backend \(backend) whose peer answers its probes") }
+        } else if let since = wire.waitingSince, wire.pendingAck == nil || wire.cause != nil {
+            if now - since < after { fail("ended a connection to backend \(backend) as stuck after its data waited \(now - since) ms") }
+        } else {
+            fail("ended a connection to backend \(backend) as stuck with nothing waiting unanswered")
+        }
+        if wire.cause == .local, pathBroken(connection, at: now) != .own, let fault = wire.localFault, wire.troubleSeenIn == fault {
+            fail(
+                "ended a connection to backend \(backend) as stuck that the local fault from \(fault) ms left waiting "
+                    + "(waiting since \(wire.waitingSince ?? -1) ms, \(wire.fires) timer fires, the last at \(wire.lastSend) ms)")
+        }
+    }
+
+    /// At a scan during a local fault: whether the rule can see it now, every backend of the pool that
+    /// holds a connection (two or more; one alone cannot tell a local fault from its own path's:
+    /// StuckJudgement) holding one that the fault has left waiting half of `stuck_after`, a timer fired
+    /// (in trouble). A fault seen once holds its connections after it lifts.
+    func noteLocalFault(pool: PoolConfiguration) {
+        guard let fault = localFaultActive(at: now) else { return }
+        let after = Int(pool.stuckAfter.seconds * 1000)
+        let holding = Set(connections.map(\.backend)).intersection(pool.backends.map(index(of:)))
+        func inTrouble(_ connection: Connection) -> Bool {
+            holding.contains(connection.backend) && connection.wire.cause == .local && connection.wire.localFault == fault.from
+                && (connection.wire.waitingSince ?? now) <= now - after / 2 - 250
+        }
+        let seen = holding.count >= 2 && holding.allSatisfy { backend in connections.contains { $0.backend == backend && inTrouble($0) } }
+        guard seen else { return }
+        for index in connections.indices where inTrouble(connections[index]) { connections[index].wire.troubleSeenIn = fault.from }
+    }
+
+    /// Liveness for a blackholed writer toward a backend that stays up, in a quiet world: ended
+    /// within a write period, `stuck_after`, two scans and a slow pass.
+    func checkStuckLiveness(connection id: Int, since: Int) {
+        guard let connection = connections.first(where: { $0.id == id }) else { return }
+        // Another connection blackholed toward every other backend holding connections looks like a
+        // fault on this side (StuckJudgement): it is held, so only a lone blackhole owes liveness.
+        let quiet = world.happenings.allSatisfy { happening in
+            happening.at == since || happening.at < since - 10_000 || happening.at > now
+        }
+        guard quiet, conditions.allSatisfy({ $0 == .alive }) else { return }
+        fail("a blackholed connection to backend \(connection.backend) (writes every \(connection.wire.writeEvery ?? 0) ms) still open")
+    }
+}
