@@ -195,6 +195,17 @@ import Testing
         #expect(judgement.endable == [1, 2])
     }
 
+    /// One endpoint, one verdict: a pool of one backend cannot see a local fault, so a connection that
+    /// another pool holding the same backend holds is not ended by it (simulation seed 3,419).
+    @Test func aConnectionAnotherPoolHoldsIsNotEndedByAPoolOfOne() {
+        let stuck = waiting(1, toward: Self.a, lastAck: 2100, fires: 2)
+        let alone = StuckJudgement(
+            listed: [stuck], pool: [Self.a], stuckAfterMilliseconds: after, carried: .init(), heldElsewhere: [1], at: Self.t0)
+        #expect(alone.condemned == [1])
+        #expect(alone.endable.isEmpty)
+        #expect(judge([stuck], pool: [Self.a]).endable == [1])
+    }
+
     /// One backend alone (incident 3: a balancer lost one flow's state) says nothing of where the fault is.
     @Test func aPoolOfOneBackendIsNeverALocalFault() {
         let judgement = judge([waiting(1, toward: Self.a, lastAck: 2100, fires: 2)], pool: [Self.a])
@@ -225,7 +236,7 @@ import Testing
         #expect(lifted.condemned == [2])
         #expect(!lifted.localFault)
         #expect(lifted.endable.isEmpty)
-        #expect(lifted.carried.held == [2: .init(timerFires: 5, lastAckMilliseconds: 7200)])
+        #expect(lifted.carried.held == [2: .init(timerFires: 5, lastAckMilliseconds: 7200, sinceLift: true)])
         // One more unanswered probe may still have gone into the fault: held.
         let once = judge([healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 9000, fires: 6)], carried: lifted.carried)
         #expect(once.endable.isEmpty)
@@ -239,15 +250,76 @@ import Testing
     /// still broken, and it is ended.
     @Test func aHeldConnectionWhosePathStaysBrokenIsEndedAfterTwoMoreFires() {
         let carried = heldThroughAFault()
-        let twice = judge([healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 26_000, fires: 7)], carried: carried)
+        let lifted = judge([healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 7_700, fires: 5)], carried: carried)
+        #expect(lifted.endable.isEmpty)
+        let twice = judge([healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 26_000, fires: 7)], carried: lifted.carried)
         #expect(twice.endable == [2])
         #expect(twice.carried.held.isEmpty)
+    }
+
+    /// What a lifted fault still holds says nothing of a new one: A's leftover (its next probe far
+    /// away) and B's fresh blackhole are no local fault, and B's is ended (simulation seed 6,407).
+    @Test func aLiftedFaultsLeftoversDoNotMakeANewBlackholeLocal() {
+        let carried = heldThroughAFault()
+        let lift = judge([waiting(1, toward: Self.a, lastAck: 8_000, fires: 5), healthy(2, toward: Self.b)], carried: carried)
+        #expect(lift.carried.faultLifted)
+        let blackhole = judge(
+            [waiting(1, toward: Self.a, lastAck: 9_000, fires: 5), waiting(3, toward: Self.b, lastAck: 2_100, fires: 2)],
+            carried: lift.carried)
+        #expect(!blackhole.everyBackendInTrouble)
+        #expect(blackhole.endable == [3])
+        // The other way: before the lift is known, the same listing is the fault going on.
+        #expect(
+            judge(
+                [waiting(1, toward: Self.a, lastAck: 9_000, fires: 5), waiting(3, toward: Self.b, lastAck: 2_100, fires: 2)],
+                carried: carried
+            ).endable.isEmpty)
+    }
+
+    /// A fault that goes on unseen: A's held connection is gone (reaped) and A's new one is idle, so
+    /// no scan sees every backend in trouble, but nothing the fault held was acknowledged either. B's
+    /// fires go into the fault and release nothing, however many (simulation seeds 1,192, 3,419, 5,611).
+    @Test func firesIntoAFaultThatGoesOnUnseenReleaseNothing() {
+        let fault = judge([
+            waiting(1, toward: Self.a, lastAck: 7000, fires: 5), waiting(2, toward: Self.b, lastAck: 7200, fires: 5),
+            waiting(4, toward: Self.b, lastAck: 7100, fires: 5),
+        ])
+        #expect(fault.localFault)
+        let unseen = judge(
+            [
+                healthy(3, toward: Self.a), waiting(2, toward: Self.b, lastAck: 26_000, fires: 7),
+                waiting(4, toward: Self.b, lastAck: 26_000, fires: 7),
+            ],
+            carried: fault.carried)
+        #expect(!unseen.everyBackendInTrouble)
+        #expect(unseen.endable.isEmpty)
+        #expect(unseen.carried.held[2] == .init(timerFires: 5, lastAckMilliseconds: 7200))
+        let later = judge(
+            [
+                healthy(3, toward: Self.a), waiting(2, toward: Self.b, lastAck: 60_000, fires: 9),
+                waiting(4, toward: Self.b, lastAck: 60_000, fires: 9),
+            ],
+            carried: unseen.carried)
+        #expect(later.endable.isEmpty)
+        #expect(!later.carried.faultLifted)
+        // The other way: B's other held connection acknowledged is the lift; from then two fires end 2.
+        let lift = judge(
+            [healthy(3, toward: Self.a), waiting(2, toward: Self.b, lastAck: 61_000, fires: 9), healthy(4, toward: Self.b)],
+            carried: later.carried)
+        #expect(lift.endable.isEmpty)
+        #expect(lift.carried.faultLifted)
+        #expect(
+            judge([healthy(3, toward: Self.a), waiting(2, toward: Self.b, lastAck: 420_000, fires: 11)], carried: lift.carried).endable == [
+                2
+            ])
     }
 
     /// A retransmission sent less than a round trip ago may still be answered: the second fire after
     /// the fault, 21 ms before the scan, releases nothing yet (simulation seed 1,053).
     @Test func aFireJustSentIsNotYetUnanswered() {
-        let carried = heldThroughAFault()
+        let carried = judge(
+            [healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 7_700, fires: 5)], carried: heldThroughAFault()
+        ).carried
         var justSent = waiting(2, toward: Self.b, lastAck: 26_000, fires: 7)
         justSent.tcpInfo?.lastDataSentMilliseconds = 21
         let soon = judge([healthy(1, toward: Self.a), justSent], carried: carried)

@@ -113,8 +113,10 @@ public actor WorkerReapKernel: ReapKernel {
             }
         }
         let carriedIn = stuckCarried[pool.name] ?? StuckJudgement.Carried()
+        let heldElsewhere = stuckCarried.filter { $0.key != pool.name }.values.reduce(into: Set<UInt64>()) { $0.formUnion($1.held.keys) }
         let judgement = StuckJudgement(
-            listed: listed, pool: pool.backends, stuckAfterMilliseconds: afterMilliseconds, carried: carriedIn, at: .now)
+            listed: listed, pool: pool.backends, stuckAfterMilliseconds: afterMilliseconds, carried: carriedIn,
+            heldElsewhere: heldElsewhere, at: .now)
         stuckCarried[pool.name] = judgement.carried
         if judgement.localFault {
             var held = NamespaceReport(namespace: nil, report: PurgeReport())

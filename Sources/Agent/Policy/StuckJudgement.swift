@@ -16,9 +16,13 @@ import SockDiag
 ///   it has waited, and no ACK for `troubleAfter`, a lower threshold than `stuck_after`.
 /// - Once the fault lifts, each connection recovers at its own next retransmission, seconds apart
 ///   under the kernel's backoff; the one still waiting would be the pool's only stuck connection. So a
-///   connection in trouble during a local fault is held: not ended until its own timer fired
-///   `timerFiresToRelease` more times unanswered since the last scan that saw the fault, or it is
-///   acknowledged (then it is healthy, and the hold goes).
+///   connection in trouble during a local fault is held: not ended until the fault is known to have
+///   lifted (another connection it held was acknowledged) and its own timer fired
+///   `timerFiresToRelease` more times unanswered since, or it is acknowledged (then it is healthy, and
+///   the hold goes). Not from the last scan that saw the fault: scans may stop meanwhile (the guard
+///   holds them while no backend answers) or stop seeing a fault that goes on (a backend's
+///   connections reaped and made anew, or drained), and fires into a fault that goes on prove nothing
+///   of the connection's own path (simulation seeds 1,192, 3,419 and 5,611).
 ///
 /// How long data has waited is measured across scans too (`StuckRule`): a connection that writes
 /// once every few seconds shows an old last ACK the moment it writes, so one lost segment is no
@@ -38,22 +42,30 @@ public struct StuckJudgement: Sendable, Equatable {
         /// Sockets in trouble during a local fault, as the last scan that saw the fault found them.
         public var held: [UInt64: Hold] = [:]
 
-        public init(waitingSince: [UInt64: ContinuousClock.Instant] = [:], held: [UInt64: Hold] = [:]) {
+        /// A connection the fault held was acknowledged since the last scan that saw it: the fault lifted.
+        public var faultLifted: Bool
+
+        public init(waitingSince: [UInt64: ContinuousClock.Instant] = [:], held: [UInt64: Hold] = [:], faultLifted: Bool = false) {
             self.waitingSince = waitingSince
             self.held = held
+            self.faultLifted = faultLifted
         }
     }
 
-    /// A connection in trouble during a local fault, as the last scan that saw the fault found it.
+    /// A connection in trouble during a local fault, as the last scan that saw the fault found it,
+    /// then as the first scan that knew the fault lifted found it (`sinceLift`).
     public struct Hold: Sendable, Equatable {
         /// Its retransmission and window-probe timers' unanswered fires (tcpi_retransmits + tcpi_probes).
         public var timerFires: Int
         /// Its last ACK's age then: a younger one later means it was acknowledged since.
         public var lastAckMilliseconds: UInt32
+        /// `timerFires` counts from a scan that knew the fault lifted.
+        public var sinceLift: Bool
 
-        public init(timerFires: Int, lastAckMilliseconds: UInt32) {
+        public init(timerFires: Int, lastAckMilliseconds: UInt32, sinceLift: Bool = false) {
             self.timerFires = timerFires
             self.lastAckMilliseconds = lastAckMilliseconds
+            self.sinceLift = sinceLift
         }
     }
 
@@ -80,15 +92,15 @@ public struct StuckJudgement: Sendable, Equatable {
     /// 0.6, 1.4 s), and counting those would hold a real one-path fault's connections longer.
     public static func troubleAfter(stuckAfterMilliseconds after: UInt32) -> UInt32 { after / 2 }
 
-    /// Unanswered timer fires past the last local-fault scan that show a held connection's own path
-    /// still broken. Two, not one: the fault can lift up to a scan after the last scan that saw it, so
-    /// the first fire may still have gone into it; the second comes a doubled RTO later (at least 1.6 s
-    /// once data has waited `troubleAfter`, at least 1 s), past that scan.
+    /// Unanswered timer fires past the scan that knew the fault lifted that show a held connection's
+    /// own path still broken. Two, not one: the fault lifts for each path at its own instant, so the
+    /// first fire may still go into it; the second comes a doubled RTO later (at least 1.6 s once data
+    /// has waited `troubleAfter`).
     public static let timerFiresToRelease = 2
 
     public init(
         listed sockets: [DiagnosedSocket], pool backends: [Endpoint], stuckAfterMilliseconds after: UInt32, carried previous: Carried,
-        at now: ContinuousClock.Instant
+        heldElsewhere: Set<UInt64> = [], at now: ContinuousClock.Instant
     ) {
         let pool = Set(backends)
         var waitingSince: [UInt64: ContinuousClock.Instant] = [:], waits: [UInt64: UInt32] = [:]
@@ -114,7 +126,10 @@ public struct StuckJudgement: Sendable, Equatable {
             suspects.insert(socket.id.cookie)
             guard trouble.condemns(socket) else { continue }
             troubled.append(socket)
-            troubledBackends.insert(socket.remote.unmapped)
+            // What a lifted fault still holds (a shut window's next probe can be a minute away) says
+            // nothing of a new one (simulation seed 6,407: such leftovers toward two backends made a
+            // blackhole toward the third look like a fault here, and it was never ended).
+            if !(previous.faultLifted && previous.held[socket.id.cookie] != nil) { troubledBackends.insert(socket.remote.unmapped) }
             if stuck.condemns(socket) { condemned.insert(socket.id.cookie) }
         }
         // Every backend that holds a connection: one that holds none (a dead one whose connections
@@ -122,27 +137,44 @@ public struct StuckJudgement: Sendable, Equatable {
         let holding = Set(sockets.map(\.remote.unmapped)).intersection(pool)
         let everyBackend = holding.count >= 2 && holding.isSubset(of: troubledBackends)
         var held: [UInt64: Hold] = [:]
+        var lifted = false
         if everyBackend {
             for socket in troubled { held[socket.id.cookie] = Self.hold(socket) }
         } else {
+            // The fault has lifted once a connection it held is acknowledged: still listed, and no
+            // longer waiting or with a younger last ACK. Until then it may go on unseen.
+            lifted =
+                previous.faultLifted
+                || sockets.contains { socket in
+                    guard let recorded = previous.held[socket.id.cookie] else { return false }
+                    return !suspects.contains(socket.id.cookie) || Self.acknowledged(socket, since: recorded)
+                }
             // Kept while still waiting: a held socket no longer suspicious was acknowledged (or went idle,
             // or is gone), and is healthy or none of ours.
             for socket in sockets where suspects.contains(socket.id.cookie) {
                 guard let recorded = previous.held[socket.id.cookie] else { continue }
                 let current = Self.hold(socket)
-                let acknowledgedSince =
-                    current.lastAckMilliseconds < recorded.lastAckMilliseconds || current.timerFires < recorded.timerFires
+                guard !Self.acknowledged(socket, since: recorded) else { continue }
+                guard lifted, recorded.sinceLift else {
+                    held[socket.id.cookie] =
+                        lifted
+                        ? Hold(
+                            timerFires: current.timerFires, lastAckMilliseconds: recorded.lastAckMilliseconds, sinceLift: true) : recorded
+                    continue
+                }
                 // A fire counts once its answer is overdue: the last went out an RTT ago or more.
                 let stillBrokenAfterTheFault =
                     current.timerFires >= recorded.timerFires + Self.timerFiresToRelease && Self.lastFireUnanswered(socket)
-                if !acknowledgedSince, !stillBrokenAfterTheFault { held[socket.id.cookie] = recorded }
+                if !stillBrokenAfterTheFault { held[socket.id.cookie] = recorded }
             }
         }
         self.observedWaits = waits
         self.condemned = condemned
         self.everyBackendInTrouble = everyBackend
-        self.endable = everyBackend ? [] : condemned.subtracting(held.keys)
-        self.carried = Carried(waitingSince: waitingSince, held: held)
+        // One endpoint, one verdict: a connection another pool holding its backend holds (a local fault
+        // that pool sees, which this one, a pool of one, cannot) is not ended here (simulation seed 3,419).
+        self.endable = everyBackend ? [] : condemned.subtracting(held.keys).subtracting(heldElsewhere)
+        self.carried = Carried(waitingSince: waitingSince, held: held, faultLifted: lifted && !held.isEmpty)
     }
 
     /// A retransmission's answer takes a round trip: one sent less than twice the smoothed RTT ago
@@ -151,6 +183,11 @@ public struct StuckJudgement: Sendable, Equatable {
     static func lastFireUnanswered(_ socket: DiagnosedSocket) -> Bool {
         guard let info = socket.tcpInfo, info.unacked > 0 else { return true }
         return info.lastDataSentMilliseconds >= max(200, 2 * info.rttMicroseconds / 1000)
+    }
+
+    static func acknowledged(_ socket: DiagnosedSocket, since recorded: Hold) -> Bool {
+        let current = hold(socket)
+        return current.lastAckMilliseconds < recorded.lastAckMilliseconds || current.timerFires < recorded.timerFires
     }
 
     static func hold(_ socket: DiagnosedSocket) -> Hold {

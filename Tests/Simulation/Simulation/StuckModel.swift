@@ -198,9 +198,10 @@ extension Simulator {
         noteLocalFault(pool: pool)
         let listed = connections.filter { members.contains($0.backend) }
         let after = UInt32(pool.stuckAfter.seconds * 1000)
+        let heldElsewhere = stuckCarried.filter { $0.key != poolName }.values.reduce(into: Set<UInt64>()) { $0.formUnion($1.held.keys) }
         let judgement = StuckJudgement(
             listed: listed.map(diagnosed), pool: pool.backends, stuckAfterMilliseconds: after, carried: stuckCarried[poolName] ?? .init(),
-            at: instant(now))
+            heldElsewhere: heldElsewhere, at: instant(now))
         stuckCarried[poolName] = judgement.carried
         guard !judgement.localFault, !judgement.endable.isEmpty else { return ([], 0, judgement.localFault) }
         let rule = StuckRule(afterMilliseconds: after, observedWaits: judgement.observedWaits, onlyAmong: judgement.endable)

@@ -160,10 +160,14 @@ public struct World: Sendable {
             for index in configuration.pools.indices { configuration.pools[index].stuckAfter = .milliseconds(after) }
             for _ in 0..<stuckRandom.int(in: 0...3) {
                 let at = stuckRandom.int(in: 1_000...40_000)
-                if stuckRandom.chance(0.5) {
-                    happenings.append(.blackhole(at: at, backend: stuckRandom.int(in: 0..<count)))
-                } else {
-                    happenings.append(.localFault(at: at, lasting: stuckRandom.pick([300, 1_500, 4_000, 9_000])))
+                switch stuckRandom.int(in: 0...2) {
+                case 0: happenings.append(.blackhole(at: at, backend: stuckRandom.int(in: 0..<count)))
+                case 1: happenings.append(.localFault(at: at, lasting: stuckRandom.pick([300, 1_500, 4_000, 9_000])))
+                default:
+                    // A burst of loss on one backend's path (a flapping link): writes caught in it retransmit.
+                    let backend = stuckRandom.int(in: 0..<count)
+                    happenings.append(.becomes(at: at, backend: backend, .paused))
+                    happenings.append(.becomes(at: at + stuckRandom.int(in: 300...1_200), backend: backend, .alive))
                 }
             }
         }
