@@ -116,7 +116,8 @@ let package = Package(
             swiftSettings: strict),
         // The deterministic simulation (Tests/Simulation): the agent's decisions against a fake world.
         .target(
-            name: "Simulation", dependencies: ["Agent", "Health", "NetworkAddress", "Reaper", "SockDiag"],
+            name: "Simulation",
+            dependencies: ["Agent", "Health", "NetworkAddress", "Reaper", "SockDiag", .product(name: "Logging", package: "swift-log")],
             path: "Tests/Simulation/Simulation",
             swiftSettings: strict),
         .executableTarget(name: "Simulate", dependencies: ["Simulation"], path: "Tests/Simulation/Simulate", swiftSettings: strict),

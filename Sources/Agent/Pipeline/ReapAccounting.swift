@@ -7,21 +7,28 @@ import Reaper
 import OS
 
 /// The one step every path's results go through: metrics, the audit line, /status. A reap of a
-/// dead backend, a paced drain close and a stuck connection are accounted the same way.
-struct ReapAccounting: Sendable {
+/// dead backend, a paced drain close and a stuck connection are accounted the same way. Public for
+/// the simulation, which checks that every end it makes is in exactly one audit record.
+public struct ReapAccounting: Sendable {
     let state: AgentState
     let metrics: AgentMetrics
     let logger: Logger
     let troubleLog = NetlinkTroubleLog()
+
+    public init(state: AgentState, metrics: AgentMetrics, logger: Logger) {
+        self.state = state
+        self.metrics = metrics
+        self.logger = logger
+    }
 
     static let dryRunSample = 8
     static let allDownMessage = Logger.Message(
         stringLiteral:
             "every backend of the pool looks down: reaping nothing (the probes are the likely fault; set reap_when_all_down to override)")
 
-    struct Tally {
-        var ended = 0
-        var leftByLimit = 0
+    public struct Tally: Sendable {
+        public var ended = 0
+        public var leftByLimit = 0
     }
 
     func changed(_ key: BackendKey, from: BackendState, to: BackendState, failure: ProbeFailure?, detail: String) {
@@ -134,7 +141,7 @@ struct ReapAccounting: Sendable {
     }
 
     /// A pass over one backend: a dead one's, a paced drain's, or `reap_on: unhealthy`'s.
-    func reaped(_ reports: [NamespaceReport], key: BackendKey, reason: ReapReason, dryRun: Bool) -> Tally {
+    public func reaped(_ reports: [NamespaceReport], key: BackendKey, reason: ReapReason, dryRun: Bool) -> Tally {
         var tally = Tally()
         for part in reports {
             netlinkTrouble(part, key: key)
@@ -213,7 +220,7 @@ struct ReapAccounting: Sendable {
     }
 
     /// A stuck scan over a pool: one audit line per condemned connection, with its evidence.
-    func stuck(_ reports: [NamespaceReport], pool: String, dryRun: Bool) -> Tally {
+    public func stuck(_ reports: [NamespaceReport], pool: String, dryRun: Bool) -> Tally {
         var tally = Tally()
         for part in reports {
             guard let report = part.report else {
@@ -239,7 +246,7 @@ struct ReapAccounting: Sendable {
                 var metadata: Logger.Metadata = [
                     "pool": "\(pool)", "backend": "\(socket.remote)", "local": "\(socket.local)",
                     "reason": "stuck", "evidence": "\(StuckRule.evidence(socket))", "dry_run": .stringConvertible(dryRun),
-                    "conntrack": .stringConvertible(deleted),
+                    "conntrack": .stringConvertible(deleted), "cookie": .stringConvertible(socket.id.cookie),
                 ]
                 if let namespace = part.namespace { metadata["netns"] = "\(namespace)" }
                 if let error = result.outcome.error { metadata["error"] = "\(error)" }

@@ -45,6 +45,10 @@ public final class Simulator {
 
     let world: World
     let state: AgentState
+    /// The agent's own accounting of each pass, into a captured audit and a metrics registry.
+    let audit = AuditCapture()
+    let metrics = AgentMetrics()
+    let accounting: ReapAccounting
     let t0 = ContinuousClock.now
     var now = 0
     var queue = JobQueue<Job>()
@@ -82,6 +86,7 @@ public final class Simulator {
     public init(world: World) {
         self.world = world
         state = AgentState(configuration: world.configuration)
+        accounting = ReapAccounting(state: state, metrics: metrics, logger: audit.logger())
         random = SimRandom(seed: world.seed ^ 0x5151)
         conditions = world.backends.map { _ in .alive }
         conditionSince = world.backends.map { _ in 0 }
@@ -123,6 +128,7 @@ public final class Simulator {
             now = item.at
             perform(item.job)
         }
+        if violation == nil { checkMetricsAgainstAudit() }
     }
 
     func perform(_ job: Job) {
@@ -370,6 +376,7 @@ public final class Simulator {
             let matching = scope == .newConnects ? [] : connections.filter { $0.backend == backend }
             let ended = Array(matching.prefix(limit))
             for connection in ended { end(connection, reason: reason, passStarted: now, decided: decided, key: key) }
+            account(ended, key: key, pool: key.pool, reason: reason)
             schedule(finish, .done(lane: lane))
             deliver(
                 at: finish,
@@ -387,6 +394,7 @@ public final class Simulator {
                     connection, reason: .stuck, passStarted: now, decided: decided,
                     key: BackendKey(pool: pool, backend: world.backends[connection.backend]))
             }
+            account(scan.ended, key: nil, pool: pool, reason: .stuck)
             schedule(finish, .done(lane: lane))
             if scan.localFault { deliver(at: finish, .stuckLocalFault(pool: pool)) }
             deliver(
