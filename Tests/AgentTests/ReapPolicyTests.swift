@@ -526,17 +526,24 @@ import Conntrack
         #expect(later.count <= 1, "\(later)")
     }
 
-    @Test func stuckScansComeOnTheirPeriodWithTheBudgetAsLimit() {
+    @Test func stuckScansComeOnTheirPeriodHoldingASecondsRefillAtMost() {
         var policy = upPolicy(configuration { $0.stuckAfter = .seconds(2) })
         #expect(policy.nextDeadline == at(500))  // scheduled from the start: a quarter of stuck_after
         #expect(policy.handle(.tick(at(490))).isEmpty)
-        #expect(policy.handle(.tick(at(500))) == [.scanStuck(pool: "api", limit: 5_000)])
-        _ = policy.handle(
-            .reaped(.init(pool: "api", backend: nil, reason: .stuck, ended: 4_990, leftByLimit: 0, at: at(510), granted: 5_000)))
-        // 10 tokens left, plus 490 ms at 500 a second.
-        // 10 tokens came back with the outcome, plus 500 a second from 510: nothing refills while the
-        // whole burst is reserved, so an unused reservation never lets more than the burst go at once.
-        #expect(policy.handle(.tick(at(1_000))) == [.scanStuck(pool: "api", limit: 255)])
+        #expect(policy.handle(.tick(at(500))) == [.scanStuck(pool: "api", limit: 500)])
+        _ = policy.handle(.reaped(.init(pool: "api", backend: nil, reason: .stuck, ended: 490, leftByLimit: 0, at: at(510), granted: 500)))
+        // 4,510 tokens left: the next scan again holds a second's refill.
+        #expect(policy.handle(.tick(at(1_000))) == [.scanStuck(pool: "api", limit: 500)])
+    }
+
+    /// The other way: with less than a second's refill left (burst 600 at 500 a second), the scan
+    /// takes what is left.
+    @Test func aStuckScanTakesWhatIsLeftBelowASecondsRefill() {
+        var policy = upPolicy(configuration({ $0.stuckAfter = .seconds(2) }, top: { $0.maxSocketsBurst = 600 }))
+        #expect(policy.handle(.tick(at(500))) == [.scanStuck(pool: "api", limit: 500)])
+        _ = policy.handle(.reaped(.init(pool: "api", backend: nil, reason: .stuck, ended: 500, leftByLimit: 0, at: at(501), granted: 500)))
+        // 100 left, plus 499 ms at 500 a second.
+        #expect(policy.handle(.tick(at(1_000))) == [.scanStuck(pool: "api", limit: 349)])
     }
 
     /// Backend 3 found dead at 705 (backend 1 answered at 702, its evidence silent), with backend 2 reaped since 500.

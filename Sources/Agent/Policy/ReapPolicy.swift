@@ -620,7 +620,11 @@ public struct ReapPolicy: Sendable {
             }
             if let every = pool.stuckScanEvery, let due = nextStuckScan[pool.name], now >= due {
                 nextStuckScan[pool.name] = now + every
-                let limit = budget.available()
+                // A scan mostly ends nothing: it holds no more than a second's refill, so that it never
+                // keeps a dead backend's pass or another pool's scan waiting for the whole bucket (the
+                // simulation's worlds of two pools suppressed the second's scans as `budget`). What it
+                // leaves, the next scan takes, a quarter of stuck_after later.
+                let limit = min(budget.available(), budget.perSecond)
                 if !pool.backends.contains(where: { answersNow(BackendKey(pool: pool.name, backend: $0)) }) {
                     // A stuck connection's client reconnects: only where some backend answers now.
                     actions += suppress(pool: pool.name, backend: nil, .allBackendsDown)
