@@ -47,7 +47,7 @@ struct PurgePlan: Sendable {
     struct SocketChoice: Equatable {
         /// Destroyed now, in dump order.
         var destroy: [DiagnosedSocket] = []
-        /// This process's own (the agent's probes): never destroyed.
+        /// This process's own (the agent's probes): never destroyed, and their entries stay too.
         var own: [DiagnosedSocket] = []
         /// Beyond the limit: left for a later purge, with their entries (so their RST is still
         /// reverse-NATed when they go).
@@ -94,9 +94,10 @@ struct PurgePlan: Sendable {
 
     /// Whether the dumps may leave the direct flows (original destination an IPv4 host) unlisted, for
     /// one original-destination flush to take: decided before any socket is counted, so never where
-    /// the flush could take what must stay (the sockets a limit leaves).
+    /// the flush could take what must stay (the sockets a limit leaves, the agent's own probes:
+    /// those are known only once the walk is over). The agent always sets a limit, so this is the CLI's.
     var directFlowsMayGoUnlisted: Bool {
-        acting && flushMode != .never && socketLimit == nil && flushSupported != false
+        acting && flushMode != .never && socketLimit == nil && !sparingOwnSockets && flushSupported != false
             && ConntrackTable.flushesDirectFlows(of: matcher.destinations)
     }
 
@@ -122,30 +123,33 @@ struct PurgePlan: Sendable {
     var deletesOnlyEntriesOfReportedSockets: Bool { matcher.stuck != nil }
 
     /// The listed entries this purge deletes: those the matcher names, less what an earlier round
-    /// deleted, the flows the limit left (their sockets still live) and, with a stuck rule, every
+    /// deleted, the flows the limit left (their sockets still live), this process's own flows (a probe
+    /// whose entry went would lose its NAT mapping mid-connection) and, with a stuck rule, every
     /// flow but the condemned sockets'.
     func entries(
-        in listed: [ConntrackEntry], deleted: Set<ConntrackEntry.Identity>, leftByLimit: Set<Flow>,
+        in listed: [ConntrackEntry], deleted: Set<ConntrackEntry.Identity>, leftByLimit: Set<Flow>, own: Set<Flow>,
         onlyFlows: Set<Flow>?
     ) -> [EntryTarget] {
         listed.compactMap { entry -> EntryTarget? in
             guard let matchedBy = matcher.match(entry), deleted.isEmpty || !deleted.contains(entry.identity) else { return nil }
-            if leftByLimit.isEmpty && onlyFlows == nil { return (entry, matchedBy) }
+            if leftByLimit.isEmpty && own.isEmpty && onlyFlows == nil { return (entry, matchedBy) }
             let flow = Flow(entry)
-            guard !leftByLimit.contains(flow), onlyFlows?.contains(flow) ?? true else { return nil }
+            guard !leftByLimit.contains(flow), !own.contains(flow), onlyFlows?.contains(flow) ?? true else { return nil }
             return (entry, matchedBy)
         }
     }
 
     /// Which sides of the IPv4 host destinations to flush for `targets`, or nil where no flush may be
     /// used at all: a stuck rule (single sockets), sockets a limit left (a flush would take their
-    /// entries), the mode `never`, or a kernel that refused. Each side on its own
-    /// count: every flush walks the host's whole table. `originalSideFlushed`: that flush already ran,
-    /// before the dump listed the direct flows.
+    /// entries), own flows among the matches (a flush names destinations, never flows, so it cannot
+    /// leave a probe's entry out; a probe begun after the walk is not seen, but toward a destination
+    /// found dead it is at most connecting, and its next SYN makes its entry again), the mode `never`,
+    /// or a kernel that refused. Each side on its own count: every flush walks the host's whole table.
+    /// `originalSideFlushed`: that flush already ran, before the dump listed the direct flows.
     func flushSides(
-        for targets: [EntryTarget], originalSideFlushed: Bool, limitLeftSockets: Bool
+        for targets: [EntryTarget], originalSideFlushed: Bool, limitLeftSockets: Bool, ownFlows: Bool
     ) -> Set<ConntrackTable.FlushSide>? {
-        guard matcher.stuck == nil, !limitLeftSockets, flushMode != .never, flushSupported != false else { return nil }
+        guard matcher.stuck == nil, !limitLeftSockets, !ownFlows, flushMode != .never, flushSupported != false else { return nil }
         let named = namedByFlush
         var dialled = 0
         var translatedHere = 0

@@ -188,6 +188,7 @@ public final class Purger {
                     dump.sockets.filter { matcher.isTowardDestinations($0) && rule.isSuspicious($0) }.map(\.id.cookie))
             }
             let choice = plan.directSockets(in: dump.sockets, ended: ended) { ownBefore.union(OwnSockets.inodes()) }
+            report.ownFlows.formUnion(choice.own.map(Flow.init))
             if options.socketLimit != nil, !choice.leftByLimit.isEmpty {
                 report.socketsLeftByLimit = choice.leftByLimit.count
                 report.flowsLeftByLimit.formUnion(choice.leftByLimit.map(Flow.init))
@@ -232,6 +233,7 @@ public final class Purger {
             in: dump.sockets, translated: translated, reported: Set(report.sockets.map(\.socket.id.cookie)),
             reportedCount: report.sockets.count
         ) { ownBefore.union(OwnSockets.inodes()) }
+        report.ownFlows.formUnion(choice.own.map(Flow.init))
         report.socketsLeftByLimit += choice.leftByLimit.count
         report.flowsLeftByLimit.formUnion(choice.leftByLimit.map(Flow.init))
         let targets = choice.destroy
@@ -269,7 +271,7 @@ public final class Purger {
             }
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "IPCTNL_MSG_CT_GET")
             let targets = plan.entries(
-                in: dump.entries, deleted: deleted, leftByLimit: report.flowsLeftByLimit,
+                in: dump.entries, deleted: deleted, leftByLimit: report.flowsLeftByLimit, own: report.ownFlows,
                 onlyFlows: plan.deletesOnlyEntriesOfReportedSockets ? Set(report.sockets.map { Flow($0.socket) }) : nil)
             guard plan.acting else {
                 report.conntrack += targets.map { .init(entry: $0.entry, matchedBy: $0.matchedBy, outcome: idle) }
@@ -329,7 +331,8 @@ public final class Purger {
         let current = plan.knowing(flushSupported: ConntrackTable.flushSupported.withLock({ $0 }))
         guard
             let sides = current.flushSides(
-                for: targets, originalSideFlushed: originalSideFlushed, limitLeftSockets: !report.flowsLeftByLimit.isEmpty)
+                for: targets, originalSideFlushed: originalSideFlushed, limitLeftSockets: !report.flowsLeftByLimit.isEmpty,
+                ownFlows: !report.ownFlows.isEmpty)
         else { return targets }
         var flushed: Set<ConntrackTable.FlushSide> = originalSideFlushed ? [.originalDestination] : []
         if !sides.isEmpty {

@@ -5,7 +5,7 @@ import SockDiag
 import Testing
 
 /// The purge's decisions from what the dumps returned, without a kernel: what is destroyed, what the
-/// limit leaves, which entries go one by one and which by a flush, and which of the agent's own sockets stay.
+/// limit leaves, which entries go one by one and which by a flush, and what of the agent's own stays.
 @Suite struct PurgePlanTests {
     static let backend = endpoint("10.0.0.3", 6443)
     static let vip = endpoint("10.96.0.10", 443)
@@ -75,9 +75,9 @@ import Testing
         let plan = plan(limit: 10)
         let choice = plan.directSockets(in: sockets, ended: []) { [] }
         let left = Set(choice.leftByLimit.map(Flow.init))
-        let targets = plan.entries(in: clients(300).map { entry($0) }, deleted: [], leftByLimit: left, onlyFlows: nil)
+        let targets = plan.entries(in: clients(300).map { entry($0) }, deleted: [], leftByLimit: left, own: [], onlyFlows: nil)
         #expect(targets.map(\.entry.original.source) == clients(10))
-        #expect(plan.flushSides(for: targets, originalSideFlushed: false, limitLeftSockets: true) == nil)
+        #expect(plan.flushSides(for: targets, originalSideFlushed: false, limitLeftSockets: true, ownFlows: false) == nil)
         #expect(!plan.directFlowsMayGoUnlisted)
     }
 
@@ -101,12 +101,60 @@ import Testing
         }
     }
 
+    @Test func anOwnSocketsEntryStaysWhileTheOthersGo() {
+        let probe = socket(Self.client(50000), cookie: 1, inode: 77)
+        let plan = plan(sparing: true)
+        let own = Set(plan.directSockets(in: [probe]) { [77] }.own.map(Flow.init))
+        let listed = [entry(Self.client(50000)), entry(Self.client(40000)), entry(Self.client(40001))]
+        let targets = plan.entries(in: listed, deleted: [], leftByLimit: [], own: own, onlyFlows: nil)
+        #expect(targets.map(\.entry.original.source) == [Self.client(40000), Self.client(40001)])
+    }
+
+    @Test func aDualStackProbesEntryIsKnownByItsUnmappedFlow() {
+        guard case .v4(let value) = Self.client(50000).address, case .v4(let backend) = Self.backend.address else { return }
+        let mapped = socket(
+            Endpoint(address: .v4Mapped(value), port: 50000), Endpoint(address: .v4Mapped(backend), port: 6443), cookie: 1, inode: 5,
+            family: .inet6)
+        let plan = plan(sparing: true)
+        let own = Set(plan.directSockets(in: [mapped]) { [5] }.own.map(Flow.init))
+        #expect(plan.entries(in: [entry(Self.client(50000))], deleted: [], leftByLimit: [], own: own, onlyFlows: nil).isEmpty)
+    }
+
+    @Test func noFlushIsSentWhileAnOwnConnectionIsAmongTheMatches() {
+        let plan = plan(sparing: true)
+        let targets = plan.entries(in: clients(400).map { entry($0) }, deleted: [], leftByLimit: [], own: [], onlyFlows: nil)
+        #expect(
+            plan.flushSides(for: targets, originalSideFlushed: false, limitLeftSockets: false, ownFlows: false) == [.originalDestination])
+        #expect(plan.flushSides(for: targets, originalSideFlushed: false, limitLeftSockets: false, ownFlows: true) == nil)
+        // Nor does a purge that spares its own sockets let the direct flows go unlisted to a flush
+        // decided before the walk has seen them.
+        #expect(!plan.directFlowsMayGoUnlisted)
+        #expect(plan.listsDirectFlowsBeforeCounting == true)
+    }
+
+    @Test func anOwnConnectionThroughAVIPIsSparedWithItsEntry() {
+        let probe = socket(Self.client(50000), Self.vip, cookie: 1, inode: 77)
+        let other = socket(Self.client(40000), Self.vip, cookie: 2, inode: 78)
+        let listed = [
+            entry(Self.client(50000), Self.vip, repliedBy: Self.backend), entry(Self.client(40000), Self.vip, repliedBy: Self.backend),
+        ]
+        let translated = TranslatedFlows(listed, matcher: matcher)
+        let plan = plan(sparing: true)
+        let choice = plan.translatedSockets(in: [probe, other], translated: translated, reported: [], reportedCount: 0) { [77] }
+        #expect(choice.own == [probe] && choice.destroy == [other])
+        let targets = plan.entries(in: listed, deleted: [], leftByLimit: [], own: Set(choice.own.map(Flow.init)), onlyFlows: nil)
+        #expect(targets.map(\.entry.original.source) == [Self.client(40000)])
+        #expect(targets.map(\.matchedBy) == [.replySource])
+    }
+
+    // MARK: The flush threshold
+
     @Test func fromTwoHundredFiftySixEntriesOnASideOneFlushTakesThem() {
         let plan = plan()
-        let below = plan.entries(in: clients(255).map { entry($0) }, deleted: [], leftByLimit: [], onlyFlows: nil)
-        #expect(plan.flushSides(for: below, originalSideFlushed: false, limitLeftSockets: false) == [])
-        let at = plan.entries(in: clients(256).map { entry($0) }, deleted: [], leftByLimit: [], onlyFlows: nil)
-        #expect(plan.flushSides(for: at, originalSideFlushed: false, limitLeftSockets: false) == [.originalDestination])
+        let below = plan.entries(in: clients(255).map { entry($0) }, deleted: [], leftByLimit: [], own: [], onlyFlows: nil)
+        #expect(plan.flushSides(for: below, originalSideFlushed: false, limitLeftSockets: false, ownFlows: false) == [])
+        let at = plan.entries(in: clients(256).map { entry($0) }, deleted: [], leftByLimit: [], own: [], onlyFlows: nil)
+        #expect(plan.flushSides(for: at, originalSideFlushed: false, limitLeftSockets: false, ownFlows: false) == [.originalDestination])
         #expect(plan.flushRequests([.originalDestination]).count == 1)
         let split = plan.afterFlushes(at, flushed: [.originalDestination])
         #expect(split.byFlush.count == 256 && split.exact.isEmpty)
@@ -115,17 +163,17 @@ import Testing
     }
 
     @Test func theModeAndTheKernelDecideWhetherAFlushIsUsedAtAll() {
-        let few = plan().entries(in: [entry(Self.client(1))], deleted: [], leftByLimit: [], onlyFlows: nil)
-        let many = plan().entries(in: clients(300).map { entry($0) }, deleted: [], leftByLimit: [], onlyFlows: nil)
+        let few = plan().entries(in: [entry(Self.client(1))], deleted: [], leftByLimit: [], own: [], onlyFlows: nil)
+        let many = plan().entries(in: clients(300).map { entry($0) }, deleted: [], leftByLimit: [], own: [], onlyFlows: nil)
         #expect(
-            plan(mode: .always).flushSides(for: few, originalSideFlushed: false, limitLeftSockets: false)
+            plan(mode: .always).flushSides(for: few, originalSideFlushed: false, limitLeftSockets: false, ownFlows: false)
                 == [.originalDestination, .replySource])
-        #expect(plan(mode: .never).flushSides(for: many, originalSideFlushed: false, limitLeftSockets: false) == nil)
-        #expect(plan(supported: false).flushSides(for: many, originalSideFlushed: false, limitLeftSockets: false) == nil)
+        #expect(plan(mode: .never).flushSides(for: many, originalSideFlushed: false, limitLeftSockets: false, ownFlows: false) == nil)
+        #expect(plan(supported: false).flushSides(for: many, originalSideFlushed: false, limitLeftSockets: false, ownFlows: false) == nil)
         // Already flushed before the listing: not again.
-        #expect(plan().flushSides(for: many, originalSideFlushed: true, limitLeftSockets: false) == [])
+        #expect(plan().flushSides(for: many, originalSideFlushed: true, limitLeftSockets: false, ownFlows: false) == [])
         let stuck = DestinationMatcher(destinations: matcher.destinations, transports: [.tcp], stuck: StuckRule(afterMilliseconds: 1000))
-        #expect(plan(matcher: stuck).flushSides(for: many, originalSideFlushed: false, limitLeftSockets: false) == nil)
+        #expect(plan(matcher: stuck).flushSides(for: many, originalSideFlushed: false, limitLeftSockets: false, ownFlows: false) == nil)
     }
 
     @Test func theDirectFlowsGoUnlistedOnlyForALargeActingPurgeWithoutLimit() {
@@ -155,9 +203,9 @@ import Testing
         let plan = plan()
         let translated = clients(256).map { entry($0, Self.vip, repliedBy: Self.backend) }
         let direct = clients(3, from: 50000).map { entry($0) }
-        let targets = plan.entries(in: translated + direct, deleted: [], leftByLimit: [], onlyFlows: nil)
+        let targets = plan.entries(in: translated + direct, deleted: [], leftByLimit: [], own: [], onlyFlows: nil)
         #expect(targets.count { $0.matchedBy == .replySource } == 256)
-        #expect(plan.flushSides(for: targets, originalSideFlushed: false, limitLeftSockets: false) == [.replySource])
+        #expect(plan.flushSides(for: targets, originalSideFlushed: false, limitLeftSockets: false, ownFlows: false) == [.replySource])
         let split = plan.afterFlushes(targets, flushed: [.replySource])
         #expect(split.byFlush.count == 256)
         #expect(split.exact.map(\.entry.original.source) == clients(3, from: 50000))
@@ -183,9 +231,9 @@ import Testing
         let v6 = DestinationMatcher(destinations: [try! Destination(parsing: "[fd00::3]:6443")], transports: [.tcp])
         let plan = plan(matcher: v6)
         let listed = (0..<300).map { entry(Self.endpoint("fd00::10", UInt16(40000 + $0)), Self.endpoint("fd00::3", 6443)) }
-        let targets = plan.entries(in: listed, deleted: [], leftByLimit: [], onlyFlows: nil)
+        let targets = plan.entries(in: listed, deleted: [], leftByLimit: [], own: [], onlyFlows: nil)
         #expect(targets.count == 300)
-        #expect(plan.flushSides(for: targets, originalSideFlushed: false, limitLeftSockets: false) == [])
+        #expect(plan.flushSides(for: targets, originalSideFlushed: false, limitLeftSockets: false, ownFlows: false) == [])
         #expect(self.plan(mode: .always, matcher: v6).flushRequests([.originalDestination, .replySource]).isEmpty)
         #expect(self.plan(mode: .always, matcher: v6).afterFlushes(targets, flushed: [.originalDestination]).exact.count == 300)
         #expect(!plan.directFlowsMayGoUnlisted)
@@ -194,7 +242,7 @@ import Testing
     @Test func anEntryDeletedByAnEarlierRoundIsNotATargetAgainInAnyZone() {
         let first = entry(Self.client(1))
         let otherZone = entry(Self.client(1), zone: 7)
-        let targets = plan().entries(in: [first, otherZone], deleted: [first.identity], leftByLimit: [], onlyFlows: nil)
+        let targets = plan().entries(in: [first, otherZone], deleted: [first.identity], leftByLimit: [], own: [], onlyFlows: nil)
         #expect(targets.map(\.entry) == [otherZone])
     }
 
@@ -203,22 +251,25 @@ import Testing
         let plan = plan(matcher: stuck)
         #expect(plan.deletesOnlyEntriesOfReportedSockets)
         let condemned = Set([Flow(socket(Self.client(40001), cookie: 1))])
-        let targets = plan.entries(in: clients(3).map { entry($0) }, deleted: [], leftByLimit: [], onlyFlows: condemned)
+        let targets = plan.entries(in: clients(3).map { entry($0) }, deleted: [], leftByLimit: [], own: [], onlyFlows: condemned)
         #expect(targets.map(\.entry.original.source) == [Self.client(40001)])
     }
 
     // MARK: Dry run
 
     @Test func aDryRunPlansTheSameTargetsAndNeverFlushesUnlisted() {
-        let dry = plan(acting: false)
+        let dry = plan(acting: false, sparing: true)
         #expect(!dry.directFlowsMayGoUnlisted)
         #expect(dry.listsDirectFlowsBeforeCounting == true)
-        let toBackend = socket(Self.client(40000), cookie: 2)
-        #expect(dry.directSockets(in: [toBackend]) { [] }.destroy == [toBackend])
-        let targets = dry.entries(in: [entry(Self.client(40000))], deleted: [], leftByLimit: [], onlyFlows: nil)
+        let probe = socket(Self.client(50000), cookie: 1, inode: 77)
+        let other = socket(Self.client(40000), cookie: 2, inode: 78)
+        let choice = dry.directSockets(in: [probe, other]) { [77] }
+        #expect(choice.destroy == [other] && choice.own == [probe])
+        let targets = dry.entries(
+            in: [entry(Self.client(50000)), entry(Self.client(40000))], deleted: [], leftByLimit: [],
+            own: Set(choice.own.map(Flow.init)), onlyFlows: nil)
         #expect(targets.map(\.entry.original.source) == [Self.client(40000)])
     }
-
 }
 
 extension PurgePlan {
