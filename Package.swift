@@ -123,6 +123,8 @@ let package = Package(
         .executableTarget(name: "Simulate", dependencies: ["Simulation"], path: "Tests/Simulation/Simulate", swiftSettings: strict),
         .testTarget(name: "SimulationTests", dependencies: ["Simulation"], swiftSettings: strict),
         .testTarget(name: "NetworkAddressTests", dependencies: ["NetworkAddress"], swiftSettings: strict),
+        // The Reaper layer's pure decisions (PurgePlan), without root.
+        .testTarget(name: "ReaperTests", dependencies: ["Reaper", "SockDiag", "Conntrack", "NetworkAddress"], swiftSettings: strict),
         .testTarget(
             name: "AgentTests",
             dependencies: [

@@ -59,6 +59,9 @@ public struct PurgeReport: Sendable {
     public var socketsLeftByLimit = 0
     /// Their flows: their conntrack entries stay until they go, so their RST is still reverse-NATed.
     var flowsLeftByLimit: Set<Flow> = []
+    /// The flows of this process's own sockets that matched and were spared (the agent's probes):
+    /// their conntrack entries stay too, and no flush may be sent that would take them.
+    var ownFlows: Set<Flow> = []
     /// Trouble with the kernel interfaces that the purge rode out (a dump begun again, an ack lost),
     /// counted by what and why; failures are in `stepErrors` and the items' outcomes instead.
     public var troubles: [NetlinkTrouble: Int] = [:]

@@ -34,16 +34,14 @@ public final class Purger {
         }
     }
 
-    /// `auto`: a flush where at least `flushFrom` entries would go (one walk of the table costs about
+    /// `auto`: a flush where at least `PurgePlan.flushFrom` entries would go (one walk of the table costs about
     /// what a few hundred exact deletes do) and the kernel takes it. The direct flows toward an IPv4
-    /// host are counted by their sockets: from `flushFrom` ended, their entries are flushed without
+    /// host are counted by their sockets: from `PurgePlan.flushFrom` ended, their entries are flushed without
     /// a dump listing them first (the kernel built a message per entry, a third of a large purge's
     /// CPU), and counted by the table's size before and after.
     public enum ConntrackFlushMode: String, Sendable, CaseIterable {
         case auto, never, always
     }
-
-    static let flushFrom = 256
 
     private let socketDiagnostics: SocketDiagnostics?
     private let conntrackTable: ConntrackTable?
@@ -95,17 +93,16 @@ public final class Purger {
         report.stepErrors = openingErrors
         report.socketWalkFailed = options.sockets && socketDiagnostics == nil
         let idle: PurgeReport.Outcome = acting ? .ended : (options.dryRun ? .wouldEnd : .listed)
+        let plan = PurgePlan(
+            matcher: matcher, acting: acting, socketLimit: options.socketLimit, flushMode: options.conntrackFlush,
+            sparingOwnSockets: options.sparingOwnSockets, flushSupported: ConntrackTable.flushSupported.withLock({ $0 }))
         // The conntrack dump does not wait for the sockets: only the deletes must come after the
         // destroys. (A stuck scan needs entries only once it condemned a socket: no prefetch.)
         var prefetched: BackgroundWork<ConntrackTable.Dump>?
         // Whether the dumps list the direct flows, or a flush takes them unlisted: known once the
         // sockets are counted, which the reply-source dump waits for (the other side need not).
-        let directFlowsMayGoUnlisted =
-            acting && options.conntrackFlush != .never && options.socketLimit == nil
-            && ConntrackTable.flushesDirectFlows(of: matcher.destinations) && ConntrackTable.flushSupported.withLock({ $0 }) != false
         let listingDirectFlows = OneShot<Bool>()
-        if !directFlowsMayGoUnlisted { listingDirectFlows.settle(true) }
-        if options.conntrackFlush == .always { listingDirectFlows.settle(false) }
+        if let known = plan.listsDirectFlowsBeforeCounting { listingDirectFlows.settle(known) }
         if options.conntrack, options.sockets, matcher.stuck == nil, !options.conntrackOnlyAfterSockets, let conntrackTable {
             prefetched = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
                 try conntrackTable.entries(
@@ -117,12 +114,12 @@ public final class Purger {
             do {
                 // A large purge is known as soon as its dump passes `flushFrom` sockets: the
                 // reply-source dump need not wait for the rest of the walk.
-                let large = SocketDiagnostics.CountSignal(count: Self.flushFrom) { listingDirectFlows.settle(false) }
+                let large = SocketDiagnostics.CountSignal(count: PurgePlan.flushFrom) { listingDirectFlows.settle(false) }
                 try endSockets(
-                    matcher, includeTCPInfo: includeTCPInfo, options: options, acting: acting,
-                    idle: idle, in: socketDiagnostics, report: &report, signal: directFlowsMayGoUnlisted ? large : nil
+                    plan, includeTCPInfo: includeTCPInfo, options: options, idle: idle, in: socketDiagnostics, report: &report,
+                    signal: plan.directFlowsMayGoUnlisted ? large : nil
                 ) { direct in
-                    listingDirectFlows.settle(options.conntrackFlush != .always && direct < Self.flushFrom)
+                    listingDirectFlows.settle(plan.listsDirectFlows(destroying: direct))
                 }
             } catch {
                 report.stepErrors.append(error)
@@ -146,8 +143,8 @@ public final class Purger {
             if !translated.isEmpty {
                 do {
                     try endTranslatedSockets(
-                        translated, matcher: matcher, includeTCPInfo: includeTCPInfo, options: options,
-                        acting: acting, idle: idle, in: socketDiagnostics, report: &report)
+                        translated, plan: plan, includeTCPInfo: includeTCPInfo, options: options, idle: idle, in: socketDiagnostics,
+                        report: &report)
                 } catch { report.stepErrors.append(error) }
             }
         }
@@ -155,8 +152,8 @@ public final class Purger {
         if options.conntrack, !conntrackFailed, let conntrackTable, conntrackWanted {
             do {
                 try deleteEntries(
-                    matcher, options: options, acting: acting, idle: idle, in: conntrackTable,
-                    first: firstDump, flushingDirectFlowsUnlisted: flushDirectFlowsUnlisted, report: &report)
+                    plan, options: options, idle: idle, in: conntrackTable, first: firstDump,
+                    flushingDirectFlowsUnlisted: flushDirectFlowsUnlisted, report: &report)
             } catch { report.stepErrors.append(error) }
         }
         report.durationSeconds = Self.monotonicSeconds() - started
@@ -165,10 +162,10 @@ public final class Purger {
 
     /// `beforeDestroying`: told, once, how many sockets the first round will destroy.
     private func endSockets(
-        _ matcher: DestinationMatcher, includeTCPInfo: Bool, options: Options, acting: Bool,
-        idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics, report: inout PurgeReport,
-        signal: SocketDiagnostics.CountSignal? = nil, beforeDestroying: (Int) -> Void = { _ in }
+        _ plan: PurgePlan, includeTCPInfo: Bool, options: Options, idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics,
+        report: inout PurgeReport, signal: SocketDiagnostics.CountSignal? = nil, beforeDestroying: (Int) -> Void = { _ in }
     ) throws(SystemCallError) {
+        let matcher = plan.matcher
         var query = matcher.socketQuery
         query.includeTCPInfo = query.includeTCPInfo || includeTCPInfo
         var ended = Set<UInt64>()
@@ -190,17 +187,14 @@ public final class Purger {
                 report.stuckSuspects = Set(
                     dump.sockets.filter { matcher.isTowardDestinations($0) && rule.isSuspicious($0) }.map(\.id.cookie))
             }
-            var targets = dump.sockets.filter { matcher.matches($0) && !ended.contains($0.id.cookie) }
-            if options.sparingOwnSockets, !targets.isEmpty {
-                let own = ownBefore.union(OwnSockets.inodes())
-                targets.removeAll { own.contains($0.inode) }
+            let choice = plan.directSockets(in: dump.sockets, ended: ended) { ownBefore.union(OwnSockets.inodes()) }
+            report.ownFlows.formUnion(choice.own.map(Flow.init))
+            if options.socketLimit != nil, !choice.leftByLimit.isEmpty {
+                report.socketsLeftByLimit = choice.leftByLimit.count
+                report.flowsLeftByLimit.formUnion(choice.leftByLimit.map(Flow.init))
             }
-            if let limit = options.socketLimit, targets.count > limit - ended.count {
-                report.socketsLeftByLimit = targets.count - max(0, limit - ended.count)
-                report.flowsLeftByLimit.formUnion(targets.dropFirst(max(0, limit - ended.count)).map(Flow.init))
-                targets = Array(targets.prefix(max(0, limit - ended.count)))
-            }
-            guard acting else {
+            let targets = choice.destroy
+            guard plan.acting else {
                 report.sockets += targets.map { .init(socket: $0, outcome: idle) }
                 return
             }
@@ -228,30 +222,22 @@ public final class Purger {
     /// one filtered dump toward the VIPs, then only the exact flows (another flow to the same VIP, NAT'd
     /// to a live backend, has another tuple). One round: the agent's next reap catches a lost ack.
     private func endTranslatedSockets(
-        _ translated: TranslatedFlows, matcher: DestinationMatcher, includeTCPInfo: Bool, options: Options, acting: Bool,
-        idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics, report: inout PurgeReport
+        _ translated: TranslatedFlows, plan: PurgePlan, includeTCPInfo: Bool, options: Options, idle: PurgeReport.Outcome,
+        in diagnostics: SocketDiagnostics, report: inout PurgeReport
     ) throws(SystemCallError) {
-        var query = translated.socketQuery(states: matcher.states)
+        var query = translated.socketQuery(states: plan.matcher.states)
         query.includeTCPInfo = includeTCPInfo
         let ownBefore = options.sparingOwnSockets ? OwnSockets.inodes() : []
         let dump = try diagnostics.sockets(matching: query)
-        let done = Set(report.sockets.map(\.socket.id.cookie))
-        var targets = dump.sockets.filter {
-            translated.matches($0) && matcher.states.contains($0.state) && !done.contains($0.id.cookie)
-        }
-        if options.sparingOwnSockets, !targets.isEmpty {
-            let own = ownBefore.union(OwnSockets.inodes())
-            targets.removeAll { own.contains($0.inode) }
-        }
-        if let limit = options.socketLimit {
-            let room = max(0, limit - report.sockets.count)
-            if targets.count > room {
-                report.socketsLeftByLimit += targets.count - room
-                report.flowsLeftByLimit.formUnion(targets.dropFirst(room).map(Flow.init))
-                targets = Array(targets.prefix(room))
-            }
-        }
-        guard acting else {
+        let choice = plan.translatedSockets(
+            in: dump.sockets, translated: translated, reported: Set(report.sockets.map(\.socket.id.cookie)),
+            reportedCount: report.sockets.count
+        ) { ownBefore.union(OwnSockets.inodes()) }
+        report.ownFlows.formUnion(choice.own.map(Flow.init))
+        report.socketsLeftByLimit += choice.leftByLimit.count
+        report.flowsLeftByLimit.formUnion(choice.leftByLimit.map(Flow.init))
+        let targets = choice.destroy
+        guard plan.acting else {
             report.sockets += targets.map { .init(socket: $0, outcome: idle, throughConntrack: true) }
             return
         }
@@ -262,10 +248,10 @@ public final class Purger {
     }
 
     private func deleteEntries(
-        _ matcher: DestinationMatcher, options: Options, acting: Bool, idle: PurgeReport.Outcome,
-        in table: ConntrackTable, first prefetched: ConntrackTable.Dump?, flushingDirectFlowsUnlisted: Bool,
-        report: inout PurgeReport
+        _ plan: PurgePlan, options: Options, idle: PurgeReport.Outcome, in table: ConntrackTable, first prefetched: ConntrackTable.Dump?,
+        flushingDirectFlowsUnlisted: Bool, report: inout PurgeReport
     ) throws(SystemCallError) {
+        let matcher = plan.matcher
         var deleted = Set<ConntrackEntry.Identity>()
         for round in 0...options.maximumExtraRounds {
             var dump: ConntrackTable.Dump
@@ -277,32 +263,25 @@ public final class Purger {
             }
             var originalSideFlushed = false
             if round == 0, flushingDirectFlowsUnlisted {
-                originalSideFlushed = try flushDirectFlows(matcher, listed: dump, in: table, report: &report)
+                originalSideFlushed = try flushDirectFlows(plan, listed: dump, in: table, report: &report)
                 // Refused (an older kernel) or failed: the direct entries were never listed; list them now.
                 if !originalSideFlushed {
                     dump = try table.entries(for: matcher.destinations, transports: matcher.transports).merged(with: dump)
                 }
             }
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "IPCTNL_MSG_CT_GET")
-            // A stuck rule condemns single sockets: only their own entries go, not the backend's others.
-            let stuckFlows = matcher.stuck == nil ? nil : Set(report.sockets.map { Flow($0.socket) })
-            let leftByLimit = report.flowsLeftByLimit
-            let targets = dump.entries.compactMap { entry in
-                matcher.match(entry).map { (entry, $0) }
-            }.filter {
-                (deleted.isEmpty || !deleted.contains($0.0.identity)) && (stuckFlows?.contains(Flow($0.0)) ?? true)
-                    && (leftByLimit.isEmpty || !leftByLimit.contains(Flow($0.0)))
-            }
-            guard acting else {
-                report.conntrack += targets.map { .init(entry: $0.0, matchedBy: $0.1, outcome: idle) }
+            let targets = plan.entries(
+                in: dump.entries, deleted: deleted, leftByLimit: report.flowsLeftByLimit, own: report.ownFlows,
+                onlyFlows: plan.deletesOnlyEntriesOfReportedSockets ? Set(report.sockets.map { Flow($0.socket) }) : nil)
+            guard plan.acting else {
+                report.conntrack += targets.map { .init(entry: $0.entry, matchedBy: $0.matchedBy, outcome: idle) }
                 return
             }
             var remaining = targets
             if round == 0 {
-                remaining = try flush(
-                    targets, matcher: matcher, options: options, originalSideFlushed: originalSideFlushed, in: table, report: &report)
+                remaining = try flush(targets, plan: plan, originalSideFlushed: originalSideFlushed, in: table, report: &report)
             }
-            let acks = try table.delete(remaining.map(\.0))
+            let acks = try table.delete(remaining.map(\.entry))
             var retry = dump.interrupted
             for ((entry, matchedBy), ack) in zip(remaining, acks) {
                 let outcome = PurgeReport.Outcome.delete(ack)
@@ -322,65 +301,42 @@ public final class Purger {
     }
 
     /// Flushes the original-destination side of every destination before any dump listed its direct
-    /// flows; true when the kernel did. What it took is counted by the table's size before and after,
-    /// less the translated entries the dump listed on that side (the report names those).
+    /// flows; true when the kernel did. What it took is counted by the table's size before and after
+    /// (see `PurgePlan.flushedUnlisted`).
     private func flushDirectFlows(
-        _ matcher: DestinationMatcher, listed: ConntrackTable.Dump, in table: ConntrackTable, report: inout PurgeReport
+        _ plan: PurgePlan, listed: ConntrackTable.Dump, in table: ConntrackTable, report: inout PurgeReport
     ) throws(SystemCallError) -> Bool {
-        let requests = ConntrackTable.flushes(for: matcher.destinations, transports: matcher.transports, sides: [.originalDestination])
+        let requests = ConntrackTable.flushes(
+            for: plan.matcher.destinations, transports: plan.matcher.transports, sides: [.originalDestination])
         let before = try? table.entryCount()
         let acknowledgements = try table.flush(requests)
         report.note(acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
         report.conntrackFlushes += acknowledgements.count { $0 == .done }
         guard !acknowledgements.contains(where: { $0 != .done }) else { return false }
         if let before, let after = try? table.entryCount() {
-            let named = Self.flushNamer(matcher)
-            let listedThere = listed.entries.count { named($0.original.destination) && matcher.match($0) != nil }
-            report.conntrackFlushedUnlisted += max(0, before - after - listedThere)
+            report.conntrackFlushedUnlisted += plan.flushedUnlisted(before: before, after: after, listed: listed.entries)
         }
         return true
     }
 
-    /// Whether a flush of `matcher`'s destinations names an endpoint.
-    private static func flushNamer(_ matcher: DestinationMatcher) -> (Endpoint) -> Bool {
-        let flushable = matcher.destinations.filter(ConntrackTable.isFlushable)
-        return { endpoint in flushable.contains { $0.matches(address: endpoint.address, port: endpoint.port) } }
-    }
-
-    /// Deletes in the kernel, by filtered flushes, the targets a flush can name (IPv4 hosts) when the
-    /// mode and their number say so; returns the targets left for exact deletes (all of them when
-    /// the kernel refuses the flush). A flush also deletes what appeared since the dump, toward the
-    /// same dead destination: the report counts what the dump saw.
-    ///
-    /// Each side is flushed on its own count (every flush walks the host's whole table): an
-    /// original-destination flush takes the direct flows and those dialled to a translated address;
-    /// a reply-source flush only adds the flows a DNAT sent to the destination, often none.
-    /// `originalSideFlushed`: that flush already ran, before the dump's direct flows were listed.
+    /// Sends the flushes the plan asks for `targets` and reports what they took; returns the targets
+    /// left for exact deletes (all of them when the kernel refuses the flush). A flush also deletes
+    /// what appeared since the dump, toward the same dead destination: the report counts what the
+    /// dump saw.
     private func flush(
-        _ targets: [(ConntrackEntry, DestinationMatcher.ConntrackMatch)], matcher: DestinationMatcher, options: Options,
-        originalSideFlushed: Bool, in table: ConntrackTable, report: inout PurgeReport
-    ) throws(SystemCallError) -> [(ConntrackEntry, DestinationMatcher.ConntrackMatch)] {
-        // A flush would also take the entries of the sockets a limit left for a later pass.
-        guard matcher.stuck == nil, report.flowsLeftByLimit.isEmpty, options.conntrackFlush != .never,
-            ConntrackTable.flushSupported.withLock({ $0 }) != false
-        else {
-            return targets
-        }
-        let named = Self.flushNamer(matcher)
-        var dialled = 0
-        var translatedHere = 0
-        for (entry, _) in targets {
-            if named(entry.original.destination) { dialled += 1 } else if named(entry.reply.source) { translatedHere += 1 }
-        }
-        let always = options.conntrackFlush == .always
-        var sides = Set<ConntrackTable.FlushSide>()
-        if !originalSideFlushed, always || dialled >= Self.flushFrom { sides.insert(.originalDestination) }
-        if always || translatedHere >= Self.flushFrom { sides.insert(.replySource) }
+        _ targets: [PurgePlan.EntryTarget], plan: PurgePlan, originalSideFlushed: Bool, in table: ConntrackTable,
+        report: inout PurgeReport
+    ) throws(SystemCallError) -> [PurgePlan.EntryTarget] {
+        // Asked now, not when the plan was made: a flush refused earlier in this process is not sent again.
+        let current = plan.knowing(flushSupported: ConntrackTable.flushSupported.withLock({ $0 }))
+        guard
+            let sides = current.flushSides(
+                for: targets, originalSideFlushed: originalSideFlushed, limitLeftSockets: !report.flowsLeftByLimit.isEmpty,
+                ownFlows: !report.ownFlows.isEmpty)
+        else { return targets }
         var flushed: Set<ConntrackTable.FlushSide> = originalSideFlushed ? [.originalDestination] : []
         if !sides.isEmpty {
-            let requests = ConntrackTable.flushes(
-                for: matcher.destinations.filter(ConntrackTable.isFlushable), transports: matcher.transports, sides: sides)
-            let acknowledgements = try table.flush(requests)
+            let acknowledgements = try table.flush(current.flushRequests(sides))
             // A lost ack says nothing of what the kernel did: the exact deletes below settle it.
             report.note(
                 acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
@@ -388,18 +344,12 @@ public final class Purger {
             // Refused (an older kernel) or failed: nothing is known deleted; exact deletes do it.
             if !acknowledgements.contains(where: { $0 != .done }) { flushed.formUnion(sides) }
         }
-        guard !flushed.isEmpty else { return targets }
-        var remaining: [(ConntrackEntry, DestinationMatcher.ConntrackMatch)] = []
-        report.conntrack.reserveCapacity(report.conntrack.count + targets.count)
-        for (entry, matchedBy) in targets {
-            let isDialled = named(entry.original.destination)
-            if flushed.contains(isDialled ? .originalDestination : .replySource) && (isDialled || named(entry.reply.source)) {
-                report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .ended, byFlush: true))
-            } else {
-                remaining.append((entry, matchedBy))
-            }
+        let (byFlush, exact) = current.afterFlushes(targets, flushed: flushed)
+        report.conntrack.reserveCapacity(report.conntrack.count + byFlush.count)
+        for (entry, matchedBy) in byFlush {
+            report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .ended, byFlush: true))
         }
-        return remaining
+        return exact
     }
 
     /// Ends one flow a conntrack announcement named: its local socket found by exact 4-tuple (a hash
