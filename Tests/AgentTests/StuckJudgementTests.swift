@@ -237,24 +237,40 @@ import Testing
         #expect(!lifted.localFault)
         #expect(lifted.endable.isEmpty)
         #expect(lifted.carried.held == [2: .init(timerFires: 5, lastAckMilliseconds: 7200, sinceLift: true)])
-        // One more unanswered probe may still have gone into the fault: held.
-        let once = judge([healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 9000, fires: 6)], carried: lifted.carried)
-        #expect(once.endable.isEmpty)
-        // Its probe answered: healthy, and the hold goes.
-        let answered = judge([healthy(1, toward: Self.a), healthy(2, toward: Self.b)], carried: once.carried)
+        // Its next retransmission, after the lift, answered: healthy, and the hold goes.
+        let answered = judge([healthy(1, toward: Self.a), healthy(2, toward: Self.b)], carried: lifted.carried)
         #expect(answered.carried.held.isEmpty)
         #expect(answered.endable.isEmpty)
     }
 
-    /// The other way: its own timer fires twice more unanswered with the fault gone: its path is
+    /// The other way: its own timer fires once more unanswered after the lift was seen: its path is
     /// still broken, and it is ended.
-    @Test func aHeldConnectionWhosePathStaysBrokenIsEndedAfterTwoMoreFires() {
+    @Test func aHeldConnectionWhosePathStaysBrokenIsEndedAfterOneMoreFire() {
         let carried = heldThroughAFault()
         let lifted = judge([healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 7_700, fires: 5)], carried: carried)
         #expect(lifted.endable.isEmpty)
-        let twice = judge([healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 26_000, fires: 7)], carried: lifted.carried)
-        #expect(twice.endable == [2])
-        #expect(twice.carried.held.isEmpty)
+        let once = judge([healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 13_000, fires: 6)], carried: lifted.carried)
+        // Ended once troubleAfter (1 s) has passed without a new fault showing.
+        #expect(once.endable.isEmpty)
+        let confirmed = judge(
+            [healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 14_000, fires: 6)], carried: once.carried, at: .seconds(1))
+        #expect(confirmed.endable == [2])
+        #expect(confirmed.carried.held.isEmpty)
+    }
+
+    /// The fire that showed its path broken went into a new fault: every backend in trouble again
+    /// within troubleAfter, and it is held afresh (simulation seed 4,741).
+    @Test func aFireIntoANewFaultReleasesNothing() {
+        let lifted = judge(
+            [healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 7_700, fires: 5)], carried: heldThroughAFault())
+        let once = judge([healthy(1, toward: Self.a), waiting(2, toward: Self.b, lastAck: 13_000, fires: 6)], carried: lifted.carried)
+        let newFault = judge(
+            [waiting(1, toward: Self.a, lastAck: 1_500, fires: 1), waiting(2, toward: Self.b, lastAck: 14_000, fires: 6)],
+            carried: once.carried,
+            at: .seconds(1))
+        #expect(newFault.localFault)
+        #expect(newFault.endable.isEmpty)
+        #expect(newFault.carried.held[2]?.releaseAt == nil)
     }
 
     /// What a lifted fault still holds says nothing of a new one: A's leftover (its next probe far
@@ -302,14 +318,20 @@ import Testing
             carried: unseen.carried)
         #expect(later.endable.isEmpty)
         #expect(!later.carried.faultLifted)
-        // The other way: B's other held connection acknowledged is the lift; from then two fires end 2.
+        // The other way: B's other held connection acknowledged is the lift; from then a fire ends 2.
         let lift = judge(
             [healthy(3, toward: Self.a), waiting(2, toward: Self.b, lastAck: 61_000, fires: 9), healthy(4, toward: Self.b)],
             carried: later.carried)
         #expect(lift.endable.isEmpty)
         #expect(lift.carried.faultLifted)
+        let broken = judge([healthy(3, toward: Self.a), waiting(2, toward: Self.b, lastAck: 220_000, fires: 10)], carried: lift.carried)
+        #expect(broken.endable.isEmpty)
         #expect(
-            judge([healthy(3, toward: Self.a), waiting(2, toward: Self.b, lastAck: 420_000, fires: 11)], carried: lift.carried).endable == [
+            judge(
+                [healthy(3, toward: Self.a), waiting(2, toward: Self.b, lastAck: 221_000, fires: 10)], carried: broken.carried,
+                at: .seconds(1)
+            )
+            .endable == [
                 2
             ])
     }

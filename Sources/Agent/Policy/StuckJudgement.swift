@@ -18,7 +18,7 @@ import SockDiag
 ///   under the kernel's backoff; the one still waiting would be the pool's only stuck connection. So a
 ///   connection in trouble during a local fault is held: not ended until the fault is known to have
 ///   lifted (another connection it held was acknowledged) and its own timer fired
-///   `timerFiresToRelease` more times unanswered since, or it is acknowledged (then it is healthy, and
+///   `timerFiresToRelease` more time unanswered since, or it is acknowledged (then it is healthy, and
 ///   the hold goes). Not from the last scan that saw the fault: scans may stop meanwhile (the guard
 ///   holds them while no backend answers) or stop seeing a fault that goes on (a backend's
 ///   connections reaped and made anew, or drained), and fires into a fault that goes on prove nothing
@@ -61,11 +61,15 @@ public struct StuckJudgement: Sendable, Equatable {
         public var lastAckMilliseconds: UInt32
         /// `timerFires` counts from a scan that knew the fault lifted.
         public var sinceLift: Bool
+        /// Its own path showed broken after the lift at a scan: ended once no new fault has shown by
+        /// this instant (`troubleAfter` later), since the fire that showed it may have gone into one.
+        public var releaseAt: ContinuousClock.Instant?
 
-        public init(timerFires: Int, lastAckMilliseconds: UInt32, sinceLift: Bool = false) {
+        public init(timerFires: Int, lastAckMilliseconds: UInt32, sinceLift: Bool = false, releaseAt: ContinuousClock.Instant? = nil) {
             self.timerFires = timerFires
             self.lastAckMilliseconds = lastAckMilliseconds
             self.sinceLift = sinceLift
+            self.releaseAt = releaseAt
         }
     }
 
@@ -93,10 +97,11 @@ public struct StuckJudgement: Sendable, Equatable {
     public static func troubleAfter(stuckAfterMilliseconds after: UInt32) -> UInt32 { after / 2 }
 
     /// Unanswered timer fires past the scan that knew the fault lifted that show a held connection's
-    /// own path still broken. Two, not one: the fault lifts for each path at its own instant, so the
-    /// first fire may still go into it; the second comes a doubled RTO later (at least 1.6 s once data
-    /// has waited `troubleAfter`).
-    public static let timerFiresToRelease = 2
+    /// own path still broken. One: that scan saw another connection the fault held acknowledged, so
+    /// the fault was gone before it, and a fire after it went into no fault of ours. Two would leave a
+    /// flow blackholed right after a fault lifted for another doubled backoff, tens of seconds
+    /// (simulation seed 60,003,751).
+    public static let timerFiresToRelease = 1
 
     public init(
         listed sockets: [DiagnosedSocket], pool backends: [Endpoint], stuckAfterMilliseconds after: UInt32, carried previous: Carried,
@@ -120,16 +125,23 @@ public struct StuckJudgement: Sendable, Equatable {
         // the first's during a fault on this side).
         let trouble = StuckRule(
             afterMilliseconds: Self.troubleAfter(stuckAfterMilliseconds: after), observedWaits: waits, firedTimerIsEvidence: true)
+        // The fault has lifted once a connection it held is acknowledged: still listed, and no longer
+        // waiting or with a younger last ACK. Until then it may go on unseen.
+        let lifted =
+            previous.faultLifted
+            || sockets.contains { socket in
+                guard let recorded = previous.held[socket.id.cookie] else { return false }
+                return !trouble.isSuspicious(socket) || Self.acknowledged(socket, since: recorded)
+            }
         var suspects = Set<UInt64>(), troubled: [DiagnosedSocket] = [], troubledBackends = Set<Endpoint>(), condemned = Set<UInt64>()
         for socket in sockets where pool.contains(socket.remote.unmapped) {
             guard trouble.isSuspicious(socket) else { continue }
             suspects.insert(socket.id.cookie)
             guard trouble.condemns(socket) else { continue }
             troubled.append(socket)
-            // What a lifted fault still holds (a shut window's next probe can be a minute away) says
-            // nothing of a new one (simulation seed 6,407: such leftovers toward two backends made a
-            // blackhole toward the third look like a fault here, and it was never ended).
-            if !(previous.faultLifted && previous.held[socket.id.cookie] != nil) { troubledBackends.insert(socket.remote.unmapped) }
+            if !(lifted && Self.isLeftover(socket, held: previous.held[socket.id.cookie])) {
+                troubledBackends.insert(socket.remote.unmapped)
+            }
             if stuck.condemns(socket) { condemned.insert(socket.id.cookie) }
         }
         // Every backend that holds a connection: one that holds none (a dead one whose connections
@@ -137,18 +149,9 @@ public struct StuckJudgement: Sendable, Equatable {
         let holding = Set(sockets.map(\.remote.unmapped)).intersection(pool)
         let everyBackend = holding.count >= 2 && holding.isSubset(of: troubledBackends)
         var held: [UInt64: Hold] = [:]
-        var lifted = false
         if everyBackend {
             for socket in troubled { held[socket.id.cookie] = Self.hold(socket) }
         } else {
-            // The fault has lifted once a connection it held is acknowledged: still listed, and no
-            // longer waiting or with a younger last ACK. Until then it may go on unseen.
-            lifted =
-                previous.faultLifted
-                || sockets.contains { socket in
-                    guard let recorded = previous.held[socket.id.cookie] else { return false }
-                    return !suspects.contains(socket.id.cookie) || Self.acknowledged(socket, since: recorded)
-                }
             // Kept while still waiting: a held socket no longer suspicious was acknowledged (or went idle,
             // or is gone), and is healthy or none of ours.
             for socket in sockets where suspects.contains(socket.id.cookie) {
@@ -165,7 +168,20 @@ public struct StuckJudgement: Sendable, Equatable {
                 // A fire counts once its answer is overdue: the last went out an RTT ago or more.
                 let stillBrokenAfterTheFault =
                     current.timerFires >= recorded.timerFires + Self.timerFiresToRelease && Self.lastFireUnanswered(socket)
-                if !stillBrokenAfterTheFault { held[socket.id.cookie] = recorded }
+                guard stillBrokenAfterTheFault else {
+                    held[socket.id.cookie] = recorded
+                    continue
+                }
+                // A new fault that caught that fire shows as every backend in trouble within troubleAfter
+                // (simulation seed 4,741: a second fault 0.8 s after the first lifted caught a held
+                // connection's next fire, and it was ended during it).
+                guard let due = recorded.releaseAt else {
+                    var waiting = recorded
+                    waiting.releaseAt = now + .milliseconds(Self.troubleAfter(stuckAfterMilliseconds: after))
+                    held[socket.id.cookie] = waiting
+                    continue
+                }
+                if now < due { held[socket.id.cookie] = recorded }
             }
         }
         self.observedWaits = waits
@@ -174,7 +190,7 @@ public struct StuckJudgement: Sendable, Equatable {
         // One endpoint, one verdict: a connection another pool holding its backend holds (a local fault
         // that pool sees, which this one, a pool of one, cannot) is not ended here (simulation seed 3,419).
         self.endable = everyBackend ? [] : condemned.subtracting(held.keys).subtracting(heldElsewhere)
-        self.carried = Carried(waitingSince: waitingSince, held: held, faultLifted: lifted && !held.isEmpty)
+        self.carried = Carried(waitingSince: waitingSince, held: held, faultLifted: !everyBackend && lifted && !held.isEmpty)
     }
 
     /// A retransmission's answer takes a round trip: one sent less than twice the smoothed RTT ago
@@ -183,6 +199,17 @@ public struct StuckJudgement: Sendable, Equatable {
     static func lastFireUnanswered(_ socket: DiagnosedSocket) -> Bool {
         guard let info = socket.tcpInfo, info.unacked > 0 else { return true }
         return info.lastDataSentMilliseconds >= max(200, 2 * info.rttMicroseconds / 1000)
+    }
+
+    /// Held by a fault now lifted, and not retransmitted unanswered since: its wait is the lifted
+    /// fault's, and says nothing of a new one (simulation seed 6,407: shut windows whose next probe
+    /// was a minute away, toward two backends, made a later blackhole toward the third look like a
+    /// fault here, never ended). One whose timer fired again unanswered since is in trouble now
+    /// (seed 60,504,184: held through a first fault, caught again by a second).
+    static func isLeftover(_ socket: DiagnosedSocket, held recorded: Hold?) -> Bool {
+        guard let recorded else { return false }
+        guard recorded.sinceLift else { return true }
+        return hold(socket).timerFires <= recorded.timerFires || !lastFireUnanswered(socket)
     }
 
     static func acknowledged(_ socket: DiagnosedSocket, since recorded: Hold) -> Bool {

@@ -40,7 +40,7 @@ public final class Simulator {
         case liveness(backend: Int, since: Int)
         /// The look at a backend's connections ends: taken then, as WorkerReapKernel.evidence takes it after the dumps.
         case evidence(BackendKey)
-        case stuckLiveness(connection: Int, since: Int)
+        case stuckLiveness(connection: Int, since: Int, again: Bool)
     }
 
     let world: World
@@ -159,7 +159,7 @@ public final class Simulator {
         case .deliver(let event): submit(event)
         case .evidence(let key): submit(.evidence(key, evidence(index(of: key.backend))))
         case .liveness(let backend, let since): checkLiveness(of: backend, deadSince: since)
-        case .stuckLiveness(let connection, let since): checkStuckLiveness(connection: connection, since: since)
+        case .stuckLiveness(let connection, let since, let again): checkStuckLiveness(connection: connection, since: since, again: again)
         }
     }
 
@@ -194,7 +194,8 @@ public final class Simulator {
             guard let index = candidates.first(where: { connections[$0].wire.writeEvery != nil }) ?? candidates.first else { return }
             connections[index].wire.blackholedAt = now
             if let every = connections[index].wire.writeEvery, let after = world.stuck.afterMilliseconds {
-                schedule(now + every + after + after / 2 + 1_500, .stuckLiveness(connection: connections[index].id, since: now))
+                schedule(
+                    now + every + after + after / 2 + 1_500, .stuckLiveness(connection: connections[index].id, since: now, again: false))
             }
         case .localFault: break
         }

@@ -26,6 +26,8 @@ struct WireState {
     /// Why its latest transmission went unanswered, and the local fault it went into (by its start).
     var cause: Cause?
     var localFault: Int?
+    /// Its first unanswered transmission into that local fault.
+    var caughtAt: Int?
     /// A scan that could see that local fault found this connection in trouble in it (by the fault's start).
     var troubleSeenIn: Int?
     var probesOut = 0
@@ -61,11 +63,25 @@ extension Simulator {
             advancedTo: opened, lastAck: opened, lastSend: opened, nextFire: opened + 200)
     }
 
+    /// The stretch of faults on this side that covers `time`: overlapping faults are one fault, from
+    /// the first's start to the last's end.
     func localFaultActive(at time: Int) -> (from: Int, until: Int)? {
-        for happening in world.happenings {
-            if case .localFault(let at, let lasting) = happening, time >= at, time < at + lasting { return (at, at + lasting) }
+        let faults = world.happenings.compactMap { happening -> (from: Int, until: Int)? in
+            if case .localFault(let at, let lasting) = happening { return (at, at + lasting) }
+            return nil
         }
-        return nil
+        guard var stretch = faults.first(where: { time >= $0.from && time < $0.until }) else { return nil }
+        var grew = true
+        while grew {
+            grew = false
+            for fault in faults where fault.from <= stretch.until && fault.until >= stretch.from {
+                if fault.from < stretch.from || fault.until > stretch.until {
+                    stretch = (min(stretch.from, fault.from), max(stretch.until, fault.until))
+                    grew = true
+                }
+            }
+        }
+        return stretch
     }
 
     func backendFlows(_ backend: Int, at time: Int) -> Bool {
@@ -114,7 +130,7 @@ extension Simulator {
                 if broken == nil {
                     wire.pendingAck = next + wire.roundTrip
                 } else {
-                    (wire.cause, wire.localFault) = (broken, localFaultActive(at: next)?.from)
+                    caught(&wire, broken, at: next)
                 }
             case 3:
                 wire.fires += 1
@@ -123,7 +139,7 @@ extension Simulator {
                 if broken == nil {
                     wire.pendingAck = next + wire.roundTrip
                 } else {
-                    (wire.cause, wire.localFault) = (broken, localFaultActive(at: next)?.from)
+                    caught(&wire, broken, at: next)
                 }
             default:
                 // A window probe; the interval doubles whether or not it is answered.
@@ -133,12 +149,19 @@ extension Simulator {
                     wire.pendingAck = next + wire.roundTrip
                 } else {
                     wire.probesOut += 1
-                    (wire.cause, wire.localFault) = (broken, localFaultActive(at: next)?.from)
+                    caught(&wire, broken, at: next)
                 }
             }
         }
         connection.wire = wire
         connections[index] = connection
+    }
+
+    /// A transmission went unanswered at `time`: why, and when a local fault first caught it.
+    func caught(_ wire: inout WireState, _ cause: WireState.Cause?, at time: Int) {
+        let fault = localFaultActive(at: time)?.from
+        if fault != wire.localFault || wire.caughtAt == nil { wire.caughtAt = time }
+        (wire.cause, wire.localFault) = (cause, fault)
     }
 
     /// The newest segment the connection received: its ACKs, and a stream's lines (every 200 ms
@@ -226,7 +249,12 @@ extension Simulator {
         } else {
             fail("ended a connection to backend \(backend) as stuck with nothing waiting unanswered")
         }
-        if wire.cause == .local, pathBroken(connection, at: now) != .own, let fault = wire.localFault, wire.troubleSeenIn == fault {
+        // Left waiting by a seen fault: nothing heard from the peer since it lifted (a stream's segment
+        // since shows the rule an acknowledgement, and its hold goes with it).
+        let heardSince = wire.localFault.flatMap { localFaultActive(at: $0)?.until }.map { lastHeard(connection, at: now) >= $0 } ?? false
+        if wire.cause == .local, !heardSince, pathBroken(connection, at: now) != .own, let fault = wire.localFault,
+            wire.troubleSeenIn == fault
+        {
             fail(
                 "ended a connection to backend \(backend) as stuck that the local fault from \(fault) ms left waiting "
                     + "(waiting since \(wire.waitingSince ?? -1) ms, \(wire.fires) timer fires, the last at \(wire.lastSend) ms)")
@@ -235,7 +263,7 @@ extension Simulator {
 
     /// At a scan during a local fault: whether the rule can see it now, every backend of the pool that
     /// holds a connection (two or more; one alone cannot tell a local fault from its own path's:
-    /// StuckJudgement) holding one that the fault has left waiting half of `stuck_after`, a timer fired
+    /// StuckJudgement) holding one that the fault first caught half of `stuck_after` ago, a timer fired
     /// (in trouble). A fault seen once holds its connections after it lifts.
     func noteLocalFault(pool: PoolConfiguration) {
         guard let fault = localFaultActive(at: now) else { return }
@@ -243,7 +271,7 @@ extension Simulator {
         let holding = Set(connections.map(\.backend)).intersection(pool.backends.map(index(of:)))
         func inTrouble(_ connection: Connection) -> Bool {
             holding.contains(connection.backend) && connection.wire.cause == .local && connection.wire.localFault == fault.from
-                && (connection.wire.waitingSince ?? now) <= now - after / 2 - 250
+                && (connection.wire.caughtAt ?? now) <= now - after / 2 - 250
         }
         let seen = holding.count >= 2 && holding.allSatisfy { backend in connections.contains { $0.backend == backend && inTrouble($0) } }
         guard seen else { return }
@@ -251,9 +279,17 @@ extension Simulator {
     }
 
     /// Liveness for a blackholed writer toward a backend that stays up, in a quiet world: ended
-    /// within a write period, `stuck_after`, two scans and a slow pass.
-    func checkStuckLiveness(connection id: Int, since: Int) {
-        guard let connection = connections.first(where: { $0.id == id }) else { return }
+    /// within a write period, `stuck_after`, two scans and a slow pass. One that a fault on this side
+    /// held before is owed it only after its next retransmission: until one goes unanswered after the
+    /// fault is known lifted, the rule cannot tell the blackhole from the fault's wait.
+    func checkStuckLiveness(connection id: Int, since: Int, again: Bool) {
+        guard let index = connections.firstIndex(where: { $0.id == id }) else { return }
+        advance(index, to: now)
+        let connection = connections[index]
+        if connection.wire.troubleSeenIn != nil, !again, let after = world.stuck.afterMilliseconds {
+            schedule(connection.wire.nextFire + after + 1_500, .stuckLiveness(connection: id, since: since, again: true))
+            return
+        }
         // Another connection blackholed toward every other backend holding connections looks like a
         // fault on this side (StuckJudgement): it is held, so only a lone blackhole owes liveness.
         let quiet = world.happenings.allSatisfy { happening in
