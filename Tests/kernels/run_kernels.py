@@ -162,7 +162,7 @@ def write_run_script(out: Path, binary: Path, emulated: bool, pytest_args: list[
         "CONN_REAPER_VM": name,
         "CONN_REAPER_EMULATED": "1" if emulated else "0",
     }
-    for passthrough in ("CI", "LAB_NETNS_STEM", "PURGE_BENCH_ROUNDS"):
+    for passthrough in ("CI", "LAB_NETNS_STEM", "PURGE_BENCH_ROUNDS", "CONN_REAPER_TIME_SCALE"):
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
     lines = ["#!/bin/bash", "set -u"] + [f"export {k}={_quote(v)}" for k, v in env.items()]
