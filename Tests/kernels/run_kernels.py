@@ -317,7 +317,12 @@ def main() -> int:
         expected = len(listed) if all("::" in test for test in listed) else None
     args.pytest_args = args.pytest_args or ["Tests/Integration"]
     if os.geteuid() != 0:
-        sys.exit("kernels: needs root (virtiofsd, and the kernel tests inside the VM)")
+        # Like the kernel tests on the host (Tests/Integration/conftest.py): skipped, and said so, outside
+        # CI; under CI=true, where make test runs the CI subset, a failure.
+        if os.environ.get("CI") == "true":
+            sys.exit("kernels: needs root (virtiofsd, and the kernel tests inside the VM); CI=true: failing, not skipping")
+        log(f"SKIPPED, not run: {args.label} needs root (virtiofsd, and the kernel tests inside the VM)")
+        return 0
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     names = [n for n in args.kernels.split(",") if n]
