@@ -69,11 +69,16 @@ def pytest_report_header(config):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Which path each kernel-aware test expected, and the speed figures reported instead of asserted."""
+    """Which path each kernel-aware test expected, the bounds asserted scaled, and the speed figures reported
+    instead of asserted."""
     if kernel.EXPECTED:
         terminalreporter.write_sep("-", f"kernel paths expected on {kernel.RELEASE}")
         for test, _, _, path in kernel.EXPECTED:
             terminalreporter.write_line(f"{test}: {path}")
+    if kernel.SCALED:
+        terminalreporter.write_sep("-", f"bounds scaled x{kernel.TIME_SCALE:g} with the probe timings (asserted at the scaled value)")
+        for test, what, value, bound, asserted in kernel.SCALED:
+            terminalreporter.write_line(f"{test}: {what} = {value:.3f} (bound {asserted:g}; {bound:g} on this host's CPU)")
     if kernel.REPORTED:
         terminalreporter.write_sep("-", "speed bounds reported, not asserted (emulated CPU)")
         for test, what, value, bound in kernel.REPORTED:

@@ -5,6 +5,9 @@ link set down (it can send nothing: no FIN, no RST). See lab/incident.py for the
 With conn-reaper at interval 200ms, timeout 150ms, fall 2, every stalled stream flows again within
 0.8 s of the cut; without it they are still stalled after 10 s. A flapping backend is never reaped,
 nothing is reaped when every backend fails at once, and reaping stops once a backend is back.
+
+In an emulated VM (`make kernels-ci`) the incident test runs with its probe timings, its window and its
+recovery bound times lab.kernel.TIME_SCALE, which it prints; on a real CPU they are the values above.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ DEAD = "up2"
 
 
 def two_pool_config(incident: IncidentLab, **top) -> str:
-    """Pools for nginx's stream upstream (TCP probes) and http upstream (HTTP probes of /healthz)."""
+    """Pools for nginx's stream upstream (TCP probes) and http upstream (HTTP probes of /healthz), probe
+    timings times lab.kernel.TIME_SCALE (FAST's own on a real CPU)."""
+    probe = kernel.scaled_probe(FAST)
     return incident.write_file("agent.yaml", pool_yaml([
-        {"name": "stream", "backends": incident.all_backends("l4"), "probe": FAST},
+        {"name": "stream", "backends": incident.all_backends("l4"), "probe": probe},
         {"name": "http", "backends": incident.all_backends("l7"),
-         "probe": {**FAST, "type": "http", "path": "/healthz", "expect_status": [200]}},
+         "probe": {**probe, "type": "http", "path": "/healthz", "expect_status": [200]}},
     ], **top))
 
 
@@ -60,11 +65,14 @@ def describe(run: IncidentRun, agent: Agent | None, incident: IncidentLab) -> st
 
 
 def test_with_agent_every_stalled_stream_flows_again_within_0_8s(incident, reaper_binary):
+    probe, window = kernel.scaled_probe(FAST), kernel.scaled(2.0)
+    kernel.announce_scale(f"probes every {probe['interval']}, timeout {probe['timeout']}; window {window:g}s; "
+                          f"recovery bound {kernel.scaled(RECOVERY_BOUND):g}s")
     agent = start_agent(incident, reaper_binary, ["--config", two_pool_config(incident)])
     all_up(agent, incident)
     client = incident.start_client(l4=STREAMS, l7=STREAMS)
 
-    run = incident.run_incident(client, DEAD, window=2.0, agent=agent)
+    run = incident.run_incident(client, DEAD, window=window, agent=agent)
     info = describe(run, agent, incident)
 
     for kind in ("l4", "l7"):
@@ -85,7 +93,8 @@ def test_with_agent_every_stalled_stream_flows_again_within_0_8s(incident, reape
         # Every stream (stalled or not) has data from a live upstream within the bound.
         slowest = max(case.recovery.values(), key=lambda v: float("inf") if v is None else v)
         assert slowest is not None, f"{kind}: a stream never flowed again after the cut\n{info}"
-        kernel.speed_bound(slowest, RECOVERY_BOUND + 1e-9, f"{kind}: slowest stream flowing again after the cut")
+        # The bound follows from the probe timings (fall 2 at 200 ms, 150 ms timeout): scaled with them.
+        kernel.scaled_bound(slowest, RECOVERY_BOUND + 1e-9, f"{kind}: slowest stream flowing again after the cut")
         # At the end every stream flows, none from the dead upstream.
         assert run.stalled_at(run.t_end, kind) == [], info
         assert all(s.lines_between(run.t_end - 0.5, run.t_end, DEAD) == 0 for s in case.streams), info
@@ -132,7 +141,7 @@ def test_with_agent_every_stalled_stream_flows_again_within_0_8s(incident, reape
     print("\n" + "\n".join(f"{k}: {run.case(k).summary()}" for k in ("l4", "l7")))
     print("reaps after the cut (s): " + ", ".join(f"{line.fields['pool']}/{line.fields['reason']}/"
                                                    f"{line.fields['sockets']}@{line.t - run.t_cut:.3f}"
-                                                   for line in run.reaps if line.t - run.t_cut < 1.0))
+                                                   for line in run.reaps if line.t - run.t_cut < kernel.scaled(1.0)))
 
 
 def test_without_agent_the_streams_stay_stalled_for_10s(incident):

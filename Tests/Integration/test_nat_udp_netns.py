@@ -74,6 +74,8 @@ def build(lab, tmp_path):
 
 
 def agent_config(tmp_path, netns_lines: str = "") -> str:
+    """Probes every 200 ms, timeout 150 ms: times lab.kernel.TIME_SCALE on an emulated CPU."""
+    probe = kernel.scaled_probe({"interval": "200ms", "timeout": "150ms"})
     path = tmp_path / "agent.yaml"
     path.write_text(textwrap.dedent(f"""\
         listen: {AGENT_LISTEN}
@@ -82,11 +84,11 @@ def agent_config(tmp_path, netns_lines: str = "") -> str:
           - name: vip
             backends: ["{B1}:443", "{B2}:443"]
             protocols: [tcp, udp]
-            probe: {{type: tcp, port: {HEALTH_PORT}, interval: 200ms, timeout: 150ms, fall: 2, rise: 2}}
+            probe: {{type: tcp, port: {HEALTH_PORT}, interval: {probe['interval']}, timeout: {probe['timeout']}, fall: 2, rise: 2}}
           - name: dns
             backends: ["{B1}:53", "{B2}:53"]
             protocols: [udp]
-            probe: {{type: tcp, port: {HEALTH_PORT}, interval: 200ms, timeout: 150ms, fall: 2, rise: 2}}
+            probe: {{type: tcp, port: {HEALTH_PORT}, interval: {probe['interval']}, timeout: {probe['timeout']}, fall: 2, rise: 2}}
         """))
     return str(path)
 
@@ -122,10 +124,12 @@ def cut_backend1(client, b1, link) -> float:
 
 def test_agent_recovers_vip_streams_and_udp_from_a_dead_natted_backend(lab, reaper_binary, tmp_path):
     client, b1, link1 = build(lab, tmp_path)
+    kernel.announce_scale(f"probes every {kernel.scaled_probe({'interval': '200ms'})['interval']}; "
+                          f"{kernel.scaled(3.0):g}s after the cut before looking")
     agent = start_agent(client, reaper_binary, agent_config(tmp_path))
     events = start_clients(client, tmp_path)
     cut = cut_backend1(client, b1, link1)
-    time.sleep(3.0)
+    time.sleep(kernel.scaled(3.0))      # the probes' fall and a held first pass take longer with slower probes
 
     tcp = [events.first("vip", i, "b2", after=cut) for i in range(STREAMS)]
     udp = events.first("udp", 0, "b2", after=cut)

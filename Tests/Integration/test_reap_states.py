@@ -10,6 +10,9 @@ rise 2, fall 2:
   the suppressed reaps are counted (`unhealthy_not_dead`, `alive_evidence`);
 - wedged (accepts, never answers): its stalled streams are closed after `drain_timeout`, paced;
 - `reap_on: unhealthy` brings back the old behaviour; bad values of the new keys exit 2.
+
+In an emulated VM (`make kernels-ci`) the probe timings, the shutdown delay and the graceful-shutdown
+test's waits are times lab.kernel.TIME_SCALE, which the test prints; on a real CPU they are the values above.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ FAST = {"type": "http", "path": "/readyz", "expect_status": [200], "interval": "
 FAST_FLAGS = ["--probe", "http", "--path", "/readyz", "--interval", "200ms", "--timeout", "150ms", "--rise", "2",
               "--fall", "2"]
 KINDS = (("stream", "l4"), ("http", "l7"))       # pool name, stream kind
-SHUTDOWN_DELAY = 3.0
+SHUTDOWN_DELAY = kernel.scaled(3.0)     # 3 s on a real CPU; with the probes, times TIME_SCALE in a VM
 SICK = "up2"
 STATES = ("unknown", "up", "unhealthy", "dead")
 
@@ -46,8 +49,9 @@ def incident(build_incident):
 def config(incident: IncidentLab, kinds=KINDS, **pool_keys) -> str:
     """The stream pool (L4 backends, probed on the upstreams' HTTP port) and the http pool (L7
     backends), both probing /readyz; ``pool_keys`` (reap_on, drain_timeout) go into each pool."""
-    pools = {"stream": {"name": "stream", "backends": incident.all_backends("l4"), "probe": {**FAST, "port": L7_PORT}},
-             "http": {"name": "http", "backends": incident.all_backends("l7"), "probe": FAST}}
+    probe = kernel.scaled_probe(FAST)
+    pools = {"stream": {"name": "stream", "backends": incident.all_backends("l4"), "probe": {**probe, "port": L7_PORT}},
+             "http": {"name": "http", "backends": incident.all_backends("l7"), "probe": probe}}
     return incident.write_file("agent.yaml", pool_yaml([{**pools[pool], **pool_keys} for pool, _ in kinds]))
 
 
@@ -114,6 +118,9 @@ def untouched(dump: StreamDump, upstream_at: float, live: set[str]) -> list[int]
 
 
 def test_graceful_shutdown_cuts_no_stream_then_the_backend_is_dead(incident, reaper_binary):
+    probe, scaled = kernel.scaled_probe(FAST), kernel.scaled
+    kernel.announce_scale(f"probes every {probe['interval']}, timeout {probe['timeout']}; shutdown delay "
+                          f"{SHUTDOWN_DELAY:g}s, scrape {scaled(1.0):g}s before its end; waits x{kernel.TIME_SCALE:g}")
     agent = started(incident, reaper_binary)
     client = incident.start_client(l4=STREAMS, l7=STREAMS)
     distribution = incident.wait_flowing(client)
@@ -123,16 +130,16 @@ def test_graceful_shutdown_cuts_no_stream_then_the_backend_is_dead(incident, rea
     unhealthy = {pool: first_line(agent, "backend unhealthy", SHUTDOWN_DELAY, t_term, pool=pool, backend=sick[pool])
                  for pool, _ in KINDS}
     # Late in the delay: nothing was destroyed, nginx still holds every stream.
-    time.sleep(max(0.0, t_term + SHUTDOWN_DELAY - 1.0 - time.monotonic()))
+    time.sleep(max(0.0, t_term + SHUTDOWN_DELAY - scaled(1.0) - time.monotonic()))
     t_scrape = time.monotonic()
     metrics, document = agent.metrics(), agent.status()
     held = {kind: nginx_held(incident, SICK, kind) for _, kind in KINDS}
     t_scraped = time.monotonic()
-    ending = incident.wait_upstream_event(SICK, "ending_streams", SHUTDOWN_DELAY + 2)
-    exiting = incident.wait_upstream_event(SICK, "exiting", 3)
-    assert incident.wait_upstream_exit(SICK, 3) == 0
-    after = incident.wait_flowing(client, timeout=5, need_all_backends=False)
-    agent.wait_states({f"{pool}/{sick[pool]}": "dead" for pool, _ in KINDS}, timeout=3)
+    ending = incident.wait_upstream_event(SICK, "ending_streams", SHUTDOWN_DELAY + scaled(2))
+    exiting = incident.wait_upstream_event(SICK, "exiting", scaled(3))
+    assert incident.wait_upstream_exit(SICK, scaled(3)) == 0
+    after = incident.wait_flowing(client, timeout=scaled(5), need_all_backends=False)
+    agent.wait_states({f"{pool}/{sick[pool]}": "dead" for pool, _ in KINDS}, timeout=scaled(3))
     dump = client.dump()
     info = (f"distribution {distribution}; SIGTERM at 0, ending_streams +{ending - t_term:.3f}s\n"
             f"{agent.log_text(50)}\n{incident.nginx_error_log(10)}")
@@ -156,7 +163,7 @@ def test_graceful_shutdown_cuts_no_stream_then_the_backend_is_dead(incident, rea
         assert held[kind] == distribution[kind][SICK], f"nginx held {held[kind]} of {distribution[kind][SICK]}\n{info}"
         assert [r.text for r in agent.reaps(backend) if r.t < ending] == [], f"reaped during the delay\n{info}"
         # Dead only once its port refuses, after the streams ended.
-        dead = wait_for(lambda: agent.find("backend dead", pool=pool, backend=backend), 3, "the dead line")
+        dead = wait_for(lambda: agent.find("backend dead", pool=pool, backend=backend), scaled(3), "the dead line")
         assert len(dead) == 1 and dead[0].t > ending and dead[0].fields.get("failure") == "refused", info
         # Everything that came from the upstream flowed through the delay and ended cleanly, by the server.
         for stream in dump.of_kind(kind):
