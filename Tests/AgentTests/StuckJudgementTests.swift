@@ -27,6 +27,17 @@ import Testing
         return socket
     }
 
+    /// A connection that writes every 6 s whose last write was lost 0.3 s ago: a 6.3 s old ACK, one
+    /// retransmission 0.1 s ago, the RTO doubled once.
+    func sparseWriterJustLost(_ cookie: UInt64, toward backend: Endpoint) -> DiagnosedSocket {
+        var lost = socket(cookie, toward: backend, sendQueue: 6, lastAck: 6_300, probes: 0, backoff: 1, timer: 1)
+        lost.tcpInfo?.unacked = 1
+        lost.tcpInfo?.retransmits = 1
+        lost.tcpInfo?.rtoMicroseconds = 400_000
+        lost.tcpInfo?.lastDataSentMilliseconds = 100
+        return lost
+    }
+
     /// A connection dropped on this side (a local OUTPUT DROP): its bytes queued, never sent, a timer
     /// firing. One look cannot tell how long the data has waited.
     func dropped(_ cookie: UInt64, toward backend: Endpoint, lastAck: UInt32, backoff: UInt8) -> DiagnosedSocket {
@@ -105,11 +116,7 @@ import Testing
     /// A connection that writes every 6 s: one lost segment (retransmitted once, 0.3 s into the loss)
     /// shows a 6 s old ACK, but its data has waited 0.3 s: not stuck, on this scan or the next.
     @Test func aSparseWritersLostSegmentIsNotStuckUntilItsDataWaitedStuckAfter() {
-        var lost = socket(1, toward: Self.a, sendQueue: 6, lastAck: 6_300, probes: 0, backoff: 1, timer: 1)
-        lost.tcpInfo?.unacked = 1
-        lost.tcpInfo?.retransmits = 1
-        lost.tcpInfo?.rtoMicroseconds = 400_000
-        lost.tcpInfo?.lastDataSentMilliseconds = 100
+        var lost = sparseWriterJustLost(1, toward: Self.a)
         let first = judge([lost], pool: [Self.a])
         #expect(first.condemned.isEmpty)
         // Lost for good: 1.9 s in (retransmitted at 0.2, 0.6 and 1.4 s), not yet; 2.0 s in, stuck.
@@ -138,11 +145,7 @@ import Testing
     /// counts at once, though it is not condemned (simulation seed 1,211); the other backend's
     /// long-waiting connection is then held, not ended.
     @Test func aSparseWriterJustCaughtCountsTowardALocalFault() {
-        var caught = socket(2, toward: Self.b, sendQueue: 6, lastAck: 6_300, probes: 0, backoff: 1, timer: 1)
-        caught.tcpInfo?.unacked = 1
-        caught.tcpInfo?.retransmits = 1
-        caught.tcpInfo?.rtoMicroseconds = 400_000
-        caught.tcpInfo?.lastDataSentMilliseconds = 100
+        let caught = sparseWriterJustLost(2, toward: Self.b)
         let judgement = judge([waiting(1, toward: Self.a, lastAck: 6_700, fires: 5), caught])
         #expect(judgement.condemned == [1])
         #expect(judgement.localFault)
