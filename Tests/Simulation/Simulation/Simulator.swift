@@ -197,7 +197,7 @@ public final class Simulator {
                 schedule(
                     now + every + after + after / 2 + 1_500, .stuckLiveness(connection: connections[index].id, since: now, again: false))
             }
-        case .localFault: break
+        case .localFault, .dataLoss: break
         }
     }
 

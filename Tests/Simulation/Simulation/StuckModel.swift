@@ -93,6 +93,12 @@ extension Simulator {
     func pathBroken(_ connection: Connection, at time: Int) -> WireState.Cause? {
         if let at = connection.wire.blackholedAt, at <= time { return .own }
         if !backendFlows(connection.backend, at: time) { return .own }
+        for happening in world.happenings {
+            if case .dataLoss(let at, let backend, let lasting) = happening, backend == connection.backend, time >= at, time < at + lasting
+            {
+                return .own
+            }
+        }
         return localFaultActive(at: time) == nil ? nil : .local
     }
 
@@ -168,17 +174,29 @@ extension Simulator {
     /// while its path carries them).
     func lastHeard(_ connection: Connection, at time: Int) -> Int {
         var newest = connection.wire.lastAck
-        if connection.streaming {
-            var flowing = time
-            if pathBroken(connection, at: time) != nil {
-                var since = connection.wire.blackholedAt.map { min($0, time) } ?? time
-                if !backendFlows(connection.backend, at: time) { since = min(since, silentSince[connection.backend] ?? time) }
-                if let fault = localFaultActive(at: time) { since = min(since, fault.from) }
-                flowing = since
-            }
-            if flowing >= connection.opened { newest = max(newest, flowing - flowing % 200) }
+        if connection.streaming, let flowing = lastCarried(connection, at: time), flowing >= connection.opened {
+            newest = max(newest, flowing - flowing % 200)
         }
         return newest
+    }
+
+    /// The last moment up to `time` the connection's path carried segments, whatever broke it since
+    /// (its backend silent, a blackhole, a fault on this side, one after another: one silence).
+    func lastCarried(_ connection: Connection, at time: Int) -> Int? {
+        if pathBroken(connection, at: time) == nil { return time }
+        var boundaries = (flowHistory[connection.backend] ?? []).map(\.at)
+        for happening in world.happenings {
+            if case .localFault(let at, let lasting) = happening { boundaries += [at, at + lasting] }
+            if case .dataLoss(let at, let backend, let lasting) = happening, backend == connection.backend {
+                boundaries += [at, at + lasting]
+            }
+        }
+        if let at = connection.wire.blackholedAt { boundaries.append(at) }
+        for boundary in Set(boundaries).filter({ $0 <= time && $0 > connection.opened }).sorted(by: >)
+        where pathBroken(connection, at: boundary - 1) == nil {
+            return boundary - 1
+        }
+        return pathBroken(connection, at: connection.opened) == nil ? connection.opened : nil
     }
 
     /// The connection as a sock_diag dump with tcp_info would show it now.

@@ -41,11 +41,14 @@ public enum Happening: Sendable, CustomStringConvertible {
     /// A fault on this side drops every established connection's segments, both ways, while new
     /// connections (the probes) get through: a local rule, a conntrack glitch, our NIC.
     case localFault(at: Int, lasting: Int)
+    /// One backend's established connections lose every segment for a while (a flapping link, a
+    /// congested switch port) while its probes, new connections, get through.
+    case dataLoss(at: Int, backend: Int, lasting: Int)
 
     public var at: Int {
         switch self {
         case .becomes(let at, _, _), .proberFault(let at, _), .probePathFault(let at, _, _), .unreadable(let at, _), .reload(let at),
-            .blackhole(let at, _), .localFault(let at, _):
+            .blackhole(let at, _), .localFault(let at, _), .dataLoss(let at, _, _):
             return at
         }
     }
@@ -59,6 +62,7 @@ public enum Happening: Sendable, CustomStringConvertible {
         case .reload(let at): "\(at) ms: reload"
         case .blackhole(let at, let backend): "\(at) ms: a connection to backend \(backend) blackholed"
         case .localFault(let at, let lasting): "\(at) ms: local fault on established connections for \(lasting) ms"
+        case .dataLoss(let at, let backend, let lasting): "\(at) ms: backend \(backend)'s connections lose every segment for \(lasting) ms"
         }
     }
 }
@@ -160,9 +164,11 @@ public struct World: Sendable {
             for index in configuration.pools.indices { configuration.pools[index].stuckAfter = .milliseconds(after) }
             for _ in 0..<stuckRandom.int(in: 0...3) {
                 let at = stuckRandom.int(in: 1_000...40_000)
-                switch stuckRandom.int(in: 0...2) {
+                switch stuckRandom.int(in: 0...3) {
                 case 0: happenings.append(.blackhole(at: at, backend: stuckRandom.int(in: 0..<count)))
                 case 1: happenings.append(.localFault(at: at, lasting: stuckRandom.pick([300, 1_500, 4_000, 9_000])))
+                case 2:
+                    happenings.append(.dataLoss(at: at, backend: stuckRandom.int(in: 0..<count), lasting: stuckRandom.int(in: 300...1_500)))
                 default:
                     // A burst of loss on one backend's path (a flapping link): writes caught in it retransmit.
                     let backend = stuckRandom.int(in: 0..<count)
