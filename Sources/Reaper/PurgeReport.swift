@@ -65,8 +65,6 @@ public struct PurgeReport: Sendable {
     /// Trouble with the kernel interfaces that the purge rode out (a dump begun again, an ack lost),
     /// counted by what and why; failures are in `stepErrors` and the items' outcomes instead.
     public var troubles: [NetlinkTrouble: Int] = [:]
-    /// With a stuck rule: cookies of the sockets found suspicious on this scan, for the next one.
-    public var stuckSuspects: Set<UInt64> = []
     public var durationSeconds: Double = 0
 
     public init() {}
@@ -85,7 +83,6 @@ public struct PurgeReport: Sendable {
         conntrackFlushes += other.conntrackFlushes
         conntrackFlushedUnlisted += other.conntrackFlushedUnlisted
         socketsLeftByLimit += other.socketsLeftByLimit
-        stuckSuspects.formUnion(other.stuckSuspects)
         troubles.merge(other.troubles, uniquingKeysWith: +)
         durationSeconds += other.durationSeconds
     }

@@ -183,10 +183,6 @@ public final class Purger {
                 report.sockets.append(.init(socket: socket, outcome: .ended))
             }
             unconfirmed = [:]
-            if let rule = matcher.stuck, round == 0 {
-                report.stuckSuspects = Set(
-                    dump.sockets.filter { matcher.isTowardDestinations($0) && rule.isSuspicious($0) }.map(\.id.cookie))
-            }
             let choice = plan.directSockets(in: dump.sockets, ended: ended) { ownBefore.union(OwnSockets.inodes()) }
             report.ownFlows.formUnion(choice.own.map(Flow.init))
             if options.socketLimit != nil, !choice.leftByLimit.isEmpty {
