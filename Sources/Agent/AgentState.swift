@@ -98,6 +98,10 @@ public final class AgentState: Sendable {
         storage.withLock { $0.policy.stillRuns(key, reason: reason) }
     }
 
+    public func stillScans(pool: String) -> Bool {
+        storage.withLock { $0.policy.stillScans(pool: pool) }
+    }
+
     public func state(of key: BackendKey) -> BackendState {
         storage.withLock { $0.policy.backends[key]?.state ?? .unknown }
     }

@@ -536,6 +536,21 @@ import Conntrack
         #expect(policy.handle(.tick(at(1_000))) == [.scanStuck(pool: "api", limit: 500)])
     }
 
+    /// The guard asked again when the scan's turn comes: decided while a backend answered, it runs
+    /// only while one still does (simulation seed 80,525,658).
+    @Test func aStuckScanRunsOnlyWhileSomeBackendStillAnswers() {
+        var policy = upPolicy(configuration { $0.stuckAfter = .seconds(2) })
+        #expect(policy.handle(.tick(at(500))) == [.scanStuck(pool: "api", limit: 500)])
+        #expect(policy.stillScans(pool: "api"))
+        _ = policy.handle(.probed(BackendKey(pool: "api", backend: backends[0]), Self.failed(.unreachable, after: 2), at: at(502)))
+        #expect(policy.stillScans(pool: "api"))  // the others answer
+        for backend in backends.dropFirst() {
+            _ = policy.handle(.probed(BackendKey(pool: "api", backend: backend), Self.failed(.unreachable, after: 2), at: at(503)))
+        }
+        #expect(!policy.stillScans(pool: "api"))
+        #expect(!policy.stillScans(pool: "elsewhere"))
+    }
+
     /// The other way: with less than a second's refill left (burst 600 at 500 a second), the scan
     /// takes what is left.
     @Test func aStuckScanTakesWhatIsLeftBelowASecondsRefill() {

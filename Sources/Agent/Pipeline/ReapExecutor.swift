@@ -323,7 +323,7 @@ public final class ReapExecutor: Service, Sendable {
                         pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
                         leftByLimit: tally.leftByLimit, at: .now, granted: 1)))
         case .scanStuck(let name, let limit):
-            guard let pool = configuration.pools.first(where: { $0.name == name }) else {
+            guard let pool = configuration.pools.first(where: { $0.name == name }), state.stillScans(pool: name) else {
                 submit(
                     .reaped(.init(pool: name, backend: nil, reason: .stuck, ended: 0, leftByLimit: 0, at: .now, granted: limit, ran: false))
                 )

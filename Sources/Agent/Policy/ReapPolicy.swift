@@ -327,6 +327,14 @@ public struct ReapPolicy: Sendable {
 
     /// Whether a pass decided earlier may still run when its turn comes: a stale one (the backend
     /// answered, a reload removed it, the survivor it counted on stopped answering) is dropped.
+    /// A stuck scan decided while some backend of the pool answered runs only while one still does:
+    /// its clients reconnect there (the guard, asked again when the scan's turn comes; simulation
+    /// seed 80,525,658: a lossy backend's failed probe arrived between the decision and the scan).
+    public func stillScans(pool name: String) -> Bool {
+        guard let pool = rules(of: name) else { return false }
+        return pool.backends.contains { answersNow(BackendKey(pool: name, backend: $0)) }
+    }
+
     public func stillRuns(_ key: BackendKey, reason: ReapReason) -> Bool {
         guard reason == .drainTimeout else { return stillEnds(key) }
         guard let record = backends[key], record.state == .unhealthy, record.drain != nil, let pool = rules(of: key.pool) else {

@@ -389,6 +389,15 @@ public final class Simulator {
             schedule(finish, .done(lane: lane))
             deliver(at: finish, .watching(key, announced: false))
         case .scanStuck(let pool, let limit):
+            guard state.stillScans(pool: pool) else {
+                schedule(now, .done(lane: lane))
+                submit(
+                    .reaped(
+                        .init(
+                            pool: pool, backend: nil, reason: .stuck, ended: 0, leftByLimit: 0, at: instant(now), granted: limit, ran: false
+                        )))
+                return
+            }
             let scan = scanStuck(pool, limit: limit)
             for connection in scan.ended {
                 end(
