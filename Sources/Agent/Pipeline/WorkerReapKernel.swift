@@ -113,7 +113,7 @@ public actor WorkerReapKernel: ReapKernel {
             }
         }
         let carriedIn = stuckCarried[pool.name] ?? StuckJudgement.Carried()
-        let heldElsewhere = stuckCarried.filter { $0.key != pool.name }.values.reduce(into: Set<UInt64>()) { $0.formUnion($1.held.keys) }
+        let heldElsewhere = StuckJudgement.heldElsewhere(stuckCarried, besides: pool.name)
         let judgement = StuckJudgement(
             listed: listed, pool: pool.backends, stuckAfterMilliseconds: afterMilliseconds, carried: carriedIn,
             heldElsewhere: heldElsewhere, at: .now)

@@ -325,16 +325,21 @@ public struct ReapPolicy: Sendable {
         return verdictHold(key, pool: pool) == nil
     }
 
-    /// Whether a pass decided earlier may still run when its turn comes: a stale one (the backend
-    /// answered, a reload removed it, the survivor it counted on stopped answering) is dropped.
     /// A stuck scan decided while some backend of the pool answered runs only while one still does:
     /// its clients reconnect there (the guard, asked again when the scan's turn comes; simulation
     /// seed 80,525,658: a lossy backend's failed probe arrived between the decision and the scan).
     public func stillScans(pool name: String) -> Bool {
-        guard let pool = rules(of: name) else { return false }
-        return pool.backends.contains { answersNow(BackendKey(pool: name, backend: $0)) }
+        rules(of: name).map(someBackendAnswers) ?? false
     }
 
+    /// The stuck scan's guard: a stuck connection's client reconnects, so only where some backend
+    /// of the pool answers now.
+    func someBackendAnswers(_ pool: PoolRules) -> Bool {
+        pool.backends.contains { answersNow(BackendKey(pool: pool.name, backend: $0)) }
+    }
+
+    /// Whether a pass decided earlier may still run when its turn comes: a stale one (the backend
+    /// answered, a reload removed it, the survivor it counted on stopped answering) is dropped.
     public func stillRuns(_ key: BackendKey, reason: ReapReason) -> Bool {
         guard reason == .drainTimeout else { return stillEnds(key) }
         guard let record = backends[key], record.state == .unhealthy, record.drain != nil, let pool = rules(of: key.pool) else {
@@ -633,8 +638,7 @@ public struct ReapPolicy: Sendable {
                 // simulation's worlds of two pools suppressed the second's scans as `budget`). What it
                 // leaves, the next scan takes, a quarter of stuck_after later.
                 let limit = min(budget.available(), budget.perSecond)
-                if !pool.backends.contains(where: { answersNow(BackendKey(pool: pool.name, backend: $0)) }) {
-                    // A stuck connection's client reconnects: only where some backend answers now.
+                if !someBackendAnswers(pool) {
                     actions += suppress(pool: pool.name, backend: nil, .allBackendsDown)
                 } else if limit > 0 {
                     budget.reserve(limit)

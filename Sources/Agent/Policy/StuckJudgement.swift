@@ -158,11 +158,14 @@ public struct StuckJudgement: Sendable, Equatable {
                 guard let recorded = previous.held[socket.id.cookie] else { continue }
                 let current = Self.hold(socket)
                 guard !Self.acknowledged(socket, since: recorded) else { continue }
-                guard lifted, recorded.sinceLift else {
-                    held[socket.id.cookie] =
-                        lifted
-                        ? Hold(
-                            timerFires: current.timerFires, lastAckMilliseconds: recorded.lastAckMilliseconds, sinceLift: true) : recorded
+                guard lifted else {
+                    held[socket.id.cookie] = recorded
+                    continue
+                }
+                // The first scan that knows the fault lifted counts fires from here.
+                guard recorded.sinceLift else {
+                    held[socket.id.cookie] = Hold(
+                        timerFires: current.timerFires, lastAckMilliseconds: recorded.lastAckMilliseconds, sinceLift: true)
                     continue
                 }
                 // A fire counts once its answer is overdue: the last went out an RTT ago or more.
@@ -210,6 +213,12 @@ public struct StuckJudgement: Sendable, Equatable {
         guard let recorded else { return false }
         guard recorded.sinceLift else { return true }
         return hold(socket).timerFires <= recorded.timerFires || !lastFireUnanswered(socket)
+    }
+
+    /// What the other pools' last scans hold: a pool's judgement never ends those (one endpoint, one
+    /// verdict), as WorkerReapKernel keeps each pool's `Carried`.
+    public static func heldElsewhere(_ carried: [String: Carried], besides pool: String) -> Set<UInt64> {
+        carried.filter { $0.key != pool }.values.reduce(into: Set<UInt64>()) { $0.formUnion($1.held.keys) }
     }
 
     static func acknowledged(_ socket: DiagnosedSocket, since recorded: Hold) -> Bool {

@@ -239,7 +239,7 @@ extension Simulator {
         noteLocalFault(pool: pool)
         let listed = connections.filter { members.contains($0.backend) }
         let after = UInt32(pool.stuckAfter.seconds * 1000)
-        let heldElsewhere = stuckCarried.filter { $0.key != poolName }.values.reduce(into: Set<UInt64>()) { $0.formUnion($1.held.keys) }
+        let heldElsewhere = StuckJudgement.heldElsewhere(stuckCarried, besides: poolName)
         let judgement = StuckJudgement(
             listed: listed.map(diagnosed), pool: pool.backends, stuckAfterMilliseconds: after, carried: stuckCarried[poolName] ?? .init(),
             heldElsewhere: heldElsewhere, at: instant(now))
