@@ -130,3 +130,32 @@ def test_direct_entry_found_by_original_destination(topo, reaper, form, family):
     assert document["counts"]["conntrack_deleted"] == 1, document["conntrack"]
     assert flows_to(topo.client.conntrack_flows(family, "tcp"), target_host, TCP_PORT) == []
     assert client.probe([target]) == [ABORTED]
+
+
+def test_an_empty_table_is_not_dumped_and_its_first_entry_is_found(lab, reaper):
+    """Every conntrack dump walks each bucket of the host's hash, found or not (8-10 ms at 262,144
+    buckets, four dumps a purge), so a purge asks the namespace's entry count first and dumps nothing
+    at 0: most namespaces of `netns: all` (pods without NAT rules) have none. Both ways: with the
+    table empty the sockets still go; once one NAT'd entry exists it is found by its reply source."""
+    client, server = lab.namespace("client"), lab.namespace("server")
+    dead, vip = "10.236.9.2", "10.236.9.100"
+    lab.link(client, server, ["10.236.9.1/24"], [f"{dead}/24"])
+    listener = server.peer()
+    listener.listen("tcp", dead, TCP_PORT)
+    peer = client.peer()
+    direct = peer.connect_one(dead, TCP_PORT)
+    assert client.run(["conntrack", "-C"]).stdout.strip() == "0", "nothing tracks this namespace yet"
+
+    document = reaper.ok_json(client, "purge", endpoint(dead, TCP_PORT))
+    assert [(s["remote"], s["result"]) for s in document["sockets"]] == [(endpoint(dead, TCP_PORT), "destroyed")]
+    assert document["conntrack"] == [] and document["errors"] == [], document
+    assert peer.probe([direct]) == [ABORTED]
+
+    client.dnat(vip, dead, TCP_PORT)   # a rule that tracks: the next connection has an entry
+    natted = peer.connect_one(vip, TCP_PORT)
+    assert int(client.run(["conntrack", "-C"]).stdout) == 1
+    document = reaper.ok_json(client, "purge", endpoint(dead, TCP_PORT))
+    assert [(s["remote"], s["through_conntrack"]) for s in document["sockets"]] == [(endpoint(vip, TCP_PORT), True)]
+    assert [(e["matched"], e["result"]) for e in document["conntrack"]] == [("reply-source", "deleted")], document
+    assert peer.probe([natted]) == [ABORTED]
+    assert client.run(["conntrack", "-C"]).stdout.strip() == "0"
