@@ -44,6 +44,33 @@ public enum ConntrackCodec {
         guard let conntrack = nfct_new() else { throw SystemCallError(call: "nfct_new", errno: .noMemory, layer: .conntrack) }
         defer { nfct_destroy(conntrack) }
         set(entry, into: conntrack)
+        return try built(conntrack)
+    }
+
+    /// The attributes of an IPCTNL_MSG_CT_NEW that makes `entry`: both tuples, zone, and its
+    /// timeout (the kernel refuses a create without one).
+    static func createAttributes(for entry: ConntrackEntry, timeoutSeconds: UInt32) throws(SystemCallError) -> [UInt8] {
+        guard let conntrack = nfct_new() else { throw SystemCallError(call: "nfct_new", errno: .noMemory, layer: .conntrack) }
+        defer { nfct_destroy(conntrack) }
+        set(entry, into: conntrack)
+        switch (entry.reply.source.address, entry.reply.destination.address) {
+        case (.v4(let source), .v4(let destination)):
+            nfct_set_attr_u32(conntrack, ATTR_REPL_IPV4_SRC, source.bigEndian)
+            nfct_set_attr_u32(conntrack, ATTR_REPL_IPV4_DST, destination.bigEndian)
+        case (let source, let destination):
+            source.networkBytes.withUnsafeBytes { nfct_set_attr_l(conntrack, ATTR_REPL_IPV6_SRC, $0.baseAddress, 16) }
+            destination.networkBytes.withUnsafeBytes { nfct_set_attr_l(conntrack, ATTR_REPL_IPV6_DST, $0.baseAddress, 16) }
+        }
+        nfct_set_attr_u8(conntrack, ATTR_REPL_L3PROTO, entry.family == .v4 ? 2 : 10)
+        nfct_set_attr_u8(conntrack, ATTR_REPL_L4PROTO, entry.transport.rawValue)
+        nfct_set_attr_u16(conntrack, ATTR_REPL_PORT_SRC, entry.reply.source.port.bigEndian)
+        nfct_set_attr_u16(conntrack, ATTR_REPL_PORT_DST, entry.reply.destination.port.bigEndian)
+        nfct_set_attr_u32(conntrack, ATTR_TIMEOUT, timeoutSeconds)
+        return try built(conntrack)
+    }
+
+    /// What nfct_nlmsg_build writes for `conntrack`, after the nfgenmsg the caller writes itself.
+    private static func built(_ conntrack: OpaquePointer) throws(SystemCallError) -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: 512)
         let length = buffer.withUnsafeMutableBytes { raw -> Int in
             guard let header = mnl_nlmsg_put_header(raw.baseAddress) else { return -1 }

@@ -4,7 +4,7 @@ import OS
 
 /// ctnetlink message types: NFNL_SUBSYS_CTNETLINK (1) in the high byte.
 enum ConntrackMessageType {
-    static let new: UInt16 = 0x100  // IPCTNL_MSG_CT_NEW: what a dump replies with
+    static let new: UInt16 = 0x100  // IPCTNL_MSG_CT_NEW: what a dump replies with, and a create
     static let get: UInt16 = 0x101  // IPCTNL_MSG_CT_GET
     static let delete: UInt16 = 0x102  // IPCTNL_MSG_CT_DELETE
     static let statistics: UInt16 = 0x105  // IPCTNL_MSG_CT_GET_STATS
@@ -15,7 +15,9 @@ enum ConntrackAttribute {
     static let tupleOriginal: UInt16 = 1  // CTA_TUPLE_ORIG
     static let tupleReply: UInt16 = 2  // CTA_TUPLE_REPLY
     static let status: UInt16 = 3  // CTA_STATUS
+    static let timeout: UInt16 = 7  // CTA_TIMEOUT
     static let id: UInt16 = 12  // CTA_ID
+    static let zone: UInt16 = 18  // CTA_ZONE
     static let filter: UInt16 = 25  // CTA_FILTER, kernel 5.8+
     static let tupleIP: UInt16 = 1  // CTA_TUPLE_IP
     static let tupleProto: UInt16 = 2  // CTA_TUPLE_PROTO

@@ -183,9 +183,11 @@ public final class ConntrackTable {
 
     // MARK: - Filtered flush
 
-    /// Whether the kernel deletes by filter (Linux 6.12+), learnt once per process: by `probeFlush`
-    /// or by the first flush it refused. nil: not known yet.
+    /// Whether the filtered flush may be used (Linux 6.12+, and it compared right on the canary),
+    /// learnt once per process by `verifyFlush`, or by a flush the kernel refused. nil: not known yet.
     public static let flushSupported = Mutex<Bool?>(nil)
+    /// What the IPv4 canary trial found (`FlushCanary`), for `check` and the agent's start line.
+    public static let flushVerdict = Mutex<FlushCanary.Verdict?>(nil)
 
     /// Which side of an entry a flush compares with the destination.
     public enum FlushSide: Sendable, Hashable, CaseIterable {
@@ -227,29 +229,35 @@ public final class ConntrackTable {
 
     /// Sends the flushes; each acknowledgement says whether the kernel did it. A refusal (EINVAL,
     /// EOPNOTSUPP: a kernel without the feature) deletes nothing and is remembered for the process.
+    /// Only a canary trial (`verifyFlush`) makes the flush trusted.
     public func flush(_ requests: [ConntrackFlushRequest]) throws(SystemCallError) -> [Acknowledgement] {
-        guard !requests.isEmpty else { return [] }
-        let acknowledgements = try deleteSocket.exchangeAcknowledged(requests, batchSize: requests.count)
-        if acknowledgements.contains(where: Self.isRefusal) {
-            Self.flushSupported.withLock { $0 = false }
-        } else if acknowledgements.contains(.done) {
-            Self.flushSupported.withLock { $0 = $0 ?? true }
-        }
+        let acknowledgements = try exchangeFlushes(requests)
+        if acknowledgements.contains(where: Self.isRefusal) { Self.flushSupported.withLock { $0 = false } }
         return acknowledgements
+    }
+
+    func exchangeFlushes(_ requests: [ConntrackFlushRequest]) throws(SystemCallError) -> [Acknowledgement] {
+        guard !requests.isEmpty else { return [] }
+        return try deleteSocket.exchangeAcknowledged(requests, batchSize: requests.count)
+    }
+
+    func exchange(_ request: some NetlinkRequest) throws(SystemCallError) -> Acknowledgement {
+        try deleteSocket.exchangeAcknowledged([request])[0]
     }
 
     static func isRefusal(_ acknowledgement: Acknowledgement) -> Bool {
         acknowledgement == .failed(.invalidArgument) || acknowledgement == .failed(.notSupported)
     }
 
-    /// Flushes a tuple that cannot exist (reply source 0.0.0.0, port 0): an ack means the kernel
-    /// deletes by filter. Costs one walk of the table.
+    /// Whether to flush: the IPv4 canary trial's verdict, tried on the first call of the process
+    /// (in the calling thread's namespace) and remembered.
     @discardableResult
-    public func probeFlush() throws(SystemCallError) -> Bool {
+    public func verifyFlush() -> Bool {
         if let known = Self.flushSupported.withLock({ $0 }) { return known }
-        let nowhere = try! ConntrackFlushRequest(.replySource(.v4(0), port: 0, .tcp))
-        let supported = try flush([nowhere]) == [.done]
-        Self.flushSupported.withLock { $0 = supported }
-        return supported
+        let verdict = tryFlush(on: .v4)
+        Self.flushVerdict.withLock { $0 = verdict }
+        let trusted = verdict == .trusted
+        Self.flushSupported.withLock { $0 = trusted }
+        return trusted
     }
 }

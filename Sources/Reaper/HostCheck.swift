@@ -23,7 +23,7 @@ public struct HostCheck: Sendable {
     public init() {
         findings.append(contentsOf: Self.checkSockets())
         findings.append(Self.checkConntrack())
-        if let flush = Self.checkConntrackFlush() { findings.append(flush) }
+        findings += Self.checkConntrackFlush()
         findings.append(contentsOf: Self.checkCapabilities())
     }
 
@@ -113,15 +113,39 @@ public struct HostCheck: Sendable {
         }
     }
 
-    /// Probed once per process here (the agent runs this check at start): a purge then knows
-    /// whether to flush or to delete entry by entry. nil where conntrack cannot be used at all.
-    static func checkConntrackFlush() -> Finding? {
-        guard let table = try? ConntrackTable(), let supported = try? table.probeFlush() else { return nil }
-        return Finding(
-            name: "conntrack filtered flush", verdict: .ok,
-            detail: supported
-                ? "supported (Linux 6.12+): many entries toward one IPv4 destination go in one request"
-                : "not supported by this kernel (before 6.12): entries are deleted one by one")
+    /// Tried once per process here on a canary entry (the agent runs this check at start): a purge
+    /// then knows whether to flush or to delete entry by entry. The IPv6 trial only informs: IPv6
+    /// entries are deleted one by one whatever it finds. Empty where conntrack cannot be used at all.
+    static func checkConntrackFlush() -> [Finding] {
+        guard let table = try? ConntrackTable() else { return [] }
+        table.verifyFlush()
+        guard let verdict = ConntrackTable.flushVerdict.withLock({ $0 }) else { return [] }
+        let name = "conntrack filtered flush"
+        let oneByOne = "entries are deleted one by one"
+        var findings: [Finding]
+        switch verdict {
+        case .trusted:
+            findings = [
+                Finding(
+                    name: name, verdict: .ok,
+                    detail: "supported (Linux 6.12+) and proven on a canary entry (zone \(FlushCanary.zone)): "
+                        + "many entries toward one IPv4 destination go in one request")
+            ]
+        case .refused:
+            return [Finding(name: name, verdict: .ok, detail: "not supported by this kernel (before 6.12): \(oneByOne)")]
+        case .comparesWrongly(let what):
+            return [Finding(name: name, verdict: .warning, detail: "not trusted, \(what) on a canary entry: \(oneByOne)")]
+        case .untried(let why):
+            return [Finding(name: name, verdict: .warning, detail: "not tried on a canary entry (\(why)): \(oneByOne)")]
+        }
+        let ipv6: String =
+            switch table.tryFlush(on: .v6) {
+            case .trusted: "compared right on a canary entry; IPv6 entries are still deleted one by one"
+            case .comparesWrongly(let what): "this kernel compares IPv6 addresses wrongly (\(what)): IPv6 \(oneByOne)"
+            case .refused, .untried: "not tried on a canary entry: IPv6 \(oneByOne)"
+            }
+        findings.append(Finding(name: "conntrack flush, IPv6", verdict: .ok, detail: ipv6))
+        return findings
     }
 
     static func checkCapabilities() -> [Finding] {

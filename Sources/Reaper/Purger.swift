@@ -302,6 +302,7 @@ public final class Purger {
     private func flushDirectFlows(
         _ plan: PurgePlan, listed: ConntrackTable.Dump, in table: ConntrackTable, report: inout PurgeReport
     ) throws(SystemCallError) -> Bool {
+        guard table.verifyFlush() else { return false }
         let requests = ConntrackTable.flushes(
             for: plan.matcher.destinations, transports: plan.matcher.transports, sides: [.originalDestination])
         let before = try? table.entryCount()
@@ -323,13 +324,20 @@ public final class Purger {
         _ targets: [PurgePlan.EntryTarget], plan: PurgePlan, originalSideFlushed: Bool, in table: ConntrackTable,
         report: inout PurgeReport
     ) throws(SystemCallError) -> [PurgePlan.EntryTarget] {
-        // Asked now, not when the plan was made: a flush refused earlier in this process is not sent again.
-        let current = plan.knowing(flushSupported: ConntrackTable.flushSupported.withLock({ $0 }))
-        guard
-            let sides = current.flushSides(
+        // Asked now, not when the plan was made: a flush refused earlier in this process is not sent
+        // again, and the process's first flush waits for the canary's trial.
+        var current = plan.knowing(flushSupported: ConntrackTable.flushSupported.withLock({ $0 }))
+        func sidesToFlush() -> Set<ConntrackTable.FlushSide>? {
+            current.flushSides(
                 for: targets, originalSideFlushed: originalSideFlushed, limitLeftSockets: !report.flowsLeftByLimit.isEmpty,
                 ownFlows: !report.ownFlows.isEmpty)
-        else { return targets }
+        }
+        guard var sides = sidesToFlush() else { return targets }
+        if !sides.isEmpty, current.flushSupported == nil {
+            current = plan.knowing(flushSupported: table.verifyFlush())
+            guard let verified = sidesToFlush() else { return targets }
+            sides = verified
+        }
         var flushed: Set<ConntrackTable.FlushSide> = originalSideFlushed ? [.originalDestination] : []
         if !sides.isEmpty {
             let acknowledgements = try table.flush(current.flushRequests(sides))

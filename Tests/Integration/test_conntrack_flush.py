@@ -182,3 +182,30 @@ def test_many_ended_sockets_flush_their_direct_entries_unlisted_and_the_translat
     results = client.probe(targets, timeout=5)
     assert results.count(ABORTED) == 300, {r: results.count(r) for r in set(results)}
     assert client.probe(decoys) == ["ok", "ok"]
+
+
+def test_the_flush_is_trusted_only_after_a_canary_and_the_canary_harms_nothing(lab, reaper):
+    """Before the first flush the process tries it on a canary entry in zone 65534 (documentation
+    addresses, UDP to port 0): flushes for another address must leave it, flushes for its own must take
+    it. Both ways on one kernel: IPv4 compares right and is trusted; IPv6 addresses compare inverted on
+    6.12-6.18 (kernel-notes), and the IPv6 trial says so. The trial's flushes name the canary's zone, so
+    entries outside it are untouched even by the inverted IPv6 one: the same tuples in zone 0, and an
+    IPv6 entry to port 0 on another address (what an inverted flush without the zone would take)."""
+    namespace = lab.namespace("canary")
+    decoys = [("192.0.2.1", "192.0.2.2", 1, 0, None), ("2001:db8::1", "2001:db8::2", 1, 0, None),
+              ("2001:db8::1", "2001:db8::9", 1, 0, None), ("2001:db8::1", "2001:db8::9", 1, 0, 65533)]
+    for source, destination, sport, dport, zone in decoys:
+        inject(namespace, source, destination, sport, dport, proto="udp", zone=zone)
+    before = table(namespace)
+    assert len(before) == len(decoys), before
+
+    result = reaper.run(namespace, "check")
+    assert result.returncode == 0, result.describe()
+    flush_line = next(line for line in result.stdout.splitlines() if line.startswith("conntrack filtered flush"))
+    if kernel.expect("filtered flush"):
+        assert "proven on a canary entry (zone 65534)" in flush_line, result.stdout
+        ipv6_line = next(line for line in result.stdout.splitlines() if line.startswith("conntrack flush, IPv6"))
+        assert "compares IPv6 addresses wrongly (a flush for another address took the canary)" in ipv6_line, result.stdout
+    else:
+        assert "not supported by this kernel (before 6.12)" in flush_line, result.stdout
+    assert table(namespace) == before, "the trial left its canary or took an entry outside its zone"

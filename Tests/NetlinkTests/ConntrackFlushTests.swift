@@ -39,6 +39,39 @@ import Testing
         #expect(ConntrackTable.flushes(for: destinations, transports: [.tcp, .udp]).isEmpty)
     }
 
+    /// Only the flush canary's trial flushes by an IPv6 address, and only inside the zone it names.
+    @Test func ipv6FlushOnlyInsideAZoneAndTheZoneIsWritten() throws {
+        let address = IPAddress("2001:db8::3")!
+        let bytes = try ConntrackFlushRequest(.replySource(address, port: 0, .udp), zone: FlushCanary.zone).serialized(sequence: 4)
+        #expect(Array(bytes[16..<20]) == [10, 0, 0, 0])  // nfgenmsg AF_INET6
+        let attributes = NetlinkAttributes(bytes[20...])
+        #expect(Array(attributes[2]?.nested[1]?.nested[3]?.value ?? []) == address.networkBytes)  // CTA_IP_V6_SRC
+        #expect(attributes[18]?.reader.networkOrder(UInt16.self, at: 0) == FlushCanary.zone)  // CTA_ZONE
+        #expect(attributes[25]?.nested[2]?.reader.hostOrder(UInt32.self, at: 0) == 0x19)  // IP_SRC | PROTO_NUM | SRC_PORT
+        let unzoned = try ConntrackFlushRequest(.replySource(target, port: 0, .udp)).serialized(sequence: 4)
+        #expect(NetlinkAttributes(unzoned[20...])[18] == nil, "a purge's flush compares every zone, as before")
+    }
+
+    /// The canary is nothing a host has: documentation addresses, UDP to port 0, a zone of its own;
+    /// every flush of its trial names that zone and a documentation address.
+    @Test func theCanaryAndItsTrialStayInTheirZone() throws {
+        for family in [IPAddress.Family.v4, .v6] {
+            let canary = FlushCanary.canary(family)
+            #expect(canary.zone == FlushCanary.zone && canary.transport == .udp && canary.original.destination.port == 0)
+            #expect(canary.reply.source == canary.original.destination && canary.reply.destination == canary.original.source)
+            let documentation =
+                family == .v4
+                ? IPPrefix(address: IPAddress("192.0.2.0")!, length: 24)! : IPPrefix(address: IPAddress("2001:db8::")!, length: 32)!
+            for address in [canary.original.source.address, canary.original.destination.address, FlushCanary.elsewhere(family)] {
+                #expect(documentation.contains(address))
+            }
+            let trial =
+                FlushCanary.flushes(toward: FlushCanary.elsewhere(family)) + FlushCanary.flushes(toward: canary.reply.source.address)
+            #expect(trial.count == 4 && trial.allSatisfy { $0.zone == FlushCanary.zone })
+            _ = try ConntrackCreateRequest(canary, timeoutSeconds: 30)
+        }
+    }
+
     @Test func oneFlushPerSideAndTransportForEachIPv4Host() throws {
         let destinations = [try Destination(parsing: "10.0.0.5:6443"), try Destination(parsing: "10.0.0.6")]
         let requests = ConntrackTable.flushes(for: destinations, transports: [.tcp])
