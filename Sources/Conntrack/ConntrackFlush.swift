@@ -8,9 +8,8 @@ import OS
 /// A flush, so this is the one place that builds one, and it builds nothing wider than asked:
 /// - the address is always compared (a flag word without it would match the port on every
 ///   address; one of 0 flushes the whole family);
-/// - an IPv6 address only inside a zone named with it: 6.18 compares IPv6 filter addresses
-///   inverted, so outside the flush canary's own zone (`FlushCanary`) IPv6 is refused here and
-///   deleted entry by entry;
+/// - an IPv6 address only inside the flush canary's own zone (`FlushCanary`): 6.18 compares IPv6
+///   filter addresses inverted, so anywhere else IPv6 is refused here and deleted entry by entry;
 /// - the protocol is always compared, the port when the destination has one;
 /// - the message always carries its tuple, so a kernel without the feature refuses it (EINVAL or
 ///   EOPNOTSUPP) instead of reading a bare CT_DELETE as "flush everything";
@@ -26,7 +25,7 @@ public struct ConntrackFlushRequest: NetlinkRequest, Equatable {
     }
 
     public init(_ filter: ConntrackFilter, zone: UInt16? = nil) throws(Refusal) {
-        guard filter.address.family == .v4 || zone != nil else { throw .ipv6 }
+        guard filter.address.family == .v4 || zone == FlushCanary.zone else { throw .ipv6 }
         self.filter = filter
         self.zone = zone
     }

@@ -8,7 +8,8 @@ import SystemPackage
 /// no socket can send to), in a zone of its own, with every flush of the trial confined to that zone.
 /// Flushes for another address on either side must leave it; a flush for its own address, on either
 /// side, must take it. A kernel can get this wrong: 6.18 compares IPv6 filter addresses inverted,
-/// which the IPv6 trial shows. Costs four walks of the table, once per process and family.
+/// which the IPv6 trial shows; so can the zone filter (zone 0 read as every zone), which the IPv4
+/// trial checks. Costs four or five walks of the table, once per process and family.
 public enum FlushCanary {
     /// A zone no flow of this host is expected in; the trial's flushes name it, so they compare nothing else.
     public static let zone: UInt16 = 65_534
@@ -39,6 +40,10 @@ public enum FlushCanary {
     static func elsewhere(_ family: IPAddress.Family) -> IPAddress {
         family == .v4 ? IPAddress("192.0.2.3")! : IPAddress("2001:db8::3")!
     }
+
+    /// For the canary's own IPv4 address, naming zone 0: must leave the canary. It also takes any
+    /// zone-0 entry with that reply source (UDP from 192.0.2.2 port 0): nothing real is.
+    static let zoneZeroFlush = try! ConntrackFlushRequest(.replySource(canary(.v4).reply.source.address, port: 0, .udp), zone: 0)
 
     /// The trial's flushes: both sides, for `address`, port 0, UDP, in the canary's zone.
     static func flushes(toward address: IPAddress) -> [ConntrackFlushRequest] {
@@ -107,6 +112,17 @@ extension ConntrackTable {
         case true?: break
         case false?: return .comparesWrongly("a flush for another address took the canary")
         case nil: return .untried("the canary's delete was not answered")
+        }
+        if family == .v4 {
+            // A purge's flush names zone 0: a kernel that read zone 0 as "every zone" (one version
+            // of the zone filter did) would take the other zones' entries a purge must leave.
+            if let failed = make() { return failed }
+            if let failed = flushed([FlushCanary.zoneZeroFlush]) { return failed }
+            switch stillThere() {
+            case true?: break
+            case false?: return .comparesWrongly("a flush naming zone 0 took the canary in zone \(FlushCanary.zone)")
+            case nil: return .untried("the canary's delete was not answered")
+            }
         }
         for (side, request) in zip(["original destination", "reply source"], FlushCanary.flushes(toward: canary.reply.source.address)) {
             if let failed = make() { return failed }

@@ -197,8 +197,10 @@ public final class ConntrackTable {
     /// The flushes that delete what `destinations` name in the kernel: for each IPv4 host
     /// destination, per transport, one per side asked. Other destinations (prefixes, any address,
     /// IPv6) get none: their entries are deleted one by one.
+    /// `zone`: the one zone each flush compares (CTA_ZONE), nil for every zone.
     public static func flushes(
-        for destinations: [Destination], transports: Set<TransportProtocol>, sides: Set<FlushSide> = Set(FlushSide.allCases)
+        for destinations: [Destination], transports: Set<TransportProtocol>, sides: Set<FlushSide> = Set(FlushSide.allCases),
+        zone: UInt16? = nil
     ) -> [ConntrackFlushRequest] {
         var requests: [ConntrackFlushRequest] = []
         for destination in destinations where isFlushable(destination) {
@@ -210,7 +212,7 @@ public final class ConntrackTable {
                         case .originalDestination: .originalDestination(address, port: destination.port, transport)
                         case .replySource: .replySource(address, port: destination.port, transport)
                         }
-                    if let request = try? ConntrackFlushRequest(filter) { requests.append(request) }
+                    if let request = try? ConntrackFlushRequest(filter, zone: zone) { requests.append(request) }
                 }
             }
         }

@@ -10,15 +10,18 @@ public struct DestinationMatcher: Sendable {
     public let states: SocketStates
     /// When set, only stuck connections among the destinations' match (and their conntrack entries).
     public let stuck: StuckRule?
+    /// The conntrack zones whose entries match; sockets have no zone.
+    public let zones: ConntrackZones
 
     public init(
         destinations: [Destination], transports: Set<TransportProtocol>, states: SocketStates = .reapByDefault,
-        stuck: StuckRule? = nil
+        stuck: StuckRule? = nil, zones: ConntrackZones = .standard
     ) {
         self.destinations = destinations
         self.transports = transports
         self.states = states
         self.stuck = stuck
+        self.zones = zones
     }
 
     /// Toward one of the destinations, by transport, state and address: before any stuck test.
@@ -40,6 +43,11 @@ public struct DestinationMatcher: Sendable {
     }
 
     public func match(_ entry: ConntrackEntry) -> ConntrackMatch? {
+        zones.contains(entry.zone) ? matchInAnyZone(entry) : nil
+    }
+
+    /// How the entry would match were its zone selected: what a purge leaves in other zones is counted.
+    public func matchInAnyZone(_ entry: ConntrackEntry) -> ConntrackMatch? {
         guard transports.contains(entry.transport) else { return nil }
         let original = entry.original.destination, replier = entry.reply.source
         if destinations.contains(where: { $0.matches(address: original.address, port: original.port) }) {

@@ -98,7 +98,7 @@ struct PurgePlan: Sendable {
     /// those are known only once the walk is over). The agent always sets a limit, so this is the CLI's.
     var directFlowsMayGoUnlisted: Bool {
         acting && flushMode != .never && socketLimit == nil && !sparingOwnSockets && flushSupported != false
-            && ConntrackTable.flushesDirectFlows(of: matcher.destinations)
+            && matcher.zones.flushZone != nil && ConntrackTable.flushesDirectFlows(of: matcher.destinations)
     }
 
     /// What the dumps do about the direct flows before the sockets are counted: list them (true),
@@ -139,8 +139,14 @@ struct PurgePlan: Sendable {
         }
     }
 
+    /// How many listed entries name the destinations in a zone the purge leaves.
+    func inOtherZones(_ listed: [ConntrackEntry]) -> Int {
+        if case .all = matcher.zones { return 0 }
+        return listed.count { !matcher.zones.contains($0.zone) && matcher.matchInAnyZone($0) != nil }
+    }
+
     /// Which sides of the IPv4 host destinations to flush for `targets`, or nil where no flush may be
-    /// used at all: a stuck rule (single sockets), sockets a limit left (a flush would take their
+    /// used at all: a stuck rule (single sockets), several zones (a flush names one, or all), sockets a limit left (a flush would take their
     /// entries), own flows among the matches (a flush names destinations, never flows, so it cannot
     /// leave a probe's entry out; a probe begun after the walk is not seen, but toward a destination
     /// found dead it is at most connecting, and its next SYN makes its entry again), the mode `never`,
@@ -149,7 +155,9 @@ struct PurgePlan: Sendable {
     func flushSides(
         for targets: [EntryTarget], originalSideFlushed: Bool, limitLeftSockets: Bool, ownFlows: Bool
     ) -> Set<ConntrackTable.FlushSide>? {
-        guard matcher.stuck == nil, !limitLeftSockets, !ownFlows, flushMode != .never, flushSupported != false else { return nil }
+        guard matcher.stuck == nil, matcher.zones.flushZone != nil, !limitLeftSockets, !ownFlows, flushMode != .never,
+            flushSupported != false
+        else { return nil }
         let named = namedByFlush
         var dialled = 0
         var translatedHere = 0
@@ -163,9 +171,12 @@ struct PurgePlan: Sendable {
         return sides
     }
 
-    /// The flush requests for `sides`: one per IPv4 host destination, transport and side.
+    /// The flush requests for `sides`: one per IPv4 host destination, transport and side, naming the
+    /// purge's zone (none when it takes every zone's).
     func flushRequests(_ sides: Set<ConntrackTable.FlushSide>) -> [ConntrackFlushRequest] {
-        ConntrackTable.flushes(for: matcher.destinations.filter(ConntrackTable.isFlushable), transports: matcher.transports, sides: sides)
+        guard let zone = matcher.zones.flushZone else { return [] }
+        return ConntrackTable.flushes(
+            for: matcher.destinations.filter(ConntrackTable.isFlushable), transports: matcher.transports, sides: sides, zone: zone)
     }
 
     /// Splits `targets` into those the kernel's flushes of `flushed` took (reported from the listing

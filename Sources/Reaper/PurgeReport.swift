@@ -55,6 +55,9 @@ public struct PurgeReport: Sendable {
     /// Entries a flush deleted that no dump listed (direct flows of a large purge), counted by the
     /// table's size before and after: what else came or went meanwhile moves it too.
     public var conntrackFlushedUnlisted = 0
+    /// Entries the dumps listed toward the destinations in zones the purge did not select
+    /// (`ConntrackZones`): left. Direct flows a flush took unlisted are not among them.
+    public var conntrackInOtherZones = 0
     /// Matching sockets not destroyed because of `Purger.Options.socketLimit`.
     public var socketsLeftByLimit = 0
     /// Their flows: their conntrack entries stay until they go, so their RST is still reverse-NATed.
@@ -82,6 +85,7 @@ public struct PurgeReport: Sendable {
         extraRounds += other.extraRounds
         conntrackFlushes += other.conntrackFlushes
         conntrackFlushedUnlisted += other.conntrackFlushedUnlisted
+        conntrackInOtherZones += other.conntrackInOtherZones
         socketsLeftByLimit += other.socketsLeftByLimit
         troubles.merge(other.troubles, uniquingKeysWith: +)
         durationSeconds += other.durationSeconds

@@ -266,6 +266,7 @@ public final class Purger {
                 }
             }
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "IPCTNL_MSG_CT_GET")
+            if round == 0 { report.conntrackInOtherZones = plan.inOtherZones(dump.entries) }
             let targets = plan.entries(
                 in: dump.entries, deleted: deleted, leftByLimit: report.flowsLeftByLimit, own: report.ownFlows,
                 onlyFlows: plan.deletesOnlyEntriesOfReportedSockets ? Set(report.sockets.map { Flow($0.socket) }) : nil)
@@ -303,8 +304,7 @@ public final class Purger {
         _ plan: PurgePlan, listed: ConntrackTable.Dump, in table: ConntrackTable, report: inout PurgeReport
     ) throws(SystemCallError) -> Bool {
         guard table.verifyFlush() else { return false }
-        let requests = ConntrackTable.flushes(
-            for: plan.matcher.destinations, transports: plan.matcher.transports, sides: [.originalDestination])
+        let requests = plan.flushRequests([.originalDestination])
         let before = try? table.entryCount()
         let acknowledgements = try table.flush(requests)
         report.note(acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))

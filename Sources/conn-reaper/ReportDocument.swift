@@ -23,6 +23,7 @@ enum ReportDocument {
                     ("conntrack_deleted", .integer(Int64(report.conntrackDeleted))),
                     ("conntrack_flushes", .integer(Int64(report.conntrackFlushes))),
                     ("conntrack_flushed_unlisted", .integer(Int64(report.conntrackFlushedUnlisted))),
+                    ("conntrack_in_other_zones", .integer(Int64(report.conntrackInOtherZones))),
                     ("errors", .integer(Int64(errors.count))),
                 ])
             ),

@@ -39,6 +39,9 @@ struct ReportPrinter {
                     + "counted by the table's size before and after)"
                 : " (conntrack: \(flushes) in the kernel; entries counted from the dump before them)"
         }
+        if report.conntrackInOtherZones > 0 {
+            summary += " (\(report.conntrackInOtherZones) conntrack entries listed toward them in other zones, left: --zone takes them)"
+        }
         standardError(summary)
         let hints = Set(errors.map { error in error.hint.map { "\(error.call): \($0)" } ?? error.description })
         for hint in hints.sorted() { standardError("error: \(hint)") }

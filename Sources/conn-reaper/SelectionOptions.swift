@@ -1,5 +1,6 @@
 import Agent
 import ArgumentParser
+import Conntrack
 import NetworkAddress
 import OS
 import Reaper
@@ -38,6 +39,14 @@ struct SelectionOptions: ParsableArguments {
             valueName: "name|path"))
     var netns: [String] = []
 
+    @Option(
+        name: .customLong("zone"),
+        help: ArgumentHelp(
+            "Conntrack zones whose entries are taken (repeatable, or 'all'); entries toward the destinations "
+                + "in other zones are left and counted. Default: zone 0.",
+            valueName: "zone|all"))
+    var zones: [String] = []
+
     @Option(name: .shortAndLong, help: "Output format: text or json.")
     var output: OutputFormat = .text
 
@@ -55,6 +64,23 @@ struct SelectionOptions: ParsableArguments {
             throw ValidationError("--netns '\(name)' names no namespace: give a name under /run/netns, a path, or 'all'")
         }
         if noConntrack && noSockets { throw ValidationError("--no-sockets with --no-conntrack leaves nothing to do") }
+        _ = try parsedZones()
+    }
+
+    func parsedZones() throws -> ConntrackZones {
+        guard !zones.isEmpty else { return .standard }
+        if zones.contains("all") {
+            guard zones.count == 1 else { throw ValidationError("--zone all takes every zone: give it alone") }
+            return .all
+        }
+        return .only(
+            Set(
+                try zones.map { text in
+                    guard let zone = UInt16(text) else {
+                        throw ValidationError("--zone '\(text)' is not a conntrack zone: give a number from 0 to 65535, or 'all'")
+                    }
+                    return zone
+                }))
     }
 
     func parsedDestinations() throws -> [Destination] {
@@ -97,7 +123,7 @@ struct SelectionOptions: ParsableArguments {
     func matcher() throws -> DestinationMatcher {
         DestinationMatcher(
             destinations: try parsedDestinations(), transports: transport.set, states: try parsedStates(),
-            stuck: try stuckRule())
+            stuck: try stuckRule(), zones: try parsedZones())
     }
 }
 

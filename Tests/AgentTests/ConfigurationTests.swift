@@ -1,4 +1,5 @@
 import Agent
+import Conntrack
 import Health
 import NetworkAddress
 import Testing
@@ -22,6 +23,24 @@ import Testing
               fall: 2
               tls: { server_name: kubernetes, insecure_skip_verify: true }
         """
+
+    @Test func conntrackZonesAreZeroUnlessNamedAndBadOnesAreRefused() throws {
+        let base = """
+            pools:
+              - name: api
+                backends: ["10.0.0.1:6443"]
+            """
+        #expect(try YAMLConfigReader.configuration(yaml: base, file: "c.yaml").pools[0].conntrackZones == .standard)
+        let two = try YAMLConfigReader.configuration(yaml: base + "\n    conntrack_zones: [0, 7]", file: "c.yaml")
+        #expect(two.pools[0].conntrackZones == .only([0, 7]))
+        let every = try YAMLConfigReader.configuration(yaml: base + "\n    conntrack_zones: all", file: "c.yaml")
+        #expect(every.pools[0].conntrackZones == .all)
+        for bad in ["[70000]", "[]", "seven", "[-1]"] {
+            #expect(throws: ConfigurationError.self, "conntrack_zones: \(bad)") {
+                try YAMLConfigReader.configuration(yaml: base + "\n    conntrack_zones: \(bad)", file: "c.yaml")
+            }
+        }
+    }
 
     @Test func readsTheDocumentedExample() throws {
         let configuration = try YAMLConfigReader.configuration(yaml: valid, file: "c.yaml")

@@ -1,5 +1,7 @@
+import Conntrack
 import NetworkAddress
 import Reaper
+@testable import Agent
 import SockDiag
 import Testing
 
@@ -19,5 +21,24 @@ import Testing
         #expect(!everything.matches(udp(state: .close, remote: Endpoint(address: .v4(0), port: 0))))
         // The other way: a connected UDP socket toward a backend is taken.
         #expect(everything.matches(udp(state: .established, remote: Endpoint(address: .v4(0x0A00_0003), port: 53))))
+    }
+
+    /// Zone 7's 10.0.0.3 may be another network's: matched only when its zone is selected, for a
+    /// purge's dump and for the agent's new-flow announcements alike.
+    @Test func anEntryMatchesOnlyInTheZonesSelected() throws {
+        let backend = Endpoint(address: .v4(0x0A00_0003), port: 6443), client = Endpoint(address: .v4(0x0A00_000A), port: 40000)
+        let inSeven = ConntrackEntry(
+            family: .v4, transport: .tcp, original: .init(source: client, destination: backend),
+            reply: .init(source: backend, destination: client), zone: 7)
+        let destination = [try Destination(parsing: "10.0.0.3:6443")]
+        #expect(DestinationMatcher(destinations: destination, transports: [.tcp]).match(inSeven) == nil)
+        #expect(DestinationMatcher(destinations: destination, transports: [.tcp]).matchInAnyZone(inSeven) == .originalDestination)
+        #expect(DestinationMatcher(destinations: destination, transports: [.tcp], zones: .only([7])).match(inSeven) == .originalDestination)
+        #expect(DestinationMatcher(destinations: destination, transports: [.tcp], zones: .all).match(inSeven) == .originalDestination)
+        func watched(_ zones: ConntrackZones) -> NewFlowWatch.Watched {
+            .init(backend: backend, transports: [.tcp], zones: zones, announce: { _ in }, lost: { _ in })
+        }
+        #expect(!NewFlowWatch.matches(inSeven, watched(.standard)))
+        #expect(NewFlowWatch.matches(inSeven, watched(.only([7]))))
     }
 }

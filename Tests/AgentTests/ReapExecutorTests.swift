@@ -1,3 +1,4 @@
+import Conntrack
 import Foundation
 import Health
 import Logging
@@ -55,7 +56,7 @@ import Testing
         }
 
         func watchNewFlows(
-            _ key: BackendKey, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?,
+            _ key: BackendKey, transports: Set<TransportProtocol>, zones: ConntrackZones, namespaces: NamespaceSelection?,
             announce: @escaping @Sendable (AnnouncedFlow) -> Void, lost: @escaping @Sendable (_ stopped: Bool) -> Void
         ) async -> Bool { false }
 

@@ -36,7 +36,7 @@ def inject(namespace, source, destination, sport, dport, proto="tcp", reply_sour
 # kind: (source, destination, dport, proto, reply source, reply port, zone, toward the dead TARGET4:TCP_PORT)
 KINDS = {
     "direct": (CLIENT4, TARGET4, TCP_PORT, "tcp", None, None, None, True),
-    "direct in zone 7": (CLIENT4, TARGET4, TCP_PORT, "tcp", None, None, 7, True),
+    "direct in zone 7": (CLIENT4, TARGET4, TCP_PORT, "tcp", None, None, 7, False),   # another zone: --zone
     "NAT'd to it": (CLIENT4, VIP_DEAD, TCP_PORT, "tcp", TARGET4, TCP_PORT, None, True),
     "other port": (CLIENT4, TARGET4, TCP_PORT + 5, "tcp", None, None, None, False),
     "other address": (CLIENT4, OTHER4, TCP_PORT, "tcp", None, None, None, False),
@@ -67,14 +67,15 @@ def build_table(topo) -> tuple[set[tuple], set[tuple]]:
     now = table(topo.client)
     injected = now - before
     assert len(injected) == len(KINDS) * COPIES, injected
-    assert len({e for e in injected if _toward_dead(e)}) == 3 * COPIES, injected
+    assert len({e for e in injected if _toward_dead(e)}) == 2 * COPIES, injected
     dead = {e for e in now if _toward_dead(e)}   # with a real flow's entry, if any
     return dead, now - dead
 
 
-def _toward_dead(entry: tuple) -> bool:
-    family, proto, original, reply, _ = entry
-    return proto == "tcp" and (f"dst='{TARGET4}'" in original and f"dport={TCP_PORT})" in original
+def _toward_dead(entry: tuple, zones=("0",)) -> bool:
+    """Toward TARGET4:TCP_PORT in one of `zones` (a purge takes zone 0's unless --zone says more)."""
+    family, proto, original, reply, zone = entry
+    return zone in zones and proto == "tcp" and (f"dst='{TARGET4}'" in original and f"dport={TCP_PORT})" in original
                                or f"src='{TARGET4}'" in reply and f"sport={TCP_PORT}," in reply)
 
 
@@ -85,7 +86,7 @@ def test_a_purge_deletes_exactly_the_entries_toward_the_dead_backend(topo, reape
     decoys = [client.connect_one(OTHER4, TCP_PORT), client.connect_one(TARGET4, TCP_PORT + 1)]
     assert client.probe([target] + decoys) == ["ok"] * 3
     dead, living = build_table(topo)
-    assert len(dead) == 3 * COPIES + 1, "and the real flow's entry"
+    assert len(dead) == 2 * COPIES + 1, "and the real flow's entry"
 
     document = reaper.ok_json(topo.client, "purge", "--conntrack-flush", mode, endpoint(TARGET4, TCP_PORT))
 
@@ -120,7 +121,9 @@ def test_auto_flushes_only_many_entries(topo, reaper):
     # A walk of the whole table costs what a few hundred exact deletes do: a few entries go one by one.
     build_table(topo)
     document = reaper.ok_json(topo.client, "purge", endpoint(TARGET4, TCP_PORT))
-    assert document["counts"]["conntrack_flushes"] == 0 and document["counts"]["conntrack_deleted"] == 3 * COPIES
+    counts = document["counts"]
+    assert counts["conntrack_flushes"] == 0 and counts["conntrack_deleted"] == 2 * COPIES, counts
+    assert counts["conntrack_in_other_zones"] == COPIES, counts
 
 
 def purge_exactly_the_dead(topo, reaper, dead: set[tuple], living: set[tuple]) -> dict:
@@ -139,7 +142,7 @@ def test_auto_flushes_the_side_with_many_entries_and_deletes_the_few_others_one_
     for sport in range(30000, 30300):
         inject(topo.client, CLIENT4, TARGET4, sport, TCP_PORT)
     dead |= {e for e in table(topo.client) if _toward_dead(e)}
-    assert len(dead) == 3 * COPIES + 300
+    assert len(dead) == 2 * COPIES + 300
 
     document = purge_exactly_the_dead(topo, reaper, dead, living)
     counts = document["counts"]
@@ -152,7 +155,7 @@ def test_auto_flushes_the_side_with_many_entries_and_deletes_the_few_others_one_
         assert set(by) == {"exact"} and len(by["exact"]) == len(dead), {k: len(v) for k, v in by.items()}
         return
     assert counts["conntrack_flushes"] == 1 and counts["conntrack_deleted"] == len(dead), counts
-    assert len(by["flush"]) == 2 * COPIES + 300 and len(by["exact"]) == COPIES, {k: len(v) for k, v in by.items()}
+    assert len(by["flush"]) == COPIES + 300 and len(by["exact"]) == COPIES, {k: len(v) for k, v in by.items()}
     assert all(e["original"]["dst"].startswith(VIP_DEAD) for e in by["exact"]), by["exact"]
 
 
@@ -165,14 +168,14 @@ def test_many_ended_sockets_flush_their_direct_entries_unlisted_and_the_translat
     decoys = [client.connect_one(OTHER4, TCP_PORT), client.connect_one(TARGET4, TCP_PORT + 1)]
     assert client.probe(targets + decoys, timeout=5) == ["ok"] * 302
     dead, living = build_table(topo)
-    assert len(dead) == 3 * COPIES + 300
+    assert len(dead) == 2 * COPIES + 300
 
     document = purge_exactly_the_dead(topo, reaper, dead, living)
     counts = document["counts"]
     listed = document["conntrack"]
     assert counts["sockets_destroyed"] == 300 and counts["conntrack_deleted"] == len(dead), counts
     if kernel.expect("filtered flush"):
-        assert counts["conntrack_flushes"] == 1 and counts["conntrack_flushed_unlisted"] == 2 * COPIES + 300, counts
+        assert counts["conntrack_flushes"] == 1 and counts["conntrack_flushed_unlisted"] == COPIES + 300, counts
         assert len(listed) == COPIES and all(e["original"]["dst"].startswith(VIP_DEAD) and e["deleted_by"] == "exact"
                                              for e in listed), listed
     else:
@@ -188,12 +191,15 @@ def test_the_flush_is_trusted_only_after_a_canary_and_the_canary_harms_nothing(l
     """Before the first flush the process tries it on a canary entry in zone 65534 (documentation
     addresses, UDP to port 0): flushes for another address must leave it, flushes for its own must take
     it. Both ways on one kernel: IPv4 compares right and is trusted; IPv6 addresses compare inverted on
-    6.12-6.18 (kernel-notes), and the IPv6 trial says so. The trial's flushes name the canary's zone, so
+    6.18 (kernel-notes; right on 6.12), and the IPv6 trial says so. The trial's flushes name the canary's zone, so
     entries outside it are untouched even by the inverted IPv6 one: the same tuples in zone 0, and an
-    IPv6 entry to port 0 on another address (what an inverted flush without the zone would take)."""
+    IPv6 entry to port 0 on another address (what an inverted flush without the zone would take). The
+    IPv4 trial's flush naming zone 0 must leave the canary too, and takes only zone 0's UDP from
+    192.0.2.2 port 0: the decoy on another port stays."""
     namespace = lab.namespace("canary")
-    decoys = [("192.0.2.1", "192.0.2.2", 1, 0, None), ("2001:db8::1", "2001:db8::2", 1, 0, None),
-              ("2001:db8::1", "2001:db8::9", 1, 0, None), ("2001:db8::1", "2001:db8::9", 1, 0, 65533)]
+    decoys = [("192.0.2.1", "192.0.2.2", 1, 7, None), ("192.0.2.1", "192.0.2.2", 1, 0, 65533),
+              ("2001:db8::1", "2001:db8::2", 1, 0, None), ("2001:db8::1", "2001:db8::9", 1, 0, None),
+              ("2001:db8::1", "2001:db8::9", 1, 0, 65533)]
     for source, destination, sport, dport, zone in decoys:
         inject(namespace, source, destination, sport, dport, proto="udp", zone=zone)
     before = table(namespace)
@@ -205,7 +211,57 @@ def test_the_flush_is_trusted_only_after_a_canary_and_the_canary_harms_nothing(l
     if kernel.expect("filtered flush"):
         assert "proven on a canary entry (zone 65534)" in flush_line, result.stdout
         ipv6_line = next(line for line in result.stdout.splitlines() if line.startswith("conntrack flush, IPv6"))
-        assert "compares IPv6 addresses wrongly (a flush for another address took the canary)" in ipv6_line, result.stdout
+        # Measured: Debian 13's 6.12.118 compares IPv6 filter addresses right, this host's 6.18.44
+        # inverted; kernels between were not tried.
+        inverted = "compares IPv6 addresses wrongly (a flush for another address took the canary)" in ipv6_line
+        right = "compared right on a canary entry" in ipv6_line
+        if kernel.VERSION >= (6, 18):
+            assert inverted, result.stdout
+        elif kernel.VERSION < (6, 13):
+            assert right, result.stdout
+        else:
+            assert inverted or right, result.stdout
     else:
         assert "not supported by this kernel (before 6.12)" in flush_line, result.stdout
     assert table(namespace) == before, "the trial left its canary or took an entry outside its zone"
+
+
+@pytest.mark.parametrize("zones,mode,taken", [
+    (["7"], "always", ("7",)), (["all"], "always", ("0", "7")), (["0", "7"], "never", ("0", "7")),
+    ([], "always", ("0",)),
+], ids=["zone-7-flushed", "all-flushed", "zones-0-and-7-exact", "default-zone-0-flushed"])
+def test_the_same_backend_address_in_two_zones_is_taken_only_from_the_zones_asked(topo, reaper, zones, mode, taken):
+    """A zone may hold another network's flows to the same address: a purge takes zone 0's, others
+    only with --zone, and a flush names its zone (a flush cannot name two: those go one by one)."""
+    dead, living = build_table(topo)
+    everything = dead | living
+    toward = {e for e in everything if _toward_dead(e, zones=("0", "7"))}
+    assert {e[4] for e in toward} == {"0", "7"}, toward
+    wanted = {e for e in toward if e[4] in taken}
+    args = [a for zone in zones for a in ("--zone", zone)]
+
+    document = reaper.ok_json(topo.client, "purge", "--conntrack-flush", mode, *args, endpoint(TARGET4, TCP_PORT))
+
+    after = table(topo.client)
+    assert after & wanted == set(), f"left in a zone asked for: {after & wanted}"
+    assert everything - wanted <= after, f"taken though not asked for: {(everything - wanted) - after}"
+    counts = document["counts"]
+    assert counts["conntrack_deleted"] == len(wanted), counts
+    # Counted among the entries the dumps listed: direct flows a flush took unlisted were never listed.
+    unlisted_direct = counts["conntrack_flushed_unlisted"] > 0
+    left_listed = [e for e in toward - wanted if not (unlisted_direct and f"dst='{TARGET4}'" in e[2])]
+    assert counts["conntrack_in_other_zones"] == len(left_listed), counts
+    flushed = mode == "always" and len(taken) == 1 or zones == ["all"]
+    expected_flushes = 2 if flushed and kernel.expect("filtered flush") else 0
+    assert counts["conntrack_flushes"] == expected_flushes, counts
+
+
+def test_a_zone_that_is_not_a_number_is_refused_and_nothing_is_touched(topo, reaper):
+    client = topo.client_peer
+    target = client.connect_one(TARGET4, TCP_PORT)
+    for bad, message in (("seven", "--zone 'seven' is not a conntrack zone"), ("70000", "--zone '70000' is not a conntrack zone"),
+                         ("all", "--zone all takes every zone: give it alone")):
+        extra = ["--zone", "0"] if bad == "all" else []
+        result = reaper.run(topo.client, "purge", "--zone", bad, *extra, endpoint(TARGET4, TCP_PORT))
+        assert result.returncode == 64 and message in result.stderr, result.describe()
+    assert client.probe([target]) == ["ok"]

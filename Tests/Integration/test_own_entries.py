@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from lab.agent import Agent
+from lab.agent import Agent, pool_yaml
 from lab.netns import wait_for
 
 DEAD, LIVE, PORT = "10.236.0.2", "10.236.0.3", 8080
@@ -83,3 +83,40 @@ def test_the_agents_own_connection_keeps_its_entry_while_the_others_go(count, la
     agent.stop()
     print(f"\n{count} others: their entries gone, the agent's own ({held}) kept; "
           f"reaped lines {[line.fields.get('conntrack') for line in reaped]}")
+
+
+@pytest.mark.parametrize("zones,taken", [(None, {"0"}), ("[0, 7]", {"0", "7"})], ids=["default-zone-0", "zones-0-and-7"])
+def test_the_agent_takes_a_dead_backends_entries_only_from_its_pools_zones(zones, taken, lab, reaper_binary, tmp_path):
+    """The same dead address in zone 0 and zone 7 (another network's host may have it there): the
+    agent's reap takes zone 0's, and zone 7's only where the pool names it (`conntrack_zones`)."""
+    client = lab.namespace("client")
+    server = lab.namespace("server")
+    lab.link(client, server, ["10.236.0.1/24"], [f"{DEAD}/24", f"{LIVE}/24"])
+    client.enable_conntrack()
+    listener = server.peer()
+    listener.listen("tcp", DEAD, PORT)
+    listener.listen("tcp", LIVE, PORT)
+    for zone in ("0", "7"):
+        for sport in range(30000, 30004):
+            client.run(["conntrack", "-I", "-p", "tcp", "-s", "10.236.0.1", "-d", DEAD, "--sport", str(sport),
+                        "--dport", str(PORT), "-t", "600", "--state", "ESTABLISHED", "-w", zone])
+    def zones_toward_dead():
+        return sorted(f.line.split("zone=")[1].split()[0] if "zone=" in f.line else "0"
+                      for f in client.conntrack_flows("ipv4", "tcp") if f.original.dst == DEAD and 30000 <= f.original.sport < 30004)
+    assert zones_toward_dead() == ["0"] * 4 + ["7"] * 4
+
+    pool = {"name": "api", "backends": [f"{DEAD}:{PORT}", f"{LIVE}:{PORT}"],
+            "probe": {"type": "tcp", "interval": "200ms", "timeout": "150ms"}}
+    if zones:
+        pool["conntrack_zones"] = zones
+    config = tmp_path / "agent.yaml"
+    config.write_text(pool_yaml([pool], listen=("127.0.0.1", 9751)))
+    agent = Agent(client, reaper_binary, ["--config", str(config)], listen="127.0.0.1:9751")
+    agent.wait_listening()
+    agent.wait_states({f"api/{DEAD}:{PORT}": "up", f"api/{LIVE}:{PORT}": "up"})
+    server.iptables("-I", "INPUT", "-d", DEAD, "-p", "tcp", "--syn", "-j", "DROP")
+    wait_for(lambda: agent.reaps(f"{DEAD}:{PORT}"), 10, "the dead backend reaped")
+    info = agent.log_text(20)
+    left = ["7"] * 4 if taken == {"0"} else []
+    assert zones_toward_dead() == left, info
+    agent.stop()

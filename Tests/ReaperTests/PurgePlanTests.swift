@@ -242,8 +242,38 @@ import Testing
     @Test func anEntryDeletedByAnEarlierRoundIsNotATargetAgainInAnyZone() {
         let first = entry(Self.client(1))
         let otherZone = entry(Self.client(1), zone: 7)
-        let targets = plan().entries(in: [first, otherZone], deleted: [first.identity], leftByLimit: [], own: [], onlyFlows: nil)
+        let everyZone = DestinationMatcher(destinations: matcher.destinations, transports: [.tcp], zones: .all)
+        let targets = plan(matcher: everyZone).entries(
+            in: [first, otherZone], deleted: [first.identity], leftByLimit: [], own: [], onlyFlows: nil)
         #expect(targets.map(\.entry) == [otherZone])
+    }
+
+    /// Zone 7 may be another network's 10.0.0.3: its entries go only when asked, and are counted.
+    @Test func otherZonesAreLeftUnlessAskedAndCounted() {
+        let listed = clients(3).map { entry($0) } + clients(2, from: 41000).map { entry($0, zone: 7) }
+        let byDefault = plan()
+        #expect(byDefault.entries(in: listed, deleted: [], leftByLimit: [], own: [], onlyFlows: nil).count == 3)
+        #expect(byDefault.inOtherZones(listed) == 2)
+        let seven = plan(matcher: DestinationMatcher(destinations: matcher.destinations, transports: [.tcp], zones: .only([7])))
+        #expect(seven.entries(in: listed, deleted: [], leftByLimit: [], own: [], onlyFlows: nil).map(\.entry.zone) == [7, 7])
+        #expect(seven.inOtherZones(listed) == 3)
+        let every = plan(matcher: DestinationMatcher(destinations: matcher.destinations, transports: [.tcp], zones: .all))
+        #expect(every.entries(in: listed, deleted: [], leftByLimit: [], own: [], onlyFlows: nil).count == 5)
+        #expect(every.inOtherZones(listed) == 0)
+    }
+
+    /// A flush names the purge's one zone (zone 0 by default), none with every zone; two zones cannot
+    /// be one flush, so they go by exact deletes, and their direct flows are listed.
+    @Test func aFlushNamesItsZoneAndTwoZonesAreNeverFlushed() {
+        #expect(plan(mode: .always).flushRequests([.originalDestination]).map(\.zone) == [0])
+        let every = plan(mode: .always, matcher: DestinationMatcher(destinations: matcher.destinations, transports: [.tcp], zones: .all))
+        #expect(every.flushRequests([.originalDestination, .replySource]).map(\.zone) == [nil, nil])
+        let two = plan(
+            mode: .always, matcher: DestinationMatcher(destinations: matcher.destinations, transports: [.tcp], zones: .only([0, 7])))
+        let targets = two.entries(in: clients(300).map { entry($0) }, deleted: [], leftByLimit: [], own: [], onlyFlows: nil)
+        #expect(two.flushSides(for: targets, originalSideFlushed: false, limitLeftSockets: false, ownFlows: false) == nil)
+        #expect(two.flushRequests([.originalDestination]).isEmpty)
+        #expect(!two.directFlowsMayGoUnlisted && plan(mode: .always).directFlowsMayGoUnlisted)
     }
 
     @Test func aStuckRuleDeletesOnlyTheCondemnedSocketsEntries() {

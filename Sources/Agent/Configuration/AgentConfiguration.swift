@@ -1,3 +1,4 @@
+import Conntrack
 import Health
 import Logging
 import NetworkAddress
@@ -79,6 +80,8 @@ public struct PoolConfiguration: Sendable, Equatable {
     /// dead verdict needs at least this much silence since the backend's last sign of life, or
     /// `(fall - 1) x interval` when that is shorter (probing alone never waits longer than it did).
     public var minOutage: Duration = .seconds(1)
+    /// The conntrack zones whose entries a reap takes (`conntrack_zones`): zone 0 unless it names others.
+    public var conntrackZones: ConntrackZones = .standard
 
     public init(name: String, backends: [Endpoint]) {
         self.name = name

@@ -1,3 +1,4 @@
+import Conntrack
 import Logging
 import Health
 import NetworkAddress
@@ -41,7 +42,7 @@ public enum YAMLConfigReader {
     static func pool(_ node: ConfigNode) throws(ConfigurationError) -> PoolConfiguration {
         let keys = try node.mapping(allowed: [
             "name", "backends", "protocols", "stuck_after", "probe", "netns", "reap_on", "drain_timeout", "early_detection",
-            "rebalance", "rebalance_tolerance", "rebalance_rate", "min_outage",
+            "rebalance", "rebalance_tolerance", "rebalance_rate", "min_outage", "conntrack_zones",
         ])
         guard let name = keys["name"] else { throw node.error("name", "missing") }
         guard let backends = keys["backends"] else { throw node.error("backends", "missing") }
@@ -66,7 +67,20 @@ public enum YAMLConfigReader {
         }
         if let probe = keys["probe"] { try read(probe: probe, into: &pool) }
         if let netns = keys["netns"] { pool.netns = try namespaces(netns) }
+        if let zones = keys["conntrack_zones"] { pool.conntrackZones = try conntrackZones(zones) }
         return pool
+    }
+
+    /// `all`, or a list of zone numbers.
+    static func conntrackZones(_ node: ConfigNode) throws(ConfigurationError) -> ConntrackZones {
+        if case .scalar = node.node {
+            let text = try node.string()
+            guard text == "all" else { throw node.error("'\(text)' is not 'all' or a list of conntrack zones (0-65535)") }
+            return .all
+        }
+        let zones = try node.list().map { item throws(ConfigurationError) in UInt16(try item.int(in: 0...65535)) }
+        guard !zones.isEmpty else { throw node.error("names no zone: leave it out for zone 0, or write all") }
+        return .only(Set(zones))
     }
 
     /// `all`, or a list of namespace files (`/run/netns/NAME`, `/proc/PID/ns/net`).

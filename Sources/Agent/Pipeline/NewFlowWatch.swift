@@ -11,6 +11,7 @@ final class NewFlowWatch: Sendable {
     struct Watched: Sendable {
         var backend: Endpoint
         var transports: Set<TransportProtocol>
+        var zones: ConntrackZones
         var announce: @Sendable (AnnouncedFlow) -> Void
         /// Announcements went missing: `true` when the read failed and none will come from here.
         var lost: @Sendable (_ stopped: Bool) -> Void
@@ -71,9 +72,10 @@ final class NewFlowWatch: Sendable {
         }
     }
 
-    /// Sent to the backend, or NAT'd to it (a Service VIP's flow names the backend as reply source).
+    /// Sent to the backend, or NAT'd to it (a Service VIP's flow names the backend as reply source),
+    /// in a zone the pool takes.
     static func matches(_ entry: ConntrackEntry, _ watched: Watched) -> Bool {
-        watched.transports.contains(entry.transport)
+        watched.transports.contains(entry.transport) && watched.zones.contains(entry.zone)
             && (entry.original.destination == watched.backend || entry.reply.source == watched.backend)
     }
 }

@@ -266,7 +266,7 @@ public final class ReapExecutor: Service, Sendable {
             }
             let request = KernelReapRequest(
                 backend: key.backend, transports: pool.protocols, scope: scope, limit: limit, dryRun: configuration.dryRun,
-                namespaces: configuration.namespaces(of: pool), refreshNamespaces: reason == .dead)
+                namespaces: configuration.namespaces(of: pool), refreshNamespaces: reason == .dead, zones: pool.conntrackZones)
             // A pass decided before the backend answered (or a reload removed it) is stale: dropped.
             guard state.stillRuns(key, reason: reason) else {
                 submit(
@@ -285,7 +285,7 @@ public final class ReapExecutor: Service, Sendable {
         case .watchNewFlows(let key):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
             let announced = await kernel.watchNewFlows(
-                key, transports: pool.protocols, namespaces: configuration.namespaces(of: pool),
+                key, transports: pool.protocols, zones: pool.conntrackZones, namespaces: configuration.namespaces(of: pool),
                 announce: { [self] flow in submit(.newFlow(key, flow, at: .now)) },
                 lost: { [self] stopped in
                     if stopped {

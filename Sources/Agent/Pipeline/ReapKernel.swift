@@ -1,3 +1,4 @@
+import Conntrack
 import NetworkAddress
 import OS
 import Reaper
@@ -19,7 +20,7 @@ public protocol ReapKernel: Sendable {
     /// failed (the announcements stopped there) to `lost(true)`. True when every namespace announces
     /// (its conntrack tracks flows), so walks can be a mere safety net.
     func watchNewFlows(
-        _ key: BackendKey, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?,
+        _ key: BackendKey, transports: Set<TransportProtocol>, zones: ConntrackZones, namespaces: NamespaceSelection?,
         announce: @escaping @Sendable (AnnouncedFlow) -> Void, lost: @escaping @Sendable (_ stopped: Bool) -> Void
     ) async -> Bool
     func unwatchNewFlows(_ key: BackendKey) async
@@ -63,11 +64,14 @@ public struct KernelReapRequest: Sendable, Equatable {
     public var namespaces: NamespaceSelection?
     /// Re-enumerate `netns: all` first: a namespace made since the last listing may hold its sockets.
     public var refreshNamespaces: Bool
+    /// The conntrack zones whose entries go (the pool's `conntrack_zones`).
+    public var zones: ConntrackZones
 
     public init(
         backend: Endpoint, transports: Set<TransportProtocol>, scope: ReapScope, limit: Int, dryRun: Bool,
-        namespaces: NamespaceSelection?, refreshNamespaces: Bool = false
+        namespaces: NamespaceSelection?, refreshNamespaces: Bool = false, zones: ConntrackZones = .standard
     ) {
+        self.zones = zones
         self.backend = backend
         self.transports = transports
         self.scope = scope

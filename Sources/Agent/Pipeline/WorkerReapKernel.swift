@@ -67,16 +67,23 @@ public actor WorkerReapKernel: ReapKernel {
         let destination = [Destination(address: request.backend.address, port: request.backend.port)]
         switch request.scope {
         case .full:
-            return [DestinationMatcher(destinations: destination, transports: request.transports)]
+            return [DestinationMatcher(destinations: destination, transports: request.transports, zones: request.zones)]
         case .established:
-            return [DestinationMatcher(destinations: destination, transports: request.transports, states: SocketStates([.established]))]
+            return [
+                DestinationMatcher(
+                    destinations: destination, transports: request.transports, states: SocketStates([.established]), zones: request.zones)
+            ]
         case .newConnects:
             var matchers: [DestinationMatcher] = []
             if request.transports.contains(.tcp) {
-                matchers.append(DestinationMatcher(destinations: destination, transports: [.tcp], states: SocketStates([.synSent])))
+                matchers.append(
+                    DestinationMatcher(
+                        destinations: destination, transports: [.tcp], states: SocketStates([.synSent]), zones: request.zones))
             }
             if request.transports.contains(.udp) {
-                matchers.append(DestinationMatcher(destinations: destination, transports: [.udp], states: SocketStates([.established])))
+                matchers.append(
+                    DestinationMatcher(
+                        destinations: destination, transports: [.udp], states: SocketStates([.established]), zones: request.zones))
             }
             return matchers
         }
@@ -283,7 +290,7 @@ public actor WorkerReapKernel: ReapKernel {
     }
 
     public func watchNewFlows(
-        _ key: BackendKey, transports: Set<TransportProtocol>, namespaces: NamespaceSelection?,
+        _ key: BackendKey, transports: Set<TransportProtocol>, zones: ConntrackZones, namespaces: NamespaceSelection?,
         announce: @escaping @Sendable (AnnouncedFlow) -> Void, lost: @escaping @Sendable (_ stopped: Bool) -> Void
     ) async -> Bool {
         // Every namespace on the node would take a thread each: `all` keeps to walking.
@@ -302,7 +309,7 @@ public actor WorkerReapKernel: ReapKernel {
                 }
                 watches[label] = NewFlowWatch(namespace: namespace, subscription: made)
             }
-            watches[label]?.watch(key, .init(backend: key.backend, transports: transports, announce: announce, lost: lost))
+            watches[label]?.watch(key, .init(backend: key.backend, transports: transports, zones: zones, announce: announce, lost: lost))
             // A namespace whose conntrack tracks nothing announces nothing: walking stays the way there.
             let tracked = (try? await worker.perform { _ in ConntrackTracking.trackedFlows() }) ?? nil
             announcedEverywhere = announcedEverywhere && (tracked ?? 0) > 0
