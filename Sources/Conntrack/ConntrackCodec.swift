@@ -53,18 +53,7 @@ public enum ConntrackCodec {
         guard let conntrack = nfct_new() else { throw SystemCallError(call: "nfct_new", errno: .noMemory, layer: .conntrack) }
         defer { nfct_destroy(conntrack) }
         set(entry, into: conntrack)
-        switch (entry.reply.source.address, entry.reply.destination.address) {
-        case (.v4(let source), .v4(let destination)):
-            nfct_set_attr_u32(conntrack, ATTR_REPL_IPV4_SRC, source.bigEndian)
-            nfct_set_attr_u32(conntrack, ATTR_REPL_IPV4_DST, destination.bigEndian)
-        case (let source, let destination):
-            source.networkBytes.withUnsafeBytes { nfct_set_attr_l(conntrack, ATTR_REPL_IPV6_SRC, $0.baseAddress, 16) }
-            destination.networkBytes.withUnsafeBytes { nfct_set_attr_l(conntrack, ATTR_REPL_IPV6_DST, $0.baseAddress, 16) }
-        }
-        nfct_set_attr_u8(conntrack, ATTR_REPL_L3PROTO, entry.family == .v4 ? 2 : 10)
-        nfct_set_attr_u8(conntrack, ATTR_REPL_L4PROTO, entry.transport.rawValue)
-        nfct_set_attr_u16(conntrack, ATTR_REPL_PORT_SRC, entry.reply.source.port.bigEndian)
-        nfct_set_attr_u16(conntrack, ATTR_REPL_PORT_DST, entry.reply.destination.port.bigEndian)
+        set(entry.reply, of: entry, as: .reply, into: conntrack)
         nfct_set_attr_u32(conntrack, ATTR_TIMEOUT, timeoutSeconds)
         return try built(conntrack)
     }
@@ -124,21 +113,38 @@ public enum ConntrackCodec {
     }
 
     private static func set(_ entry: ConntrackEntry, into conntrack: OpaquePointer) {
-        nfct_set_attr_u8(conntrack, ATTR_ORIG_L3PROTO, entry.family == .v4 ? 2 : 10)
-        nfct_set_attr_u8(conntrack, ATTR_ORIG_L4PROTO, entry.transport.rawValue)
-        switch (entry.original.source.address, entry.original.destination.address) {
-        case (.v4(let source), .v4(let destination)):
-            nfct_set_attr_u32(conntrack, ATTR_ORIG_IPV4_SRC, source.bigEndian)
-            nfct_set_attr_u32(conntrack, ATTR_ORIG_IPV4_DST, destination.bigEndian)
-        case (let source, let destination):
-            source.networkBytes.withUnsafeBytes { nfct_set_attr_l(conntrack, ATTR_ORIG_IPV6_SRC, $0.baseAddress, 16) }
-            destination.networkBytes.withUnsafeBytes {
-                nfct_set_attr_l(conntrack, ATTR_ORIG_IPV6_DST, $0.baseAddress, 16)
-            }
-        }
-        nfct_set_attr_u16(conntrack, ATTR_ORIG_PORT_SRC, entry.original.source.port.bigEndian)
-        nfct_set_attr_u16(conntrack, ATTR_ORIG_PORT_DST, entry.original.destination.port.bigEndian)
+        set(entry.original, of: entry, as: .original, into: conntrack)
         nfct_set_attr_u16(conntrack, ATTR_ZONE, entry.zone)
         if let id = entry.id { nfct_set_attr_u32(conntrack, ATTR_ID, id) }
+    }
+
+    /// libnetfilter_conntrack's attribute numbers for one direction's tuple.
+    private struct TupleAttributes {
+        let l3, l4, v4Source, v4Destination, v6Source, v6Destination, sourcePort, destinationPort: nf_conntrack_attr
+        static let original = TupleAttributes(
+            l3: ATTR_ORIG_L3PROTO, l4: ATTR_ORIG_L4PROTO, v4Source: ATTR_ORIG_IPV4_SRC, v4Destination: ATTR_ORIG_IPV4_DST,
+            v6Source: ATTR_ORIG_IPV6_SRC, v6Destination: ATTR_ORIG_IPV6_DST, sourcePort: ATTR_ORIG_PORT_SRC,
+            destinationPort: ATTR_ORIG_PORT_DST)
+        static let reply = TupleAttributes(
+            l3: ATTR_REPL_L3PROTO, l4: ATTR_REPL_L4PROTO, v4Source: ATTR_REPL_IPV4_SRC, v4Destination: ATTR_REPL_IPV4_DST,
+            v6Source: ATTR_REPL_IPV6_SRC, v6Destination: ATTR_REPL_IPV6_DST, sourcePort: ATTR_REPL_PORT_SRC,
+            destinationPort: ATTR_REPL_PORT_DST)
+    }
+
+    private static func set(
+        _ tuple: ConntrackEntry.Tuple, of entry: ConntrackEntry, as attributes: TupleAttributes, into conntrack: OpaquePointer
+    ) {
+        nfct_set_attr_u8(conntrack, attributes.l3, entry.family == .v4 ? 2 : 10)
+        nfct_set_attr_u8(conntrack, attributes.l4, entry.transport.rawValue)
+        switch (tuple.source.address, tuple.destination.address) {
+        case (.v4(let source), .v4(let destination)):
+            nfct_set_attr_u32(conntrack, attributes.v4Source, source.bigEndian)
+            nfct_set_attr_u32(conntrack, attributes.v4Destination, destination.bigEndian)
+        case (let source, let destination):
+            source.networkBytes.withUnsafeBytes { nfct_set_attr_l(conntrack, attributes.v6Source, $0.baseAddress, 16) }
+            destination.networkBytes.withUnsafeBytes { nfct_set_attr_l(conntrack, attributes.v6Destination, $0.baseAddress, 16) }
+        }
+        nfct_set_attr_u16(conntrack, attributes.sourcePort, tuple.source.port.bigEndian)
+        nfct_set_attr_u16(conntrack, attributes.destinationPort, tuple.destination.port.bigEndian)
     }
 }

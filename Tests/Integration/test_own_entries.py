@@ -28,6 +28,18 @@ os.execv(sys.argv[4], sys.argv[4:])
 """
 
 
+def two_backends(lab):
+    """A client namespace that conntrack tracks, and a server answering on DEAD and LIVE."""
+    client = lab.namespace("client")
+    server = lab.namespace("server")
+    lab.link(client, server, ["10.236.0.1/24"], [f"{DEAD}/24", f"{LIVE}/24"])
+    client.enable_conntrack()
+    listener = server.peer()
+    listener.listen("tcp", DEAD, PORT)
+    listener.listen("tcp", LIVE, PORT)
+    return client, server, listener
+
+
 def local_ports(namespace, host, port):
     lines = namespace.run(["ss", "-Htn", "state", "established", "dst", f"{host}:{port}"]).stdout.splitlines()
     return sorted(int(line.split()[2].rsplit(":", 1)[1]) for line in lines)
@@ -40,13 +52,7 @@ def entry_ports(namespace, host, port):
 
 @pytest.mark.parametrize("count", [4, 300], ids=["exact-deletes", "flush-sized"])
 def test_the_agents_own_connection_keeps_its_entry_while_the_others_go(count, lab, reaper_binary, tmp_path):
-    client = lab.namespace("client")
-    server = lab.namespace("server")
-    lab.link(client, server, ["10.236.0.1/24"], [f"{DEAD}/24", f"{LIVE}/24"])
-    client.enable_conntrack()
-    listener = server.peer()
-    listener.listen("tcp", DEAD, PORT)
-    listener.listen("tcp", LIVE, PORT)
+    client, server, _listener = two_backends(lab)
     connector = client.peer()
     toward_dead = connector.connect(DEAD, PORT, count=count)
     assert connector.probe(toward_dead) == ["ok"] * count
@@ -89,13 +95,7 @@ def test_the_agents_own_connection_keeps_its_entry_while_the_others_go(count, la
 def test_the_agent_takes_a_dead_backends_entries_only_from_its_pools_zones(zones, taken, lab, reaper_binary, tmp_path):
     """The same dead address in zone 0 and zone 7 (another network's host may have it there): the
     agent's reap takes zone 0's, and zone 7's only where the pool names it (`conntrack_zones`)."""
-    client = lab.namespace("client")
-    server = lab.namespace("server")
-    lab.link(client, server, ["10.236.0.1/24"], [f"{DEAD}/24", f"{LIVE}/24"])
-    client.enable_conntrack()
-    listener = server.peer()
-    listener.listen("tcp", DEAD, PORT)
-    listener.listen("tcp", LIVE, PORT)
+    client, server, _listener = two_backends(lab)
     for zone in ("0", "7"):
         for sport in range(30000, 30004):
             client.run(["conntrack", "-I", "-p", "tcp", "-s", "10.236.0.1", "-d", DEAD, "--sport", str(sport),
