@@ -51,12 +51,26 @@ public struct DestinationMatcher: Sendable {
         guard transports.contains(entry.transport) else { return nil }
         let original = entry.original.destination, replier = entry.reply.source
         if destinations.contains(where: { $0.matches(address: original.address, port: original.port) }) {
-            return .originalDestination
+            return isAnsweredElsewhere(entry) ? nil : .originalDestination
         }
         if destinations.contains(where: { $0.matches(address: replier.address, port: replier.port) }) {
             return .replySource
         }
         return nil
+    }
+
+    /// Dialled to a destination but answered from an address none of them names: a DNAT sent it to
+    /// a live C (a NodePort dialled on a dead node's address, served by a local pod), so the flow is
+    /// C's, and neither it nor its socket is the destination's to end.
+    public func isServedElsewhere(_ entry: ConntrackEntry) -> Bool {
+        guard transports.contains(entry.transport) else { return false }
+        let original = entry.original.destination
+        return destinations.contains { $0.matches(address: original.address, port: original.port) } && isAnsweredElsewhere(entry)
+    }
+
+    private func isAnsweredElsewhere(_ entry: ConntrackEntry) -> Bool {
+        let replier = entry.reply.source.address
+        return !destinations.contains { $0.prefix?.contains(replier) ?? true }
     }
 
     public var socketQuery: SocketQuery {

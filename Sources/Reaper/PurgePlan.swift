@@ -57,8 +57,16 @@ struct PurgePlan: Sendable {
     /// A round of the direct dump: what matches and was not ended by an earlier round. The limit
     /// counts the sockets earlier rounds ended. `ownInodes` is read only when a candidate could be
     /// one of this process's sockets (it reads /proc).
-    func directSockets(in dumped: [DiagnosedSocket], ended: Set<UInt64>, ownInodes: () -> Set<UInt32>) -> SocketChoice {
-        let candidates = dumped.filter { matcher.matches($0) && !ended.contains($0.id.cookie) }
+    /// `servedElsewhere`: flows dialled to a destination that a DNAT sent elsewhere (`servedElsewhere(in:)`): kept.
+    /// `listening`: the host's listening endpoints, when connections the destinations opened to it are spared.
+    func directSockets(
+        in dumped: [DiagnosedSocket], ended: Set<UInt64>, servedElsewhere: Set<Flow> = [], listening: [Endpoint] = [],
+        ownInodes: () -> Set<UInt32>
+    ) -> SocketChoice {
+        let candidates = dumped.filter {
+            matcher.matches($0) && !ended.contains($0.id.cookie) && (servedElsewhere.isEmpty || !servedElsewhere.contains(Flow($0)))
+                && (listening.isEmpty || !Self.wasAccepted($0, listening: listening))
+        }
         return choose(candidates, room: socketLimit.map { max(0, $0 - ended.count) }, ownInodes: ownInodes)
     }
 
@@ -72,6 +80,16 @@ struct PurgePlan: Sendable {
             translated.matches($0) && matcher.states.contains($0.state) && !reported.contains($0.id.cookie)
         }
         return choose(candidates, room: socketLimit.map { max(0, $0 - reportedCount) }, ownInodes: ownInodes)
+    }
+
+    /// Its local end is where the host listens: the peer opened it (a port-less destination's own
+    /// connections to this host's servers), not this host.
+    static func wasAccepted(_ socket: DiagnosedSocket, listening: [Endpoint]) -> Bool {
+        let local = socket.local.unmapped
+        return listening.contains { (listener: Endpoint) -> Bool in
+            let address = listener.unmapped.address
+            return listener.port == local.port && (address == local.address || address == .v4(0) || address == .v6(high: 0, low: 0))
+        }
     }
 
     private func choose(_ candidates: [DiagnosedSocket], room: Int?, ownInodes: () -> Set<UInt32>) -> SocketChoice {
@@ -139,6 +157,12 @@ struct PurgePlan: Sendable {
         }
     }
 
+    /// The flows dialled to a destination that a DNAT sent to an address none of them names: another
+    /// backend's, kept with their sockets, and no original-destination flush may be sent past them.
+    func servedElsewhere(in listed: [ConntrackEntry]) -> Set<Flow> {
+        Set(listed.filter(matcher.isServedElsewhere).map(Flow.init))
+    }
+
     /// How many listed entries name the destinations in a zone the purge leaves.
     func inOtherZones(_ listed: [ConntrackEntry]) -> Int {
         if case .all = matcher.zones { return 0 }
@@ -152,8 +176,10 @@ struct PurgePlan: Sendable {
     /// found dead it is at most connecting, and its next SYN makes its entry again), the mode `never`,
     /// or a kernel that refused. Each side on its own count: every flush walks the host's whole table.
     /// `originalSideFlushed`: that flush already ran, before the dump listed the direct flows.
+    /// `dialledElsewhere`: some flow dialled to a destination is served elsewhere; an original-
+    /// destination flush would take its entry, so that side goes by exact deletes.
     func flushSides(
-        for targets: [EntryTarget], originalSideFlushed: Bool, limitLeftSockets: Bool, ownFlows: Bool
+        for targets: [EntryTarget], originalSideFlushed: Bool, limitLeftSockets: Bool, ownFlows: Bool, dialledElsewhere: Bool = false
     ) -> Set<ConntrackTable.FlushSide>? {
         guard matcher.stuck == nil, matcher.zones.flushZone != nil, !limitLeftSockets, !ownFlows, flushMode != .never,
             flushSupported != false
@@ -166,7 +192,7 @@ struct PurgePlan: Sendable {
         }
         let always = flushMode == .always
         var sides = Set<ConntrackTable.FlushSide>()
-        if !originalSideFlushed, always || dialled >= Self.flushFrom { sides.insert(.originalDestination) }
+        if !originalSideFlushed, !dialledElsewhere, always || dialled >= Self.flushFrom { sides.insert(.originalDestination) }
         if always || translatedHere >= Self.flushFrom { sides.insert(.replySource) }
         return sides
     }

@@ -26,6 +26,9 @@ public final class Purger {
         public var conntrackFlush: ConntrackFlushMode = .auto
         /// Both directions' conntrack dumps at once (see `ConntrackTable.entries`): for a purge in one namespace.
         public var conntrackDumpsSideBySide = false
+        /// Leave connections a destination opened to this host (accepted on a listening port): a
+        /// port-less destination names them by address, though the host serves them.
+        public var sparingInbound = false
 
         public init(sockets: Bool = true, conntrack: Bool = true, dryRun: Bool = false) {
             self.sockets = sockets
@@ -110,6 +113,14 @@ public final class Purger {
                     directFlows: { listingDirectFlows.wait() })
             }
         }
+        // Waited for once, by the sockets' first round (which spares flows a DNAT sent elsewhere) or after it.
+        var firstDumpOutcome: Result<ConntrackTable.Dump, SystemCallError>?
+        func firstDumpNow() -> Result<ConntrackTable.Dump, SystemCallError>? {
+            if firstDumpOutcome == nil, let prefetched {
+                firstDumpOutcome = Result { () throws(SystemCallError) -> ConntrackTable.Dump in try prefetched.wait() }
+            }
+            return firstDumpOutcome
+        }
         if options.sockets, let socketDiagnostics {
             do {
                 // A large purge is known as soon as its dump passes `flushFrom` sockets: the
@@ -117,10 +128,20 @@ public final class Purger {
                 let large = SocketDiagnostics.CountSignal(count: PurgePlan.flushFrom) { listingDirectFlows.settle(false) }
                 try endSockets(
                     plan, includeTCPInfo: includeTCPInfo, options: options, idle: idle, in: socketDiagnostics, report: &report,
-                    signal: plan.directFlowsMayGoUnlisted ? large : nil
-                ) { direct in
-                    listingDirectFlows.settle(plan.listsDirectFlows(destroying: direct))
-                }
+                    signal: plan.directFlowsMayGoUnlisted ? large : nil,
+                    beforeDestroying: { direct in listingDirectFlows.settle(plan.listsDirectFlows(destroying: direct)) },
+                    servedElsewhere: {
+                        // A pass that looks at conntrack only once a socket matched (new connects to a
+                        // dead backend) looks now, for this alone: a connect dialled to it may be a DNAT's
+                        // to a live one. Its entries still go only where a socket was ended.
+                        if prefetched == nil, options.conntrack, options.conntrackOnlyAfterSockets, matcher.stuck == nil,
+                            let conntrackTable
+                        {
+                            let look = try? conntrackTable.entries(for: matcher.destinations, transports: matcher.transports)
+                            return look.map { plan.servedElsewhere(in: $0.entries) } ?? []
+                        }
+                        return (try? firstDumpNow()?.get()).map { plan.servedElsewhere(in: $0.entries) } ?? []
+                    })
             } catch {
                 report.stepErrors.append(error)
                 report.socketWalkFailed = true
@@ -132,8 +153,8 @@ public final class Purger {
         // before the entries do, like the direct ones.
         var firstDump: ConntrackTable.Dump?
         var conntrackFailed = false
-        if let prefetched {
-            do { firstDump = try prefetched.wait() } catch {
+        if let outcome = firstDumpNow() {
+            do { firstDump = try outcome.get() } catch {
                 report.stepErrors.append(error)
                 conntrackFailed = true
             }
@@ -160,16 +181,20 @@ public final class Purger {
         return report
     }
 
-    /// `beforeDestroying`: told, once, how many sockets the first round will destroy.
+    /// `beforeDestroying`: told, once, how many sockets the first round would destroy; only then is
+    /// `servedElsewhere` asked (it waits for the conntrack dump, whose reply side waited for that count).
     private func endSockets(
         _ plan: PurgePlan, includeTCPInfo: Bool, options: Options, idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics,
-        report: inout PurgeReport, signal: SocketDiagnostics.CountSignal? = nil, beforeDestroying: (Int) -> Void = { _ in }
+        report: inout PurgeReport, signal: SocketDiagnostics.CountSignal? = nil, beforeDestroying: (Int) -> Void = { _ in },
+        servedElsewhere: () -> Set<Flow> = { [] }
     ) throws(SystemCallError) {
         let matcher = plan.matcher
         var query = matcher.socketQuery
         query.includeTCPInfo = query.includeTCPInfo || includeTCPInfo
         var ended = Set<UInt64>()
         var unconfirmed: [UInt64: DiagnosedSocket] = [:]
+        var elsewhere: Set<Flow> = []
+        var listening: [Endpoint] = []
         for round in 0...options.maximumExtraRounds {
             // The agent's own sockets as they were before the dump and after it: a probe that closed
             // in between is in the dump but no longer in the table (its socket lingers as it closes).
@@ -183,7 +208,15 @@ public final class Purger {
                 report.sockets.append(.init(socket: socket, outcome: .ended))
             }
             unconfirmed = [:]
-            let choice = plan.directSockets(in: dump.sockets, ended: ended) { ownBefore.union(OwnSockets.inodes()) }
+            if round == 0 {
+                let count = plan.directSockets(in: dump.sockets, ended: ended) { ownBefore.union(OwnSockets.inodes()) }.destroy.count
+                beforeDestroying(count)
+                if count > 0 { elsewhere = servedElsewhere() }
+                if count > 0, options.sparingInbound { listening = try diagnostics.listeningEndpoints() }
+            }
+            let choice = plan.directSockets(in: dump.sockets, ended: ended, servedElsewhere: elsewhere, listening: listening) {
+                ownBefore.union(OwnSockets.inodes())
+            }
             report.ownFlows.formUnion(choice.own.map(Flow.init))
             if options.socketLimit != nil, !choice.leftByLimit.isEmpty {
                 report.socketsLeftByLimit = choice.leftByLimit.count
@@ -194,7 +227,6 @@ public final class Purger {
                 report.sockets += targets.map { .init(socket: $0, outcome: idle) }
                 return
             }
-            if round == 0 { beforeDestroying(targets.count) }
             let acks = try diagnostics.destroy(targets)
             var retry = dump.interrupted
             for (socket, ack) in zip(targets, acks) {
@@ -258,8 +290,10 @@ public final class Purger {
                     for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide)
             }
             var originalSideFlushed = false
+            let dialledElsewhere = !plan.servedElsewhere(in: dump.entries).isEmpty
             if round == 0, flushingDirectFlowsUnlisted {
-                originalSideFlushed = try flushDirectFlows(plan, listed: dump, in: table, report: &report)
+                // A flow dialled to it but served elsewhere would go with that flush: list instead.
+                if !dialledElsewhere { originalSideFlushed = try flushDirectFlows(plan, listed: dump, in: table, report: &report) }
                 // Refused (an older kernel) or failed: the direct entries were never listed; list them now.
                 if !originalSideFlushed {
                     dump = try table.entries(for: matcher.destinations, transports: matcher.transports).merged(with: dump)
@@ -276,7 +310,9 @@ public final class Purger {
             }
             var remaining = targets
             if round == 0 {
-                remaining = try flush(targets, plan: plan, originalSideFlushed: originalSideFlushed, in: table, report: &report)
+                remaining = try flush(
+                    targets, plan: plan, originalSideFlushed: originalSideFlushed, dialledElsewhere: dialledElsewhere, in: table,
+                    report: &report)
             }
             let acks = try table.delete(remaining.map(\.entry))
             var retry = dump.interrupted
@@ -321,7 +357,7 @@ public final class Purger {
     /// what appeared since the dump, toward the same dead destination: the report counts what the
     /// dump saw.
     private func flush(
-        _ targets: [PurgePlan.EntryTarget], plan: PurgePlan, originalSideFlushed: Bool, in table: ConntrackTable,
+        _ targets: [PurgePlan.EntryTarget], plan: PurgePlan, originalSideFlushed: Bool, dialledElsewhere: Bool, in table: ConntrackTable,
         report: inout PurgeReport
     ) throws(SystemCallError) -> [PurgePlan.EntryTarget] {
         // Asked now, not when the plan was made: a flush refused earlier in this process is not sent
@@ -330,7 +366,7 @@ public final class Purger {
         func sidesToFlush() -> Set<ConntrackTable.FlushSide>? {
             current.flushSides(
                 for: targets, originalSideFlushed: originalSideFlushed, limitLeftSockets: !report.flowsLeftByLimit.isEmpty,
-                ownFlows: !report.ownFlows.isEmpty)
+                ownFlows: !report.ownFlows.isEmpty, dialledElsewhere: dialledElsewhere)
         }
         guard var sides = sidesToFlush() else { return targets }
         if !sides.isEmpty, current.flushSupported == nil {

@@ -134,6 +134,14 @@ public final class SocketDiagnostics {
         return found
     }
 
+    /// The local endpoints TCP listens on (an unspecified address: every address), in both
+    /// families: a connection whose local end is one of them was accepted here, opened by its peer.
+    /// Only endpoints come back, never sockets that could be handed to `destroy`.
+    public func listeningEndpoints() throws(SystemCallError) -> [Endpoint] {
+        let requests = SocketFamily.allCases.map { InetDiagDumpRequest(family: $0, transport: .tcp, states: .listenersOnly) }
+        return try dump(requests, signal: nil).sockets.map(\.local)
+    }
+
     /// SOCK_DESTROY for each socket, batched. ENOENT means already gone (closed meanwhile, or the
     /// cookie names an older socket on the same tuple): the caller counts it apart from a destroy.
     public func destroy(_ sockets: [DiagnosedSocket], batchSize: Int = 1024) throws(SystemCallError) -> [Acknowledgement] {

@@ -59,6 +59,12 @@ public struct SocketStates: Sendable, Hashable {
         mask = states.filter { !Self.neverReaped.contains($0) }.reduce(0) { $0 | 1 << UInt32($1.rawValue) }
     }
 
+    /// Listeners, only to read which local ports accept connections (`SocketDiagnostics.listeningEndpoints`):
+    /// no request built from it returns a socket that could be destroyed.
+    static let listenersOnly = SocketStates(mask: 1 << UInt32(SocketState.listen.rawValue))
+
+    private init(mask: UInt32) { self.mask = mask }
+
     public func contains(_ state: SocketState) -> Bool { mask & 1 << UInt32(state.rawValue) != 0 }
 
     public var states: [SocketState] { SocketState.allCases.filter(contains) }

@@ -47,6 +47,11 @@ struct SelectionOptions: ParsableArguments {
             valueName: "zone|all"))
     var zones: [String] = []
 
+    @Flag(
+        name: .customLong("inbound"),
+        help: "Also take connections a port-less destination opened to this host (accepted on a listening port); left by default.")
+    var inbound = false
+
     @Option(name: .shortAndLong, help: "Output format: text or json.")
     var output: OutputFormat = .text
 
@@ -65,6 +70,14 @@ struct SelectionOptions: ParsableArguments {
         }
         if noConntrack && noSockets { throw ValidationError("--no-sockets with --no-conntrack leaves nothing to do") }
         _ = try parsedZones()
+    }
+
+    /// The purger's options for this selection: a port-less destination spares what it opened to this host.
+    func options(dryRun: Bool = false) throws -> Purger.Options {
+        var options = Purger.Options(sockets: !noSockets, conntrack: !noConntrack, dryRun: dryRun)
+        let destinations = try parsedDestinations()
+        options.sparingInbound = !inbound && destinations.contains { $0.port == nil }
+        return options
     }
 
     func parsedZones() throws -> ConntrackZones {

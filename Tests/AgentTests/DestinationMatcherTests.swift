@@ -40,5 +40,11 @@ import Testing
         }
         #expect(!NewFlowWatch.matches(inSeven, watched(.standard)))
         #expect(NewFlowWatch.matches(inSeven, watched(.only([7]))))
+        // Dialled to the backend, answered by another address: a DNAT's to a live one, not announced.
+        var servedElsewhere = inSeven
+        servedElsewhere.zone = 0
+        servedElsewhere.reply.source = Endpoint(address: .v4(0x0A00_0004), port: 6443)
+        #expect(!NewFlowWatch.matches(servedElsewhere, watched(.standard)))
+        #expect(DestinationMatcher(destinations: destination, transports: [.tcp]).isServedElsewhere(servedElsewhere))
     }
 }

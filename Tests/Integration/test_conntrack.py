@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lab import kernel
 from lab.netns import endpoint
 from lab.topology import OTHER4, OTHER6, TARGET4, TARGET6, TCP_PORT
 
@@ -159,3 +160,27 @@ def test_an_empty_table_is_not_dumped_and_its_first_entry_is_found(lab, reaper):
     assert [(e["matched"], e["result"]) for e in document["conntrack"]] == [("reply-source", "deleted")], document
     assert peer.probe([natted]) == [ABORTED]
     assert client.run(["conntrack", "-C"]).stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("mode", ["auto", "always"])
+def test_a_flow_dialled_to_the_dead_backend_but_served_by_a_live_one_is_kept(topo, reaper, mode):
+    """A NodePort dialled on a dead node's address and DNAT'd here to a live pod is the pod's flow, not
+    the dead node's: its socket keeps flowing and its entry stays, also where a flush is asked for (no
+    original-destination flush is sent past it). The dead address's own flow goes, both ways in one run."""
+    topo.client.dnat(TARGET4, OTHER4, TCP_PORT)     # TARGET4:TCP_PORT answered by OTHER4
+    client = topo.client_peer
+    served = client.connect_one(TARGET4, TCP_PORT)
+    own = client.connect_one(TARGET4, TCP_PORT + 1)
+    assert client.probe([served, own]) == ["ok", "ok"]
+    assert [f.reply.src for f in flows_to(topo.client.conntrack_flows("ipv4"), TARGET4, TCP_PORT)] == [OTHER4]
+
+    document = reaper.ok_json(topo.client, "purge", "--conntrack-flush", mode, TARGET4)
+
+    assert [(s["remote"], s["result"]) for s in document["sockets"]] == [(endpoint(TARGET4, TCP_PORT + 1), "destroyed")], document
+    assert client.probe([own]) == [ABORTED]
+    assert client.probe([served]) == ["ok"], "the flow a DNAT sent to a live backend must keep flowing"
+    after = topo.client.conntrack_flows("ipv4")
+    assert [f.reply.src for f in flows_to(after, TARGET4, TCP_PORT)] == [OTHER4], "its entry must stay"
+    assert flows_to(after, TARGET4, TCP_PORT + 1) == []
+    flushes = document["counts"]["conntrack_flushes"]
+    assert flushes == (1 if mode == "always" and kernel.expect("filtered flush") else 0), document["counts"]

@@ -212,3 +212,23 @@ def test_state_option_limits_to_syn_sent(topo, reaper):
     assert [s["state"] for s in document["sockets"]] == ["syn-sent"]
     assert client.connect_status([pending], timeout=2)[0] == [ABORTED]
     assert client.probe([established]) == ["ok"]
+
+
+@pytest.mark.parametrize("inbound", [False, True], ids=["spared", "with---inbound"])
+def test_a_portless_destination_leaves_what_it_opened_to_this_host_unless_asked(topo, reaper, inbound):
+    """A port-less destination names a host, and by address also the connections that host opened to
+    this one (a kubelet's to its node-local server, a peer's replication): this host serves those. They
+    stay, and go with --inbound; the connection this host opened to it goes either way."""
+    client, server = topo.client_peer, topo.server_peer
+    client.listen("tcp", "0.0.0.0", 9099)
+    opened_by_it = server.connect_one(CLIENT4, 9099, source=TARGET4)   # accepted here: local port 9099
+    ours = client.connect_one(TARGET4, TCP_PORT)
+    assert server.probe([opened_by_it]) == ["ok"] and client.probe([ours]) == ["ok"]
+
+    argv = ["purge", "--no-conntrack"] + (["--inbound"] if inbound else []) + [TARGET4]
+    document = reaper.ok_json(topo.client, *argv)
+
+    ended = sorted(s["local"].rsplit(":", 1)[1] == "9099" for s in document["sockets"])
+    assert ended == ([False, True] if inbound else [False]), document["sockets"]
+    assert client.probe([ours]) == [ABORTED]
+    assert server.probe([opened_by_it]) == (["ECONNRESET"] if inbound else ["ok"])

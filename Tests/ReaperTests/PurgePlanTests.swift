@@ -191,7 +191,8 @@ import Testing
     }
 
     @Test func theFlushCountsWhatItTookUnlistedLessTheTranslatedEntriesListedOnThatSide() {
-        let dialledTranslated = entry(Self.client(1), Self.backend, repliedBy: Self.live)
+        // Dialled to the backend, translated to another of its ports: still the backend's, listed on that side.
+        let dialledTranslated = entry(Self.client(1), Self.backend, repliedBy: Self.endpoint("10.0.0.3", 8443))
         let translatedHere = entry(Self.client(2), Self.vip, repliedBy: Self.backend)
         #expect(plan().flushedUnlisted(before: 1000, after: 600, listed: [dialledTranslated, translatedHere]) == 399)
         #expect(plan().flushedUnlisted(before: 10, after: 12, listed: []) == 0)
@@ -246,6 +247,43 @@ import Testing
         let targets = plan(matcher: everyZone).entries(
             in: [first, otherZone], deleted: [first.identity], leftByLimit: [], own: [], onlyFlows: nil)
         #expect(targets.map(\.entry) == [otherZone])
+    }
+
+    /// Dialled to the dead 10.0.0.3 but DNAT'd to the live 10.0.0.4 (a NodePort on a dead node's
+    /// address, served by a local pod): 10.0.0.4's flow. Its socket and entry stay, and no
+    /// original-destination flush is sent past it; a VIP's flow answered by 10.0.0.3 is still taken.
+    @Test func aFlowDialledToTheDestinationButServedElsewhereIsKept() {
+        let portless = DestinationMatcher(destinations: [try! Destination(parsing: "10.0.0.3")], transports: [.tcp])
+        let plan = plan(mode: .always, matcher: portless)
+        let servedByLive = entry(Self.client(40001), repliedBy: Self.live)
+        let direct = entry(Self.client(40002))
+        let viaVIP = entry(Self.client(40003), Self.vip, repliedBy: Self.backend)
+        let otherPort = entry(Self.client(40004), repliedBy: Self.endpoint("10.0.0.3", 8443))
+        let listed = [servedByLive, direct, viaVIP, otherPort]
+        #expect(plan.servedElsewhere(in: listed) == [Flow(servedByLive)])
+        let targets = plan.entries(in: listed, deleted: [], leftByLimit: [], own: [], onlyFlows: nil)
+        #expect(targets.map(\.entry) == [direct, viaVIP, otherPort])
+        let sockets = [socket(Self.client(40001), cookie: 1), socket(Self.client(40002), cookie: 2)]
+        let choice = plan.directSockets(in: sockets, ended: [], servedElsewhere: plan.servedElsewhere(in: listed)) { [] }
+        #expect(choice.destroy.map(\.id.cookie) == [2])
+        let sides = plan.flushSides(
+            for: targets, originalSideFlushed: false, limitLeftSockets: false, ownFlows: false, dialledElsewhere: true)
+        #expect(sides == [.replySource])
+    }
+
+    /// A port-less destination names a host, and so also what it opened to this one: a socket whose
+    /// local end is where this host listens (on its address, or any address of either family) was
+    /// accepted here and is spared when listeners are given; an outgoing one on an ephemeral port is not.
+    @Test func connectionsTheDestinationOpenedToThisHostAreSparedWhenListenersAreGiven() {
+        let portless = DestinationMatcher(destinations: [try! Destination(parsing: "10.0.0.3")], transports: [.tcp])
+        let accepted = socket(Self.endpoint("10.0.0.10", 443), Self.endpoint("10.0.0.3", 51000), cookie: 1)
+        let acceptedOnAny = socket(Self.endpoint("::ffff:10.0.0.10", 8443), Self.endpoint("::ffff:10.0.0.3", 51001), cookie: 2)
+        let outgoing = socket(Self.client(40000), Self.endpoint("10.0.0.3", 443), cookie: 3)
+        let listening = [Self.endpoint("10.0.0.10", 443), Self.endpoint("::", 8443)]
+        let spared = plan(matcher: portless).directSockets(in: [accepted, acceptedOnAny, outgoing], ended: [], listening: listening) { [] }
+        #expect(spared.destroy.map(\.id.cookie) == [3])
+        let asked = plan(matcher: portless).directSockets(in: [accepted, acceptedOnAny, outgoing], ended: []) { [] }
+        #expect(asked.destroy.map(\.id.cookie) == [1, 2, 3])
     }
 
     /// Zone 7 may be another network's 10.0.0.3: its entries go only when asked, and are counted.

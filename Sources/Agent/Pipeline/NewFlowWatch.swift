@@ -72,11 +72,13 @@ final class NewFlowWatch: Sendable {
         }
     }
 
-    /// Sent to the backend, or NAT'd to it (a Service VIP's flow names the backend as reply source),
-    /// in a zone the pool takes.
+    /// Served by the backend: NAT'd to it (a Service VIP's flow names it as reply source), or sent to
+    /// it and answered from its address (dialled to it but a DNAT's to a live one is that one's), in
+    /// a zone the pool takes.
     static func matches(_ entry: ConntrackEntry, _ watched: Watched) -> Bool {
         watched.transports.contains(entry.transport) && watched.zones.contains(entry.zone)
-            && (entry.original.destination == watched.backend || entry.reply.source == watched.backend)
+            && (entry.reply.source == watched.backend
+                || (entry.original.destination == watched.backend && entry.reply.source.address == watched.backend.address))
     }
 }
 

@@ -32,12 +32,10 @@ struct Purge: ParsableCommand {
     }
 
     func run() throws {
-        let options = {
-            var options = Purger.Options(sockets: !selection.noSockets, conntrack: !selection.noConntrack, dryRun: dryRun)
-            options.conntrackFlush = conntrackFlush
-            options.conntrackDumpsSideBySide = selection.netns.isEmpty
-            return options
-        }()
+        var chosen = try selection.options(dryRun: dryRun)
+        chosen.conntrackFlush = conntrackFlush
+        chosen.conntrackDumpsSideBySide = selection.netns.isEmpty
+        let options = chosen
         let matcher = try selection.matcher()
         let report = selection.report { $0.purge(matcher, options: options) }
         try ReportPrinter(mode: .purge, format: selection.output, destinations: selection.destinations)
