@@ -81,15 +81,20 @@ public final class ConntrackTable {
     ///
     /// `directFlows` is asked once, when the first reply-source dump is due (it may wait for the
     /// caller's socket count): false leaves the direct flows' entries out (a flush takes them).
+    /// `dialledSide` hears the original-destination dumps' entries as soon as they are in, before the
+    /// reply-source dumps end (the caller may be waiting for them to spare what a DNAT sent elsewhere).
     public func entries(
         for destinations: [Destination], transports: Set<TransportProtocol>, sideBySide: Bool = false,
-        directFlows: @escaping @Sendable () -> Bool = { true }
+        directFlows: @escaping @Sendable () -> Bool = { true }, dialledSide: (Dump) -> Void = { _ in }
     ) throws(SystemCallError) -> Dump {
         // Each dump walks every bucket of the host's hash, found or not (8-10 ms at 262,144 buckets,
         // four per purge): a namespace whose table is empty, as a pod's without NAT rules is, has
         // nothing to walk for. The count includes entries not yet confirmed, so 0 hides nothing a
         // dump at this instant would have listed.
-        if (try? entryCount()) == 0 { return Dump() }
+        if (try? entryCount()) == 0 {
+            dialledSide(Dump())
+            return Dump()
+        }
         let status = Self.statusNamesTranslations()
         let choices = zip(
             Self.requests(for: destinations, transports: transports, statusNamesTranslations: status),
@@ -97,7 +102,9 @@ public final class ConntrackTable {
         ).map { DumpChoice(listing: $0, translatedOnly: $1) }
         let replySide = choices.filter(\.isReplySide)
         guard sideBySide, !replySide.isEmpty, replySide.count < choices.count else {
-            return try Self.dump(choices, on: dumpSocket, directFlows: directFlows)
+            let dialled = try Self.dump(choices.filter { !$0.isReplySide }, on: dumpSocket, directFlows: directFlows)
+            dialledSide(dialled)
+            return try dialled.merged(with: Self.dump(replySide, on: dumpSocket, directFlows: directFlows))
         }
         let socket2 = dumpSocket2
         let background = BackgroundWork { () throws(SystemCallError) -> Dump in
@@ -106,6 +113,7 @@ public final class ConntrackTable {
         let first = Result { () throws(SystemCallError) -> Dump in
             try Self.dump(choices.filter { !$0.isReplySide }, on: dumpSocket, directFlows: directFlows)
         }
+        if case .success(let dialled) = first { dialledSide(dialled) }
         let second = try background.wait()
         // A direct flow's entry is in both halves (its reply source is its original destination).
         return try first.get().merged(with: second)

@@ -106,20 +106,16 @@ public final class Purger {
         // sockets are counted, which the reply-source dump waits for (the other side need not).
         let listingDirectFlows = OneShot<Bool>()
         if let known = plan.listsDirectFlowsBeforeCounting { listingDirectFlows.settle(known) }
+        // The original-destination side of that dump, which names the flows a DNAT sent elsewhere:
+        // the sockets' first round waits for it alone (empty if the dump failed before it).
+        let dialledSide = OneShot<[ConntrackEntry]>()
         if options.conntrack, options.sockets, matcher.stuck == nil, !options.conntrackOnlyAfterSockets, let conntrackTable {
             prefetched = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
-                try conntrackTable.entries(
+                defer { dialledSide.settle([]) }
+                return try conntrackTable.entries(
                     for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide,
-                    directFlows: { listingDirectFlows.wait() })
+                    directFlows: { listingDirectFlows.wait() }, dialledSide: { dialledSide.settle($0.entries) })
             }
-        }
-        // Waited for once, by the sockets' first round (which spares flows a DNAT sent elsewhere) or after it.
-        var firstDumpOutcome: Result<ConntrackTable.Dump, SystemCallError>?
-        func firstDumpNow() -> Result<ConntrackTable.Dump, SystemCallError>? {
-            if firstDumpOutcome == nil, let prefetched {
-                firstDumpOutcome = Result { () throws(SystemCallError) -> ConntrackTable.Dump in try prefetched.wait() }
-            }
-            return firstDumpOutcome
         }
         if options.sockets, let socketDiagnostics {
             do {
@@ -140,7 +136,7 @@ public final class Purger {
                             let look = try? conntrackTable.entries(for: matcher.destinations, transports: matcher.transports)
                             return look.map { plan.servedElsewhere(in: $0.entries) } ?? []
                         }
-                        return (try? firstDumpNow()?.get()).map { plan.servedElsewhere(in: $0.entries) } ?? []
+                        return prefetched == nil ? [] : plan.servedElsewhere(in: dialledSide.wait())
                     })
             } catch {
                 report.stepErrors.append(error)
@@ -153,8 +149,8 @@ public final class Purger {
         // before the entries do, like the direct ones.
         var firstDump: ConntrackTable.Dump?
         var conntrackFailed = false
-        if let outcome = firstDumpNow() {
-            do { firstDump = try outcome.get() } catch {
+        if let prefetched {
+            do { firstDump = try prefetched.wait() } catch {
                 report.stepErrors.append(error)
                 conntrackFailed = true
             }
