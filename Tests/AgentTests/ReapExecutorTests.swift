@@ -179,6 +179,26 @@ import Testing
         #expect(backend.lastReap?.reason == "stuck")
     }
 
+    /// A stuck scan's and a rebalance close's netlink trouble (a dump begun again after ENOBUFS) is
+    /// counted like a reap pass's, with the pool and, where there is one, the backend.
+    @Test func stuckAndRebalancePassesCountTheirNetlinkTrouble() {
+        let metrics = AgentMetrics()
+        let accounting = ReapAccounting(
+            state: AgentState(configuration: Self.configuration()), metrics: metrics, logger: Logger(label: "test"))
+        var troubled = PurgeReport()
+        troubled.troubles[NetlinkTrouble(operation: "SOCK_DIAG_BY_FAMILY", condition: "ENOBUFS")] = 2
+        _ = accounting.stuck([NamespaceReport(namespace: nil, report: troubled)], pool: "web", dryRun: false)
+        let connection = ConnectionSample(
+            backend: Self.backends[0], local: Endpoint(address: .v4(0x0A09_0064), port: 41000), cookie: 1,
+            sinceDataSent: .seconds(30), sinceDataReceived: .seconds(30))
+        _ = accounting.rebalanced(
+            [NamespaceReport(namespace: nil, report: troubled)], key: BackendKey(pool: "web", backend: Self.backends[0]),
+            connection: connection, dryRun: false)
+        #expect(
+            metrics.exposition().contains(
+                #"conn_reaper_netlink_errors_total{layer="sock_diag",operation="SOCK_DIAG_BY_FAMILY",errno="ENOBUFS"} 4"#))
+    }
+
     @Test func aRebalanceCloseIsCountedPerBackendAndTheCensusFeedsTheGauge() async throws {
         let quiet = (0..<3).map { number in
             ConnectionSample(

@@ -37,10 +37,12 @@ extension ReapAccounting {
         }
     }
 
-    /// Counts and logs one namespace's part of a pass: its troubles and its failed steps.
-    func netlinkTrouble(_ part: NamespaceReport, key: BackendKey) {
+    /// Counts and logs one namespace's part of a pass: its troubles and its failed steps. `backend`
+    /// is nil for a pass over a whole pool (a stuck scan).
+    func netlinkTrouble(_ part: NamespaceReport, pool: String, backend: Endpoint?) {
         let namespace = part.namespace ?? ""
-        var base: Logger.Metadata = ["pool": "\(key.pool)", "backend": "\(key.backend)"]
+        var base: Logger.Metadata = ["pool": "\(pool)"]
+        if let backend { base["backend"] = "\(backend)" }
         if let namespace = part.namespace { base["netns"] = "\(namespace)" }
         guard let report = part.report else {
             let error = part.error

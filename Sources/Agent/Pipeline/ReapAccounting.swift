@@ -144,7 +144,7 @@ public struct ReapAccounting: Sendable {
     public func reaped(_ reports: [NamespaceReport], key: BackendKey, reason: ReapReason, dryRun: Bool) -> Tally {
         var tally = Tally()
         for part in reports {
-            netlinkTrouble(part, key: key)
+            netlinkTrouble(part, pool: key.pool, backend: key.backend)
             guard let report = part.report else {
                 logger.error(
                     "reap could not run",
@@ -229,6 +229,8 @@ public struct ReapAccounting: Sendable {
                     metadata: ["pool": "\(pool)", "netns": "\(part.namespace ?? "")", "error": "\(part.failure ?? "")"])
                 continue
             }
+            // A dump begun again, an ack lost, a step refused: counted and logged as for any pass.
+            netlinkTrouble(part, pool: pool, backend: nil)
             metrics.stuckScanDuration(pool: pool).recordSeconds(report.durationSeconds)
             tally.leftByLimit += report.socketsLeftByLimit
             guard !report.sockets.isEmpty else { continue }

@@ -28,6 +28,7 @@ extension ReapAccounting {
                 logger.error("rebalance close could not run", metadata: metadata)
                 continue
             }
+            netlinkTrouble(part, pool: key.pool, backend: key.backend)
             for error in report.allErrors { metrics.destroyErrors(errno: Self.errnoName(error)).increment() }
             guard let result = report.sockets.first else {
                 logger.info("rebalance close skipped: the connection carries data now, or is gone", metadata: metadata)
