@@ -53,6 +53,15 @@ def test_the_log_level_flag_and_its_bad_values(lab, reaper_binary):
     assert agent.stop() == 0
 
 
+def test_numeric_flags_out_of_range_are_named_and_nothing_starts(lab, reaper_binary):
+    namespace = lab.namespace("ranges")
+    for flag, value, range_text in (("--fall", "0", "1 to 100"), ("--rise", "101", "1 to 100"),
+                                    ("--max-sockets-per-second", "0", "1 to 10000000")):
+        bad = namespace.run([reaper_binary, "run", "--backend", f"127.0.0.1:{PORT}", flag, value], check=False)
+        assert bad.returncode == 2, bad
+        assert flag in bad.stderr and f"'{value}' is not a whole number from {range_text}" in bad.stderr, bad.stderr
+
+
 def test_process_metrics_build_info_and_unknown_backends(lab, reaper_binary, tmp_path):
     namespace = lab.namespace("metrics")
     peer = namespace.peer()

@@ -23,10 +23,18 @@ public enum ConfigValue {
     }
 
     public static func int(_ text: String, in range: ClosedRange<Int>) throws(Failure) -> Int {
-        guard let value = Int(text), range.contains(value) else {
-            throw Failure("'\(text)' is not a whole number from \(range.lowerBound) to \(range.upperBound)")
-        }
+        guard let value = Int(text) else { throw outOf(range, text) }
+        return try int(value, in: range)
+    }
+
+    /// A number a flag already parsed, held to the range its YAML key has.
+    public static func int(_ value: Int, in range: ClosedRange<Int>) throws(Failure) -> Int {
+        guard range.contains(value) else { throw outOf(range, "\(value)") }
         return value
+    }
+
+    private static func outOf(_ range: ClosedRange<Int>, _ text: String) -> Failure {
+        Failure("'\(text)' is not a whole number from \(range.lowerBound) to \(range.upperBound)")
     }
 
     /// A percentage: `20%` or `20` (a fraction like `12.5%` too), within `range`.

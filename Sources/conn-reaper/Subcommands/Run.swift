@@ -128,12 +128,12 @@ struct Run: AsyncParsableCommand {
         var settings = AgentConfiguration()
         if let maxSocketsPerSecond {
             settings.maxSocketsPerSecond = try flag("--max-sockets-per-second") { () throws(ConfigValue.Failure) in
-                try ConfigValue.int(String(maxSocketsPerSecond), in: 1...10_000_000)
+                try ConfigValue.int(maxSocketsPerSecond, in: 1...10_000_000)
             }
         }
         if let maxSocketsBurst {
             settings.maxSocketsBurst = try flag("--max-sockets-burst") { () throws(ConfigValue.Failure) in
-                try ConfigValue.int(String(maxSocketsBurst), in: 1...10_000_000)
+                try ConfigValue.int(maxSocketsBurst, in: 1...10_000_000)
             }
         }
         settings.reapWhenAllDown = reapWhenAllDown
@@ -145,8 +145,8 @@ struct Run: AsyncParsableCommand {
             tls: .init(caFile: tlsCA, certificateFile: tlsCert, keyFile: tlsKey, serverName: tlsServerName, insecureSkipVerify: tlsInsecure)
         )
         pool.interval = try flag("--interval") { () throws(ConfigValue.Failure) in try ConfigValue.duration(interval) }
-        pool.rise = try flag("--rise") { () throws(ConfigValue.Failure) in try ConfigValue.int(String(rise), in: 1...100) }
-        pool.fall = try flag("--fall") { () throws(ConfigValue.Failure) in try ConfigValue.int(String(fall), in: 1...100) }
+        pool.rise = try flag("--rise") { () throws(ConfigValue.Failure) in try ConfigValue.int(rise, in: 1...100) }
+        pool.fall = try flag("--fall") { () throws(ConfigValue.Failure) in try ConfigValue.int(fall, in: 1...100) }
         if let reapOn { pool.reapOn = try flag("--reap-on") { () throws(ConfigValue.Failure) in try ConfigValue.choice(reapOn) } }
         if let drainTimeout {
             pool.drainTimeout = try flag("--drain-timeout") { () throws(ConfigValue.Failure) in try ConfigValue.duration(drainTimeout) }
