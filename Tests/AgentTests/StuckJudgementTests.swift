@@ -191,6 +191,28 @@ import Testing
         #expect(answered.endable == [1])
     }
 
+    /// A backend whose connections show nothing either way (idle ones: a balancer's reconnects to a
+    /// backend just back; or ones still in a lifted fault's backoff) hides no local fault either:
+    /// missing evidence is not health (simulation seed 120,768,847). The other way: one of its
+    /// connections heard from the peer within troubleAfter, so the trouble is A's and B's paths.
+    @Test func aBackendWhoseConnectionsShowNothingDoesNotHideALocalFault() {
+        let third = Endpoint(address: .v4(0x0A00_0004), port: 443)
+        let inTrouble = [waiting(1, toward: Self.a, lastAck: 2100, fires: 2), waiting(2, toward: Self.b, lastAck: 1500, fires: 1)]
+        let idle = socket(3, toward: third, sendQueue: 0, lastAck: 45_000, probes: 0, backoff: 0, timer: 0)
+        var idleFor = idle.tcpInfo!
+        idleFor.lastDataReceivedMilliseconds = 45_000
+        var quiet = idle
+        quiet.tcpInfo = idleFor
+        let judgement = judge(inTrouble + [quiet], pool: [Self.a, Self.b, third])
+        #expect(judgement.localFault)
+        #expect(judgement.endable.isEmpty)
+        var heard = quiet
+        heard.tcpInfo?.lastDataReceivedMilliseconds = 300  // a watch's line, 0.3 s ago
+        let answered = judge(inTrouble + [heard], pool: [Self.a, Self.b, third])
+        #expect(!answered.localFault)
+        #expect(answered.endable == [1])
+    }
+
     /// One backend holding connections, whatever the pool's size, is never a local fault.
     @Test func oneBackendHoldingConnectionsIsNeverALocalFault() {
         let judgement = judge([waiting(1, toward: Self.a, lastAck: 2100, fires: 2), waiting(2, toward: Self.a, lastAck: 2100, fires: 2)])

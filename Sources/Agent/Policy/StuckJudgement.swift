@@ -144,10 +144,22 @@ public struct StuckJudgement: Sendable, Equatable {
             }
             if stuck.condemns(socket) { condemned.insert(socket.id.cookie) }
         }
-        // Every backend that holds a connection: one that holds none (a dead one whose connections
-        // were reaped, a new one) shows nothing either way, and must not hide a fault here from the rest.
-        let holding = Set(sockets.map(\.remote.unmapped)).intersection(pool)
-        let everyBackend = holding.count >= 2 && holding.isSubset(of: troubledBackends)
+        // Every backend that shows something: trouble, or a connection not in trouble that heard from
+        // its peer within `troubleAfter`. One that shows nothing either way (it holds no connection,
+        // only idle ones, or only ones still waiting out a lifted fault's backoff) must not hide a fault
+        // here from the rest: missing evidence is not health (simulation seed 120,768,847: a second
+        // fault caught every backend but one, whose writers sat in the first fault's backoff; the
+        // others' connections were ended during it).
+        let heardWithin = Self.troubleAfter(stuckAfterMilliseconds: after)
+        let answering = Set(
+            sockets.lazy.filter { socket in
+                guard pool.contains(socket.remote.unmapped), !suspects.contains(socket.id.cookie), let info = socket.tcpInfo else {
+                    return false
+                }
+                return min(info.lastAckReceivedMilliseconds, info.lastDataReceivedMilliseconds) <= heardWithin
+            }.map(\.remote.unmapped))
+        let showing = troubledBackends.union(answering)
+        let everyBackend = showing.count >= 2 && answering.isSubset(of: troubledBackends)
         var held: [UInt64: Hold] = [:]
         if everyBackend {
             for socket in troubled { held[socket.id.cookie] = Self.hold(socket) }

@@ -202,7 +202,10 @@ extension Simulator {
     /// The connection as a sock_diag dump with tcp_info would show it now.
     func diagnosed(_ connection: Connection) -> DiagnosedSocket {
         let wire = connection.wire
-        var info = TCPInfo(lastAckReceivedMilliseconds: UInt32(now - lastHeard(connection, at: now)))
+        // Heard from the peer: an ACK or a streamed segment, one clock for both here.
+        let heard = UInt32(now - lastHeard(connection, at: now))
+        var info = TCPInfo(lastAckReceivedMilliseconds: heard)
+        info.lastDataReceivedMilliseconds = heard
         var sendQueue: UInt32 = 0
         var timer: UInt8 = 0
         if wire.zeroWindow {
