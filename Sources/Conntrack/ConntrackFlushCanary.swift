@@ -98,39 +98,30 @@ extension ConntrackTable {
             if let other = answers.first(where: { $0 != .done }) { return .untried("IPCTNL_MSG_CT_DELETE (filtered flush): \(other)") }
             return nil
         }
-        /// Whether the canary was still there: its exact delete found it.
-        func stillThere() -> Bool? {
-            switch try? delete([canary]).first {
-            case .done?: true
-            case .failed(.noSuchFileOrDirectory)?: false
-            default: nil
-            }
-        }
-        if let failed = make() { return failed }
-        if let failed = flushed(FlushCanary.flushes(toward: FlushCanary.elsewhere(family))) { return failed }
-        switch stillThere() {
-        case true?: break
-        case false?: return .comparesWrongly("a flush for another address took the canary")
-        case nil: return .untried("the canary's delete was not answered")
-        }
-        if family == .v4 {
-            // A purge's flush names zone 0: a kernel that read zone 0 as "every zone" (one version
-            // of the zone filter did) would take the other zones' entries a purge must leave.
+        /// One step of the trial: the canary made, `requests` flushed, then whether its exact delete
+        /// found it, against `kept`; nil when the kernel did as it should, else the verdict.
+        func step(_ requests: [ConntrackFlushRequest], kept: Bool, otherwise wrongly: String) -> FlushCanary.Verdict? {
             if let failed = make() { return failed }
-            if let failed = flushed([FlushCanary.zoneZeroFlush]) { return failed }
-            switch stillThere() {
-            case true?: break
-            case false?: return .comparesWrongly("a flush naming zone 0 took the canary in zone \(FlushCanary.zone)")
-            case nil: return .untried("the canary's delete was not answered")
+            if let failed = flushed(requests) { return failed }
+            switch try? delete([canary]).first {
+            case .done?: return kept ? nil : .comparesWrongly(wrongly)
+            case .failed(.noSuchFileOrDirectory)?: return kept ? .comparesWrongly(wrongly) : nil
+            default: return .untried("the canary's delete was not answered")
             }
+        }
+        let elsewhere = FlushCanary.flushes(toward: FlushCanary.elsewhere(family))
+        if let verdict = step(elsewhere, kept: true, otherwise: "a flush for another address took the canary") { return verdict }
+        // A purge's flush names zone 0: a kernel that read zone 0 as "every zone" (one version of the
+        // zone filter did) would take the other zones' entries a purge must leave.
+        if family == .v4,
+            let verdict = step(
+                [FlushCanary.zoneZeroFlush], kept: true, otherwise: "a flush naming zone 0 took the canary in zone \(FlushCanary.zone)")
+        {
+            return verdict
         }
         for (side, request) in zip(["original destination", "reply source"], FlushCanary.flushes(toward: canary.reply.source.address)) {
-            if let failed = make() { return failed }
-            if let failed = flushed([request]) { return failed }
-            switch stillThere() {
-            case false?: break
-            case true?: return .comparesWrongly("a flush for the canary's own address (\(side)) left it")
-            case nil: return .untried("the canary's delete was not answered")
+            if let verdict = step([request], kept: false, otherwise: "a flush for the canary's own address (\(side)) left it") {
+                return verdict
             }
         }
         return .trusted

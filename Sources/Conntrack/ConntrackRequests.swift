@@ -15,7 +15,6 @@ enum ConntrackAttribute {
     static let tupleOriginal: UInt16 = 1  // CTA_TUPLE_ORIG
     static let tupleReply: UInt16 = 2  // CTA_TUPLE_REPLY
     static let status: UInt16 = 3  // CTA_STATUS
-    static let timeout: UInt16 = 7  // CTA_TIMEOUT
     static let id: UInt16 = 12  // CTA_ID
     static let zone: UInt16 = 18  // CTA_ZONE
     static let filter: UInt16 = 25  // CTA_FILTER, kernel 5.8+

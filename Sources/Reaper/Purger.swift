@@ -204,14 +204,20 @@ public final class Purger {
                 report.sockets.append(.init(socket: socket, outcome: .ended))
             }
             unconfirmed = [:]
-            if round == 0 {
-                let count = plan.directSockets(in: dump.sockets, ended: ended) { ownBefore.union(OwnSockets.inodes()) }.destroy.count
-                beforeDestroying(count)
-                if count > 0 { elsewhere = servedElsewhere() }
-                if count > 0, options.sparingInbound { listening = try diagnostics.listeningEndpoints() }
+            func choose() -> PurgePlan.SocketChoice {
+                plan.directSockets(in: dump.sockets, ended: ended, servedElsewhere: elsewhere, listening: listening) {
+                    ownBefore.union(OwnSockets.inodes())
+                }
             }
-            let choice = plan.directSockets(in: dump.sockets, ended: ended, servedElsewhere: elsewhere, listening: listening) {
-                ownBefore.union(OwnSockets.inodes())
+            var choice = choose()
+            if round == 0 {
+                beforeDestroying(choice.destroy.count)
+                if !choice.destroy.isEmpty {
+                    elsewhere = servedElsewhere()
+                    if options.sparingInbound { listening = try diagnostics.listeningEndpoints() }
+                    // Chosen again only when something is to be spared: the common purge filters its dump once.
+                    if !elsewhere.isEmpty || !listening.isEmpty { choice = choose() }
+                }
             }
             report.ownFlows.formUnion(choice.own.map(Flow.init))
             if options.socketLimit != nil, !choice.leftByLimit.isEmpty {
