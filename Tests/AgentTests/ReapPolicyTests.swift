@@ -561,6 +561,45 @@ import Conntrack
         #expect(policy.handle(.tick(at(1_000))) == [.scanStuck(pool: "api", limit: 349)])
     }
 
+    /// Two pools whose scans come due at the same tick: each holds its share of the burst, so neither
+    /// finds the bucket empty at every period (simulation seed 130,383,060: at a burst of 20, the
+    /// second pool never scanned).
+    @Test func poolsScanningAtOneTickShareTheBurst() {
+        var policy = twoScanningPools(burst: 20)
+        #expect(policy.handle(.tick(at(500))) == [.scanStuck(pool: "api", limit: 10), .scanStuck(pool: "web", limit: 10)])
+    }
+
+    /// The other way: a burst of one cannot be shared. The pool that found the bucket empty tries again
+    /// a sixteenth of stuck_after later, off the other's tick, and scans then.
+    @Test func aScanThatFoundTheBucketEmptyTriesAgainOffTheOthersTick() {
+        var policy = twoScanningPools(burst: 1)
+        let due = policy.handle(.tick(at(500)))
+        #expect(due.contains(.scanStuck(pool: "api", limit: 1)) && suppressions(due) == [.budget], "\(due)")
+        _ = policy.handle(.reaped(.init(pool: "api", backend: nil, reason: .stuck, ended: 0, leftByLimit: 0, at: at(510), granted: 1)))
+        #expect(policy.nextDeadline == at(625))
+        #expect(policy.handle(.tick(at(625))) == [.scanStuck(pool: "web", limit: 1)])
+        _ = policy.handle(.reaped(.init(pool: "web", backend: nil, reason: .stuck, ended: 0, leftByLimit: 0, at: at(630), granted: 1)))
+        // Apart from now on: each alone at its own tick.
+        #expect(policy.handle(.tick(at(1_000))) == [.scanStuck(pool: "api", limit: 1)])
+    }
+
+    func twoScanningPools(burst: Int) -> ReapPolicy {
+        var pools = [PoolConfiguration(name: "api", backends: backends), PoolConfiguration(name: "web", backends: backends)]
+        for index in pools.indices { pools[index].stuckAfter = .seconds(2) }
+        var configuration = AgentConfiguration()
+        configuration.pools = pools
+        configuration.maxSocketsBurst = burst
+        var policy = ReapPolicy(configuration, at: t0)
+        for round in 0..<2 {
+            for pool in ["api", "web"] {
+                for backend in backends {
+                    _ = policy.handle(.probed(BackendKey(pool: pool, backend: backend), Self.ok, at: at(round * 50)))
+                }
+            }
+        }
+        return policy
+    }
+
     /// Backend 3 found dead at 705 (backend 1 answered at 702, its evidence silent), with backend 2 reaped since 500.
     func secondDeath(_ policy: inout ReapPolicy) -> [Action] {
         let other = BackendKey(pool: "api", backend: backends[2])
