@@ -18,7 +18,9 @@ afterwards (a stream still flows, an echo still comes back); ended means its own
    once end nothing for the 7 s it lasts (``local_fault`` counted, one warning), also when their last
    ACKs were 0.6 s apart (more than a scan: each crosses stuck_after on its own scan), and nothing
    once it lifts, though each recovers at its own next retransmission, seconds apart. Other way: only
-   A's blackholed while B's is acknowledged: A's ended, B's kept.
+   A's blackholed while B's is acknowledged: A's ended, B's kept. A third backend C that holds only
+   idle connections hides nothing: A's and B's dropped at once are still a local fault; with C's
+   heartbeat acknowledged the fault is A's and B's own paths', and both are ended.
 4. A survivor answers now, the side that holds: only A's probes fail (a fault near the prober
    dropping its SYNs toward A) while B and C answer: A reaped, B's and C's connections kept. The
    same fault reaching A, B +300 ms, C +600 ms ends nothing, also with its onset timed against the
@@ -543,6 +545,72 @@ def test_a_lifted_local_fault_ends_nothing(world, tmp_path):
     assert lines(agent, "stuck connection ended") == [], info(agent)
     print(f"\nlocal fault lifted after 7 s (local_fault {faults:g}): 0 of 2 ended, answered again on their own "
           f"connections {', '.join(f'{n} {t:.2f}s' for n, t in sorted(answered.items()))} after the lift")
+
+
+def three_backends_two_heartbeats_dropped(w: World, tmp_path, third_beats: bool):
+    """Pool A, B, C (stuck_after 2s); heartbeats to A and B, whose connections a rule on this side
+    drops at once; toward C, three idle connections (``third_beats`` False) or a heartbeat that stays
+    acknowledged. Returns the agent, the heartbeats, C's idle connections and when the drop began."""
+    agent = w.start_agent(tmp_path, [{"name": "api", "backends": [AP, BP, CP], "stuck_after": "2s", "probe": STUCK_PROBE}])
+    beats = heartbeats(w)
+    idle_c: list[int] = []
+    if third_beats:
+        events_c = PeerProcess(w.node, "heartbeat", C, PORT)
+        connected = events_c.wait_event("connected", 5)
+        assert connected and events_c.wait_event("echo", 5), f"no heartbeat to C: {events_c.stderr()}"
+        beats["C"] = (events_c, connected["port"])
+    else:
+        idle_c = w.client.connect(C, PORT, count=3)
+        time.sleep(1.5)  # older than half of stuck_after: C has heard nothing lately
+    t_drop = time.monotonic()
+    drop_ports(w, [beats["A"][1], beats["B"][1]])
+    return agent, beats, idle_c, t_drop
+
+
+def test_an_idle_third_backend_does_not_hide_a_local_fault(world, tmp_path):
+    """A backend shows health only by a connection that heard from its peer lately (simulation seed
+    120,768,847). A's and B's heartbeats are dropped at once on this side; C holds only idle
+    connections, which say nothing of its path. Every backend that shows anything is in trouble: a
+    local fault, and for the 6 s it lasts nothing is ended (`local_fault` counted), C's idle
+    connections still answer. (Counting an idle connection as health, both heartbeats were ended.)
+    The trade, in the README: two paths blackholed at once beside an idle third are held."""
+    w = world()
+    agent, beats, idle_c, t_drop = three_backends_two_heartbeats_dropped(w, tmp_path, third_beats=False)
+    time.sleep(6.0)
+    text = info(agent)
+    failures = {name: events.events_named("failed") for name, (events, _) in beats.items()}
+    assert lines(agent, "stuck connection ended") == [], text
+    assert failures == {"A": [], "B": []}, f"{failures}\n{text}"
+    assert all(socket_open(w, port) for _, port in beats.values()), f"{w.node.run(['ss', '-tn']).stdout}\n{text}"
+    faults = agent.metrics().value(SUPPRESSED, pool="api", reason="local_fault")
+    assert faults > 0, text
+    assert w.client.probe(idle_c) == ["ok"] * 3, text
+    print(f"\nA's and B's heartbeats dropped 6 s beside an idle C: local_fault {faults:g}, 0 of 2 ended")
+
+
+def test_a_third_backend_heard_from_lately_shows_two_blackholed_paths_are_theirs(world, tmp_path):
+    """The other way: C's heartbeat stays acknowledged, so C's path works and the fault is on A's and
+    B's: both heartbeats are ended (ECONNABORTED, each client reconnects and is answered), C's kept."""
+    w = world()
+    agent, beats, _, t_drop = three_backends_two_heartbeats_dropped(w, tmp_path, third_beats=True)
+    text = ""
+    took = {}
+    for name in ("A", "B"):
+        events, port = beats[name]
+        failure = events.wait_event("failed", 8, after=t_drop)
+        text = info(agent)
+        assert failure and failure["error"] == "ECONNABORTED", f"{name}: {failure}\n{text}"
+        again = events.wait_event(lambda e: e["event"] == "echo" and e["port"] != port, 5, after=t_drop)
+        assert again, f"{name}: {events.events[-3:]}\n{text}"
+        took[name] = failure["t"] - t_drop
+    events_c, port_c = beats["C"]
+    assert events_c.events_named("failed") == [], text
+    assert events_c.wait_event(lambda e: e["event"] == "echo" and e["port"] == port_c, 2, after=time.monotonic()), text
+    audit = lines(agent, "stuck connection ended")
+    assert sorted(line.fields.get("backend") for line in audit) == [AP, BP], f"{[line.text for line in audit]}\n{text}"
+    assert agent.metrics().value(SUPPRESSED, pool="api", reason="local_fault") == 0, text
+    print(f"\nA's and B's heartbeats dropped beside C's, acknowledged: ended {took['A']:.2f}s and {took['B']:.2f}s "
+          f"after; C's kept")
 
 
 # ---------------------------------------------------------------------------------------------
