@@ -240,6 +240,31 @@ import Conntrack
         #expect(reaps(peersAnswer(&policy, turned, at: 3_812)).map(\.0) == [.dead])
     }
 
+    /// A drain pass slower than its pace (`netns: all`, a large table): the next waits for it instead
+    /// of piling up behind it in the lane, and runs the moment it comes back. The other way: one back
+    /// within the second leaves the pace as it was.
+    @Test func aSlowDrainPassHoldsTheNextUntilItComesBack() {
+        var policy = upPolicy(configuration { $0.drainTimeout = .seconds(2) })
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
+        _ = othersAnswer(&policy, at: 460)
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(500)))  // unhealthy at 500
+        #expect(policy.handle(.tick(at(2_500))) == [.countConnections(dead)])
+        #expect(reaps(policy.handle(.counted(dead, connections: 25, at: at(2_510)))).map(\.1) == [3])
+        // Out for 2.5 s: no pass at 3,510 nor 4,510, and nothing left to wake the agent for it.
+        #expect(reaps(policy.handle(.tick(at(3_510)))).isEmpty)
+        #expect(reaps(policy.handle(.tick(at(4_510)))).isEmpty)
+        #expect(policy.nextDeadline == nil)
+        let back = policy.handle(
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .drainTimeout, ended: 3, leftByLimit: 22, at: at(5_000), granted: 3)))
+        #expect(reaps(back).map(\.1) == [3], "the pass that came due runs at once: \(back)")
+        _ = policy.handle(
+            .reaped(.init(pool: "api", backend: dead.backend, reason: .drainTimeout, ended: 3, leftByLimit: 19, at: at(5_020), granted: 3)))
+        // Back within the second: the pace is a second, start to start.
+        #expect(policy.nextDeadline == at(6_000))
+        #expect(reaps(policy.handle(.tick(at(5_990)))).isEmpty)
+        #expect(reaps(policy.handle(.tick(at(6_000)))).map(\.1) == [3])
+    }
+
     /// A pass that left nothing counts again next time, so a late arrival gets its own pace: but
     /// a second after the last close, not the moment the count comes back.
     @Test func aLateArrivalIsClosedAtThePaceNotAtOnce() {

@@ -586,9 +586,16 @@ public struct ReapPolicy: Sendable {
         } else if outcome.leftByLimit == 0 {
             loggedSuppressions.remove(Suppression(pool: outcome.pool, backend: outcome.backend, reason: .budget))
         }
-        if let backend = outcome.backend, outcome.reason == .drainTimeout, outcome.leftByLimit == 0 {
-            // Nothing left beyond this pass: count again next time, so late arrivals get their own pace.
-            backends[BackendKey(pool: outcome.pool, backend: backend)]?.drain?.perSecond = nil
+        if let backend = outcome.backend, outcome.reason == .drainTimeout {
+            let key = BackendKey(pool: outcome.pool, backend: backend)
+            backends[key]?.drain?.passOut = false
+            if outcome.leftByLimit == 0 {
+                // Nothing left beyond this pass: count again next time, so late arrivals get their own pace.
+                backends[key]?.drain?.perSecond = nil
+            } else if let drain = backends[key]?.drain, drain.nextPass <= outcome.at, let pool = rules(of: key.pool) {
+                // The next came due while this one ran: it runs now.
+                actions += drainPass(key, pool: pool, now: outcome.at)
+            }
         }
         return actions + resumeWaiting(first: dueAgain, at: outcome.at)
     }
@@ -672,7 +679,7 @@ public struct ReapPolicy: Sendable {
             if let reaping = record.reaping {
                 deadlines.append(reaping.awaitingSurvivorUntil ?? min(reaping.nextPass, reaping.followUps.first ?? reaping.nextPass))
             }
-            if let drain = record.drain, !drain.counting {
+            if let drain = record.drain, !drain.counting, !drain.passOut {
                 deadlines.append(drain.perSecond == nil ? drain.startsAt : drain.nextPass)
             }
         }
@@ -783,12 +790,16 @@ public struct ReapPolicy: Sendable {
             backends[key]?.drain = drain
             return [.countConnections(key)]
         }
-        guard now >= drain.nextPass else { return [] }
+        // Never a second pass while one is out, as for a dead backend's: a pass slower than the pace
+        // (`netns: all`, a large table) would have the next ones pile up behind it, each holding its
+        // budget, and run after the backend answered. It runs when the one out comes back.
+        guard now >= drain.nextPass, !drain.passOut else { return [] }
         drain.nextPass = now + .seconds(1)
         backends[key]?.drain = drain
         let limit = min(perSecond, budget.available())
         guard limit > 0 else { return suppress(key, .budget) }
         budget.reserve(limit)
+        backends[key]?.drain?.passOut = true
         return [.reap(key, reason: .drainTimeout, limit: limit, scope: .established)]
     }
 
@@ -963,6 +974,8 @@ struct Drain: Sendable {
     var perSecond: Int?
     var counting = false
     var nextPass: ContinuousClock.Instant
+    /// A pass is out: the next waits for it (never two at once; see `reapPass`).
+    var passOut = false
 
     init(startsAt: ContinuousClock.Instant) {
         self.startsAt = startsAt
