@@ -28,8 +28,9 @@ import Testing
             self.connections = connections
         }
 
-        func reap(_ request: KernelReapRequest) async -> [NamespaceReport] {
+        func reap(_ request: KernelReapRequest, while stillRuns: @escaping @Sendable () -> Bool) async -> [NamespaceReport] {
             requests.withLock { $0.append(request) }
+            guard stillRuns() else { return [] }
             var report = PurgeReport()
             if request.scope == .full {
                 report.sockets = sockets.prefix(request.limit).map { .init(socket: $0, outcome: .ended) }

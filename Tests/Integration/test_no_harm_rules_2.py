@@ -26,6 +26,10 @@ afterwards (a stream still flows, an echo still comes back); ended means its own
    same fault reaching A, B +300 ms, C +600 ms ends nothing, also with its onset timed against the
    probes' phases so that at the first verdict the last backend's latest probe had succeeded: a
    survivor must answer a probe sent after the dead one's last failed probe.
+5. A slow pass stops where it is once the backend answers: a pass over two client namespaces that
+   waits 5 s in front of the second (a failpoint) ends nothing there once the backend answered
+   meanwhile, not even connections made after the answer. Other way: the backend stays dead and the
+   pass goes on into the second namespace.
 
 Addresses 10.244.0.0/16, ports 22000-22999.
 """
@@ -758,3 +762,70 @@ def test_a_prober_fault_300_ms_apart_timed_against_the_probes_ends_nothing(world
     for rule in rules:
         w.node.iptables("-D", *rule)
     print(f"\nprober fault at {x}, {y} +0.3 s, {z} +0.6 s ({z}'s probe {gap}s after {x}'s): dead at {dead_at}, 0 reaped")
+# ---------------------------------------------------------------------------------------------
+# 5. A slow pass stops where it is once the backend answers (issue #22)
+
+PAUSE = 5.0
+
+
+def slow_pass_agent(w: World, c: Clients, tmp_path) -> Agent:
+    """The pool reaps c1 and c2; every reap pass waits PAUSE seconds before it works in c2 (the
+    failpoint a kernel test sets: a pass over a large table or many namespaces)."""
+    path = tmp_path / "agent.yaml"
+    path.write_text(pool_yaml(netns_pool([c.paths[0], c.mount]), listen=LISTEN))
+    env = {**os.environ, "CONN_REAPER_FAILPOINT_SLOW_NETNS": f"{c.mount}={int(PAUSE * 1000)}"}
+    w.agent = Agent(w.node, w.binary, ["--config", str(path)], listen=LISTEN, env=env)
+    w.agent.wait_ready()
+    w.agent.wait_states({f"api/{AP}": "up", f"api/{BP}": "up"})
+    return w.agent
+
+
+def first_pass_in_c1(w: World, c: Clients, agent: Agent) -> tuple[list[list[str]], float]:
+    """A blackholed until its first pass has ended its connections in c1; the pass then waits in
+    front of c2. Returns the blackhole's rules and when c1's were aborted."""
+    rules = w.blackhole(A)
+    wait_aborted(c.peers[0], agent, c.on_a[0], timeout=5)
+    return rules, time.monotonic()
+
+
+def test_a_slow_pass_stops_where_it_is_once_the_backend_answers(clients, tmp_path):
+    """A dies; its first pass ends its 3 connections in c1, then waits 5 s in front of c2. A comes
+    back meanwhile and answers; 3 more connections are made toward it from c2. When the pass goes
+    on, it asks again, stops (`pass stopped`), and ends nothing in c2: the 3 made after the answer
+    and the 3 from before all answer; no `reaped` line names c2. (Asked once, at its start, the pass
+    ended all 6.)"""
+    w, c = clients()
+    agent = slow_pass_agent(w, c, tmp_path)
+    rules, t_c1 = first_pass_in_c1(w, c, agent)
+    for rule in rules:
+        w.srv.iptables("-D", *rule)
+    agent.wait_states({f"api/{AP}": "up"}, timeout=3)
+    t_up = time.monotonic()
+    assert t_up < t_c1 + PAUSE - 1, f"A up {t_up - t_c1:.2f}s after c1's reap: too late for the pass's pause\n{info(agent)}"
+    late = c.peers[1].connect(A, PORT, count=3)
+    stopped = agent.wait_line(lambda l: l.msg.startswith("pass stopped"), PAUSE + 2, since=t_c1)
+    time.sleep(1.0)  # a dead cadence and more: nothing else comes
+    text = info(agent)
+    results = c.peers[1].probe(c.on_a[1] + late, timeout=5)
+    assert results == ["ok"] * 6, f"{results}\n{text}"
+    assert [r for r in agent.reaps(AP) if r.fields.get("netns") == c.mount] == [], text
+    assert destroyed(agent.metrics(), AP) == 3, text
+    assert stopped and stopped.fields.get("backend") == AP, text
+    print(f"\nslow pass: A up {t_up - t_c1:.2f}s after its c1 reap, the pass stopped "
+          f"{stopped.t - t_c1:.2f}s after it; 0 of 6 connections in c2 ended (3 made after the answer)")
+
+
+def test_a_slow_pass_toward_a_backend_that_stays_dead_goes_on(clients, tmp_path):
+    """The other way: A stays dead. After its 5 s pause, the pass goes on into c2 and ends its 3
+    connections there (ECONNABORTED); B's answer."""
+    w, c = clients()
+    agent = slow_pass_agent(w, c, tmp_path)
+    rules, t_c1 = first_pass_in_c1(w, c, agent)
+    wait_aborted(c.peers[1], agent, c.on_a[1], timeout=PAUSE + 3)
+    t_c2 = time.monotonic()
+    text = info(agent)
+    assert t_c2 - t_c1 >= PAUSE - 0.5, f"c2 reaped {t_c2 - t_c1:.2f}s after c1: the pause did not hold\n{text}"
+    assert [r for r in agent.reaps(AP) if r.fields.get("netns") == c.mount], text
+    assert not [l for l in agent.log() if l.msg.startswith("pass stopped")], text
+    assert [peer.probe(b) for peer, b in zip(c.peers, c.on_b)] == [["ok"], ["ok"]], text
+    print(f"\nslow pass toward a dead A: c2's 3 connections ended {t_c2 - t_c1:.2f}s after c1's")

@@ -276,7 +276,22 @@ public final class ReapExecutor: Service, Sendable {
                             granted: limit, ran: false)))
                 return
             }
-            let tally = accounting.reaped(await kernel.reap(request), key: key, reason: reason, dryRun: configuration.dryRun)
+            // Asked again before each namespace: one answer stops a pass over many where it is.
+            let stopped = Mutex(false)
+            let reports = await kernel.reap(request) { [state] in
+                let runs = state.stillRuns(key, reason: reason)
+                if !runs { stopped.withLock { $0 = true } }
+                return runs
+            }
+            if stopped.withLock({ $0 }) {
+                accounting.logger.info(
+                    "pass stopped: the backend answered, or is no longer reaped",
+                    metadata: [
+                        "pool": "\(key.pool)", "backend": "\(key.backend)", "reason": "\(reason.rawValue)",
+                        "namespaces_done": .stringConvertible(reports.count),
+                    ])
+            }
+            let tally = accounting.reaped(reports, key: key, reason: reason, dryRun: configuration.dryRun)
             submit(
                 .reaped(
                     .init(

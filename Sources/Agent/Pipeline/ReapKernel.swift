@@ -7,8 +7,9 @@ import Reaper
 /// conntrack. `WorkerReapKernel` does it for real on the kernel workers; unit tests use a fake.
 public protocol ReapKernel: Sendable {
     /// Ends up to `request.limit` of the backend's sockets in the request's scope, in every
-    /// namespace the pool reaps.
-    func reap(_ request: KernelReapRequest) async -> [NamespaceReport]
+    /// namespace the pool reaps, asking `stillRuns` before each: a pass over many namespaces stops
+    /// where it is once the backend answers.
+    func reap(_ request: KernelReapRequest, while stillRuns: @escaping @Sendable () -> Bool) async -> [NamespaceReport]
     /// The stuck detector's pass over a pool: ends at most `limit` condemned connections.
     func scanStuck(_ pool: PoolConfiguration, limit: Int, dryRun: Bool, namespaces: NamespaceSelection?) async -> [NamespaceReport]
     /// The backend's own established sockets: when their newest segment arrived.

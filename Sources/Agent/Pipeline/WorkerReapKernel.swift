@@ -19,7 +19,7 @@ public actor WorkerReapKernel: ReapKernel {
         self.workers = workers
     }
 
-    public func reap(_ request: KernelReapRequest) async -> [NamespaceReport] {
+    public func reap(_ request: KernelReapRequest, while stillRuns: @escaping @Sendable () -> Bool) async -> [NamespaceReport] {
         var options = Purger.Options(dryRun: request.dryRun)
         options.sparingOwnSockets = true
         options.conntrackDumpsSideBySide = request.namespaces == nil
@@ -40,7 +40,8 @@ public actor WorkerReapKernel: ReapKernel {
             }
         }
         for (namespace, worker) in found {
-            guard remaining > 0 else { break }
+            if let pause = Failpoints.slowNamespaces[namespace ?? ""] { try? await Task.sleep(for: pause) }
+            guard remaining > 0, stillRuns() else { break }
             do {
                 var merged = PurgeReport()
                 for matcher in matchers where remaining > 0 {
