@@ -16,6 +16,8 @@ public struct DiagnosedSocket: Sendable, Equatable {
     public var sendQueue: UInt32
     public var uid: UInt32
     public var inode: UInt32
+    /// The cgroup (v2) of the process that made it (INET_DIAG_CGROUP_ID, kernel 5.7+; nil before).
+    public var cgroup: UInt64?
     public var tcpInfo: TCPInfo?
 
     public var local: Endpoint { id.source }
@@ -30,7 +32,7 @@ public struct DiagnosedSocket: Sendable, Equatable {
     public init(
         family: SocketFamily, transport: TransportProtocol, state: SocketState, id: SocketID,
         timer: UInt8 = 0, retransmitsOnTimer: UInt8 = 0, receiveQueue: UInt32 = 0, sendQueue: UInt32 = 0,
-        uid: UInt32 = 0, inode: UInt32 = 0, tcpInfo: TCPInfo? = nil
+        uid: UInt32 = 0, inode: UInt32 = 0, cgroup: UInt64? = nil, tcpInfo: TCPInfo? = nil
     ) {
         self.family = family
         self.transport = transport
@@ -42,6 +44,7 @@ public struct DiagnosedSocket: Sendable, Equatable {
         self.sendQueue = sendQueue
         self.uid = uid
         self.inode = inode
+        self.cgroup = cgroup
         self.tcpInfo = tcpInfo
     }
 
@@ -71,5 +74,6 @@ public struct DiagnosedSocket: Sendable, Equatable {
         self.inode = inode
         let attributes = NetlinkAttributes(message.payload.dropFirst(Self.messageSize))
         self.tcpInfo = attributes[2].flatMap { TCPInfo($0.reader) }  // INET_DIAG_INFO
+        self.cgroup = attributes[21].flatMap { $0.reader.hostOrder(UInt64.self, at: 0) }  // INET_DIAG_CGROUP_ID
     }
 }

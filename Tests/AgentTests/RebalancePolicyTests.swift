@@ -132,6 +132,82 @@ import Testing
         #expect(after.isEmpty)
     }
 
+    /// The balancer (uid 101) holds 45 and 45 on backends 0 and 1; a local client (uid 0) talks to
+    /// backend 0 directly over 30 connections idle for minutes, the quietest of all.
+    func withALocalClient() -> [ConnectionSample] {
+        var connections = census([45, 45, 0])
+        for index in connections.indices { connections[index].owner = ConnectionOwner(uid: 101, cgroup: 7) }
+        for number in 0..<30 {
+            connections.append(
+                ConnectionSample(
+                    backend: backends[0], local: Endpoint(address: .v4(0x0A00_0065), port: UInt16(40000 + number)),
+                    cookie: UInt64(90_000 + number),
+                    sinceDataSent: .seconds(600), sinceDataReceived: .seconds(600), owner: ConnectionOwner(uid: 0, cgroup: 3)))
+        }
+        return connections
+    }
+
+    func closesOf(_ owner: RebalanceOwner) -> [ConnectionSample] {
+        var pool = configuration()
+        pool.pools[0].rebalanceOwner = owner
+        var policy = upPolicy(pool)
+        _ = policy.handle(.tick(at(10)))
+        let connections = withALocalClient()
+        var chosen: [ConnectionSample] = []
+        _ = policy.handle(.censused(pool: "api", connections, at: at(10)))  // the episode starts
+        for round in 0..<10 {
+            let now = at(12 + 2 * Double(round))
+            for (key, connection) in closes(policy.handle(.censused(pool: "api", connections, at: now))) {
+                chosen.append(connection)
+                _ = policy.handle(
+                    .reaped(.init(pool: "api", backend: key.backend, reason: .rebalance, ended: 1, leftByLimit: 0, at: now, granted: 1)))
+            }
+        }
+        return chosen
+    }
+
+    /// A rebalance ends only the balancer's connections: by default the owner whose connections reach
+    /// the most backends, though the local client holds more on backend 0 and quieter ones. The plan
+    /// counts the balancer's alone (45-45-0, not 75-45-0). The other way: `rebalance_owner: any`
+    /// takes the local client's first, the quietest.
+    @Test func aRebalanceEndsOnlyTheBalancersConnections() {
+        let scope = RebalanceScope(.auto, connections: withALocalClient())
+        #expect(scope == .owner(ConnectionOwner(uid: 101, cgroup: 7)))
+        let chosen = closesOf(.auto)
+        #expect(chosen.count == 10)
+        #expect(chosen.allSatisfy { $0.owner.uid == 101 }, "\(chosen.map(\.owner))")
+        #expect(closesOf(.uid(101)).allSatisfy { $0.owner.uid == 101 })
+        let any = closesOf(.any)
+        #expect(any.count == 10 && any.allSatisfy { $0.owner.uid == 0 }, "\(any.map(\.owner))")
+    }
+
+    /// `auto` between two owners that reach as many backends: the one with more connections, then
+    /// the lower uid; no connections at all: every connection (there is nothing to pick from).
+    @Test func autoPicksByReachThenCountThenTheLowerUid() {
+        func sample(_ backend: Int, uid: UInt32, port: UInt16) -> ConnectionSample {
+            ConnectionSample(
+                backend: backends[backend], local: Endpoint(address: .v4(1), port: port), cookie: UInt64(port),
+                sinceDataSent: .seconds(1), sinceDataReceived: .seconds(1), owner: ConnectionOwner(uid: uid))
+        }
+        let more = [
+            sample(0, uid: 5, port: 1), sample(1, uid: 5, port: 2), sample(0, uid: 6, port: 3), sample(1, uid: 6, port: 4),
+            sample(1, uid: 6, port: 5),
+        ]
+        #expect(RebalanceScope(.auto, connections: more) == .owner(ConnectionOwner(uid: 6)))
+        let tie = [sample(0, uid: 9, port: 1), sample(0, uid: 8, port: 2)]
+        #expect(RebalanceScope(.auto, connections: tie) == .owner(ConnectionOwner(uid: 8)))
+        #expect(RebalanceScope(.auto, connections: []) == .every)
+    }
+
+    @Test func rebalanceOwnerParsesAutoAnyAndAUidAndNamesAnythingElse() throws {
+        #expect(try RebalanceOwner(parsing: "auto") == .auto)
+        #expect(try RebalanceOwner(parsing: "any") == .any)
+        #expect(try RebalanceOwner(parsing: "uid:101") == .uid(101))
+        for bad in ["", "nginx", "uid:", "uid:-1", "uid:4294967295", "uid:x", "UID:1"] {
+            #expect(throws: ConfigValue.Failure("'\(bad)' is not auto, any or uid:N (a user id)")) { try RebalanceOwner(parsing: bad) }
+        }
+    }
+
     @Test func thePicksAndPacingReplayWithTheSameSeed() {
         var first = upPolicy(configuration(), seed: 42)
         var second = upPolicy(configuration(), seed: 42)

@@ -30,6 +30,9 @@ afterwards (a stream still flows, an echo still comes back); ended means its own
    waits 5 s in front of the second (a failpoint) ends nothing there once the backend answered
    meanwhile, not even connections made after the answer. Other way: the backend stays dead and the
    pass goes on into the second namespace.
+6. A rebalance ends only the balancer's connections: a local client's idle connections to one backend
+   are left alone, its owner (uid, cgroup) told apart by sock_diag. Other way: `rebalance_owner: any`
+   ends them first.
 
 Addresses 10.244.0.0/16, ports 22000-22999.
 """
@@ -829,3 +832,74 @@ def test_a_slow_pass_toward_a_backend_that_stays_dead_goes_on(clients, tmp_path)
     assert not [l for l in agent.log() if l.msg.startswith("pass stopped")], text
     assert [peer.probe(b) for peer, b in zip(c.peers, c.on_b)] == [["ok"], ["ok"]], text
     print(f"\nslow pass toward a dead A: c2's 3 connections ended {t_c2 - t_c1:.2f}s after c1's")
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. A rebalance ends only the balancer's connections (issue #22)
+
+#: The balancer, as far as the kernel can tell: idle connections spread over A and B, made as nobody.
+BALANCER = r"""
+import socket, sys
+held = [socket.create_connection((address, int(sys.argv[1]))) for address in sys.argv[2:] for _ in range(15)]
+print("ready", flush=True)
+sys.stdin.read()
+"""
+NOBODY = 65534
+
+
+def balancer_beside_a_local_client(w: World, tmp_path, owner: str | None) -> tuple[Agent, list[int], float]:
+    """A local client (root) holds 20 idle connections to A, made first: the oldest, the quietest.
+    Then the balancer (nobody) holds 15 to A and 15 to B. C dies and comes back; once its hold-down
+    passed, the rebalance moves connections to it. Returns the agent, the local client's
+    connections and when C was up again."""
+    local = w.client.connect(A, PORT, count=20)
+    time.sleep(2.0)
+    balancer = w.node.popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "python3", "-c", BALANCER,
+                             str(PORT), A, B], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert balancer.stdout.readline().strip() == b"ready"
+    pool = {"name": "api", "backends": [AP, BP, CP], "probe": FAST, "rebalance": True}
+    if owner:
+        pool["rebalance_owner"] = owner
+    agent = w.start_agent(tmp_path, [pool])
+    rules = w.blackhole(C)
+    agent.wait_states({f"api/{CP}": "dead"}, timeout=5)
+    for rule in rules:
+        w.srv.iptables("-D", *rule)
+    agent.wait_states({f"api/{CP}": "up"}, timeout=5)
+    return agent, local, time.monotonic()
+
+
+def rebalance_closes(agent: Agent, count: int, timeout: float) -> list:
+    wait_for(lambda: len(agent.find("rebalanced connection ended")) >= count, timeout, f"{count} rebalance closes")
+    return agent.find("rebalanced connection ended")
+
+
+def test_a_rebalance_ends_only_the_balancers_connections(world, tmp_path):
+    """By default a rebalance counts and moves the connections of the owner (uid, cgroup) whose
+    connections reach the most backends: the balancer (nobody, on A and B), not the local client (root)
+    that talks to A alone, though it holds more there and quieter ones. After 6 closes every one of the
+    local client's 20 connections answers; the `rebalance started` line names the owner and the 20
+    left alone."""
+    w = world()
+    agent, local, t_up = balancer_beside_a_local_client(w, tmp_path, owner=None)
+    closes = rebalance_closes(agent, 6, 25)
+    text = info(agent)
+    states = w.client.probe(local)
+    assert states == ["ok"] * 20, f"{states}\n{text}"
+    started = agent.find("rebalance started: connections are spread outside the tolerance")
+    assert started and started[0].fields.get("owner", "").startswith(f"uid {NOBODY}"), text
+    assert started[0].fields.get("others_left_alone") == "20", text
+    print(f"\nrebalance beside a local client: {len(closes)} closes from +{closes[0].t - t_up:.1f} s after C's return, "
+          f"owner '{started[0].fields.get('owner')}', 0 of the local client's 20 ended")
+
+
+def test_a_rebalance_of_any_owner_ends_the_local_clients_connections(world, tmp_path):
+    """The other way: `rebalance_owner: any` counts every connection toward the pool, and the local
+    client's, the quietest on the fullest backend, go first: within 4 closes at least one of them is
+    ended (ECONNABORTED)."""
+    w = world()
+    agent, local, t_up = balancer_beside_a_local_client(w, tmp_path, owner="any")
+    rebalance_closes(agent, 4, 25)
+    states = w.client.state(local)
+    assert states.count("ECONNABORTED") >= 1, f"{states}\n{info(agent)}"
+    print(f"\nrebalance_owner any: {states.count('ECONNABORTED')} of the local client's 20 ended")

@@ -75,6 +75,8 @@ public struct PoolConfiguration: Sendable, Equatable {
     public var rebalanceTolerance: Double = 20
     /// Closes per second on this node while rebalancing; nil: 1% of the pool's connections (1.5 to 5).
     public var rebalanceRate: Double?
+    /// Whose connections a rebalance counts and moves (`rebalance_owner`): by default the balancer's.
+    public var rebalanceOwner: RebalanceOwner = .auto
     /// The longest silence a live backend may have without a connection of it ended (`min_outage`):
     /// a bond or switch failover, a VM paused for live migration, which TCP recovers by itself. A
     /// dead verdict needs at least this much silence since the backend's last sign of life, or

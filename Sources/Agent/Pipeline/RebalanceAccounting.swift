@@ -56,10 +56,13 @@ extension ReapAccounting {
             counts.sorted { $0.key.description < $1.key.description }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
         }
         switch news {
-        case .started(let counts, let fairShare):
+        case .started(let counts, let fairShare, let scope, let leftAlone):
             logger.notice(
                 "rebalance started: connections are spread outside the tolerance",
-                metadata: ["pool": "\(pool)", "connections": "\(spread(counts))", "fair_share": "\((fairShare * 10).rounded() / 10)"])
+                metadata: [
+                    "pool": "\(pool)", "connections": "\(spread(counts))", "fair_share": "\((fairShare * 10).rounded() / 10)",
+                    "owner": "\(scope)", "others_left_alone": .stringConvertible(leftAlone),
+                ])
         case .balanced(let counts):
             logger.notice(
                 "rebalance done: every backend within the tolerance", metadata: ["pool": "\(pool)", "connections": "\(spread(counts))"])

@@ -405,7 +405,8 @@ extension ConnectionSample {
             unacked: info.unacked,
             sendQueue: socket.sendQueue, receiveQueue: socket.receiveQueue,
             sinceDataSent: .milliseconds(Int64(info.lastDataSentMilliseconds)),
-            sinceDataReceived: .milliseconds(Int64(info.lastDataReceivedMilliseconds)))
+            sinceDataReceived: .milliseconds(Int64(info.lastDataReceivedMilliseconds)),
+            owner: ConnectionOwner(uid: socket.uid, cgroup: socket.cgroup))
     }
 }
 

@@ -25,7 +25,8 @@ import NetworkAddress
 extension ReapPolicy {
     /// What a rebalancing episode did, for the log.
     public enum RebalanceNews: Sendable, Equatable {
-        case started(counts: [Endpoint: Int], fairShare: Double)
+        /// `scope`: whose connections it counts and moves; `leftAlone`: how many others' it leaves.
+        case started(counts: [Endpoint: Int], fairShare: Double, scope: RebalanceScope, leftAlone: Int)
         case balanced(counts: [Endpoint: Int])
         /// Too many closes brought the under-share backends nothing: the balancer does not place
         /// reconnects on the emptiest backend.
@@ -55,10 +56,13 @@ extension ReapPolicy {
         /// closes than a perfect one needs. (nginx with two workers and no shared zone lost half to
         /// two thirds of its moves in the kernel test: each worker places by its own counts.)
         var missAllowance: Int
+        /// Whose connections it counts and ends: chosen at its start, kept to its end.
+        var scope: RebalanceScope
         var closed: [Endpoint: Int] = [:]
         var totalClosed: Int { closed.values.reduce(0, +) }
 
-        init(_ plan: RebalancePlan) {
+        init(_ plan: RebalancePlan, scope: RebalanceScope) {
+            self.scope = scope
             receivers = plan.counts.keys.filter { Double(plan.counts[$0, default: 0]) < plan.fairShare }
             receiversHeld = receivers.reduce(0) { $0 + plan.counts[$1, default: 0] }
             missAllowance = max(3, 2 * plan.overShare.reduce(0) { $0 + plan.excess(of: $1) })
@@ -125,7 +129,11 @@ extension ReapPolicy {
             state.nextStep = settledAt(pool, settings: settings).map { min($0, now + settings.censusEvery) } ?? now + settings.censusEvery
             return []
         }
-        let plan = RebalancePlan(backends: pool.backends, connections: connections, tolerancePercent: settings.tolerancePercent)
+        // Only the balancer's connections are counted and moved (`rebalance_owner`): a local client
+        // that talks to one backend directly is neither skew to fix nor a connection to end.
+        let scope = state.episode?.scope ?? RebalanceScope(settings.owner, connections: connections)
+        let scoped = connections.filter(scope.holds)
+        let plan = RebalancePlan(backends: pool.backends, connections: scoped, tolerancePercent: settings.tolerancePercent)
         var actions: [Action] = []
         if state.episode == nil {
             guard state.armed, !plan.withinTolerance else {
@@ -134,12 +142,15 @@ extension ReapPolicy {
                 return []
             }
             state.armed = false
-            state.episode = Episode(plan)
+            state.episode = Episode(plan, scope: scope)
             // The first close falls anywhere in the first interval: nodes that saw the same backend
             // return at the same moment do not all close at once when their hold-downs end.
             let perSecond = RebalancePlan.closesPerSecond(connections: plan.total, settings: settings)
             state.nextCloseAllowed = now + .seconds(Double.random(in: 0..<1, using: &random) / perSecond)
-            actions.append(.rebalanceNews(pool: name, .started(counts: plan.counts, fairShare: plan.fairShare)))
+            actions.append(
+                .rebalanceNews(
+                    pool: name,
+                    .started(counts: plan.counts, fairShare: plan.fairShare, scope: scope, leftAlone: connections.count - scoped.count)))
         }
         guard var episode = state.episode else { return actions }
         if plan.withinTolerance {
@@ -173,7 +184,7 @@ extension ReapPolicy {
         let ordered = donors.map { ($0, plan.excess(of: $0), UInt64.random(in: .min ... .max, using: &random)) }
             .sorted { ($0.1, $0.2) > ($1.1, $1.2) }.map(\.0)
         for backend in ordered {
-            guard let chosen = RebalancePlan.choose(on: backend, from: connections, random: &random) else { continue }
+            guard let chosen = RebalancePlan.choose(on: backend, from: scoped, random: &random) else { continue }
             episode.closed[backend, default: 0] += 1
             state.episode = episode
             let perSecond = RebalancePlan.closesPerSecond(connections: plan.total, settings: settings)

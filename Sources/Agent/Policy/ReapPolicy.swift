@@ -142,7 +142,8 @@ public struct ReapPolicy: Sendable {
             // Only TCP has the tcp_info that tells a quiet connection from one carrying data.
             rebalance =
                 pool.rebalance && pool.protocols.contains(.tcp)
-                ? RebalanceSettings(tolerancePercent: pool.rebalanceTolerance, fixedPerSecond: pool.rebalanceRate) : nil
+                ? RebalanceSettings(
+                    tolerancePercent: pool.rebalanceTolerance, fixedPerSecond: pool.rebalanceRate, owner: pool.rebalanceOwner) : nil
         }
 
         /// Whether its reaps and the other pool's can end the same sockets: they share a namespace.

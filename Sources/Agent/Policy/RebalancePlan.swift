@@ -16,11 +16,14 @@ public struct ConnectionSample: Sendable, Equatable {
     public var receiveQueue: UInt32
     public var sinceDataSent: Duration
     public var sinceDataReceived: Duration
+    public var owner: ConnectionOwner
 
     public init(
         backend: Endpoint, local: Endpoint, remote: Endpoint? = nil, cookie: UInt64, namespace: String? = nil, unacked: UInt32 = 0,
-        sendQueue: UInt32 = 0, receiveQueue: UInt32 = 0, sinceDataSent: Duration, sinceDataReceived: Duration
+        sendQueue: UInt32 = 0, receiveQueue: UInt32 = 0, sinceDataSent: Duration, sinceDataReceived: Duration,
+        owner: ConnectionOwner = ConnectionOwner(uid: 0)
     ) {
+        self.owner = owner
         self.backend = backend
         self.local = local
         self.remote = remote ?? backend
@@ -142,14 +145,18 @@ public struct RebalanceSettings: Sendable, Equatable {
     public var ceilingPerSecond: Double
     /// Pool option `rebalance_rate`: this node's closes per second, whatever the pool's size.
     public var fixedPerSecond: Double?
+    /// Pool option `rebalance_owner`: whose connections are counted and moved.
+    public var owner: RebalanceOwner
     /// While nothing is to be moved, a census this often keeps the connections gauge current.
     public var censusEvery: Duration
 
     public init(
         tolerancePercent: Double = 20, holdDown: Duration = .seconds(10), flapWindow: Duration = .seconds(600),
         maxHoldDown: Duration = .seconds(300), sharePerSecond: Double = 0.01,
-        floorPerSecond: Double = 1.5, ceilingPerSecond: Double = 5, fixedPerSecond: Double? = nil, censusEvery: Duration = .seconds(10)
+        floorPerSecond: Double = 1.5, ceilingPerSecond: Double = 5, fixedPerSecond: Double? = nil, censusEvery: Duration = .seconds(10),
+        owner: RebalanceOwner = .auto
     ) {
+        self.owner = owner
         self.tolerancePercent = tolerancePercent
         self.holdDown = holdDown
         self.flapWindow = flapWindow
