@@ -25,7 +25,7 @@ import Testing
         return (fd, UInt16(bigEndian: address.sin_port))
     }
 
-    static func yaml(_ ports: [UInt16], statusPort: Int) -> String {
+    static func yaml(_ ports: [UInt16], statusPort: UInt16) -> String {
         """
         listen: 127.0.0.1:\(statusPort)
         pools:
@@ -41,15 +41,19 @@ import Testing
     }
 
     func withAgent(
-        statusPort: Int, _ body: (AgentApplication, URL, [UInt16], GracefulShutdownTestTrigger) async throws -> Void
+        _ body: (AgentApplication, URL, [UInt16], UInt16, GracefulShutdownTestTrigger) async throws -> Void
     ) async throws {
         let first = try Self.listener(), second = try Self.listener()
         defer { close(first.fd); close(second.fd) }
+        // A port the kernel just handed out and took back: free, unlike a fixed one another test run may hold.
+        let spare = try Self.listener()
+        close(spare.fd)
+        let status = spare.port
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("conn-reaper-lifecycle-\(UUID())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let file = directory.appendingPathComponent("agent.yaml")
-        try Self.yaml([first.port], statusPort: statusPort).write(to: file, atomically: true, encoding: .utf8)
+        try Self.yaml([first.port], statusPort: status).write(to: file, atomically: true, encoding: .utf8)
         let source = ConfigSource(origin: .yaml(path: file.path))
         let application = AgentApplication(
             source: source, configuration: try source.load(), logger: Logger(label: "lifecycle-test"), reloadPoll: .milliseconds(50))
@@ -59,7 +63,7 @@ import Testing
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }
                 try await Self.waitFor("the first probe round") { application.state.ready() }
-                try await body(application, file, [first.port, second.port], trigger)
+                try await body(application, file, [first.port, second.port], status, trigger)
                 try await tasks.next()
             }
         }
@@ -67,7 +71,7 @@ import Testing
 
     @Test func aGracefulShutdownStopsEveryServiceWithinASecond() async throws {
         var asked: ContinuousClock.Instant?
-        try await withAgent(statusPort: 39_741) { application, _, _, trigger in
+        try await withAgent { application, _, _, _, trigger in
             #expect(application.state.status().pools.first?.backends.first?.state == .up)
             asked = .now
             trigger.triggerGracefulShutdown()
@@ -78,8 +82,8 @@ import Testing
     }
 
     @Test func aChangedFileIsTakenWithoutARestart() async throws {
-        try await withAgent(statusPort: 39_742) { application, file, ports, trigger in
-            try Self.yaml(ports, statusPort: 39_742).write(to: file, atomically: true, encoding: .utf8)
+        try await withAgent { application, file, ports, status, trigger in
+            try Self.yaml(ports, statusPort: status).write(to: file, atomically: true, encoding: .utf8)
             try await Self.waitFor("the reload") { application.state.configuration.pools.first?.backends.count == 2 }
             try await Self.waitFor("the new backend probed up") {
                 application.state.status().pools.first?.backends.allSatisfy { $0.state == .up } == true
@@ -91,13 +95,13 @@ import Testing
 
     /// A reload ends the old generation's probe loops: a backend dropped from the file is probed no more.
     @Test func aReloadStopsTheProbesOfTheGenerationBefore() async throws {
-        try await withAgent(statusPort: 39_743) { application, file, ports, trigger in
+        try await withAgent { application, file, ports, status, trigger in
             func probes(of port: UInt16) -> Int {
                 let prefix = #"conn_reaper_probes_total{pool="local",backend="127.0.0.1:\#(port)",result="success"} "#
                 return application.metrics.exposition().split(separator: "\n")
                     .first { $0.hasPrefix(prefix) }.flatMap { Int($0.dropFirst(prefix.count)) } ?? 0
             }
-            try Self.yaml([ports[1]], statusPort: 39_743).write(to: file, atomically: true, encoding: .utf8)
+            try Self.yaml([ports[1]], statusPort: status).write(to: file, atomically: true, encoding: .utf8)
             try await Self.waitFor("the new backend probed") { probes(of: ports[1]) > 0 }
             let before = probes(of: ports[0])
             try await Task.sleep(for: .milliseconds(500))  // five of the old interval
