@@ -656,6 +656,25 @@ import Conntrack
         #expect(resumed.first?.2 ?? 0 >= 4_990, "\(resumed)")
     }
 
+    /// Forwarded flows are connections too: a pass that deleted the entries of 4,000 flows with no
+    /// socket here (DNAT on a router, a NodePort) is charged for them, not only for its sockets, so
+    /// a second death a moment later finds the bucket spent. The other way: a pass whose entries were
+    /// its own sockets' (one each) is charged once per connection.
+    @Test func forwardedFlowsEndedByTheirEntriesAreChargedToTheBudget() {
+        func secondPassLimit(ended: Int, flowsEnded: Int) -> Int? {
+            var policy = deadPolicy(firstPassOut: true)
+            _ = policy.handle(
+                .reaped(
+                    .init(
+                        pool: "api", backend: dead.backend, reason: .dead, ended: ended, leftByLimit: 0, at: at(510), scope: .full,
+                        granted: 5_000, flowsEnded: flowsEnded)))
+            return reaps(secondDeath(&policy)).first { $0.0 == .dead }?.1
+        }
+        // 5,000 less 4,000, plus 195 ms at 500 a second.
+        #expect(secondPassLimit(ended: 0, flowsEnded: 4_000) == 1_097)
+        #expect(secondPassLimit(ended: 100, flowsEnded: 100) == 4_997)
+    }
+
     @Test func aWalkForNewConnectsHoldsASecondsRefillSoADeathBesideItIsReapedWithTheRest() {
         var policy = deadPolicy()
         let walk = reaps(policy.handle(.tick(at(520))))  // backend 2's first follow-up, left out

@@ -296,7 +296,7 @@ public final class ReapExecutor: Service, Sendable {
                 .reaped(
                     .init(
                         pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
-                        leftByLimit: tally.leftByLimit, at: .now, scope: scope, granted: limit)))
+                        leftByLimit: tally.leftByLimit, at: .now, scope: scope, granted: limit, flowsEnded: tally.flowsEnded)))
         case .watchNewFlows(let key):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
             let announced = await kernel.watchNewFlows(
@@ -336,7 +336,7 @@ public final class ReapExecutor: Service, Sendable {
                 .reaped(
                     .init(
                         pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
-                        leftByLimit: tally.leftByLimit, at: .now, granted: 1)))
+                        leftByLimit: tally.leftByLimit, at: .now, granted: 1, flowsEnded: tally.flowsEnded)))
         case .scanStuck(let name, let limit):
             guard let pool = configuration.pools.first(where: { $0.name == name }), state.stillScans(pool: name) else {
                 submit(

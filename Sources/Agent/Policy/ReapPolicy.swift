@@ -53,6 +53,10 @@ public struct ReapPolicy: Sendable {
         public var backend: Endpoint?
         public var reason: ReapReason
         public var ended: Int
+        /// What the budget is charged: the connections it ended, its sockets and the flows whose
+        /// conntrack entry went with no socket of this host behind it (forwarded or translated
+        /// flows, whose clients reconnect too). At least `ended`.
+        public var flowsEnded: Int
         /// Matching sockets the pass's limit left for later.
         public var leftByLimit: Int
         public var at: Instant
@@ -66,9 +70,10 @@ public struct ReapPolicy: Sendable {
 
         public init(
             pool: String, backend: Endpoint?, reason: ReapReason, ended: Int, leftByLimit: Int, at: Instant, scope: ReapScope? = nil,
-            granted: Int, ran: Bool = true
+            granted: Int, ran: Bool = true, flowsEnded: Int? = nil
         ) {
             self.ran = ran
+            self.flowsEnded = max(ended, flowsEnded ?? ended)
             self.pool = pool
             self.backend = backend
             self.reason = reason
@@ -550,8 +555,9 @@ public struct ReapPolicy: Sendable {
 
     private mutating func reaped(_ outcome: ReapOutcome) -> [Action] {
         budget.refill(at: outcome.at)
-        // Reserved when decided; what the pass did not end goes back (more than granted: debt).
-        budget.settle(granted: outcome.granted, ended: outcome.ended)
+        // Reserved when decided; what the pass did not end goes back (more than granted: debt, which
+        // a flush of forwarded flows, not limited like sockets, may leave).
+        budget.settle(granted: outcome.granted, ended: outcome.flowsEnded)
         if outcome.reason == .rebalance {
             rebalanceClosed(outcome)
             return []
