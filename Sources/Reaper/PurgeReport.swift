@@ -95,6 +95,24 @@ public struct PurgeReport: Sendable {
     /// Listed entries deleted, and those a flush took unlisted.
     public var conntrackDeleted: Int { conntrack.count { $0.outcome == .ended } + conntrackFlushedUnlisted }
 
+    /// Flows it ended by their conntrack entry alone, with no socket of this host behind them
+    /// (forwarded or translated through it): their clients reconnect like a destroyed socket's. Not
+    /// an ended socket's own entry, nor one of a connection already closing (TIME_WAIT, CLOSE,
+    /// LAST_ACK), which ends nothing. Entries a flush took unlisted are local sockets' (see
+    /// `conntrackFlushedUnlisted`).
+    public var flowsEndedByEntryAlone: Int {
+        let socketFlows = Set(sockets.filter { $0.outcome == .ended }.map { Flow($0.socket) })
+        return conntrack.count { result in
+            result.outcome == .ended && !socketFlows.contains(Flow(result.entry)) && !Self.closing(result.entry)
+        }
+    }
+
+    /// conntrack's TCP states LAST_ACK (6), TIME_WAIT (7) and CLOSE (8).
+    static func closing(_ entry: ConntrackEntry) -> Bool {
+        guard entry.transport == .tcp, let state = entry.tcpState else { return false }
+        return (6...8).contains(state)
+    }
+
     public var allErrors: [SystemCallError] {
         stepErrors + sockets.compactMap(\.outcome.error) + conntrack.compactMap(\.outcome.error)
     }

@@ -338,6 +338,24 @@ import Testing
             own: Set(choice.own.map(Flow.init)), onlyFlows: nil)
         #expect(targets.map(\.entry.original.source) == [Self.client(40000)])
     }
+
+    /// What a pass ended, for the budget: each socket once with its own entry; a forwarded flow's
+    /// entry deleted with no socket here counts as one more; an entry of a connection already closing
+    /// (TIME_WAIT) ends nothing and counts for nothing.
+    @Test func flowsEndedByTheirEntryAloneAreForwardedOnesStillOpen() {
+        var report = PurgeReport()
+        let local = Self.client(40000)
+        report.sockets = [.init(socket: socket(local, cookie: 1), outcome: .ended)]
+        var closing = entry(Self.client(40002))
+        closing.tcpState = 7
+        var established = entry(Self.client(40001, "10.9.0.5"))
+        established.tcpState = 3
+        report.conntrack = [entry(local), established, closing].map {
+            PurgeReport.ConntrackResult(entry: $0, matchedBy: .originalDestination, outcome: .ended)
+        }
+        #expect(report.socketsEnded == 1 && report.conntrackDeleted == 3)
+        #expect(report.flowsEndedByEntryAlone == 1)
+    }
 }
 
 extension PurgePlan {
@@ -345,4 +363,5 @@ extension PurgePlan {
     fileprivate func directSockets(in dumped: [DiagnosedSocket], ownInodes: () -> Set<UInt32>) -> SocketChoice {
         directSockets(in: dumped, ended: [], ownInodes: ownInodes)
     }
+
 }

@@ -29,9 +29,8 @@ public struct ReapAccounting: Sendable {
     public struct Tally: Sendable {
         public var ended = 0
         public var leftByLimit = 0
-        /// Connections ended, whether by their socket or by their conntrack entry alone (see
-        /// `ReapOutcome.flowsEnded`): per namespace the larger of the two counts, since a local
-        /// socket's entry goes with it.
+        /// Connections ended, by their socket or by their conntrack entry alone (see
+        /// `ReapOutcome.flowsEnded`).
         public var flowsEnded = 0
     }
 
@@ -162,7 +161,7 @@ public struct ReapAccounting: Sendable {
             let ended = dryRun ? report.sockets.count : report.socketsEnded
             let deleted = dryRun ? report.conntrack.count : report.conntrackDeleted
             tally.ended += dryRun ? 0 : ended
-            tally.flowsEnded += dryRun ? 0 : max(ended, deleted)
+            tally.flowsEnded += dryRun ? 0 : ended + report.flowsEndedByEntryAlone
             tally.leftByLimit += report.socketsLeftByLimit
             if !dryRun {
                 metrics.socketsDestroyed(pool: key.pool, backend: key.backend.description, reason: reason).increment(by: Int64(ended))
