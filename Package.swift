@@ -122,8 +122,15 @@ let package = Package(
             swiftSettings: strict),
         .executableTarget(name: "Simulate", dependencies: ["Simulation"], path: "Tests/Simulation/Simulate", swiftSettings: strict),
         .testTarget(name: "SimulationTests", dependencies: ["Simulation"], swiftSettings: strict),
+        // One test target a layer, each importing only that layer and what it is built on; none needs root.
         .testTarget(name: "NetworkAddressTests", dependencies: ["NetworkAddress"], swiftSettings: strict),
-        // The Reaper layer's pure decisions (PurgePlan), without root.
+        .testTarget(name: "OSTests", dependencies: ["OS"], swiftSettings: strict),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink"], swiftSettings: strict),
+        .testTarget(name: "RoutingTests", dependencies: ["Routing", "Netlink", "NetworkAddress"], swiftSettings: strict),
+        .testTarget(name: "SockDiagTests", dependencies: ["SockDiag", "Netlink", "NetworkAddress"], swiftSettings: strict),
+        .testTarget(name: "ConntrackTests", dependencies: ["Conntrack", "Netlink", "NetworkAddress"], swiftSettings: strict),
+        .testTarget(name: "HealthTests", dependencies: ["Health"], swiftSettings: strict),
+        // The Reaper layer's pure decisions (PurgePlan, translated flows), without root.
         .testTarget(name: "ReaperTests", dependencies: ["Reaper", "SockDiag", "Conntrack", "NetworkAddress"], swiftSettings: strict),
         .testTarget(
             name: "AgentTests",
@@ -133,10 +140,6 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
-            swiftSettings: strict),
-        .testTarget(
-            name: "NetlinkTests",
-            dependencies: ["Netlink", "SockDiag", "Conntrack", "Routing", "OS", "NetworkAddress"],
             swiftSettings: strict),
     ]
 )
