@@ -3,7 +3,6 @@ import Reaper
 import SockDiag
 import Testing
 
-@testable import Agent
 
 @Suite struct StuckRuleTests {
     let rule = StuckRule(afterMilliseconds: 3000)
