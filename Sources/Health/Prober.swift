@@ -4,9 +4,11 @@ import NIOPosix
 import NIOSSL
 import NetworkAddress
 
-/// Runs probes, each on a fresh connection: a pooled keep-alive connection would hide a dead peer,
-/// which is the very failure conn-reaper exists for. Every probe ends by its timeout, whatever the
-/// peer does. Probes run on an event loop from start to finish, so a probe costs no thread hop.
+/// Runs probes on fresh connections (`probe`) and opens the kept-alive one that `probe.reuse` rides
+/// (`openKept`; ProbeSession chooses, by ConnectionReuse's rules, which a probe takes: a kept one
+/// alone would hide a dead peer whose connection the kernel still holds). Every probe ends by its
+/// timeout, whatever the peer does. Probes run on an event loop from start to finish, so a probe
+/// costs no thread hop.
 public final class Prober: Sendable {
     private let tlsContext: NIOSSLContext?
     public let spec: ProbeSpec
