@@ -68,12 +68,18 @@ let package = Package(
         ),
         .target(name: "Routing", dependencies: ["Netlink", "OS", "NetworkAddress"], swiftSettings: strict),
         .target(
-            name: "Reaper", dependencies: ["SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress", "CBuildInfo"], swiftSettings: strict
+            name: "Reaper",
+            dependencies: [
+                "SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress", "CBuildInfo",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: strict
         ),
         .target(
             name: "Health",
             dependencies: [
                 "NetworkAddress", "OS",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -32,7 +32,8 @@ public struct ConntrackFlushRequest: NetlinkRequest, Equatable {
 
     public var messageType: UInt16 { ConntrackMessageType.delete }
     public var flags: UInt16 { 0x1 | 0x4 }  // NLM_F_REQUEST | NLM_F_ACK
-    public var callName: String { "IPCTNL_MSG_CT_DELETE (filtered flush)" }
+    public var netlinkOperation: NetlinkOperation { .conntrackDelete }
+    public var operationDetail: String? { "filtered flush" }
 
     public func writePayload(into writer: inout NetlinkMessageWriter) {
         writeNetfilterHeader(family: filter.address.family, into: &writer)

@@ -66,7 +66,7 @@ struct ConntrackCreateRequest: NetlinkRequest {
 
     var messageType: UInt16 { ConntrackMessageType.new }
     var flags: UInt16 { 0x1 | 0x4 | 0x200 | 0x400 }  // NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE
-    var callName: String { "IPCTNL_MSG_CT_NEW" }
+    var netlinkOperation: NetlinkOperation { .conntrackCreate }
 
     func writePayload(into writer: inout NetlinkMessageWriter) {
         writeNetfilterHeader(family: family, into: &writer)
@@ -89,13 +89,16 @@ extension ConntrackTable {
                 _ = try? delete([canary])
                 answer = try? exchange(request)
             }
-            return answer == .done ? nil : .untried("IPCTNL_MSG_CT_NEW: \(answer.map(String.init(describing:)) ?? "no answer")")
+            return answer == .done
+                ? nil : .untried("\(NetlinkOperation.conntrackCreate.rawValue): \(answer.map(String.init(describing:)) ?? "no answer")")
         }
         /// nil when each flush was done; the verdict a refusal or failure gives otherwise.
         func flushed(_ requests: [ConntrackFlushRequest]) -> FlushCanary.Verdict? {
             guard let answers = try? exchangeFlushes(requests) else { return .untried("the flush could not be sent") }
             if answers.contains(where: Self.isRefusal) { return .refused }
-            if let other = answers.first(where: { $0 != .done }) { return .untried("IPCTNL_MSG_CT_DELETE (filtered flush): \(other)") }
+            if let other = answers.first(where: { $0 != .done }) {
+                return .untried("\(NetlinkOperation.conntrackDelete.rawValue) (filtered flush): \(other)")
+            }
             return nil
         }
         /// One step of the trial: the canary made, `requests` flushed, then whether its exact delete

@@ -45,7 +45,7 @@ public struct ConntrackStatisticsRequest: NetlinkRequest, Equatable {
 
     public var messageType: UInt16 { ConntrackMessageType.statistics }
     public var flags: UInt16 { 0x1 }  // NLM_F_REQUEST
-    public var callName: String { "IPCTNL_MSG_CT_GET_STATS" }
+    public var netlinkOperation: NetlinkOperation { .conntrackStatistics }
 
     public func writePayload(into writer: inout NetlinkMessageWriter) {
         writer.append([0, 0])  // nfgen_family AF_UNSPEC, version NFNETLINK_V0
@@ -92,7 +92,7 @@ public struct ConntrackDumpRequest: NetlinkRequest, Equatable {
 
     public var messageType: UInt16 { ConntrackMessageType.get }
     public var flags: UInt16 { 0x1 | 0x300 }  // NLM_F_REQUEST | NLM_F_DUMP
-    public var callName: String { "IPCTNL_MSG_CT_GET" }
+    public var netlinkOperation: NetlinkOperation { .conntrackGet }
 
     public func writePayload(into writer: inout NetlinkMessageWriter) {
         writeNetfilterHeader(family: family, into: &writer)
@@ -171,7 +171,7 @@ public struct ConntrackDeleteRequest: NetlinkRequest, Equatable {
     public init(entry: ConntrackEntry) throws(SystemCallError) {
         let attributes = try ConntrackCodec.deleteAttributes(for: entry)
         guard Self.namesOriginalTuple(attributes) else {
-            throw SystemCallError(call: "IPCTNL_MSG_CT_DELETE", errno: .invalidArgument, layer: .conntrack)
+            throw SystemCallError(.conntrackDelete, errno: .invalidArgument)
         }
         self.entry = entry
         self.tupleAttributes = attributes
@@ -179,7 +179,7 @@ public struct ConntrackDeleteRequest: NetlinkRequest, Equatable {
 
     public var messageType: UInt16 { ConntrackMessageType.delete }
     public var flags: UInt16 { 0x1 | 0x4 }  // NLM_F_REQUEST | NLM_F_ACK
-    public var callName: String { "IPCTNL_MSG_CT_DELETE" }
+    public var netlinkOperation: NetlinkOperation { .conntrackDelete }
 
     public func writePayload(into writer: inout NetlinkMessageWriter) {
         precondition(Self.namesOriginalTuple(tupleAttributes), "a CT_DELETE without its tuple would flush the table")

@@ -3,6 +3,8 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import NetworkAddress
+import OS
+import SystemPackage
 
 /// Runs probes on fresh connections (`probe`) and opens the kept-alive one that `probe.reuse` rides
 /// (`openKept`; ProbeSession chooses, by ConnectionReuse's rules, which a probe takes: a kept one
@@ -170,21 +172,32 @@ public final class Prober: Sendable {
         }
     }
 
+    /// A failed connect in a probe's detail: what a peer did in words; a fault on this side (out of
+    /// ports, descriptors, buffers or permission) with its errno's name, which is what to search for.
     static func strerror(_ code: Int32) -> String {
-        switch code {
-        case 111: "connection refused"
-        case 113: "no route to host"
-        case 101: "network unreachable"
-        case 104: "connection reset"
-        case 110: "timed out"
-        case 99: "no local address or port left (EADDRNOTAVAIL)"
-        case 24: "too many open files (EMFILE)"
-        case 23: "too many open files in the system (ENFILE)"
-        case 105: "no buffer space (ENOBUFS)"
-        case 1: "operation not permitted (EPERM)"
-        case 13: "permission denied (EACCES)"
-        default: "errno \(code)"
-        }
+        let errno = Errno(rawValue: code)
+        let peer: String? =
+            switch errno {
+            case .connectionRefused: "connection refused"
+            case .noRouteToHost: "no route to host"
+            case .networkUnreachable: "network unreachable"
+            case .connectionReset: "connection reset"
+            case .timedOut: "timed out"
+            default: nil
+            }
+        if let peer { return peer }
+        let local: String? =
+            switch errno {
+            case .addressNotAvailable: "no local address or port left"
+            case .tooManyOpenFiles: "too many open files"
+            case .tooManyOpenFilesInSystem: "too many open files in the system"
+            case .noBufferSpace: "no buffer space"
+            case .notPermitted: "operation not permitted"
+            case .permissionDenied: "permission denied"
+            default: nil
+            }
+        guard let local else { return "errno \(code)" }
+        return "\(local) (\(errno.symbolicName))"
     }
 }
 

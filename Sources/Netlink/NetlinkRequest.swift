@@ -1,13 +1,24 @@
+import OS
+
 /// A request that serializes itself; the socket adds sequence numbers and batches.
 public protocol NetlinkRequest: Sendable {
     var messageType: UInt16 { get }
     var flags: UInt16 { get }
-    /// How errors name this request: the message type as the kernel headers spell it.
-    var callName: String { get }
+    /// Which request this is, by type: errors carry it, and name it as the kernel headers spell it.
+    var netlinkOperation: NetlinkOperation { get }
+    /// What errors add to the operation's name where one message type does two things ("filtered flush").
+    var operationDetail: String? { get }
     func writePayload(into writer: inout NetlinkMessageWriter)
 }
 
 extension NetlinkRequest {
+    public var operationDetail: String? { nil }
+
+    /// The kernel's refusal of this request.
+    public func failure(code: Int32) -> SystemCallError {
+        SystemCallError(netlinkOperation, code: code, detail: operationDetail)
+    }
+
     public func serialized(sequence: UInt32, portID: UInt32 = 0) -> [UInt8] {
         var writer = NetlinkMessageWriter(type: messageType, flags: flags, sequence: sequence, portID: portID)
         writePayload(into: &writer)

@@ -78,7 +78,7 @@ extension NetlinkSocket {
             var replies = DumpReplies(sequence: sequence)
             do throws(SystemCallError) {
                 while !replies.finished { replies.take(try receive(), body) }
-                if replies.errorCode != 0 { throw SystemCallError(call: request.callName, code: replies.errorCode, layer: layer) }
+                if replies.errorCode != 0 { throw request.failure(code: replies.errorCode) }
             } catch  where error.errno == .noBufferSpace && outcome.restarts < Self.dumpRestartLimit {
                 outcome.restarts += 1
                 drain(dump: sequence)
@@ -113,7 +113,7 @@ extension NetlinkSocket {
                 let code = message.errorCode ?? 0
                 if code == 0 { continue }
                 if code == Errno.noSuchFileOrDirectory.rawValue { return nil }
-                throw SystemCallError(call: request.callName, code: code, layer: layer)
+                throw request.failure(code: code)
             }
         }
     }

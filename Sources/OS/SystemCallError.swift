@@ -13,14 +13,31 @@ public struct SystemCallError: Error, Equatable, Sendable, CustomStringConvertib
         case system
     }
 
+    /// The call as errors, labels and log lines name it; for a netlink request, its operation's
+    /// spelling (and a detail such as "filtered flush").
     public let call: String
     public let errno: Errno
     public let layer: Layer
+    /// The netlink request that failed, by type: nil for any other call.
+    public let operation: NetlinkOperation?
 
     public init(call: String, errno: Errno, layer: Layer = .system) {
         self.call = call
         self.errno = errno
         self.layer = layer
+        self.operation = nil
+    }
+
+    /// A netlink request the kernel refused; its layer is the operation's.
+    public init(_ operation: NetlinkOperation, errno: Errno, detail: String? = nil) {
+        self.call = detail.map { "\(operation.rawValue) (\($0))" } ?? operation.rawValue
+        self.errno = errno
+        self.layer = operation.layer
+        self.operation = operation
+    }
+
+    public init(_ operation: NetlinkOperation, code: Int32, detail: String? = nil) {
+        self.init(operation, errno: Errno(rawValue: code), detail: detail)
     }
 
     public init(call: String, code: Int32, layer: Layer = .system) {

@@ -6,7 +6,7 @@ extension SystemCallError {
         switch errno {
         case .notPermitted:
             return "needs CAP_NET_ADMIN in this network namespace"
-        case .notSupported where layer == .sockDiag && call == "SOCK_DESTROY":
+        case .notSupported where operation == .socketDestroy:
             return "kernel built without CONFIG_INET_DIAG_DESTROY"
         case .notSupported, .protocolNotSupported:
             return layer == .conntrack ? "conntrack netlink unavailable (is nf_conntrack_netlink loaded?)" : nil

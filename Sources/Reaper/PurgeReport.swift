@@ -2,6 +2,7 @@ import NetworkAddress
 import SockDiag
 import OS
 import Conntrack
+import SystemPackage
 
 /// What a purge or list found and did, in a form the CLI prints and the agent logs.
 public struct PurgeReport: Sendable {
@@ -119,22 +120,42 @@ public struct PurgeReport: Sendable {
 }
 
 /// One kind of netlink trouble: the request (`SOCK_DESTROY`, `IPCTNL_MSG_CT_GET`, ...) and what went
-/// wrong (`ENOBUFS`: replies or acks lost to a full receive queue; `NLM_F_DUMP_INTR`: a dump the
-/// kernel flagged torn).
-public struct NetlinkTrouble: Hashable, Sendable {
-    public var operation: String
-    public var condition: String
+/// wrong with it.
+public struct NetlinkTrouble: Hashable, Sendable, CustomStringConvertible {
+    public var operation: NetlinkOperation
+    public var condition: NetlinkCondition
 
-    public init(operation: String, condition: String) {
+    public init(_ operation: NetlinkOperation, _ condition: NetlinkCondition) {
         self.operation = operation
         self.condition = condition
+    }
+
+    public var description: String { "\(operation.rawValue) \(condition.kernelName)" }
+}
+
+/// What went wrong with a netlink request that the purge rode out. Two of them are the same
+/// ENOBUFS to the kernel; which one it was decides what was done about it, so each is its own case.
+public enum NetlinkCondition: Hashable, Sendable {
+    /// A dump's replies overflowed the receive queue (ENOBUFS): the dump was begun again.
+    case dumpOverrun
+    /// Acks lost to a full receive queue (ENOBUFS): the table was looked at again and the request redone.
+    case acksLost
+    /// A dump the kernel flagged torn (NLM_F_DUMP_INTR): the table changed under it, so it was redone.
+    case dumpInterrupted
+
+    /// How the kernel names it: the `errno` label of conn_reaper_netlink_errors_total and log lines.
+    public var kernelName: String {
+        switch self {
+        case .dumpOverrun, .acksLost: Errno.noBufferSpace.symbolicName
+        case .dumpInterrupted: "NLM_F_DUMP_INTR"
+        }
     }
 }
 
 extension PurgeReport {
-    mutating func note(dumpRestarts restarts: Int, redone: Int, operation: String) {
-        note(restarts, NetlinkTrouble(operation: operation, condition: "ENOBUFS"))
-        note(redone, NetlinkTrouble(operation: operation, condition: "NLM_F_DUMP_INTR"))
+    mutating func note(dumpRestarts restarts: Int, redone: Int, operation: NetlinkOperation) {
+        note(restarts, NetlinkTrouble(operation, .dumpOverrun))
+        note(redone, NetlinkTrouble(operation, .dumpInterrupted))
     }
 
     mutating func note(_ count: Int, _ trouble: NetlinkTrouble) {

@@ -196,7 +196,7 @@ public final class Purger {
             // in between is in the dump but no longer in the table (its socket lingers as it closes).
             let ownBefore = options.sparingOwnSockets ? OwnSockets.inodes() : []
             let dump = try diagnostics.sockets(matching: query, signal: round == 0 ? signal : nil)
-            report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "SOCK_DIAG_BY_FAMILY")
+            report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: .socketDiagnosis)
             // A destroy whose ack was lost took effect if its socket is gone now: it counts as ended.
             let present = unconfirmed.isEmpty ? [] : Set(dump.sockets.map(\.id.cookie))
             for (cookie, socket) in unconfirmed where !present.contains(cookie) {
@@ -236,7 +236,7 @@ public final class Purger {
                 if outcome == .unconfirmed {
                     retry = true
                     unconfirmed[socket.id.cookie] = socket
-                    report.note(1, NetlinkTrouble(operation: "SOCK_DESTROY", condition: "ENOBUFS"))
+                    report.note(1, NetlinkTrouble(.socketDestroy, .acksLost))
                     continue
                 }
                 if outcome.error == nil { ended.insert(socket.id.cookie) }
@@ -301,7 +301,7 @@ public final class Purger {
                     dump = try table.entries(for: matcher.destinations, transports: matcher.transports).merged(with: dump)
                 }
             }
-            report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: "IPCTNL_MSG_CT_GET")
+            report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: .conntrackGet)
             if round == 0 { report.conntrackInOtherZones = plan.inOtherZones(dump.entries) }
             let targets = plan.entries(
                 in: dump.entries, deleted: deleted, leftByLimit: report.flowsLeftByLimit, own: report.ownFlows,
@@ -322,7 +322,7 @@ public final class Purger {
                 let outcome = PurgeReport.Outcome.delete(ack)
                 if outcome == .unconfirmed {
                     retry = true
-                    report.note(1, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
+                    report.note(1, NetlinkTrouble(.conntrackDelete, .acksLost))
                     continue
                 }
                 report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
@@ -345,7 +345,7 @@ public final class Purger {
         let requests = plan.flushRequests([.originalDestination])
         let before = try? table.entryCount()
         let acknowledgements = try table.flush(requests)
-        report.note(acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
+        report.note(acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(.conntrackDelete, .acksLost))
         report.conntrackFlushes += acknowledgements.count { $0 == .done }
         guard !acknowledgements.contains(where: { $0 != .done }) else { return false }
         if let before, let after = try? table.entryCount() {
@@ -381,7 +381,7 @@ public final class Purger {
             let acknowledgements = try table.flush(current.flushRequests(sides))
             // A lost ack says nothing of what the kernel did: the exact deletes below settle it.
             report.note(
-                acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(operation: "IPCTNL_MSG_CT_DELETE", condition: "ENOBUFS"))
+                acknowledgements.count { $0 == .unconfirmed }, NetlinkTrouble(.conntrackDelete, .acksLost))
             report.conntrackFlushes += acknowledgements.count { $0 == .done }
             // Refused (an older kernel) or failed: nothing is known deleted; exact deletes do it.
             if !acknowledgements.contains(where: { $0 != .done }) { flushed.formUnion(sides) }
@@ -472,18 +472,16 @@ public final class Purger {
 extension PurgeReport.Outcome {
     /// What the kernel's answer to one destroy or delete means for the item: ENOENT is done too (it
     /// closed or expired meanwhile, or the cookie names an older socket on the tuple).
-    init(_ acknowledgement: Acknowledgement, call: String, layer: SystemCallError.Layer) {
+    init(_ acknowledgement: Acknowledgement, of operation: NetlinkOperation) {
         switch acknowledgement {
         case .done: self = .ended
         case .failed(.noSuchFileOrDirectory): self = .alreadyGone
-        case .failed(let errno): self = .failed(SystemCallError(call: call, errno: errno, layer: layer))
+        case .failed(let errno): self = .failed(SystemCallError(operation, errno: errno))
         case .unconfirmed: self = .unconfirmed
         }
     }
 
-    static func destroy(_ acknowledgement: Acknowledgement) -> Self { .init(acknowledgement, call: "SOCK_DESTROY", layer: .sockDiag) }
+    static func destroy(_ acknowledgement: Acknowledgement) -> Self { .init(acknowledgement, of: .socketDestroy) }
 
-    static func delete(_ acknowledgement: Acknowledgement) -> Self {
-        .init(acknowledgement, call: "IPCTNL_MSG_CT_DELETE", layer: .conntrack)
-    }
+    static func delete(_ acknowledgement: Acknowledgement) -> Self { .init(acknowledgement, of: .conntrackDelete) }
 }

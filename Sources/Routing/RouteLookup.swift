@@ -12,7 +12,7 @@ public struct RouteQuery: NetlinkRequest {
 
     public var messageType: UInt16 { 26 }  // RTM_GETROUTE
     public var flags: UInt16 { 1 }  // NLM_F_REQUEST: one route, not a dump
-    public var callName: String { "RTM_GETROUTE" }
+    public var netlinkOperation: NetlinkOperation { .routeGet }
 
     public func writePayload(into writer: inout NetlinkMessageWriter) {
         // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags u32.

@@ -1,5 +1,6 @@
 import Netlink
 import NetworkAddress
+import OS
 
 /// The address family of a sock_diag dump: one per family, AF_UNSPEC is refused by the kernel.
 public enum SocketFamily: UInt8, Sendable, CaseIterable {
@@ -39,7 +40,7 @@ public struct InetDiagDumpRequest: NetlinkRequest, Equatable {
 
     public var messageType: UInt16 { family == nil ? 18 : 20 }  // TCPDIAG_GETSOCK, SOCK_DIAG_BY_FAMILY
     public var flags: UInt16 { 0x1 | 0x300 }  // NLM_F_REQUEST | NLM_F_DUMP
-    public var callName: String { family == nil ? "TCPDIAG_GETSOCK" : "SOCK_DIAG_BY_FAMILY" }
+    public var netlinkOperation: NetlinkOperation { family == nil ? .tcpDiagnosis : .socketDiagnosis }
 
     public func writePayload(into writer: inout NetlinkMessageWriter) {
         let extensions: UInt8 = includeTCPInfo && transport == .tcp ? 1 << (2 - 1) : 0  // INET_DIAG_INFO
@@ -91,7 +92,7 @@ public struct InetDiagSocketRequest: NetlinkRequest, Equatable {
 
     public var messageType: UInt16 { operation == .get ? 20 : 21 }  // SOCK_DIAG_BY_FAMILY, SOCK_DESTROY
     public var flags: UInt16 { operation == .get ? 0x1 : 0x1 | 0x4 }  // NLM_F_REQUEST (| NLM_F_ACK)
-    public var callName: String { operation == .get ? "SOCK_DIAG_BY_FAMILY" : "SOCK_DESTROY" }
+    public var netlinkOperation: NetlinkOperation { operation == .get ? .socketDiagnosis : .socketDestroy }
 
     public func writePayload(into writer: inout NetlinkMessageWriter) {
         writer.append([family.rawValue, transport.rawValue, includeTCPInfo ? 1 << (2 - 1) : 0, 0])

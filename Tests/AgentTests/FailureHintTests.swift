@@ -15,8 +15,24 @@ import OS
     }
 
     @Test func destroyUnsupportedNamesTheKernelOption() {
-        let error = SystemCallError(call: "SOCK_DESTROY", errno: .notSupported, layer: .sockDiag)
+        let error = SystemCallError(.socketDestroy, errno: .notSupported)
         #expect(error.hint == "kernel built without CONFIG_INET_DIAG_DESTROY")
         #expect(!error.meansConntrackAbsent)
+        // Errors, labels and log lines name it as the kernel headers do, from the one spelling.
+        #expect(error.call == NetlinkOperation.socketDestroy.rawValue && error.layer == .sockDiag)
+    }
+
+    /// The hint follows the operation, not its spelling: a dump refused on the same socket is not a
+    /// kernel without SOCK_DESTROY, nor is a call that only happens to be named like one.
+    @Test func onlyTheDestroyOperationGetsTheDestroyHint() {
+        #expect(SystemCallError(.socketDiagnosis, errno: .notSupported).hint == nil)
+        let namedLikeIt = SystemCallError(call: NetlinkOperation.socketDestroy.rawValue, errno: .notSupported, layer: .sockDiag)
+        #expect(namedLikeIt.hint == nil)
+    }
+
+    @Test func aFlushIsADeleteWithItsDetailInTheName() {
+        let error = SystemCallError(.conntrackDelete, errno: .invalidArgument, detail: "filtered flush")
+        #expect(error.operation == .conntrackDelete && error.layer == .conntrack)
+        #expect(error.description == "IPCTNL_MSG_CT_DELETE (filtered flush): Invalid argument (errno 22)")
     }
 }

@@ -187,7 +187,7 @@ import Testing
         let accounting = ReapAccounting(
             state: AgentState(configuration: Self.configuration()), metrics: metrics, logger: Logger(label: "test"))
         var troubled = PurgeReport()
-        troubled.troubles[NetlinkTrouble(operation: "SOCK_DIAG_BY_FAMILY", condition: "ENOBUFS")] = 2
+        troubled.troubles[NetlinkTrouble(.socketDiagnosis, .dumpOverrun)] = 2
         _ = accounting.stuck([NamespaceReport(namespace: nil, report: troubled)], pool: "web", dryRun: false)
         let connection = ConnectionSample(
             backend: Self.backends[0], local: Endpoint(address: .v4(0x0A09_0064), port: 41000), cookie: 1,
@@ -198,6 +198,25 @@ import Testing
         #expect(
             metrics.exposition().contains(
                 #"conn_reaper_netlink_errors_total{layer="sock_diag",operation="SOCK_DIAG_BY_FAMILY",errno="ENOBUFS"} 4"#))
+    }
+
+    /// Each kind of trouble keeps the labels operators and the kernel tests know it by.
+    @Test func netlinkTroubleIsLabelledAsTheKernelNamesIt() {
+        let metrics = AgentMetrics()
+        let accounting = ReapAccounting(
+            state: AgentState(configuration: Self.configuration()), metrics: metrics, logger: Logger(label: "test"))
+        var troubled = PurgeReport()
+        troubled.troubles[NetlinkTrouble(.conntrackGet, .dumpInterrupted)] = 1
+        troubled.troubles[NetlinkTrouble(.socketDestroy, .acksLost)] = 3
+        troubled.troubles[NetlinkTrouble(.conntrackDelete, .acksLost)] = 5
+        _ = accounting.stuck([NamespaceReport(namespace: nil, report: troubled)], pool: "web", dryRun: false)
+        let exposition = metrics.exposition()
+        #expect(
+            exposition.contains(
+                #"conn_reaper_netlink_errors_total{layer="conntrack",operation="IPCTNL_MSG_CT_GET",errno="NLM_F_DUMP_INTR"} 1"#))
+        #expect(exposition.contains(#"conn_reaper_netlink_errors_total{layer="sock_diag",operation="SOCK_DESTROY",errno="ENOBUFS"} 3"#))
+        #expect(
+            exposition.contains(#"conn_reaper_netlink_errors_total{layer="conntrack",operation="IPCTNL_MSG_CT_DELETE",errno="ENOBUFS"} 5"#))
     }
 
     @Test func aRebalanceCloseIsCountedPerBackendAndTheCensusFeedsTheGauge() async throws {

@@ -46,7 +46,7 @@ extension ReapAccounting {
         if let namespace = part.namespace { base["netns"] = "\(namespace)" }
         guard let report = part.report else {
             let error = part.error
-            let errno = error.map(Self.errnoName) ?? "unknown"
+            let errno = error?.errno.symbolicName ?? "unknown"
             // `setns(/run/netns/x)`: the path goes in the log line, not in a label.
             let operation = error.map { String($0.call.prefix { $0 != "(" }) } ?? "namespace"
             metrics.netlinkErrors(layer: "system", operation: operation, errno: errno).increment()
@@ -60,39 +60,39 @@ extension ReapAccounting {
             }
             return
         }
-        for (trouble, count) in report.troubles.sorted(by: { "\($0.key)" < "\($1.key)" }) {
-            let layer = trouble.operation.hasPrefix("IPCTNL") ? "conntrack" : "sock_diag"
-            metrics.netlinkErrors(layer: layer, operation: trouble.operation, errno: trouble.condition).increment(by: Int64(count))
-            guard let logged = troubleLog.shouldLog("\(namespace) \(trouble.operation) \(trouble.condition)", count: count) else {
-                continue
-            }
+        for (trouble, count) in report.troubles.sorted(by: { $0.key.description < $1.key.description }) {
+            let operation = trouble.operation.rawValue
+            let condition = trouble.condition.kernelName
+            metrics.netlinkErrors(layer: Self.layerName(trouble.operation.layer), operation: operation, errno: condition)
+                .increment(by: Int64(count))
+            guard let logged = troubleLog.shouldLog("\(namespace) \(trouble)", count: count) else { continue }
             var metadata = base
-            metadata["operation"] = "\(trouble.operation)"
-            metadata["errno"] = "\(trouble.condition)"
+            metadata["operation"] = "\(operation)"
+            metadata["errno"] = "\(condition)"
             metadata["count"] = .stringConvertible(logged)
             let what: Logger.Message =
-                trouble.condition == "NLM_F_DUMP_INTR"
-                ? "netlink dump interrupted (the table changed under it): dump redone"
-                : trouble.operation.hasSuffix("GET") || trouble.operation == "SOCK_DIAG_BY_FAMILY"
-                    ? "netlink receive queue overflowed during a dump (ENOBUFS): dump begun again"
-                    : "netlink acks lost to a full receive queue (ENOBUFS): looked again and redone"
+                switch trouble.condition {
+                case .dumpInterrupted: "netlink dump interrupted (the table changed under it): dump redone"
+                case .dumpOverrun: "netlink receive queue overflowed during a dump (ENOBUFS): dump begun again"
+                case .acksLost: "netlink acks lost to a full receive queue (ENOBUFS): looked again and redone"
+                }
             logger.warning(what, metadata: metadata)
         }
         let failed = report.stepErrors + report.sockets.compactMap(\.outcome.error) + report.conntrack.compactMap(\.outcome.error)
         var grouped: [String: (error: SystemCallError, count: Int)] = [:]
         for error in failed {
-            let label = "\(Self.layerName(error.layer)) \(error.call) \(Self.errnoName(error))"
+            let label = "\(Self.layerName(error.layer)) \(error.call) \(error.errno.symbolicName)"
             grouped[label, default: (error, 0)].count += 1
         }
         for (label, entry) in grouped.sorted(by: { $0.key < $1.key }) {
             let error = entry.error
-            metrics.netlinkErrors(layer: Self.layerName(error.layer), operation: error.call, errno: Self.errnoName(error))
+            metrics.netlinkErrors(layer: Self.layerName(error.layer), operation: error.call, errno: error.errno.symbolicName)
                 .increment(by: Int64(entry.count))
             guard let logged = troubleLog.shouldLog("\(namespace) \(label)", count: entry.count) else { continue }
             var metadata = base
             metadata["layer"] = "\(Self.layerName(error.layer))"
             metadata["operation"] = "\(error.call)"
-            metadata["errno"] = "\(Self.errnoName(error))"
+            metadata["errno"] = "\(error.errno.symbolicName)"
             metadata["count"] = .stringConvertible(logged)
             metadata["error"] = "\(error.hint.map { "\(error): \($0)" } ?? error.description)"
             if error.meansConntrackAbsent {

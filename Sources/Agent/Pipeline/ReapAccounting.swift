@@ -167,7 +167,7 @@ public struct ReapAccounting: Sendable {
                 metrics.socketsDestroyed(pool: key.pool, backend: key.backend.description, reason: reason).increment(by: Int64(ended))
                 metrics.conntrackDeleted(pool: key.pool, backend: key.backend.description).increment(by: Int64(deleted))
             }
-            for error in errors { metrics.destroyErrors(errno: Self.errnoName(error)).increment() }
+            for error in errors { metrics.destroyErrors(errno: error.errno.symbolicName).increment() }
             metrics.reapDuration(pool: key.pool).recordSeconds(report.durationSeconds)
             // The audit line: every first reap of a dead backend, and every later pass that did something.
             // In other namespaces (possibly every one on the node) only a pass that did something is logged.
@@ -268,22 +268,6 @@ public struct ReapAccounting: Sendable {
             }
         }
         return tally
-    }
-
-    static func errnoName(_ error: SystemCallError) -> String {
-        switch error.errno {
-        case .notPermitted: "EPERM"
-        case .notSupported: "EOPNOTSUPP"
-        case .noBufferSpace: "ENOBUFS"
-        case .noSuchFileOrDirectory: "ENOENT"
-        case .invalidArgument: "EINVAL"
-        case .protocolNotSupported: "EPROTONOSUPPORT"
-        case .resourceBusy: "EBUSY"
-        case .resourceTemporarilyUnavailable: "EAGAIN"
-        case .noSuchProcess: "ESRCH"
-        case .permissionDenied: "EACCES"
-        default: "errno_\(error.errno.rawValue)"
-        }
     }
 }
 

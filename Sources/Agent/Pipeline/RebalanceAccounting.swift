@@ -29,7 +29,7 @@ extension ReapAccounting {
                 continue
             }
             netlinkTrouble(part, pool: key.pool, backend: key.backend)
-            for error in report.allErrors { metrics.destroyErrors(errno: Self.errnoName(error)).increment() }
+            for error in report.allErrors { metrics.destroyErrors(errno: error.errno.symbolicName).increment() }
             guard let result = report.sockets.first else {
                 logger.info("rebalance close skipped: the connection carries data now, or is gone", metadata: metadata)
                 continue
