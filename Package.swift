@@ -3,7 +3,7 @@
 // (Tests/Checks/check_imports.py, run by `make test`, holds both to this comment):
 //   CMnl, CNetfilterConntrack, CLinuxNetlink  C libraries and uapi headers
 //   CBuildInfo                                 the git revision a release build was made from
-//   NetworkAddress                             IP addresses, prefixes, destinations (pure Swift)
+//   NetworkAddress, Durations                  IP addresses, prefixes, destinations; durations as users write them (pure Swift)
 //   OS                                         the one syscall wrapper, errno errors, files, resolver, namespaces, capabilities
 //   Netlink                                    netlink sockets and messages: with OS, the only unsafe pointer code
 //   SockDiag, Conntrack, Routing               the kernel interfaces conn-reaper acts through, and rtnetlink's news
@@ -47,6 +47,7 @@ let package = Package(
         .target(name: "CLinuxNetlink"),
         .target(name: "CBuildInfo"),
         .target(name: "NetworkAddress", swiftSettings: strict),
+        .target(name: "Durations", swiftSettings: strict),
         .target(
             name: "OS",
             dependencies: ["CLinuxNetlink", "NetworkAddress", .product(name: "SystemPackage", package: "swift-system")],
@@ -90,7 +91,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Reaper", "Health", "Conntrack", "SockDiag", "Routing", "OS", "NetworkAddress",
+                "Reaper", "Health", "Conntrack", "SockDiag", "Routing", "OS", "NetworkAddress", "Durations",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -106,7 +107,7 @@ let package = Package(
         .executableTarget(
             name: "conn-reaper",
             dependencies: [
-                "Agent", "Reaper", "Health", "SockDiag", "Conntrack", "OS", "NetworkAddress",
+                "Agent", "Reaper", "Health", "SockDiag", "Conntrack", "OS", "NetworkAddress", "Durations",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -118,7 +119,7 @@ let package = Package(
             name: "FuzzNetlink", dependencies: ["FuzzHarness", "Netlink", "SockDiag", "Conntrack", "Routing", "NetworkAddress"],
             path: "Tests/Fuzz/FuzzNetlink", swiftSettings: strict),
         .executableTarget(
-            name: "FuzzConfig", dependencies: ["FuzzHarness", "Agent", "NetworkAddress"], path: "Tests/Fuzz/FuzzConfig",
+            name: "FuzzConfig", dependencies: ["FuzzHarness", "Agent", "NetworkAddress", "Durations"], path: "Tests/Fuzz/FuzzConfig",
             swiftSettings: strict),
         // The deterministic simulation (Tests/Simulation): the agent's decisions against a fake world.
         .target(
@@ -141,7 +142,7 @@ let package = Package(
         .testTarget(
             name: "AgentTests",
             dependencies: [
-                "Agent", "Health", "Reaper", "SockDiag", "Conntrack", "OS", "NetworkAddress",
+                "Agent", "Health", "Reaper", "SockDiag", "Conntrack", "OS", "NetworkAddress", "Durations",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),

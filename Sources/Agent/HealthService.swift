@@ -1,3 +1,4 @@
+import Durations
 import Health
 import Logging
 import NIOCore

@@ -1,6 +1,6 @@
-import Agent
 import ArgumentParser
 import Conntrack
+import Durations
 import NetworkAddress
 import OS
 import Reaper

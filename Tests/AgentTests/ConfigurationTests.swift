@@ -1,5 +1,6 @@
 import Agent
 import Conntrack
+import Durations
 import Health
 import NetworkAddress
 import Testing

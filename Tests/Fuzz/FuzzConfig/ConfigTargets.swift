@@ -1,3 +1,4 @@
+import Durations
 import FuzzHarness
 import Agent
 import NetworkAddress
