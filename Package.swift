@@ -148,5 +148,12 @@ let package = Package(
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
+        // The command line's own parsing (ArgumentParser values and their refusals), without root.
+        .testTarget(
+            name: "ConnReaperTests",
+            dependencies: [
+                "conn-reaper", "NetworkAddress", "SockDiag", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
     ]
 )

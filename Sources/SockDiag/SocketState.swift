@@ -69,3 +69,45 @@ public struct SocketStates: Sendable, Hashable {
 
     public var states: [SocketState] { SocketState.allCases.filter(contains) }
 }
+
+extension SocketStates: CustomStringConvertible {
+    /// As `--state` takes them: `established,syn-sent`.
+    public var description: String { states.map(\.filterName).joined(separator: ",") }
+}
+
+/// What is wrong with a list of states a user wrote, naming the word at fault.
+public struct SocketStatesParseError: Error, Equatable, CustomStringConvertible {
+    public enum Reason: Equatable, Sendable {
+        case unknown(String)
+        /// Only states that are never reaped (listen, time-wait): a purge would match nothing.
+        case nothingReapable
+    }
+
+    public let input: String
+    public let reason: Reason
+
+    public var description: String {
+        switch reason {
+        case .unknown(let name):
+            "unknown state '\(name)' (known: \(SocketState.allCases.map(\.filterName).joined(separator: ", ")))"
+        case .nothingReapable:
+            "'\(input)' leaves no state to match: "
+                + "\(SocketStates.neverReaped.map(\.filterName).sorted().joined(separator: " and ")) are never reaped"
+        }
+    }
+}
+
+extension SocketStates {
+    /// Comma-separated names as `ss` spells its state filters (`established,syn-sent`). States that
+    /// are never reaped are dropped; a list of nothing else is refused rather than matching nothing.
+    public init(parsing text: String) throws(SocketStatesParseError) {
+        var parsed: [SocketState] = []
+        for word in text.split(separator: ",") {
+            let name = String(word.trimmingPrefix(while: \.isWhitespace))
+            guard let state = SocketState(name: name) else { throw SocketStatesParseError(input: text, reason: .unknown(name)) }
+            parsed.append(state)
+        }
+        self.init(parsed)
+        guard !states.isEmpty else { throw SocketStatesParseError(input: text, reason: .nothingReapable) }
+    }
+}

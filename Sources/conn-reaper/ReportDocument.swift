@@ -1,3 +1,4 @@
+import NetworkAddress
 import Reaper
 import SockDiag
 import OS
@@ -6,12 +7,12 @@ import Conntrack
 /// The JSON of `purge -o json` and `list -o json`. Every key is always present; absent values are null.
 enum ReportDocument {
     static func json(
-        report: PurgeReport, command: String, dryRun: Bool, destinations: [String], errors: [SystemCallError]
+        report: PurgeReport, command: String, dryRun: Bool, destinations: [Destination], errors: [SystemCallError]
     ) -> JSONValue {
         .object([
             ("command", .string(command)),
             ("dry_run", .bool(dryRun)),
-            ("destinations", .array(destinations.map(JSONValue.string))),
+            ("destinations", .array(destinations.map { .string($0.description) })),
             ("sockets", .array(report.sockets.map(socket))),
             ("conntrack", .array(report.conntrack.map(conntrackEntry))),
             (

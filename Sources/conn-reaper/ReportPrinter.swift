@@ -16,7 +16,7 @@ struct ReportPrinter {
 
     let mode: Mode
     let format: OutputFormat
-    let destinations: [String]
+    let destinations: [Destination]
 
     func emit(_ report: PurgeReport, dryRun: Bool) throws {
         let errors = report.allErrors.filter { !$0.meansConntrackAbsent }

@@ -10,14 +10,20 @@ import SockDiag
 struct SelectionOptions: ParsableArguments {
     @Argument(
         help: ArgumentHelp(
-            "Destinations: IP, IP:PORT, CIDR, CIDR:PORT, [IPv6]:PORT, or :PORT.", valueName: "dest"))
-    var destinations: [String]
+            "Destinations: IP, IP:PORT, CIDR, CIDR:PORT, [IPv6]:PORT, or :PORT.", valueName: "dest"),
+        transform: Destination.transform)
+    var destinations: [Destination]
 
     @Option(name: .customLong("proto"), help: "Transport to match: tcp, udp or all.")
     var transport: TransportChoice = .tcp
 
-    @Option(name: .customLong("state"), help: "Comma-separated TCP states (ss names). LISTEN is never reaped.")
-    var states: String = "established,syn-sent"
+    @Option(
+        name: .customLong("state"),
+        help: ArgumentHelp(
+            // A transform's default is not shown by ArgumentParser: the help names it.
+            "Comma-separated TCP states (ss names; default: \(SocketStates.reapByDefault)). LISTEN is never reaped.", valueName: "states"),
+        transform: SocketStates.transform)
+    var states: SocketStates = .reapByDefault
 
     @Flag(name: .customLong("no-conntrack"), help: "Leave conntrack entries alone.")
     var noConntrack = false
@@ -28,8 +34,9 @@ struct SelectionOptions: ParsableArguments {
     @Option(
         help: ArgumentHelp(
             "Only connections stuck this long: data unacknowledged and no ACK for DURATION, with retransmits as evidence (e.g. 3s).",
-            valueName: "duration"))
-    var stuck: String?
+            valueName: "duration"),
+        transform: PositiveDuration.transform)
+    var stuck: PositiveDuration?
 
     @Option(
         name: .customLong("netns"),
@@ -62,9 +69,7 @@ struct SelectionOptions: ParsableArguments {
 
     func validate() throws {
         guard !destinations.isEmpty else { throw ValidationError("name at least one destination") }
-        _ = try parsedDestinations()
-        _ = try parsedStates()
-        _ = try stuckRule()
+        if stuck != nil, transport == .udp { throw ValidationError("--stuck judges TCP connections: it cannot go with --proto udp") }
         for name in netns where name != "all" && NetworkNamespace.path(naming: name) == nil {
             throw ValidationError("--netns '\(name)' names no namespace: give a name under /run/netns, a path, or 'all'")
         }
@@ -73,9 +78,8 @@ struct SelectionOptions: ParsableArguments {
     }
 
     /// The purger's options for this selection: a port-less destination spares what it opened to this host.
-    func options(dryRun: Bool = false) throws -> Purger.Options {
+    func options(dryRun: Bool = false) -> Purger.Options {
         var options = Purger.Options(sockets: !noSockets, conntrack: !noConntrack, dryRun: dryRun)
-        let destinations = try parsedDestinations()
         options.sparingInbound = !inbound && destinations.contains { $0.port == nil }
         return options
     }
@@ -96,35 +100,9 @@ struct SelectionOptions: ParsableArguments {
                 }))
     }
 
-    func parsedDestinations() throws -> [Destination] {
-        try destinations.map { text in
-            do { return try Destination(parsing: text) } catch { throw ValidationError("\(error)") }
-        }
-    }
-
-    func parsedStates() throws -> SocketStates {
-        let names = states.split(separator: ",").map { String($0).trimmingPrefix(while: \.isWhitespace) }
-        let parsed = try names.map { name in
-            guard let state = SocketState(name: String(name)) else {
-                let known = SocketState.allCases.map(\.filterName).joined(separator: ", ")
-                throw ValidationError("unknown state '\(name)' in --state (known: \(known))")
-            }
-            return state
-        }
-        let kept = SocketStates(parsed)
-        guard !kept.states.isEmpty else {
-            throw ValidationError("--state '\(states)' leaves no state to match: listen and time-wait are never reaped")
-        }
-        return kept
-    }
-
-    func stuckRule() throws -> StuckRule? {
-        guard let stuck else { return nil }
-        guard let duration = DurationParsing.parse(stuck), duration > .zero else {
-            throw ValidationError("--stuck '\(stuck)' is not a duration above zero (write it like 500ms, 3s, 2m)")
-        }
-        guard transport != .udp else { throw ValidationError("--stuck judges TCP connections: it cannot go with --proto udp") }
-        return StuckRule(afterMilliseconds: UInt32(min(duration.seconds * 1000, Double(UInt32.max))), firedTimerIsEvidence: true)
+    /// `--stuck` as the rule the matcher applies; `validate()` has refused it with `--proto udp`.
+    var stuckRule: StuckRule? {
+        stuck.map { StuckRule(afterMilliseconds: UInt32(min($0.duration.seconds * 1000, Double(UInt32.max))), firedTimerIsEvidence: true) }
     }
 
     /// Runs `act` with a purger of the current namespace, or of each `--netns` namespace in turn.
@@ -135,8 +113,7 @@ struct SelectionOptions: ParsableArguments {
 
     func matcher() throws -> DestinationMatcher {
         DestinationMatcher(
-            destinations: try parsedDestinations(), transports: transport.set, states: try parsedStates(),
-            stuck: try stuckRule(), zones: try parsedZones())
+            destinations: destinations, transports: transport.set, states: states, stuck: stuckRule, zones: try parsedZones())
     }
 }
 

@@ -18,6 +18,11 @@ IMPORT = re.compile(r"^\s*(?:@testable\s+|@_exported\s+)?import\s+(?:(?:struct|c
                     re.M)
 
 
+def module_name(name: str) -> str:
+    """The module a target builds: `conn-reaper` is imported (by its tests) as `conn_reaper`."""
+    return name.replace("-", "_")
+
+
 def declared(target: dict) -> set[str]:
     names = set()
     for dependency in target.get("dependencies", []):
@@ -46,14 +51,14 @@ def main() -> int:
             continue
         base = "Tests" if target["type"] == "test" else "Sources"
         directory = root / (target.get("path") or f"{base}/{name}")
-        allowed = declared(target) | TOOLCHAIN | {name}
+        allowed = {module_name(dependency) for dependency in declared(target)} | TOOLCHAIN | {module_name(name)}
         found = imports(directory)
         for module, files in found.items():
             if module not in allowed:
                 problems.append(f"{name} imports {module} without declaring it ({', '.join(sorted(files))})")
         # A project target declared and never imported is a layer it does not use: say so too.
         for dependency in declared(target):
-            if dependency in targets and targets[dependency]["type"] != "system" and dependency not in found:
+            if dependency in targets and targets[dependency]["type"] != "system" and module_name(dependency) not in found:
                 problems.append(f"{name} declares {dependency} and never imports it")
     # A layer imports only layers below it: no cycle through the declarations either.
     order = {}      # target -> its layer (the line of Package.swift's layer comment naming it)

@@ -8,7 +8,7 @@ struct List: ParsableCommand {
     @OptionGroup var selection: SelectionOptions
 
     func run() throws {
-        let options = try selection.options()
+        let options = selection.options()
         let matcher = try selection.matcher()
         let report = selection.report { $0.list(matcher, options: options) }
         try ReportPrinter(mode: .list, format: selection.output, destinations: selection.destinations)

@@ -24,7 +24,7 @@ struct Purge: ParsableCommand {
 
     func validate() throws {
         guard !force, !dryRun else { return }
-        if let wide = try selection.parsedDestinations().first(where: \.isWide) {
+        if let wide = selection.destinations.first(where: \.isWide) {
             throw ValidationError(
                 "destination '\(wide)' is wider than a /\(Destination.widestIPv4) (IPv4) or /\(Destination.widestIPv6) (IPv6): "
                     + "it would end most of this host's connections; add --force if that is meant (or --dry-run to look first)")
@@ -32,7 +32,7 @@ struct Purge: ParsableCommand {
     }
 
     func run() throws {
-        var chosen = try selection.options(dryRun: dryRun)
+        var chosen = selection.options(dryRun: dryRun)
         chosen.conntrackFlush = conntrackFlush
         chosen.conntrackDumpsSideBySide = selection.netns.isEmpty
         let options = chosen
