@@ -55,26 +55,10 @@ extension Destination {
         }
         guard !text.isEmpty else { throw fail("empty") }
 
-        var addressPart: Substring
-        var portPart: Substring?
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]") else { throw fail("missing ']' after IPv6 address") }
-            addressPart = text[text.index(after: text.startIndex)..<close]
-            let rest = text[text.index(after: close)...]
-            if !rest.isEmpty {
-                guard rest.hasPrefix(":") else { throw fail("expected ':PORT' after ']'") }
-                portPart = rest.dropFirst()
-            }
-        } else if text.hasPrefix(":"), !text.dropFirst().contains(":") {  // ":PORT", not "::1"
-            addressPart = ""
-            portPart = text.dropFirst()
-        } else if text.filter({ $0 == ":" }).count == 1 {
-            let colon = text.firstIndex(of: ":")!
-            addressPart = text[..<colon]
-            portPart = text[text.index(after: colon)...]
-        } else {
-            addressPart = Substring(text)  // IPv4 without port, or bare IPv6 (which cannot carry a port)
-        }
+        let split: HostPort
+        do { split = try HostPort(splitting: text) } catch { throw fail(error.description) }
+        var addressPart = split.host
+        let portPart = split.port
 
         let port = try portPart.map { (part: Substring) throws(DestinationParseError) -> UInt16 in
             guard let value = UInt16(part), value > 0 else {

@@ -67,6 +67,9 @@ import Testing
         ("http { upstream u { server 10.0.0.1:80; } } }", "unexpected '}'"),
         ("http { upstream u { server \"10.0.0.1:80; } }", "unterminated quote"),
         ("include /nonexistent/only.conf;", "matches no file"),
+        // Split as a destination is (HostPort): text after the bracket is not silently dropped.
+        ("stream { upstream u { server [fd00::1; } }", "'[fd00::1': missing ']' after IPv6 address"),
+        ("stream { upstream u { server [fd00::1]6443; } }", "'[fd00::1]6443': expected ':PORT' after ']'"),
     ])
     func reportsProblemsWithTheirLine(config: String, message: String) {
         #expect {

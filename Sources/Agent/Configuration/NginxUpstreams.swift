@@ -83,20 +83,12 @@ public enum NginxUpstreams {
     static func split(_ address: String, context: NginxUpstream.Context, directive: NginxDirective) throws(ConfigurationError) -> (
         String, UInt16
     ) {
-        var host = address
-        var portText: Substring?
-        if address.hasPrefix("[") {
-            guard let close = address.firstIndex(of: "]") else {
-                throw ConfigurationError(key: "server", "'\(address)': missing ']'", file: directive.file, line: directive.line)
-            }
-            host = String(address[address.index(after: address.startIndex)..<close])
-            let rest = address[address.index(after: close)...]
-            if rest.hasPrefix(":") { portText = rest.dropFirst() }
-        } else if let colon = address.lastIndex(of: ":"), address.filter({ $0 == ":" }).count == 1 {
-            host = String(address[..<colon])
-            portText = address[address.index(after: colon)...]
+        let split: HostPort
+        do { split = try HostPort(splitting: Substring(address)) } catch {
+            throw ConfigurationError(key: "server", "'\(address)': \(error)", file: directive.file, line: directive.line)
         }
-        guard let portText else {
+        let host = String(split.host)
+        guard let portText = split.port else {
             guard context == .http else {
                 throw ConfigurationError(
                     key: "server", "'\(address)': stream upstream servers need a port", file: directive.file, line: directive.line)
