@@ -163,10 +163,10 @@ public final class Prober: Sendable {
         case ChannelError.ioOnClosedChannel, ChannelError.alreadyClosed, ChannelError.eof: return "timeout or closed before a response"
         case let error as NIOConnectionError:
             guard let first = error.connectionErrors.first else { return "connect failed" }
-            if let io = first.error as? IOError { return "connect: \(Self.strerror(io.errnoCode))" }
+            if let io = first.error as? IOError { return "connect: \(Self.describe(errno: io.errnoCode))" }
             return "connect: \(first.error)"
         case let error as IOError:
-            return Self.strerror(error.errnoCode)
+            return Self.describe(errno: error.errnoCode)
         default:
             return "\(error)"
         }
@@ -174,7 +174,7 @@ public final class Prober: Sendable {
 
     /// A failed connect in a probe's detail: what a peer did in words; a fault on this side (out of
     /// ports, descriptors, buffers or permission) with its errno's name, which is what to search for.
-    static func strerror(_ code: Int32) -> String {
+    static func describe(errno code: Int32) -> String {
         let errno = Errno(rawValue: code)
         let peer: String? =
             switch errno {

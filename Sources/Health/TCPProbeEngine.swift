@@ -273,7 +273,7 @@ private final class EngineLoop {
             try poller.watchReadable(probe.descriptor, token: token)
         } catch {
             ProbeSocket.abort(probe.descriptor)
-            finish(probe, Self.afterConnect("\(Prober.strerror(error.errno.rawValue))", since: probe.started))
+            finish(probe, Self.afterConnect("\(Prober.describe(errno: error.errno.rawValue))", since: probe.started))
             return
         }
         probe.awaitingResponse = true
@@ -290,7 +290,7 @@ private final class EngineLoop {
                 received = -1
             } else {
                 ProbeSocket.abort(probe.descriptor)
-                finish(probe, Self.afterConnect(Prober.strerror(error.errno.rawValue), since: probe.started))
+                finish(probe, Self.afterConnect(Prober.describe(errno: error.errno.rawValue), since: probe.started))
                 return
             }
         }
@@ -304,7 +304,7 @@ private final class EngineLoop {
             // Not whole yet: wait for more, within the same timeout.
             do throws(SystemCallError) { try poller.watchReadable(probe.descriptor, token: token) } catch {
                 ProbeSocket.abort(probe.descriptor)
-                finish(probe, Self.afterConnect(Prober.strerror(error.errno.rawValue), since: probe.started))
+                finish(probe, Self.afterConnect(Prober.describe(errno: error.errno.rawValue), since: probe.started))
                 return
             }
             inFlight[token] = probe
@@ -333,7 +333,7 @@ private final class EngineLoop {
     private static func result(_ error: SystemCallError, since started: ContinuousClock.Instant) -> ProbeResult {
         let code = error.errno.rawValue
         return ProbeResult(
-            failure: ProbeFailure(connectErrno: code), duration: .now - started, detail: "connect: \(Prober.strerror(code))")
+            failure: ProbeFailure(connectErrno: code), duration: .now - started, detail: "connect: \(Prober.describe(errno: code))")
     }
 
     private func jitter(in range: Range<Double>) -> Double {

@@ -3,6 +3,15 @@ import Testing
 @testable import Health
 
 @Suite struct ProbeEngineTests {
+    /// What the peer did in words; a fault on this side with its errno's name (OS's one table).
+    @Test func aFailedConnectIsDescribedForAnOperator() {
+        #expect(Prober.describe(errno: 111) == "connection refused")
+        #expect(Prober.describe(errno: 99) == "no local address or port left (EADDRNOTAVAIL)")
+        #expect(Prober.describe(errno: 24) == "too many open files (EMFILE)")
+        #expect(Prober.describe(errno: 1) == "operation not permitted (EPERM)")
+        #expect(Prober.describe(errno: 71) == "errno 71")
+    }
+
     @Test func theStatusLineIsReadOnceWhole() {
         #expect(HTTPStatusLine.status(in: Array("HTTP/1.1 200 OK\r\n".utf8)) == .some(200))
         #expect(HTTPStatusLine.status(in: Array("HTTP/1.0 503 Service Unavailable\r\n".utf8)) == .some(503))
