@@ -73,13 +73,13 @@ public final class NetlinkSocket {
         var value = bytes
         let size = socklen_t(MemoryLayout<Int32>.size)
         if setsockopt(fileDescriptor, SOL_SOCKET, forced, &value, size) == 0 { return }
-        try systemCall("setsockopt(\(name))", layer: layer) { setsockopt(fileDescriptor, SOL_SOCKET, plain, &value, size) }
+        try systemCall("setsockopt", argument: name, layer: layer) { setsockopt(fileDescriptor, SOL_SOCKET, plain, &value, size) }
     }
 
     /// Acks then carry only the failed request's header, not all of it: smaller acks, fewer lost.
     public func capAcknowledgements() throws(SystemCallError) {
         var on: Int32 = 1
-        try systemCall("setsockopt(NETLINK_CAP_ACK)", layer: layer) {
+        try systemCall("setsockopt", argument: "NETLINK_CAP_ACK", layer: layer) {
             mnl_socket_setsockopt(handle, c_reaper_netlink_cap_ack, &on, socklen_t(MemoryLayout<Int32>.size))
         }
     }
@@ -87,18 +87,20 @@ public final class NetlinkSocket {
     /// A receive that never completes would hang a purge forever; the kernel answers in microseconds.
     public func setReceiveTimeout(milliseconds: Int) throws(SystemCallError) {
         var value = timeval(tv_sec: milliseconds / 1000, tv_usec: (milliseconds % 1000) * 1000)
-        try systemCall("setsockopt(SO_RCVTIMEO)", layer: layer) {
+        try systemCall("setsockopt", argument: "SO_RCVTIMEO", layer: layer) {
             setsockopt(fileDescriptor, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
         }
     }
 
     public func send(_ bytes: [UInt8]) throws(SystemCallError) {
-        try systemCall("sendto(netlink)", layer: layer) { bytes.withUnsafeBytes { mnl_socket_sendto(handle, $0.baseAddress, $0.count) } }
+        try systemCall("sendto", argument: "netlink", layer: layer) {
+            bytes.withUnsafeBytes { mnl_socket_sendto(handle, $0.baseAddress, $0.count) }
+        }
     }
 
     /// Receives one datagram. ENOBUFS means the kernel dropped messages for lack of buffer space.
     public func receive() throws(SystemCallError) -> NetlinkMessages {
-        let received = try systemCall("recvfrom(netlink)", layer: layer) {
+        let received = try systemCall("recvfrom", argument: "netlink", layer: layer) {
             receiveBuffer.withUnsafeMutableBytes { mnl_socket_recvfrom(handle, $0.baseAddress, $0.count) }
         }
         return NetlinkMessages(datagram: Array(receiveBuffer[0..<received]))
@@ -107,6 +109,6 @@ public final class NetlinkSocket {
     /// True when a datagram is waiting, after at most `milliseconds`.
     public func waitReadable(milliseconds: Int32) throws(SystemCallError) -> Bool {
         var request = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
-        return try systemCall("poll(netlink)", layer: layer) { poll(&request, 1, milliseconds) } > 0
+        return try systemCall("poll", argument: "netlink", layer: layer) { poll(&request, 1, milliseconds) } > 0
     }
 }

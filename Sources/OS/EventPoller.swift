@@ -39,7 +39,7 @@ public final class EventPoller {
         events = .allocate(capacity: capacity)
         do throws(SystemCallError) {
             var event = epoll_event(events: EPOLLIN.rawValue, data: epoll_data_t(u64: Self.wakeupToken))
-            try systemCall("epoll_ctl(ADD)") { epoll_ctl(epoll, EPOLL_CTL_ADD, wakeup.descriptor, &event) }
+            try systemCall("epoll_ctl", argument: "ADD") { epoll_ctl(epoll, EPOLL_CTL_ADD, wakeup.descriptor, &event) }
         } catch {
             _ = close(epoll)
             events.deallocate()
@@ -56,13 +56,13 @@ public final class EventPoller {
     /// Closing the descriptor removes it.
     public func watchWritable(_ descriptor: Int32, token: UInt64) throws(SystemCallError) {
         var event = epoll_event(events: EPOLLOUT.rawValue | EPOLLONESHOT.rawValue, data: epoll_data_t(u64: token))
-        try systemCall("epoll_ctl(ADD)") { epoll_ctl(epoll, EPOLL_CTL_ADD, descriptor, &event) }
+        try systemCall("epoll_ctl", argument: "ADD") { epoll_ctl(epoll, EPOLL_CTL_ADD, descriptor, &event) }
     }
 
     /// Reports `token` once when `descriptor`, watched before, has something to read (or closed).
     public func watchReadable(_ descriptor: Int32, token: UInt64) throws(SystemCallError) {
         var event = epoll_event(events: EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLONESHOT.rawValue, data: epoll_data_t(u64: token))
-        try systemCall("epoll_ctl(MOD)") { epoll_ctl(epoll, EPOLL_CTL_MOD, descriptor, &event) }
+        try systemCall("epoll_ctl", argument: "MOD") { epoll_ctl(epoll, EPOLL_CTL_MOD, descriptor, &event) }
     }
 
     /// Waits at most `milliseconds` (-1: until something happens) and hands each ready token to

@@ -79,7 +79,7 @@ public final class NamespaceThread: Sendable {
     }
 
     /// What a job gets from a thread that was stopped (or never started).
-    public static let stoppedError = SystemCallError(call: "NamespaceThread (stopped)", errno: .badFileDescriptor)
+    public static let stoppedError = SystemCallError(call: "NamespaceThread", argument: "stopped", errno: .badFileDescriptor)
 
     private static func outcome<Value>(
         _ entering: SystemCallError?, _ body: () throws(SystemCallError) -> Value

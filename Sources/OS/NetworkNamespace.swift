@@ -37,9 +37,9 @@ public enum NetworkNamespace {
     /// setns(CLONE_NEWNET), which needs CAP_SYS_ADMIN (in the namespace's owning user namespace too).
     /// Opening /proc/PID/ns/net needs ptrace read access to PID.
     public static func enter(_ path: String) throws(SystemCallError) {
-        let descriptor = try systemCall("open(\(path))") { open(path, O_RDONLY | O_CLOEXEC) }
+        let descriptor = try systemCall("open", argument: path) { open(path, O_RDONLY | O_CLOEXEC) }
         defer { close(descriptor) }
-        try systemCall("setns(\(path))") { c_reaper_setns_net(descriptor) }
+        try systemCall("setns", argument: path) { c_reaper_setns_net(descriptor) }
     }
 
     /// One path per network namespace on the node: /run/netns/* first (their names are stable),

@@ -20,7 +20,7 @@ public enum ProbeSocket {
         }
         do throws(SystemCallError) {
             var abortive = linger(l_onoff: 1, l_linger: 0)
-            try systemCall("setsockopt(SO_LINGER)") {
+            try systemCall("setsockopt", argument: "SO_LINGER") {
                 setsockopt(descriptor, SOL_SOCKET, SO_LINGER, &abortive, socklen_t(MemoryLayout<linger>.size))
             }
             // The handshake's last ACK waits (HAProxy's checks do the same): a tcp probe's RST goes
@@ -28,7 +28,7 @@ public enum ProbeSocket {
             // accept), and an http probe's request carries the ACK. The SYN-ACK alone completes the
             // connect here, as it always did.
             var quickAck: Int32 = 0
-            try systemCall("setsockopt(TCP_QUICKACK)") {
+            try systemCall("setsockopt", argument: "TCP_QUICKACK") {
                 setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_QUICKACK, &quickAck, socklen_t(MemoryLayout<Int32>.size))
             }
             let started = withSocketAddress(of: endpoint) { address, length in Glibc.connect(descriptor, address, length) }
@@ -48,7 +48,7 @@ public enum ProbeSocket {
         var code: Int32 = 0
         var length = socklen_t(MemoryLayout<Int32>.size)
         do {
-            try systemCall("getsockopt(SO_ERROR)") { getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &code, &length) }
+            try systemCall("getsockopt", argument: "SO_ERROR") { getsockopt(descriptor, SOL_SOCKET, SO_ERROR, &code, &length) }
         } catch {
             return error
         }

@@ -34,20 +34,20 @@ public enum ProcessCapabilities {
         let sets = try current()
         guard (sets.permitted | sets.effective) & ~keep != 0, getenv(marker) == nil else { return }
         guard sets.effective & (1 << UInt64(setpcap)) != 0 else {
-            throw SystemCallError(call: "prctl(PR_CAPBSET_DROP)", errno: .notPermitted)
+            throw SystemCallError(call: "prctl", argument: "PR_CAPBSET_DROP", errno: .notPermitted)
         }
         for capability in 0...Int(c_reaper_last_capability()) where keep & (1 << UInt64(capability)) == 0 {
             guard c_reaper_drop_bounding(Int32(capability)) == 0 || Glibc.errno == EINVAL else {
-                throw SystemCallError(call: "prctl(PR_CAPBSET_DROP)", code: Glibc.errno)
+                throw SystemCallError(call: "prctl", argument: "PR_CAPBSET_DROP", code: Glibc.errno)
             }
         }
         try systemCall("capset") { c_reaper_capset(sets.effective, sets.permitted, sets.permitted & keep) }
         for capability in capabilities where sets.permitted & (1 << UInt64(capability)) != 0 {
-            try systemCall("prctl(PR_CAP_AMBIENT_RAISE)") { c_reaper_raise_ambient(Int32(capability)) }
+            try systemCall("prctl", argument: "PR_CAP_AMBIENT_RAISE") { c_reaper_raise_ambient(Int32(capability)) }
         }
         setenv(marker, "1", 1)
         let arguments = CommandLine.arguments.map { strdup($0) } + [nil]
         execv("/proc/self/exe", arguments)
-        throw SystemCallError(call: "execv(/proc/self/exe)", code: Glibc.errno)
+        throw SystemCallError(call: "execv", argument: "/proc/self/exe", code: Glibc.errno)
     }
 }

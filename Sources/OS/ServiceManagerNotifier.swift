@@ -32,7 +32,9 @@ public final class ServiceManagerNotifier: Sendable {
             throw SystemCallError(call: "NOTIFY_SOCKET \(socketPath)", code: EINVAL)
         }
         self.socketPath = socketPath
-        descriptor = try systemCall("socket(AF_UNIX)") { socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        descriptor = try systemCall("socket", argument: "AF_UNIX") {
+            socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        }
     }
 
     deinit {
@@ -49,7 +51,7 @@ public final class ServiceManagerNotifier: Sendable {
         let length = socklen_t(MemoryLayout.offset(of: \sockaddr_un.sun_path)! + path.count)
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
         let descriptor = self.descriptor
-        try systemCall("sendto(\(socketPath))") {
+        try systemCall("sendto", argument: socketPath) {
             withUnsafePointer(to: &address) { pointer in
                 pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
                     message.withUnsafeBytes { sendto(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), socketAddress, length) }

@@ -9,7 +9,7 @@
 /// (swift-nio's `syscall(blocking:where:)` does the same.)
 @discardableResult
 public func systemCall<Result: SignedInteger>(
-    _ name: @autoclosure () -> String, layer: SystemCallError.Layer = .system, _ body: () -> Result
+    _ name: String, argument: @autoclosure () -> String? = nil, layer: SystemCallError.Layer = .system, _ body: () -> Result
 ) throws(SystemCallError) -> Result {
     while true {
         let result = body()
@@ -20,9 +20,9 @@ public func systemCall<Result: SignedInteger>(
             continue
         case EBADF, EFAULT:
             preconditionFailure(
-                "\(name()): \(SystemCallError(call: name(), code: code)): a descriptor or pointer this program does not own")
+                "\(SystemCallError(call: name, argument: argument(), code: code)): a descriptor or pointer this program does not own")
         default:
-            throw SystemCallError(call: name(), code: code, layer: layer)
+            throw SystemCallError(call: name, argument: argument(), code: code, layer: layer)
         }
     }
 }

@@ -13,16 +13,21 @@ public struct SystemCallError: Error, Equatable, Sendable, CustomStringConvertib
         case system
     }
 
-    /// The call as errors, labels and log lines name it; for a netlink request, its operation's
-    /// spelling (and a detail such as "filtered flush").
+    /// The call as errors and log lines name it, with what it was applied to: `setns(/run/netns/a)`,
+    /// `SOCK_DESTROY`, `IPCTNL_MSG_CT_DELETE (filtered flush)`.
     public let call: String
+    /// The function or request alone (`setns`): a metrics label that is one series per call,
+    /// whatever path it was given, without taking `call` apart.
+    public let name: String
     public let errno: Errno
     public let layer: Layer
     /// The netlink request that failed, by type: nil for any other call.
     public let operation: NetlinkOperation?
 
-    public init(call: String, errno: Errno, layer: Layer = .system) {
-        self.call = call
+    /// `argument`: what the call was applied to (a path, an option), shown as `name(argument)`.
+    public init(call name: String, argument: String? = nil, errno: Errno, layer: Layer = .system) {
+        self.call = argument.map { "\(name)(\($0))" } ?? name
+        self.name = name
         self.errno = errno
         self.layer = layer
         self.operation = nil
@@ -31,6 +36,7 @@ public struct SystemCallError: Error, Equatable, Sendable, CustomStringConvertib
     /// A netlink request the kernel refused; its layer is the operation's.
     public init(_ operation: NetlinkOperation, errno: Errno, detail: String? = nil) {
         self.call = detail.map { "\(operation.rawValue) (\($0))" } ?? operation.rawValue
+        self.name = operation.rawValue
         self.errno = errno
         self.layer = operation.layer
         self.operation = operation
@@ -40,8 +46,8 @@ public struct SystemCallError: Error, Equatable, Sendable, CustomStringConvertib
         self.init(operation, errno: Errno(rawValue: code), detail: detail)
     }
 
-    public init(call: String, code: Int32, layer: Layer = .system) {
-        self.init(call: call, errno: Errno(rawValue: code), layer: layer)
+    public init(call name: String, argument: String? = nil, code: Int32, layer: Layer = .system) {
+        self.init(call: name, argument: argument, errno: Errno(rawValue: code), layer: layer)
     }
 
     public var description: String { "\(call): \(errno) (errno \(errno.rawValue))" }

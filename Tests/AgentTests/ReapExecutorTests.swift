@@ -3,6 +3,7 @@ import Foundation
 import Health
 import Logging
 import NetworkAddress
+import OS
 import Reaper
 import SockDiag
 import Synchronization
@@ -198,6 +199,22 @@ import Testing
         #expect(
             metrics.exposition().contains(
                 #"conn_reaper_netlink_errors_total{layer="sock_diag",operation="SOCK_DIAG_BY_FAMILY",errno="ENOBUFS"} 4"#))
+    }
+
+    /// A namespace that cannot be entered is counted under its call's name, the path only logged
+    /// (a stopped thread too: its label had been "NamespaceThread " with the space before "(").
+    @Test func aNamespaceFailureIsLabelledByTheCallAlone() {
+        let metrics = AgentMetrics()
+        let accounting = ReapAccounting(
+            state: AgentState(configuration: Self.configuration()), metrics: metrics, logger: Logger(label: "test"))
+        let setns = SystemCallError(call: "setns", argument: "/run/netns/a", errno: .invalidArgument)
+        #expect(setns.description.hasPrefix("setns(/run/netns/a): ") && setns.name == "setns")
+        accounting.netlinkTrouble(NamespaceReport(namespace: "/run/netns/a", failure: "\(setns)", error: setns), pool: "web", backend: nil)
+        accounting.netlinkTrouble(
+            NamespaceReport(namespace: "/run/netns/b", failure: "stopped", error: NamespaceThread.stoppedError), pool: "web", backend: nil)
+        let exposition = metrics.exposition()
+        #expect(exposition.contains(#"conn_reaper_netlink_errors_total{layer="system",operation="setns",errno="EINVAL"} 1"#))
+        #expect(exposition.contains(#"conn_reaper_netlink_errors_total{layer="system",operation="NamespaceThread",errno="EBADF"} 1"#))
     }
 
     /// Each kind of trouble keeps the labels operators and the kernel tests know it by.

@@ -48,7 +48,7 @@ extension ReapAccounting {
             let error = part.error
             let errno = error?.errno.symbolicName ?? "unknown"
             // `setns(/run/netns/x)`: the path goes in the log line, not in a label.
-            let operation = error.map { String($0.call.prefix { $0 != "(" }) } ?? "namespace"
+            let operation = error?.name ?? "namespace"
             metrics.netlinkErrors(layer: "system", operation: operation, errno: errno).increment()
             if let count = troubleLog.shouldLog("namespace \(namespace) \(operation) \(errno)", count: 1) {
                 var metadata = base

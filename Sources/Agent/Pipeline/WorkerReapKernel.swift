@@ -35,7 +35,7 @@ public actor WorkerReapKernel: ReapKernel {
         if case .paths(let paths)? = request.namespaces {
             // A named namespace whose file is gone is skipped until it is back, but said each pass.
             for path in paths where !found.contains(where: { $0.namespace == path }) {
-                let error = SystemCallError(call: "open(netns)", errno: .noSuchFileOrDirectory)
+                let error = SystemCallError(call: "open", argument: "netns", errno: .noSuchFileOrDirectory)
                 reports.append(NamespaceReport(namespace: path, failure: "namespace gone: \(error)", error: error))
             }
         }
