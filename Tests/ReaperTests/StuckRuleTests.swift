@@ -3,7 +3,6 @@ import Reaper
 import SockDiag
 import Testing
 
-
 @Suite struct StuckRuleTests {
     let rule = StuckRule(afterMilliseconds: 3000)
     let oneShot = StuckRule(afterMilliseconds: 3000, firedTimerIsEvidence: true)
