@@ -9,7 +9,8 @@ stream), with HTTP probes of /readyz every 200 ms, rise 2, fall 2, the agent in 
   "talkers", streams whose client keeps sending, are never ended (data in flight);
 - without `rebalance` it stays at 0;
 - a backend that flaps (down and up every 2 s) pulls nothing;
-- a non-boolean `rebalance` or a tolerance outside 1-100%: the key or flag named, exit 2, nothing touched.
+- a non-boolean `rebalance`, a tolerance outside 1-100% or an owner that is not auto, any or uid:N: the
+  key or flag named, exit 2, nothing touched.
 
 Each test prints its figures (`-s` shows them) for the README.
 """
@@ -203,7 +204,9 @@ def test_bad_rebalance_values_exit_2_naming_the_key_and_touch_nothing(incident, 
              ("pools[0].rebalance_tolerance", {"rebalance": True, "rebalance_tolerance": "0%"}),
              ("pools[0].rebalance_tolerance", {"rebalance": True, "rebalance_tolerance": "101%"}),
              ("pools[0].rebalance_tolerance", {"rebalance": True, "rebalance_tolerance": "lots"}),
-             ("pools[0].rebalance_rate", {"rebalance": True, "rebalance_rate": 0})]
+             ("pools[0].rebalance_rate", {"rebalance": True, "rebalance_rate": 0}),
+             ("pools[0].rebalance_owner", {"rebalance": True, "rebalance_owner": "nginx"}),
+             ("pools[0].rebalance_owner", {"rebalance": True, "rebalance_owner": "uid:-1"})]
     for key, extra in cases:
         path = incident.write_file("bad.yaml", pool_yaml([{**good, **extra}]))
         result = incident.nginx_ns.run([reaper_binary, "run", "--config", path], check=False, timeout=20)
@@ -213,9 +216,12 @@ def test_bad_rebalance_values_exit_2_naming_the_key_and_touch_nothing(incident, 
     for value in ("0%", "150", "half"):
         result = incident.nginx_ns.run([*base, "--rebalance-tolerance", value], check=False, timeout=20)
         assert result.returncode == 2 and "--rebalance-tolerance" in result.stderr, f"{value}: {result.stderr}"
+    result = incident.nginx_ns.run([*base, "--rebalance-owner", "root"], check=False, timeout=20)
+    assert result.returncode == 2 and "--rebalance-owner" in result.stderr and "'root'" in result.stderr, result.stderr
     # The good values start an agent that is ready and ends nothing (6 streams are within any tolerance).
     agent = start_agent(incident, reaper_binary, [*backend_flags(incident.all_backends("l4")), *PROBE_FLAGS, "--rebalance",
-                                                  "--rebalance-tolerance", "15%", "--rebalance-rate", "0.5"])
+                                                  "--rebalance-tolerance", "15%", "--rebalance-rate", "0.5",
+                                                  "--rebalance-owner", "uid:65534"])
     agent.wait_states({f"default/{b}": "up" for b in incident.all_backends("l4")})
     assert agent.stop() == 0, agent.log_text()
     assert not rebalance_closes(agent)

@@ -58,6 +58,10 @@ struct Run: AsyncParsableCommand {
         help: "With --rebalance: closes per second on this node (default: 1% of the pool's connections, 1.5 to 5).")
     var rebalanceRate: String?
     @Option(
+        name: .customLong("rebalance-owner"),
+        help: "With --rebalance: whose connections it moves: auto (the balancer's, by default), uid:N, or any.")
+    var rebalanceOwner: String?
+    @Option(
         name: .customLong("netns"),
         help: ArgumentHelp(
             "Reap in this network namespace (a NAME under /run/netns, or a file like /proc/PID/ns/net) instead of the agent's own, "
@@ -160,6 +164,11 @@ struct Run: AsyncParsableCommand {
         if let rebalanceRate {
             pool.rebalanceRate = try flag("--rebalance-rate") { () throws(ConfigValue.Failure) in
                 try ConfigValue.rate(rebalanceRate, maximum: 1000)
+            }
+        }
+        if let rebalanceOwner {
+            pool.rebalanceOwner = try flag("--rebalance-owner") { () throws(ConfigValue.Failure) in
+                try RebalanceOwner(parsing: rebalanceOwner)
             }
         }
         pool.protocols = try flag("--protocols") { () throws(ConfigValue.Failure) in
