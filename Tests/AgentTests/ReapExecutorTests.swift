@@ -217,6 +217,22 @@ import Testing
         #expect(exposition.contains(#"conn_reaper_netlink_errors_total{layer="system",operation="NamespaceThread",errno="EBADF"} 1"#))
     }
 
+    /// A stuck scan that could not enter a namespace counts it as a reap pass does; a scan whose
+    /// dump failed without a call's error (cut short) is only logged.
+    @Test func aStuckScanCountsANamespaceItCouldNotEnter() {
+        let metrics = AgentMetrics()
+        let accounting = ReapAccounting(
+            state: AgentState(configuration: Self.configuration()), metrics: metrics, logger: Logger(label: "test"))
+        let setns = SystemCallError(call: "setns", argument: "/run/netns/a", errno: .invalidArgument)
+        _ = accounting.stuck(
+            [
+                NamespaceReport(namespace: "/run/netns/a", failure: "\(setns)", error: setns),
+                NamespaceReport(namespace: "/run/netns/b", failure: "socket dump failed: []"),
+            ], pool: "web", dryRun: false)
+        let counted = metrics.exposition().split(separator: "\n").filter { $0.hasPrefix("conn_reaper_netlink_errors_total{") }
+        #expect(counted == [#"conn_reaper_netlink_errors_total{layer="system",operation="setns",errno="EINVAL"} 1"#], "\(counted)")
+    }
+
     /// Each kind of trouble keeps the labels operators and the kernel tests know it by.
     @Test func netlinkTroubleIsLabelledAsTheKernelNamesIt() {
         let metrics = AgentMetrics()

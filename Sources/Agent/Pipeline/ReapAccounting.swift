@@ -228,9 +228,14 @@ public struct ReapAccounting: Sendable {
         var tally = Tally()
         for part in reports {
             guard let report = part.report else {
-                logger.error(
-                    "stuck scan failed",
-                    metadata: ["pool": "\(pool)", "netns": "\(part.namespace ?? "")", "error": "\(part.failure ?? "")"])
+                if part.error != nil {
+                    // A namespace that cannot be entered: counted and logged as for any pass.
+                    netlinkTrouble(part, pool: pool, backend: nil)
+                } else {
+                    logger.error(
+                        "stuck scan failed",
+                        metadata: ["pool": "\(pool)", "netns": "\(part.namespace ?? "")", "error": "\(part.failure ?? "")"])
+                }
                 continue
             }
             // A dump begun again, an ack lost, a step refused: counted and logged as for any pass.
