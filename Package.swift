@@ -71,7 +71,7 @@ let package = Package(
         .target(
             name: "Reaper",
             dependencies: [
-                "SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress", "CBuildInfo",
+                "SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress", "Durations", "CBuildInfo",
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: strict

@@ -1,4 +1,5 @@
 import Conntrack
+import Durations
 import Netlink
 import NetworkAddress
 import SockDiag
@@ -91,7 +92,7 @@ public final class Purger {
     }
 
     private func run(_ matcher: DestinationMatcher, includeTCPInfo: Bool, options: Options, acting: Bool) -> PurgeReport {
-        let started = Self.monotonicSeconds()
+        let started = ContinuousClock.now
         var report = PurgeReport()
         report.stepErrors = openingErrors
         report.socketWalkFailed = options.sockets && socketDiagnostics == nil
@@ -173,7 +174,7 @@ public final class Purger {
                     flushingDirectFlowsUnlisted: flushDirectFlowsUnlisted, report: &report)
             } catch { report.stepErrors.append(error) }
         }
-        report.durationSeconds = Self.monotonicSeconds() - started
+        report.durationSeconds = (ContinuousClock.now - started).seconds
         return report
     }
 
@@ -399,7 +400,7 @@ public final class Purger {
     /// or neither connecting nor connected; then the entry. A forwarded flow has no local socket:
     /// only its entry goes.
     public func endFlow(_ entry: ConntrackEntry, options: Options) -> PurgeReport {
-        let started = Self.monotonicSeconds()
+        let started = ContinuousClock.now
         var report = PurgeReport()
         report.stepErrors = openingErrors
         let acting = !options.dryRun
@@ -409,7 +410,7 @@ public final class Purger {
                 let found = try socketDiagnostics.socket(exactly: id, family: SocketFamily(entry.family), transport: entry.transport)
                 if let found, options.sparingOwnSockets, OwnSockets.inodes().contains(found.inode) {
                     // The agent's own probe: neither it nor its entry is touched.
-                    report.durationSeconds = Self.monotonicSeconds() - started
+                    report.durationSeconds = (ContinuousClock.now - started).seconds
                     return report
                 }
                 if let socket = found, [.synSent, .established].contains(socket.state) {
@@ -431,7 +432,7 @@ public final class Purger {
                 report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .wouldEnd))
             }
         }
-        report.durationSeconds = Self.monotonicSeconds() - started
+        report.durationSeconds = (ContinuousClock.now - started).seconds
         return report
     }
 
@@ -443,7 +444,7 @@ public final class Purger {
         exactly id: SocketID, family: SocketFamily, transport: TransportProtocol, options: Options,
         stillWanted: (DiagnosedSocket) -> Bool
     ) -> PurgeReport {
-        let started = Self.monotonicSeconds()
+        let started = ContinuousClock.now
         var report = PurgeReport()
         report.stepErrors = openingErrors
         if let socketDiagnostics {
@@ -457,16 +458,10 @@ public final class Purger {
                 }
             } catch { report.stepErrors.append(error) }
         }
-        report.durationSeconds = Self.monotonicSeconds() - started
+        report.durationSeconds = (ContinuousClock.now - started).seconds
         return report
     }
 
-    static func monotonicSeconds() -> Double {
-        let since = ContinuousClock.now - epoch
-        return Double(since.components.seconds) + Double(since.components.attoseconds) / 1e18
-    }
-
-    private static let epoch = ContinuousClock.now
 }
 
 extension PurgeReport.Outcome {
