@@ -461,7 +461,6 @@ public final class Purger {
         report.durationSeconds = (ContinuousClock.now - started).seconds
         return report
     }
-
 }
 
 extension PurgeReport.Outcome {
