@@ -261,7 +261,7 @@ import Testing
         #expect(lifted.condemned == [2])
         #expect(!lifted.localFault)
         #expect(lifted.endable.isEmpty)
-        #expect(lifted.carried.held == [2: .init(timerFires: 5, lastAckMilliseconds: 7200, sinceLift: true)])
+        #expect(lifted.carried.held == [2: .init(timerFires: 5, lastAckMilliseconds: 7200, sinceLift: true, firesWhenFaultLastSeen: 5)])
         // Its next retransmission, after the lift, answered: healthy, and the hold goes.
         let answered = judge([healthy(1, toward: Self.a), healthy(2, toward: Self.b)], carried: lifted.carried)
         #expect(answered.carried.held.isEmpty)
@@ -315,6 +315,42 @@ import Testing
                 [waiting(1, toward: Self.a, lastAck: 9_000, fires: 5), waiting(3, toward: Self.b, lastAck: 2_100, fires: 2)],
                 carried: carried
             ).endable.isEmpty)
+    }
+
+    /// A second fault while the first's leftovers still wait (simulation seed 150,181,092): A's held
+    /// connection fired between the last scan that saw the first fault and the one that knew it lifted
+    /// (B's was acknowledged), unanswered: it may have gone into the second fault as well as the first,
+    /// so it is trouble now. B's fresh write caught by the second fault is then no lone blackhole, and
+    /// nothing is ended. The other way: A's did not fire meanwhile, it is a leftover that shows nothing,
+    /// and B's lone blackhole is ended.
+    @Test func aFireBeforeTheLiftWasKnownIsTroubleInANewFault() {
+        let fault = judge([
+            waiting(1, toward: Self.a, lastAck: 7000, fires: 5), waiting(2, toward: Self.b, lastAck: 7200, fires: 5),
+            waiting(3, toward: Self.b, lastAck: 7100, fires: 5),
+        ])
+        #expect(fault.localFault)
+        func secondFault(aFired: Bool) -> StuckJudgement {
+            // A's sixth fire went out 0.3 s before the scan that knew the lift, unanswered since.
+            func a(lastAck: UInt32, sentAgo: UInt32) -> DiagnosedSocket {
+                var one = waiting(1, toward: Self.a, lastAck: lastAck, fires: aFired ? 6 : 5)
+                if aFired { one.tcpInfo?.lastDataSentMilliseconds = sentAgo }
+                return one
+            }
+            let lift = judge(
+                [a(lastAck: 7_700, sentAgo: 300), waiting(2, toward: Self.b, lastAck: 7_900, fires: 5), healthy(3, toward: Self.b)],
+                carried: fault.carried)
+            #expect(lift.carried.faultLifted && lift.endable.isEmpty)
+            return judge(
+                [
+                    a(lastAck: 9_000, sentAgo: 1_300), waiting(2, toward: Self.b, lastAck: 9_200, fires: 5),
+                    waiting(3, toward: Self.b, lastAck: 2_100, fires: 2),
+                ],
+                carried: lift.carried, at: .seconds(1))
+        }
+        let caught = secondFault(aFired: true)
+        #expect(caught.everyBackendInTrouble && caught.endable.isEmpty, "\(caught.endable)")
+        let lone = secondFault(aFired: false)
+        #expect(!lone.everyBackendInTrouble && lone.endable == [3], "\(lone.endable)")
     }
 
     /// A fault that goes on unseen: A's held connection is gone (reaped) and A's new one is idle, so

@@ -64,12 +64,21 @@ public struct StuckJudgement: Sendable, Equatable {
         /// Its own path showed broken after the lift at a scan: ended once no new fault has shown by
         /// this instant (`troubleAfter` later), since the fire that showed it may have gone into one.
         public var releaseAt: ContinuousClock.Instant?
+        /// With `sinceLift`: its fires as the last scan that saw the fault found them. A fire between
+        /// that scan and the one that knew the lift went out before or after the lift, no one can
+        /// tell: it proves nothing of its own path (`timerFires` counts from the later scan), but may
+        /// be trouble now, in a new fault (`isLeftover` counts from the earlier one).
+        public var firesWhenFaultLastSeen: Int?
 
-        public init(timerFires: Int, lastAckMilliseconds: UInt32, sinceLift: Bool = false, releaseAt: ContinuousClock.Instant? = nil) {
+        public init(
+            timerFires: Int, lastAckMilliseconds: UInt32, sinceLift: Bool = false, releaseAt: ContinuousClock.Instant? = nil,
+            firesWhenFaultLastSeen: Int? = nil
+        ) {
             self.timerFires = timerFires
             self.lastAckMilliseconds = lastAckMilliseconds
             self.sinceLift = sinceLift
             self.releaseAt = releaseAt
+            self.firesWhenFaultLastSeen = firesWhenFaultLastSeen
         }
     }
 
@@ -177,7 +186,8 @@ public struct StuckJudgement: Sendable, Equatable {
                 // The first scan that knows the fault lifted counts fires from here.
                 guard recorded.sinceLift else {
                     held[socket.id.cookie] = Hold(
-                        timerFires: current.timerFires, lastAckMilliseconds: recorded.lastAckMilliseconds, sinceLift: true)
+                        timerFires: current.timerFires, lastAckMilliseconds: recorded.lastAckMilliseconds, sinceLift: true,
+                        firesWhenFaultLastSeen: recorded.timerFires)
                     continue
                 }
                 // A fire counts once its answer is overdue: the last went out an RTT ago or more.
@@ -216,15 +226,19 @@ public struct StuckJudgement: Sendable, Equatable {
         return info.lastDataSentMilliseconds >= max(200, 2 * info.rttMicroseconds / 1000)
     }
 
-    /// Held by a fault now lifted, and not retransmitted unanswered since: its wait is the lifted
-    /// fault's, and says nothing of a new one (simulation seed 6,407: shut windows whose next probe
-    /// was a minute away, toward two backends, made a later blackhole toward the third look like a
-    /// fault here, never ended). One whose timer fired again unanswered since is in trouble now
-    /// (seed 60,504,184: held through a first fault, caught again by a second).
+    /// Held by a fault now lifted, and not retransmitted unanswered since the last scan that saw the
+    /// fault: its wait is the lifted fault's, and says nothing of a new one (simulation seed 6,407:
+    /// shut windows whose next probe was a minute away, toward two backends, made a later blackhole
+    /// toward the third look like a fault here, never ended). One whose timer fired again unanswered
+    /// since is in trouble now (seed 60,504,184: held through a first fault, caught again by a
+    /// second), also when it fired before the lift was known (seed 150,181,092: the fire went out
+    /// between the last scan that saw the first fault and the one that knew it lifted, into a second
+    /// fault; counted from the later scan, every backend but one showed nothing, and the other's
+    /// connections were ended during the second fault).
     static func isLeftover(_ socket: DiagnosedSocket, held recorded: Hold?) -> Bool {
         guard let recorded else { return false }
-        guard recorded.sinceLift else { return true }
-        return hold(socket).timerFires <= recorded.timerFires || !lastFireUnanswered(socket)
+        let baseline = recorded.sinceLift ? recorded.firesWhenFaultLastSeen ?? recorded.timerFires : recorded.timerFires
+        return hold(socket).timerFires <= baseline || !lastFireUnanswered(socket)
     }
 
     /// What the other pools' last scans hold: a pool's judgement never ends those (one endpoint, one
