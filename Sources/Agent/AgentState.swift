@@ -90,12 +90,12 @@ public final class AgentState: Sendable {
         storage.withLock { storage in [storage.policy.nextDeadline, storage.early.nextDeadline].compactMap { $0 }.min() }
     }
 
-    public func stillEnds(_ key: BackendKey) -> Bool {
-        storage.withLock { $0.policy.stillEnds(key) }
+    public func stillEnds(_ key: BackendKey, episode: ReapEpisode) -> Bool {
+        storage.withLock { $0.policy.stillEnds(key, episode: episode) }
     }
 
-    public func stillRuns(_ key: BackendKey, reason: ReapReason) -> Bool {
-        storage.withLock { $0.policy.stillRuns(key, reason: reason) }
+    public func stillRuns(_ key: BackendKey, reason: ReapReason, episode: ReapEpisode) -> Bool {
+        storage.withLock { $0.policy.stillRuns(key, reason: reason, episode: episode) }
     }
 
     public func stillScans(pool: String) -> Bool {

@@ -44,8 +44,8 @@ import Testing
     func ends(_ actions: [Action]) -> [ReapReason] {
         actions.compactMap { action in
             switch action {
-            case .reap(_, let reason, _, _): reason
-            case .endFlow(_, _, let reason): reason
+            case .reap(_, let reason, _, _, _): reason
+            case .endFlow(_, _, let reason, _): reason
             case .scanStuck: .stuck
             case .countConnections: .drainTimeout
             default: nil
@@ -244,7 +244,7 @@ import Testing
             let released = policy.handle(.probed(key(0), Self.ok, at: at(3_000)))
             #expect(released.contains(.guardReleased(pool: "api")) && ends(released).isEmpty, "\(released)")
             #expect(!released.contains { if case .needEvidence = $0 { true } else { false } }, "\(released)")
-            #expect(!policy.stillEnds(key(1)))
+            #expect(!policy.stillEndsNow(key(1)))
             if stillDead {
                 // Its own next probe fails after the fault lifted: the verdict is looked at again.
                 let failed = policy.handle(.probed(key(1), Self.failed(.unreachable), at: at(3_200)))

@@ -52,7 +52,7 @@ import Conntrack
     }
 
     func reaps(_ actions: [Action]) -> [(ReapReason, Int, ReapScope)] {
-        actions.compactMap { if case .reap(_, let reason, let limit, let scope) = $0 { (reason, limit, scope) } else { nil } }
+        actions.compactMap { if case .reap(_, let reason, let limit, let scope, _) = $0 { (reason, limit, scope) } else { nil } }
     }
 
     /// `actions` with every peer probe asked for answered at `ms` (in 1 ms): survivors. A dead
@@ -304,6 +304,33 @@ import Conntrack
         #expect(policy.handle(.tick(at(8_300))) == [.countConnections(dead)])
     }
 
+    /// A drain pass belongs to its unhealthy episode: one decided before the backend came back up
+    /// never runs in the next one, whose own pass does (each answered by `stillRuns` at its turn).
+    @Test func aDrainPassOfAnEarlierEpisodeNeverRunsInALaterOne() {
+        var policy = upPolicy(configuration { $0.drainTimeout = .seconds(2) })
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
+        _ = othersAnswer(&policy, at: 460)
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(500)))  // unhealthy at 500
+        #expect(policy.handle(.tick(at(2_500))) == [.countConnections(dead)])
+        let first = policy.handle(.counted(dead, connections: 25, at: at(2_510)))
+        let firstEpisodes = first.compactMap { if case .reap(_, .drainTimeout, _, _, let episode) = $0 { episode } else { nil } }
+        #expect(firstEpisodes.count == 1, "\(first)")
+        #expect(policy.stillRuns(dead, reason: .drainTimeout, episode: firstEpisodes[0]))
+        // Well again while that pass waits in its lane, then unhealthy again past a new timeout.
+        _ = policy.handle(.probed(dead, Self.ok, at: at(2_600)))
+        _ = policy.handle(.probed(dead, Self.ok, at: at(2_800)))
+        #expect(!policy.stillRuns(dead, reason: .drainTimeout, episode: firstEpisodes[0]))
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(3_000)))
+        _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(3_200)))  // unhealthy again at 3,200
+        _ = othersAnswer(&policy, at: 5_000)
+        #expect(policy.handle(.tick(at(5_200))) == [.countConnections(dead)])
+        let second = policy.handle(.counted(dead, connections: 25, at: at(5_210)))
+        let secondEpisodes = second.compactMap { if case .reap(_, .drainTimeout, _, _, let episode) = $0 { episode } else { nil } }
+        #expect(secondEpisodes.count == 1 && secondEpisodes != firstEpisodes, "\(second)")
+        #expect(policy.stillRuns(dead, reason: .drainTimeout, episode: secondEpisodes[0]))
+        #expect(!policy.stillRuns(dead, reason: .drainTimeout, episode: firstEpisodes[0]))
+    }
+
     @Test func drainTimeoutZeroNeverCloses() {
         var policy = upPolicy(configuration { $0.drainTimeout = .zero })
         _ = policy.handle(.probed(dead, Self.failed(.unhealthy), at: at(300)))
@@ -352,9 +379,9 @@ import Conntrack
 
     @Test func aBackendAnsweringAgainIsNotReapedAndStopsBeingReapedWhenUp() {
         var policy = deadPolicy()
-        #expect(policy.stillEnds(dead))
+        #expect(policy.stillEndsNow(dead))
         _ = policy.handle(.probed(dead, Self.ok, at: at(600)))  // rise 2: not up yet
-        #expect(!policy.stillEnds(dead), "single-flow ends already decided are dropped when carried out")
+        #expect(!policy.stillEndsNow(dead), "single-flow ends already decided are dropped when carried out")
         for ms in stride(from: 600, through: 790, by: 10) { #expect(reaps(policy.handle(.tick(at(ms)))).isEmpty) }
         let up = policy.handle(.probed(dead, Self.ok, at: at(800)))
         #expect(up == [.changed(dead, from: .dead, to: .up, failure: nil, detail: "connected"), .unwatchNewFlows(dead)])
@@ -363,14 +390,16 @@ import Conntrack
 
     @Test func aFailureOfAProbeBegunBeforeTheLastSuccessIsOldNewsAndResumesNothing() {
         var policy = deadPolicy()
+        let verdict = policy.episode(of: dead)!
+        #expect(policy.stillRuns(dead, reason: .stillDead, episode: verdict))
         _ = policy.handle(.probed(dead, Self.ok, at: at(600)))  // a return probe: it answers again
         // A regular probe sent at 560, in the outage, times out at 710: older than the answer at 600.
         #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(710))).isEmpty)
-        #expect(!policy.stillEnds(dead))
+        #expect(!policy.stillEndsNow(dead))
         for ms in stride(from: 600, through: 2_000, by: 10) { #expect(reaps(tick(&policy, ms)).isEmpty) }
         // Recovery wins: one lost probe after the answer resumes nothing.
         _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(2_200)))
-        #expect(!policy.stillEnds(dead))
+        #expect(!policy.stillEndsNow(dead))
         #expect(stride(from: 2_210, through: 2_390, by: 10).flatMap { reaps(tick(&policy, $0)) }.isEmpty)
         // Fall failures begun after the answer, and no sign of life: a verdict again, and the reaping resumes.
         _ = othersAnswer(&policy, at: 2_395)  // survivors: they answer probes sent after its last failure was
@@ -379,7 +408,51 @@ import Conntrack
         #expect(reaps(again).map(\.0) == [.stillDead])
         // A full pass: connections made while it answered are established ones no SYN_SENT walk finds.
         #expect(reaps(again).map(\.2) == [.full])
-        #expect(policy.stillEnds(dead))
+        #expect(policy.stillEndsNow(dead))
+        // The new verdict is a new episode: what the first decided (a pass or a flow's end waiting in
+        // its lane since before the answer) never runs in it; what the second decides does.
+        let resumed = again.compactMap { if case .reap(_, _, _, _, let episode) = $0 { episode } else { nil } }
+        #expect(resumed == [policy.episode(of: dead)!] && resumed[0] != verdict, "\(again)")
+        #expect(policy.stillRuns(dead, reason: .stillDead, episode: resumed[0]))
+        #expect(!policy.stillRuns(dead, reason: .stillDead, episode: verdict))
+        #expect(!policy.stillEnds(dead, episode: verdict))
+    }
+
+    /// A pass of a reaping that ended comes back after the backend was found dead anew: it frees
+    /// what it reserved, but it is not the new reaping's pass out (which would let a second run
+    /// beside that one) and what it left says nothing of the new reaping's work. The new one's own
+    /// pass, back, frees the way for the next.
+    @Test func aPassOfAnEndedReapingIsNotTheNewOnesPassOut() throws {
+        var policy = deadPolicy()
+        let old = policy.episode(of: dead)!
+        // Its first follow-up (new connects, a second's refill of the budget) is out.
+        #expect(reaps(policy.handle(.tick(at(520)))).map(\.2) == [.newConnects])
+        _ = policy.handle(.probed(dead, Self.ok, at: at(600)))
+        _ = policy.handle(.probed(dead, Self.ok, at: at(800)))  // up: its reaping ended
+        #expect(policy.backends[dead]?.state == .up && policy.episode(of: dead) == nil)
+        _ = policy.handle(.probed(dead, Self.failed(.unreachable), at: at(1_000)))
+        _ = othersAnswer(&policy, at: 1_150)
+        #expect(policy.handle(.probed(dead, Self.failed(.unreachable), at: at(1_200))) == [.needEvidence(dead, since: at(1_000))])
+        let again = policy.handle(.evidence(dead, SegmentEvidence(at: at(1_200), sockets: 0, youngestSegmentAge: nil)))
+        let new = again.compactMap { if case .reap(_, _, _, _, let episode) = $0 { episode } else { nil } }
+        try #require(new.count == 1, "\(again)")
+        #expect(new[0] != old)
+        #expect(policy.backends[dead]?.reaping?.passesOut == 1)
+        _ = policy.handle(
+            .reaped(
+                .init(
+                    pool: "api", backend: dead.backend, reason: .stillDead, ended: 3, leftByLimit: 7, at: at(1_210),
+                    scope: .newConnects, granted: 500, episode: old)))
+        #expect(policy.backends[dead]?.reaping?.passesOut == 1, "the old pass freed the new one's slot")
+        #expect(policy.backends[dead]?.reaping?.unfinished == false)
+        #expect(reaps(policy.handle(.tick(at(1_230)))).isEmpty, "a second pass beside the one out")
+        let back = policy.handle(
+            .reaped(
+                .init(
+                    pool: "api", backend: dead.backend, reason: .dead, ended: 0, leftByLimit: 0, at: at(1_240), scope: .full,
+                    granted: 5_000, episode: new[0])))
+        #expect(reaps(back).count == 1, "the follow-up that came due runs now: \(back)")
+        #expect(policy.backends[dead]?.reaping?.passesOut == 1)
     }
 
     // MARK: - New flows conntrack announces
@@ -421,7 +494,10 @@ import Conntrack
                 .init(
                     pool: "api", backend: dead.backend, reason: .dead, ended: 4, leftByLimit: 0, at: at(504), scope: .full, granted: 5_000))
         )
-        #expect(policy.handle(.newFlow(dead, flow(41000), at: at(505))) == [.endFlow(dead, flow(41000), reason: .stillDead)])
+        #expect(
+            policy.handle(.newFlow(dead, flow(41000), at: at(505))) == [
+                .endFlow(dead, flow(41000), reason: .stillDead, episode: policy.episode(of: dead)!)
+            ])
         // Announced: walks are a safety net, 5 s apart in the first minute.
         var passes: [Int] = []
         for ms in stride(from: 510, through: 12_000, by: 10) where !reaps(tick(&policy, ms)).isEmpty { passes.append(ms) }
@@ -650,7 +726,7 @@ import Conntrack
                         granted: 5_000))
             ), at: 720)
         let resumed = back.compactMap {
-            if case .reap(let key, let reason, let limit, let scope) = $0 { (key, reason, limit, scope) } else { nil }
+            if case .reap(let key, let reason, let limit, let scope, _) = $0 { (key, reason, limit, scope) } else { nil }
         }
         #expect(resumed.count == 1 && resumed[0].0 == second && resumed[0].1 == .dead && resumed[0].3 == .full, "\(back)")
         #expect(resumed.first?.2 ?? 0 >= 4_990, "\(resumed)")

@@ -144,7 +144,11 @@ public struct ReapAccounting: Sendable {
     }
 
     /// A pass over one backend: a dead one's, a paced drain's, or `reap_on: unhealthy`'s.
-    public func reaped(_ reports: [NamespaceReport], key: BackendKey, reason: ReapReason, dryRun: Bool) -> Tally {
+    /// `episode`: what the pass was decided in, named on each audit line so the lines of one
+    /// death read together (and a later death's apart).
+    public func reaped(_ reports: [NamespaceReport], key: BackendKey, reason: ReapReason, episode: ReapEpisode? = nil, dryRun: Bool)
+        -> Tally
+    {
         var tally = Tally()
         for part in reports {
             netlinkTrouble(part, pool: key.pool, backend: key.backend)
@@ -180,6 +184,7 @@ public struct ReapAccounting: Sendable {
                 "dry_run": .stringConvertible(dryRun),
             ]
             if let namespace = part.namespace { metadata["netns"] = "\(namespace)" }
+            if let episode { metadata["episode"] = .stringConvertible(episode) }
             if reason == .dead {
                 // How the death was found, and how long after the first sign of it.
                 if let early = state.earlyDetection(of: key) {
@@ -199,7 +204,9 @@ public struct ReapAccounting: Sendable {
             }
             if let first = errors.first { metadata["error"] = "\(first.hint.map { "\(first): \($0)" } ?? first.description)" }
             logger.notice(dryRun ? "reap (dry run: nothing ended)" : "reaped", metadata: metadata)
-            if logger.logLevel <= .debug { auditEachSocket(report, key: key, reason: reason, namespace: part.namespace, dryRun: dryRun) }
+            if logger.logLevel <= .debug {
+                auditEachSocket(report, key: key, reason: reason, episode: episode, namespace: part.namespace, dryRun: dryRun)
+            }
             state.recordReap(
                 .init(
                     time: .now, reason: reason.rawValue, sockets: ended, conntrackEntries: deleted,
@@ -210,7 +217,9 @@ public struct ReapAccounting: Sendable {
 
     /// `log_level: debug`: a line per socket a pass ended (or would end), so "why was this
     /// connection ended?" is answered by its 4-tuple or cookie.
-    private func auditEachSocket(_ report: PurgeReport, key: BackendKey, reason: ReapReason, namespace: String?, dryRun: Bool) {
+    private func auditEachSocket(
+        _ report: PurgeReport, key: BackendKey, reason: ReapReason, episode: ReapEpisode?, namespace: String?, dryRun: Bool
+    ) {
         for result in report.sockets where dryRun || result.outcome == .ended {
             var metadata: Logger.Metadata = [
                 "pool": "\(key.pool)", "backend": "\(key.backend)", "reason": "\(reason.rawValue)",
@@ -219,6 +228,7 @@ public struct ReapAccounting: Sendable {
                 "cookie": .stringConvertible(result.socket.id.cookie), "via_conntrack": .stringConvertible(result.throughConntrack),
             ]
             if let namespace { metadata["netns"] = "\(namespace)" }
+            if let episode { metadata["episode"] = .stringConvertible(episode) }
             logger.debug(dryRun ? "socket would end" : "socket ended", metadata: metadata)
         }
     }

@@ -224,8 +224,8 @@ public final class ReapExecutor: Service, Sendable {
 
         init(_ action: ReapPolicy.Action) {
             switch action {
-            case .needEvidence(let key, _), .reap(let key, _, _, _), .countConnections(let key), .watchNewFlows(let key),
-                .unwatchNewFlows(let key), .endFlow(let key, _, _), .changed(let key, _, _, _, _), .rebalance(let key, _):
+            case .needEvidence(let key, _), .reap(let key, _, _, _, _), .countConnections(let key), .watchNewFlows(let key),
+                .unwatchNewFlows(let key), .endFlow(let key, _, _, _), .changed(let key, _, _, _, _), .rebalance(let key, _):
                 self = .backend(key)
             case .scanStuck(let pool, _), .probeNow(let pool, _), .suppressed(let pool, _, _, _), .guardReleased(let pool),
                 .census(let pool), .rebalanceNews(let pool, _):
@@ -254,32 +254,32 @@ public final class ReapExecutor: Service, Sendable {
             let count = await kernel.countConnections(
                 toward: key.backend, transports: pool.protocols, namespaces: configuration.namespaces(of: pool))
             submit(.counted(key, connections: count, at: .now))
-        case .reap(let key, let reason, let limit, let scope):
+        case .reap(let key, let reason, let limit, let scope, let episode):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else {
                 // A reload removed it: its reservation goes back all the same.
                 submit(
                     .reaped(
                         .init(
                             pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: .now, granted: limit,
-                            ran: false)))
+                            ran: false, episode: episode)))
                 return
             }
             let request = KernelReapRequest(
                 backend: key.backend, transports: pool.protocols, scope: scope, limit: limit, dryRun: configuration.dryRun,
                 namespaces: configuration.namespaces(of: pool), refreshNamespaces: reason == .dead, zones: pool.conntrackZones)
             // A pass decided before the backend answered (or a reload removed it) is stale: dropped.
-            guard state.stillRuns(key, reason: reason) else {
+            guard state.stillRuns(key, reason: reason, episode: episode) else {
                 submit(
                     .reaped(
                         .init(
                             pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: .now, scope: scope,
-                            granted: limit, ran: false)))
+                            granted: limit, ran: false, episode: episode)))
                 return
             }
             // Asked again before each namespace: one answer stops a pass over many where it is.
             let stopped = Mutex(false)
             let reports = await kernel.reap(request) { [state] in
-                let runs = state.stillRuns(key, reason: reason)
+                let runs = state.stillRuns(key, reason: reason, episode: episode)
                 if !runs { stopped.withLock { $0 = true } }
                 return runs
             }
@@ -291,12 +291,13 @@ public final class ReapExecutor: Service, Sendable {
                         "namespaces_done": .stringConvertible(reports.count),
                     ])
             }
-            let tally = accounting.reaped(reports, key: key, reason: reason, dryRun: configuration.dryRun)
+            let tally = accounting.reaped(reports, key: key, reason: reason, episode: episode, dryRun: configuration.dryRun)
             submit(
                 .reaped(
                     .init(
                         pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
-                        leftByLimit: tally.leftByLimit, at: .now, scope: scope, granted: limit, flowsEnded: tally.flowsEnded)))
+                        leftByLimit: tally.leftByLimit, at: .now, scope: scope, granted: limit, flowsEnded: tally.flowsEnded,
+                        episode: episode)))
         case .watchNewFlows(let key):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }
             let announced = await kernel.watchNewFlows(
@@ -321,22 +322,23 @@ public final class ReapExecutor: Service, Sendable {
             submit(.watching(key, announced: announced))
         case .unwatchNewFlows(let key):
             await kernel.unwatchNewFlows(key)
-        case .endFlow(let key, let flow, let reason):
-            guard state.stillEnds(key) else {
+        case .endFlow(let key, let flow, let reason, let episode):
+            guard state.stillEnds(key, episode: episode) else {
                 submit(
                     .reaped(
                         .init(
-                            pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: .now, granted: 1, ran: false
-                        )))
+                            pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: .now, granted: 1,
+                            ran: false,
+                            episode: episode)))
                 return
             }
             let reports = await kernel.endFlow(flow, dryRun: configuration.dryRun)
-            let tally = accounting.reaped(reports, key: key, reason: reason, dryRun: configuration.dryRun)
+            let tally = accounting.reaped(reports, key: key, reason: reason, episode: episode, dryRun: configuration.dryRun)
             submit(
                 .reaped(
                     .init(
                         pool: key.pool, backend: key.backend, reason: reason, ended: tally.ended,
-                        leftByLimit: tally.leftByLimit, at: .now, granted: 1, flowsEnded: tally.flowsEnded)))
+                        leftByLimit: tally.leftByLimit, at: .now, granted: 1, flowsEnded: tally.flowsEnded, episode: episode)))
         case .scanStuck(let name, let limit):
             guard let pool = configuration.pools.first(where: { $0.name == name }), state.stillScans(pool: name) else {
                 submit(

@@ -67,11 +67,15 @@ public struct ReapPolicy: Sendable {
         public var granted: Int
         /// False: the executor dropped it unrun, its decision stale (the backend answered meanwhile).
         public var ran: Bool
+        /// The episode its action was decided in (nil: a stuck scan or a rebalance close). One of an
+        /// episode that is over frees its reservation and tells the current one nothing.
+        public var episode: ReapEpisode?
 
         public init(
             pool: String, backend: Endpoint?, reason: ReapReason, ended: Int, leftByLimit: Int, at: Instant, scope: ReapScope? = nil,
-            granted: Int, ran: Bool = true, flowsEnded: Int? = nil
+            granted: Int, ran: Bool = true, flowsEnded: Int? = nil, episode: ReapEpisode? = nil
         ) {
+            self.episode = episode
             self.ran = ran
             self.flowsEnded = max(ended, flowsEnded ?? ended)
             self.pool = pool
@@ -91,7 +95,7 @@ public struct ReapPolicy: Sendable {
         case needEvidence(BackendKey, since: Instant)
         /// Probe these backends now, outside their schedule (a survivor is needed).
         case probeNow(pool: String, backends: [Endpoint])
-        case reap(BackendKey, reason: ReapReason, limit: Int, scope: ReapScope)
+        case reap(BackendKey, reason: ReapReason, limit: Int, scope: ReapScope, episode: ReapEpisode)
         /// Count the backend's established connections and answer with `.counted`.
         case countConnections(BackendKey)
         case scanStuck(pool: String, limit: Int)
@@ -103,7 +107,7 @@ public struct ReapPolicy: Sendable {
         case watchNewFlows(BackendKey)
         case unwatchNewFlows(BackendKey)
         /// End exactly the flow an announcement named.
-        case endFlow(BackendKey, AnnouncedFlow, reason: ReapReason)
+        case endFlow(BackendKey, AnnouncedFlow, reason: ReapReason, episode: ReapEpisode)
         /// List the pool's established connections with tcp_info and answer with `.censused`.
         case census(pool: String)
         /// End this one connection to rebalance, unless it carries data by the time it is looked up
@@ -211,6 +215,18 @@ public struct ReapPolicy: Sendable {
     var rebalancing: [String: PoolRebalance] = [:]
     /// Rebalancing's picks and jitter; seeded, so a test replays them.
     var random: PolicyRandom
+    /// The last `ReapEpisode` handed out.
+    private var lastEpisode: UInt64 = 0
+
+    private mutating func nextEpisode() -> ReapEpisode {
+        lastEpisode += 1
+        return ReapEpisode(lastEpisode)
+    }
+
+    /// The episode a backend's connections are being ended in, if any (its reaping's, else its drain's).
+    public func episode(of key: BackendKey) -> ReapEpisode? {
+        backends[key].flatMap { $0.reaping?.episode ?? $0.drain?.episode }
+    }
 
     struct Suppression: Hashable {
         var pool: String
@@ -306,7 +322,7 @@ public struct ReapPolicy: Sendable {
             return suppress(key, .budget)
         case nil:
             budget.reserve(1)
-            return [.endFlow(key, flow, reason: reaping.reason == .unhealthy ? .unhealthy : .stillDead)]
+            return [.endFlow(key, flow, reason: reaping.reason == .unhealthy ? .unhealthy : .stillDead, episode: reaping.episode)]
         }
     }
 
@@ -326,8 +342,8 @@ public struct ReapPolicy: Sendable {
     /// Whether a reaped backend's connections may still be ended now, asked again when a decided
     /// single-flow end is carried out: in a reconnect storm many wait in line, and the backend may
     /// have answered a probe meanwhile.
-    public func stillEnds(_ key: BackendKey) -> Bool {
-        guard backends[key]?.reaping != nil, let pool = rules(of: key.pool) else { return false }
+    public func stillEnds(_ key: BackendKey, episode: ReapEpisode) -> Bool {
+        guard backends[key]?.reaping?.episode == episode, let pool = rules(of: key.pool) else { return false }
         return verdictHold(key, pool: pool) == nil
     }
 
@@ -345,10 +361,12 @@ public struct ReapPolicy: Sendable {
     }
 
     /// Whether a pass decided earlier may still run when its turn comes: a stale one (the backend
-    /// answered, a reload removed it, the survivor it counted on stopped answering) is dropped.
-    public func stillRuns(_ key: BackendKey, reason: ReapReason) -> Bool {
-        guard reason == .drainTimeout else { return stillEnds(key) }
-        guard let record = backends[key], record.state == .unhealthy, record.drain != nil, let pool = rules(of: key.pool) else {
+    /// answered, a reload removed it, the survivor it counted on stopped answering, or its episode
+    /// ended and another began) is dropped.
+    public func stillRuns(_ key: BackendKey, reason: ReapReason, episode: ReapEpisode) -> Bool {
+        guard reason == .drainTimeout else { return stillEnds(key, episode: episode) }
+        guard let record = backends[key], record.state == .unhealthy, record.drain?.episode == episode, let pool = rules(of: key.pool)
+        else {
             return false
         }
         return closeHold(key, pool: pool) == nil
@@ -530,7 +548,9 @@ public struct ReapPolicy: Sendable {
         if record.state == .dead {
             // It answered, then fell silent again: the reaping resumes with a full pass, since
             // connections made while it answered are established ones no SYN_SENT walk finds.
+            let episode = nextEpisode()
             backends[key]?.reaping?.answered = nil
+            backends[key]?.reaping?.episode = episode
             backends[key]?.reaping?.lastFullPass = nil
             backends[key]?.reaping?.verdictFailureBegan = record.lastFailureBegan
             backends[key]?.reaping?.probedPeers = false
@@ -565,7 +585,12 @@ public struct ReapPolicy: Sendable {
         var dueAgain: BackendKey?
         if let backend = outcome.backend, [.dead, .stillDead, .unhealthy].contains(outcome.reason) {
             let key = BackendKey(pool: outcome.pool, backend: backend)
-            if outcome.scope != nil, let out = backends[key]?.reaping?.passesOut, out > 0 {
+            // A pass of a reaping that ended (the backend came up, then was found dead anew) is not
+            // one of this reaping's passes out, and what it left says nothing of this one's work.
+            guard let reaping = backends[key]?.reaping, outcome.episode.map({ $0 >= reaping.began }) ?? true else {
+                return resumeWaiting(first: nil, at: outcome.at)
+            }
+            if outcome.scope != nil, case let out = reaping.passesOut, out > 0 {
                 backends[key]?.reaping?.passesOut = out - 1
                 if out == 1, backends[key]?.reaping?.waiting == true {
                     // A pass came due while this one ran: it runs now.
@@ -593,8 +618,10 @@ public struct ReapPolicy: Sendable {
         } else if outcome.leftByLimit == 0 {
             loggedSuppressions.remove(Suppression(pool: outcome.pool, backend: outcome.backend, reason: .budget))
         }
-        if let backend = outcome.backend, outcome.reason == .drainTimeout {
-            let key = BackendKey(pool: outcome.pool, backend: backend)
+        if let backend = outcome.backend, outcome.reason == .drainTimeout,
+            case let key = BackendKey(pool: outcome.pool, backend: backend),
+            outcome.episode == nil || backends[key]?.drain?.episode == outcome.episode
+        {
             backends[key]?.drain?.passOut = false
             if outcome.leftByLimit == 0 {
                 // Nothing left beyond this pass: count again next time, so late arrivals get their own pace.
@@ -766,7 +793,7 @@ public struct ReapPolicy: Sendable {
         let reason: ReapReason = reaping.reason == .unhealthy ? .unhealthy : (reaping.passes == 0 ? .dead : .stillDead)
         backends[key]?.reaping?.passes += 1
         if full { backends[key]?.reaping?.lastFullPass = now }
-        actions.append(.reap(key, reason: reason, limit: limit, scope: full ? .full : .newConnects))
+        actions.append(.reap(key, reason: reason, limit: limit, scope: full ? .full : .newConnects, episode: reaping.episode))
         return actions
     }
 
@@ -807,7 +834,7 @@ public struct ReapPolicy: Sendable {
         guard limit > 0 else { return suppress(key, .budget) }
         budget.reserve(limit)
         backends[key]?.drain?.passOut = true
-        return [.reap(key, reason: .drainTimeout, limit: limit, scope: .established)]
+        return [.reap(key, reason: .drainTimeout, limit: limit, scope: .established, episode: drain.episode)]
     }
 
     // MARK: - Rules shared by the paths
@@ -883,14 +910,14 @@ public struct ReapPolicy: Sendable {
             loggedSuppressions = loggedSuppressions.filter { $0.pool != key.pool || $0.backend != key.backend }
         case .unhealthy:
             if pool.reapOn == .unhealthy {
-                record.reaping = record.reaping ?? Reaping(reason: .unhealthy, since: now)
+                record.reaping = record.reaping ?? Reaping(reason: .unhealthy, since: now, episode: nextEpisode())
             } else {
                 record.reaping = nil
-                if pool.drainTimeout > .zero { record.drain = Drain(startsAt: now + pool.drainTimeout) }
+                if pool.drainTimeout > .zero { record.drain = Drain(startsAt: now + pool.drainTimeout, episode: nextEpisode()) }
             }
         case .dead:
             let announced = record.reaping?.announced ?? false  // `reap_on: unhealthy` may have watched already
-            record.reaping = Reaping(reason: .dead, since: now)
+            record.reaping = Reaping(reason: .dead, since: now, episode: nextEpisode())
             record.reaping?.announced = announced
             record.reaping?.verdictFailureBegan = record.lastFailureBegan
             // Made dead by a look at its connections (`dead` runs at the evidence's instant).
@@ -967,9 +994,16 @@ struct Reaping: Sendable {
     /// A pass came due while one was out (its own, or others' holding the budget).
     var waiting = false
 
-    init(reason: ReapReason, since: ContinuousClock.Instant) {
+    /// Begun at the verdict; a new one when it resumes after an answer.
+    var episode: ReapEpisode
+    /// Its first episode: every later one of its own is newer, every one of an earlier reaping older.
+    let began: ReapEpisode
+
+    init(reason: ReapReason, since: ContinuousClock.Instant, episode: ReapEpisode) {
         self.reason = reason
         self.since = since
+        self.episode = episode
+        self.began = episode
         self.nextPass = since
         self.followUps = ReapPolicy.followUps.map { since + $0 }
     }
@@ -983,9 +1017,11 @@ struct Drain: Sendable {
     var nextPass: ContinuousClock.Instant
     /// A pass is out: the next waits for it (never two at once; see `reapPass`).
     var passOut = false
+    let episode: ReapEpisode
 
-    init(startsAt: ContinuousClock.Instant) {
+    init(startsAt: ContinuousClock.Instant, episode: ReapEpisode) {
         self.startsAt = startsAt
+        self.episode = episode
         self.nextPass = startsAt
     }
 }

@@ -40,6 +40,21 @@ public enum ReapReason: String, Sendable, Codable, CaseIterable {
     case rebalance
 }
 
+/// One stretch of a backend's connections being ended: from a dead verdict (or a drain's start) to
+/// the answer, removal or recovery that ends it. A backend that answered and then fell silent again
+/// starts a new one. Every action that ends connections carries the episode it was decided in, and
+/// runs only while that episode lasts: a pass decided before an answer never runs after it, even
+/// when a new verdict follows (the new episode decides its own passes, on its own evidence).
+public struct ReapEpisode: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let number: UInt64
+
+    public init(_ number: UInt64) { self.number = number }
+
+    public var description: String { "\(number)" }
+
+    public static func < (lhs: Self, rhs: Self) -> Bool { lhs.number < rhs.number }
+}
+
 /// Why a reap that a probe verdict would have asked for was held back.
 public enum SuppressReason: String, Sendable, CaseIterable {
     /// Probes fail, but the probe reached the process: draining or overloaded, not dead.

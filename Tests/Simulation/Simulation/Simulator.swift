@@ -293,7 +293,7 @@ public final class Simulator {
                 if log { trace.append("\(now) ms: \(pool)/\(backend.map { "\($0)" } ?? "-") held: \(reason.rawValue)") }
             case .guardReleased, .rebalanceNews: break
             default:
-                if case .reap(let key, let reason, let limit, let scope) = action {
+                if case .reap(let key, let reason, let limit, let scope, _) = action {
                     trace.append("\(now) ms: \(key) \(reason.rawValue) pass decided, \(scope.rawValue), limit \(limit)")
                 }
                 enqueue(action)
@@ -334,8 +334,8 @@ public final class Simulator {
         let lane: String
         switch action {
         case .scanStuck(let pool, _), .census(let pool): lane = pool
-        case .needEvidence(let key, _), .reap(let key, _, _, _), .countConnections(let key), .watchNewFlows(let key),
-            .unwatchNewFlows(let key), .endFlow(let key, _, _), .rebalance(let key, _):
+        case .needEvidence(let key, _), .reap(let key, _, _, _, _), .countConnections(let key), .watchNewFlows(let key),
+            .unwatchNewFlows(let key), .endFlow(let key, _, _, _), .rebalance(let key, _):
             lane = key.description
         default: return
         }
@@ -363,14 +363,14 @@ public final class Simulator {
             let count = connections.filter { $0.backend == index(of: key.backend) }.count
             schedule(finish, .done(lane: lane))
             deliver(at: finish, .counted(key, connections: count, at: instant(finish)))
-        case .reap(let key, let reason, let limit, let scope):
-            guard state.stillRuns(key, reason: reason) else {
+        case .reap(let key, let reason, let limit, let scope, let episode):
+            guard state.stillRuns(key, reason: reason, episode: episode) else {
                 schedule(now, .done(lane: lane))
                 submit(
                     .reaped(
                         .init(
                             pool: key.pool, backend: key.backend, reason: reason, ended: 0, leftByLimit: 0, at: instant(now), scope: scope,
-                            granted: limit, ran: false)))
+                            granted: limit, ran: false, episode: episode)))
                 return
             }
             let backend = index(of: key.backend)
@@ -384,7 +384,7 @@ public final class Simulator {
                 .reaped(
                     .init(
                         pool: key.pool, backend: key.backend, reason: reason, ended: ended.count, leftByLimit: matching.count - ended.count,
-                        at: instant(finish), scope: scope, granted: limit)))
+                        at: instant(finish), scope: scope, granted: limit, episode: episode)))
         case .watchNewFlows(let key):
             schedule(finish, .done(lane: lane))
             deliver(at: finish, .watching(key, announced: false))
