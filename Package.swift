@@ -138,7 +138,7 @@ let package = Package(
         .testTarget(name: "ConntrackTests", dependencies: ["Conntrack", "Netlink", "NetworkAddress"], swiftSettings: strict),
         .testTarget(name: "HealthTests", dependencies: ["Health"], swiftSettings: strict),
         // The Reaper layer's pure decisions (PurgePlan, translated flows), without root.
-        .testTarget(name: "ReaperTests", dependencies: ["Reaper", "SockDiag", "Conntrack", "NetworkAddress"], swiftSettings: strict),
+        .testTarget(name: "ReaperTests", dependencies: ["Reaper", "SockDiag", "Conntrack", "NetworkAddress", "OS"], swiftSettings: strict),
         .testTarget(
             name: "AgentTests",
             dependencies: [

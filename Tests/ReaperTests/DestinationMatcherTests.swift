@@ -1,7 +1,6 @@
 import Conntrack
 import NetworkAddress
 import Reaper
-@testable import Agent
 import SockDiag
 import Testing
 
@@ -35,16 +34,10 @@ import Testing
         #expect(DestinationMatcher(destinations: destination, transports: [.tcp]).matchInAnyZone(inSeven) == .originalDestination)
         #expect(DestinationMatcher(destinations: destination, transports: [.tcp], zones: .only([7])).match(inSeven) == .originalDestination)
         #expect(DestinationMatcher(destinations: destination, transports: [.tcp], zones: .all).match(inSeven) == .originalDestination)
-        func watched(_ zones: ConntrackZones) -> NewFlowWatch.Watched {
-            .init(backend: backend, transports: [.tcp], zones: zones, announce: { _ in }, lost: { _ in })
-        }
-        #expect(!NewFlowWatch.matches(inSeven, watched(.standard)))
-        #expect(NewFlowWatch.matches(inSeven, watched(.only([7]))))
-        // Dialled to the backend, answered by another address: a DNAT's to a live one, not announced.
+        // Dialled to the backend, answered by another address: a DNAT's to a live one.
         var servedElsewhere = inSeven
         servedElsewhere.zone = 0
         servedElsewhere.reply.source = Endpoint(address: .v4(0x0A00_0004), port: 6443)
-        #expect(!NewFlowWatch.matches(servedElsewhere, watched(.standard)))
         #expect(DestinationMatcher(destinations: destination, transports: [.tcp]).isServedElsewhere(servedElsewhere))
     }
 }
