@@ -18,6 +18,7 @@ test's waits are times lab.kernel.TIME_SCALE, which the test prints; on a real C
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 
@@ -359,6 +360,78 @@ def test_wedged_backend_streams_are_closed_after_the_drain_timeout_paced(inciden
           f"{len(active)} drain reaps of {[int(r.fields['sockets']) for r in active]} sockets at "
           f"{[round(r.reap_started_at - unhealthy.logged_at, 2) for r in active]} s; all flowing elsewhere "
           f"{dump.now - unhealthy.t:.2f}s after unhealthy")
+
+
+# A drain pass slower than its pace: one out at a time, and it stops once the backend is well again
+
+DRAIN_PAUSE = 3.0
+
+
+def slow_drain_agent(incident: IncidentLab, binary: str) -> Agent:
+    """The http pool with drain_timeout 1s; every reap pass waits DRAIN_PAUSE seconds before it works
+    in the agent's namespace (the failpoint a kernel test sets: a pass over a large table)."""
+    env = {**os.environ, "CONN_REAPER_FAILPOINT_SLOW_NETNS": f"={int(DRAIN_PAUSE * 1000)}"}
+    agent = Agent(incident.nginx_ns, binary, ["--config", config(incident, (("http", "l7"),), drain_timeout="1s")], env=env)
+    incident.agents.append(agent)
+    agent.wait_ready()
+    agent.wait_states({f"http/{incident.backend(name, 'l7')}": "up" for name in UPSTREAM_NAMES})
+    return agent
+
+
+def test_a_slow_drain_pass_stops_once_the_backend_is_well_again(incident, reaper_binary):
+    """SICK is wedged past its 1 s drain timeout; its first drain pass waits 3 s before it works, and
+    SICK is unwedged meanwhile and answers (up). Asked again when its pause ends, the pass stops
+    (`pass stopped`), and no further pass comes: every stream that stalled on SICK flows again on its
+    first connection, nothing closed. (The other way: the next test.)"""
+    agent = slow_drain_agent(incident, reaper_binary)
+    client = incident.start_client(l4=0, l7=9)
+    distribution = incident.wait_flowing(client)
+    backend = incident.backend(SICK, "l7")
+    t_wedge = incident.set_wedged(SICK)
+    unhealthy = first_line(agent, "backend unhealthy", 3, t_wedge, pool="http", backend=backend)
+    # The pass is decided at the drain timeout (after a count), then waits 3 s: unwedged inside that.
+    time.sleep(max(0.0, unhealthy.t + 1.8 - time.monotonic()))
+    incident.set_wedged(SICK, on=False)
+    t_up = first_line(agent, "backend up", 3, unhealthy.t, pool="http", backend=backend).t
+    stopped = agent.wait_line(lambda l: l.msg.startswith("pass stopped") and l.fields.get("backend") == backend,
+                              DRAIN_PAUSE + 2, since=unhealthy.t)
+    time.sleep(2.0)  # two drain paces and more: nothing else comes
+    incident.wait_flowing(client, timeout=5)
+    dump = client.dump()
+    info = f"distribution {distribution}\n{agent.log_text(60)}"
+    assert stopped and stopped.fields.get("reason") == "drain_timeout", info
+    assert t_up < stopped.t, f"up {t_up - unhealthy.t:.2f}s, stopped {stopped.t - unhealthy.t:.2f}s after unhealthy\n{info}"
+    assert [r for r in agent.reaps(backend) if int(r.fields["sockets"]) > 0] == [], info
+    assert agent.metrics().value("conn_reaper_sockets_destroyed_total", pool="http", backend=backend) == 0, info
+    assert all(len(s.connections) == 1 for s in dump.streams), info
+    assert nginx_held(incident, SICK, "l7") == distribution["l7"][SICK] >= 1, info
+    print(f"\nslow drain pass: {SICK} up {t_up - unhealthy.t:.2f}s after unhealthy, the pass stopped "
+          f"{stopped.t - unhealthy.t:.2f}s after it; 0 of {distribution['l7'][SICK]} stalled streams closed")
+
+
+def test_a_slow_drain_pass_toward_a_backend_still_wedged_goes_on_one_at_a_time(incident, reaper_binary):
+    """The other way: SICK stays wedged. Each drain pass goes on after its 3 s pause and closes at
+    the pace (at least one); the passes never overlap: each starts once the one before came back, so
+    their `reaped` lines are at least the pause apart, not a second (the pace) apart."""
+    agent = slow_drain_agent(incident, reaper_binary)
+    client = incident.start_client(l4=0, l7=9)
+    distribution = incident.wait_flowing(client)
+    backend = incident.backend(SICK, "l7")
+    t_wedge = incident.set_wedged(SICK)
+    unhealthy = first_line(agent, "backend unhealthy", 3, t_wedge, pool="http", backend=backend)
+    wait_for(lambda: len([r for r in agent.reaps(backend) if int(r.fields["sockets"]) > 0]) >= 2,
+             1.0 + 3 * DRAIN_PAUSE + 3, "two drain passes that closed connections")
+    info = f"distribution {distribution}\n{agent.log_text(60)}"
+    closing = [r for r in agent.reaps(backend) if int(r.fields["sockets"]) > 0]
+    assert {r.fields.get("reason") for r in closing} == {"drain_timeout"}, info
+    first = closing[0].t - unhealthy.t
+    assert first >= 1.0 + DRAIN_PAUSE - 0.2, f"first drain close {first:.2f}s after unhealthy\n{info}"
+    gaps = [b.t - a.t for a, b in zip(closing, closing[1:])]
+    assert all(gap >= DRAIN_PAUSE - 0.2 for gap in gaps), f"passes {gaps} s apart\n{info}"
+    assert not [l for l in agent.log() if l.msg.startswith("pass stopped")], info
+    incident.set_wedged(SICK, on=False)
+    print(f"\nslow drain pass toward a wedged {SICK}: first close {first:.2f}s after unhealthy, "
+          f"passes {[round(g, 2) for g in gaps]} s apart")
 
 
 # ---------------------------------------------------------------------------------------------
