@@ -124,7 +124,9 @@ let package = Package(
         // The deterministic simulation (Tests/Simulation): the agent's decisions against a fake world.
         .target(
             name: "Simulation",
-            dependencies: ["Agent", "Health", "NetworkAddress", "Reaper", "SockDiag", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "Agent", "Health", "NetworkAddress", "OS", "Reaper", "SockDiag", .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/Simulation/Simulation",
             swiftSettings: strict),
         .executableTarget(name: "Simulate", dependencies: ["Simulation"], path: "Tests/Simulation/Simulate", swiftSettings: strict),

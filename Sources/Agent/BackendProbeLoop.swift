@@ -1,3 +1,4 @@
+import OS
 import Health
 import NIOCore
 import NetworkAddress
@@ -66,14 +67,14 @@ final class BackendProbeLoop: ProbeLoop {
     private let scheduled = Mutex<Scheduled<Void>?>(nil)
     private let stopped = Atomic<Bool>(false)
     /// The jitter's own generator: the system's costs a getrandom call per probe.
-    private let jitter: Mutex<PolicyRandom>
+    private let jitter: Mutex<SeededRandom>
 
     init(loop: any EventLoop, prober: Prober, backend: Endpoint, interval: Duration, onResult: @escaping @Sendable (ProbeResult) -> Void) {
         self.loop = loop
         self.session = ProbeSession(prober: prober, backend: backend, loop: loop)
         self.interval = interval
         self.onResult = onResult
-        self.jitter = Mutex(PolicyRandom(seed: .random(in: .min ... .max)))
+        self.jitter = Mutex(SeededRandom())
     }
 
     /// Starts at a random point of the interval, which spreads one node's probes, and many nodes'

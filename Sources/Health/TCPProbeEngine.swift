@@ -156,9 +156,7 @@ private final class EngineLoop {
     private var inFlight: [UInt64: InFlight] = [:]
     private var timers = TimerHeap<Due>()
     private var nextToken: UInt64 = 0
-    /// A Weyl sequence for the jitter: nothing about it needs to be unpredictable, and the system's
-    /// generator costs a getrandom call per probe.
-    private var jitterState = UInt64.random(in: .min ... .max)
+    private var random = SeededRandom()
     private var readBuffer = [UInt8](repeating: 0, count: 512)
 
     init(wakeup: PollerWakeup) throws(SystemCallError) {
@@ -337,8 +335,7 @@ private final class EngineLoop {
     }
 
     private func jitter(in range: Range<Double>) -> Double {
-        jitterState &+= 0x9E37_79B9_7F4A_7C15
-        return range.lowerBound + Double(jitterState >> 11) * 0x1p-53 * (range.upperBound - range.lowerBound)
+        Double.random(in: range, using: &random)
     }
 }
 

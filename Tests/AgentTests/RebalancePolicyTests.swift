@@ -1,3 +1,4 @@
+import OS
 import Health
 import NetworkAddress
 import Testing
@@ -246,7 +247,7 @@ import Testing
         let old = ConnectionSample(
             backend: backends[0], local: Endpoint(address: .v4(1), port: 2), cookie: 2, sinceDataSent: .seconds(3600),
             sinceDataReceived: .milliseconds(40))
-        var random = PolicyRandom(seed: 3)
+        var random = SeededRandom(seed: 3)
         #expect(RebalancePlan.choose(on: backends[0], from: [young, old, young, young], random: &random) == old)
     }
 
@@ -328,7 +329,7 @@ import Testing
             backend: backends[0], local: Endpoint(address: .v4(1), port: 1), cookie: 1, sinceDataSent: .seconds(1),
             sinceDataReceived: .seconds(30))
         #expect(justAsked.carriesData)
-        var random = PolicyRandom(seed: 1)
+        var random = SeededRandom(seed: 1)
         #expect(RebalancePlan.choose(on: backends[0], from: [justAsked], random: &random) == nil)
         // With some quiet ones among them, only quiet ones go (run() checks each close).
         let done = run(&policy, from: 30, for: 40, counts: &counts, busy: [40, 40, 0])

@@ -1,3 +1,4 @@
+import OS
 import Health
 import NetworkAddress
 
@@ -214,7 +215,7 @@ public struct ReapPolicy: Sendable {
     private var loggedSuppressions: Set<Suppression> = []
     var rebalancing: [String: PoolRebalance] = [:]
     /// Rebalancing's picks and jitter; seeded, so a test replays them.
-    var random: PolicyRandom
+    var random: SeededRandom
     /// The last `ReapEpisode` handed out.
     private var lastEpisode: UInt64 = 0
 
@@ -236,7 +237,7 @@ public struct ReapPolicy: Sendable {
 
     public init(_ configuration: AgentConfiguration, at now: Instant = .now, seed: UInt64 = .random(in: .min ... .max)) {
         budget = ReapBudget(perSecond: configuration.maxSocketsPerSecond, burst: configuration.maxSocketsBurst)
-        random = PolicyRandom(seed: seed)
+        random = SeededRandom(seed: seed)
         reapWhenAllDown = configuration.reapWhenAllDown
         apply(configuration, at: now)
     }

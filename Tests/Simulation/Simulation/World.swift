@@ -1,3 +1,4 @@
+import OS
 import Agent
 import NetworkAddress
 
@@ -205,9 +206,9 @@ extension World {
 /// One seeded source for everything random in a world (the policy's own SplitMix64), so a seed
 /// replays exactly.
 public struct SimRandom: Sendable {
-    private var generator: PolicyRandom
+    private var generator: SeededRandom
 
-    public init(seed: UInt64) { generator = PolicyRandom(seed: seed) }
+    public init(seed: UInt64) { generator = SeededRandom(seed: seed) }
 
     public mutating func next() -> UInt64 { generator.next() }
 
