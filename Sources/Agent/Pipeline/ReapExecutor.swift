@@ -1,3 +1,4 @@
+import Durations
 import Health
 import Logging
 import NIOCore
@@ -317,7 +318,8 @@ public final class ReapExecutor: Service, Sendable {
                 "new flows toward the dead backend",
                 metadata: [
                     "pool": "\(key.pool)", "backend": "\(key.backend)",
-                    "announced_by_conntrack": "\(announced)", "walk_every": "\(announced ? "1s" : "150ms")",
+                    "announced_by_conntrack": "\(announced)",
+                    "walk_every": "\(DurationParsing.format(announced ? ReapPolicy.announcedCadence : ReapPolicy.deadCadence))",
                 ])
             submit(.watching(key, announced: announced))
         case .unwatchNewFlows(let key):
