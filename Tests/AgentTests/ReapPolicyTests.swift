@@ -751,6 +751,36 @@ import Conntrack
         #expect(secondPassLimit(ended: 100, flowsEnded: 100) == 4_997)
     }
 
+    /// A death whose first pass finds the bucket in debt (400 forwarded flows charged against a
+    /// burst of 100 at 50 a second) is reaped once a token is back, about 6 s later: not at the
+    /// cadence of a backend whose new flows conntrack announces, which is 5 s and would add most of
+    /// another (the kernel test with forwarded flows measured 10.8 s before this).
+    @Test func aPassTheBudgetHeldIsTriedAgainWhenATokenIsBackNotAtTheAnnouncedCadence() {
+        let small = configuration(top: {
+            $0.maxSocketsBurst = 100; $0.maxSocketsPerSecond = 50
+        })
+        var policy = deadPolicy(small, firstPassOut: true)
+        _ = policy.handle(
+            .reaped(
+                .init(
+                    pool: "api", backend: dead.backend, reason: .dead, ended: 0, leftByLimit: 0, at: at(510), scope: .full,
+                    granted: 100, flowsEnded: 400)))
+        let other = BackendKey(pool: "api", backend: backends[2])
+        let decided = secondDeath(&policy)
+        #expect(reaps(decided).isEmpty && suppressions(decided).contains(.budget), "\(decided)")
+        _ = policy.handle(.watching(other, announced: true))
+        var firstPass: Int?
+        for ms in stride(from: 710, through: 12_000, by: 10) {
+            let actions = tick(&policy, ms)
+            if actions.contains(where: { if case .reap(other, _, _, _, _) = $0 { true } else { false } }) {
+                firstPass = ms
+                break
+            }
+        }
+        // The debt, 300 at 510 ms, is paid and a token back at 6,530 ms.
+        #expect((6_530...6_700).contains(firstPass ?? 0), "first pass at \(firstPass.map(String.init) ?? "never") ms")
+    }
+
     @Test func aWalkForNewConnectsHoldsASecondsRefillSoADeathBesideItIsReapedWithTheRest() {
         var policy = deadPolicy()
         let walk = reaps(policy.handle(.tick(at(520))))  // backend 2's first follow-up, left out

@@ -32,6 +32,13 @@ public struct ReapBudget: Sendable, Equatable {
     /// How many sockets a pass may end now.
     public func available() -> Int { max(0, Int(tokens.rounded(.down))) }
 
+    /// How long until `count` are available at the refill rate (zero if they are now): a debt of
+    /// forwarded flows takes its own time to pay back.
+    public func timeUntilAvailable(_ count: Int) -> Duration {
+        let missing = Double(count) - tokens
+        return missing > 0 ? .seconds(missing / Double(max(perSecond, 1))) : .zero
+    }
+
     /// Sets aside what a pass decided now may end.
     public mutating func reserve(_ sockets: Int) {
         tokens -= Double(sockets)

@@ -788,7 +788,15 @@ public struct ReapPolicy: Sendable {
             backends[key]?.reaping?.waiting = true
             return actions
         }
-        guard limit > 0 else { return actions + suppress(key, .budget) }
+        guard limit > 0 else {
+            if full {
+                // Everything is left for later, established connections included: the next pass is
+                // a full one when the bucket holds a token again, not an announced cadence (5 s) later.
+                backends[key]?.reaping?.unfinished = true
+                backends[key]?.reaping?.nextPass = now + max(Self.deadCadence, budget.timeUntilAvailable(1))
+            }
+            return actions + suppress(key, .budget)
+        }
         budget.reserve(limit)
         backends[key]?.reaping?.passesOut += 1
         let reason: ReapReason = reaping.reason == .unhealthy ? .unhealthy : (reaping.passes == 0 ? .dead : .stillDead)
