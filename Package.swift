@@ -137,8 +137,10 @@ let package = Package(
         .testTarget(name: "SockDiagTests", dependencies: ["SockDiag", "Netlink", "NetworkAddress"], swiftSettings: strict),
         .testTarget(name: "ConntrackTests", dependencies: ["Conntrack", "Netlink", "NetworkAddress"], swiftSettings: strict),
         .testTarget(name: "HealthTests", dependencies: ["Health"], swiftSettings: strict),
-        // The Reaper layer's pure decisions (PurgePlan, translated flows), without root.
-        .testTarget(name: "ReaperTests", dependencies: ["Reaper", "SockDiag", "Conntrack", "NetworkAddress"], swiftSettings: strict),
+        // The Reaper layer's pure decisions (PurgePlan, translated flows) and Purger against a fake kernel, without root.
+        .testTarget(
+            name: "ReaperTests", dependencies: ["Reaper", "SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress"], swiftSettings: strict
+        ),
         .testTarget(
             name: "AgentTests",
             dependencies: [
