@@ -144,7 +144,7 @@ let package = Package(
         .testTarget(
             name: "AgentTests",
             dependencies: [
-                "Agent", "Health", "Reaper", "SockDiag", "Conntrack", "OS", "NetworkAddress", "Durations",
+                "Agent", "Health", "Reaper", "SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress", "Durations",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
