@@ -6,48 +6,48 @@ import SockDiag
 
 /// sock_diag of the namespace its `SocketDiagnostics` was opened in, and /proc/self/fd for this
 /// process's own sockets.
-public struct KernelSocketTable: SocketTable {
+struct KernelSocketTable: SocketTable {
     let diagnostics: SocketDiagnostics
 
-    public init(_ diagnostics: SocketDiagnostics) {
+    init(_ diagnostics: SocketDiagnostics) {
         self.diagnostics = diagnostics
     }
 
-    public func sockets(
+    func sockets(
         matching query: SocketQuery, signal: SocketDiagnostics.CountSignal?
     ) throws(SystemCallError) -> SocketDiagnostics.Dump {
         try diagnostics.sockets(matching: query, signal: signal)
     }
 
-    public func socket(
+    func socket(
         exactly id: SocketID, family: SocketFamily, transport: TransportProtocol, includeTCPInfo: Bool
     ) throws(SystemCallError) -> DiagnosedSocket? {
         try diagnostics.socket(exactly: id, family: family, transport: transport, includeTCPInfo: includeTCPInfo)
     }
 
-    public func listeningEndpoints() throws(SystemCallError) -> [Endpoint] {
+    func listeningEndpoints() throws(SystemCallError) -> [Endpoint] {
         try diagnostics.listeningEndpoints()
     }
 
-    public func destroy(_ sockets: [DiagnosedSocket]) throws(SystemCallError) -> [Acknowledgement] {
+    func destroy(_ sockets: [DiagnosedSocket]) throws(SystemCallError) -> [Acknowledgement] {
         try diagnostics.destroy(sockets)
     }
 
-    public func ownSocketInodes() -> Set<UInt32> {
+    func ownSocketInodes() -> Set<UInt32> {
         OwnSockets.inodes()
     }
 }
 
 /// ctnetlink of the namespace its `ConntrackTable` was opened in. What the process learnt of the
 /// filtered flush is `ConntrackTable.flushSupported`, shared by every namespace's table.
-public struct KernelFlowTable: FlowTable {
+struct KernelFlowTable: FlowTable {
     let table: ConntrackTable
 
-    public init(_ table: ConntrackTable) {
+    init(_ table: ConntrackTable) {
         self.table = table
     }
 
-    public func entries(
+    func entries(
         for destinations: [Destination], transports: Set<TransportProtocol>, sideBySide: Bool,
         directFlows: @escaping @Sendable () -> Bool, dialledSide: (ConntrackTable.Dump) -> Void
     ) throws(SystemCallError) -> ConntrackTable.Dump {
@@ -55,23 +55,23 @@ public struct KernelFlowTable: FlowTable {
             for: destinations, transports: transports, sideBySide: sideBySide, directFlows: directFlows, dialledSide: dialledSide)
     }
 
-    public func entryCount() throws(SystemCallError) -> Int? {
+    func entryCount() throws(SystemCallError) -> Int? {
         try table.entryCount()
     }
 
-    public func delete(_ entries: [ConntrackEntry]) throws(SystemCallError) -> [Acknowledgement] {
+    func delete(_ entries: [ConntrackEntry]) throws(SystemCallError) -> [Acknowledgement] {
         try table.delete(entries)
     }
 
-    public func flush(_ requests: [ConntrackFlushRequest]) throws(SystemCallError) -> [Acknowledgement] {
+    func flush(_ requests: [ConntrackFlushRequest]) throws(SystemCallError) -> [Acknowledgement] {
         try table.flush(requests)
     }
 
-    public func verifyFlush() -> Bool {
+    func verifyFlush() -> Bool {
         table.verifyFlush()
     }
 
-    public var flushSupported: Bool? {
+    var flushSupported: Bool? {
         ConntrackTable.flushSupported.withLock { $0 }
     }
 }
