@@ -139,12 +139,14 @@ let package = Package(
         .testTarget(name: "SockDiagTests", dependencies: ["SockDiag", "Netlink", "NetworkAddress"], swiftSettings: strict),
         .testTarget(name: "ConntrackTests", dependencies: ["Conntrack", "Netlink", "NetworkAddress"], swiftSettings: strict),
         .testTarget(name: "HealthTests", dependencies: ["Health"], swiftSettings: strict),
-        // The Reaper layer's pure decisions (PurgePlan, translated flows), without root.
-        .testTarget(name: "ReaperTests", dependencies: ["Reaper", "SockDiag", "Conntrack", "NetworkAddress", "OS"], swiftSettings: strict),
+        // The Reaper layer's pure decisions (PurgePlan, translated flows) and Purger against a fake kernel, without root.
+        .testTarget(
+            name: "ReaperTests", dependencies: ["Reaper", "SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress"], swiftSettings: strict
+        ),
         .testTarget(
             name: "AgentTests",
             dependencies: [
-                "Agent", "Health", "Reaper", "SockDiag", "Conntrack", "OS", "NetworkAddress", "Durations",
+                "Agent", "Health", "Reaper", "SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress", "Durations",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),

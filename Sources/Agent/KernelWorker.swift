@@ -9,15 +9,24 @@ import OS
 public final class KernelWorker: @unchecked Sendable {
     // Touched only from the worker's one thread, job after job: what makes the unchecked Sendable sound.
     private var purger: Purger?
+    /// Makes the purger on the worker's thread, at its first job: the real one opens that thread's netlink sockets.
+    private let makePurger: @Sendable () -> Purger
     private let thread: NamespaceThread?
     private let threadError: SystemCallError?
     /// The namespace file this worker's thread enters before anything else; nil: the agent's own.
     public let namespace: String?
 
-    public init(namespace: String? = nil) {
+    public convenience init(namespace: String? = nil) {
+        self.init(namespace: namespace, entering: namespace) { Purger(sockets: true, conntrack: true) }
+    }
+
+    /// `entering`: the namespace file the thread enters, nil to stay in the agent's own. Other than
+    /// `namespace` only in unit tests, whose workers act on a fake kernel named after a namespace.
+    init(namespace: String?, entering: String?, makePurger: @escaping @Sendable () -> Purger) {
         self.namespace = namespace
+        self.makePurger = makePurger
         do {
-            thread = try NamespaceThread(entering: namespace)
+            thread = try NamespaceThread(entering: entering)
             threadError = nil
         } catch {
             thread = nil
@@ -29,7 +38,7 @@ public final class KernelWorker: @unchecked Sendable {
     public func perform<Result: Sendable>(_ body: @escaping @Sendable (Purger) -> Result) async throws -> Result {
         guard let thread else { throw threadError ?? NamespaceThread.stoppedError }
         return try await thread.run { [self] in
-            if purger == nil { purger = Purger(sockets: true, conntrack: true) }
+            if purger == nil { purger = makePurger() }
             return body(purger!)
         }
     }
@@ -51,7 +60,9 @@ public final class KernelWorker: @unchecked Sendable {
 /// down, so a namespace made since is found at once). A worker whose namespace vanished is dropped:
 /// its netlink sockets would otherwise keep the namespace alive.
 public actor KernelWorkers: Service {
-    public let own = KernelWorker()
+    public let own: KernelWorker
+    /// Makes the worker of a namespace file (nil: the agent's own namespace).
+    private let makeWorker: @Sendable (_ namespace: String?) -> KernelWorker
     private var workers: [NetworkNamespace.Identity: KernelWorker] = [:]
     private var lastUsed: [NetworkNamespace.Identity: ContinuousClock.Instant] = [:]
     /// A worker no pool asked for this long is dropped (its file was removed, or a reload moved on).
@@ -60,7 +71,15 @@ public actor KernelWorkers: Service {
     private var enumeratedAt: ContinuousClock.Instant?
     static let refreshEvery: Duration = .seconds(10)
 
-    public init() {}
+    public init() {
+        self.init { KernelWorker(namespace: $0) }
+    }
+
+    /// Workers made by `makeWorker`: in unit tests, workers whose purgers act on a fake kernel.
+    init(makeWorker: @escaping @Sendable (_ namespace: String?) -> KernelWorker) {
+        self.makeWorker = makeWorker
+        own = makeWorker(nil)
+    }
 
     /// The workers for a pool's namespaces, each with the label its audit lines carry (nil: own).
     public func workers(for selection: NamespaceSelection?, refresh: Bool = false) -> [(namespace: String?, worker: KernelWorker)] {
@@ -104,7 +123,7 @@ public actor KernelWorkers: Service {
     private func worker(for identity: NetworkNamespace.Identity, path: String) -> KernelWorker {
         lastUsed[identity] = .now
         if let existing = workers[identity] { return existing }
-        let created = KernelWorker(namespace: path)
+        let created = makeWorker(path)
         workers[identity] = created
         return created
     }

@@ -47,39 +47,43 @@ public final class Purger {
         case auto, never, always
     }
 
-    private let socketDiagnostics: SocketDiagnostics?
-    private let conntrackTable: ConntrackTable?
+    private let socketTable: (any SocketTable)?
+    private let flowTable: (any FlowTable)?
     private let openingErrors: [SystemCallError]
 
     /// Opens the netlink sockets of the calling thread's network namespace for the layers asked for.
-    public init(sockets: Bool, conntrack: Bool) {
+    public convenience init(sockets: Bool, conntrack: Bool) {
         var errors: [SystemCallError] = []
-        do { socketDiagnostics = sockets ? try SocketDiagnostics() : nil } catch {
-            socketDiagnostics = nil
-            errors.append(error)
-        }
-        do { conntrackTable = conntrack ? try ConntrackTable() : nil } catch {
-            conntrackTable = nil
-            errors.append(error)
-        }
-        openingErrors = errors
+        var openedSockets: KernelSocketTable?
+        var openedFlows: KernelFlowTable?
+        do { openedSockets = sockets ? KernelSocketTable(try SocketDiagnostics()) : nil } catch { errors.append(error) }
+        do { openedFlows = conntrack ? KernelFlowTable(try ConntrackTable()) : nil } catch { errors.append(error) }
+        self.init(sockets: openedSockets, conntrack: openedFlows, openingErrors: errors)
+    }
+
+    /// Acts through these tables; a nil one is a layer not asked for, or one that could not be opened
+    /// (`openingErrors` says why: each report carries them as step errors).
+    public init(sockets: (any SocketTable)?, conntrack: (any FlowTable)?, openingErrors: [SystemCallError] = []) {
+        socketTable = sockets
+        flowTable = conntrack
+        self.openingErrors = openingErrors
     }
 
     /// The established TCP sockets toward `backends`, with tcp_info: one walk of the table, no
     /// report kept. Empty when sock_diag is not open or the dump fails.
     public func establishedSockets(toward backends: [Endpoint]) -> [DiagnosedSocket] {
-        guard let socketDiagnostics else { return [] }
+        guard let socketTable else { return [] }
         let query = SocketQuery(
             destinations: backends.map { Destination(address: $0.address, port: $0.port) }, transports: [.tcp],
             states: SocketStates([.established]), includeTCPInfo: true)
-        return (try? socketDiagnostics.sockets(matching: query).sockets) ?? []
+        return (try? socketTable.sockets(matching: query).sockets) ?? []
     }
 
     /// Each socket looked up again by its exact 4-tuple (a hash lookup, no walk); nil where it is gone.
     public func lookUp(_ sockets: [DiagnosedSocket]) -> [DiagnosedSocket?] {
-        guard let socketDiagnostics else { return sockets.map { _ in nil } }
+        guard let socketTable else { return sockets.map { _ in nil } }
         return sockets.map { socket in
-            (try? socketDiagnostics.socket(exactly: socket.id, family: socket.family, transport: socket.transport)) ?? nil
+            (try? socketTable.socket(exactly: socket.id, family: socket.family, transport: socket.transport)) ?? nil
         }
     }
 
@@ -95,11 +99,11 @@ public final class Purger {
         let started = ContinuousClock.now
         var report = PurgeReport()
         report.stepErrors = openingErrors
-        report.socketWalkFailed = options.sockets && socketDiagnostics == nil
+        report.socketWalkFailed = options.sockets && socketTable == nil
         let idle: PurgeReport.Outcome = acting ? .ended : (options.dryRun ? .wouldEnd : .listed)
         let plan = PurgePlan(
             matcher: matcher, acting: acting, socketLimit: options.socketLimit, flushMode: options.conntrackFlush,
-            sparingOwnSockets: options.sparingOwnSockets, flushSupported: ConntrackTable.flushSupported.withLock({ $0 }))
+            sparingOwnSockets: options.sparingOwnSockets, flushSupported: flowTable?.flushSupported)
         // The conntrack dump does not wait for the sockets: only the deletes must come after the
         // destroys. (A stuck scan needs entries only once it condemned a socket: no prefetch.)
         var prefetched: BackgroundWork<ConntrackTable.Dump>?
@@ -110,21 +114,21 @@ public final class Purger {
         // The original-destination side of that dump, which names the flows a DNAT sent elsewhere:
         // the sockets' first round waits for it alone (empty if the dump failed before it).
         let dialledSide = OneShot<[ConntrackEntry]>()
-        if options.conntrack, options.sockets, matcher.stuck == nil, !options.conntrackOnlyAfterSockets, let conntrackTable {
+        if options.conntrack, options.sockets, matcher.stuck == nil, !options.conntrackOnlyAfterSockets, let flowTable {
             prefetched = BackgroundWork { () throws(SystemCallError) -> ConntrackTable.Dump in
                 defer { dialledSide.settle([]) }
-                return try conntrackTable.entries(
+                return try flowTable.entries(
                     for: matcher.destinations, transports: matcher.transports, sideBySide: options.conntrackDumpsSideBySide,
                     directFlows: { listingDirectFlows.wait() }, dialledSide: { dialledSide.settle($0.entries) })
             }
         }
-        if options.sockets, let socketDiagnostics {
+        if options.sockets, let socketTable {
             do {
                 // A large purge is known as soon as its dump passes `flushFrom` sockets: the
                 // reply-source dump need not wait for the rest of the walk.
                 let large = SocketDiagnostics.CountSignal(count: PurgePlan.flushFrom) { listingDirectFlows.settle(false) }
                 try endSockets(
-                    plan, includeTCPInfo: includeTCPInfo, options: options, idle: idle, in: socketDiagnostics, report: &report,
+                    plan, includeTCPInfo: includeTCPInfo, options: options, idle: idle, in: socketTable, report: &report,
                     signal: plan.directFlowsMayGoUnlisted ? large : nil,
                     beforeDestroying: { direct in listingDirectFlows.settle(plan.listsDirectFlows(destroying: direct)) },
                     servedElsewhere: {
@@ -132,9 +136,9 @@ public final class Purger {
                         // dead backend) looks now, for this alone: a connect dialled to it may be a DNAT's
                         // to a live one. Its entries still go only where a socket was ended.
                         if prefetched == nil, options.conntrack, options.conntrackOnlyAfterSockets, matcher.stuck == nil,
-                            let conntrackTable
+                            let flowTable
                         {
-                            let look = try? conntrackTable.entries(for: matcher.destinations, transports: matcher.transports)
+                            let look = try? flowTable.entries(for: matcher.destinations, transports: matcher.transports)
                             return look.map { plan.servedElsewhere(in: $0.entries) } ?? []
                         }
                         return prefetched == nil ? [] : plan.servedElsewhere(in: dialledSide.wait())
@@ -156,21 +160,21 @@ public final class Purger {
                 conntrackFailed = true
             }
         }
-        if let firstDump, let socketDiagnostics {
+        if let firstDump, let socketTable {
             let translated = TranslatedFlows(firstDump.entries, matcher: matcher)
             if !translated.isEmpty {
                 do {
                     try endTranslatedSockets(
-                        translated, plan: plan, includeTCPInfo: includeTCPInfo, options: options, idle: idle, in: socketDiagnostics,
+                        translated, plan: plan, includeTCPInfo: includeTCPInfo, options: options, idle: idle, in: socketTable,
                         report: &report)
                 } catch { report.stepErrors.append(error) }
             }
         }
         let conntrackWanted = (matcher.stuck == nil && !options.conntrackOnlyAfterSockets) || !report.sockets.isEmpty || firstDump != nil
-        if options.conntrack, !conntrackFailed, let conntrackTable, conntrackWanted {
+        if options.conntrack, !conntrackFailed, let flowTable, conntrackWanted {
             do {
                 try deleteEntries(
-                    plan, options: options, idle: idle, in: conntrackTable, first: firstDump,
+                    plan, options: options, idle: idle, in: flowTable, first: firstDump,
                     flushingDirectFlowsUnlisted: flushDirectFlowsUnlisted, report: &report)
             } catch { report.stepErrors.append(error) }
         }
@@ -181,7 +185,7 @@ public final class Purger {
     /// `beforeDestroying`: told, once, how many sockets the first round would destroy; only then is
     /// `servedElsewhere` asked (it waits for the conntrack dump, whose reply side waited for that count).
     private func endSockets(
-        _ plan: PurgePlan, includeTCPInfo: Bool, options: Options, idle: PurgeReport.Outcome, in diagnostics: SocketDiagnostics,
+        _ plan: PurgePlan, includeTCPInfo: Bool, options: Options, idle: PurgeReport.Outcome, in diagnostics: any SocketTable,
         report: inout PurgeReport, signal: SocketDiagnostics.CountSignal? = nil, beforeDestroying: (Int) -> Void = { _ in },
         servedElsewhere: () -> Set<Flow> = { [] }
     ) throws(SystemCallError) {
@@ -195,7 +199,7 @@ public final class Purger {
         for round in 0...options.maximumExtraRounds {
             // The agent's own sockets as they were before the dump and after it: a probe that closed
             // in between is in the dump but no longer in the table (its socket lingers as it closes).
-            let ownBefore = options.sparingOwnSockets ? OwnSockets.inodes() : []
+            let ownBefore = options.sparingOwnSockets ? diagnostics.ownSocketInodes() : []
             let dump = try diagnostics.sockets(matching: query, signal: round == 0 ? signal : nil)
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: .socketDiagnosis)
             // A destroy whose ack was lost took effect if its socket is gone now: it counts as ended.
@@ -207,7 +211,7 @@ public final class Purger {
             unconfirmed = [:]
             func choose() -> PurgePlan.SocketChoice {
                 plan.directSockets(in: dump.sockets, ended: ended, servedElsewhere: elsewhere, listening: listening) {
-                    ownBefore.union(OwnSockets.inodes())
+                    ownBefore.union(diagnostics.ownSocketInodes())
                 }
             }
             var choice = choose()
@@ -254,16 +258,16 @@ public final class Purger {
     /// to a live backend, has another tuple). One round: the agent's next reap catches a lost ack.
     private func endTranslatedSockets(
         _ translated: TranslatedFlows, plan: PurgePlan, includeTCPInfo: Bool, options: Options, idle: PurgeReport.Outcome,
-        in diagnostics: SocketDiagnostics, report: inout PurgeReport
+        in diagnostics: any SocketTable, report: inout PurgeReport
     ) throws(SystemCallError) {
         var query = translated.socketQuery(states: plan.matcher.states)
         query.includeTCPInfo = includeTCPInfo
-        let ownBefore = options.sparingOwnSockets ? OwnSockets.inodes() : []
+        let ownBefore = options.sparingOwnSockets ? diagnostics.ownSocketInodes() : []
         let dump = try diagnostics.sockets(matching: query)
         let choice = plan.translatedSockets(
             in: dump.sockets, translated: translated, reported: Set(report.sockets.map(\.socket.id.cookie)),
             reportedCount: report.sockets.count
-        ) { ownBefore.union(OwnSockets.inodes()) }
+        ) { ownBefore.union(diagnostics.ownSocketInodes()) }
         report.ownFlows.formUnion(choice.own.map(Flow.init))
         report.socketsLeftByLimit += choice.leftByLimit.count
         report.flowsLeftByLimit.formUnion(choice.leftByLimit.map(Flow.init))
@@ -279,7 +283,7 @@ public final class Purger {
     }
 
     private func deleteEntries(
-        _ plan: PurgePlan, options: Options, idle: PurgeReport.Outcome, in table: ConntrackTable, first prefetched: ConntrackTable.Dump?,
+        _ plan: PurgePlan, options: Options, idle: PurgeReport.Outcome, in table: any FlowTable, first prefetched: ConntrackTable.Dump?,
         flushingDirectFlowsUnlisted: Bool, report: inout PurgeReport
     ) throws(SystemCallError) {
         let matcher = plan.matcher
@@ -340,7 +344,7 @@ public final class Purger {
     /// flows; true when the kernel did. What it took is counted by the table's size before and after
     /// (see `PurgePlan.flushedUnlisted`).
     private func flushDirectFlows(
-        _ plan: PurgePlan, listed: ConntrackTable.Dump, in table: ConntrackTable, report: inout PurgeReport
+        _ plan: PurgePlan, listed: ConntrackTable.Dump, in table: any FlowTable, report: inout PurgeReport
     ) throws(SystemCallError) -> Bool {
         guard table.verifyFlush() else { return false }
         let requests = plan.flushRequests([.originalDestination])
@@ -360,12 +364,12 @@ public final class Purger {
     /// what appeared since the dump, toward the same dead destination: the report counts what the
     /// dump saw.
     private func flush(
-        _ targets: [PurgePlan.EntryTarget], plan: PurgePlan, originalSideFlushed: Bool, dialledElsewhere: Bool, in table: ConntrackTable,
+        _ targets: [PurgePlan.EntryTarget], plan: PurgePlan, originalSideFlushed: Bool, dialledElsewhere: Bool, in table: any FlowTable,
         report: inout PurgeReport
     ) throws(SystemCallError) -> [PurgePlan.EntryTarget] {
         // Asked now, not when the plan was made: a flush refused earlier in this process is not sent
         // again, and the process's first flush waits for the canary's trial.
-        var current = plan.knowing(flushSupported: ConntrackTable.flushSupported.withLock({ $0 }))
+        var current = plan.knowing(flushSupported: table.flushSupported)
         func sidesToFlush() -> Set<ConntrackTable.FlushSide>? {
             current.flushSides(
                 for: targets, originalSideFlushed: originalSideFlushed, limitLeftSockets: !report.flowsLeftByLimit.isEmpty,
@@ -404,29 +408,29 @@ public final class Purger {
         var report = PurgeReport()
         report.stepErrors = openingErrors
         let acting = !options.dryRun
-        if options.sockets, let socketDiagnostics {
+        if options.sockets, let socketTable {
             do {
                 let id = SocketID(source: entry.original.source, destination: entry.original.destination)
-                let found = try socketDiagnostics.socket(exactly: id, family: SocketFamily(entry.family), transport: entry.transport)
-                if let found, options.sparingOwnSockets, OwnSockets.inodes().contains(found.inode) {
+                let found = try socketTable.socket(exactly: id, family: SocketFamily(entry.family), transport: entry.transport)
+                if let found, options.sparingOwnSockets, socketTable.ownSocketInodes().contains(found.inode) {
                     // The agent's own probe: neither it nor its entry is touched.
                     report.durationSeconds = (ContinuousClock.now - started).seconds
                     return report
                 }
                 if let socket = found, [.synSent, .established].contains(socket.state) {
-                    let outcome: PurgeReport.Outcome = acting ? .destroy(try socketDiagnostics.destroy([socket])[0]) : .wouldEnd
+                    let outcome: PurgeReport.Outcome = acting ? .destroy(try socketTable.destroy([socket])[0]) : .wouldEnd
                     report.sockets.append(
                         .init(socket: socket, outcome: outcome, throughConntrack: entry.reply.source != entry.original.destination))
                 }
             } catch { report.stepErrors.append(error) }
         }
-        if options.conntrack, let conntrackTable {
+        if options.conntrack, let flowTable {
             let matchedBy: DestinationMatcher.ConntrackMatch =
                 entry.reply.source == entry.original.destination ? .originalDestination : .replySource
             if acting {
                 do {
                     report.conntrack.append(
-                        .init(entry: entry, matchedBy: matchedBy, outcome: .delete(try conntrackTable.delete([entry])[0])))
+                        .init(entry: entry, matchedBy: matchedBy, outcome: .delete(try flowTable.delete([entry])[0])))
                 } catch { report.stepErrors.append(error) }
             } else {
                 report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .wouldEnd))
@@ -447,13 +451,13 @@ public final class Purger {
         let started = ContinuousClock.now
         var report = PurgeReport()
         report.stepErrors = openingErrors
-        if let socketDiagnostics {
+        if let socketTable {
             do {
-                if let socket = try socketDiagnostics.socket(exactly: id, family: family, transport: transport, includeTCPInfo: true),
+                if let socket = try socketTable.socket(exactly: id, family: family, transport: transport, includeTCPInfo: true),
                     socket.id.cookie == id.cookie, socket.state == .established,
-                    !(options.sparingOwnSockets && OwnSockets.inodes().contains(socket.inode)), stillWanted(socket)
+                    !(options.sparingOwnSockets && socketTable.ownSocketInodes().contains(socket.inode)), stillWanted(socket)
                 {
-                    let outcome: PurgeReport.Outcome = options.dryRun ? .wouldEnd : .destroy(try socketDiagnostics.destroy([socket])[0])
+                    let outcome: PurgeReport.Outcome = options.dryRun ? .wouldEnd : .destroy(try socketTable.destroy([socket])[0])
                     report.sockets.append(.init(socket: socket, outcome: outcome))
                 }
             } catch { report.stepErrors.append(error) }
