@@ -68,8 +68,10 @@ public final class NamespaceThread: Sendable {
     }
 
     /// Queues `body` and returns at once; what it throws goes nowhere (it reports through its own state).
-    public func start(_ body: @escaping @Sendable () throws(SystemCallError) -> Void) {
-        _ = enqueue { entering in if entering == nil { try? body() } }
+    /// False: the thread was stopped, and `body` will never run.
+    @discardableResult
+    public func start(_ body: @escaping @Sendable () throws(SystemCallError) -> Void) -> Bool {
+        enqueue { entering in if entering == nil { try? body() } }
     }
 
     /// Ends the thread once the jobs already queued have run.
@@ -88,7 +90,8 @@ public final class NamespaceThread: Sendable {
         do { return .success(try body()) } catch { return .failure(error) }
     }
 
-    private func enqueue(_ job: @escaping @Sendable (SystemCallError?) -> Void) -> Bool {
+    /// Whether the job was taken: a stopped thread takes none.
+    func enqueue(_ job: @escaping @Sendable (SystemCallError?) -> Void) -> Bool {
         let accepted = queue.withLock { queue in
             guard !queue.stopping else { return false }
             queue.jobs.append(job)
