@@ -2,13 +2,15 @@ import NetworkAddress
 import Reaper
 import ServiceLifecycle
 import OS
+import Synchronization
 
 /// Owns the netlink sockets of one network namespace on one dedicated OS thread (a NamespaceThread):
 /// netlink calls block for milliseconds and must not stall the cooperative pool, and (for other
 /// namespaces) the thread that opens the sockets is the one that entered the namespace.
-public final class KernelWorker: @unchecked Sendable {
-    // Touched only from the worker's one thread, job after job: what makes the unchecked Sendable sound.
-    private var purger: Purger?
+public final class KernelWorker: Sendable {
+    /// Made by the first job and used by each after it, all on the worker's one thread: the lock is
+    /// never contended, it only lets the non-Sendable purger live in a Sendable worker.
+    private let purger = Mutex<Purger?>(nil)
     private let thread: NamespaceThread?
     private let threadError: SystemCallError?
     /// The namespace file this worker's thread enters before anything else; nil: the agent's own.
@@ -29,8 +31,11 @@ public final class KernelWorker: @unchecked Sendable {
     public func perform<Result: Sendable>(_ body: @escaping @Sendable (Purger) -> Result) async throws -> Result {
         guard let thread else { throw threadError ?? NamespaceThread.stoppedError }
         return try await thread.run { [self] in
-            if purger == nil { purger = Purger(sockets: true, conntrack: true) }
-            return body(purger!)
+            self.purger.withLock { purger in
+                let current = purger ?? Purger(sockets: true, conntrack: true)
+                purger = current
+                return body(current)
+            }
         }
     }
 
