@@ -64,11 +64,12 @@ public actor KernelWorkers: Service {
     private var enumerated: [(path: String, identity: NetworkNamespace.Identity)] = []
     private var enumeratedAt: ContinuousClock.Instant?
     static let refreshEvery: Duration = .seconds(10)
+    private var lookout: NamespaceThread?
 
     public init() {}
 
     /// The workers for a pool's namespaces, each with the label its audit lines carry (nil: own).
-    public func workers(for selection: NamespaceSelection?, refresh: Bool = false) -> [(namespace: String?, worker: KernelWorker)] {
+    public func workers(for selection: NamespaceSelection?, refresh: Bool = false) async -> [(namespace: String?, worker: KernelWorker)] {
         let now = ContinuousClock.now
         for (identity, used) in lastUsed where now - used > Self.idleLimit {
             workers.removeValue(forKey: identity)?.shutdown()
@@ -78,14 +79,15 @@ public actor KernelWorkers: Service {
         case nil:
             return [(nil, own)]
         case .paths(let paths):
-            return paths.compactMap { path in
+            let identities = await lookUp { paths.map(NetworkNamespace.identity(of:)) }
+            return zip(paths, identities).compactMap { path, identity in
                 // A file that no longer names a namespace is skipped until it does again.
-                guard let identity = NetworkNamespace.identity(of: path) else { return nil }
+                guard let identity else { return nil }
                 return (path, worker(for: identity, path: path))
             }
         case .all:
             if refresh || enumeratedAt.map({ now - $0 >= Self.refreshEvery }) ?? true {
-                enumerated = NetworkNamespace.all()
+                enumerated = await lookUp(NetworkNamespace.all)
                 enumeratedAt = now
                 let alive = Set(enumerated.map(\.identity))
                 for (identity, worker) in workers where !alive.contains(identity) {
@@ -96,6 +98,16 @@ public actor KernelWorkers: Service {
             }
             return enumerated.map { ($0.path, worker(for: $0.identity, path: $0.path)) }
         }
+    }
+
+    /// Runs a look at the node's namespaces (a walk of every /proc/PID, stats of nsfs files) on a
+    /// thread of its own, made on first need: file system calls that can block must not hold a
+    /// thread of the cooperative pool. Not a worker's thread: it would wait behind that worker's purges.
+    private func lookUp<Found: Sendable>(_ look: @escaping @Sendable () -> Found) async -> Found {
+        if lookout == nil { lookout = try? NamespaceThread(entering: nil) }
+        // No thread (or stopped): the look runs here, as it did before.
+        guard let lookout, let found = try? await lookout.run(look) else { return look() }
+        return found
     }
 
     /// Drops the worker of a namespace that could not be entered (it vanished meanwhile).
@@ -123,6 +135,7 @@ public actor KernelWorkers: Service {
 
     public func shutdown() {
         own.shutdown()
+        lookout?.stop()  // kept, stopped: a late look runs in place, and starts no thread
         for worker in workers.values { worker.shutdown() }
         workers = [:]
     }
