@@ -41,8 +41,14 @@ public final class BackgroundWork<Value: Sendable>: Sendable {
     }
 }
 
-/// The job and what it captured cross to the background thread once and are used there alone
-/// until `wait()` returns: a hand-over, never a share, which is why this box may be sent.
+/// The job and what it captured cross to a companion thread once and are used there alone until
+/// `wait()` returns: a hand-over, never a share, which is why this box may be sent. It holds
+/// because the job is queued once and run once; the companion fills the slot only after the job
+/// returned, and `wait()` returns only after that (the semaphore orders them); and each caller
+/// waits before it returns or throws, touching nothing the job captured until then (SocketDiagnostics:
+/// dumpSocket6, destroySocket2; ConntrackTable: dumpSocket2; Purger: its conntrack table, whose
+/// other uses come after the wait or run only without a prefetch). `sending` would let the compiler
+/// check it, but it refuses a socket that is a stored property of the caller's object.
 private struct Handoff<Value>: @unchecked Sendable {
     let job: () throws(SystemCallError) -> Value
 }
