@@ -106,8 +106,8 @@ public actor KernelWorkers: Service {
     private func lookUp<Found: Sendable>(_ look: @escaping @Sendable () -> Found) async -> Found {
         if lookout == nil { lookout = try? NamespaceThread(entering: nil) }
         // No thread (or stopped): the look runs here, as it did before.
-        guard let lookout, let found = try? await lookout.run(look) else { return look() }
-        return found
+        guard let lookout else { return look() }
+        return await lookout.runOrInPlace(look)
     }
 
     /// Drops the worker of a namespace that could not be entered (it vanished meanwhile).

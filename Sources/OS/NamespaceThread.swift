@@ -51,6 +51,12 @@ public final class NamespaceThread: Sendable {
         return try result.get()
     }
 
+    /// Runs `body` on the thread, or in place once the thread was stopped: for blocking work with no
+    /// namespace to keep, only a thread of the cooperative pool to spare.
+    public func runOrInPlace<Value: Sendable>(_ body: @escaping @Sendable () -> Value) async -> Value {
+        do { return try await run(body) } catch { return body() }
+    }
+
     /// The same, for a caller that may block (the CLI): waits for the thread.
     public func runAndWait<Value: Sendable>(_ body: @escaping @Sendable () throws(SystemCallError) -> Value) throws(SystemCallError)
         -> Value
