@@ -130,8 +130,11 @@ public final class NamespaceThread: Sendable {
     }
 }
 
-/// A counting POSIX semaphore. sem_t is made for sharing between threads; it lives at a fixed
-/// address for its whole life, which is what makes this class sound to share.
+/// A counting POSIX semaphore. Why its unchecked Sendable is sound: sem_t is made for sharing
+/// between threads (sem_post and sem_wait may be called on one from any thread at once), and it
+/// must never move, so it lives in memory allocated once, at a fixed address, for the object's
+/// whole life, held by a constant. `deinit` destroys it
+/// only once no thread holds the object, so none is waiting on it.
 final class Semaphore: @unchecked Sendable {
     private let pointer = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
 
