@@ -12,6 +12,9 @@ import Synchronization
 /// shares its creator's), and it never enters another. An owner does not move either: a thread
 /// enters a namespace only as a NamespaceThread starts, before its first job (and so before it
 /// could have companions).
+///
+/// A thread of the cooperative pool never ends, so its companions last as long as the process: the
+/// agent starts background work only on its NamespaceThreads (tests start some on the pool).
 final class CompanionThreads: Sendable {
     private struct Pool {
         var idle: [NamespaceThread] = []
@@ -20,16 +23,19 @@ final class CompanionThreads: Sendable {
 
     private let pool: Mutex<Pool>
 
-    /// The calling thread's, made on its first call.
-    /// Without thread-specific storage, one that keeps none: a companion per job, as before.
+    /// The calling thread's, made on its first call. Without thread-specific storage, one that keeps
+    /// none: a companion per job, as before.
     static var ofCallingThread: CompanionThreads {
         guard let key = storageKey else { return CompanionThreads(ownerEnded: true) }
         if let stored = pthread_getspecific(key) {
             return Unmanaged<CompanionThreads>.fromOpaque(stored).takeUnretainedValue()
         }
-        let made = CompanionThreads(ownerEnded: false)
-        pthread_setspecific(key, Unmanaged.passRetained(made).toOpaque())
-        return made
+        let made = Unmanaged.passRetained(CompanionThreads(ownerEnded: false))
+        guard pthread_setspecific(key, made.toOpaque()) == 0 else {
+            made.release()
+            return CompanionThreads(ownerEnded: true)
+        }
+        return made.takeUnretainedValue()
     }
 
     private init(ownerEnded: Bool) {
