@@ -23,12 +23,23 @@ public struct ConntrackTableWatch: Service {
     }
 
     /// Whether the table holds `ConntrackFill.fullShare` of its limit right now.
-    static func isFullNow() -> Bool {
-        guard let (entries, limit) = reading() else { return false }
+    static func isFullNow() async -> Bool {
+        guard let (entries, limit) = await reading() else { return false }
         return ConntrackFill.isFull(entries: entries, limit: limit)
     }
 
-    static func reading() -> (entries: Int, limit: Int)? {
+    /// The two files, read on `reader`: a file read does not hold a thread of the cooperative pool.
+    static func reading() async -> (entries: Int, limit: Int)? {
+        guard let reader else { return readingInPlace() }
+        return await reader.runOrInPlace(readingInPlace)
+    }
+
+    /// Made on first use, by a task of the agent (whose threads stay in its own namespace, the one
+    /// /proc/sys/net shows the reading thread), and kept for the process's life. Nil: no thread,
+    /// the files are read in place, as before.
+    private static let reader = try? NamespaceThread(entering: nil)
+
+    private static func readingInPlace() -> (entries: Int, limit: Int)? {
         func number(_ path: String) -> Int? {
             FileStatus.readText(path).flatMap { Int($0.filter(\.isNumber)) }
         }
@@ -37,11 +48,11 @@ public struct ConntrackTableWatch: Service {
     }
 
     public func run() async throws {
-        guard Self.reading() != nil else { return }
+        guard await Self.reading() != nil else { return }
         await cancelWhenGracefulShutdown {
             var fill = ConntrackFill()
             while !Task.isCancelled {
-                if let (entries, limit) = Self.reading() {
+                if let (entries, limit) = await Self.reading() {
                     metrics.conntrackEntries().set(to: Double(entries))
                     metrics.conntrackLimit().set(to: Double(limit))
                     switch fill.observe(entries: entries, limit: limit) {

@@ -2,13 +2,15 @@ import NetworkAddress
 import Reaper
 import ServiceLifecycle
 import OS
+import Synchronization
 
 /// Owns the netlink sockets of one network namespace on one dedicated OS thread (a NamespaceThread):
 /// netlink calls block for milliseconds and must not stall the cooperative pool, and (for other
 /// namespaces) the thread that opens the sockets is the one that entered the namespace.
-public final class KernelWorker: @unchecked Sendable {
-    // Touched only from the worker's one thread, job after job: what makes the unchecked Sendable sound.
-    private var purger: Purger?
+public final class KernelWorker: Sendable {
+    /// Made by the first job and used by each after it, all on the worker's one thread: the lock is
+    /// never contended, it only lets the non-Sendable purger live in a Sendable worker.
+    private let purger = Mutex<Purger?>(nil)
     /// Makes the purger on the worker's thread, at its first job: the real one opens that thread's netlink sockets.
     private let makePurger: @Sendable () -> Purger
     private let thread: NamespaceThread?
@@ -38,8 +40,11 @@ public final class KernelWorker: @unchecked Sendable {
     public func perform<Result: Sendable>(_ body: @escaping @Sendable (Purger) -> Result) async throws -> Result {
         guard let thread else { throw threadError ?? NamespaceThread.stoppedError }
         return try await thread.run { [self] in
-            if purger == nil { purger = makePurger() }
-            return body(purger!)
+            self.purger.withLock { purger in
+                let current = purger ?? makePurger()
+                purger = current
+                return body(current)
+            }
         }
     }
 
@@ -70,6 +75,7 @@ public actor KernelWorkers: Service {
     private var enumerated: [(path: String, identity: NetworkNamespace.Identity)] = []
     private var enumeratedAt: ContinuousClock.Instant?
     static let refreshEvery: Duration = .seconds(10)
+    private var lookout: NamespaceThread?
 
     public init() {
         self.init { KernelWorker(namespace: $0) }
@@ -82,7 +88,7 @@ public actor KernelWorkers: Service {
     }
 
     /// The workers for a pool's namespaces, each with the label its audit lines carry (nil: own).
-    public func workers(for selection: NamespaceSelection?, refresh: Bool = false) -> [(namespace: String?, worker: KernelWorker)] {
+    public func workers(for selection: NamespaceSelection?, refresh: Bool = false) async -> [(namespace: String?, worker: KernelWorker)] {
         let now = ContinuousClock.now
         for (identity, used) in lastUsed where now - used > Self.idleLimit {
             workers.removeValue(forKey: identity)?.shutdown()
@@ -92,14 +98,15 @@ public actor KernelWorkers: Service {
         case nil:
             return [(nil, own)]
         case .paths(let paths):
-            return paths.compactMap { path in
+            let identities = await lookUp { paths.map(NetworkNamespace.identity(of:)) }
+            return zip(paths, identities).compactMap { path, identity in
                 // A file that no longer names a namespace is skipped until it does again.
-                guard let identity = NetworkNamespace.identity(of: path) else { return nil }
+                guard let identity else { return nil }
                 return (path, worker(for: identity, path: path))
             }
         case .all:
             if refresh || enumeratedAt.map({ now - $0 >= Self.refreshEvery }) ?? true {
-                enumerated = NetworkNamespace.all()
+                enumerated = await lookUp(NetworkNamespace.all)
                 enumeratedAt = now
                 let alive = Set(enumerated.map(\.identity))
                 for (identity, worker) in workers where !alive.contains(identity) {
@@ -110,6 +117,16 @@ public actor KernelWorkers: Service {
             }
             return enumerated.map { ($0.path, worker(for: $0.identity, path: $0.path)) }
         }
+    }
+
+    /// Runs a look at the node's namespaces (a walk of every /proc/PID, stats of nsfs files) on a
+    /// thread of its own, made on first need: file system calls that can block must not hold a
+    /// thread of the cooperative pool. Not a worker's thread: it would wait behind that worker's purges.
+    private func lookUp<Found: Sendable>(_ look: @escaping @Sendable () -> Found) async -> Found {
+        if lookout == nil { lookout = try? NamespaceThread(entering: nil) }
+        // No thread (or stopped): the look runs here, as it did before.
+        guard let lookout else { return look() }
+        return await lookout.runOrInPlace(look)
     }
 
     /// Drops the worker of a namespace that could not be entered (it vanished meanwhile).
@@ -137,6 +154,7 @@ public actor KernelWorkers: Service {
 
     public func shutdown() {
         own.shutdown()
+        lookout?.stop()  // kept, stopped: a late look runs in place, and starts no thread
         for worker in workers.values { worker.shutdown() }
         workers = [:]
     }

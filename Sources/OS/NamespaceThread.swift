@@ -51,6 +51,12 @@ public final class NamespaceThread: Sendable {
         return try result.get()
     }
 
+    /// Runs `body` on the thread, or in place once the thread was stopped: for blocking work with no
+    /// namespace to keep, only a thread of the cooperative pool to spare.
+    public func runOrInPlace<Value: Sendable>(_ body: @escaping @Sendable () -> Value) async -> Value {
+        do { return try await run(body) } catch { return body() }
+    }
+
     /// The same, for a caller that may block (the CLI): waits for the thread.
     public func runAndWait<Value: Sendable>(_ body: @escaping @Sendable () throws(SystemCallError) -> Value) throws(SystemCallError)
         -> Value
@@ -68,8 +74,10 @@ public final class NamespaceThread: Sendable {
     }
 
     /// Queues `body` and returns at once; what it throws goes nowhere (it reports through its own state).
-    public func start(_ body: @escaping @Sendable () throws(SystemCallError) -> Void) {
-        _ = enqueue { entering in if entering == nil { try? body() } }
+    /// False: the thread was stopped, and `body` will never run.
+    @discardableResult
+    public func start(_ body: @escaping @Sendable () throws(SystemCallError) -> Void) -> Bool {
+        enqueue { entering in if entering == nil { try? body() } }
     }
 
     /// Ends the thread once the jobs already queued have run.
@@ -88,7 +96,8 @@ public final class NamespaceThread: Sendable {
         do { return .success(try body()) } catch { return .failure(error) }
     }
 
-    private func enqueue(_ job: @escaping @Sendable (SystemCallError?) -> Void) -> Bool {
+    /// Whether the job was taken: a stopped thread takes none.
+    func enqueue(_ job: @escaping @Sendable (SystemCallError?) -> Void) -> Bool {
         let accepted = queue.withLock { queue in
             guard !queue.stopping else { return false }
             queue.jobs.append(job)
@@ -121,8 +130,11 @@ public final class NamespaceThread: Sendable {
     }
 }
 
-/// A counting POSIX semaphore. sem_t is made for sharing between threads; it lives at a fixed
-/// address for its whole life, which is what makes this class sound to share.
+/// A counting POSIX semaphore. Why its unchecked Sendable is sound: sem_t is made for sharing
+/// between threads (sem_post and sem_wait may be called on one from any thread at once), and it
+/// must never move, so it lives in memory allocated once, at a fixed address, for the object's
+/// whole life, held by a constant. `deinit` destroys it
+/// only once no thread holds the object, so none is waiting on it.
 final class Semaphore: @unchecked Sendable {
     private let pointer = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
 

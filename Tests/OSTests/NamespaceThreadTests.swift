@@ -38,6 +38,15 @@ import Testing
         }
     }
 
+    @Test func runOrInPlaceUsesTheThreadUntilItIsStoppedThenTheCaller() async throws {
+        let thread = try NamespaceThread(entering: nil)
+        let threadItself = try thread.runAndWait { () throws(SystemCallError) -> UInt in UInt(pthread_self()) }
+        #expect(await thread.runOrInPlace { UInt(pthread_self()) } == threadItself)
+        thread.stop()
+        await #expect(throws: SystemCallError.self) { try await thread.run { () throws(SystemCallError) -> Int in 1 } }
+        #expect(await thread.runOrInPlace { 6 * 7 } == 42)
+    }
+
     @Test func nothingRunsAfterStop() throws {
         let thread = try NamespaceThread(entering: nil)
         thread.stop()

@@ -28,37 +28,47 @@ public struct ReloadService: Service {
     }
 
     public func run() async throws {
+        // Loading reads files (nginx.conf and its includes, certificates) and resolves nginx's
+        // server names, and the watch stats files every `pollInterval`: calls that can block, made
+        // on a thread of the service's own rather than on the cooperative pool.
+        let files = try? NamespaceThread(entering: nil)
+        defer { files?.stop() }
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {
-                    for await _ in hangups { reload(trigger: "SIGHUP") }
+                    for await _ in hangups { await reload(trigger: "SIGHUP", on: files) }
                 }
-                group.addTask { await watchFiles() }
+                group.addTask { await watchFiles(on: files) }
             }
         }
     }
 
-    func watchFiles() async {
-        var files = source.watchedFiles
+    func watchFiles(on thread: NamespaceThread?) async {
+        let source = source
+        var files = await Self.offPool(thread) { source.watchedFiles }
         guard !files.isEmpty else { return }
-        var stamps = files.map(FileStatus.modificationStamp)
+        var stamps = await Self.offPool(thread) { [files] in files.map(FileStatus.modificationStamp) }
         while !Task.isCancelled {
             try? await Task.sleep(for: pollInterval)
-            let now = files.map(FileStatus.modificationStamp)
+            let now = await Self.offPool(thread) { [files] in files.map(FileStatus.modificationStamp) }
             guard now != stamps else { continue }
-            reload(trigger: "file changed")
-            files = source.watchedFiles  // an edit may add or drop includes
-            stamps = files.map(FileStatus.modificationStamp)
+            await reload(trigger: "file changed", on: thread)
+            (files, stamps) = await Self.offPool(thread) {
+                let files = source.watchedFiles  // an edit may add or drop includes
+                return (files, files.map(FileStatus.modificationStamp))
+            }
         }
     }
 
-    func reload(trigger: String) {
+    func reload(trigger: String, on thread: NamespaceThread?) async {
         // The agent is on its way out: a reload now would only start probe loops that stop at once.
         guard serviceManager?.isStopping != true else { return }
         serviceManager?.reloading()
+        let source = source
+        let loaded = await Self.offPool(thread) { Result { () throws(ConfigurationError) in try source.load() } }
         do {
-            let configuration = try source.load()
+            let configuration = try loaded.get()
             let old = store.current
             if configuration.listen != old.listen {
                 logger.warning("listen address changes take effect at restart", metadata: ["listen": "\(old.listen)"])
@@ -75,5 +85,11 @@ public struct ReloadService: Service {
             logger.error("configuration not reloaded: the running one stays", metadata: ["trigger": "\(trigger)", "error": "\(error)"])
             serviceManager?.ready(status: "configuration not reloaded: \(error)")
         }
+    }
+
+    /// `body` on `thread`, or in place without one (none could be made).
+    private static func offPool<Value: Sendable>(_ thread: NamespaceThread?, _ body: @escaping @Sendable () -> Value) async -> Value {
+        guard let thread else { return body() }
+        return await thread.runOrInPlace(body)
     }
 }

@@ -1,12 +1,11 @@
 import Conntrack
-import Foundation
 import NetworkAddress
 import OS
 import Synchronization
 
-/// Conntrack's new-flow announcements in one network namespace, read on a thread of their own
-/// while at least one dead backend is watched there. The subscription costs nothing while no flow
-/// is made; each new flow of the namespace costs one parse and a look at the watched set.
+/// Conntrack's new-flow announcements in one network namespace, read on a NamespaceThread of their
+/// own while at least one dead backend is watched there. The subscription costs nothing while no
+/// flow is made; each new flow of the namespace costs one parse and a look at the watched set.
 final class NewFlowWatch: Sendable {
     struct Watched: Sendable {
         var backend: Endpoint
@@ -18,6 +17,7 @@ final class NewFlowWatch: Sendable {
     }
 
     let namespace: String?
+    private let thread: NamespaceThread
     private let watched = Mutex<[BackendKey: Watched]>([:])
     private let stopped = Atomic<Bool>(false)
     private let readFailed = Atomic<Bool>(false)
@@ -28,10 +28,33 @@ final class NewFlowWatch: Sendable {
     /// How long one read waits: the latency of noticing `stop`.
     static let readWait: Int32 = 200
 
-    /// Starts reading `subscription` (made in `namespace`) on a new thread.
-    init(namespace: String?, subscription: SubscriptionHandle) {
+    /// Subscribes and reads on a thread that `worker`'s thread starts, and so in its namespace (a
+    /// thread shares its creator's): the subscription never leaves that thread. Nil: no thread or
+    /// no subscription there.
+    static func start(namespace: String?, on worker: KernelWorker) async -> NewFlowWatch? {
+        let started = try? await worker.perform { _ in
+            Result { () throws(SystemCallError) in try NamespaceThread(entering: nil) }
+        }
+        guard let thread = try? started?.get() else { return nil }
+        let watch = NewFlowWatch(namespace: namespace, thread: thread)
+        let subscribed = await withCheckedContinuation { (subscribed: CheckedContinuation<Bool, Never>) in
+            let taken = thread.start {
+                guard let flows = try? ConntrackNewFlows() else { return subscribed.resume(returning: false) }
+                subscribed.resume(returning: true)
+                watch.read(flows)
+            }
+            if !taken { subscribed.resume(returning: false) }
+        }
+        guard subscribed else {
+            thread.stop()
+            return nil
+        }
+        return watch
+    }
+
+    private init(namespace: String?, thread: NamespaceThread) {
         self.namespace = namespace
-        Thread.detachNewThread { [self] in self.read(subscription.flows) }
+        self.thread = thread
     }
 
     var isEmpty: Bool { watched.withLock { $0.isEmpty } }
@@ -43,10 +66,18 @@ final class NewFlowWatch: Sendable {
         let empty = watched.withLock {
             $0[key] = nil; return $0.isEmpty
         }
-        if empty { stopped.store(true, ordering: .relaxed) }
+        if empty { stop() }
+    }
+
+    /// Ends the read within `readWait`, and then its thread.
+    func stop() {
+        stopped.store(true, ordering: .relaxed)
+        thread.stop()
     }
 
     private func read(_ flows: ConntrackNewFlows) {
+        // A failed read ends the thread too: the watch is replaced, not read again.
+        defer { thread.stop() }
         while !stopped.load(ordering: .relaxed) {
             // The watched set is read per flow, not once per wait: a backend watched meanwhile counts at once.
             let read = Result { () throws(SystemCallError) in
@@ -80,10 +111,4 @@ final class NewFlowWatch: Sendable {
             && (entry.reply.source == watched.backend
                 || (entry.original.destination == watched.backend && entry.reply.source.address == watched.backend.address))
     }
-}
-
-/// Hands a subscription from the namespace's worker thread, where it is made, to the one thread
-/// that reads it. It is never used by two threads: the worker lets go of it once made.
-struct SubscriptionHandle: @unchecked Sendable {
-    let flows: ConntrackNewFlows
 }

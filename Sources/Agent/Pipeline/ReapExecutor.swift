@@ -248,7 +248,7 @@ public final class ReapExecutor: Service, Sendable {
                 toward: key.backend, transports: pool.protocols, namespaces: configuration.namespaces(of: pool))
             accounting.evidence(key, evidence, since: since)
             // Probes fail fast; the table watch looks four times a second: a dead verdict asks now.
-            if configuration.namespaces(of: pool) == nil, ConntrackTableWatch.isFullNow() { submit(.conntrackTable(full: true)) }
+            if configuration.namespaces(of: pool) == nil, await ConntrackTableWatch.isFullNow() { submit(.conntrackTable(full: true)) }
             submit(.evidence(key, evidence))
         case .countConnections(let key):
             guard let pool = configuration.pools.first(where: { $0.name == key.pool }) else { return }

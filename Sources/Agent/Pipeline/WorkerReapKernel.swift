@@ -301,14 +301,12 @@ public actor WorkerReapKernel: ReapKernel {
             let label = namespace ?? ""
             // A watch whose read failed announces nothing more: subscribe again.
             if watches[label]?.failed ?? true {
-                let made = try? await worker.perform { _ -> SubscriptionHandle? in
-                    (try? ConntrackNewFlows()).map(SubscriptionHandle.init)
-                }
-                guard let made = made ?? nil else {
+                guard let started = await NewFlowWatch.start(namespace: namespace, on: worker) else {
                     announcedEverywhere = false
                     continue
                 }
-                watches[label] = NewFlowWatch(namespace: namespace, subscription: made)
+                // Another call may have subscribed here meanwhile: one reader a namespace.
+                if let current = watches[label], !current.failed { started.stop() } else { watches[label] = started }
             }
             watches[label]?.watch(key, .init(backend: key.backend, transports: transports, zones: zones, announce: announce, lost: lost))
             // A namespace whose conntrack tracks nothing announces nothing: walking stays the way there.
