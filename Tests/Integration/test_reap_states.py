@@ -378,17 +378,24 @@ def slow_drain_agent(incident: IncidentLab, binary: str) -> Agent:
     return agent
 
 
-def test_a_slow_drain_pass_stops_once_the_backend_is_well_again(incident, reaper_binary):
-    """SICK is wedged past its 1 s drain timeout; its first drain pass waits 3 s before it works, and
-    SICK is unwedged meanwhile and answers (up). Asked again when its pause ends, the pass stops
-    (`pass stopped`), and no further pass comes: every stream that stalled on SICK flows again on its
-    first connection, nothing closed. (The other way: the next test.)"""
-    agent = slow_drain_agent(incident, reaper_binary)
+def wedged_behind_a_slow_drain(incident: IncidentLab, binary: str):
+    """9 L7 streams flowing, then SICK wedged; returns the agent, the client, the streams' spread,
+    SICK's address and its `backend unhealthy` line."""
+    agent = slow_drain_agent(incident, binary)
     client = incident.start_client(l4=0, l7=9)
     distribution = incident.wait_flowing(client)
     backend = incident.backend(SICK, "l7")
     t_wedge = incident.set_wedged(SICK)
     unhealthy = first_line(agent, "backend unhealthy", 3, t_wedge, pool="http", backend=backend)
+    return agent, client, distribution, backend, unhealthy
+
+
+def test_a_slow_drain_pass_stops_once_the_backend_is_well_again(incident, reaper_binary):
+    """SICK is wedged past its 1 s drain timeout; its first drain pass waits 3 s before it works, and
+    SICK is unwedged meanwhile and answers (up). Asked again when its pause ends, the pass stops
+    (`pass stopped`), and no further pass comes: every stream that stalled on SICK flows again on its
+    first connection, nothing closed. (The other way: the next test.)"""
+    agent, client, distribution, backend, unhealthy = wedged_behind_a_slow_drain(incident, reaper_binary)
     # The pass is decided at the drain timeout (after a count), then waits 3 s: unwedged inside that.
     time.sleep(max(0.0, unhealthy.t + 1.8 - time.monotonic()))
     incident.set_wedged(SICK, on=False)
@@ -413,12 +420,7 @@ def test_a_slow_drain_pass_toward_a_backend_still_wedged_goes_on_one_at_a_time(i
     """The other way: SICK stays wedged. Each drain pass goes on after its 3 s pause and closes at
     the pace (at least one); the passes never overlap: each starts once the one before came back, so
     their `reaped` lines are at least the pause apart, not a second (the pace) apart."""
-    agent = slow_drain_agent(incident, reaper_binary)
-    client = incident.start_client(l4=0, l7=9)
-    distribution = incident.wait_flowing(client)
-    backend = incident.backend(SICK, "l7")
-    t_wedge = incident.set_wedged(SICK)
-    unhealthy = first_line(agent, "backend unhealthy", 3, t_wedge, pool="http", backend=backend)
+    agent, client, distribution, backend, unhealthy = wedged_behind_a_slow_drain(incident, reaper_binary)
     wait_for(lambda: len([r for r in agent.reaps(backend) if int(r.fields["sockets"]) > 0]) >= 2,
              1.0 + 3 * DRAIN_PAUSE + 3, "two drain passes that closed connections")
     info = f"distribution {distribution}\n{agent.log_text(60)}"
