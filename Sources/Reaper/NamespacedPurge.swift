@@ -9,14 +9,33 @@ public enum NamespacedPurge {
         public var mayVanish: Bool
     }
 
-    /// The namespace files `names` stand for: paths as given, `all` for every namespace on the node.
-    public static func resolve(_ names: [String]) -> [Target] {
+    /// What one `--netns` word names: every namespace on the node, or one namespace file.
+    public enum Selection: Sendable, Equatable {
+        case all
+        case path(String)
+
+        /// `all`, a name under /run/netns (as `ip -n` takes) or a path; nil for a word that is neither.
+        public init?(naming word: String) {
+            if word == "all" {
+                self = .all
+            } else if let path = NetworkNamespace.path(naming: word) {
+                self = .path(path)
+            } else {
+                return nil
+            }
+        }
+    }
+
+    /// The namespace files the selections stand for, each once: paths as given, `all` for every
+    /// namespace on the node.
+    public static func resolve(_ selections: [Selection]) -> [Target] {
         var targets: [Target] = []
-        for name in names {
+        for selection in selections {
             let expanded =
-                name == "all"
-                ? NetworkNamespace.all().map { Target(path: $0.path, mayVanish: true) }
-                : [Target(path: NetworkNamespace.path(naming: name) ?? name, mayVanish: false)]
+                switch selection {
+                case .all: NetworkNamespace.all().map { Target(path: $0.path, mayVanish: true) }
+                case .path(let path): [Target(path: path, mayVanish: false)]
+                }
             for target in expanded where !targets.contains(where: { $0.path == target.path }) { targets.append(target) }
         }
         return targets

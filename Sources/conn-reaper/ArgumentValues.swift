@@ -1,6 +1,7 @@
 import ArgumentParser
 import Durations
 import NetworkAddress
+import Reaper
 import SockDiag
 
 /// A value ArgumentParser reads from one command-line word, once, before any subcommand runs.
@@ -49,4 +50,41 @@ struct PositiveDuration: ArgumentValue, CustomStringConvertible {
     init?(argument: String) { try? self.init(argumentText: argument) }
 
     var description: String { DurationParsing.format(duration) }
+}
+
+/// A `--zone` word: one conntrack zone, or `all`. Whether `all` stands alone is the options' check.
+enum ZoneArgument: ArgumentValue, Equatable {
+    case zone(UInt16)
+    case all
+
+    struct ParseError: Error, Equatable, CustomStringConvertible {
+        var description: String
+    }
+
+    init(argumentText: String) throws(ParseError) {
+        if argumentText == "all" {
+            self = .all
+        } else if let zone = UInt16(argumentText) {
+            self = .zone(zone)
+        } else {
+            throw ParseError(description: "'\(argumentText)' is not a conntrack zone: give a number from 0 to 65535, or 'all'")
+        }
+    }
+
+    init?(argument: String) { try? self.init(argumentText: argument) }
+}
+
+extension NamespacedPurge.Selection: ArgumentValue {
+    struct ParseError: Error, Equatable, CustomStringConvertible {
+        var description: String
+    }
+
+    init(argumentText: String) throws(ParseError) {
+        guard let selection = Self(naming: argumentText) else {
+            throw ParseError(description: "'\(argumentText)' names no namespace: give a name under /run/netns, a path, or 'all'")
+        }
+        self = selection
+    }
+
+    public init?(argument: String) { try? self.init(argumentText: argument) }
 }

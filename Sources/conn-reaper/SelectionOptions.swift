@@ -43,16 +43,18 @@ struct SelectionOptions: ParsableArguments {
         help: ArgumentHelp(
             "Work in this network namespace instead of the current one: a NAME under /run/netns (as `ip -n` takes), "
                 + "a file like /proc/PID/ns/net, or 'all' for every namespace on the node (repeatable; needs CAP_SYS_ADMIN).",
-            valueName: "name|path"))
-    var netns: [String] = []
+            valueName: "name|path"),
+        transform: NamespacedPurge.Selection.transform)
+    var netns: [NamespacedPurge.Selection] = []
 
     @Option(
         name: .customLong("zone"),
         help: ArgumentHelp(
             "Conntrack zones whose entries are taken (repeatable, or 'all'); entries toward the destinations "
                 + "in other zones are left and counted. Default: zone 0.",
-            valueName: "zone|all"))
-    var zones: [String] = []
+            valueName: "zone|all"),
+        transform: ZoneArgument.transform)
+    var zones: [ZoneArgument] = []
 
     @Flag(
         name: .customLong("inbound"),
@@ -70,11 +72,8 @@ struct SelectionOptions: ParsableArguments {
     func validate() throws {
         guard !destinations.isEmpty else { throw ValidationError("name at least one destination") }
         if stuck != nil, transport == .udp { throw ValidationError("--stuck judges TCP connections: it cannot go with --proto udp") }
-        for name in netns where name != "all" && NetworkNamespace.path(naming: name) == nil {
-            throw ValidationError("--netns '\(name)' names no namespace: give a name under /run/netns, a path, or 'all'")
-        }
         if noConntrack && noSockets { throw ValidationError("--no-sockets with --no-conntrack leaves nothing to do") }
-        _ = try parsedZones()
+        if zones.contains(.all), zones.count > 1 { throw ValidationError("--zone all takes every zone: give it alone") }
     }
 
     /// The purger's options for this selection: a port-less destination spares what it opened to this host.
@@ -84,20 +83,11 @@ struct SelectionOptions: ParsableArguments {
         return options
     }
 
-    func parsedZones() throws -> ConntrackZones {
-        guard !zones.isEmpty else { return .standard }
-        if zones.contains("all") {
-            guard zones.count == 1 else { throw ValidationError("--zone all takes every zone: give it alone") }
-            return .all
-        }
-        return .only(
-            Set(
-                try zones.map { text in
-                    guard let zone = UInt16(text) else {
-                        throw ValidationError("--zone '\(text)' is not a conntrack zone: give a number from 0 to 65535, or 'all'")
-                    }
-                    return zone
-                }))
+    /// The zones `--zone` selects; `validate()` has refused `all` beside others.
+    var zoneSelection: ConntrackZones {
+        if zones.isEmpty { return .standard }
+        if zones.contains(.all) { return .all }
+        return .only(Set(zones.compactMap { if case .zone(let zone) = $0 { zone } else { nil } }))
     }
 
     /// `--stuck` as the rule the matcher applies; `validate()` has refused it with `--proto udp`.
@@ -111,9 +101,8 @@ struct SelectionOptions: ParsableArguments {
         return NamespacedPurge.run(in: NamespacedPurge.resolve(netns), sockets: !noSockets, conntrack: !noConntrack, act)
     }
 
-    func matcher() throws -> DestinationMatcher {
-        DestinationMatcher(
-            destinations: destinations, transports: transport.set, states: states, stuck: stuckRule, zones: try parsedZones())
+    func matcher() -> DestinationMatcher {
+        DestinationMatcher(destinations: destinations, transports: transport.set, states: states, stuck: stuckRule, zones: zoneSelection)
     }
 }
 

@@ -89,4 +89,26 @@ import Testing
         #expect(PositiveDuration(argument: "0") == nil)
         #expect(PositiveDuration(argument: "150ms")?.description == "150ms")
     }
+
+    @Test func zonesAndNamespacesArriveTyped() throws {
+        let options = try SelectionOptions.parse(["--zone", "7", "--zone", "0", "--netns", "blue", "--netns", "/proc/1/ns/net", "10.0.0.3"])
+        #expect(options.zones == [.zone(7), .zone(0)] && options.zoneSelection == .only([0, 7]))
+        #expect(options.netns == [.path("/run/netns/blue"), .path("/proc/1/ns/net")])
+        let every = try SelectionOptions.parse(["--zone", "all", "--netns", "all", "10.0.0.3"])
+        #expect(every.zoneSelection == .all && every.netns == [.all])
+        #expect(try SelectionOptions.parse(["10.0.0.3"]).zoneSelection == .standard)
+    }
+
+    @Test(arguments: [
+        (["--zone", "seven"], "--zone", "'seven' is not a conntrack zone: give a number from 0 to 65535, or 'all'"),
+        (["--zone", "70000"], "--zone", "'70000' is not a conntrack zone"),
+        (["--zone", "all", "--zone", "3"], "--zone all", "takes every zone: give it alone"),
+        (["--netns", ".."], "--netns", "'..' names no namespace: give a name under /run/netns, a path, or 'all'"),
+        (["--netns", "a/b"], "--netns", "'a/b' names no namespace"),
+    ])
+    func aBadZoneOrNamespaceIsNamed(arguments: [String], option: String, reason: String) {
+        let refused = Self.refusal(arguments + ["10.0.0.3"])
+        #expect(refused.exitCode == 64)
+        #expect(refused.message.contains(option) && refused.message.contains(reason), "\(refused.message)")
+    }
 }

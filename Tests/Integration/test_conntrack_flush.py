@@ -259,7 +259,7 @@ def test_the_same_backend_address_in_two_zones_is_taken_only_from_the_zones_aske
 def test_a_zone_that_is_not_a_number_is_refused_and_nothing_is_touched(topo, reaper):
     client = topo.client_peer
     target = client.connect_one(TARGET4, TCP_PORT)
-    for bad, message in (("seven", "--zone 'seven' is not a conntrack zone"), ("70000", "--zone '70000' is not a conntrack zone"),
+    for bad, message in (("seven", "'seven' is not a conntrack zone"), ("70000", "'70000' is not a conntrack zone"),
                          ("all", "--zone all takes every zone: give it alone")):
         extra = ["--zone", "0"] if bad == "all" else []
         result = reaper.run(topo.client, "purge", "--zone", bad, *extra, endpoint(TARGET4, TCP_PORT))

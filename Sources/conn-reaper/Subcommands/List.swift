@@ -9,7 +9,7 @@ struct List: ParsableCommand {
 
     func run() throws {
         let options = selection.options()
-        let matcher = try selection.matcher()
+        let matcher = selection.matcher()
         let report = selection.report { $0.list(matcher, options: options) }
         try ReportPrinter(mode: .list, format: selection.output, destinations: selection.destinations)
             .emit(report, dryRun: false)

@@ -36,7 +36,7 @@ struct Purge: ParsableCommand {
         chosen.conntrackFlush = conntrackFlush
         chosen.conntrackDumpsSideBySide = selection.netns.isEmpty
         let options = chosen
-        let matcher = try selection.matcher()
+        let matcher = selection.matcher()
         let report = selection.report { $0.purge(matcher, options: options) }
         try ReportPrinter(mode: .purge, format: selection.output, destinations: selection.destinations)
             .emit(report, dryRun: dryRun)
