@@ -33,10 +33,13 @@ public struct ReapBudget: Sendable, Equatable {
     public func available() -> Int { max(0, Int(tokens.rounded(.down))) }
 
     /// How long until `count` are available at the refill rate (zero if they are now): a debt of
-    /// forwarded flows takes its own time to pay back.
+    /// forwarded flows takes its own time to pay back. Whole milliseconds, rounded up: a deadline
+    /// finer than the clock that wakes the agent (the simulation's is a millisecond) would be woken
+    /// for just before it, find nothing due, and be woken for again at once.
     public func timeUntilAvailable(_ count: Int) -> Duration {
         let missing = Double(count) - tokens
-        return missing > 0 ? .seconds(missing / Double(max(perSecond, 1))) : .zero
+        guard missing > 0 else { return .zero }
+        return .milliseconds(Int64((missing / Double(max(perSecond, 1)) * 1000).rounded(.up)))
     }
 
     /// Sets aside what a pass decided now may end.

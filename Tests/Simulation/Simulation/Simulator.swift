@@ -112,6 +112,10 @@ public final class Simulator {
     }
 
     /// Runs to the horizon or the first violation.
+    private var tickedAt = -1
+    private var ticksAtNow = 0
+    static let ticksAtOneInstant = 1_000
+
     public func run() {
         for happening in world.happenings { schedule(happening.at, .world(happening)) }
         for (poolIndex, members) in world.poolMembers.enumerated() {
@@ -148,6 +152,14 @@ public final class Simulator {
             submit(.probed(key, result, at: instant(now)))
         case .tick:
             tickAt = nil
+            // A deadline the millisecond clock wakes for just before it is due would be asked for again
+            // at once, forever (seed 180,001,364: a retry set a fraction of a millisecond out).
+            ticksAtNow = tickedAt == now ? ticksAtNow + 1 : 1
+            tickedAt = now
+            if ticksAtNow > Self.ticksAtOneInstant {
+                fail("the agent asked to be woken at \(now) ms \(ticksAtNow) times and did nothing: its deadline never comes")
+                return
+            }
             submit(.tick(instant(now)))
         case .watch:
             observe()
