@@ -93,6 +93,9 @@ public struct PurgeReport: Sendable {
     }
 
     public var socketsEnded: Int { sockets.count { $0.outcome == .ended } }
+    /// Destroys and deletes whose ack was lost and whose socket or entry was still there at the last
+    /// look: not ended, and counted as trouble (`NetlinkCondition.acksLost`), not as refused.
+    public var unconfirmed: Int { sockets.count { $0.outcome == .unconfirmed } + conntrack.count { $0.outcome == .unconfirmed } }
     /// Listed entries deleted, and those a flush took unlisted.
     public var conntrackDeleted: Int { conntrack.count { $0.outcome == .ended } + conntrackFlushedUnlisted }
 

@@ -193,7 +193,7 @@ public final class Purger {
         var query = matcher.socketQuery
         query.includeTCPInfo = query.includeTCPInfo || includeTCPInfo
         var ended = Set<UInt64>()
-        var unconfirmed: [UInt64: DiagnosedSocket] = [:]
+        var unconfirmed: [DiagnosedSocket] = []
         var elsewhere: Set<Flow> = []
         var listening: [Endpoint] = []
         for round in 0...options.maximumExtraRounds {
@@ -203,14 +203,19 @@ public final class Purger {
             let dump = try diagnostics.sockets(matching: query, signal: round == 0 ? signal : nil)
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: .socketDiagnosis)
             // A destroy whose ack was lost took effect if its socket is gone now: it counts as ended.
+            // One still listed is a target again; one a torn dump may have missed waits for a whole look.
             let present = unconfirmed.isEmpty ? [] : Set(dump.sockets.map(\.id.cookie))
-            for (cookie, socket) in unconfirmed where !present.contains(cookie) {
-                ended.insert(cookie)
+            unconfirmed.removeAll { socket in
+                guard !present.contains(socket.id.cookie) else { return true }
+                guard !dump.interrupted else { return false }
+                ended.insert(socket.id.cookie)
                 report.sockets.append(.init(socket: socket, outcome: .ended))
+                return true
             }
-            unconfirmed = [:]
+            // What a torn dump kept unsettled may have ended: the limit's room counts it.
+            let endedOrUnsettled = unconfirmed.isEmpty ? ended : ended.union(unconfirmed.map(\.id.cookie))
             func choose() -> PurgePlan.SocketChoice {
-                plan.directSockets(in: dump.sockets, ended: ended, servedElsewhere: elsewhere, listening: listening) {
+                plan.directSockets(in: dump.sockets, ended: endedOrUnsettled, servedElsewhere: elsewhere, listening: listening) {
                     ownBefore.union(diagnostics.ownSocketInodes())
                 }
             }
@@ -240,7 +245,7 @@ public final class Purger {
                 let outcome = PurgeReport.Outcome.destroy(ack)
                 if outcome == .unconfirmed {
                     retry = true
-                    unconfirmed[socket.id.cookie] = socket
+                    unconfirmed.append(socket)
                     report.note(1, NetlinkTrouble(.socketDestroy, .acksLost))
                     continue
                 }
@@ -248,14 +253,36 @@ public final class Purger {
                 report.sockets.append(.init(socket: socket, outcome: outcome))
             }
             // A refused destroy will be refused again: only lost acks and torn dumps earn another round.
-            guard retry, round < options.maximumExtraRounds else { return }
+            guard retry, round < options.maximumExtraRounds else {
+                // No round looks again: each lost ack is settled by a lookup of its socket.
+                for socket in unconfirmed {
+                    let outcome = Self.settle(lostAckOf: socket, in: diagnostics)
+                    if outcome == .ended { ended.insert(socket.id.cookie) }
+                    report.sockets.append(.init(socket: socket, outcome: outcome))
+                }
+                return
+            }
             report.extraRounds += 1
+        }
+    }
+
+    /// A destroy whose ack was lost, settled by the socket's exact 4-tuple (a hash lookup, no walk):
+    /// gone, or another socket on the tuple now, is ended; still there, or not looked at, unconfirmed.
+    static func settle(lostAckOf socket: DiagnosedSocket, in diagnostics: any SocketTable) -> PurgeReport.Outcome {
+        do {
+            guard let now = try diagnostics.socket(exactly: socket.id, family: socket.family, transport: socket.transport) else {
+                return .ended
+            }
+            return now.id.cookie == socket.id.cookie ? .unconfirmed : .ended
+        } catch {
+            return .unconfirmed
         }
     }
 
     /// Ends the sockets whose 4-tuple is the original tuple of an entry a NAT sent to a destination:
     /// one filtered dump toward the VIPs, then only the exact flows (another flow to the same VIP, NAT'd
-    /// to a live backend, has another tuple). One round: the agent's next reap catches a lost ack.
+    /// to a live backend, has another tuple). One round: a lost ack is settled by a lookup of its socket,
+    /// and one still there is left to the agent's next reap.
     private func endTranslatedSockets(
         _ translated: TranslatedFlows, plan: PurgePlan, includeTCPInfo: Bool, options: Options, idle: PurgeReport.Outcome,
         in diagnostics: any SocketTable, report: inout PurgeReport
@@ -278,7 +305,12 @@ public final class Purger {
         }
         let acks = try diagnostics.destroy(targets)
         for (socket, ack) in zip(targets, acks) {
-            report.sockets.append(.init(socket: socket, outcome: .destroy(ack), throughConntrack: true))
+            var outcome = PurgeReport.Outcome.destroy(ack)
+            if outcome == .unconfirmed {
+                report.note(1, NetlinkTrouble(.socketDestroy, .acksLost))
+                outcome = Self.settle(lostAckOf: socket, in: diagnostics)
+            }
+            report.sockets.append(.init(socket: socket, outcome: outcome, throughConntrack: true))
         }
     }
 
@@ -288,6 +320,7 @@ public final class Purger {
     ) throws(SystemCallError) {
         let matcher = plan.matcher
         var deleted = Set<ConntrackEntry.Identity>()
+        var unconfirmed: [PurgePlan.EntryTarget] = []
         for round in 0...options.maximumExtraRounds {
             var dump: ConntrackTable.Dump
             if round == 0, let prefetched {
@@ -308,6 +341,21 @@ public final class Purger {
             }
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: .conntrackGet)
             if round == 0 { report.conntrackInOtherZones = plan.inOtherZones(dump.entries) }
+            // As with sockets: a delete whose ack was lost took effect if a whole dump no longer lists
+            // its entry; one still listed is a target again.
+            var retried = Set<ConntrackEntry.Identity>()
+            if !unconfirmed.isEmpty {
+                let listed = Set(dump.entries.map(\.identity))
+                unconfirmed.removeAll { target in
+                    guard !listed.contains(target.entry.identity) else {
+                        retried.insert(target.entry.identity)
+                        return true
+                    }
+                    guard !dump.interrupted else { return false }
+                    report.conntrack.append(.init(entry: target.entry, matchedBy: target.matchedBy, outcome: .ended))
+                    return true
+                }
+            }
             let targets = plan.entries(
                 in: dump.entries, deleted: deleted, leftByLimit: report.flowsLeftByLimit, own: report.ownFlows,
                 onlyFlows: plan.deletesOnlyEntriesOfReportedSockets ? Set(report.sockets.map { Flow($0.socket) }) : nil)
@@ -324,19 +372,43 @@ public final class Purger {
             let acks = try table.delete(remaining.map(\.entry))
             var retry = dump.interrupted
             for ((entry, matchedBy), ack) in zip(remaining, acks) {
-                let outcome = PurgeReport.Outcome.delete(ack)
+                var outcome = PurgeReport.Outcome.delete(ack)
+                // A dump may still list an entry the lost ack's delete took as it dies: the kernel no
+                // longer having it is what a dump not listing it would have said.
+                if outcome == .alreadyGone, !retried.isEmpty, retried.contains(entry.identity) { outcome = .ended }
                 if outcome == .unconfirmed {
                     retry = true
+                    unconfirmed.append((entry, matchedBy))
                     report.note(1, NetlinkTrouble(.conntrackDelete, .acksLost))
                     continue
                 }
                 report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
             }
-            guard retry, round < options.maximumExtraRounds else { return }
+            guard retry, round < options.maximumExtraRounds else {
+                if !unconfirmed.isEmpty { settle(lostAcks: unconfirmed, plan, in: table, report: &report) }
+                return
+            }
             report.extraRounds += 1
             // The next round's dump still holds what this run deleted a moment ago, or what had
             // already gone (its delete said ENOENT): neither is a target again.
             deleted = Set(report.conntrack.filter { $0.outcome.error == nil }.map(\.entry.identity))
+        }
+    }
+
+    /// Deletes whose ack was lost and that no round looked at again, settled by one more filtered dump
+    /// (ctnetlink has no cheaper look at a few entries): an entry it no longer lists is ended, one
+    /// still there (or a dump that failed or tore) unconfirmed.
+    private func settle(
+        lostAcks targets: [PurgePlan.EntryTarget], _ plan: PurgePlan, in table: any FlowTable, report: inout PurgeReport
+    ) {
+        var listed: Set<ConntrackEntry.Identity>?
+        if let dump = try? table.entries(for: plan.matcher.destinations, transports: plan.matcher.transports) {
+            report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: .conntrackGet)
+            if !dump.interrupted { listed = Set(dump.entries.map(\.identity)) }
+        }
+        for (entry, matchedBy) in targets {
+            let gone = listed.map { !$0.contains(entry.identity) } ?? false
+            report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: gone ? .ended : .unconfirmed))
         }
     }
 

@@ -1,0 +1,117 @@
+import Conntrack
+import Netlink
+import NetworkAddress
+@testable import Reaper
+import SockDiag
+import Testing
+
+/// What a purge reports when the kernel's answers come late or not at all, and what a limit counts:
+/// the report is what the agent's metrics, audit lines and budget are made of, so each item in it
+/// is what the kernel confirmed, once.
+extension PurgerTests {
+    static let acksLostDestroying = NetlinkTrouble(.socketDestroy, .acksLost)
+    static let acksLostDeleting = NetlinkTrouble(.conntrackDelete, .acksLost)
+
+    func outcomes(_ report: PurgeReport) -> [UInt64: PurgeReport.Outcome] {
+        Dictionary(report.sockets.map { ($0.socket.id.cookie, $0.outcome) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    // MARK: Lost acks in the last round
+
+    @Test func aDestroyWhoseAckWasLostInTheLastRoundIsSettledByALookupOfItsSocket() {
+        let sockets = FakeSocketTable([socket(40000), socket(40001), socket(40002)])
+        sockets.change {
+            $0.acksLostAfterDestroying = [40000: 1]  // destroyed: only its ack is lost
+            $0.acksLostBeforeDestroying = [40001: 1]  // still there
+        }
+        let report = Purger(sockets: sockets, conntrack: nil).purge(matcher, options: options { $0.maximumExtraRounds = 0 })
+        #expect(sockets.cookies == [40001])
+        #expect(outcomes(report) == [40000: .ended, 40001: .unconfirmed, 40002: .ended])
+        #expect(report.sockets.count == 3, "each reported once")
+        #expect(report.socketsEnded == 2)
+        #expect(report.unconfirmed == 1)
+        #expect(report.troubles[Self.acksLostDestroying] == 2)
+        #expect(sockets.dumps == 1, "no walk of the table: a lookup each")
+        #expect(sockets.lookups == 2)
+    }
+
+    /// 40000's destroy is lost before the kernel acts; the next dump, torn, misses it: it is not
+    /// taken for ended, and the round after finds and ends it.
+    @Test func aSocketATornDumpMissedIsNotTakenForEndedByItsLostAck() {
+        let sockets = FakeSocketTable([socket(40000), socket(40001)])
+        sockets.change {
+            $0.acksLostBeforeDestroying = [40000: 1]
+            $0.tearingDump = 2
+        }
+        let report = Purger(sockets: sockets, conntrack: nil).purge(matcher, options: options())
+        #expect(sockets.sockets.isEmpty)
+        #expect(sockets.destroyRequests == [40000, 40001, 40000])
+        #expect(outcomes(report) == [40000: .ended, 40001: .ended])
+        #expect(report.sockets.count == 2)
+        #expect(report.extraRounds == 2)
+    }
+
+    @Test func aDeleteWhoseAckWasLostCountsAsEndedOnceTheNextDumpNoLongerListsIt() {
+        let entries = (40000...40002).map { entry($0) }
+        let flows = FakeFlowTable(entries)
+        flows.change { $0.acksLostAfterDeleting = [entries[1].identity: 1] }
+        let report = Purger(sockets: FakeSocketTable([]), conntrack: flows).purge(matcher, options: options())
+        #expect(flows.entries.isEmpty)
+        #expect(flows.deleteRequests == entries.map(\.identity), "not deleted a second time")
+        #expect(ports(report.conntrack.map(\.entry)) == [40000, 40001, 40002])
+        #expect(report.conntrack.allSatisfy { $0.outcome == .ended })
+        #expect(report.conntrackDeleted == 3)
+        #expect(report.extraRounds == 1)
+        #expect(report.troubles[Self.acksLostDeleting] == 1)
+    }
+
+    @Test func aDeleteWhoseAckWasLostAndWhoseDyingEntryIsListedAgainCountsAsEndedWhenTheRetryFindsItGone() {
+        let entries = (40000...40002).map { entry($0) }
+        let flows = FakeFlowTable(entries)
+        flows.change {
+            $0.acksLostAfterDeleting = [entries[1].identity: 1]
+            $0.deletedStayListed = true
+        }
+        let report = Purger(sockets: FakeSocketTable([]), conntrack: flows).purge(matcher, options: options())
+        #expect(flows.entries.isEmpty)
+        #expect(flows.deleteRequests == [entries[0], entries[1], entries[2], entries[1]].map(\.identity))
+        #expect(report.conntrack.count == 3)
+        #expect(report.conntrackDeleted == 3)
+    }
+
+    @Test func aDeleteWhoseAckWasLostInTheLastRoundIsSettledByAnotherDump() {
+        let entries = (40000...40002).map { entry($0) }
+        let flows = FakeFlowTable(entries)
+        flows.change {
+            $0.acksLostAfterDeleting = [entries[0].identity: 1]
+            $0.acksLostBeforeDeleting = [entries[1].identity: 1]
+        }
+        let report = Purger(sockets: FakeSocketTable([]), conntrack: flows).purge(matcher, options: options { $0.maximumExtraRounds = 0 })
+        #expect(ports(flows.entries) == [40001])
+        let byPort = Dictionary(uniqueKeysWithValues: report.conntrack.map { ($0.entry.original.source.port, $0.outcome) })
+        #expect(byPort == [40000: .ended, 40001: .unconfirmed, 40002: .ended])
+        #expect(report.conntrackDeleted == 2)
+        #expect(report.unconfirmed == 1)
+        #expect(report.troubles[Self.acksLostDeleting] == 2)
+        #expect(flows.dumps == 2, "the purge's own dump and one to settle the lost acks")
+    }
+
+    // MARK: NAT'd sockets
+
+    @Test func aNatdSocketsLostAckIsTroubleLikeADirectOnesAndSettledTheSameWay() {
+        let sockets = FakeSocketTable([socket(40000, to: Self.vip), socket(40001, to: Self.vip)])
+        sockets.change {
+            $0.acksLostAfterDestroying = [40000: 1]
+            $0.acksLostBeforeDestroying = [40001: 1]
+        }
+        let flows = FakeFlowTable([
+            entry(40000, to: Self.vip, repliedBy: Self.backend), entry(40001, to: Self.vip, repliedBy: Self.backend),
+        ])
+        let report = Purger(sockets: sockets, conntrack: flows).purge(matcher, options: options())
+        #expect(sockets.cookies == [40001])
+        #expect(outcomes(report) == [40000: .ended, 40001: .unconfirmed])
+        #expect(report.sockets.allSatisfy { $0.throughConntrack })
+        #expect(report.troubles[Self.acksLostDestroying] == 2)
+        #expect(sockets.lookups == 2)
+    }
+}
