@@ -71,15 +71,16 @@ struct PurgePlan: Sendable {
     }
 
     /// The dump toward the VIPs of flows a NAT sent to a destination: only the exact flows, in a
-    /// reaped state, not already reported. The limit counts every socket reported so far.
+    /// reaped state, not already reported. The limit counts what the direct rounds ended (or would
+    /// end), as they count it themselves: a refused or unconfirmed destroy ended nothing.
     func translatedSockets(
-        in dumped: [DiagnosedSocket], translated: TranslatedFlows, reported: Set<UInt64>, reportedCount: Int,
+        in dumped: [DiagnosedSocket], translated: TranslatedFlows, reported: Set<UInt64>, countedByLimit: Int,
         ownInodes: () -> Set<UInt32>
     ) -> SocketChoice {
         let candidates = dumped.filter {
             translated.matches($0) && matcher.states.contains($0.state) && !reported.contains($0.id.cookie)
         }
-        return choose(candidates, room: socketLimit.map { max(0, $0 - reportedCount) }, ownInodes: ownInodes)
+        return choose(candidates, room: socketLimit.map { max(0, $0 - countedByLimit) }, ownInodes: ownInodes)
     }
 
     /// Its local end is where the host listens: the peer opened it (a port-less destination's own

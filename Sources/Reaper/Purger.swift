@@ -293,7 +293,7 @@ public final class Purger {
         let dump = try diagnostics.sockets(matching: query)
         let choice = plan.translatedSockets(
             in: dump.sockets, translated: translated, reported: Set(report.sockets.map(\.socket.id.cookie)),
-            reportedCount: report.sockets.count
+            countedByLimit: report.socketsCountedByLimit
         ) { ownBefore.union(diagnostics.ownSocketInodes()) }
         report.ownFlows.formUnion(choice.own.map(Flow.init))
         report.socketsLeftByLimit += choice.leftByLimit.count

@@ -114,4 +114,21 @@ extension PurgerTests {
         #expect(report.troubles[Self.acksLostDestroying] == 2)
         #expect(sockets.lookups == 2)
     }
+
+    // MARK: What the limit counts
+
+    @Test func aRefusedDirectDestroyTakesNoneOfTheLimitFromTheNatdSockets() {
+        let refused = socket(40000)
+        let natted = [socket(40001, to: Self.vip), socket(40002, to: Self.vip)]
+        let sockets = FakeSocketTable([refused] + natted)
+        sockets.change { $0.refusals = [40000: .failed(.notPermitted)] }
+        let flows = FakeFlowTable([
+            entry(40001, to: Self.vip, repliedBy: Self.backend), entry(40002, to: Self.vip, repliedBy: Self.backend),
+        ])
+        let report = Purger(sockets: sockets, conntrack: flows).purge(matcher, options: options { $0.socketLimit = 2 })
+        #expect(sockets.cookies == [40000])
+        #expect(report.socketsEnded == 2)
+        #expect(report.socketsLeftByLimit == 0)
+        #expect(report.socketsCountedByLimit == 2)
+    }
 }
