@@ -230,7 +230,10 @@ public final class Purger {
                 }
             }
             report.ownFlows.formUnion(choice.own.map(Flow.init))
-            if options.socketLimit != nil, !choice.leftByLimit.isEmpty {
+            if options.socketLimit != nil {
+                // The latest round's count: what an earlier round left may have closed since, or been
+                // ended by a later round. Their flows stay a union (less what ended, below): an entry
+                // kept too long costs nothing, one deleted under a live socket loses its RST's NAT.
                 report.socketsLeftByLimit = choice.leftByLimit.count
                 report.flowsLeftByLimit.formUnion(choice.leftByLimit.map(Flow.init))
             }
@@ -259,6 +262,10 @@ public final class Purger {
                     let outcome = Self.settle(lostAckOf: socket, in: diagnostics)
                     if outcome == .ended { ended.insert(socket.id.cookie) }
                     report.sockets.append(.init(socket: socket, outcome: outcome))
+                }
+                if !report.flowsLeftByLimit.isEmpty {
+                    // A socket a round left and a later one ended: its entry goes like the others'.
+                    report.flowsLeftByLimit.subtract(report.sockets.filter { ended.contains($0.socket.id.cookie) }.map { Flow($0.socket) })
                 }
                 return
             }

@@ -25,6 +25,8 @@ final class FakeSocketTable: SocketTable, Sendable {
         var tearingNextDump = false
         /// The dump of this number (1: the first) is torn the same way.
         var tearingDump: Int?
+        /// Sockets that close on their own right after the dump of this number (1: the first).
+        var closingAfterDump: [Int: Set<UInt64>] = [:]
 
         /// The cookies each destroy request named, in order.
         var destroyRequests: [UInt64] = []
@@ -58,6 +60,7 @@ final class FakeSocketTable: SocketTable, Sendable {
                 state.tearingNextDump = false
                 listed.removeLast()
             }
+            if let closing = state.closingAfterDump[state.dumps] { state.sockets.removeAll { closing.contains($0.id.cookie) } }
             return SocketDiagnostics.Dump(sockets: listed, interrupted: tearing)
         }
         if let signal, dump.sockets.count >= signal.count { signal.reached() }

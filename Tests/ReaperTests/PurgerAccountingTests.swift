@@ -131,4 +131,23 @@ extension PurgerTests {
         #expect(report.socketsLeftByLimit == 0)
         #expect(report.socketsCountedByLimit == 2)
     }
+
+    /// Round one: 40000 refused (and then closing on its own), 40001's ack lost, 40002 ended, 40003
+    /// left by the limit of 3. Round two finds room for 40003 and nothing left.
+    @Test func whatTheLimitLeftIsWhatTheLastRoundLeft() {
+        let sockets = FakeSocketTable((40000...40003).map { socket($0) })
+        sockets.change {
+            $0.refusals = [40000: .failed(.notPermitted)]
+            $0.closingAfterDump = [1: [40000]]
+            $0.acksLostAfterDestroying = [40001: 1]
+        }
+        let flows = FakeFlowTable((40000...40003).map { entry($0) })
+        let report = Purger(sockets: sockets, conntrack: flows).purge(matcher, options: options { $0.socketLimit = 3 })
+        #expect(sockets.sockets.isEmpty)
+        #expect(report.extraRounds == 1)
+        #expect(outcomes(report)[40003] == .ended)
+        #expect(report.socketsEnded == 3)
+        #expect(report.socketsLeftByLimit == 0, "the first round's one left was ended by the second")
+        #expect(flows.entries.isEmpty, "the entry of the socket the second round ended goes too")
+    }
 }
