@@ -150,4 +150,39 @@ extension PurgerTests {
         #expect(report.socketsLeftByLimit == 0, "the first round's one left was ended by the second")
         #expect(flows.entries.isEmpty, "the entry of the socket the second round ended goes too")
     }
+
+    // MARK: What a purge spares
+
+    @Test(arguments: [true, false])
+    func connectionsTheDestinationOpenedToThisHostAreSparedOnlyWhenAsked(sparing: Bool) {
+        let portless = DestinationMatcher(destinations: [Destination(address: Self.backend.address, port: nil)], transports: [.tcp])
+        let dialled = socket(40000)
+        // The destination's own connection to this host's server on port 22: its local end listens.
+        let accepted = DiagnosedSocket(
+            family: .inet, transport: .tcp, state: .established,
+            id: SocketID(source: Self.client(22), destination: Self.endpoint("10.0.0.3", 51000), cookie: 22), inode: 0)
+        let sockets = FakeSocketTable([dialled, accepted])
+        sockets.change { $0.listening = [Self.endpoint("0.0.0.0", 22)] }
+        let report = Purger(sockets: sockets, conntrack: nil).purge(portless, options: options { $0.sparingInbound = sparing })
+        #expect(sockets.sockets == (sparing ? [accepted] : []))
+        #expect(report.sockets.map(\.socket.id.cookie).sorted() == (sparing ? [40000] : [22, 40000]))
+        #expect(report.socketsEnded == (sparing ? 1 : 2))
+    }
+
+    /// A connect dialled to the dead backend that a DNAT sent to a live one: its socket and entry stay,
+    /// known from the prefetched dump's dialled side, or (new connects only) from a look made for it.
+    @Test(arguments: [false, true])
+    func aFlowDialledToTheDeadBackendButServedByALiveOneIsSpared(conntrackOnlyAfterSockets: Bool) {
+        let servedByLive = socket(40000)
+        let sockets = FakeSocketTable([servedByLive, socket(40001)])
+        let flows = FakeFlowTable([entry(40000, repliedBy: Self.live), entry(40001)])
+        let report = Purger(sockets: sockets, conntrack: flows).purge(
+            matcher, options: options { $0.conntrackOnlyAfterSockets = conntrackOnlyAfterSockets })
+        #expect(sockets.sockets == [servedByLive])
+        #expect(sockets.destroyRequests == [40001])
+        #expect(report.sockets.map(\.socket.id.cookie) == [40001])
+        #expect(ports(flows.entries) == [40000])
+        #expect(ports(report.conntrack.map(\.entry)) == [40001])
+        #expect(flows.flushRequests.isEmpty)
+    }
 }
