@@ -54,17 +54,18 @@ struct PurgePlan: Sendable {
         var leftByLimit: [DiagnosedSocket] = []
     }
 
-    /// A round of the direct dump: what matches and was not ended by an earlier round. The limit
-    /// counts the sockets earlier rounds ended. `ownInodes` is read only when a candidate could be
-    /// one of this process's sockets (it reads /proc).
+    /// A round of the direct dump: what matches and was not ended or refused by an earlier round (a
+    /// refusal would only come again). The limit counts the sockets earlier rounds ended.
+    /// `ownInodes` is read only when a candidate could be one of this process's sockets (it reads /proc).
     /// `servedElsewhere`: flows dialled to a destination that a DNAT sent elsewhere (`servedElsewhere(in:)`): kept.
     /// `listening`: the host's listening endpoints, when connections the destinations opened to it are spared.
     func directSockets(
-        in dumped: [DiagnosedSocket], ended: Set<UInt64>, servedElsewhere: Set<Flow> = [], listening: [Endpoint] = [],
-        ownInodes: () -> Set<UInt32>
+        in dumped: [DiagnosedSocket], ended: Set<UInt64>, refused: Set<UInt64> = [], servedElsewhere: Set<Flow> = [],
+        listening: [Endpoint] = [], ownInodes: () -> Set<UInt32>
     ) -> SocketChoice {
         let candidates = dumped.filter {
-            matcher.matches($0) && !ended.contains($0.id.cookie) && (servedElsewhere.isEmpty || !servedElsewhere.contains(Flow($0)))
+            matcher.matches($0) && !ended.contains($0.id.cookie) && (refused.isEmpty || !refused.contains($0.id.cookie))
+                && (servedElsewhere.isEmpty || !servedElsewhere.contains(Flow($0)))
                 && (listening.isEmpty || !Self.wasAccepted($0, listening: listening))
         }
         return choose(candidates, room: socketLimit.map { max(0, $0 - ended.count) }, ownInodes: ownInodes)

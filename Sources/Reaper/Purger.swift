@@ -193,6 +193,7 @@ public final class Purger {
         var query = matcher.socketQuery
         query.includeTCPInfo = query.includeTCPInfo || includeTCPInfo
         var ended = Set<UInt64>()
+        var refused = Set<UInt64>()
         var unconfirmed: [DiagnosedSocket] = []
         var elsewhere: Set<Flow> = []
         var listening: [Endpoint] = []
@@ -215,7 +216,9 @@ public final class Purger {
             // What a torn dump kept unsettled may have ended: the limit's room counts it.
             let endedOrUnsettled = unconfirmed.isEmpty ? ended : ended.union(unconfirmed.map(\.id.cookie))
             func choose() -> PurgePlan.SocketChoice {
-                plan.directSockets(in: dump.sockets, ended: endedOrUnsettled, servedElsewhere: elsewhere, listening: listening) {
+                plan.directSockets(
+                    in: dump.sockets, ended: endedOrUnsettled, refused: refused, servedElsewhere: elsewhere, listening: listening
+                ) {
                     ownBefore.union(diagnostics.ownSocketInodes())
                 }
             }
@@ -252,7 +255,7 @@ public final class Purger {
                     report.note(1, NetlinkTrouble(.socketDestroy, .acksLost))
                     continue
                 }
-                if outcome.error == nil { ended.insert(socket.id.cookie) }
+                if outcome.error == nil { ended.insert(socket.id.cookie) } else { refused.insert(socket.id.cookie) }
                 report.sockets.append(.init(socket: socket, outcome: outcome))
             }
             // A refused destroy will be refused again: only lost acks and torn dumps earn another round.
