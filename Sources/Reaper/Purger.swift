@@ -395,7 +395,10 @@ public final class Purger {
                 report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
             }
             guard retry, round < options.maximumExtraRounds else {
-                if !unconfirmed.isEmpty { settle(lostAcks: unconfirmed, plan, in: table, report: &report) }
+                if !unconfirmed.isEmpty {
+                    Self.settle(
+                        lostAcks: unconfirmed, toward: matcher.destinations, transports: matcher.transports, in: table, report: &report)
+                }
                 return
             }
             report.extraRounds += 1
@@ -408,11 +411,12 @@ public final class Purger {
     /// Deletes whose ack was lost and that no round looked at again, settled by one more filtered dump
     /// (ctnetlink has no cheaper look at a few entries): an entry it no longer lists is ended, one
     /// still there (or a dump that failed or tore) unconfirmed.
-    private func settle(
-        lostAcks targets: [PurgePlan.EntryTarget], _ plan: PurgePlan, in table: any FlowTable, report: inout PurgeReport
+    private static func settle(
+        lostAcks targets: [PurgePlan.EntryTarget], toward destinations: [Destination], transports: Set<TransportProtocol>,
+        in table: any FlowTable, report: inout PurgeReport
     ) {
         var listed: Set<ConntrackEntry.Identity>?
-        if let dump = try? table.entries(for: plan.matcher.destinations, transports: plan.matcher.transports) {
+        if let dump = try? table.entries(for: destinations, transports: transports) {
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: .conntrackGet)
             if !dump.interrupted { listed = Set(dump.entries.map(\.identity)) }
         }
@@ -500,7 +504,11 @@ public final class Purger {
                     return report
                 }
                 if let socket = found, [.synSent, .established].contains(socket.state) {
-                    let outcome: PurgeReport.Outcome = acting ? .destroy(try socketTable.destroy([socket])[0]) : .wouldEnd
+                    var outcome: PurgeReport.Outcome = acting ? .destroy(try socketTable.destroy([socket])[0]) : .wouldEnd
+                    if outcome == .unconfirmed {
+                        report.note(1, NetlinkTrouble(.socketDestroy, .acksLost))
+                        outcome = Self.settle(lostAckOf: socket, in: socketTable)
+                    }
                     report.sockets.append(
                         .init(socket: socket, outcome: outcome, throughConntrack: entry.reply.source != entry.original.destination))
                 }
@@ -511,8 +519,17 @@ public final class Purger {
                 entry.reply.source == entry.original.destination ? .originalDestination : .replySource
             if acting {
                 do {
-                    report.conntrack.append(
-                        .init(entry: entry, matchedBy: matchedBy, outcome: .delete(try flowTable.delete([entry])[0])))
+                    let outcome = PurgeReport.Outcome.delete(try flowTable.delete([entry])[0])
+                    if outcome == .unconfirmed {
+                        // The backend is who answers the flow, NAT'd or not: a dump toward it lists the entry if it is there.
+                        report.note(1, NetlinkTrouble(.conntrackDelete, .acksLost))
+                        let backend = Destination(address: entry.reply.source.address, port: entry.reply.source.port)
+                        Self.settle(
+                            lostAcks: [(entry, matchedBy)], toward: [backend], transports: [entry.transport], in: flowTable, report: &report
+                        )
+                    } else {
+                        report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
+                    }
                 } catch { report.stepErrors.append(error) }
             } else {
                 report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .wouldEnd))
@@ -539,7 +556,11 @@ public final class Purger {
                     socket.id.cookie == id.cookie, socket.state == .established,
                     !(options.sparingOwnSockets && socketTable.ownSocketInodes().contains(socket.inode)), stillWanted(socket)
                 {
-                    let outcome: PurgeReport.Outcome = options.dryRun ? .wouldEnd : .destroy(try socketTable.destroy([socket])[0])
+                    var outcome: PurgeReport.Outcome = options.dryRun ? .wouldEnd : .destroy(try socketTable.destroy([socket])[0])
+                    if outcome == .unconfirmed {
+                        report.note(1, NetlinkTrouble(.socketDestroy, .acksLost))
+                        outcome = Self.settle(lostAckOf: socket, in: socketTable)
+                    }
                     report.sockets.append(.init(socket: socket, outcome: outcome))
                 }
             } catch { report.stepErrors.append(error) }

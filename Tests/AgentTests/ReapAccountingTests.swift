@@ -58,4 +58,19 @@ import Testing
         #expect(!ended.contains("error="))
         #expect(unconfirmed.contains("error="), "\(unconfirmed)")
     }
+
+    @Test func aRebalanceCloseLeftUnconfirmedIsLoggedWithItsTroubleAndNotCountedAsClosed() throws {
+        let lines = LogHandlerTests.Lines()
+        var report = PurgeReport()
+        report.sockets = [Self.result(41001, .unconfirmed)]
+        let connection = ConnectionSample(
+            backend: Self.backend, local: Endpoint(address: .v4(0x0A09_0064), port: 41001), cookie: 41001,
+            sinceDataSent: .seconds(30), sinceDataReceived: .seconds(30))
+        let tally = Self.accounting(lines).rebalanced(
+            [NamespaceReport(namespace: nil, report: report)], key: BackendKey(pool: "web", backend: Self.backend),
+            connection: connection, dryRun: false)
+        #expect(tally.ended == 0)
+        let line = try #require(lines.all.first { $0.contains("reason=rebalance") })
+        #expect(line.contains("error="), "\(line)")
+    }
 }

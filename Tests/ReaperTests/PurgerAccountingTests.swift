@@ -115,6 +115,45 @@ extension PurgerTests {
         #expect(sockets.lookups == 2)
     }
 
+    // MARK: One flow, one socket
+
+    /// `gone`: the kernel acted and only its acks were lost; else it never saw the requests.
+    @Test(arguments: [true, false])
+    func endFlowCountsALostAckAsTroubleAndSettlesIt(gone: Bool) {
+        let sockets = FakeSocketTable([socket(40000)])
+        let flows = FakeFlowTable([entry(40000)])
+        sockets.change { state in
+            if gone { state.acksLostAfterDestroying = [40000: 1] } else { state.acksLostBeforeDestroying = [40000: 1] }
+        }
+        flows.change { state in
+            let identity = entry(40000).identity
+            if gone { state.acksLostAfterDeleting = [identity: 1] } else { state.acksLostBeforeDeleting = [identity: 1] }
+        }
+        let report = Purger(sockets: sockets, conntrack: flows).endFlow(entry(40000), options: options())
+        let outcome: PurgeReport.Outcome = gone ? .ended : .unconfirmed
+        #expect(sockets.cookies.isEmpty == gone)
+        #expect(flows.entries.isEmpty == gone)
+        #expect(report.sockets.map(\.outcome) == [outcome])
+        #expect(report.conntrack.map(\.outcome) == [outcome])
+        #expect(report.troubles[Self.acksLostDestroying] == 1)
+        #expect(report.troubles[Self.acksLostDeleting] == 1)
+    }
+
+    @Test(arguments: [true, false])
+    func endSocketCountsALostAckAsTroubleAndSettlesIt(gone: Bool) {
+        let chosen = socket(40000)
+        let sockets = FakeSocketTable([chosen])
+        sockets.change { state in
+            if gone { state.acksLostAfterDestroying = [40000: 1] } else { state.acksLostBeforeDestroying = [40000: 1] }
+        }
+        let report = Purger(sockets: sockets, conntrack: nil).endSocket(
+            exactly: chosen.id, family: .inet, transport: .tcp, options: options()
+        ) { _ in true }
+        #expect(sockets.cookies.isEmpty == gone)
+        #expect(report.sockets.map(\.outcome) == [gone ? .ended : .unconfirmed])
+        #expect(report.troubles[Self.acksLostDestroying] == 1)
+    }
+
     // MARK: What the limit counts
 
     @Test func aRefusedDirectDestroyTakesNoneOfTheLimitFromTheNatdSockets() {

@@ -22,6 +22,8 @@ public struct ReapAccounting: Sendable {
     }
 
     static let dryRunSample = 8
+    /// The error a stuck or rebalance close's line names for a destroy left `.unconfirmed`.
+    static let unconfirmedDestroy: Logger.MetadataValue = "destroy ack lost (ENOBUFS), and the socket was still there at the last look"
     static let allDownMessage = Logger.Message(
         stringLiteral:
             "every backend of the pool looks down: reaping nothing (the probes are the likely fault; set reap_when_all_down to override)")
@@ -278,7 +280,7 @@ public struct ReapAccounting: Sendable {
                 if let namespace = part.namespace { metadata["netns"] = "\(namespace)" }
                 if let error = result.outcome.error { metadata["error"] = "\(error)" }
                 let unconfirmed = result.outcome == .unconfirmed
-                if unconfirmed { metadata["error"] = "destroy ack lost (ENOBUFS), and the socket was still there at the last look" }
+                if unconfirmed { metadata["error"] = Self.unconfirmedDestroy }
                 logger.notice(dryRun ? "stuck connection (dry run: not ended)" : "stuck connection ended", metadata: metadata)
                 if let backend = state.configuration.pools.first(where: { $0.name == pool })?.backends.first(where: { $0 == socket.remote })
                 {
