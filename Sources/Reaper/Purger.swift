@@ -276,19 +276,6 @@ public final class Purger {
         }
     }
 
-    /// A destroy whose ack was lost, settled by the socket's exact 4-tuple (a hash lookup, no walk):
-    /// gone, or another socket on the tuple now, is ended; still there, or not looked at, unconfirmed.
-    static func settle(lostAckOf socket: DiagnosedSocket, in diagnostics: any SocketTable) -> PurgeReport.Outcome {
-        do {
-            guard let now = try diagnostics.socket(exactly: socket.id, family: socket.family, transport: socket.transport) else {
-                return .ended
-            }
-            return now.id.cookie == socket.id.cookie ? .unconfirmed : .ended
-        } catch {
-            return .unconfirmed
-        }
-    }
-
     /// Ends the sockets whose 4-tuple is the original tuple of an entry a NAT sent to a destination:
     /// one filtered dump toward the VIPs, then only the exact flows (another flow to the same VIP, NAT'd
     /// to a live backend, has another tuple). One round: a lost ack is settled by a lookup of its socket,
@@ -405,24 +392,6 @@ public final class Purger {
             // The next round's dump still holds what this run deleted a moment ago, or what had
             // already gone (its delete said ENOENT): neither is a target again.
             deleted = Set(report.conntrack.filter { $0.outcome.error == nil }.map(\.entry.identity))
-        }
-    }
-
-    /// Deletes whose ack was lost and that no round looked at again, settled by one more filtered dump
-    /// (ctnetlink has no cheaper look at a few entries): an entry it no longer lists is ended, one
-    /// still there (or a dump that failed or tore) unconfirmed.
-    private static func settle(
-        lostAcks targets: [PurgePlan.EntryTarget], toward destinations: [Destination], transports: Set<TransportProtocol>,
-        in table: any FlowTable, report: inout PurgeReport
-    ) {
-        var listed: Set<ConntrackEntry.Identity>?
-        if let dump = try? table.entries(for: destinations, transports: transports) {
-            report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: .conntrackGet)
-            if !dump.interrupted { listed = Set(dump.entries.map(\.identity)) }
-        }
-        for (entry, matchedBy) in targets {
-            let gone = listed.map { !$0.contains(entry.identity) } ?? false
-            report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: gone ? .ended : .unconfirmed))
         }
     }
 
