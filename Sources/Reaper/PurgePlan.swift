@@ -54,32 +54,34 @@ struct PurgePlan: Sendable {
         var leftByLimit: [DiagnosedSocket] = []
     }
 
-    /// A round of the direct dump: what matches and was not ended by an earlier round. The limit
-    /// counts the sockets earlier rounds ended. `ownInodes` is read only when a candidate could be
-    /// one of this process's sockets (it reads /proc).
+    /// A round of the direct dump: what matches and was not ended or refused by an earlier round (a
+    /// refusal would only come again). The limit counts the sockets earlier rounds ended.
+    /// `ownInodes` is read only when a candidate could be one of this process's sockets (it reads /proc).
     /// `servedElsewhere`: flows dialled to a destination that a DNAT sent elsewhere (`servedElsewhere(in:)`): kept.
     /// `listening`: the host's listening endpoints, when connections the destinations opened to it are spared.
     func directSockets(
-        in dumped: [DiagnosedSocket], ended: Set<UInt64>, servedElsewhere: Set<Flow> = [], listening: [Endpoint] = [],
-        ownInodes: () -> Set<UInt32>
+        in dumped: [DiagnosedSocket], ended: Set<UInt64>, refused: Set<UInt64> = [], servedElsewhere: Set<Flow> = [],
+        listening: [Endpoint] = [], ownInodes: () -> Set<UInt32>
     ) -> SocketChoice {
         let candidates = dumped.filter {
-            matcher.matches($0) && !ended.contains($0.id.cookie) && (servedElsewhere.isEmpty || !servedElsewhere.contains(Flow($0)))
+            matcher.matches($0) && !ended.contains($0.id.cookie) && (refused.isEmpty || !refused.contains($0.id.cookie))
+                && (servedElsewhere.isEmpty || !servedElsewhere.contains(Flow($0)))
                 && (listening.isEmpty || !Self.wasAccepted($0, listening: listening))
         }
         return choose(candidates, room: socketLimit.map { max(0, $0 - ended.count) }, ownInodes: ownInodes)
     }
 
     /// The dump toward the VIPs of flows a NAT sent to a destination: only the exact flows, in a
-    /// reaped state, not already reported. The limit counts every socket reported so far.
+    /// reaped state, not already reported. The limit counts what the direct rounds ended (or would
+    /// end), as they count it themselves: a refused or unconfirmed destroy ended nothing.
     func translatedSockets(
-        in dumped: [DiagnosedSocket], translated: TranslatedFlows, reported: Set<UInt64>, reportedCount: Int,
+        in dumped: [DiagnosedSocket], translated: TranslatedFlows, reported: Set<UInt64>, countedByLimit: Int,
         ownInodes: () -> Set<UInt32>
     ) -> SocketChoice {
         let candidates = dumped.filter {
             translated.matches($0) && matcher.states.contains($0.state) && !reported.contains($0.id.cookie)
         }
-        return choose(candidates, room: socketLimit.map { max(0, $0 - reportedCount) }, ownInodes: ownInodes)
+        return choose(candidates, room: socketLimit.map { max(0, $0 - countedByLimit) }, ownInodes: ownInodes)
     }
 
     /// Its local end is where the host listens: the peer opened it (a port-less destination's own

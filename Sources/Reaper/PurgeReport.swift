@@ -93,6 +93,12 @@ public struct PurgeReport: Sendable {
     }
 
     public var socketsEnded: Int { sockets.count { $0.outcome == .ended } }
+    /// What a socket limit counts: the sockets it ended, or would end (a dry run, a list). A refused
+    /// or unconfirmed destroy ended nothing, and the budget behind the limit is charged only what ended.
+    public var socketsCountedByLimit: Int { sockets.count { [.ended, .wouldEnd, .listed].contains($0.outcome) } }
+    /// Destroys and deletes whose ack was lost and whose socket or entry was still there at the last
+    /// look: not ended, and counted as trouble (`NetlinkCondition.acksLost`), not as refused.
+    public var unconfirmed: Int { sockets.count { $0.outcome == .unconfirmed } + conntrack.count { $0.outcome == .unconfirmed } }
     /// Listed entries deleted, and those a flush took unlisted.
     public var conntrackDeleted: Int { conntrack.count { $0.outcome == .ended } + conntrackFlushedUnlisted }
 

@@ -193,7 +193,8 @@ public final class Purger {
         var query = matcher.socketQuery
         query.includeTCPInfo = query.includeTCPInfo || includeTCPInfo
         var ended = Set<UInt64>()
-        var unconfirmed: [UInt64: DiagnosedSocket] = [:]
+        var refused = Set<UInt64>()
+        var unconfirmed: [DiagnosedSocket] = []
         var elsewhere: Set<Flow> = []
         var listening: [Endpoint] = []
         for round in 0...options.maximumExtraRounds {
@@ -203,14 +204,21 @@ public final class Purger {
             let dump = try diagnostics.sockets(matching: query, signal: round == 0 ? signal : nil)
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: .socketDiagnosis)
             // A destroy whose ack was lost took effect if its socket is gone now: it counts as ended.
+            // One still listed is a target again; one a torn dump may have missed waits for a whole look.
             let present = unconfirmed.isEmpty ? [] : Set(dump.sockets.map(\.id.cookie))
-            for (cookie, socket) in unconfirmed where !present.contains(cookie) {
-                ended.insert(cookie)
+            unconfirmed.removeAll { socket in
+                guard !present.contains(socket.id.cookie) else { return true }
+                guard !dump.interrupted else { return false }
+                ended.insert(socket.id.cookie)
                 report.sockets.append(.init(socket: socket, outcome: .ended))
+                return true
             }
-            unconfirmed = [:]
+            // What a torn dump kept unsettled may have ended: the limit's room counts it.
+            let endedOrUnsettled = unconfirmed.isEmpty ? ended : ended.union(unconfirmed.map(\.id.cookie))
             func choose() -> PurgePlan.SocketChoice {
-                plan.directSockets(in: dump.sockets, ended: ended, servedElsewhere: elsewhere, listening: listening) {
+                plan.directSockets(
+                    in: dump.sockets, ended: endedOrUnsettled, refused: refused, servedElsewhere: elsewhere, listening: listening
+                ) {
                     ownBefore.union(diagnostics.ownSocketInodes())
                 }
             }
@@ -225,7 +233,10 @@ public final class Purger {
                 }
             }
             report.ownFlows.formUnion(choice.own.map(Flow.init))
-            if options.socketLimit != nil, !choice.leftByLimit.isEmpty {
+            if options.socketLimit != nil {
+                // The latest round's count: what an earlier round left may have closed since, or been
+                // ended by a later round. Their flows stay a union (less what ended, below): an entry
+                // kept too long costs nothing, one deleted under a live socket loses its RST's NAT.
                 report.socketsLeftByLimit = choice.leftByLimit.count
                 report.flowsLeftByLimit.formUnion(choice.leftByLimit.map(Flow.init))
             }
@@ -240,22 +251,35 @@ public final class Purger {
                 let outcome = PurgeReport.Outcome.destroy(ack)
                 if outcome == .unconfirmed {
                     retry = true
-                    unconfirmed[socket.id.cookie] = socket
+                    unconfirmed.append(socket)
                     report.note(1, NetlinkTrouble(.socketDestroy, .acksLost))
                     continue
                 }
-                if outcome.error == nil { ended.insert(socket.id.cookie) }
+                if outcome.error == nil { ended.insert(socket.id.cookie) } else { refused.insert(socket.id.cookie) }
                 report.sockets.append(.init(socket: socket, outcome: outcome))
             }
             // A refused destroy will be refused again: only lost acks and torn dumps earn another round.
-            guard retry, round < options.maximumExtraRounds else { return }
+            guard retry, round < options.maximumExtraRounds else {
+                // No round looks again: each lost ack is settled by a lookup of its socket.
+                for socket in unconfirmed {
+                    let outcome = Self.settle(lostAckOf: socket, in: diagnostics)
+                    if outcome == .ended { ended.insert(socket.id.cookie) }
+                    report.sockets.append(.init(socket: socket, outcome: outcome))
+                }
+                if !report.flowsLeftByLimit.isEmpty {
+                    // A socket a round left and a later one ended: its entry goes like the others'.
+                    report.flowsLeftByLimit.subtract(report.sockets.filter { ended.contains($0.socket.id.cookie) }.map { Flow($0.socket) })
+                }
+                return
+            }
             report.extraRounds += 1
         }
     }
 
     /// Ends the sockets whose 4-tuple is the original tuple of an entry a NAT sent to a destination:
     /// one filtered dump toward the VIPs, then only the exact flows (another flow to the same VIP, NAT'd
-    /// to a live backend, has another tuple). One round: the agent's next reap catches a lost ack.
+    /// to a live backend, has another tuple). One round: a lost ack is settled by a lookup of its socket,
+    /// and one still there is left to the agent's next reap.
     private func endTranslatedSockets(
         _ translated: TranslatedFlows, plan: PurgePlan, includeTCPInfo: Bool, options: Options, idle: PurgeReport.Outcome,
         in diagnostics: any SocketTable, report: inout PurgeReport
@@ -266,7 +290,7 @@ public final class Purger {
         let dump = try diagnostics.sockets(matching: query)
         let choice = plan.translatedSockets(
             in: dump.sockets, translated: translated, reported: Set(report.sockets.map(\.socket.id.cookie)),
-            reportedCount: report.sockets.count
+            countedByLimit: report.socketsCountedByLimit
         ) { ownBefore.union(diagnostics.ownSocketInodes()) }
         report.ownFlows.formUnion(choice.own.map(Flow.init))
         report.socketsLeftByLimit += choice.leftByLimit.count
@@ -278,7 +302,12 @@ public final class Purger {
         }
         let acks = try diagnostics.destroy(targets)
         for (socket, ack) in zip(targets, acks) {
-            report.sockets.append(.init(socket: socket, outcome: .destroy(ack), throughConntrack: true))
+            var outcome = PurgeReport.Outcome.destroy(ack)
+            if outcome == .unconfirmed {
+                report.note(1, NetlinkTrouble(.socketDestroy, .acksLost))
+                outcome = Self.settle(lostAckOf: socket, in: diagnostics)
+            }
+            report.sockets.append(.init(socket: socket, outcome: outcome, throughConntrack: true))
         }
     }
 
@@ -288,6 +317,7 @@ public final class Purger {
     ) throws(SystemCallError) {
         let matcher = plan.matcher
         var deleted = Set<ConntrackEntry.Identity>()
+        var unconfirmed: [PurgePlan.EntryTarget] = []
         for round in 0...options.maximumExtraRounds {
             var dump: ConntrackTable.Dump
             if round == 0, let prefetched {
@@ -308,6 +338,21 @@ public final class Purger {
             }
             report.note(dumpRestarts: dump.restarts, redone: dump.redone, operation: .conntrackGet)
             if round == 0 { report.conntrackInOtherZones = plan.inOtherZones(dump.entries) }
+            // As with sockets: a delete whose ack was lost took effect if a whole dump no longer lists
+            // its entry; one still listed is a target again.
+            var retried = Set<ConntrackEntry.Identity>()
+            if !unconfirmed.isEmpty {
+                let listed = Set(dump.entries.map(\.identity))
+                unconfirmed.removeAll { target in
+                    guard !listed.contains(target.entry.identity) else {
+                        retried.insert(target.entry.identity)
+                        return true
+                    }
+                    guard !dump.interrupted else { return false }
+                    report.conntrack.append(.init(entry: target.entry, matchedBy: target.matchedBy, outcome: .ended))
+                    return true
+                }
+            }
             let targets = plan.entries(
                 in: dump.entries, deleted: deleted, leftByLimit: report.flowsLeftByLimit, own: report.ownFlows,
                 onlyFlows: plan.deletesOnlyEntriesOfReportedSockets ? Set(report.sockets.map { Flow($0.socket) }) : nil)
@@ -324,15 +369,25 @@ public final class Purger {
             let acks = try table.delete(remaining.map(\.entry))
             var retry = dump.interrupted
             for ((entry, matchedBy), ack) in zip(remaining, acks) {
-                let outcome = PurgeReport.Outcome.delete(ack)
+                var outcome = PurgeReport.Outcome.delete(ack)
+                // A dump may still list an entry the lost ack's delete took as it dies: the kernel no
+                // longer having it is what a dump not listing it would have said.
+                if outcome == .alreadyGone, !retried.isEmpty, retried.contains(entry.identity) { outcome = .ended }
                 if outcome == .unconfirmed {
                     retry = true
+                    unconfirmed.append((entry, matchedBy))
                     report.note(1, NetlinkTrouble(.conntrackDelete, .acksLost))
                     continue
                 }
                 report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
             }
-            guard retry, round < options.maximumExtraRounds else { return }
+            guard retry, round < options.maximumExtraRounds else {
+                if !unconfirmed.isEmpty {
+                    Self.settle(
+                        lostAcks: unconfirmed, toward: matcher.destinations, transports: matcher.transports, in: table, report: &report)
+                }
+                return
+            }
             report.extraRounds += 1
             // The next round's dump still holds what this run deleted a moment ago, or what had
             // already gone (its delete said ENOENT): neither is a target again.
@@ -418,7 +473,11 @@ public final class Purger {
                     return report
                 }
                 if let socket = found, [.synSent, .established].contains(socket.state) {
-                    let outcome: PurgeReport.Outcome = acting ? .destroy(try socketTable.destroy([socket])[0]) : .wouldEnd
+                    var outcome: PurgeReport.Outcome = acting ? .destroy(try socketTable.destroy([socket])[0]) : .wouldEnd
+                    if outcome == .unconfirmed {
+                        report.note(1, NetlinkTrouble(.socketDestroy, .acksLost))
+                        outcome = Self.settle(lostAckOf: socket, in: socketTable)
+                    }
                     report.sockets.append(
                         .init(socket: socket, outcome: outcome, throughConntrack: entry.reply.source != entry.original.destination))
                 }
@@ -429,8 +488,17 @@ public final class Purger {
                 entry.reply.source == entry.original.destination ? .originalDestination : .replySource
             if acting {
                 do {
-                    report.conntrack.append(
-                        .init(entry: entry, matchedBy: matchedBy, outcome: .delete(try flowTable.delete([entry])[0])))
+                    let outcome = PurgeReport.Outcome.delete(try flowTable.delete([entry])[0])
+                    if outcome == .unconfirmed {
+                        // The backend is who answers the flow, NAT'd or not: a dump toward it lists the entry if it is there.
+                        report.note(1, NetlinkTrouble(.conntrackDelete, .acksLost))
+                        let backend = Destination(address: entry.reply.source.address, port: entry.reply.source.port)
+                        Self.settle(
+                            lostAcks: [(entry, matchedBy)], toward: [backend], transports: [entry.transport], in: flowTable, report: &report
+                        )
+                    } else {
+                        report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: outcome))
+                    }
                 } catch { report.stepErrors.append(error) }
             } else {
                 report.conntrack.append(.init(entry: entry, matchedBy: matchedBy, outcome: .wouldEnd))
@@ -457,7 +525,11 @@ public final class Purger {
                     socket.id.cookie == id.cookie, socket.state == .established,
                     !(options.sparingOwnSockets && socketTable.ownSocketInodes().contains(socket.inode)), stillWanted(socket)
                 {
-                    let outcome: PurgeReport.Outcome = options.dryRun ? .wouldEnd : .destroy(try socketTable.destroy([socket])[0])
+                    var outcome: PurgeReport.Outcome = options.dryRun ? .wouldEnd : .destroy(try socketTable.destroy([socket])[0])
+                    if outcome == .unconfirmed {
+                        report.note(1, NetlinkTrouble(.socketDestroy, .acksLost))
+                        outcome = Self.settle(lostAckOf: socket, in: socketTable)
+                    }
                     report.sockets.append(.init(socket: socket, outcome: outcome))
                 }
             } catch { report.stepErrors.append(error) }

@@ -137,6 +137,22 @@ import Testing
         #expect(fresh.compactMap(\.report?.socketsEnded) == [1])
         #expect(table.cookies == [2, 3])
     }
+
+    /// A stuck scan's limit is the budget's grant, which is charged only what ended (as a reap's is):
+    /// a refused destroy in the first namespace leaves the second its room.
+    @Test func aStuckScansRefusedDestroyTakesNoneOfItsLimit() async throws {
+        let files = try NamespaceFiles(2)
+        defer { files.remove() }
+        let api = Self.pool("api", [Self.x, Self.y])
+        let first = FakeNamespaceSockets([Self.waiting(1, toward: Self.x), Self.healthy(3, toward: Self.y)], refusing: [1])
+        let second = FakeNamespaceSockets([Self.waiting(2, toward: Self.x), Self.healthy(4, toward: Self.y)])
+        let kernel = Self.kernel([files.paths[0]: first, files.paths[1]: second])
+        let reports = await kernel.scanStuck(api, limit: 1, dryRun: false, namespaces: .paths(files.paths))
+        #expect(first.cookies == [1, 3])
+        #expect(second.cookies == [4], "the refused destroy ended nothing: the limit of 1 was still there")
+        #expect(reports.compactMap(\.report?.socketsEnded) == [0, 1])
+        #expect(reports.compactMap(\.report?.socketsLeftByLimit) == [0, 0])
+    }
 }
 
 /// Empty files standing for namespace files: each is a namespace identity of its own (device and
@@ -163,9 +179,12 @@ struct NamespaceFiles {
 /// destroys by cookie (ENOENT when gone). No socket is the agent's own.
 final class FakeNamespaceSockets: SocketTable, Sendable {
     private let sockets: Mutex<[DiagnosedSocket]>
+    /// Cookies whose destroy the kernel refuses (EPERM), every time.
+    private let refused: Set<UInt64>
 
-    init(_ sockets: [DiagnosedSocket]) {
+    init(_ sockets: [DiagnosedSocket], refusing refused: Set<UInt64> = []) {
         self.sockets = Mutex(sockets)
+        self.refused = refused
     }
 
     var cookies: [UInt64] { sockets.withLock { $0.map(\.id.cookie) } }
@@ -197,6 +216,7 @@ final class FakeNamespaceSockets: SocketTable, Sendable {
     func destroy(_ targets: [DiagnosedSocket]) throws(SystemCallError) -> [Acknowledgement] {
         sockets.withLock { sockets in
             targets.map { target in
+                if refused.contains(target.id.cookie) { return .failed(.notPermitted) }
                 guard let index = sockets.firstIndex(where: { $0.id == target.id }) else { return .failed(.noSuchFileOrDirectory) }
                 sockets.remove(at: index)
                 return .done

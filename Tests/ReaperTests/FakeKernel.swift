@@ -23,10 +23,16 @@ final class FakeSocketTable: SocketTable, Sendable {
         var refusals: [UInt64: Acknowledgement] = [:]
         /// The next dump is torn: flagged interrupted, and the last socket it would list is missing.
         var tearingNextDump = false
+        /// The dump of this number (1: the first) is torn the same way.
+        var tearingDump: Int?
+        /// Sockets that close on their own right after the dump of this number (1: the first).
+        var closingAfterDump: [Int: Set<UInt64>] = [:]
 
         /// The cookies each destroy request named, in order.
         var destroyRequests: [UInt64] = []
         var dumps = 0
+        /// Exact 4-tuple lookups (hash lookups, not walks).
+        var lookups = 0
     }
 
     let state: Mutex<State>
@@ -40,6 +46,7 @@ final class FakeSocketTable: SocketTable, Sendable {
     var cookies: Set<UInt64> { Set(sockets.map(\.id.cookie)) }
     var destroyRequests: [UInt64] { state.withLock { $0.destroyRequests } }
     var dumps: Int { state.withLock { $0.dumps } }
+    var lookups: Int { state.withLock { $0.lookups } }
 
     func sockets(matching query: SocketQuery, signal: SocketDiagnostics.CountSignal?) throws(SystemCallError) -> SocketDiagnostics.Dump {
         let dump = state.withLock { state -> SocketDiagnostics.Dump in
@@ -48,11 +55,12 @@ final class FakeSocketTable: SocketTable, Sendable {
                 query.transports.contains(socket.transport) && query.states.contains(socket.state)
                     && query.destinations.contains { $0.matches(address: socket.remote.address, port: socket.remote.port) }
             }
-            let tearing = state.tearingNextDump && !listed.isEmpty
+            let tearing = (state.tearingNextDump || state.tearingDump == state.dumps) && !listed.isEmpty
             if tearing {
                 state.tearingNextDump = false
                 listed.removeLast()
             }
+            if let closing = state.closingAfterDump[state.dumps] { state.sockets.removeAll { closing.contains($0.id.cookie) } }
             return SocketDiagnostics.Dump(sockets: listed, interrupted: tearing)
         }
         if let signal, dump.sockets.count >= signal.count { signal.reached() }
@@ -62,7 +70,12 @@ final class FakeSocketTable: SocketTable, Sendable {
     func socket(
         exactly id: SocketID, family: SocketFamily, transport: TransportProtocol, includeTCPInfo: Bool
     ) throws(SystemCallError) -> DiagnosedSocket? {
-        sockets.first { $0.family == family && $0.transport == transport && $0.local == id.source && $0.remote == id.destination }
+        state.withLock { state in
+            state.lookups += 1
+            return state.sockets.first {
+                $0.family == family && $0.transport == transport && $0.local == id.source && $0.remote == id.destination
+            }
+        }
     }
 
     func listeningEndpoints() throws(SystemCallError) -> [Endpoint] { state.withLock { $0.listening } }
@@ -107,6 +120,8 @@ final class FakeFlowTable: FlowTable, Sendable {
         var flushAnswer: Acknowledgement = .done
         /// Deletes whose ack is lost before the kernel did anything, by identity: how many more times.
         var acksLostBeforeDeleting: [ConntrackEntry.Identity: Int] = [:]
+        /// Deletes the kernel carries out but whose ack is lost, by identity: how many more times.
+        var acksLostAfterDeleting: [ConntrackEntry.Identity: Int] = [:]
         /// Deleted entries are still listed by later dumps (they are dying), and a delete finds none.
         var deletedStayListed = false
         var dying: [ConntrackEntry] = []
@@ -168,7 +183,7 @@ final class FakeFlowTable: FlowTable, Sendable {
                 }
                 let deleted = state.entries.remove(at: index)
                 if state.deletedStayListed { state.dying.append(deleted) }
-                return .done
+                return FakeSocketTable.spend(&state.acksLostAfterDeleting, entry.identity) ? .unconfirmed : .done
             }
         }
     }

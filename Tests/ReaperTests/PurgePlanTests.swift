@@ -140,7 +140,7 @@ import Testing
         ]
         let translated = TranslatedFlows(listed, matcher: matcher)
         let plan = plan(sparing: true)
-        let choice = plan.translatedSockets(in: [probe, other], translated: translated, reported: [], reportedCount: 0) { [77] }
+        let choice = plan.translatedSockets(in: [probe, other], translated: translated, reported: [], countedByLimit: 0) { [77] }
         #expect(choice.own == [probe] && choice.destroy == [other])
         let targets = plan.entries(in: listed, deleted: [], leftByLimit: [], own: Set(choice.own.map(Flow.init)), onlyFlows: nil)
         #expect(targets.map(\.entry.original.source) == [Self.client(40000)])
@@ -218,11 +218,11 @@ import Testing
         let sockets = clients(3).enumerated().map { socket($1, Self.vip, cookie: UInt64($0 + 1)) }
         let toLive = socket(Self.client(41000), Self.vip, cookie: 9)  // the same VIP, NAT'd to a live backend
         let choice = plan(limit: 5).translatedSockets(
-            in: sockets + [toLive], translated: translated, reported: [1], reportedCount: 3
+            in: sockets + [toLive], translated: translated, reported: [1], countedByLimit: 3
         ) { [] }
         #expect(choice.destroy == [sockets[1], sockets[2]])
         #expect(choice.leftByLimit.isEmpty)
-        let tight = plan(limit: 4).translatedSockets(in: sockets, translated: translated, reported: [], reportedCount: 3) { [] }
+        let tight = plan(limit: 4).translatedSockets(in: sockets, translated: translated, reported: [], countedByLimit: 3) { [] }
         #expect(tight.destroy == [sockets[0]] && tight.leftByLimit == [sockets[1], sockets[2]])
     }
 

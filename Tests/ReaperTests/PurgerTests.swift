@@ -93,6 +93,20 @@ import Testing
         #expect(report.sockets.first { $0.socket.id.cookie == 40001 }?.outcome == .ended)
     }
 
+    @Test func aRefusedDestroyIsNotSentAgainByARoundAnotherSocketsLostAckEarned() {
+        let sockets = FakeSocketTable([socket(40000), socket(40001)])
+        sockets.change {
+            $0.refusals = [40000: .failed(.notPermitted)]
+            $0.acksLostBeforeDestroying = [40001: 1]
+        }
+        let report = Purger(sockets: sockets, conntrack: nil).purge(matcher, options: options())
+        #expect(sockets.destroyRequests == [40000, 40001, 40001])
+        #expect(sockets.cookies == [40000])
+        #expect(report.extraRounds == 1)
+        #expect(report.sockets.map(\.socket.id.cookie).sorted() == [40000, 40001], "each reported once")
+        #expect(report.allErrors.count == 1)
+    }
+
     @Test func aTornDumpEarnsAnotherRoundAndAWholeOneDoesNot() {
         let torn = FakeSocketTable([socket(40000), socket(40001), socket(40002)])
         torn.change { $0.tearingNextDump = true }

@@ -22,6 +22,8 @@ public struct ReapAccounting: Sendable {
     }
 
     static let dryRunSample = 8
+    /// The error a stuck or rebalance close's line names for a destroy left `.unconfirmed`.
+    static let unconfirmedDestroy: Logger.MetadataValue = "destroy ack lost (ENOBUFS), and the socket was still there at the last look"
     static let allDownMessage = Logger.Message(
         stringLiteral:
             "every backend of the pool looks down: reaping nothing (the probes are the likely fault; set reap_when_all_down to override)")
@@ -175,7 +177,12 @@ public struct ReapAccounting: Sendable {
             metrics.reapDuration(pool: key.pool).recordSeconds(report.durationSeconds)
             // The audit line: every first reap of a dead backend, and every later pass that did something.
             // In other namespaces (possibly every one on the node) only a pass that did something is logged.
-            guard (reason == .dead && part.namespace == nil) || ended > 0 || deleted > 0 || !errors.isEmpty else { continue }
+            // A destroy or delete whose ack was lost and whose socket or entry is still there ended
+            // nothing: not in `sockets`/`conntrack`, but the line says so (the trouble is counted apart).
+            let unconfirmed = dryRun ? 0 : report.unconfirmed
+            guard (reason == .dead && part.namespace == nil) || ended > 0 || deleted > 0 || !errors.isEmpty || unconfirmed > 0 else {
+                continue
+            }
             var metadata: Logger.Metadata = [
                 "pool": "\(key.pool)", "backend": "\(key.backend)", "reason": "\(reason.rawValue)",
                 "sockets": .stringConvertible(ended), "conntrack": .stringConvertible(deleted),
@@ -197,6 +204,7 @@ public struct ReapAccounting: Sendable {
             let natted = report.sockets.count { $0.throughConntrack }
             if natted > 0 { metadata["sockets_via_conntrack"] = .stringConvertible(natted) }
             if report.socketsLeftByLimit > 0 { metadata["left_for_later"] = .stringConvertible(report.socketsLeftByLimit) }
+            if unconfirmed > 0 { metadata["unconfirmed"] = .stringConvertible(unconfirmed) }
             if dryRun, !report.sockets.isEmpty {
                 // Name what would go, a few at least, so a dry run can be checked against `ss`.
                 let sample = report.sockets.prefix(Self.dryRunSample).map { "\($0.socket.local)->\($0.socket.remote)" }
@@ -271,13 +279,15 @@ public struct ReapAccounting: Sendable {
                 ]
                 if let namespace = part.namespace { metadata["netns"] = "\(namespace)" }
                 if let error = result.outcome.error { metadata["error"] = "\(error)" }
+                let unconfirmed = result.outcome == .unconfirmed
+                if unconfirmed { metadata["error"] = Self.unconfirmedDestroy }
                 logger.notice(dryRun ? "stuck connection (dry run: not ended)" : "stuck connection ended", metadata: metadata)
                 if let backend = state.configuration.pools.first(where: { $0.name == pool })?.backends.first(where: { $0 == socket.remote })
                 {
                     state.recordReap(
                         .init(
                             time: .now, reason: ReapReason.stuck.rawValue, sockets: 1, conntrackEntries: deleted,
-                            errors: result.outcome.error == nil ? 0 : 1, dryRun: dryRun),
+                            errors: result.outcome.error == nil && !unconfirmed ? 0 : 1, dryRun: dryRun),
                         for: BackendKey(pool: pool, backend: backend))
                 }
             }

@@ -35,6 +35,8 @@ extension ReapAccounting {
                 continue
             }
             if let error = result.outcome.error { metadata["error"] = "\(error)" }
+            let unconfirmed = result.outcome == .unconfirmed
+            if unconfirmed { metadata["error"] = Self.unconfirmedDestroy }
             if result.outcome == .ended {
                 tally.ended += 1
                 metrics.rebalanceClosed(pool: key.pool, backend: key.backend.description).increment()
@@ -46,7 +48,7 @@ extension ReapAccounting {
             state.recordReap(
                 .init(
                     time: .now, reason: ReapReason.rebalance.rawValue, sockets: result.outcome == .ended ? 1 : 0, conntrackEntries: 0,
-                    errors: result.outcome.error == nil ? 0 : 1, dryRun: dryRun), for: key)
+                    errors: result.outcome.error == nil && !unconfirmed ? 0 : 1, dryRun: dryRun), for: key)
         }
         return tally
     }

@@ -49,7 +49,7 @@ public actor WorkerReapKernel: ReapKernel {
                     limited.socketLimit = remaining
                     let pass = limited
                     let report = try await worker.perform { $0.purge(matcher, options: pass) }
-                    remaining -= report.sockets.count { $0.outcome == .ended || $0.outcome == .wouldEnd }
+                    remaining -= report.socketsCountedByLimit
                     merged.absorb(report, namespace: nil)
                 }
                 reports.append(NamespaceReport(namespace: namespace, report: merged))
@@ -148,7 +148,8 @@ public actor WorkerReapKernel: ReapKernel {
             let options = limited
             do {
                 let report = try await worker.perform { $0.purge(matcher, options: options) }
-                remaining -= report.sockets.count
+                // As a reap's: the limit is the budget's grant, which is charged only what ended.
+                remaining -= report.socketsCountedByLimit
                 reports.append(NamespaceReport(namespace: namespace, report: report))
             } catch {
                 reports.append(NamespaceReport(namespace: namespace, failure: "\(error)"))
