@@ -17,6 +17,8 @@ Each client holds 3 idle connections (``echo``, then nothing for the test's leng
 3. A heartbeat the backend closes (A's listener restarts: silent connections closed with a FIN, the
    port refused for 1.5 s) or resets (B drops its silent connections with an RST): no dead verdict,
    nothing ended, each failure counted with its cause, both heartbeats up again.
+4. A reload that turns ``heartbeat`` off closes both (no keepalive socket left, no status, no gauge);
+   one that turns it on makes them again.
 
 Addresses 10.248.0.0/16, ports 24000-24999.
 """
@@ -24,6 +26,7 @@ Addresses 10.248.0.0/16, ports 24000-24999.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -174,16 +177,24 @@ class World:
 
     def start(self, heartbeat: bool = True) -> None:
         self.client = Line(self.node, CLIENT, str(PORT), str(PER_KIND), A, B)
-        path = self.tmp_path / f"agent-{int(heartbeat)}.yaml"
-        path.write_text(pool_yaml([{"name": "watch", "backends": [AP, BP], "probe": HAPROXY_LIKE, "heartbeat": heartbeat}],
-                                  listen=LISTEN))
-        self.agent = Agent(self.node, self.binary, ["--config", str(path)], listen=LISTEN)
+        self.write_config(heartbeat)
+        self.agent = Agent(self.node, self.binary, ["--config", str(self.config)], listen=LISTEN)
         self.agent.wait_ready()
         self.agent.wait_states({f"watch/{AP}": "up", f"watch/{BP}": "up"}, timeout=15)
         if heartbeat:
             wait_for(lambda: self.heartbeats() == {AP: "up", BP: "up"}, 5, "both heartbeats up")
         else:
             assert self.heartbeats() == {AP: None, BP: None}
+
+    def write_config(self, heartbeat: bool) -> None:
+        self.config = self.tmp_path / "agent.yaml"
+        self.config.write_text(pool_yaml([{"name": "watch", "backends": [AP, BP], "probe": HAPROXY_LIKE, "heartbeat": heartbeat}],
+                                         listen=LISTEN))
+
+    def keepalive_sockets(self, backend: str) -> int:
+        """Established sockets toward ``backend`` with a keepalive timer: the clients' have none."""
+        lines = self.node.run(["ss", "-Htno", "state", "established", "dst", backend]).stdout.splitlines()
+        return sum("timer:(keepalive" in line for line in lines)
 
     def stop(self) -> None:
         self.agent.stop()
@@ -307,4 +318,22 @@ def test_a_heartbeat_the_backend_closes_refuses_or_resets_is_made_again_and_ends
     assert world.agent.reaps() == [] and world.agent.find("backend dead") == [], info
     world.assert_flowing(A, info)
     world.assert_flowing(B, info)
+    world.stop()
+
+
+def test_the_heartbeat_follows_a_reload_and_is_one_keepalive_socket_per_backend(world):
+    world.start(heartbeat=True)
+    assert (world.keepalive_sockets(AP), world.keepalive_sockets(BP)) == (1, 1)
+    world.write_config(heartbeat=False)
+    world.agent.signal(signal.SIGHUP)
+    wait_for(lambda: world.heartbeats() == {AP: None, BP: None}, 5, "heartbeats gone after the reload")
+    wait_for(lambda: (world.keepalive_sockets(AP), world.keepalive_sockets(BP)) == (0, 0), 2, "heartbeat sockets closed")
+    assert world.agent.metrics().get("conn_reaper_heartbeat_up") is None
+    world.write_config(heartbeat=True)
+    world.agent.signal(signal.SIGHUP)
+    wait_for(lambda: world.heartbeats() == {AP: "up", BP: "up"}, 5, "heartbeats back after the reload")
+    assert (world.keepalive_sockets(AP), world.keepalive_sockets(BP)) == (1, 1)
+    info = world.agent.log_text(40)
+    assert world.agent.reaps() == [] and world.agent.find("early signal: probing the backend at once") == [], info
+    world.assert_flowing(A, info)
     world.stop()
