@@ -249,8 +249,11 @@ def measure(world: World, heartbeat: bool) -> Figures:
         timed_out = world.agent.find("heartbeat timed out", backend=AP)
         figures = Figures(round(dead.logged_at - start, 3), round(max(c["error_t"] for c in ended) - start, 3),
                           reap[0].fields.get("detected_by", "?"), round(timed_out[0].logged_at - start, 3) if timed_out else None)
-        signals = [line.fields["signal"] for line in world.agent.find("early signal: probing the backend at once", backend=AP)]
-        assert signals == (["heartbeat"] if heartbeat else []), info
+        early = world.agent.find("early signal: probing the backend at once", backend=AP)
+        assert [line.fields["signal"] for line in early] == (["heartbeat"] if heartbeat else []), info
+        if heartbeat:
+            detail = early[0].fields.get("detail", "")
+            assert "went unacknowledged" in detail and ("ETIMEDOUT" in detail or "EHOSTUNREACH" in detail), early[0].text
     finally:
         world.lift(rules)
     world.stop()

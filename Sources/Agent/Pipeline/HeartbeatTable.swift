@@ -79,7 +79,8 @@ final class HeartbeatTable {
     func ready(_ token: UInt64) {
         guard let key = owners[token], let heartbeat = heartbeats[key], let descriptor = heartbeat.descriptor else { return }
         if let error = HeartbeatSocket.pendingError(descriptor) {
-            ended(key, errno: error.errno.rawValue, detail: "\(error)")
+            // SO_ERROR names it a connect's; once established it is the connection's own.
+            ended(key, errno: error.errno.rawValue, detail: heartbeat.establishedAt == nil ? "\(error)" : error.errno.symbolicName)
             return
         }
         if heartbeat.establishedAt == nil {
@@ -128,9 +129,11 @@ final class HeartbeatTable {
             "pool": "\(key.pool)", "backend": "\(backend)", "cause": "\(cause.rawValue)", "detail": "\(detail)",
             "established_for": "\(lived.map { "\($0)" } ?? "never")",
         ]
-        if HeartbeatRules.isSignal(cause, established: lived != nil) {
+        if HeartbeatRules.isSignal(cause, established: lived != nil), let lived {
             logger.warning("heartbeat timed out", metadata: metadata)
-            executor.earlySignal(key, .heartbeat, detail: "its heartbeat connection went unacknowledged (\(detail))")
+            executor.earlySignal(
+                key, .heartbeat,
+                detail: "its heartbeat connection (up \(lived.components.seconds) s) went unacknowledged past a keepalive probe: \(detail)")
         } else {
             logger.debug("heartbeat ended, made again later", metadata: metadata)
         }
