@@ -44,6 +44,7 @@ public struct AgentApplication {
             executor,
             HealthService(store: store, state: state, executor: executor, metrics: metrics, logger: logger),
             LinkSignalService(state: state, executor: executor, logger: logger),
+            HeartbeatService(state: state, executor: executor, metrics: metrics, logger: logger),
             ConntrackTableWatch(executor: executor, metrics: metrics, logger: logger),
             ReloadService(
                 source: source, store: store, metrics: metrics, logger: logger, pollInterval: reloadPoll, logLevel: logLevel,

@@ -53,6 +53,25 @@ public final class AgentMetrics: Sendable {
         registry.unregisterGauge(backendUp(pool: pool, backend: backend))
     }
 
+    func heartbeatUp(pool: String, backend: String) -> Gauge {
+        registry.makeGauge(
+            descriptor: Self.name(
+                "heartbeat_up", unit: "", help: "1 while the agent's own keepalive connection to the backend is established, else 0."),
+            labels: [("pool", pool), ("backend", backend)])
+    }
+
+    func forgetHeartbeatUp(pool: String, backend: String) {
+        registry.unregisterGauge(heartbeatUp(pool: pool, backend: backend))
+    }
+
+    func heartbeatFailures(pool: String, backend: String, cause: HeartbeatRules.Cause) -> Counter {
+        registry.makeCounter(
+            descriptor: Self.name(
+                "heartbeat_failures", unit: "total",
+                help: "Heartbeat connections that failed or ended, by cause; only a timeout of an established one is an early signal."),
+            labels: [("pool", pool), ("backend", backend), ("cause", cause.rawValue)])
+    }
+
     func probeDuration(pool: String, backend: String) -> DurationHistogram {
         registry.makeDurationHistogram(
             descriptor: Self.name("probe_duration", unit: "seconds", help: "Time each probe took, success or not."),

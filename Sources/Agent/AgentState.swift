@@ -34,6 +34,8 @@ public final class AgentState: Sendable {
     }
 
     private let storage: Mutex<Storage>
+    /// Apart from `storage`: the heartbeats' thread writes it without touching the policy.
+    private let heartbeats = Mutex<[BackendKey: HeartbeatRules.Phase]>([:])
 
     public init(configuration: AgentConfiguration) {
         storage = Mutex(
@@ -120,8 +122,14 @@ public final class AgentState: Sendable {
 
     public func ready() -> Bool { storage.withLock { $0.firstRoundDone } }
 
+    /// A backend's heartbeat now; nil: it has none.
+    public func recordHeartbeat(_ phase: HeartbeatRules.Phase?, for key: BackendKey) {
+        heartbeats.withLock { $0[key] = phase }
+    }
+
     public func status() -> StatusDocument {
-        storage.withLock { storage in
+        let heartbeats = heartbeats.withLock { $0 }
+        return storage.withLock { storage in
             let now = ContinuousClock.now, wallNow = Date()
             func date(_ instant: ContinuousClock.Instant?) -> Date? {
                 instant.map { wallNow.addingTimeInterval(-(now - $0).seconds) }
@@ -142,7 +150,8 @@ public final class AgentState: Sendable {
                                 stateSince: date(record?.stateSince), lastFailure: record?.lastFailure,
                                 lastFailureDetail: record?.lastFailureDetail, lastProbe: record?.lastProbe?.detail,
                                 lastProbeSeconds: record?.lastProbe?.duration.seconds, lastProbeTime: date(record?.lastProbeAt),
-                                lastReap: storage.lastReaps[key], lastChange: date(record?.stateSince))
+                                lastReap: storage.lastReaps[key], lastChange: date(record?.stateSince),
+                                heartbeat: heartbeats[key]?.description)
                         })
                 })
         }
@@ -163,13 +172,15 @@ public struct StatusDocument: Sendable, Codable {
         public var lastReap: AgentState.ReapSummary?
         /// The same as `state_since`, under the name the first version used.
         public var lastChange: Date?
+        /// The agent's own keepalive connection: connecting, up, retrying after a cause; absent: none.
+        public var heartbeat: String?
 
         enum CodingKeys: String, CodingKey {
             case address, state
             case lastChange = "last_change"
             case stateSince = "state_since", lastFailure = "last_failure", lastFailureDetail = "last_failure_detail"
             case lastProbe = "last_probe", lastProbeSeconds = "last_probe_seconds"
-            case lastProbeTime = "last_probe_time", lastReap = "last_reap"
+            case lastProbeTime = "last_probe_time", lastReap = "last_reap", heartbeat
         }
     }
 

@@ -72,7 +72,7 @@ public enum ProbeSocket {
         _ = close(descriptor)
     }
 
-    private static func withSocketAddress(of endpoint: Endpoint, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
+    static func withSocketAddress(of endpoint: Endpoint, _ body: (UnsafePointer<sockaddr>, socklen_t) -> Int32) -> Int32 {
         switch endpoint.address {
         case .v4(let address):
             var socketAddress = sockaddr_in()

@@ -106,6 +106,7 @@ import Testing
         ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    netns: [\"..\"]\n", "pools[0].netns[0]", "names no namespace"),
         ("log_level: loud\npools: []\n", "log_level", "is not one of trace, debug, info, notice, warning, error, critical"),
         ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance: sometimes\n", "pools[0].rebalance", "is not true or false"),
+        ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    heartbeat: often\n", "pools[0].heartbeat", "is not true or false"),
         ("pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance: [true]\n", "pools[0].rebalance", "expected a single value"),
         (
             "pools:\n  - name: a\n    backends: [\"10.0.0.1:80\"]\n    rebalance_tolerance: 0%\n", "pools[0].rebalance_tolerance",

@@ -69,6 +69,10 @@ public struct PoolConfiguration: Sendable, Equatable {
     /// Probe a backend at once when its connections retransmit while the pool's others are
     /// acknowledged (`early_detection`, TCP pools; on by default).
     public var earlyDetection = true
+    /// Hold one idle connection of the agent's own to each backend, probed by the kernel's
+    /// keepalive every second, whose timeout is an early signal (`heartbeat`; on where early
+    /// detection watches, in the agent's own namespace).
+    public var heartbeat = true
     /// Move a fair share of long-lived connections back to a backend that returns, paced.
     public var rebalance = false
     /// No rebalancing while every backend holds within this many percent of its fair share.
@@ -99,6 +103,14 @@ public struct PoolConfiguration: Sendable, Equatable {
 
     /// Whether the passive watch looks at this pool's connections (it reads TCP retransmissions).
     public var watchesRetransmissions: Bool { earlyDetection && protocols.contains(.tcp) }
+}
+
+extension AgentConfiguration {
+    /// The pools whose backends get a heartbeat connection: those that watch for early signals in
+    /// the agent's own namespace (the heartbeats' thread lives there), as the link signals' pools.
+    public var heartbeatPools: [PoolConfiguration] {
+        pools.filter { $0.heartbeat && $0.watchesRetransmissions && namespaces(of: $0) == nil }
+    }
 }
 
 /// Network namespaces to work in: files naming them, or every one on the node (re-enumerated).

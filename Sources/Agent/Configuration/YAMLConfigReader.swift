@@ -42,7 +42,7 @@ public enum YAMLConfigReader {
     static func pool(_ node: ConfigNode) throws(ConfigurationError) -> PoolConfiguration {
         let keys = try node.mapping(allowed: [
             "name", "backends", "protocols", "stuck_after", "probe", "netns", "reap_on", "drain_timeout", "early_detection",
-            "rebalance", "rebalance_tolerance", "rebalance_rate", "rebalance_owner", "min_outage", "conntrack_zones",
+            "rebalance", "rebalance_tolerance", "rebalance_rate", "rebalance_owner", "min_outage", "conntrack_zones", "heartbeat",
         ])
         guard let name = keys["name"] else { throw node.error("name", "missing") }
         guard let backends = keys["backends"] else { throw node.error("backends", "missing") }
@@ -60,6 +60,7 @@ public enum YAMLConfigReader {
         if let drain = keys["drain_timeout"] { pool.drainTimeout = try drain.duration() }
         if let outage = keys["min_outage"] { pool.minOutage = try outage.duration() }
         if let early = keys["early_detection"] { pool.earlyDetection = try early.bool() }
+        if let heartbeat = keys["heartbeat"] { pool.heartbeat = try heartbeat.bool() }
         if let rebalance = keys["rebalance"] { pool.rebalance = try rebalance.bool() }
         if let tolerance = keys["rebalance_tolerance"] { pool.rebalanceTolerance = try tolerance.percent(in: 1...100) }
         if let owner = keys["rebalance_owner"] { pool.rebalanceOwner = try owner.parsed(RebalanceOwner.init(parsing:)) }

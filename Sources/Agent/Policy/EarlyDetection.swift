@@ -20,6 +20,8 @@ public struct EarlyDetection: Sendable {
         case neighbour
         /// The only interface toward it lost its carrier.
         case carrier
+        /// The agent's own idle connection to it went unacknowledged past its keepalive probe.
+        case heartbeat
     }
 
     /// One look at a pool's established connections.
