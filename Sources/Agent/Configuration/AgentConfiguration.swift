@@ -70,9 +70,11 @@ public struct PoolConfiguration: Sendable, Equatable {
     /// acknowledged (`early_detection`, TCP pools; on by default).
     public var earlyDetection = true
     /// Hold one idle connection of the agent's own to each backend, probed by the kernel's
-    /// keepalive every second, whose timeout is an early signal (`heartbeat`; on where early
-    /// detection watches, in the agent's own namespace).
-    public var heartbeat = true
+    /// keepalive every second, whose timeout is an early signal (`heartbeat`, where early detection
+    /// watches, in the agent's own namespace). Off unless asked: a server closes the silent
+    /// connection after its idle timeout (30-90 s), and a TLS server logs each one as a failed
+    /// handshake, which across a fleet is noise on the apiserver an operator should choose.
+    public var heartbeat = false
     /// Move a fair share of long-lived connections back to a backend that returns, paced.
     public var rebalance = false
     /// No rebalancing while every backend holds within this many percent of its fair share.
