@@ -129,6 +129,7 @@ class NamespaceChurn(threading.Thread):
         self.made = 0
         self.removed = 0
         self.outcomes: dict[str, dict[str, int]] = {}   # backend -> {how the held connection ended: n}
+        self.unsettled: list[str] = []                   # why a holder waited in vain, one line each
         self.error: BaseException | None = None
 
     def _count(self, backend: str, how: str) -> None:
@@ -156,27 +157,35 @@ class NamespaceChurn(threading.Thread):
                         self._count(backend, f"connect:{'timeout' if errno == '0' else errno}")
         self.alive.append(entry)
 
-    def _agent_sees_up(self, backend: str) -> bool:
+    def _agent_state(self, backend: str) -> str:
         try:
-            return self.agent.backend_states().get(f"{self.pool}/{endpoint(backend, self.port)}") == "up"
-        except (OSError, AssertionError, ValueError):
-            return False
+            return self.agent.backend_states().get(f"{self.pool}/{endpoint(backend, self.port)}", "absent")
+        except (OSError, AssertionError, ValueError) as error:
+            return f"unreadable ({error.__class__.__name__})"
 
     def _remove(self, entry: dict) -> None:
         holder = entry.get("holder")
         if holder:
             backend, ident = entry["backend"], entry["socket"]
             with self.flapper.held(backend):
-                deadline = time.monotonic() + 30
+                started = time.monotonic()
+                deadline = started + 30
+                seen: list[tuple[float, float, str]] = []   # (t, up for, agent's state) whenever it changes
                 while True:
                     state = holder.state([ident])[0]
                     if state != "ok":
                         break
-                    if self.flapper.is_up_for(backend) >= 3.0 and self._agent_sees_up(backend):
+                    up_for = self.flapper.is_up_for(backend)
+                    agent_state = self._agent_state(backend)
+                    if not seen or seen[-1][2] != agent_state or (seen[-1][1] == 0) != (up_for == 0):
+                        seen.append((time.monotonic() - started, up_for, agent_state))
+                    if up_for >= 3.0 and agent_state == "up":
                         state = holder.state([ident])[0]
                         break
                     if time.monotonic() > deadline:
                         state = "still-ok-backend-not-up"
+                        self.unsettled.append(f"{backend}: " + ", ".join(
+                            f"t={t:.1f}s up_for={u:.1f}s agent={a}" for t, u, a in seen[-12:]))
                         break
                     time.sleep(0.2)
                 holder.close_sockets([ident])

@@ -275,6 +275,7 @@ def finish(agent, churn, log, sampler, flapper, namespaces, reloader, configs, p
            and not how.startswith("finish:")}
     if odd:
         failures.append(f"connections ended otherwise than reaped or refused: {odd}")
+    failures += [f"a holder waited 30 s for its backend to be up and seen up: {line}" for line in namespaces.unsettled[:5]]
 
     # Reloads
     failures += [f"reload: {p}" for p in reloader.problems[:10]]
