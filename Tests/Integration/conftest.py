@@ -47,6 +47,11 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+#: The memos a conn-reaper process leaves for the rest of the boot (the flush canary's verdict) go
+#: to a directory of this session's, not the host's /run/conn-reaper.
+RUNTIME_DIRECTORY = "CONN_REAPER_RUNTIME_DIRECTORY"
+
+
 def pytest_sessionstart(session):
     # A SIGTERM/SIGHUP (e.g. a CI timeout) unwinds like Ctrl-C, so fixtures and the session
     # finalizer below still remove namespaces and processes.
@@ -55,9 +60,18 @@ def pytest_sessionstart(session):
             signal.signal(signum, _raise_interrupt)
         except (ValueError, OSError):
             pass
+    if RUNTIME_DIRECTORY not in os.environ:
+        try:
+            os.environ[RUNTIME_DIRECTORY] = tempfile.mkdtemp(prefix="conn-reaper-run-")
+            session.config._conn_reaper_runtime = os.environ[RUNTIME_DIRECTORY]
+        except OSError:
+            pass  # a read-only /tmp: the binary finds no memo and tries the flush itself
 
 
 def pytest_sessionfinish(session, exitstatus):
+    made = getattr(session.config, "_conn_reaper_runtime", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
     if os.geteuid() == 0 and netns.tool("ip"):
         left = netns.cleanup_namespaces(RUN_PREFIX) + netns.cleanup_namespaces(netns.default_prefix(FAULT_STEM))
         if left:

@@ -265,3 +265,53 @@ def test_a_zone_that_is_not_a_number_is_refused_and_nothing_is_touched(topo, rea
         result = reaper.run(topo.client, "purge", "--zone", bad, *extra, endpoint(TARGET4, TCP_PORT))
         assert result.returncode == 64 and message in result.stderr, result.describe()
     assert client.probe([target]) == ["ok"]
+
+
+def test_a_one_shot_purge_believes_the_canary_verdict_of_this_boot_and_nothing_else(topo, reaper, monkeypatch, tmp_path):
+    """The canary costs a one-shot purge four or five walks of the table; its verdict holds until
+    the kernel reboots, so the first process of a boot leaves it in a memo and later purges use it.
+    Both ways: a verdict of this boot is believed (a planted `refused` makes a 6.12+ purge delete one
+    by one), one of another boot, or in a file others could have written, is not (the purge tries
+    the canary itself, flushes, and leaves the true verdict); `check` always tries it."""
+    runtime = tmp_path / "run"
+    monkeypatch.setenv("CONN_REAPER_RUNTIME_DIRECTORY", str(runtime))
+    memo = runtime / "flush-canary"
+    boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+    flushes = kernel.expect("filtered flush")
+    truth = "trusted" if flushes else "refused"
+
+    def purge() -> int:
+        for sport in range(30000, 30300):
+            inject(topo.client, CLIENT4, TARGET4, sport, TCP_PORT)
+        document = reaper.ok_json(topo.client, "purge", endpoint(TARGET4, TCP_PORT))
+        assert document["counts"]["conntrack_deleted"] == 300, document["counts"]
+        assert not [e for e in table(topo.client) if _toward_dead(e)], "entries left toward the dead backend"
+        return document["counts"]["conntrack_flushes"]
+
+    def plant(line: str, mode: int = 0o600) -> None:
+        memo.write_text(line)
+        memo.chmod(mode)
+
+    # The first purge of the boot tries the canary and leaves what it found.
+    assert purge() == (1 if flushes else 0)
+    assert memo.read_text() == f"{boot} {truth}\n"
+    assert runtime.stat().st_mode & 0o777 == 0o700 and memo.stat().st_mode & 0o777 == 0o600
+
+    # Believed: this boot's verdict, written by us.
+    plant(f"{boot} refused\n")
+    assert purge() == 0, "a purge tried the canary although this boot's verdict was there"
+    assert memo.read_text() == f"{boot} refused\n"
+
+    # Not believed: another boot's verdict, or one others could have written; each purge tries the canary.
+    for line, mode in ((f"00000000-0000-0000-0000-000000000000 refused\n", 0o600), (f"{boot} refused\n", 0o666)):
+        plant(line, mode)
+        assert purge() == (1 if flushes else 0), (line, oct(mode))
+        assert memo.read_text() == f"{boot} {truth}\n", (line, oct(mode))
+
+    # check tries the canary whatever the memo says.
+    plant(f"{boot} refused\n")
+    result = reaper.run(topo.client, "check")
+    assert result.returncode == 0, result.describe()
+    flush_line = next(line for line in result.stdout.splitlines() if line.startswith("conntrack filtered flush"))
+    assert ("proven on a canary entry" if flushes else "not supported by this kernel") in flush_line, result.stdout
+    assert memo.read_text() == f"{boot} {truth}\n"
