@@ -220,9 +220,11 @@ def run_soak(binary: str, minutes: float, *, rate: float = 20.0, takedowns: floa
 
 def finish(agent, churn, log, sampler, flapper, namespaces, reloader, configs, path, duration, out) -> SoakResult:
     failures: list[str] = []
+    # End on A before the last holders are let go: each waits until the agent shows its backend up,
+    # and under B (the reloader may have stopped on it) the last roam backend is not shown at all.
+    reloader.reload(*configs[0])
     namespaces.remove_all()
     flapper.restore_all()
-    reloader.reload(*configs[0])              # end on A: every backend watched
     wait_for(lambda: every_backend_up(agent), 30, "every backend up again")
     time.sleep(2.0)                            # a reap pass in flight when the last one came up has ended
     final = churn.finish(settle=20)
