@@ -92,6 +92,7 @@ let package = Package(
             name: "Agent",
             dependencies: [
                 "Reaper", "Health", "Conntrack", "SockDiag", "Routing", "OS", "NetworkAddress", "Durations",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
@@ -147,6 +148,7 @@ let package = Package(
             name: "AgentTests",
             dependencies: [
                 "Agent", "Health", "Reaper", "SockDiag", "Conntrack", "Netlink", "OS", "NetworkAddress", "Durations",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),

@@ -253,7 +253,7 @@ private final class EngineLoop {
             readResponse(&probe, token: token)
             return
         }
-        if let error = ProbeSocket.connectError(probe.descriptor) {
+        if let error = TCPSocket.pendingError(probe.descriptor) {
             ProbeSocket.abort(probe.descriptor)
             finish(probe, Self.result(error, since: probe.started))
             return
@@ -265,7 +265,7 @@ private final class EngineLoop {
         }
         do throws(SystemCallError) {
             // A GET of a hundred bytes into an empty send buffer goes whole.
-            guard try ProbeSocket.send(probe.descriptor, request) == request.count else {
+            guard try TCPSocket.send(probe.descriptor, request) == request.count else {
                 throw SystemCallError(call: "send", errno: .wouldBlock)
             }
             try poller.watchReadable(probe.descriptor, token: token)
@@ -282,7 +282,7 @@ private final class EngineLoop {
     private func readResponse(_ probe: inout InFlight, token: UInt64) {
         let received: Int
         do throws(SystemCallError) {
-            received = try ProbeSocket.receive(probe.descriptor, into: &readBuffer)
+            received = try TCPSocket.receive(probe.descriptor, into: &readBuffer)
         } catch {
             if error.errno == .resourceTemporarilyUnavailable {
                 received = -1

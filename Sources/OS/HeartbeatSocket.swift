@@ -40,39 +40,16 @@ public enum HeartbeatSocket {
     }
 
     /// Starts a connect toward `endpoint` with the keepalive options set, and returns the
-    /// descriptor: watch it for writability, then ask `pendingError`. A connect the kernel ends at
-    /// once throws, the descriptor already closed.
+    /// descriptor: watch it for writability, then ask `TCPSocket.pendingError`. A connect the kernel
+    /// ends at once throws, the descriptor already closed.
     public static func connect(to endpoint: Endpoint, options: HeartbeatOptions) throws(SystemCallError) -> Int32 {
-        let family = endpoint.address.family == .v4 ? AF_INET : AF_INET6
-        let descriptor = try systemCall("socket") {
-            socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        }
-        do throws(SystemCallError) {
-            try setOption(descriptor, SOL_SOCKET, SO_KEEPALIVE, 1, name: "SO_KEEPALIVE")
-            try setOption(descriptor, Int32(IPPROTO_TCP), TCP_KEEPIDLE, options.idleSeconds, name: "TCP_KEEPIDLE")
-            try setOption(descriptor, Int32(IPPROTO_TCP), TCP_KEEPINTVL, options.intervalSeconds, name: "TCP_KEEPINTVL")
-            try setOption(descriptor, Int32(IPPROTO_TCP), TCP_KEEPCNT, options.count, name: "TCP_KEEPCNT")
-            try setOption(descriptor, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, options.userTimeoutMilliseconds, name: "TCP_USER_TIMEOUT")
-            let started = ProbeSocket.withSocketAddress(of: endpoint) { address, length in Glibc.connect(descriptor, address, length) }
-            if started < 0 {
-                let code = Glibc.errno
-                if code != EINPROGRESS && code != EINTR { throw SystemCallError(call: "connect", code: code) }
-            }
-            return descriptor
-        } catch {
-            _ = Glibc.close(descriptor)
-            throw error
-        }
-    }
-
-    /// The socket's pending error (SO_ERROR, which reading clears): nil when there is none. After a
-    /// connect it is how the connect ended; later, why the connection failed.
-    public static func pendingError(_ descriptor: Int32) -> SystemCallError? {
-        do {
-            let code = try option(descriptor, SOL_SOCKET, SO_ERROR, name: "SO_ERROR")
-            return code == 0 ? nil : SystemCallError(call: "connect", code: code)
-        } catch {
-            return error
+        try TCPSocket.connect(to: endpoint) { descriptor throws(SystemCallError) in
+            let tcp = Int32(IPPROTO_TCP)
+            try TCPSocket.setOption(descriptor, SOL_SOCKET, SO_KEEPALIVE, Int32(1), name: "SO_KEEPALIVE")
+            try TCPSocket.setOption(descriptor, tcp, TCP_KEEPIDLE, options.idleSeconds, name: "TCP_KEEPIDLE")
+            try TCPSocket.setOption(descriptor, tcp, TCP_KEEPINTVL, options.intervalSeconds, name: "TCP_KEEPINTVL")
+            try TCPSocket.setOption(descriptor, tcp, TCP_KEEPCNT, options.count, name: "TCP_KEEPCNT")
+            try TCPSocket.setOption(descriptor, tcp, TCP_USER_TIMEOUT, options.userTimeoutMilliseconds, name: "TCP_USER_TIMEOUT")
         }
     }
 
@@ -80,42 +57,26 @@ public enum HeartbeatSocket {
     public static func drain(_ descriptor: Int32) -> ReadOutcome {
         var buffer = [UInt8](repeating: 0, count: 512)
         do {
-            let received = try systemCall("recv") {
-                buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-            }
-            return received == 0 ? .closed : .data
+            return try TCPSocket.receive(descriptor, into: &buffer) == 0 ? .closed : .data
         } catch {
-            return error.errno.rawValue == EAGAIN ? .nothing : .failed(error)
+            return error.errno == .resourceTemporarilyUnavailable ? .nothing : .failed(error)
         }
     }
 
     /// The options as the kernel holds them now.
     public static func options(of descriptor: Int32) throws(SystemCallError) -> (keepalive: Bool, HeartbeatOptions) {
-        let keepalive = try option(descriptor, SOL_SOCKET, SO_KEEPALIVE, name: "SO_KEEPALIVE")
+        let tcp = Int32(IPPROTO_TCP)
+        let keepalive = try TCPSocket.option(descriptor, SOL_SOCKET, SO_KEEPALIVE, name: "SO_KEEPALIVE")
         let options = HeartbeatOptions(
-            idleSeconds: try option(descriptor, Int32(IPPROTO_TCP), TCP_KEEPIDLE, name: "TCP_KEEPIDLE"),
-            intervalSeconds: try option(descriptor, Int32(IPPROTO_TCP), TCP_KEEPINTVL, name: "TCP_KEEPINTVL"),
-            count: try option(descriptor, Int32(IPPROTO_TCP), TCP_KEEPCNT, name: "TCP_KEEPCNT"),
-            userTimeoutMilliseconds: try option(descriptor, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, name: "TCP_USER_TIMEOUT"))
+            idleSeconds: try TCPSocket.option(descriptor, tcp, TCP_KEEPIDLE, name: "TCP_KEEPIDLE"),
+            intervalSeconds: try TCPSocket.option(descriptor, tcp, TCP_KEEPINTVL, name: "TCP_KEEPINTVL"),
+            count: try TCPSocket.option(descriptor, tcp, TCP_KEEPCNT, name: "TCP_KEEPCNT"),
+            userTimeoutMilliseconds: try TCPSocket.option(descriptor, tcp, TCP_USER_TIMEOUT, name: "TCP_USER_TIMEOUT"))
         return (keepalive != 0, options)
     }
 
     /// Closes the heartbeat: a FIN if it was connected (the peer sees an ordinary close).
     public static func close(_ descriptor: Int32) {
-        _ = Glibc.close(descriptor)
-    }
-
-    private static func setOption(_ descriptor: Int32, _ level: Int32, _ option: Int32, _ value: Int32, name: String)
-        throws(SystemCallError)
-    {
-        var value = value
-        try systemCall("setsockopt", argument: name) { setsockopt(descriptor, level, option, &value, socklen_t(MemoryLayout<Int32>.size)) }
-    }
-
-    private static func option(_ descriptor: Int32, _ level: Int32, _ option: Int32, name: String) throws(SystemCallError) -> Int32 {
-        var value: Int32 = 0
-        var length = socklen_t(MemoryLayout<Int32>.size)
-        try systemCall("getsockopt", argument: name) { getsockopt(descriptor, level, option, &value, &length) }
-        return value
+        TCPSocket.close(descriptor)
     }
 }

@@ -1,17 +1,14 @@
 import Agent
+import SystemPackage
 import Testing
-
-#if canImport(Glibc)
-    import Glibc
-#endif
 
 /// Which ends of a heartbeat are early signals, and how soon it is made again.
 @Suite struct HeartbeatRulesTests {
     @Test func onlyAnEstablishedHeartbeatThatTimedOutIsASignal() {
-        #expect(HeartbeatRules.isSignal(HeartbeatRules.cause(of: ETIMEDOUT), established: true))
-        #expect(HeartbeatRules.isSignal(HeartbeatRules.cause(of: EHOSTUNREACH), established: true))
-        #expect(!HeartbeatRules.isSignal(HeartbeatRules.cause(of: ETIMEDOUT), established: false), "a connect timeout")
-        for live in [ECONNREFUSED, ECONNRESET, EPIPE, ECONNABORTED] as [Int32] {
+        #expect(HeartbeatRules.isSignal(HeartbeatRules.cause(of: .timedOut), established: true))
+        #expect(HeartbeatRules.isSignal(HeartbeatRules.cause(of: .noRouteToHost), established: true))
+        #expect(!HeartbeatRules.isSignal(HeartbeatRules.cause(of: .timedOut), established: false), "a connect timeout")
+        for live: Errno in [.connectionRefused, .connectionReset, .brokenPipe, .connectionAbort] {
             #expect(!HeartbeatRules.isSignal(HeartbeatRules.cause(of: live), established: true), "errno \(live)")
         }
         #expect(!HeartbeatRules.isSignal(HeartbeatRules.cause(of: nil), established: true), "a FIN")
@@ -19,9 +16,9 @@ import Testing
 
     @Test func causesAreNamedForTheMetric() {
         #expect(HeartbeatRules.cause(of: nil) == .closed)
-        #expect(HeartbeatRules.cause(of: ECONNREFUSED) == .refused)
-        #expect(HeartbeatRules.cause(of: ECONNRESET) == .reset)
-        #expect(HeartbeatRules.cause(of: ECONNABORTED) == .other, "our own reap of it")
+        #expect(HeartbeatRules.cause(of: .connectionRefused) == .refused)
+        #expect(HeartbeatRules.cause(of: .connectionReset) == .reset)
+        #expect(HeartbeatRules.cause(of: .connectionAbort) == .other, "our own reap of it")
         #expect(HeartbeatRules.Phase.retrying(after: .refused).description == "retrying after refused")
     }
 

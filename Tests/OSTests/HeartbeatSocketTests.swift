@@ -10,7 +10,7 @@ import Testing
         let descriptor = try HeartbeatSocket.connect(to: listener.serverEndpoint, options: asked)
         defer { HeartbeatSocket.close(descriptor) }
         #expect(try waitWritable(descriptor))
-        #expect(HeartbeatSocket.pendingError(descriptor) == nil)
+        #expect(TCPSocket.pendingError(descriptor) == nil)
         let (keepalive, held) = try HeartbeatSocket.options(of: descriptor)
         #expect(keepalive)
         #expect(held == asked)
@@ -39,7 +39,7 @@ import Testing
             let descriptor = try HeartbeatSocket.connect(to: endpoint, options: HeartbeatOptions())
             defer { HeartbeatSocket.close(descriptor) }
             #expect(try waitWritable(descriptor))
-            code = HeartbeatSocket.pendingError(descriptor)?.errno.rawValue
+            code = TCPSocket.pendingError(descriptor)?.errno.rawValue
         } catch {
             code = error.errno.rawValue
         }

@@ -2,7 +2,6 @@ import Logging
 import NetworkAddress
 import OS
 import ServiceLifecycle
-import Synchronization
 
 /// One idle connection of the agent's own to each backend of each pool that watches for early
 /// signals in the agent's namespace, kept by the kernel's keepalive (a probe after each second of
@@ -27,14 +26,8 @@ public struct HeartbeatService: Service {
     static let pollWait: Duration = .milliseconds(200)
 
     public func run() async throws {
-        let thread: NamespaceThread
-        do { thread = try NamespaceThread(entering: nil) } catch {
-            logger.warning("heartbeats off: no thread for them", metadata: ["error": "\(error)"])
-            return
-        }
-        let stopped = Atomic<Bool>(false)
         let state = state, executor = executor, metrics = metrics, logger = logger
-        thread.start { () throws(SystemCallError) in
+        await ThreadLoop.run("heartbeats", logger: logger) { stopped throws(SystemCallError) in
             let wakeup: PollerWakeup, poller: EventPoller
             do {
                 wakeup = try PollerWakeup()
@@ -46,7 +39,7 @@ public struct HeartbeatService: Service {
             defer { wakeup.close() }
             let table = HeartbeatTable(poller: poller, state: state, executor: executor, metrics: metrics, logger: logger)
             defer { table.closeAll() }
-            while !stopped.load(ordering: .relaxed) {
+            while !stopped() {
                 table.follow(state.configuration)
                 let now = ContinuousClock.now
                 table.connectDue(at: now)
@@ -59,9 +52,6 @@ public struct HeartbeatService: Service {
                 for token in ready { table.ready(token) }
             }
         }
-        try? await gracefulShutdown()
-        stopped.store(true, ordering: .relaxed)
-        thread.stop()
     }
 }
 

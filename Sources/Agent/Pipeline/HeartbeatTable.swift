@@ -1,6 +1,7 @@
 import Logging
 import NetworkAddress
 import OS
+import SystemPackage
 
 /// The heartbeats of `HeartbeatService`, owned by its one thread: which connection is whose, what
 /// each is waiting for, and what an end of one means.
@@ -70,7 +71,7 @@ final class HeartbeatTable {
                 owners[lastToken] = key
                 state.recordHeartbeat(.connecting, for: key)
             } catch {
-                ended(key, errno: error.errno.rawValue, detail: "\(error)")
+                ended(key, errno: error.errno, detail: "\(error)")
             }
         }
     }
@@ -78,9 +79,9 @@ final class HeartbeatTable {
     /// A heartbeat's descriptor is ready: its connect ended, or the established connection did.
     func ready(_ token: UInt64) {
         guard let key = owners[token], let heartbeat = heartbeats[key], let descriptor = heartbeat.descriptor else { return }
-        if let error = HeartbeatSocket.pendingError(descriptor) {
+        if let error = TCPSocket.pendingError(descriptor) {
             // SO_ERROR names it a connect's; once established it is the connection's own.
-            ended(key, errno: error.errno.rawValue, detail: heartbeat.establishedAt == nil ? "\(error)" : error.errno.symbolicName)
+            ended(key, errno: error.errno, detail: heartbeat.establishedAt == nil ? "\(error)" : error.errno.symbolicName)
             return
         }
         if heartbeat.establishedAt == nil {
@@ -94,12 +95,12 @@ final class HeartbeatTable {
                 ended(key, errno: nil, detail: "the backend closed it")
                 return
             case .failed(let error):
-                ended(key, errno: error.errno.rawValue, detail: "\(error)")
+                ended(key, errno: error.errno, detail: "\(error)")
                 return
             }
         }
         do { try poller.watchReadable(descriptor, token: token) } catch {
-            ended(key, errno: error.errno.rawValue, detail: "\(error)")
+            ended(key, errno: error.errno, detail: "\(error)")
         }
     }
 
@@ -109,7 +110,7 @@ final class HeartbeatTable {
     }
 
     /// The heartbeat ended: count it, signal a timeout of an established one, and make it again later.
-    private func ended(_ key: BackendKey, errno: Int32?, detail: String) {
+    private func ended(_ key: BackendKey, errno: Errno?, detail: String) {
         guard var heartbeat = heartbeats[key] else { return }
         let now = ContinuousClock.now
         let cause = HeartbeatRules.cause(of: errno)

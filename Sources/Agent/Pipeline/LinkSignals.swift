@@ -3,7 +3,6 @@ import NetworkAddress
 import OS
 import Routing
 import ServiceLifecycle
-import Synchronization
 
 /// rtnetlink's link and neighbour news in the agent's own network namespace, turned into early
 /// signals: a backend's neighbour entry failing (nothing on its link answers ARP/NDP for it), or the
@@ -24,14 +23,8 @@ public struct LinkSignalService: Service {
     static let readWait: Int32 = 200
 
     public func run() async throws {
-        let thread: NamespaceThread
-        do { thread = try NamespaceThread(entering: nil) } catch {
-            logger.warning("link and neighbour signals off: no thread for them", metadata: ["error": "\(error)"])
-            return
-        }
-        let stopped = Atomic<Bool>(false)
         let executor = executor, state = state, logger = logger
-        thread.start { () throws(SystemCallError) in
+        await ThreadLoop.run("link and neighbour signals", logger: logger) { stopped throws(SystemCallError) in
             let listener: RouteWatch, lookups: RouteWatch
             do {
                 listener = try RouteWatch(listening: true)
@@ -40,7 +33,7 @@ public struct LinkSignalService: Service {
                 logger.warning("link and neighbour signals off: rtnetlink refused", metadata: ["error": "\(error)"])
                 return
             }
-            while !stopped.load(ordering: .relaxed) {
+            while !stopped() {
                 guard let (events, _) = try? listener.next(waitingUpTo: Self.readWait) else { return }
                 for event in events {
                     for (key, signal, detail) in Self.signals(for: event, in: state.configuration, route: { try? lookups.route(to: $0) }) {
@@ -49,9 +42,6 @@ public struct LinkSignalService: Service {
                 }
             }
         }
-        try? await gracefulShutdown()
-        stopped.store(true, ordering: .relaxed)
-        thread.stop()
     }
 
     /// Which backends an announcement names, and how. Only pools in the agent's own namespace that

@@ -1,8 +1,5 @@
 import OS
-
-#if canImport(Glibc)
-    import Glibc
-#endif
+import SystemPackage
 
 /// What an ended heartbeat connection means, and when the next one is made. Only a connection that
 /// was established and then stopped being acknowledged says anything about the backend's health:
@@ -44,12 +41,12 @@ public enum HeartbeatRules {
     public static let firstRetry: Duration = .seconds(1)
 
     /// nil: the peer's FIN (a read of 0 bytes).
-    public static func cause(of errno: Int32?) -> Cause {
+    public static func cause(of errno: Errno?) -> Cause {
         switch errno {
         case nil: .closed
-        case ETIMEDOUT, EHOSTUNREACH: .timeout
-        case ECONNREFUSED: .refused
-        case ECONNRESET, EPIPE: .reset
+        case .timedOut?, .noRouteToHost?: .timeout
+        case .connectionRefused?: .refused
+        case .connectionReset?, .brokenPipe?: .reset
         default: .other
         }
     }
