@@ -612,6 +612,9 @@ def main():
     servers = max(1, math.ceil(peak / 12000))  # SO_REUSEPORT spreads by hash: keep each well below 20,000 fds
     benchlab.remove_stale_workdirs('crbench-')
     workdir = tempfile.mkdtemp(prefix=f"crbench-{os.getpid()}-")
+    # The flush canary's verdict is left for the rest of the boot (BootScopedMemo): here in the work
+    # folder, so the first purge of the run tries it, as the first of a boot does, and the host's /run is untouched.
+    os.environ.setdefault("CONN_REAPER_RUNTIME_DIRECTORY", os.path.join(workdir, "run"))
     # Pin the binary: a rebuild in the same tree during the run must not change what is measured.
     args.binary_shown = args.binary
     args.rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
