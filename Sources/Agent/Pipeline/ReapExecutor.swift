@@ -44,7 +44,8 @@ public final class ReapExecutor: Service, Sendable {
     }
 
     /// A retransmission shows about one RTO (at least 200 ms) after the data went unacknowledged;
-    /// looking every 50 ms adds at most that much. What it costs is measured in `make bench`.
+    /// looking every 50 ms while data is out adds at most that much, and `WatchCadence` looks less
+    /// often while none is. What it costs is measured in `make bench`.
     public static let defaultWatchCadence: Duration = .milliseconds(50)
 
     /// Hands an event to the policy. What only tells (a state change, a held-back reap) is logged
@@ -107,21 +108,24 @@ public final class ReapExecutor: Service, Sendable {
         }
     }
 
-    /// Every `watchCadence`, one dump per pool that watches retransmissions (in its namespaces).
+    /// One look per pool that watches retransmissions (in its namespaces), every `watchCadence` while
+    /// a sentinel has data out, less often while none has (`WatchCadence`).
     private func watchRetransmissions() async {
         while !Task.isCancelled {
             let configuration = state.configuration
-            var watched = false
+            var wait: Duration?
             for pool in configuration.pools where pool.watchesRetransmissions && pool.backends.count > 1 {
                 // Every namespace on the node, 20 times a second, would cost more than it saves.
                 let namespaces = configuration.namespaces(of: pool)
                 if case .all? = namespaces { continue }
-                watched = true
                 let count = await kernel.retransmissions(of: pool, namespaces: namespaces)
                 observed(.init(pool: pool.name, connections: count.connections, retransmitting: count.retransmitting, at: .now))
+                let next = WatchCadence.next(
+                    armed: count.armed, shortestRTO: count.shortestRTO, watching: !count.connections.isEmpty, fast: watchCadence)
+                wait = min(wait ?? next, next)
             }
-            // With nothing to watch, look again for a reload's pools once a second, not twenty times.
-            try? await Task.sleep(for: watched ? watchCadence : .seconds(1))
+            // With nothing to watch, look again for a reload's pools once a second.
+            try? await Task.sleep(for: wait ?? .seconds(1))
         }
     }
 

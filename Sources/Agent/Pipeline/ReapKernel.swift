@@ -49,6 +49,10 @@ extension ReapKernel {
 public struct RetransmissionCount: Sendable, Equatable {
     public var connections: [Endpoint: Int] = [:]
     public var retransmitting: [Endpoint: Int] = [:]
+    /// A sentinel's retransmission (or loss-probe) timer runs: data is out, unacknowledged.
+    public var armed = false
+    /// The smallest RTO among the sentinels when they were picked; nil when none reported one.
+    public var shortestRTO: Duration?
 
     public init(connections: [Endpoint: Int] = [:], retransmitting: [Endpoint: Int] = [:]) {
         self.connections = connections

@@ -194,6 +194,7 @@ public actor WorkerReapKernel: ReapKernel {
         }
         guard let picked = sentinels[pool.name] else { return RetransmissionCount() }
         var count = RetransmissionCount()
+        count.shortestRTO = picked.shortestRTO
         var alive: [(worker: KernelWorker, sockets: [DiagnosedSocket])] = []
         for (worker, sockets) in picked.sockets {
             guard let looked = try? await worker.perform({ $0.lookUp(sockets) }) else { continue }
@@ -202,8 +203,9 @@ public actor WorkerReapKernel: ReapKernel {
                 still.append(socket)
                 let backend = socket.remote.unmapped
                 count.connections[backend, default: 0] += 1
-                if socket.timer == DiagnosedSocket.retransmitTimer, socket.retransmitsOnTimer > 0 {
-                    count.retransmitting[backend, default: 0] += 1
+                if socket.timer == DiagnosedSocket.retransmitTimer {
+                    count.armed = true
+                    if socket.retransmitsOnTimer > 0 { count.retransmitting[backend, default: 0] += 1 }
                 }
             }
             alive.append((worker, still))
@@ -219,6 +221,8 @@ public actor WorkerReapKernel: ReapKernel {
         var backends: [Endpoint]
         var refreshedAt: ContinuousClock.Instant
         var sockets: [(worker: KernelWorker, sockets: [DiagnosedSocket])]
+        /// From the pick's dump: the lookups after it carry no tcp_info (a hash lookup each).
+        var shortestRTO: Duration? = nil
     }
 
     private func pickSentinels(_ pool: PoolConfiguration, namespaces: NamespaceSelection?, at now: ContinuousClock.Instant) async
@@ -234,6 +238,7 @@ public actor WorkerReapKernel: ReapKernel {
             }
             picked.sockets.append((worker, Array(chosen)))
         }
+        picked.shortestRTO = picked.sockets.flatMap(\.sockets).compactMap(\.tcpInfo?.rtoMicroseconds).min().map { .microseconds($0) }
         return picked
     }
 
