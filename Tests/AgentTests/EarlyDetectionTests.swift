@@ -135,6 +135,21 @@ import Testing
         #expect(!detection.handle(observation([c: 4], after: .seconds(11))).isEmpty, "heard again once the quiet is over")
     }
 
+    /// Both ways: a heartbeat's false alarm quiets the heartbeat, not the retransmissions that show the
+    /// same backend dying two seconds later; and the retransmissions' own false alarm quiets them.
+    @Test func aFalseAlarmQuietsOnlyTheSignalThatRaisedIt() {
+        var detection = detector()
+        _ = detection.handle(.signal(key(c), .heartbeat, detail: "keepalive unacknowledged", at: start))
+        _ = detection.handle(.probed(key(c), success: true, at: start + .milliseconds(5)))
+        #expect(detection.handle(.signal(key(c), .heartbeat, detail: "again", at: start + .seconds(1))).isEmpty, "the heartbeat is quiet")
+        let later = detection.handle(observation([c: 4], after: .seconds(2)))
+        #expect(probes(later) == [key(c)], "the retransmissions are heard: \(later)")
+        #expect(later.contains(.suspected(key(c), .retransmits, detail: "4 of 10 connections retransmitting, none of 20 to 2 others")))
+        _ = detection.handle(.probed(key(c), success: true, at: start + .seconds(2) + .milliseconds(5)))
+        #expect(detection.handle(observation([c: 4], after: .seconds(3))).isEmpty, "now the retransmissions are quiet too")
+        #expect(!detection.handle(.signal(key(c), .carrier, detail: "eth0 down", at: start + .seconds(3))).isEmpty, "not the carrier")
+    }
+
     @Test func aFailureDoesNotStopTheScheduleAndARepeatedSignalAddsNothing() {
         var detection = detector()
         _ = detection.handle(observation([c: 4]))

@@ -65,7 +65,7 @@ public struct EarlyDetection: Sendable {
         case suspected(BackendKey, Signal, detail: String)
         case cleared(BackendKey, Signal, verdict: Verdict, after: Duration)
         /// A backend found dead early answered a probe again this long after its signal: the policy
-        /// holds its reaps from here, and its signals are ignored for `quietAfterFalseAlarm`.
+        /// holds its reaps from here, and the signal is ignored for `quietAfterFalseAlarm`.
         case answeredAgain(BackendKey, Signal, after: Duration)
         /// Probe a backend found dead early, to see it answer again (counted apart from early probes).
         case probeForReturn(BackendKey, timeout: Duration)
@@ -102,8 +102,8 @@ public struct EarlyDetection: Sendable {
     /// How long after its last early probe's timeout a suspect waits for the policy's verdict (the
     /// evidence dump and the state change come after the probe results).
     public static let verdictGrace: Duration = .seconds(1)
-    /// After a false alarm the backend's signals are ignored this long: a lossy path must not turn
-    /// into a probe storm.
+    /// After a false alarm the signal that raised it is ignored this long for that backend: a lossy
+    /// path must not turn into a probe storm.
     public static let quietAfterFalseAlarm: Duration = .seconds(10)
     /// After an early dead verdict the backend is probed at once, then this often for `returnWatchLength`. An
     /// outage just long enough to look like a death (0.6-1 s) must not cost the connections a
@@ -134,7 +134,10 @@ public struct EarlyDetection: Sendable {
     private var returnWatches: [BackendKey: ReturnWatch] = [:]
     private var states: [BackendKey: BackendState] = [:]
     private var suspects: [BackendKey: Suspicion] = [:]
-    private var quietUntil: [BackendKey: Instant] = [:]
+    /// Per backend, the signals a false alarm quieted, and until when. Only the signal that was
+    /// wrong goes quiet: a heartbeat that missed one keepalive on a lossy path says nothing of the
+    /// retransmissions, neighbour or carrier news that would show the same backend dying after it.
+    private var quietUntil: [BackendKey: [Signal: Instant]] = [:]
     /// How each backend's last death was detected, for its reap's audit line.
     public private(set) var detections: [BackendKey: (signal: Signal, since: Instant)] = [:]
 
@@ -188,7 +191,7 @@ public struct EarlyDetection: Sendable {
 
     private mutating func suspect(_ key: BackendKey, _ signal: Signal, pool: PoolRules, detail: String, at now: Instant) -> [Action] {
         // Only a backend believed up: an unhealthy one is probed anyway, a dead one is being reaped.
-        guard states[key] == .up, suspects[key] == nil, quietUntil[key].map({ now >= $0 }) ?? true else { return [] }
+        guard states[key] == .up, suspects[key] == nil, quietUntil[key]?[signal].map({ now >= $0 }) ?? true else { return [] }
         // `fall` probes at once, and one more when a probe interval's worth of silence (the most the
         // policy asks before it believes a death) has passed, in case the first verdict came too soon.
         let due = (0..<pool.fall).map { now + Self.earlySpacing * $0 } + [now + SegmentEvidence.recentEnoughCap + Self.earlySpacing * 5]
@@ -200,12 +203,12 @@ public struct EarlyDetection: Sendable {
     private mutating func probed(_ key: BackendKey, success: Bool, at now: Instant) -> [Action] {
         guard success else { return [] }
         if let watch = returnWatches.removeValue(forKey: key) {
-            quietUntil[key] = now + Self.quietAfterFalseAlarm
+            quietUntil[key, default: [:]][watch.signal] = now + Self.quietAfterFalseAlarm
             return [.answeredAgain(key, watch.signal, after: now - watch.since)]
         }
         guard let suspicion = suspects[key] else { return [] }
         suspects[key] = nil
-        quietUntil[key] = now + Self.quietAfterFalseAlarm
+        quietUntil[key, default: [:]][suspicion.signal] = now + Self.quietAfterFalseAlarm
         return [.cleared(key, suspicion.signal, verdict: .falseAlarm, after: now - suspicion.since)]
     }
 
