@@ -37,6 +37,7 @@ from lab.agent import Agent, pool_yaml
 from lab.netns import wait_for
 
 NODE, A, B = "10.248.0.1", "10.248.0.2", "10.248.0.3"
+APP, APP_GATEWAY = "10.248.1.1", "10.248.1.2"
 PORT = 24080
 AP, BP = f"{A}:{PORT}", f"{B}:{PORT}"
 LISTEN = ("127.0.0.1", 24747)
@@ -168,16 +169,22 @@ class Figures:
 
 class World:
     def __init__(self, lab, binary: str, tmp_path) -> None:
-        self.binary, self.tmp_path = binary, tmp_path
+        self.lab, self.binary, self.tmp_path = lab, binary, tmp_path
         self.node, self.srv = lab.namespace("hbnode"), lab.namespace("hbsrv")
         lab.link(self.node, self.srv, [f"{NODE}/24"], [f"{A}/24", f"{B}/24"])
         self.server = Line(self.srv, SERVER, str(PORT), f"{A}=A", f"{B}=B")
         self.agent: Agent | None = None
         self.client: Line | None = None
+        self.app = None       # the balancer's own namespace, when the pool names one (`netns:`)
 
-    def start(self, heartbeat: bool = True) -> None:
-        self.client = Line(self.node, CLIENT, str(PORT), str(PER_KIND), A, B)
-        self.write_config(heartbeat)
+    def start(self, heartbeat: bool = True, elsewhere: bool = False) -> None:
+        if elsewhere and self.app is None:
+            self.app = self.lab.namespace("hbapp")
+            self.lab.link(self.app, self.srv, [f"{APP}/24"], [f"{APP_GATEWAY}/24"])
+            self.app.add_route(f"{A}/32", via=APP_GATEWAY)
+            self.app.add_route(f"{B}/32", via=APP_GATEWAY)
+        self.client = Line(self.app if elsewhere else self.node, CLIENT, str(PORT), str(PER_KIND), A, B)
+        self.write_config(heartbeat, elsewhere)
         self.agent = Agent(self.node, self.binary, ["--config", str(self.config)], listen=LISTEN)
         self.agent.wait_ready()
         self.agent.wait_states({f"watch/{AP}": "up", f"watch/{BP}": "up"}, timeout=15)
@@ -186,10 +193,12 @@ class World:
         else:
             assert self.heartbeats() == {AP: None, BP: None}
 
-    def write_config(self, heartbeat: bool) -> None:
+    def write_config(self, heartbeat: bool, elsewhere: bool = False) -> None:
         self.config = self.tmp_path / "agent.yaml"
-        self.config.write_text(pool_yaml([{"name": "watch", "backends": [AP, BP], "probe": HAPROXY_LIKE, "heartbeat": heartbeat}],
-                                         listen=LISTEN))
+        pool = {"name": "watch", "backends": [AP, BP], "probe": HAPROXY_LIKE, "heartbeat": heartbeat}
+        if elsewhere:
+            pool["netns"] = [f"/run/netns/{self.app.name}"]
+        self.config.write_text(pool_yaml([pool], listen=LISTEN))
 
     def keepalive_sockets(self, backend: str) -> int:
         """Established sockets toward ``backend`` with a keepalive timer: the clients' have none."""
@@ -230,8 +239,8 @@ def world(lab, reaper_binary, tmp_path):
     return World(lab, reaper_binary, tmp_path)
 
 
-def measure(world: World, heartbeat: bool) -> Figures:
-    world.start(heartbeat)
+def measure(world: World, heartbeat: bool, elsewhere: bool = False) -> Figures:
+    world.start(heartbeat, elsewhere)
     time.sleep(2.0)
     start = time.time()
     rules = world.blackhole(A)
@@ -274,6 +283,20 @@ def test_a_silent_death_behind_idle_and_receive_only_connections_is_seen_a_secon
     assert control.signal_after is None and with_heartbeat.signal_after is not None
     assert with_heartbeat.dead_after + 1.0 <= control.dead_after
     assert with_heartbeat.ended_after + 1.0 <= control.ended_after
+
+
+def test_a_pool_in_another_namespace_gets_its_heartbeat_from_the_agents_own(world):
+    """The balancer runs in a namespace of its own (`netns:`): its connections are there, the
+    heartbeat is made from the agent's namespace, as the probes are; its timeout reaps the other
+    namespace's connections sooner, both ways."""
+    control = measure(world, heartbeat=False, elsewhere=True)
+    with_heartbeat = measure(world, heartbeat=True, elsewhere=True)
+    print(f"\nthe same, connections in another namespace: heartbeat off {control.ended_after:.3f} s "
+          f"({control.detected_by}), on {with_heartbeat.ended_after:.3f} s ({with_heartbeat.detected_by}, "
+          f"timed out after {with_heartbeat.signal_after} s)")
+    assert control.detected_by == "probes" and with_heartbeat.detected_by == "heartbeat"
+    assert with_heartbeat.ended_after + 1.0 <= control.ended_after
+    assert world.node.run(["ss", "-Htn", "state", "established", "dst", A]).stdout.strip() == "", "nothing of the clients' here"
 
 
 @pytest.mark.parametrize("pause", [0.5, 0.9])

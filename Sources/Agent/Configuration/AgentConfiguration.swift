@@ -108,10 +108,11 @@ public struct PoolConfiguration: Sendable, Equatable {
 }
 
 extension AgentConfiguration {
-    /// The pools whose backends get a heartbeat connection: those that watch for early signals in
-    /// the agent's own namespace (the heartbeats' thread lives there), as the link signals' pools.
+    /// The pools whose backends get a heartbeat connection: those that watch for early signals,
+    /// whatever namespace their connections are in. Like the probes, a heartbeat is made from the
+    /// agent's own namespace: it asks whether the backend's kernel answers, not how a namespace routes.
     public var heartbeatPools: [PoolConfiguration] {
-        pools.filter { $0.heartbeat && $0.watchesRetransmissions && namespaces(of: $0) == nil }
+        pools.filter { $0.heartbeat && $0.watchesRetransmissions }
     }
 }
 
