@@ -69,14 +69,18 @@ public final class Purger {
         self.openingErrors = openingErrors
     }
 
-    /// The established TCP sockets toward `backends`, with tcp_info: one walk of the table, no
-    /// report kept. Empty when sock_diag is not open or the dump fails.
+    /// The established TCP sockets toward `backends`, with tcp_info, the agent's own left out (its
+    /// heartbeats and kept-alive probes say nothing of the balancer's traffic, and a watch of them
+    /// would cost a lookup each): one walk of the table, no report kept. Empty when sock_diag is not
+    /// open or the dump fails.
     public func establishedSockets(toward backends: [Endpoint]) -> [DiagnosedSocket] {
         guard let socketTable else { return [] }
         let query = SocketQuery(
             destinations: backends.map { Destination(address: $0.address, port: $0.port) }, transports: [.tcp],
             states: SocketStates([.established]), includeTCPInfo: true)
-        return (try? socketTable.sockets(matching: query).sockets) ?? []
+        guard let sockets = try? socketTable.sockets(matching: query).sockets, !sockets.isEmpty else { return [] }
+        let own = socketTable.ownSocketInodes()
+        return sockets.filter { !own.contains($0.inode) }
     }
 
     /// Each socket looked up again by its exact 4-tuple (a hash lookup, no walk); nil where it is gone.

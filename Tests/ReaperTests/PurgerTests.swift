@@ -152,6 +152,19 @@ import Testing
         #expect(theirFlows.entries.isEmpty)
     }
 
+    /// The retransmission watch picks its sentinels here: the agent's own heartbeat or kept-alive
+    /// probe toward a backend is never one of them.
+    @Test func theEstablishedSocketsAWatchPicksFromLeaveTheAgentsOwnOut() {
+        let heartbeat = socket(50000, inode: 77)
+        let balancers = socket(40000, inode: 100)
+        let elsewhere = socket(40001, to: Self.live, inode: 101)
+        let sockets = FakeSocketTable([heartbeat, balancers, elsewhere], own: [77])
+        let found = Purger(sockets: sockets, conntrack: nil).establishedSockets(toward: [Self.backend])
+        #expect(found.map(\.inode) == [100])
+        #expect(
+            Purger(sockets: FakeSocketTable([heartbeat, balancers]), conntrack: nil).establishedSockets(toward: [Self.backend]).count == 2)
+    }
+
     @Test func aSocketANatHidIsFoundThroughItsEntryAndOnlyThatOne() {
         let hidden = socket(40000, to: Self.vip)
         let servedByLive = socket(40001, to: Self.vip)
