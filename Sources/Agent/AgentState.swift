@@ -24,6 +24,9 @@ public final class AgentState: Sendable {
 
     struct Storage {
         var configuration: AgentConfiguration
+        /// Counts the configurations taken: a loop that follows the configuration compares this,
+        /// not the configuration (1,000 backends compared five times a second is work for nothing).
+        var configurationGeneration: UInt64 = 0
         var policy: ReapPolicy
         var early: EarlyDetection
         var lastReaps: [BackendKey: ReapSummary] = [:]
@@ -46,12 +49,20 @@ public final class AgentState: Sendable {
 
     public var configuration: AgentConfiguration { storage.withLock { $0.configuration } }
 
+    /// The configuration with its generation (one more at each `apply`).
+    public var versionedConfiguration: (configuration: AgentConfiguration, generation: UInt64) {
+        storage.withLock { ($0.configuration, $0.configurationGeneration) }
+    }
+
+    public var configurationGeneration: UInt64 { storage.withLock { $0.configurationGeneration } }
+
     /// Takes a new configuration; backends that stay keep their state, so a reload is not a flap.
     /// Returns what the policy leaves to undo (the new-flow watches of backends no longer reaped).
     @discardableResult
     public func apply(_ configuration: AgentConfiguration) -> [ReapPolicy.Action] {
         storage.withLock { storage in
             storage.configuration = configuration
+            storage.configurationGeneration &+= 1
             let undo = storage.policy.apply(configuration)
             storage.early.apply(Self.earlyPools(configuration))
             let keys = Set(storage.policy.backends.keys)

@@ -39,8 +39,13 @@ public struct HeartbeatService: Service {
             defer { wakeup.close() }
             let table = HeartbeatTable(poller: poller, state: state, executor: executor, metrics: metrics, logger: logger)
             defer { table.closeAll() }
+            var followed: UInt64?
             while !stopped() {
-                table.follow(state.configuration)
+                if followed != state.configurationGeneration {
+                    let (configuration, generation) = state.versionedConfiguration
+                    table.follow(configuration)
+                    followed = generation
+                }
                 let now = ContinuousClock.now
                 table.connectDue(at: now)
                 let wait = min(Self.pollWait, max(.zero, (table.nextRetry ?? now + Self.pollWait) - now))
