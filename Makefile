@@ -105,6 +105,7 @@ bench: release
 	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/failover_bench.py
 	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/dead_cost_bench.py
 	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/early_watch_bench.py
+	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/heartbeat_bench.py
 	CONN_REAPER=$(abspath $(BIN_RELEASE)) $(LAB_PYTHON) Tests/Benchmarks/probe_bench.py
 
 # The deterministic simulation (README, Backend states): SIM_WORLDS seeded worlds from SIM_SEED (else
