@@ -23,23 +23,12 @@ import time
 import urllib.request
 
 from lab.agent import pool_yaml
-from lab.bench import rss_mb
+from lab.bench import log, process_cpu_seconds, rss_mb
 from lab.traffic import Peer
 
 FIRST_PORT = 23000
 LISTEN_PORT = 9748
 NODES = 5000
-
-
-def log(message):
-    sys.stderr.write(f"[heartbeat] {message}\n")
-    sys.stderr.flush()
-
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def in_namespace(namespace, *argv, **options):
@@ -89,15 +78,15 @@ def measure(namespace, binary, workdir, size, heartbeat, args):
         cpu, packets = [], []
         for _ in range(args.rounds):
             backend_packets(namespace)
-            before, started = cpu_ticks(agent.pid), time.monotonic()
+            before, started = process_cpu_seconds(agent.pid), time.monotonic()
             time.sleep(args.window)
             elapsed = time.monotonic() - started
-            cpu.append(100.0 * (cpu_ticks(agent.pid) - before) / os.sysconf("SC_CLK_TCK") / elapsed)
+            cpu.append(100.0 * (process_cpu_seconds(agent.pid) - before) / elapsed)
             packets.append(backend_packets(namespace) / elapsed / size)
         failures = metric_sum(namespace, "conn_reaper_heartbeat_failures_total")
         result = {"cpu": statistics.median(cpu), "cpu_range": (min(cpu), max(cpu)), "packets": statistics.median(packets),
                   "rss": rss_mb(agent.pid), "failures": failures}
-        log(f"{size} backends, heartbeat {'on' if heartbeat else 'off'}: cpu {result['cpu']:.2f}% "
+        log(f"heartbeat: {size} backends, heartbeat {'on' if heartbeat else 'off'}: cpu {result['cpu']:.2f}% "
             f"({min(cpu):.2f}-{max(cpu):.2f}), {result['packets']:.2f} packets/s a backend, rss {result['rss']:.1f} MB, "
             f"heartbeat failures {failures:g}")
         return result
